@@ -1,0 +1,105 @@
+/*
+ * catalog.h — the SQLite catalog: relationships, disks, recovery points,
+ * events.  One file, STATE_DIR/catalog.db, in WAL mode with
+ * synchronous=FULL; a schema version (PRAGMA user_version) with
+ * migrations applied at open.  Every statement is prepared with bound
+ * parameters.
+ *
+ * A struct catalog may be used from several threads: each call takes the
+ * catalog's mutex for its whole transaction.  Functions return 0 or a
+ * negative rd_err (RD_ERR_NOT_FOUND when a row is missing, RD_ERR_DB on
+ * an SQLite error, which is logged).
+ */
+#ifndef REPLICAD_CATALOG_H
+#define REPLICAD_CATALOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+#define CAT_SCHEMA_VERSION	1
+#define CAT_MAX_DISKS		64
+
+enum cat_role {
+	CAT_ROLE_PRIMARY = 0,
+	CAT_ROLE_REPLICA = 1,
+};
+
+enum cat_kind {
+	CAT_KIND_CRASH = 0,
+	CAT_KIND_APP = 1,
+};
+
+struct cat_disk {
+	char		name[NAME_MAX_LEN + 1];
+	uint64_t	size;
+};
+
+/* One VM relationship as this host sees it. */
+struct cat_rel {
+	char		vm[NAME_MAX_LEN + 1];
+	enum cat_role	role;
+	uint64_t	generation;	/* >= 1 */
+	char		peer[HOST_MAX_LEN + 8];	/* primary role: replica
+					   HOST:PORT; replica role: the
+					   primary's identity */
+	char		storage[4096];	/* replica role: STORAGE directory
+					   (the VM's files are STORAGE/VM/) */
+	uint32_t	block_size;
+	uint64_t	last_cycle;	/* newest cycle applied / acknowledged */
+	uint64_t	last_point;	/* newest point id, 0 if none */
+	int64_t		last_point_created_ms; /* its cut time, 0 if none */
+	uint64_t	interval_ms;	/* the primary's interval, as last told */
+	uint16_t	ndisks;
+	struct cat_disk	disks[CAT_MAX_DISKS]; /* sizes at the newest point */
+};
+
+/* One recovery point (replica role). */
+struct cat_point {
+	uint64_t	id;		/* per VM, increasing from 1 */
+	uint64_t	cycle;
+	int64_t		created_ms;	/* primary's clock, Unix ms UTC */
+	enum cat_kind	kind;
+	uint64_t	bytes;		/* raw bytes the cycle changed */
+	uint64_t	undo_bytes;	/* size of its undo segment */
+	uint64_t	generation;
+	uint16_t	ndisks;
+	uint64_t	sizes[CAT_MAX_DISKS]; /* each disk's size at the point */
+};
+
+struct catalog;
+
+/* Open (creating if needed) and migrate path; the caller owns *out. */
+int	cat_open(const char *path, struct catalog **out);
+void	cat_close(struct catalog *cat);
+
+int	cat_rel_get(struct catalog *cat, const char *vm, struct cat_rel *out);
+/* Insert or replace the relationship and its disk list. */
+int	cat_rel_put(struct catalog *cat, const struct cat_rel *rel);
+/* All relationships, ordered by VM name; *out is the caller's (free()). */
+int	cat_rel_list(struct catalog *cat, struct cat_rel **out, size_t *n);
+
+/*
+ * Record a new recovery point for vm in one transaction: assigns p->id
+ * (previous newest + 1), inserts the point and its disk sizes, and updates
+ * the relationship (last_cycle, last_point, last_point_created_ms, disk
+ * sizes from p->sizes).  RD_ERR_NOT_FOUND if the relationship is missing,
+ * RD_ERR_EXISTS if a point for p->cycle exists.
+ */
+int	cat_point_commit(struct catalog *cat, const char *vm,
+	    struct cat_point *p);
+int	cat_point_get(struct catalog *cat, const char *vm, uint64_t id,
+	    struct cat_point *out);
+/* The point recorded for a cycle; RD_ERR_NOT_FOUND if none. */
+int	cat_point_by_cycle(struct catalog *cat, const char *vm,
+	    uint64_t cycle, struct cat_point *out);
+/* Points of vm, oldest first; *out is the caller's (free()). */
+int	cat_point_list(struct catalog *cat, const char *vm,
+	    struct cat_point **out, size_t *n);
+
+/* Append an event (level "info", "warning", "error") to the event log. */
+int	cat_event_add(struct catalog *cat, const char *vm, const char *level,
+	    const char *message);
+
+#endif

@@ -1,0 +1,94 @@
+/*
+ * config.h — replicad's configuration file (INI, parsed with inih).
+ *
+ * Sections [daemon], [vm NAME] (repeatable, one per protected VM) and
+ * [accept NAME] (repeatable, one per primary host allowed to replicate
+ * here).  Keys and defaults are in man/replicad.conf.5 and SPEC.md.
+ * config_load() returns a fully validated configuration or an error
+ * message that names the file, the line and the key.  All paths in the
+ * result are absolute.  The caller owns the result (config_free()).
+ */
+#ifndef REPLICAD_CONFIG_H
+#define REPLICAD_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "log.h"
+#include "util.h"
+
+#define CONFIG_DEFAULT_PATH	"/etc/replicad/replicad.conf"
+#define CONFIG_DEFAULT_INTERVAL_MS	(5 * 60 * 1000)
+#define CONFIG_DEFAULT_BLOCK_SIZE	(64 * 1024)
+#define CONFIG_DEFAULT_RETENTION	"last=24"
+
+enum cfg_tracker {
+	TRACKER_SCAN = 0,
+	TRACKER_REFLINK,
+	TRACKER_QEMU,
+};
+
+struct cfg_vm {
+	char		 name[NAME_MAX_LEN + 1];
+	char		**disks;	/* absolute paths, in file order */
+	char		**disk_names;	/* base names, unique, util_disk_name_valid */
+	size_t		 ndisks;	/* >= 1 */
+	char		*replica;	/* "HOST:PORT" as written */
+	char		 replica_host[HOST_MAX_LEN + 1];
+	uint16_t	 replica_port;
+	char		*replica_name;	/* identity expected in the replica's
+					   certificate; default replica_host */
+	uint64_t	 interval_ms;	/* 0 = only on `replctl sync` */
+	enum cfg_tracker tracker;
+	uint32_t	 block_size;	/* power of two, 4K..4M */
+	int		 compress_level; /* 0 = none, else zstd level 1..19 */
+	char		*pre_snapshot;	/* NULL if unset */
+	char		*post_snapshot;
+	int		 line;		/* line of the section header */
+};
+
+struct cfg_accept {
+	char		 name[HOST_MAX_LEN + 1]; /* identity in the certificate */
+	char		**vms;		/* glob patterns; default one "*" */
+	size_t		 nvms;
+	char		*storage;	/* default STATE_DIR/replicas */
+	char		*retention;	/* default "last=24" */
+	int		 line;
+};
+
+struct config {
+	char		*path;		/* the file, as given */
+	char		*state_dir;
+	char		*control_socket; /* default STATE_DIR/control.sock */
+	char		*listen;	/* NULL if not a replica */
+	char		 listen_host[HOST_MAX_LEN + 1];
+	uint16_t	 listen_port;
+	char		*tls_cert;
+	char		*tls_key;
+	char		*tls_ca;
+	enum log_level	 log_level;
+	struct cfg_vm	*vms;
+	size_t		 nvms;
+	struct cfg_accept *accepts;
+	size_t		 naccepts;
+};
+
+/*
+ * Load and validate path.  On failure returns RD_ERR_INVALID (or
+ * RD_ERR_NOT_FOUND / RD_ERR_SYSTEM if the file cannot be read) and writes
+ * one line such as "replicad.conf:12: [vm web01] interval: invalid
+ * duration 'soon'" into err.
+ */
+int	config_load(const char *path, struct config **out, char *err,
+	    size_t errsz);
+void	config_free(struct config *cfg);
+
+/* The [vm] section named name, or NULL. */
+const struct cfg_vm *config_find_vm(const struct config *cfg,
+	    const char *name);
+/* The first [accept] entry whose name equals identity (case-insensitive)
+ * and one of whose vms patterns matches vm (fnmatch), or NULL. */
+const struct cfg_accept *config_match_accept(const struct config *cfg,
+	    const char *identity, const char *vm);
+
+#endif

@@ -1,0 +1,47 @@
+/*
+ * digest.h — the one content hash of replicad: XXH3-128 of a block, kept
+ * as 16 big-endian bytes (xxhash's canonical form).  The primary's tracker
+ * state, the wire's DATA frames and the replica's digest files all hold it.
+ */
+#ifndef REPLICAD_DIGEST_H
+#define REPLICAD_DIGEST_H
+
+#include <stddef.h>
+#include <string.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#define DIGEST_LEN 16
+
+struct digest {
+	unsigned char b[DIGEST_LEN];
+};
+
+static inline void
+digest_block(const void *p, size_t len, struct digest *out)
+{
+	XXH128_canonical_t c;
+	XXH128_canonicalFromHash(&c, XXH3_128bits(p, len));
+	memcpy(out->b, c.digest, DIGEST_LEN);
+}
+
+static inline int
+digest_equal(const struct digest *a, const struct digest *b)
+{
+	return memcmp(a->b, b->b, DIGEST_LEN) == 0;
+}
+
+/* Lower-case hex into buf (at least 33 bytes). */
+static inline void
+digest_hex(const struct digest *d, char *buf)
+{
+	static const char hex[] = "0123456789abcdef";
+	for (int i = 0; i < DIGEST_LEN; i++) {
+		buf[2 * i] = hex[d->b[i] >> 4];
+		buf[2 * i + 1] = hex[d->b[i] & 15];
+	}
+	buf[2 * DIGEST_LEN] = '\0';
+}
+
+#endif

@@ -1,0 +1,268 @@
+/*
+ * wire.h — the replication protocol between a primary and a replica.
+ *
+ * Version 1.  Everything travels inside TLS 1.3 with mutual certificate
+ * authentication.  All integers are big-endian.  A string is a u16 length
+ * followed by that many bytes (no NUL inside).
+ *
+ * Frame
+ *   u32  len        bytes that follow this field (type + payload);
+ *                   1 <= len <= WIRE_MAX_FRAME
+ *   u8   type       one of enum wire_type
+ *   ...  payload    len - 1 bytes, laid out per type below
+ *
+ * A session: the primary (client) sends HELLO; the replica answers WELCOME
+ * or NACK.  Then, any number of times: CYCLE, DATA*, END from the primary,
+ * ACK or NACK from the replica.  Either side may send NACK and close at
+ * any time.  A frame that fails to decode, or that is valid but not
+ * expected in the session's state, ends the session; nothing of the open
+ * cycle is applied.
+ *
+ * HELLO (1), primary -> replica
+ *   u32  magic        WIRE_MAGIC ("RPLD")
+ *   u16  version      WIRE_VERSION
+ *   str  vm           VM name (util_name_valid)
+ *   u64  generation   the primary's generation for this VM (>= 1)
+ *   u32  block_size   power of two, WIRE_MIN_BLOCK..WIRE_MAX_BLOCK
+ *   u64  interval_ms  the primary's cycle interval (0 = on demand), for
+ *                     the replica's health report
+ *   u16  ndisks       1..WIRE_MAX_DISKS
+ *   ndisks x { str name (util_disk_name_valid, unique); u64 size }
+ *
+ * WELCOME (2), replica -> primary
+ *   u16  version      WIRE_VERSION
+ *   u64  generation   the replica's generation for this VM
+ *   u64  last_cycle   id of the newest cycle applied (0: none)
+ *   u64  last_point   id of the newest recovery point (0: none)
+ *
+ * CYCLE (3), primary -> replica: a cycle begins
+ *   u64  cycle        cycle id, > the replica's last_cycle
+ *   u64  created_ms   the cut's time on the primary's clock (Unix ms, UTC)
+ *   u8   kind         0 = crash-consistent, 1 = application-consistent
+ *   u8   flags        WIRE_CYCLE_FULL: every block of every disk follows
+ *   u16  ndisks       same count as HELLO
+ *   ndisks x u64 size each disk's size at the cut (never below HELLO's)
+ *
+ * DATA (4), primary -> replica: one extent of one disk
+ *   u16  disk         index into HELLO's disk list
+ *   u64  offset       multiple of block_size, < the disk's size
+ *   u32  length       raw length: a whole block (or the disk's short last
+ *                     block) for RAW and ZSTD; any multiple of block_size
+ *                     for ZERO (or up to the disk's end), at most
+ *                     WIRE_MAX_ZERO; offset + length <= disk size
+ *   u8   encoding     WIRE_ENC_RAW, WIRE_ENC_ZSTD or WIRE_ENC_ZERO
+ *   u8   hash[16]     XXH3-128 of the raw content (digest.h); all zero
+ *                     bytes for ZERO (no content travels)
+ *   ...  payload      RAW: exactly length bytes; ZSTD: one zstd frame that
+ *                     decompresses to exactly length bytes; ZERO: empty
+ *
+ * END (5), primary -> replica: the cycle is complete
+ *   u64  cycle        same id as CYCLE
+ *   u64  nframes      DATA frames sent in this cycle
+ *   u64  raw_bytes    sum of DATA lengths
+ *   u8   digest[16]   running digest of the DATA headers (wire_digest_*)
+ *
+ * ACK (6), replica -> primary: the cycle is durable as a recovery point
+ *   u64  cycle
+ *   u64  point        the new recovery point's id
+ *
+ * NACK (7), either direction
+ *   u16  code         enum wire_nack
+ *   str  reason       one line for the peer's log (<= WIRE_MAX_REASON)
+ */
+#ifndef REPLICAD_WIRE_H
+#define REPLICAD_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "digest.h"
+#include "util.h"
+
+#define WIRE_MAGIC	0x52504C44u	/* "RPLD" */
+#define WIRE_VERSION	1
+#define WIRE_MIN_BLOCK	(4u << 10)
+#define WIRE_MAX_BLOCK	(4u << 20)
+#define WIRE_MAX_DISKS	64
+#define WIRE_MAX_ZERO	(1u << 30)	/* longest ZERO extent */
+#define WIRE_MAX_REASON	1024
+/* Largest frame: a DATA header and an incompressible block of the largest
+ * size (ZSTD payloads above the block size are refused; RAW is sent). */
+#define WIRE_DATA_HDR	(2 + 8 + 4 + 1 + DIGEST_LEN)
+#define WIRE_MAX_FRAME	(1 + WIRE_DATA_HDR + WIRE_MAX_BLOCK)
+#define WIRE_FRAME_HDR	5	/* u32 len + u8 type */
+
+enum wire_type {
+	WIRE_HELLO = 1,
+	WIRE_WELCOME = 2,
+	WIRE_CYCLE = 3,
+	WIRE_DATA = 4,
+	WIRE_END = 5,
+	WIRE_ACK = 6,
+	WIRE_NACK = 7,
+};
+
+enum wire_encoding {
+	WIRE_ENC_RAW = 0,
+	WIRE_ENC_ZSTD = 1,
+	WIRE_ENC_ZERO = 2,
+};
+
+#define WIRE_CYCLE_FULL	0x01
+
+enum wire_nack {
+	WIRE_NACK_PROTOCOL = 1,	/* malformed or unexpected frame */
+	WIRE_NACK_DENIED = 2,	/* identity not accepted for this VM */
+	WIRE_NACK_FENCED = 3,	/* generation below the replica's */
+	WIRE_NACK_BAD_DATA = 4,	/* hash mismatch, range, decompression */
+	WIRE_NACK_IO = 5,	/* replica could not store the cycle */
+	WIRE_NACK_NOSPACE = 6,
+	WIRE_NACK_BUSY = 7,	/* another session holds this VM */
+	WIRE_NACK_INTERNAL = 8,
+	WIRE_NACK_MISMATCH = 9,	/* disks or block size differ from the catalog */
+};
+
+struct wire_disk {
+	char		name[NAME_MAX_LEN + 1];
+	uint64_t	size;
+};
+
+struct wire_hello {
+	uint16_t	version;
+	char		vm[NAME_MAX_LEN + 1];
+	uint64_t	generation;
+	uint32_t	block_size;
+	uint64_t	interval_ms;
+	uint16_t	ndisks;
+	struct wire_disk disks[WIRE_MAX_DISKS];
+};
+
+struct wire_welcome {
+	uint16_t	version;
+	uint64_t	generation;
+	uint64_t	last_cycle;
+	uint64_t	last_point;
+};
+
+struct wire_cycle {
+	uint64_t	cycle;
+	uint64_t	created_ms;
+	uint8_t		kind;
+	uint8_t		flags;
+	uint16_t	ndisks;
+	uint64_t	sizes[WIRE_MAX_DISKS];
+};
+
+struct wire_data {
+	uint16_t	disk;
+	uint64_t	offset;
+	uint32_t	length;
+	uint8_t		encoding;
+	struct digest	hash;
+	const uint8_t	*payload;	/* borrowed from the frame */
+	size_t		payload_len;
+};
+
+struct wire_end {
+	uint64_t	cycle;
+	uint64_t	nframes;
+	uint64_t	raw_bytes;
+	struct digest	digest;
+};
+
+struct wire_ack {
+	uint64_t	cycle;
+	uint64_t	point;
+};
+
+struct wire_nack_msg {
+	uint16_t	code;
+	char		reason[WIRE_MAX_REASON + 1];
+};
+
+/*
+ * Frame header: from the first WIRE_FRAME_HDR bytes, the frame's total
+ * length on the wire (header included) and its type.  RD_ERR_TOO_LARGE if
+ * len exceeds max_frame (<= WIRE_MAX_FRAME), RD_ERR_INVALID if len is 0 or
+ * the type is unknown.
+ */
+int	wire_frame_header(const uint8_t hdr[WIRE_FRAME_HDR], size_t max_frame,
+	    size_t *frame_len, uint8_t *type);
+
+/*
+ * Encoders append one whole frame (header included) to b.
+ * wire_put_data_hdr() appends the frame header and DATA fields for a
+ * payload of payload_len bytes that the caller appends next.
+ */
+void	wire_put_hello(struct wbuf *b, const struct wire_hello *m);
+void	wire_put_welcome(struct wbuf *b, const struct wire_welcome *m);
+void	wire_put_cycle(struct wbuf *b, const struct wire_cycle *m);
+void	wire_put_data_hdr(struct wbuf *b, const struct wire_data *m,
+	    size_t payload_len);
+void	wire_put_end(struct wbuf *b, const struct wire_end *m);
+void	wire_put_ack(struct wbuf *b, const struct wire_ack *m);
+void	wire_put_nack(struct wbuf *b, uint16_t code, const char *reason);
+
+/*
+ * Decoders take a frame's payload (after the type byte) and fill *m.
+ * They check every field that can be checked without session context
+ * (magic, version, name syntax, counts, encodings, bounds of lengths, no
+ * trailing bytes) and return 0 or a negative rd_err.  wire_get_data()
+ * leaves m->payload pointing into p.
+ */
+int	wire_get_hello(const uint8_t *p, size_t len, struct wire_hello *m);
+int	wire_get_welcome(const uint8_t *p, size_t len, struct wire_welcome *m);
+int	wire_get_cycle(const uint8_t *p, size_t len, struct wire_cycle *m);
+int	wire_get_data(const uint8_t *p, size_t len, struct wire_data *m);
+int	wire_get_end(const uint8_t *p, size_t len, struct wire_end *m);
+int	wire_get_ack(const uint8_t *p, size_t len, struct wire_ack *m);
+int	wire_get_nack(const uint8_t *p, size_t len, struct wire_nack_msg *m);
+
+/*
+ * Session-context checks of a decoded DATA frame against the cycle's disk
+ * sizes and the block size (both already validated): disk index, offset
+ * alignment, offset + length within the disk, RAW/ZSTD length equal to a
+ * whole block or the disk's last short block.  0 or RD_ERR_RANGE.
+ */
+int	wire_check_data(const struct wire_data *m, const struct wire_cycle *c,
+	    uint32_t block_size);
+
+/*
+ * Content of a RAW or ZSTD frame into out (capacity >= m->length): ZSTD is
+ * decompressed without ever writing past m->length; the result must be
+ * exactly m->length bytes and hash to m->hash.  Returns 0, RD_ERR_COMPRESS
+ * (bad zstd data or wrong size) or RD_ERR_HASH.  dctx may be NULL (one is
+ * made and freed per call).
+ */
+struct ZSTD_DCtx_s;
+int	wire_data_content(const struct wire_data *m, uint8_t *out,
+	    struct ZSTD_DCtx_s *dctx);
+
+/*
+ * Encode one block of raw content for a DATA frame: with level > 0, try
+ * zstd into scratch (capacity >= len); keep it if it saves at least 1/64
+ * of len, else send RAW.  Sets *enc and points *payload / *payload_len at
+ * scratch or raw.  cctx may be NULL when level is 0.
+ */
+struct ZSTD_CCtx_s;
+void	wire_data_encode(struct ZSTD_CCtx_s *cctx, int level,
+	    const uint8_t *raw, size_t len, uint8_t *scratch,
+	    uint8_t *enc, const uint8_t **payload, size_t *payload_len);
+
+/*
+ * The END digest: both sides feed every DATA frame's header fields (disk,
+ * offset, length, hash; not the encoding) in order.
+ */
+struct wire_digest {
+	XXH3_state_t	st;
+};
+void	wire_digest_init(struct wire_digest *d);
+void	wire_digest_update(struct wire_digest *d, const struct wire_data *m);
+void	wire_digest_final(struct wire_digest *d, struct digest *out);
+
+/* Names for logs. */
+const char *wire_type_name(uint8_t type);
+const char *wire_nack_name(uint16_t code);
+
+#endif
