@@ -1,0 +1,30 @@
+/*
+ * netio.h — framing of wire.h messages over libevent bufferevents.
+ */
+#ifndef REPLICAD_NETIO_H
+#define REPLICAD_NETIO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+struct evbuffer;
+struct bufferevent;
+struct wbuf;
+
+/*
+ * If in starts with a whole frame, set *type, *frame_len (header
+ * included) and return 1; 0 if more bytes are needed; a negative rd_err
+ * if the header is invalid or the frame exceeds max_frame.
+ */
+int	netio_peek(struct evbuffer *in, size_t max_frame, uint8_t *type,
+	    size_t *frame_len);
+/* The payload of the frame at the start of in (pulled up, contiguous);
+ * the caller drains frame_len bytes afterwards. */
+const uint8_t *netio_payload(struct evbuffer *in, size_t frame_len);
+/* Queue b's bytes on bev and reset b. */
+void	netio_send(struct bufferevent *bev, struct wbuf *b);
+/* "192.0.2.1:7000" or "[::1]:7000" */
+void	netio_addr_str(const struct sockaddr *sa, char *buf, size_t bufsz);
+
+#endif

@@ -1,0 +1,87 @@
+/*
+ * store.h — the replica's files for one VM, under STORAGE/VM/:
+ *
+ *   DISK              the replica image, always at the newest point
+ *   .staging/data     contents of the cycle being received
+ *   .staging/index    its index, present only once the cycle is complete
+ *   .undo/CYCLE.undo  undo segment of each point (undo.c)
+ *   .digests/DISK     XXH3-128 of each block of the image, for verify
+ *   test/DISK         test-failover copies
+ *
+ * A cycle is applied in this order (R1, R2): every block's hash is checked
+ * as it is staged; at the end the staged data is fsynced and the index
+ * written atomically; the undo segment (old contents) is written and
+ * renamed into place; the image is written and fsynced; the digests are
+ * written; the catalog records the point; the staging area is removed.
+ * A crash before the index exists abandons the cycle (images are cut back
+ * to the newest point's sizes); after it, store_recover() rolls forward.
+ * Blocks that lie wholly past a disk's size at the newest point go
+ * straight into the image while they arrive: no point contains them, and
+ * abandoning the cycle cuts them off again.
+ *
+ * Threads: cycle functions run in the owner's worker job; test failover
+ * and verify may run in another worker at the same time: the store's
+ * lock keeps them off the image while a cycle is being applied.
+ */
+#ifndef REPLICAD_STORE_H
+#define REPLICAD_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "catalog.h"
+#include "digest.h"
+
+struct store;
+
+struct store_cycle {
+	uint64_t	cycle;
+	int64_t		created_ms;
+	uint8_t		kind;
+	uint64_t	generation;
+	uint16_t	ndisks;
+	uint64_t	sizes[CAT_MAX_DISKS];	/* at the cut */
+};
+
+/*
+ * Open the store of rel (a replica relationship read from the catalog),
+ * creating its directories and missing images, and finish or abandon a
+ * cycle left by a crash.  The caller owns *out (store_close()).
+ */
+int	store_open(struct catalog *cat, const struct cat_rel *rel,
+	    struct store **out, char *err, size_t errsz);
+void	store_close(struct store *st);
+/* The relationship as the store knows it (newest point, sizes). */
+void	store_rel(struct store *st, struct cat_rel *out);
+
+int	store_cycle_begin(struct store *st, const struct store_cycle *c,
+	    char *err, size_t errsz);
+/* One extent whose content was already checked against hash.  data NULL
+ * for a zero extent. */
+int	store_cycle_put(struct store *st, uint16_t disk, uint64_t off,
+	    uint32_t len, const uint8_t *data, const struct digest *hash,
+	    char *err, size_t errsz);
+/* Apply the complete cycle and record it as point *out. */
+int	store_cycle_commit(struct store *st, struct cat_point *out,
+	    char *err, size_t errsz);
+/* Abandon the cycle being received. */
+void	store_cycle_abort(struct store *st);
+
+/*
+ * Rebuild point id (0: newest) into STORAGE/VM/test/.  Refuses if a test
+ * copy exists.  paths receives each disk's path (caller frees each).
+ */
+int	store_test_failover(struct store *st, uint64_t id, uint64_t *point,
+	    char **paths, char *err, size_t errsz);
+int	store_test_cleanup(struct store *st, char *err, size_t errsz);
+int	store_test_exists(struct store *st);
+
+/*
+ * Re-hash the image against the digests the primary sent.  0 if all
+ * match; RD_ERR_HASH with the first bad block named in err otherwise.
+ * *blocks receives the number of blocks checked.
+ */
+int	store_verify(struct store *st, uint64_t *blocks, char *err,
+	    size_t errsz);
+
+#endif

@@ -1,0 +1,78 @@
+/*
+ * tracker.h — change tracking for the disks of one VM on the primary.
+ *
+ * This version implements the scan tracker: the digest of every block as
+ * of the last acknowledged cycle is kept in STATE_DIR/tracker/VM/DISK.map
+ * (blockmap.c); a cycle reads each disk once and reports the blocks whose
+ * digest changed.  New digests are kept aside until the replica's ACK
+ * (trk_commit); a failed cycle (trk_abort) keeps the old ones, so its
+ * blocks are found again by the next cycle (invariant P1).
+ *
+ * Only one thread uses a tracker at a time (the owner's worker job).
+ */
+#ifndef REPLICAD_TRACKER_H
+#define REPLICAD_TRACKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "digest.h"
+
+struct tracker;
+
+/* A changed block handed to the emit callback of trk_scan(). */
+struct trk_block {
+	uint16_t	 disk;
+	uint64_t	 offset;
+	uint32_t	 len;
+	const uint8_t	*data;
+	int		 zero;		/* all bytes zero */
+	struct digest	 hash;		/* of data (unset when zero) */
+};
+
+/* Return 0 to go on, a negative rd_err to stop the scan with it. */
+typedef int (*trk_emit_fn)(void *arg, const struct trk_block *blk);
+
+struct trk_stats {
+	uint64_t	bytes_read;
+	uint64_t	dirty_bytes;
+};
+
+/*
+ * Load the state of vm's disks.  A missing, corrupt or mismatched map
+ * (other block size) is logged and makes that disk "unknown": its next
+ * cycle sends every block.  The caller owns *out (trk_close()).
+ */
+int	trk_open(const char *state_dir, const struct cfg_vm *vm,
+	    struct tracker **out);
+void	trk_close(struct tracker *t);
+/* The cycle the saved state describes: the lowest over the disks, 0 if
+ * any disk is unknown. */
+uint64_t trk_cycle(const struct tracker *t);
+
+/*
+ * Begin a cycle: open every disk and take its size into sizes[].  Every
+ * block of a disk counts as changed when full is set, when the disk's
+ * state is unknown, or when its state describes another cycle than
+ * replica_cycle, the last one the replica applied (P1).  Fails with a message in err
+ * (and RD_ERR_NOT_FOUND, RD_ERR_SYSTEM or RD_ERR_SHRUNK) if a disk is
+ * missing, unreadable, or smaller than at the last acknowledged cycle.
+ */
+int	trk_begin(struct tracker *t, uint64_t replica_cycle, int full,
+	    uint64_t *sizes, char *err, size_t errsz);
+/*
+ * Read on from where the last call stopped, at most about max_read bytes,
+ * calling emit for each changed block in disk and offset order.  Returns
+ * 1 when every disk has been read, 0 if there is more, or a negative
+ * rd_err (with a message in err).
+ */
+int	trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit,
+	    void *arg, char *err, size_t errsz);
+void	trk_stats(const struct tracker *t, struct trk_stats *st);
+/* The replica acknowledged the cycle: make the new digests the state. */
+int	trk_commit(struct tracker *t, uint64_t cycle, char *err, size_t errsz);
+/* The cycle failed: forget what this cycle read. */
+void	trk_abort(struct tracker *t);
+
+#endif

@@ -1,0 +1,47 @@
+/*
+ * undo.h — undo segments: for recovery point k, the contents that cycle k
+ * overwrote (i.e. the bytes of point k-1) and the disk sizes before it.
+ * Applying segments k, k-1, ..., j+1 to a copy of the image at point k
+ * gives point j.  The format is documented at the top of undo.c.
+ */
+#ifndef REPLICAD_UNDO_H
+#define REPLICAD_UNDO_H
+
+#include <stdint.h>
+
+#define UNDO_MAX_DISKS	64
+#define UNDO_MAX_DATA	(4u << 20)	/* longest DATA record */
+
+struct undo_writer;
+
+/*
+ * Start writing the segment that will be path once complete (it is
+ * written as path.tmp until undo_finish()).  old_sizes: each disk's size
+ * before the cycle.
+ */
+int	undo_create(const char *path, uint64_t cycle, uint16_t ndisks,
+	    const uint64_t *old_sizes, struct undo_writer **out);
+/*
+ * Save the current content of [off, off+len) of disk, read from fd: only
+ * the part below the disk's old size is kept (the rest is undone by the
+ * size), stored as ZERO records where it is all zero.
+ */
+int	undo_save_range(struct undo_writer *w, uint16_t disk, int fd,
+	    uint64_t off, uint64_t len);
+/* Write the trailer, fsync, rename into place, fsync the directory.
+ * *bytes is the segment's size.  Frees w either way. */
+int	undo_finish(struct undo_writer *w, uint64_t *bytes);
+/* Remove the temporary file and free w. */
+void	undo_discard(struct undo_writer *w);
+
+/*
+ * Check the segment at path completely (magic, bounds, trailer digest),
+ * then write its old contents into fds[0..ndisks-1] and truncate each to
+ * its old size.  The segment's ndisks must equal ndisks.  Nothing is
+ * written if the check fails (RD_ERR_CORRUPT).  old_sizes (may be NULL)
+ * receives the sizes the files now have.
+ */
+int	undo_apply(const char *path, const int *fds, uint16_t ndisks,
+	    uint64_t *old_sizes);
+
+#endif

@@ -1,0 +1,915 @@
+/*
+ * config.c — load and validate replicad.conf (see replicad.conf(5)).
+ *
+ * inih splits "KEY = VALUE" lines; our reader in front of it counts lines,
+ * strips '#' and ';' comments, refuses control characters and lines that
+ * inih would silently cut, and handles section headers itself (inih
+ * truncates section names at 50 bytes and says nothing about a section
+ * that has no keys).  Every error message names the file, the line, the
+ * section and the key.  Defaults that depend on other keys (state_dir) are
+ * filled in after the whole file is read, because [daemon] may come last.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <fnmatch.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <ini.h>
+
+#include "config.h"
+#include "err.h"
+#include "xmalloc.h"
+
+#define CFG_RAW_MAX		4096	/* bytes of a line we look at */
+#define CFG_MAX_INTERVAL_MS	(365ULL * 24 * 3600 * 1000)
+#define CFG_MIN_BLOCK_SIZE	(4U * 1024)
+#define CFG_MAX_BLOCK_SIZE	(4U * 1024 * 1024)
+#define CFG_MAX_ZSTD_LEVEL	19
+#define CFG_MAX_KEEP		1000000	/* retention counts */
+#define CFG_SOCK_MAX		(sizeof(((struct sockaddr_un *)0)->sun_path))
+
+#define NAME_RULES	"1 to 64 of A-Z a-z 0-9 _ . + -, not starting " \
+			"with '.' or '-'"
+#define HOST_RULES	"1 to 255 of A-Z a-z 0-9 . - _"
+
+enum cfg_section {
+	SEC_NONE,
+	SEC_DAEMON,
+	SEC_VM,
+	SEC_ACCEPT,
+};
+
+struct cfg_parse;
+
+struct cfg_key {
+	enum cfg_section sec;
+	const char	*name;
+	int		(*set)(struct cfg_parse *, const char *);
+	int		 repeatable;
+};
+
+struct cfg_parse {
+	struct config	*cfg;
+	FILE		*fp;
+	char		*err;
+	size_t		 errsz;
+	int		 failed;	/* err holds the first error */
+	int		 read_errno;	/* a read(2) failed */
+	int		 lineno;
+	enum cfg_section sec;
+	char		 label[300];	/* "vm web01", for messages */
+	const char	*key;		/* key being set, for messages */
+	int		 seen[32];	/* line of each key in this section */
+	int		 daemon_line;
+	int		 state_dir_line;
+	char		 raw[CFG_RAW_MAX];
+};
+
+/*
+ * The first error wins: "FILE:LINE: [SECTION] KEY: MESSAGE", leaving out
+ * ":LINE" when line is 0 and the section or key when NULL.
+ */
+static int cfg_error(struct cfg_parse *, int, const char *, const char *,
+    const char *, ...) __attribute__((format(printf, 5, 6)));
+
+static int
+cfg_error(struct cfg_parse *p, int line, const char *section,
+    const char *key, const char *fmt, ...)
+{
+	char msg[512], where[16] = "";
+	va_list ap;
+
+	if (p->failed)
+		return RD_ERR_INVALID;
+	p->failed = 1;
+	if (p->err == NULL || p->errsz == 0)
+		return RD_ERR_INVALID;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (line > 0)
+		snprintf(where, sizeof(where), ":%d", line);
+	snprintf(p->err, p->errsz, "%s%s: %s%s%s%s%s%s", p->cfg->path, where,
+	    section != NULL ? "[" : "", section != NULL ? section : "",
+	    section != NULL ? "] " : "", key != NULL ? key : "",
+	    key != NULL ? ": " : "", msg);
+	return RD_ERR_INVALID;
+}
+
+/* An error about the current line, section and key. */
+#define KEY_ERROR(p, ...) \
+	cfg_error((p), (p)->lineno, (p)->sec == SEC_NONE ? NULL : (p)->label, \
+	    (p)->key, __VA_ARGS__)
+
+static struct cfg_vm *
+cur_vm(struct cfg_parse *p)
+{
+	return &p->cfg->vms[p->cfg->nvms - 1];
+}
+
+static struct cfg_accept *
+cur_accept(struct cfg_parse *p)
+{
+	return &p->cfg->accepts[p->cfg->naccepts - 1];
+}
+
+/* A host identity as found in a certificate: hostname characters. */
+static int
+identity_valid(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > HOST_MAX_LEN)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && strchr(".-_", s[i]) == NULL)
+			return 0;
+	return 1;
+}
+
+/* Copy an absolute path into *dst; directories lose trailing slashes. */
+static int
+set_path(struct cfg_parse *p, const char *v, char **dst, int is_dir)
+{
+	if (v[0] != '/')
+		return KEY_ERROR(p, "path '%s' is not absolute", v);
+	*dst = xstrdup(v);
+	if (is_dir) {
+		size_t n = strlen(*dst);
+		while (n > 1 && (*dst)[n - 1] == '/')
+			(*dst)[--n] = '\0';
+	}
+	return 0;
+}
+
+static int
+set_hostport(struct cfg_parse *p, const char *v, char **dst, char *host,
+    size_t hostsz, uint16_t *port)
+{
+	if (util_parse_hostport(v, host, hostsz, port) != 0)
+		return KEY_ERROR(p, "invalid address '%s' (expected HOST:PORT "
+		    "or [IPV6]:PORT)", v);
+	*dst = xstrdup(v);
+	return 0;
+}
+
+/* [daemon] */
+
+static int
+set_state_dir(struct cfg_parse *p, const char *v)
+{
+	p->state_dir_line = p->lineno;
+	return set_path(p, v, &p->cfg->state_dir, 1);
+}
+
+static int
+set_control_socket(struct cfg_parse *p, const char *v)
+{
+	if (strlen(v) >= CFG_SOCK_MAX)
+		return KEY_ERROR(p, "path '%s' too long for a UNIX socket "
+		    "(at most %zu bytes)", v, CFG_SOCK_MAX - 1);
+	return set_path(p, v, &p->cfg->control_socket, 0);
+}
+
+static int
+set_listen(struct cfg_parse *p, const char *v)
+{
+	struct config *cfg = p->cfg;
+
+	return set_hostport(p, v, &cfg->listen, cfg->listen_host,
+	    sizeof(cfg->listen_host), &cfg->listen_port);
+}
+
+static int
+set_tls_cert(struct cfg_parse *p, const char *v)
+{
+	return set_path(p, v, &p->cfg->tls_cert, 0);
+}
+
+static int
+set_tls_key(struct cfg_parse *p, const char *v)
+{
+	return set_path(p, v, &p->cfg->tls_key, 0);
+}
+
+static int
+set_tls_ca(struct cfg_parse *p, const char *v)
+{
+	return set_path(p, v, &p->cfg->tls_ca, 0);
+}
+
+static int
+set_log_level(struct cfg_parse *p, const char *v)
+{
+	if (log_parse_level(v, &p->cfg->log_level) != 0)
+		return KEY_ERROR(p, "invalid log level '%s' (expected error, "
+		    "warn, info or debug)", v);
+	return 0;
+}
+
+/* [vm NAME] */
+
+static int
+set_disk(struct cfg_parse *p, const char *v)
+{
+	struct cfg_vm *vm = cur_vm(p);
+	const char *name;
+
+	if (v[0] != '/')
+		return KEY_ERROR(p, "path '%s' is not absolute", v);
+	name = strrchr(v, '/') + 1;
+	if (strcmp(name, "test") == 0)
+		return KEY_ERROR(p, "disk name 'test' is reserved (test "
+		    "failover copies live in STORAGE/VM/test/)");
+	if (util_disk_name_valid(name) != 0)
+		return KEY_ERROR(p, "invalid disk name '%s' in '%s' (the file "
+		    "name must be " NAME_RULES ")", name, v);
+	for (size_t i = 0; i < vm->ndisks; i++)
+		if (strcmp(vm->disk_names[i], name) == 0)
+			return KEY_ERROR(p, "duplicate disk name '%s' (%s "
+			    "and %s)", name, vm->disks[i], v);
+	for (size_t j = 0; j + 1 < p->cfg->nvms; j++) {
+		const struct cfg_vm *o = &p->cfg->vms[j];
+		for (size_t i = 0; i < o->ndisks; i++)
+			if (strcmp(o->disks[i], v) == 0)
+				return KEY_ERROR(p, "%s is already a disk of "
+				    "[vm %s]", v, o->name);
+	}
+	vm->disks = xreallocarray(vm->disks, vm->ndisks + 1, sizeof(char *));
+	vm->disk_names = xreallocarray(vm->disk_names, vm->ndisks + 1,
+	    sizeof(char *));
+	vm->disks[vm->ndisks] = xstrdup(v);
+	vm->disk_names[vm->ndisks] = xstrdup(name);
+	vm->ndisks++;
+	return 0;
+}
+
+static int
+set_replica(struct cfg_parse *p, const char *v)
+{
+	struct cfg_vm *vm = cur_vm(p);
+
+	return set_hostport(p, v, &vm->replica, vm->replica_host,
+	    sizeof(vm->replica_host), &vm->replica_port);
+}
+
+static int
+set_replica_name(struct cfg_parse *p, const char *v)
+{
+	if (!identity_valid(v))
+		return KEY_ERROR(p, "invalid host identity '%s' (" HOST_RULES
+		    ")", v);
+	cur_vm(p)->replica_name = xstrdup(v);
+	return 0;
+}
+
+static int
+set_interval(struct cfg_parse *p, const char *v)
+{
+	uint64_t ms;
+
+	if (util_parse_duration_ms(v, &ms) != 0)
+		return KEY_ERROR(p, "invalid duration '%s' (e.g. 30s, 5m, 1h)",
+		    v);
+	if (ms > CFG_MAX_INTERVAL_MS)
+		return KEY_ERROR(p, "interval '%s' too long (at most 365d)", v);
+	cur_vm(p)->interval_ms = ms;
+	return 0;
+}
+
+static int
+set_tracker(struct cfg_parse *p, const char *v)
+{
+	if (strcmp(v, "scan") == 0) {
+		cur_vm(p)->tracker = TRACKER_SCAN;
+		return 0;
+	}
+	if (strcmp(v, "reflink") == 0 || strcmp(v, "qemu") == 0)
+		return KEY_ERROR(p, "tracker '%s' is not supported by this "
+		    "version (use scan)", v);
+	return KEY_ERROR(p, "invalid tracker '%s' (expected scan, reflink or "
+	    "qemu)", v);
+}
+
+static int
+set_block_size(struct cfg_parse *p, const char *v)
+{
+	uint64_t n;
+
+	if (util_parse_size(v, &n) != 0)
+		return KEY_ERROR(p, "invalid size '%s' (e.g. 4K, 64K, 1M)", v);
+	if (n < CFG_MIN_BLOCK_SIZE || n > CFG_MAX_BLOCK_SIZE)
+		return KEY_ERROR(p, "block size '%s' out of range (4K to 4M)",
+		    v);
+	if ((n & (n - 1)) != 0)
+		return KEY_ERROR(p, "block size '%s' is not a power of two", v);
+	cur_vm(p)->block_size = (uint32_t)n;
+	return 0;
+}
+
+static int
+set_compress(struct cfg_parse *p, const char *v)
+{
+	struct cfg_vm *vm = cur_vm(p);
+	const char *l;
+	int level = 0;
+
+	if (strcmp(v, "none") == 0) {
+		vm->compress_level = 0;
+		return 0;
+	}
+	if (strcmp(v, "zstd") == 0) {
+		vm->compress_level = 1;
+		return 0;
+	}
+	if (strncmp(v, "zstd:", 5) != 0)
+		return KEY_ERROR(p, "invalid compression '%s' (expected zstd, "
+		    "zstd:LEVEL or none)", v);
+	l = v + 5;
+	for (size_t i = 0; l[i] != '\0'; i++) {
+		if (!isdigit((unsigned char)l[i]) || i >= 2) {
+			level = -1;
+			break;
+		}
+		level = level * 10 + (l[i] - '0');
+	}
+	if (level < 1 || level > CFG_MAX_ZSTD_LEVEL)
+		return KEY_ERROR(p, "invalid zstd level '%s' (1 to %d)", l,
+		    CFG_MAX_ZSTD_LEVEL);
+	vm->compress_level = level;
+	return 0;
+}
+
+static int
+set_pre_snapshot(struct cfg_parse *p, const char *v)
+{
+	cur_vm(p)->pre_snapshot = xstrdup(v);
+	return 0;
+}
+
+static int
+set_post_snapshot(struct cfg_parse *p, const char *v)
+{
+	cur_vm(p)->post_snapshot = xstrdup(v);
+	return 0;
+}
+
+/* [accept NAME] */
+
+static int
+set_vms(struct cfg_parse *p, const char *v)
+{
+	struct cfg_accept *a = cur_accept(p);
+	char *copy = xstrdup(v), *tok, *save = NULL;
+	int r;
+
+	for (tok = strtok_r(copy, " \t", &save); tok != NULL;
+	    tok = strtok_r(NULL, " \t", &save)) {
+		for (size_t i = 0; tok[i] != '\0'; i++) {
+			if (!isalnum((unsigned char)tok[i]) &&
+			    strchr("_.+-*?[]", tok[i]) == NULL) {
+				r = KEY_ERROR(p, "invalid pattern '%s' (VM "
+				    "name characters and * ? [ ])", tok);
+				goto out;
+			}
+		}
+		a->vms = xreallocarray(a->vms, a->nvms + 1, sizeof(char *));
+		a->vms[a->nvms++] = xstrdup(tok);
+	}
+	r = 0;
+out:
+	free(copy);
+	return r;
+}
+
+static int
+set_storage(struct cfg_parse *p, const char *v)
+{
+	return set_path(p, v, &cur_accept(p)->storage, 1);
+}
+
+/*
+ * POLICY is RULE[,RULE...]: [app:]KIND=COUNT with KIND one of last,
+ * hourly, daily, weekly, monthly, yearly, or within=DURATION.  Stored
+ * without the blanks around the commas.
+ */
+static int
+set_retention(struct cfg_parse *p, const char *v)
+{
+	static const char *const kinds[] = { "last", "hourly", "daily",
+	    "weekly", "monthly", "yearly", "within" };
+	char *copy = xstrdup(v), *out = xmalloc(strlen(v) + 1);
+	char *item, *next, *val;
+	char done[2][7] = { { 0 } };
+	size_t olen = 0, k;
+	int app, r;
+
+	for (item = copy; item != NULL; item = next) {
+		if ((next = strchr(item, ',')) != NULL)
+			*next++ = '\0';
+		item += strspn(item, " \t");
+		for (size_t n = strlen(item); n > 0 &&
+		    (item[n - 1] == ' ' || item[n - 1] == '\t'); n--)
+			item[n - 1] = '\0';
+		if (*item == '\0') {
+			r = KEY_ERROR(p, "empty rule in '%s'", v);
+			goto out;
+		}
+		const char *rule = item;
+		app = strncmp(item, "app:", 4) == 0;
+		if (app)
+			item += 4;
+		if ((val = strchr(item, '=')) == NULL) {
+			r = KEY_ERROR(p, "invalid rule '%s' (expected "
+			    "KIND=COUNT or within=DURATION)", rule);
+			goto out;
+		}
+		*val++ = '\0';
+		for (k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++)
+			if (strcmp(item, kinds[k]) == 0)
+				break;
+		if (k == sizeof(kinds) / sizeof(kinds[0]) ||
+		    (app && strcmp(item, "within") == 0)) {
+			r = KEY_ERROR(p, "unknown rule '%s%s' (expected [app:]"
+			    "last, hourly, daily, weekly, monthly, yearly or "
+			    "within)", app ? "app:" : "", item);
+			goto out;
+		}
+		if (done[app][k]) {
+			r = KEY_ERROR(p, "rule '%s%s' given twice",
+			    app ? "app:" : "", item);
+			goto out;
+		}
+		done[app][k] = 1;
+		if (strcmp(item, "within") == 0) {
+			uint64_t ms;
+			if (util_parse_duration_ms(val, &ms) != 0 || ms == 0) {
+				r = KEY_ERROR(p, "invalid duration '%s' in "
+				    "within=", val);
+				goto out;
+			}
+		} else {
+			long n = 0;
+			size_t i;
+			for (i = 0; isdigit((unsigned char)val[i]) &&
+			    n <= CFG_MAX_KEEP; i++)
+				n = n * 10 + (val[i] - '0');
+			if (i == 0 || val[i] != '\0' || n < 1 ||
+			    n > CFG_MAX_KEEP) {
+				r = KEY_ERROR(p, "invalid count '%s' in %s%s= "
+				    "(1 to %d)", val, app ? "app:" : "", item,
+				    CFG_MAX_KEEP);
+				goto out;
+			}
+		}
+		olen += (size_t)snprintf(out + olen, strlen(v) + 1 - olen,
+		    "%s%s%s=%s", olen > 0 ? "," : "", app ? "app:" : "",
+		    item, val);
+	}
+	cur_accept(p)->retention = out;
+	out = NULL;
+	r = 0;
+out:
+	free(copy);
+	free(out);
+	return r;
+}
+
+static const struct cfg_key cfg_keys[] = {
+	{ SEC_DAEMON,	"state_dir",		set_state_dir,		0 },
+	{ SEC_DAEMON,	"control_socket",	set_control_socket,	0 },
+	{ SEC_DAEMON,	"listen",		set_listen,		0 },
+	{ SEC_DAEMON,	"tls_cert",		set_tls_cert,		0 },
+	{ SEC_DAEMON,	"tls_key",		set_tls_key,		0 },
+	{ SEC_DAEMON,	"tls_ca",		set_tls_ca,		0 },
+	{ SEC_DAEMON,	"log_level",		set_log_level,		0 },
+	{ SEC_VM,	"disk",			set_disk,		1 },
+	{ SEC_VM,	"replica",		set_replica,		0 },
+	{ SEC_VM,	"replica_name",		set_replica_name,	0 },
+	{ SEC_VM,	"interval",		set_interval,		0 },
+	{ SEC_VM,	"tracker",		set_tracker,		0 },
+	{ SEC_VM,	"block_size",		set_block_size,		0 },
+	{ SEC_VM,	"compress",		set_compress,		0 },
+	{ SEC_VM,	"pre_snapshot",		set_pre_snapshot,	0 },
+	{ SEC_VM,	"post_snapshot",	set_post_snapshot,	0 },
+	{ SEC_ACCEPT,	"vms",			set_vms,		0 },
+	{ SEC_ACCEPT,	"storage",		set_storage,		0 },
+	{ SEC_ACCEPT,	"retention",		set_retention,		0 },
+};
+
+static int
+cfg_handler(void *user, const char *section, const char *name,
+    const char *value)
+{
+	struct cfg_parse *p = user;
+	size_t i;
+	int r;
+
+	if (p->failed)
+		return 0;
+	p->key = name;
+	if (p->sec == SEC_NONE) {
+		r = KEY_ERROR(p, "key outside any section (expected [daemon], "
+		    "[vm NAME] or [accept NAME] first)");
+		goto out;
+	}
+	for (i = 0; i < sizeof(cfg_keys) / sizeof(cfg_keys[0]); i++)
+		if (cfg_keys[i].sec == p->sec &&
+		    strcmp(cfg_keys[i].name, name) == 0)
+			break;
+	if (i == sizeof(cfg_keys) / sizeof(cfg_keys[0])) {
+		r = KEY_ERROR(p, "unknown key");
+		goto out;
+	}
+	if (p->seen[i] != 0 && !cfg_keys[i].repeatable) {
+		r = KEY_ERROR(p, "duplicate key (first set at line %d)",
+		    p->seen[i]);
+		goto out;
+	}
+	p->seen[i] = p->lineno;
+	if (*value == '\0') {
+		r = KEY_ERROR(p, "empty value");
+		goto out;
+	}
+	r = cfg_keys[i].set(p, value);
+out:
+	p->key = NULL;
+	return r == 0;
+}
+
+/* A "[TYPE NAME]" line; text is what is between the brackets. */
+static int
+cfg_section(struct cfg_parse *p, char *text)
+{
+	struct config *cfg = p->cfg;
+	char *name, *end;
+	size_t n;
+
+	text += strspn(text, " \t");
+	for (n = strlen(text); n > 0 && (text[n - 1] == ' ' ||
+	    text[n - 1] == '\t'); n--)
+		text[n - 1] = '\0';
+	end = text + strcspn(text, " \t");
+	name = end + strspn(end, " \t");
+	*end = '\0';
+	snprintf(p->label, sizeof(p->label), "%s%s%s", text,
+	    *name != '\0' ? " " : "", name);
+	p->sec = SEC_NONE;
+	memset(p->seen, 0, sizeof(p->seen));
+
+	if (strcmp(text, "daemon") == 0) {
+		if (*name != '\0')
+			return cfg_error(p, p->lineno, p->label, NULL,
+			    "unexpected name: the section is [daemon]");
+		if (p->daemon_line != 0)
+			return cfg_error(p, p->lineno, p->label, NULL,
+			    "duplicate section (first at line %d)",
+			    p->daemon_line);
+		p->daemon_line = p->lineno;
+		p->sec = SEC_DAEMON;
+	} else if (strcmp(text, "vm") == 0) {
+		if (*name == '\0')
+			return cfg_error(p, p->lineno, p->label, NULL,
+			    "missing name: expected [vm NAME]");
+		if (util_name_valid(name) != 0)
+			return cfg_error(p, p->lineno, p->label, NULL,
+			    "invalid VM name '%s' (" NAME_RULES ")", name);
+		for (size_t i = 0; i < cfg->nvms; i++)
+			if (strcmp(cfg->vms[i].name, name) == 0)
+				return cfg_error(p, p->lineno, p->label, NULL,
+				    "duplicate section (first at line %d)",
+				    cfg->vms[i].line);
+		cfg->vms = xreallocarray(cfg->vms, cfg->nvms + 1,
+		    sizeof(*cfg->vms));
+		struct cfg_vm *vm = &cfg->vms[cfg->nvms++];
+		memset(vm, 0, sizeof(*vm));
+		snprintf(vm->name, sizeof(vm->name), "%s", name);
+		vm->interval_ms = CONFIG_DEFAULT_INTERVAL_MS;
+		vm->tracker = TRACKER_SCAN;
+		vm->block_size = CONFIG_DEFAULT_BLOCK_SIZE;
+		vm->compress_level = 1;
+		vm->line = p->lineno;
+		p->sec = SEC_VM;
+	} else if (strcmp(text, "accept") == 0) {
+		if (*name == '\0')
+			return cfg_error(p, p->lineno, p->label, NULL,
+			    "missing name: expected [accept NAME]");
+		if (!identity_valid(name))
+			return cfg_error(p, p->lineno, p->label, NULL,
+			    "invalid host identity '%s' (" HOST_RULES ")",
+			    name);
+		for (size_t i = 0; i < cfg->naccepts; i++)
+			if (strcasecmp(cfg->accepts[i].name, name) == 0)
+				return cfg_error(p, p->lineno, p->label, NULL,
+				    "duplicate section (first at line %d)",
+				    cfg->accepts[i].line);
+		cfg->accepts = xreallocarray(cfg->accepts, cfg->naccepts + 1,
+		    sizeof(*cfg->accepts));
+		struct cfg_accept *a = &cfg->accepts[cfg->naccepts++];
+		memset(a, 0, sizeof(*a));
+		snprintf(a->name, sizeof(a->name), "%s", name);
+		a->line = p->lineno;
+		p->sec = SEC_ACCEPT;
+	} else
+		return cfg_error(p, p->lineno, p->label, NULL,
+		    "unknown section (expected [daemon], [vm NAME] or "
+		    "[accept NAME])");
+	return 0;
+}
+
+/*
+ * inih's reader: one line into str (num bytes), or NULL at the end of the
+ * file or after the first error.  inih sees only "KEY = VALUE" lines and
+ * blank lines, without comments, so its line count stays ours.
+ */
+static char *
+cfg_reader(char *str, int num, void *stream)
+{
+	struct cfg_parse *p = stream;
+	char *s = p->raw, *q;
+	size_t len = 0, n;
+	int c, overflow = 0, bad = -1, comment = 0;
+
+	if (p->failed || num < 4)
+		return NULL;
+	while ((c = getc(p->fp)) != EOF && c != '\n') {
+		if (bad < 0 && (c < 0x20 || c == 0x7f) && c != '\t' &&
+		    c != '\r')
+			bad = c;
+		if (len < sizeof(p->raw) - 1)
+			p->raw[len++] = (char)c;
+		else
+			overflow = 1;
+	}
+	if (c == EOF) {
+		if (ferror(p->fp)) {
+			p->read_errno = errno;
+			p->failed = 1;
+			return NULL;
+		}
+		if (len == 0 && !overflow)
+			return NULL;
+	}
+	p->raw[len] = '\0';
+	p->lineno++;
+	/* A '\r' is allowed only as part of a "\r\n" line end. */
+	if (len > 0 && p->raw[len - 1] == '\r' && !overflow)
+		p->raw[--len] = '\0';
+	if (bad < 0 && memchr(p->raw, '\r', len) != NULL)
+		bad = '\r';
+	if (bad >= 0) {
+		cfg_error(p, p->lineno, p->sec == SEC_NONE ? NULL : p->label,
+		    NULL, "invalid control character 0x%02x", bad);
+		return NULL;
+	}
+	if (p->lineno == 1 && strncmp(s, "\xef\xbb\xbf", 3) == 0)
+		s += 3;
+
+	s += strspn(s, " \t");
+	if (*s == '#' || *s == ';') {
+		*s = '\0';
+		comment = 1;
+	}
+	for (q = s; *q != '\0'; q++) {
+		if ((*q == '#' || *q == ';') && q > s && (q[-1] == ' ' ||
+		    q[-1] == '\t')) {
+			*q = '\0';
+			comment = 1;
+			break;
+		}
+	}
+	for (n = strlen(s); n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t');
+	    n--)
+		s[n - 1] = '\0';
+	if ((overflow && !comment) || n > (size_t)num - 3) {
+		cfg_error(p, p->lineno, p->sec == SEC_NONE ? NULL : p->label,
+		    NULL, "line too long (at most %d characters before a "
+		    "comment)", num - 3);
+		return NULL;
+	}
+
+	if (*s == '[') {
+		if (s[n - 1] != ']') {
+			cfg_error(p, p->lineno, NULL, NULL, "invalid section "
+			    "header (expected [daemon], [vm NAME] or "
+			    "[accept NAME])");
+			return NULL;
+		}
+		s[n - 1] = '\0';
+		if (cfg_section(p, s + 1) != 0)
+			return NULL;
+		*s = '\0';
+	} else if (*s != '\0') {
+		/* inih splits at the first '=' or ':'; we want '=' only. */
+		size_t klen = strcspn(s, "=:");
+		if (s[klen] != '=' || klen == 0) {
+			cfg_error(p, p->lineno, p->sec == SEC_NONE ? NULL :
+			    p->label, NULL, "syntax error (expected "
+			    "KEY = VALUE or [SECTION])");
+			return NULL;
+		}
+	}
+	snprintf(str, (size_t)num, "%s\n", s);
+	return str;
+}
+
+static int
+cfg_check_and_fill(struct cfg_parse *p)
+{
+	struct config *cfg = p->cfg;
+	static const char *const tls_names[] = { "tls_cert", "tls_key",
+	    "tls_ca" };
+	char *tls[3];
+
+	if (p->daemon_line == 0)
+		return cfg_error(p, 0, NULL, NULL, "missing [daemon] section "
+		    "(state_dir is required)");
+	if (cfg->state_dir == NULL)
+		return cfg_error(p, p->daemon_line, "daemon", "state_dir",
+		    "missing (required)");
+	if (cfg->nvms == 0 && cfg->listen == NULL)
+		return cfg_error(p, p->daemon_line, "daemon", NULL,
+		    "nothing to do: no [vm] section and no listen");
+	for (size_t i = 0; i < cfg->nvms; i++) {
+		struct cfg_vm *vm = &cfg->vms[i];
+		char label[NAME_MAX_LEN + 8];
+
+		snprintf(label, sizeof(label), "vm %s", vm->name);
+		if (vm->ndisks == 0)
+			return cfg_error(p, vm->line, label, "disk", "missing "
+			    "(at least one is required)");
+		if (vm->replica == NULL)
+			return cfg_error(p, vm->line, label, "replica",
+			    "missing (required)");
+	}
+	tls[0] = cfg->tls_cert;
+	tls[1] = cfg->tls_key;
+	tls[2] = cfg->tls_ca;
+	for (size_t i = 0; i < 3; i++)
+		if (tls[i] == NULL)
+			return cfg_error(p, p->daemon_line, "daemon",
+			    tls_names[i], "missing (required with [vm] "
+			    "sections or listen)");
+	if (cfg->naccepts > 0 && cfg->listen == NULL) {
+		char label[HOST_MAX_LEN + 8];
+
+		snprintf(label, sizeof(label), "accept %s",
+		    cfg->accepts[0].name);
+		return cfg_error(p, cfg->accepts[0].line, label, NULL,
+		    "[accept] entries need listen in [daemon]");
+	}
+
+	if (cfg->control_socket == NULL) {
+		cfg->control_socket = xasprintf("%s/control.sock",
+		    cfg->state_dir);
+		if (strlen(cfg->control_socket) >= CFG_SOCK_MAX)
+			return cfg_error(p, p->state_dir_line, "daemon",
+			    "state_dir", "default control_socket '%s' too "
+			    "long for a UNIX socket (at most %zu bytes): set "
+			    "control_socket", cfg->control_socket,
+			    CFG_SOCK_MAX - 1);
+	}
+	for (size_t i = 0; i < cfg->nvms; i++)
+		if (cfg->vms[i].replica_name == NULL)
+			cfg->vms[i].replica_name =
+			    xstrdup(cfg->vms[i].replica_host);
+	for (size_t i = 0; i < cfg->naccepts; i++) {
+		struct cfg_accept *a = &cfg->accepts[i];
+
+		if (a->nvms == 0) {
+			a->vms = xcalloc(1, sizeof(char *));
+			a->vms[a->nvms++] = xstrdup("*");
+		}
+		if (a->storage == NULL)
+			a->storage = xasprintf("%s/replicas", cfg->state_dir);
+		if (a->retention == NULL)
+			a->retention = xstrdup(CONFIG_DEFAULT_RETENTION);
+	}
+	return 0;
+}
+
+int
+config_load(const char *path, struct config **out, char *err, size_t errsz)
+{
+	struct cfg_parse *p = xcalloc(1, sizeof(*p));
+	struct config *cfg = xcalloc(1, sizeof(*cfg));
+	int r, pr, saved_errno = 0;
+
+	*out = NULL;
+	if (err != NULL && errsz > 0)
+		err[0] = '\0';
+	cfg->path = xstrdup(path);
+	cfg->log_level = LOG_LVL_INFO;
+	p->cfg = cfg;
+	p->err = err;
+	p->errsz = errsz;
+
+	if ((p->fp = fopen(path, "re")) == NULL) {
+		saved_errno = errno;
+		r = errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
+		goto out;
+	}
+	pr = ini_parse_stream(cfg_reader, p, cfg_handler, p);
+	if (p->read_errno != 0) {
+		saved_errno = p->read_errno;
+		r = RD_ERR_SYSTEM;
+		goto out;
+	}
+	if (p->failed) {
+		r = RD_ERR_INVALID;
+		goto out;
+	}
+	if (pr != 0) {
+		/* Not reached: our reader passes inih only lines it parses. */
+		r = cfg_error(p, pr > 0 ? pr : 0, NULL, NULL, "syntax error");
+		goto out;
+	}
+	if ((r = cfg_check_and_fill(p)) != 0)
+		goto out;
+	*out = cfg;
+	cfg = NULL;
+	r = 0;
+out:
+	if (saved_errno != 0 && err != NULL && errsz > 0)
+		snprintf(err, errsz, "%s: %s", path, strerror(saved_errno));
+	if (p->fp != NULL)
+		fclose(p->fp);
+	free(p);
+	config_free(cfg);
+	if (saved_errno != 0)
+		errno = saved_errno;
+	return r;
+}
+
+static void
+free_strv(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+void
+config_free(struct config *cfg)
+{
+	if (cfg == NULL)
+		return;
+	for (size_t i = 0; i < cfg->nvms; i++) {
+		struct cfg_vm *vm = &cfg->vms[i];
+
+		free_strv(vm->disks, vm->ndisks);
+		free_strv(vm->disk_names, vm->ndisks);
+		free(vm->replica);
+		free(vm->replica_name);
+		free(vm->pre_snapshot);
+		free(vm->post_snapshot);
+	}
+	free(cfg->vms);
+	for (size_t i = 0; i < cfg->naccepts; i++) {
+		struct cfg_accept *a = &cfg->accepts[i];
+
+		free_strv(a->vms, a->nvms);
+		free(a->storage);
+		free(a->retention);
+	}
+	free(cfg->accepts);
+	free(cfg->path);
+	free(cfg->state_dir);
+	free(cfg->control_socket);
+	free(cfg->listen);
+	free(cfg->tls_cert);
+	free(cfg->tls_key);
+	free(cfg->tls_ca);
+	free(cfg);
+}
+
+const struct cfg_vm *
+config_find_vm(const struct config *cfg, const char *name)
+{
+	for (size_t i = 0; i < cfg->nvms; i++)
+		if (strcmp(cfg->vms[i].name, name) == 0)
+			return &cfg->vms[i];
+	return NULL;
+}
+
+const struct cfg_accept *
+config_match_accept(const struct config *cfg, const char *identity,
+    const char *vm)
+{
+	for (size_t i = 0; i < cfg->naccepts; i++) {
+		const struct cfg_accept *a = &cfg->accepts[i];
+
+		if (strcasecmp(a->name, identity) != 0)
+			continue;
+		for (size_t j = 0; j < a->nvms; j++)
+			if (fnmatch(a->vms[j], vm, 0) == 0)
+				return a;
+	}
+	return NULL;
+}

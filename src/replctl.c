@@ -1,0 +1,644 @@
+/*
+ * replctl.c — the operator's command.  Checks a command line, sends it to
+ * the local replicad over the control socket (ctl.h) and relays the
+ * replies: OUT to stdout, ERR to stderr, PROGRESS to a terminal, and the
+ * EXIT code as its own.
+ *
+ * Every command is checked here, before anything is sent, and reaches the
+ * daemon as a normalised argv: the command, the VM if any, then the
+ * options given, in the order of opt_defs[], each value as its own
+ * argument ({"failover", "web01", "--test", "--point", "3"}).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "config.h"
+#include "ctl.h"
+#include "err.h"
+#include "log.h"
+#include "util.h"
+#include "xmalloc.h"
+
+#ifndef REPLCTL_VERSION
+#define REPLCTL_VERSION	"0.1.0"
+#endif
+
+#define VALUE_MAX	(HOST_MAX_LEN + 16)	/* "[HOST]:PORT" or an ID */
+
+enum opt {
+	OPT_JSON,
+	OPT_WAIT,
+	OPT_TEST,
+	OPT_CLEANUP,
+	OPT_PLANNED,
+	OPT_COMMIT,
+	OPT_DRY_RUN,
+	OPT_POINT,
+	OPT_TO,
+	OPT_COUNT
+};
+#define F(o)	(1u << (o))
+
+static int check_id(const char *, char *, size_t);
+static int check_hostport(const char *, char *, size_t);
+
+/* Options of all commands, in the order they are sent in. */
+static const struct opt_def {
+	const char	*name;
+	/* NULL for a flag; else checks the value, writes its normal form. */
+	int		(*value)(const char *arg, char *norm, size_t normsz);
+	const char	*what;		/* the value, for messages */
+} opt_defs[OPT_COUNT] = {
+	[OPT_JSON] =	{ "--json", NULL, NULL },
+	[OPT_WAIT] =	{ "--wait", NULL, NULL },
+	[OPT_TEST] =	{ "--test", NULL, NULL },
+	[OPT_CLEANUP] =	{ "--cleanup", NULL, NULL },
+	[OPT_PLANNED] =	{ "--planned", NULL, NULL },
+	[OPT_COMMIT] =	{ "--commit", NULL, NULL },
+	[OPT_DRY_RUN] =	{ "--dry-run", NULL, NULL },
+	[OPT_POINT] =	{ "--point", check_id, "point ID" },
+	[OPT_TO] =	{ "--to", check_hostport, "address (want HOST:PORT)" },
+};
+
+struct cmdline {
+	const char	*vm;			/* NULL if none */
+	unsigned	 given;			/* F(opt) bits */
+	char		 value[OPT_COUNT][VALUE_MAX];
+};
+
+enum vm_arg { VM_OPTIONAL, VM_REQUIRED };
+
+static int check_failover(const struct cmdline *, char *, size_t);
+
+static const struct subcommand {
+	const char	*name;
+	enum vm_arg	 vm;
+	unsigned	 opts;		/* allowed */
+	unsigned	 needs;		/* required */
+	/* Rules on combinations of options; NULL if none. */
+	int		(*check)(const struct cmdline *, char *why, size_t);
+	const char	*usage;		/* one form per line */
+	const char	*help;
+} subcommands[] = {
+	{ "status", VM_OPTIONAL, F(OPT_JSON), 0, NULL,
+	    "status [VM] [--json]",
+	    "show relationships: role, generation, state, lag, health" },
+	{ "sync", VM_REQUIRED, F(OPT_WAIT), 0, NULL,
+	    "sync VM [--wait]",
+	    "start a replication cycle now (primary)" },
+	{ "points", VM_REQUIRED, F(OPT_JSON), 0, NULL,
+	    "points VM [--json]",
+	    "list the recovery points of a VM (replica)" },
+	{ "failover", VM_REQUIRED, F(OPT_TEST) | F(OPT_CLEANUP) |
+	    F(OPT_PLANNED) | F(OPT_COMMIT) | F(OPT_POINT), 0, check_failover,
+	    "failover VM --test [--point ID]\n"
+	    "failover VM --test --cleanup\n"
+	    "failover VM [--point ID]\n"
+	    "failover VM --planned\n"
+	    "failover VM --commit",
+	    "test failover, unplanned or planned failover (see replctl(8))" },
+	{ "reverse", VM_REQUIRED, F(OPT_TO), F(OPT_TO), NULL,
+	    "reverse VM --to HOST:PORT",
+	    "replicate back to the old primary (new primary)" },
+	{ "resync", VM_REQUIRED, F(OPT_WAIT), 0, NULL,
+	    "resync VM [--wait]",
+	    "compare the whole disks and send the differences (primary)" },
+	{ "prune", VM_OPTIONAL, F(OPT_DRY_RUN), 0, NULL,
+	    "prune [VM] [--dry-run]",
+	    "apply the retention policy (replica)" },
+	{ "verify", VM_REQUIRED, F(OPT_POINT), 0, NULL,
+	    "verify VM [--point ID]",
+	    "re-hash a point and check it against its digests (replica)" },
+	{ "forget", VM_REQUIRED, F(OPT_POINT), F(OPT_POINT), NULL,
+	    "forget VM --point ID",
+	    "drop one recovery point, not the newest (replica)" },
+	{ "pause", VM_REQUIRED, 0, 0, NULL,
+	    "pause VM",
+	    "stop scheduled cycles (primary)" },
+	{ "resume", VM_REQUIRED, 0, 0, NULL,
+	    "resume VM",
+	    "restart scheduled cycles (primary)" },
+};
+#define NSUBCOMMANDS	(sizeof(subcommands) / sizeof(subcommands[0]))
+
+/* The synopsis on stderr after a usage error; everything for --help. */
+static void
+usage(FILE *f, int full)
+{
+	fprintf(f,
+	    "usage: replctl [-c FILE | -s SOCKET] COMMAND [ARGS...]\n"
+	    "       replctl -h | -V\n");
+	if (!full) {
+		fprintf(f, "Run 'replctl --help' for the commands.\n");
+		return;
+	}
+	fprintf(f, "\n"
+	    "  -c FILE        configuration file (default %s)\n"
+	    "  -s SOCKET      control socket (instead of the configuration's)\n"
+	    "  -h, --help     show this help\n"
+	    "  -V, --version  show the version\n\n"
+	    "Commands:\n", CONFIG_DEFAULT_PATH);
+	for (size_t i = 0; i < NSUBCOMMANDS; i++)
+		fprintf(f, "  %-9s %s\n", subcommands[i].name,
+		    subcommands[i].help);
+	fprintf(f, "\nSyntax:\n");
+	for (size_t i = 0; i < NSUBCOMMANDS; i++) {
+		const char *p = subcommands[i].usage;
+		while (*p != '\0') {
+			size_t n = strcspn(p, "\n");
+			fprintf(f, "  %.*s\n", (int)n, p);
+			p += n + (p[n] == '\n');
+		}
+	}
+	fprintf(f, "\nExit status: 0 success, 1 the operation failed, "
+	    "2 usage or configuration error,\n3 cannot reach replicad.\n");
+}
+
+static const struct subcommand *
+find_subcommand(const char *name)
+{
+	for (size_t i = 0; i < NSUBCOMMANDS; i++)
+		if (strcmp(name, subcommands[i].name) == 0)
+			return &subcommands[i];
+	return NULL;
+}
+
+/* "replctl: WHY" and the command's usage, on stderr. */
+static void
+command_usage(const struct subcommand *cmd, const char *why)
+{
+	const char *p = cmd->usage, *lead = "usage:";
+
+	fprintf(stderr, "replctl: %s\n", why);
+	while (*p != '\0') {
+		size_t n = strcspn(p, "\n");
+		fprintf(stderr, "%s replctl %.*s\n", lead, (int)n, p);
+		lead = "      ";
+		p += n + (p[n] == '\n');
+	}
+}
+
+/* A recovery point ID: a positive decimal that fits a uint64. */
+static int
+check_id(const char *s, char *norm, size_t normsz)
+{
+	uint64_t v = 0;
+
+	if (*s == '\0')
+		return RD_ERR_INVALID;
+	for (const char *p = s; *p != '\0'; p++) {
+		if (*p < '0' || *p > '9')
+			return RD_ERR_INVALID;
+		if (v > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+			return RD_ERR_RANGE;
+		v = v * 10 + (uint64_t)(*p - '0');
+	}
+	if (v == 0)
+		return RD_ERR_RANGE;
+	snprintf(norm, normsz, "%" PRIu64, v);
+	return 0;
+}
+
+static int
+check_hostport(const char *s, char *norm, size_t normsz)
+{
+	char host[HOST_MAX_LEN + 1];
+	uint16_t port;
+	int r;
+
+	if ((r = util_parse_hostport(s, host, sizeof(host), &port)) != 0)
+		return r;
+	snprintf(norm, normsz, strchr(host, ':') != NULL ? "[%s]:%u" : "%s:%u",
+	    host, (unsigned)port);
+	return 0;
+}
+
+/* --test [--point ID | --cleanup], [--point ID], --planned or --commit. */
+static int
+check_failover(const struct cmdline *cl, char *why, size_t whysz)
+{
+	static const enum opt pairs[][2] = {
+		{ OPT_CLEANUP, OPT_POINT },
+		{ OPT_PLANNED, OPT_TEST }, { OPT_PLANNED, OPT_POINT },
+		{ OPT_COMMIT, OPT_TEST }, { OPT_COMMIT, OPT_POINT },
+		{ OPT_COMMIT, OPT_PLANNED },
+	};
+
+	if ((cl->given & F(OPT_CLEANUP)) && !(cl->given & F(OPT_TEST))) {
+		snprintf(why, whysz, "--cleanup needs --test");
+		return RD_ERR_INVALID;
+	}
+	for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+		unsigned both = F(pairs[i][0]) | F(pairs[i][1]);
+		if ((cl->given & both) == both) {
+			snprintf(why, whysz, "%s cannot be used with %s",
+			    opt_defs[pairs[i][0]].name,
+			    opt_defs[pairs[i][1]].name);
+			return RD_ERR_INVALID;
+		}
+	}
+	return 0;
+}
+
+static int
+find_opt(const char *name, size_t len)
+{
+	for (int o = 0; o < OPT_COUNT; o++)
+		if (strlen(opt_defs[o].name) == len &&
+		    strncmp(opt_defs[o].name, name, len) == 0)
+			return o;
+	return -1;
+}
+
+/*
+ * Check the arguments after the command name.  Options may come before or
+ * after the VM; "--point ID" and "--point=ID" are the same.  On a usage
+ * error, writes why and returns RD_ERR_INVALID.
+ */
+static int
+parse_command(const struct subcommand *cmd, int argc, char **argv,
+    struct cmdline *cl, char *why, size_t whysz)
+{
+	int r = RD_ERR_INVALID;
+
+	memset(cl, 0, sizeof(*cl));
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i], *eq, *val;
+		size_t nlen;
+		int o;
+
+		if (a[0] != '-') {
+			if (cl->vm != NULL) {
+				snprintf(why, whysz, "unexpected argument '%s'",
+				    a);
+				goto out;
+			}
+			if (util_name_valid(a) != 0) {
+				snprintf(why, whysz, "invalid VM name '%s'", a);
+				goto out;
+			}
+			cl->vm = a;
+			continue;
+		}
+		eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
+		nlen = eq != NULL ? (size_t)(eq - a) : strlen(a);
+		o = find_opt(a, nlen);
+		if (o < 0 || !(cmd->opts & F(o))) {
+			snprintf(why, whysz, "unknown option '%.*s' for %s",
+			    (int)nlen, a, cmd->name);
+			goto out;
+		}
+		if (opt_defs[o].value == NULL) {
+			if (eq != NULL) {
+				snprintf(why, whysz, "%s takes no value",
+				    opt_defs[o].name);
+				goto out;
+			}
+			cl->given |= F(o);
+			continue;
+		}
+		if (eq != NULL)
+			val = eq + 1;
+		else if (i + 1 < argc)
+			val = argv[++i];
+		else {
+			snprintf(why, whysz, "%s needs a value",
+			    opt_defs[o].name);
+			goto out;
+		}
+		if (cl->given & F(o)) {
+			snprintf(why, whysz, "%s given twice", opt_defs[o].name);
+			goto out;
+		}
+		if (opt_defs[o].value(val, cl->value[o], VALUE_MAX) != 0) {
+			snprintf(why, whysz, "invalid %s '%s'", opt_defs[o].what,
+			    val);
+			goto out;
+		}
+		cl->given |= F(o);
+	}
+	if (cmd->vm == VM_REQUIRED && cl->vm == NULL) {
+		snprintf(why, whysz, "missing VM name");
+		goto out;
+	}
+	for (int o = 0; o < OPT_COUNT; o++) {
+		if ((cmd->needs & F(o)) && !(cl->given & F(o))) {
+			snprintf(why, whysz, "missing %s", opt_defs[o].name);
+			goto out;
+		}
+	}
+	if (cmd->check != NULL && cmd->check(cl, why, whysz) != 0)
+		goto out;
+	r = 0;
+out:
+	return r;
+}
+
+/* The normalised request argv; pointers into cmd and cl. */
+static int
+build_request(const struct subcommand *cmd, struct cmdline *cl,
+    char *argv[CTL_MAX_ARGS + 1])
+{
+	int n = 0;
+
+	argv[n++] = (char *)cmd->name;
+	if (cl->vm != NULL)
+		argv[n++] = (char *)cl->vm;
+	for (int o = 0; o < OPT_COUNT; o++) {
+		if (!(cl->given & F(o)))
+			continue;
+		argv[n++] = (char *)opt_defs[o].name;
+		if (opt_defs[o].value != NULL)
+			argv[n++] = cl->value[o];
+	}
+	argv[n] = NULL;
+	return n;
+}
+
+/* -s wins; otherwise the configuration's control_socket. */
+static int
+control_path(const char *cfgpath, const char *sockpath, char **out)
+{
+	struct config *cfg = NULL;
+	char err[1024] = "";
+	int r;
+
+	if (sockpath != NULL) {
+		*out = xstrdup(sockpath);
+		return 0;
+	}
+	if (cfgpath == NULL)
+		cfgpath = CONFIG_DEFAULT_PATH;
+	if ((r = config_load(cfgpath, &cfg, err, sizeof(err))) != 0) {
+		if (err[0] != '\0')
+			fprintf(stderr, "replctl: %s\n", err);
+		else
+			fprintf(stderr, "replctl: %s: %s\n", cfgpath,
+			    rd_strerror(r));
+		return r;
+	}
+	*out = xstrdup(cfg->control_socket);
+	config_free(cfg);
+	return 0;
+}
+
+static int
+control_connect(const char *path)
+{
+	struct sockaddr_un sa;
+	int fd;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(sa.sun_path, path, strlen(path));
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+		return -1;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		int saved = errno;
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	return fd;
+}
+
+/* send(2) without SIGPIPE: a daemon gone away is an error, not a signal. */
+static int
+send_full(int fd, const uint8_t *p, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return RD_ERR_SYSTEM;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+struct relay {
+	int	progress_shown;		/* a progress line is on stderr */
+	int	tty;			/* stderr is a terminal */
+};
+
+static void
+progress_end(struct relay *rl)
+{
+	if (rl->progress_shown) {
+		(void)util_write_full(STDERR_FILENO, "\n", 1);
+		rl->progress_shown = 0;
+	}
+}
+
+/* One line, overwritten in place; control characters would break it. */
+static void
+progress_show(struct relay *rl, const uint8_t *text, size_t len)
+{
+	char line[512];
+	size_t n = 0;
+
+	if (!rl->tty)
+		return;
+	line[n++] = '\r';
+	for (size_t i = 0; i < len && n < sizeof(line) - 4; i++)
+		line[n++] = text[i] < 0x20 || text[i] == 0x7f ? '?' :
+		    (char)text[i];
+	memcpy(line + n, "\033[K", 3);
+	n += 3;
+	(void)util_write_full(STDERR_FILENO, line, n);
+	rl->progress_shown = 1;
+}
+
+/*
+ * Relay one reply frame.  Returns the exit code after EXIT, -1 to go on.
+ */
+static int
+relay_frame(struct relay *rl, uint8_t type, const uint8_t *text, size_t len)
+{
+	switch (type) {
+	case CTL_OUT:
+		progress_end(rl);
+		if (util_write_full(STDOUT_FILENO, text, len) != 0) {
+			fprintf(stderr, "replctl: cannot write output: %s\n",
+			    strerror(errno));
+			return CTL_EXIT_FAILED;
+		}
+		break;
+	case CTL_ERR:
+		progress_end(rl);
+		(void)util_write_full(STDERR_FILENO, text, len);
+		break;
+	case CTL_PROGRESS:
+		progress_show(rl, text, len);
+		break;
+	case CTL_EXIT:
+		progress_end(rl);
+		return text[0];
+	}
+	return -1;
+}
+
+/* Send the request, relay the replies; returns replctl's exit code. */
+static int
+converse(const char *path, int argc, char *argv[])
+{
+	struct relay rl = { 0, isatty(STDERR_FILENO) };
+	struct wbuf out, in;
+	int fd, code = -1, replied = 0;
+
+	wb_init(&out);
+	wb_init(&in);
+	if ((fd = control_connect(path)) < 0) {
+		fprintf(stderr, "replctl: cannot reach replicad at %s: %s\n",
+		    path, strerror(errno));
+		code = CTL_EXIT_UNREACHABLE;
+		goto out;
+	}
+	ctl_put_request(&out, argc, argv);
+	if (send_full(fd, out.p, out.len) != 0) {
+		fprintf(stderr, "replctl: cannot reach replicad at %s: %s\n",
+		    path, strerror(errno));
+		code = CTL_EXIT_UNREACHABLE;
+		goto out;
+	}
+	while (code < 0) {
+		ssize_t n = read(fd, wb_reserve(&in, 65536), 65536);
+		size_t off = 0, used, textlen;
+		const uint8_t *text;
+		uint8_t type;
+		int r = 0;
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			progress_end(&rl);
+			if (n == 0 || errno == ECONNRESET)
+				fprintf(stderr, "replctl: replicad closed the "
+				    "connection\n");
+			else
+				fprintf(stderr, "replctl: reading from "
+				    "replicad: %s\n", strerror(errno));
+			code = replied ? CTL_EXIT_FAILED : CTL_EXIT_UNREACHABLE;
+			goto out;
+		}
+		in.len += (size_t)n;
+		while (code < 0 && (r = ctl_get_reply(in.p + off, in.len - off,
+		    &type, &text, &textlen, &used)) == 1) {
+			replied = 1;
+			code = relay_frame(&rl, type, text, textlen);
+			off += used;
+		}
+		if (code < 0 && r < 0) {
+			progress_end(&rl);
+			fprintf(stderr, "replctl: bad reply from replicad\n");
+			code = CTL_EXIT_FAILED;
+			goto out;
+		}
+		memmove(in.p, in.p + off, in.len - off);
+		in.len -= off;
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+	wb_free(&out);
+	wb_free(&in);
+	return code;
+}
+
+/*
+ * The options before the command.  Returns -1 to go on, or the exit code
+ * after --help, --version or a usage error.
+ */
+static int
+parse_options(int argc, char *argv[], const char **cfgpath,
+    const char **sockpath)
+{
+	static const struct option longopts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 }
+	};
+	int ch;
+
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, "+:c:s:hV", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			*cfgpath = optarg;
+			break;
+		case 's':
+			*sockpath = optarg;
+			break;
+		case 'h':
+			usage(stdout, 1);
+			return CTL_EXIT_OK;
+		case 'V':
+			printf("replctl %s\n", REPLCTL_VERSION);
+			return CTL_EXIT_OK;
+		case ':':
+			fprintf(stderr, "replctl: -%c needs a value\n", optopt);
+			usage(stderr, 0);
+			return CTL_EXIT_USAGE;
+		default:
+			if (optopt != 0)
+				fprintf(stderr, "replctl: unknown option '-%c'\n",
+				    optopt);
+			else
+				fprintf(stderr, "replctl: unknown option '%s'\n",
+				    argv[optind - 1]);
+			usage(stderr, 0);
+			return CTL_EXIT_USAGE;
+		}
+	}
+	if (optind >= argc) {
+		fprintf(stderr, "replctl: missing command\n");
+		usage(stderr, 0);
+		return CTL_EXIT_USAGE;
+	}
+	return -1;
+}
+
+int
+main(int argc, char *argv[])
+{
+	const struct subcommand *cmd;
+	const char *cfgpath = NULL, *sockpath = NULL;
+	char *reqv[CTL_MAX_ARGS + 1], *path = NULL, why[512];
+	struct cmdline cl;
+	int r;
+
+	log_init("replctl", 0);
+	if ((r = parse_options(argc, argv, &cfgpath, &sockpath)) >= 0)
+		return r;
+	if ((cmd = find_subcommand(argv[optind])) == NULL) {
+		fprintf(stderr, "replctl: unknown command '%s'\n", argv[optind]);
+		usage(stderr, 0);
+		return CTL_EXIT_USAGE;
+	}
+	if (parse_command(cmd, argc - optind - 1, argv + optind + 1, &cl, why,
+	    sizeof(why)) != 0) {
+		command_usage(cmd, why);
+		return CTL_EXIT_USAGE;
+	}
+	if (control_path(cfgpath, sockpath, &path) != 0)
+		return CTL_EXIT_USAGE;
+	r = converse(path, build_request(cmd, &cl, reqv), reqv);
+	free(path);
+	return r;
+}

@@ -1,0 +1,1021 @@
+/*
+ * store.c — applying cycles to a replica VM's images, crash recovery,
+ * test-failover rebuilds and verification (see store.h for the layout).
+ *
+ * Staging index (.staging/index), format version 1, big-endian; written
+ * atomically once every block of the cycle is staged and fsynced.  Its
+ * presence means "this cycle is complete and must be applied":
+ *
+ *   8      magic "RDSTAGE1"
+ *   4      version (1)
+ *   4      block_size
+ *   8      cycle
+ *   8      created_ms
+ *   8      generation
+ *   1      kind
+ *   2      ndisks
+ *   16*n   per disk: u64 size at the newest point, u64 size at this cycle
+ *   8      nrecords
+ *   39*r   records: u16 disk, u64 offset, u32 length, u8 where
+ *          (0 staged, 1 direct, 2 zero), u64 offset in .staging/data,
+ *          16-byte XXH3-128 of the content (zero for zero extents)
+ *   16     XXH3-128 of every byte before it
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/fs.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "err.h"
+#include "log.h"
+#include "store.h"
+#include "undo.h"
+#include "util.h"
+#include "xmalloc.h"
+
+#define STAGE_MAGIC	"RDSTAGE1"
+#define STAGE_VERSION	1
+#define STAGE_REC	(2 + 8 + 4 + 1 + 8 + DIGEST_LEN)
+#define WHERE_STAGED	0
+#define WHERE_DIRECT	1
+#define WHERE_ZERO	2
+#define IO_CHUNK	(4u << 20)
+
+struct stage_rec {
+	uint16_t	disk;
+	uint64_t	off;
+	uint32_t	len;
+	uint8_t		where;
+	uint64_t	data_off;
+	struct digest	hash;
+};
+
+struct stage_index {
+	uint32_t	  block_size;
+	struct store_cycle c;
+	uint64_t	  old_sizes[CAT_MAX_DISKS];
+	uint64_t	  nrec;
+	struct stage_rec *recs;
+};
+
+struct store {
+	pthread_mutex_t	 lock;
+	struct catalog	*cat;
+	struct cat_rel	 rel;		/* the newest point's view */
+	char		*dir;
+	char		*staging;
+	char		*undo_dir;
+	char		*digest_dir;
+	char		*test_dir;
+	int		 img[CAT_MAX_DISKS];
+	struct digest	 zero_digest;
+	/* the cycle being received */
+	int		 active;
+	struct store_cycle cur;
+	int		 data_fd;
+	uint64_t	 data_off;
+	struct wbuf	 recs;
+	uint64_t	 nrec;
+	uint64_t	 raw_bytes;
+};
+
+static uint64_t
+nblocks_of(uint64_t size, uint32_t bs)
+{
+	return size / bs + (size % bs != 0);
+}
+
+static char *
+disk_path(struct store *st, const char *dir, uint16_t i)
+{
+	return xasprintf("%s/%s", dir, st->rel.disks[i].name);
+}
+
+static char *
+undo_path(struct store *st, uint64_t cycle)
+{
+	return xasprintf("%s/%" PRIu64 ".undo", st->undo_dir, cycle);
+}
+
+/* --- staging index ------------------------------------------------------ */
+
+static void
+index_encode(struct store *st, struct wbuf *b)
+{
+	struct digest d;
+
+	wb_put_bytes(b, STAGE_MAGIC, 8);
+	wb_put_u32(b, STAGE_VERSION);
+	wb_put_u32(b, st->rel.block_size);
+	wb_put_u64(b, st->cur.cycle);
+	wb_put_u64(b, (uint64_t)st->cur.created_ms);
+	wb_put_u64(b, st->cur.generation);
+	wb_put_u8(b, st->cur.kind);
+	wb_put_u16(b, st->cur.ndisks);
+	for (uint16_t i = 0; i < st->cur.ndisks; i++) {
+		wb_put_u64(b, st->rel.disks[i].size);
+		wb_put_u64(b, st->cur.sizes[i]);
+	}
+	wb_put_u64(b, st->nrec);
+	wb_put_bytes(b, st->recs.p, st->recs.len);
+	digest_block(b->p, b->len, &d);
+	wb_put_bytes(b, d.b, DIGEST_LEN);
+}
+
+static int
+index_decode(const uint8_t *p, size_t len, struct stage_index *ix)
+{
+	struct rbuf b;
+	uint8_t magic[8], kind;
+	uint32_t version;
+	uint64_t created;
+	struct digest sum, want;
+
+	memset(ix, 0, sizeof(*ix));
+	if (len < 8 + DIGEST_LEN)
+		return RD_ERR_CORRUPT;
+	digest_block(p, len - DIGEST_LEN, &sum);
+	memcpy(want.b, p + len - DIGEST_LEN, DIGEST_LEN);
+	if (!digest_equal(&sum, &want))
+		return RD_ERR_CORRUPT;
+	rb_init(&b, p, len - DIGEST_LEN);
+	if (rb_get_bytes(&b, magic, 8) || memcmp(magic, STAGE_MAGIC, 8) ||
+	    rb_get_u32(&b, &version) || version != STAGE_VERSION ||
+	    rb_get_u32(&b, &ix->block_size) || rb_get_u64(&b, &ix->c.cycle) ||
+	    rb_get_u64(&b, &created) || rb_get_u64(&b, &ix->c.generation) ||
+	    rb_get_u8(&b, &kind) || rb_get_u16(&b, &ix->c.ndisks) ||
+	    ix->c.ndisks == 0 || ix->c.ndisks > CAT_MAX_DISKS)
+		return RD_ERR_CORRUPT;
+	ix->c.created_ms = (int64_t)created;
+	ix->c.kind = kind;
+	for (uint16_t i = 0; i < ix->c.ndisks; i++)
+		if (rb_get_u64(&b, &ix->old_sizes[i]) ||
+		    rb_get_u64(&b, &ix->c.sizes[i]))
+			return RD_ERR_CORRUPT;
+	if (rb_get_u64(&b, &ix->nrec) || ix->nrec != rb_left(&b) / STAGE_REC ||
+	    rb_left(&b) % STAGE_REC != 0)
+		return RD_ERR_CORRUPT;
+	ix->recs = xcalloc(ix->nrec, sizeof(*ix->recs));
+	for (uint64_t i = 0; i < ix->nrec; i++) {
+		struct stage_rec *r = &ix->recs[i];
+		rb_get_u16(&b, &r->disk);
+		rb_get_u64(&b, &r->off);
+		rb_get_u32(&b, &r->len);
+		rb_get_u8(&b, &r->where);
+		rb_get_u64(&b, &r->data_off);
+		rb_get_bytes(&b, r->hash.b, DIGEST_LEN);
+		if (r->disk >= ix->c.ndisks || r->where > WHERE_ZERO ||
+		    r->len == 0 || r->off > ix->c.sizes[r->disk] ||
+		    r->len > ix->c.sizes[r->disk] - r->off) {
+			free(ix->recs);
+			ix->recs = NULL;
+			return RD_ERR_CORRUPT;
+		}
+	}
+	return 0;
+}
+
+/* --- open, close, recovery ---------------------------------------------- */
+
+static int
+open_images(struct store *st, char *err, size_t errsz)
+{
+	for (uint16_t i = 0; i < st->rel.ndisks; i++) {
+		char *p = disk_path(st, st->dir, i);
+		st->img[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		if (st->img[i] < 0) {
+			snprintf(err, errsz, "cannot open %s: %s", p,
+			    strerror(errno));
+			free(p);
+			return RD_ERR_SYSTEM;
+		}
+		free(p);
+	}
+	return 0;
+}
+
+/* Cut every image back to its size at the newest point. */
+static int
+trim_images(struct store *st)
+{
+	for (uint16_t i = 0; i < st->rel.ndisks; i++) {
+		struct stat sb;
+		if (fstat(st->img[i], &sb) != 0)
+			return RD_ERR_SYSTEM;
+		if ((uint64_t)sb.st_size > st->rel.disks[i].size &&
+		    (ftruncate(st->img[i], (off_t)st->rel.disks[i].size) != 0 ||
+		     fsync(st->img[i]) != 0))
+			return RD_ERR_SYSTEM;
+	}
+	return 0;
+}
+
+/* Remove undo segments of cycles newer than the newest point. */
+static void
+remove_orphan_undo(struct store *st)
+{
+	DIR *d = opendir(st->undo_dir);
+	struct dirent *de;
+	if (d == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		char *end;
+		unsigned long long c = strtoull(de->d_name, &end, 10);
+		if (end == de->d_name)
+			continue;
+		if (strcmp(end, ".undo.tmp") == 0 ||
+		    (strcmp(end, ".undo") == 0 && c > st->rel.last_cycle)) {
+			char *p = xasprintf("%s/%s", st->undo_dir, de->d_name);
+			unlink(p);
+			free(p);
+		}
+	}
+	closedir(d);
+}
+
+static void
+remove_staging(struct store *st)
+{
+	char *ix = xasprintf("%s/index", st->staging);
+	char *data = xasprintf("%s/data", st->staging);
+	unlink(ix);
+	unlink(data);
+	util_fsync_dir(st->staging);
+	free(ix);
+	free(data);
+}
+
+static int apply_index(struct store *st, const struct stage_index *ix,
+    struct cat_point *out, char *err, size_t errsz);
+
+/* Finish a complete staged cycle or abandon an incomplete one. */
+static int
+recover(struct store *st, char *err, size_t errsz)
+{
+	char *path = xasprintf("%s/index", st->staging);
+	uint8_t *data = NULL;
+	size_t len;
+	struct stage_index ix = { 0 };
+	struct cat_point pt;
+	int r;
+
+	r = util_read_file(path, (size_t)1 << 34, &data, &len);
+	if (r == 0)
+		r = index_decode(data, len, &ix);
+	if (r == RD_ERR_CORRUPT)
+		log_warnx("%s: staged cycle index %s is corrupt; abandoning "
+		    "that cycle", st->rel.vm, path);
+	if (r == 0 && ix.c.cycle <= st->rel.last_cycle) {
+		/* Applied and recorded before the crash: only clean up. */
+		remove_staging(st);
+	} else if (r == 0) {
+		log_info("%s: finishing cycle %" PRIu64 " staged before a "
+		    "restart", st->rel.vm, ix.c.cycle);
+		r = apply_index(st, &ix, &pt, err, errsz);
+		if (r == 0)
+			log_info("%s: cycle %" PRIu64 " recovered as point %"
+			    PRIu64, st->rel.vm, ix.c.cycle, pt.id);
+	} else {
+		/* No complete cycle: drop what was received of it. */
+		remove_staging(st);
+		remove_orphan_undo(st);
+		if ((r = trim_images(st)) != 0)
+			snprintf(err, errsz, "cannot trim images: %s",
+			    strerror(errno));
+	}
+	free(ix.recs);
+	free(data);
+	free(path);
+	return r;
+}
+
+int
+store_open(struct catalog *cat, const struct cat_rel *rel, struct store **out,
+    char *err, size_t errsz)
+{
+	struct store *st = xcalloc(1, sizeof(*st));
+	int r;
+
+	pthread_mutex_init(&st->lock, NULL);
+	st->cat = cat;
+	st->rel = *rel;
+	st->data_fd = -1;
+	for (int i = 0; i < CAT_MAX_DISKS; i++)
+		st->img[i] = -1;
+	st->dir = xasprintf("%s/%s", rel->storage, rel->vm);
+	st->staging = xasprintf("%s/.staging", st->dir);
+	st->undo_dir = xasprintf("%s/.undo", st->dir);
+	st->digest_dir = xasprintf("%s/.digests", st->dir);
+	st->test_dir = xasprintf("%s/test", st->dir);
+	wb_init(&st->recs);
+	uint8_t *zero = xcalloc(1, rel->block_size);
+	digest_block(zero, rel->block_size, &st->zero_digest);
+	free(zero);
+
+	const char *dirs[] = { st->dir, st->staging, st->undo_dir,
+	    st->digest_dir };
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		if (util_mkdir_p(dirs[i], 0700) != 0) {
+			snprintf(err, errsz, "cannot create %s: %s", dirs[i],
+			    strerror(errno));
+			r = RD_ERR_SYSTEM;
+			goto fail;
+		}
+	}
+	if ((r = open_images(st, err, errsz)) != 0)
+		goto fail;
+	if ((r = recover(st, err, errsz)) != 0)
+		goto fail;
+	*out = st;
+	return 0;
+fail:
+	store_close(st);
+	return r;
+}
+
+void
+store_close(struct store *st)
+{
+	if (st == NULL)
+		return;
+	if (st->active)
+		store_cycle_abort(st);
+	for (int i = 0; i < CAT_MAX_DISKS; i++)
+		if (st->img[i] >= 0)
+			close(st->img[i]);
+	wb_free(&st->recs);
+	pthread_mutex_destroy(&st->lock);
+	free(st->dir);
+	free(st->staging);
+	free(st->undo_dir);
+	free(st->digest_dir);
+	free(st->test_dir);
+	free(st);
+}
+
+void
+store_rel(struct store *st, struct cat_rel *out)
+{
+	pthread_mutex_lock(&st->lock);
+	*out = st->rel;
+	pthread_mutex_unlock(&st->lock);
+}
+
+/* --- receiving a cycle --------------------------------------------------- */
+
+int
+store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
+    size_t errsz)
+{
+	if (st->active)
+		store_cycle_abort(st);
+	if (c->cycle <= st->rel.last_cycle) {
+		snprintf(err, errsz, "cycle %" PRIu64 " is not newer than the "
+		    "last applied cycle %" PRIu64, c->cycle, st->rel.last_cycle);
+		return RD_ERR_RANGE;
+	}
+	if (c->ndisks != st->rel.ndisks) {
+		snprintf(err, errsz, "cycle has %u disks, the replica %u",
+		    c->ndisks, st->rel.ndisks);
+		return RD_ERR_RANGE;
+	}
+	for (uint16_t i = 0; i < c->ndisks; i++) {
+		if (c->sizes[i] < st->rel.disks[i].size) {
+			snprintf(err, errsz, "disk %s shrank from %" PRIu64
+			    " to %" PRIu64 " bytes", st->rel.disks[i].name,
+			    st->rel.disks[i].size, c->sizes[i]);
+			return RD_ERR_SHRUNK;
+		}
+		if (c->sizes[i] > (UINT64_C(1) << 56)) {
+			snprintf(err, errsz, "disk %s size %" PRIu64 " is too "
+			    "large", st->rel.disks[i].name, c->sizes[i]);
+			return RD_ERR_RANGE;
+		}
+	}
+	char *data = xasprintf("%s/data", st->staging);
+	st->data_fd = open(data, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (st->data_fd < 0) {
+		snprintf(err, errsz, "cannot create %s: %s", data,
+		    strerror(errno));
+		free(data);
+		return RD_ERR_SYSTEM;
+	}
+	free(data);
+	st->cur = *c;
+	st->data_off = 0;
+	st->nrec = 0;
+	st->raw_bytes = 0;
+	wb_reset(&st->recs);
+	st->active = 1;
+	return 0;
+}
+
+int
+store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
+    const uint8_t *data, const struct digest *hash, char *err, size_t errsz)
+{
+	uint8_t where;
+	uint64_t data_off = 0;
+	int r;
+
+	if (!st->active || disk >= st->cur.ndisks || len == 0 ||
+	    off > st->cur.sizes[disk] || len > st->cur.sizes[disk] - off) {
+		snprintf(err, errsz, "extent out of range");
+		return RD_ERR_RANGE;
+	}
+	if (data == NULL) {
+		where = WHERE_ZERO;
+	} else if (off >= st->rel.disks[disk].size) {
+		where = WHERE_DIRECT;
+		r = util_pwrite_full(st->img[disk], data, len, (off_t)off);
+		if (r != 0) {
+			snprintf(err, errsz, "write to %s at %" PRIu64 ": %s",
+			    st->rel.disks[disk].name, off, strerror(errno));
+			return errno == ENOSPC ? RD_ERR_NOSPACE : r;
+		}
+	} else {
+		where = WHERE_STAGED;
+		data_off = st->data_off;
+		r = util_pwrite_full(st->data_fd, data, len, (off_t)data_off);
+		if (r != 0) {
+			snprintf(err, errsz, "staging write: %s",
+			    strerror(errno));
+			return errno == ENOSPC ? RD_ERR_NOSPACE : r;
+		}
+		st->data_off += len;
+	}
+	wb_put_u16(&st->recs, disk);
+	wb_put_u64(&st->recs, off);
+	wb_put_u32(&st->recs, len);
+	wb_put_u8(&st->recs, where);
+	wb_put_u64(&st->recs, data_off);
+	if (hash && data)
+		wb_put_bytes(&st->recs, hash->b, DIGEST_LEN);
+	else
+		memset(wb_reserve(&st->recs, DIGEST_LEN), 0, DIGEST_LEN),
+		    st->recs.len += DIGEST_LEN;
+	st->nrec++;
+	st->raw_bytes += len;
+	return 0;
+}
+
+void
+store_cycle_abort(struct store *st)
+{
+	if (!st->active)
+		return;
+	if (st->data_fd >= 0)
+		close(st->data_fd);
+	st->data_fd = -1;
+	st->active = 0;
+	remove_staging(st);
+	pthread_mutex_lock(&st->lock);
+	if (trim_images(st) != 0)
+		log_warn("%s: cannot cut images back after an abandoned cycle",
+		    st->rel.vm);
+	pthread_mutex_unlock(&st->lock);
+}
+
+/* --- applying ------------------------------------------------------------ */
+
+static int
+punch_zero(int fd, uint64_t off, uint64_t len)
+{
+	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+	    (off_t)off, (off_t)len) == 0)
+		return 0;
+	static const uint8_t zeros[64 * 1024];
+	for (uint64_t o = 0; o < len; o += sizeof(zeros)) {
+		size_t n = len - o < sizeof(zeros) ? (size_t)(len - o) :
+		    sizeof(zeros);
+		int r = util_pwrite_full(fd, zeros, n, (off_t)(off + o));
+		if (r != 0)
+			return r;
+	}
+	return 0;
+}
+
+/* Record the digest of every block of each extent in .digests/DISK. */
+static int
+write_digests(struct store *st, const struct stage_index *ix)
+{
+	uint32_t bs = ix->block_size;
+	int fds[CAT_MAX_DISKS], r = 0;
+
+	for (uint16_t i = 0; i < ix->c.ndisks; i++)
+		fds[i] = -1;
+	for (uint16_t i = 0; i < ix->c.ndisks; i++) {
+		char *p = disk_path(st, st->digest_dir, i);
+		fds[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		free(p);
+		if (fds[i] < 0 || ftruncate(fds[i], (off_t)(nblocks_of(
+		    ix->c.sizes[i], bs) * DIGEST_LEN)) != 0) {
+			r = RD_ERR_SYSTEM;
+			goto out;
+		}
+	}
+	for (uint64_t k = 0; k < ix->nrec; k++) {
+		const struct stage_rec *rec = &ix->recs[k];
+		uint64_t size = ix->c.sizes[rec->disk];
+		for (uint64_t o = rec->off; o < rec->off + rec->len; o += bs) {
+			struct digest d = rec->hash;
+			if (rec->where == WHERE_ZERO) {
+				uint64_t n = size - o < bs ? size - o : bs;
+				if (n == bs) {
+					d = st->zero_digest;
+				} else {
+					uint8_t *z = xcalloc(1, (size_t)n);
+					digest_block(z, (size_t)n, &d);
+					free(z);
+				}
+			}
+			if ((r = util_pwrite_full(fds[rec->disk], d.b,
+			    DIGEST_LEN, (off_t)(o / bs * DIGEST_LEN))) != 0)
+				goto out;
+		}
+	}
+	for (uint16_t i = 0; i < ix->c.ndisks; i++)
+		if (fsync(fds[i]) != 0) {
+			r = RD_ERR_SYSTEM;
+			goto out;
+		}
+out:
+	for (uint16_t i = 0; i < ix->c.ndisks; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	return r;
+}
+
+/*
+ * Apply a complete staged cycle: undo segment (unless a complete one
+ * exists from an interrupted attempt), image writes, sizes, fsync,
+ * digests, catalog, staging removal.  Idempotent from any crash point.
+ */
+static int
+apply_index(struct store *st, const struct stage_index *ix,
+    struct cat_point *out, char *err, size_t errsz)
+{
+	char *upath = undo_path(st, ix->c.cycle), *data_path = NULL;
+	uint8_t *buf = NULL;
+	uint64_t undo_bytes = 0;
+	int data_fd = -1, r;
+	struct stat sb;
+
+	pthread_mutex_lock(&st->lock);
+	if (ix->c.ndisks != st->rel.ndisks || ix->block_size !=
+	    st->rel.block_size) {
+		snprintf(err, errsz, "staged cycle does not match the "
+		    "relationship");
+		r = RD_ERR_CORRUPT;
+		goto out;
+	}
+	for (uint16_t i = 0; i < ix->c.ndisks; i++)
+		if (ix->old_sizes[i] != st->rel.disks[i].size) {
+			snprintf(err, errsz, "staged cycle was cut against "
+			    "other disk sizes");
+			r = RD_ERR_CORRUPT;
+			goto out;
+		}
+
+	/* 1. undo: the old content of everything the cycle overwrites */
+	if (stat(upath, &sb) != 0) {
+		struct undo_writer *w;
+		if ((r = undo_create(upath, ix->c.cycle, ix->c.ndisks,
+		    ix->old_sizes, &w)) != 0) {
+			snprintf(err, errsz, "cannot create undo segment %s: %s",
+			    upath, strerror(errno));
+			goto out;
+		}
+		for (uint64_t k = 0; k < ix->nrec; k++) {
+			const struct stage_rec *rec = &ix->recs[k];
+			if (rec->where == WHERE_DIRECT)
+				continue;
+			if ((r = undo_save_range(w, rec->disk,
+			    st->img[rec->disk], rec->off, rec->len)) != 0)
+				break;
+		}
+		if (r != 0) {
+			snprintf(err, errsz, "cannot save undo data: %s",
+			    strerror(errno));
+			undo_discard(w);
+			goto out;
+		}
+		if ((r = undo_finish(w, &undo_bytes)) != 0) {
+			snprintf(err, errsz, "cannot write undo segment %s: %s",
+			    upath, strerror(errno));
+			goto out;
+		}
+	} else {
+		undo_bytes = (uint64_t)sb.st_size;
+	}
+
+	/* 2. the new content */
+	data_path = xasprintf("%s/data", st->staging);
+	data_fd = open(data_path, O_RDONLY | O_CLOEXEC);
+	buf = xmalloc(IO_CHUNK);
+	for (uint64_t k = 0; k < ix->nrec; k++) {
+		const struct stage_rec *rec = &ix->recs[k];
+		int fd = st->img[rec->disk];
+		if (rec->where == WHERE_ZERO) {
+			r = punch_zero(fd, rec->off, rec->len);
+		} else if (rec->where == WHERE_STAGED) {
+			if (data_fd < 0 || rec->len > IO_CHUNK) {
+				r = RD_ERR_CORRUPT;
+			} else if ((r = util_pread_full(data_fd, buf, rec->len,
+			    (off_t)rec->data_off)) == 0) {
+				struct digest d;
+				digest_block(buf, rec->len, &d);
+				if (!digest_equal(&d, &rec->hash))
+					r = RD_ERR_HASH;
+				else
+					r = util_pwrite_full(fd, buf, rec->len,
+					    (off_t)rec->off);
+			}
+		}
+		if (r != 0) {
+			snprintf(err, errsz, "applying cycle %" PRIu64 " to %s: "
+			    "%s", ix->c.cycle, st->rel.disks[rec->disk].name,
+			    r == RD_ERR_SYSTEM ? strerror(errno) :
+			    rd_strerror(r));
+			goto out;
+		}
+	}
+	for (uint16_t i = 0; i < ix->c.ndisks; i++) {
+		if (ftruncate(st->img[i], (off_t)ix->c.sizes[i]) != 0 ||
+		    fsync(st->img[i]) != 0) {
+			r = RD_ERR_SYSTEM;
+			snprintf(err, errsz, "cannot sync %s: %s",
+			    st->rel.disks[i].name, strerror(errno));
+			goto out;
+		}
+	}
+
+	/* 3. digests, then the catalog: from here the point exists */
+	if ((r = write_digests(st, ix)) != 0) {
+		snprintf(err, errsz, "cannot write digests: %s",
+		    strerror(errno));
+		goto out;
+	}
+	memset(out, 0, sizeof(*out));
+	out->cycle = ix->c.cycle;
+	out->created_ms = ix->c.created_ms;
+	out->kind = ix->c.kind ? CAT_KIND_APP : CAT_KIND_CRASH;
+	out->undo_bytes = undo_bytes;
+	out->generation = ix->c.generation;
+	out->ndisks = ix->c.ndisks;
+	for (uint64_t k = 0; k < ix->nrec; k++)
+		out->bytes += ix->recs[k].len;
+	memcpy(out->sizes, ix->c.sizes, ix->c.ndisks * sizeof(uint64_t));
+	r = cat_point_commit(st->cat, st->rel.vm, out);
+	if (r == RD_ERR_EXISTS)
+		r = cat_point_by_cycle(st->cat, st->rel.vm, ix->c.cycle, out);
+	if (r != 0) {
+		snprintf(err, errsz, "cannot record the point: %s",
+		    rd_strerror(r));
+		goto out;
+	}
+	st->rel.last_cycle = ix->c.cycle;
+	st->rel.last_point = out->id;
+	st->rel.last_point_created_ms = ix->c.created_ms;
+	st->rel.generation = ix->c.generation > st->rel.generation ?
+	    ix->c.generation : st->rel.generation;
+	for (uint16_t i = 0; i < ix->c.ndisks; i++)
+		st->rel.disks[i].size = ix->c.sizes[i];
+	remove_staging(st);
+	r = 0;
+out:
+	pthread_mutex_unlock(&st->lock);
+	if (data_fd >= 0)
+		close(data_fd);
+	free(buf);
+	free(data_path);
+	free(upath);
+	return r;
+}
+
+int
+store_cycle_commit(struct store *st, struct cat_point *out, char *err,
+    size_t errsz)
+{
+	struct wbuf b;
+	struct stage_index ix;
+	char *path = NULL;
+	int r;
+
+	if (!st->active)
+		return RD_ERR_STATE;
+	if (fdatasync(st->data_fd) != 0) {
+		snprintf(err, errsz, "cannot sync staging: %s", strerror(errno));
+		r = errno == ENOSPC ? RD_ERR_NOSPACE : RD_ERR_SYSTEM;
+		store_cycle_abort(st);
+		return r;
+	}
+	for (uint16_t i = 0; i < st->cur.ndisks; i++)
+		if (fdatasync(st->img[i]) != 0) {
+			snprintf(err, errsz, "cannot sync %s: %s",
+			    st->rel.disks[i].name, strerror(errno));
+			r = RD_ERR_SYSTEM;
+			store_cycle_abort(st);
+			return r;
+		}
+	close(st->data_fd);
+	st->data_fd = -1;
+	st->active = 0;
+
+	wb_init(&b);
+	index_encode(st, &b);
+	path = xasprintf("%s/index", st->staging);
+	if ((r = util_write_atomic(path, b.p, b.len)) != 0) {
+		snprintf(err, errsz, "cannot write %s: %s", path,
+		    strerror(errno));
+		r = errno == ENOSPC ? RD_ERR_NOSPACE : r;
+		st->active = 1;		/* so that abort cleans up */
+		store_cycle_abort(st);
+		goto out;
+	}
+	/* Apply from the decoded index: the same path recovery takes. */
+	if ((r = index_decode(b.p, b.len, &ix)) != 0) {
+		snprintf(err, errsz, "staged index does not decode");
+		goto out;
+	}
+	r = apply_index(st, &ix, out, err, errsz);
+	free(ix.recs);
+	if (r != 0) {
+		/* The cycle is complete on disk: try to roll it forward
+		 * once more; if that fails too, store_open() will. */
+		char err2[256];
+		if (recover(st, err2, sizeof(err2)) == 0 &&
+		    cat_point_by_cycle(st->cat, st->rel.vm, st->cur.cycle,
+		    out) == 0)
+			r = 0;
+	}
+out:
+	free(path);
+	wb_free(&b);
+	return r;
+}
+
+/* --- test failover ------------------------------------------------------- */
+
+static int
+copy_range(int src, int dst, uint64_t off, uint64_t len)
+{
+	while (len > 0) {
+		loff_t in = (loff_t)off, o = (loff_t)off;
+		ssize_t n = copy_file_range(src, &in, dst, &o,
+		    len > (1u << 30) ? (1u << 30) : (size_t)len, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			/* Fall back to read/write (e.g. across devices). */
+			uint8_t *buf = xmalloc(IO_CHUNK);
+			int r = 0;
+			while (len > 0 && r == 0) {
+				size_t k = len < IO_CHUNK ? (size_t)len :
+				    IO_CHUNK;
+				r = util_pread_full(src, buf, k, (off_t)off);
+				if (r == 0)
+					r = util_pwrite_full(dst, buf, k,
+					    (off_t)off);
+				off += k;
+				len -= k;
+			}
+			free(buf);
+			return r;
+		}
+		off += (uint64_t)n;
+		len -= (uint64_t)n;
+	}
+	return 0;
+}
+
+/* Copy the first size bytes of src into dst, keeping holes; reflink when
+ * the file system can. */
+static int
+copy_image(int src, int dst, uint64_t size)
+{
+	int r;
+	if (ioctl(dst, FICLONE, src) == 0)
+		return ftruncate(dst, (off_t)size) == 0 ? 0 : RD_ERR_SYSTEM;
+	if (ftruncate(dst, (off_t)size) != 0)
+		return RD_ERR_SYSTEM;
+	uint64_t off = 0;
+	while (off < size) {
+		off_t data = lseek(src, (off_t)off, SEEK_DATA);
+		if (data < 0)
+			return errno == ENXIO ? 0 : RD_ERR_SYSTEM;
+		if ((uint64_t)data >= size)
+			break;
+		off_t hole = lseek(src, data, SEEK_HOLE);
+		if (hole < 0)
+			return RD_ERR_SYSTEM;
+		uint64_t end = (uint64_t)hole < size ? (uint64_t)hole : size;
+		if ((r = copy_range(src, dst, (uint64_t)data,
+		    end - (uint64_t)data)) != 0)
+			return r;
+		off = end;
+	}
+	return 0;
+}
+
+int
+store_test_exists(struct store *st)
+{
+	struct stat sb;
+	return stat(st->test_dir, &sb) == 0;
+}
+
+int
+store_test_failover(struct store *st, uint64_t id, uint64_t *point,
+    char **paths, char *err, size_t errsz)
+{
+	int fds[CAT_MAX_DISKS];
+	struct cat_point target, *pts = NULL;
+	size_t npts = 0;
+	uint64_t newest;
+	uint16_t nd = st->rel.ndisks;
+	int r;
+
+	for (uint16_t i = 0; i < nd; i++) {
+		fds[i] = -1;
+		paths[i] = NULL;
+	}
+	pthread_mutex_lock(&st->lock);
+	newest = st->rel.last_point;
+	if (store_test_exists(st)) {
+		snprintf(err, errsz, "a test copy exists in %s; remove it with "
+		    "failover %s --test --cleanup", st->test_dir, st->rel.vm);
+		r = RD_ERR_EXISTS;
+		goto unlock;
+	}
+	if (newest == 0) {
+		snprintf(err, errsz, "%s has no recovery point yet", st->rel.vm);
+		r = RD_ERR_NOT_FOUND;
+		goto unlock;
+	}
+	if (id == 0)
+		id = newest;
+	if (id > newest || (r = cat_point_get(st->cat, st->rel.vm, id,
+	    &target)) != 0) {
+		snprintf(err, errsz, "%s has no recovery point %" PRIu64,
+		    st->rel.vm, id);
+		r = RD_ERR_NOT_FOUND;
+		goto unlock;
+	}
+	if (util_mkdir_p(st->test_dir, 0700) != 0) {
+		snprintf(err, errsz, "cannot create %s: %s", st->test_dir,
+		    strerror(errno));
+		r = RD_ERR_SYSTEM;
+		goto unlock;
+	}
+	for (uint16_t i = 0; i < nd; i++) {
+		paths[i] = disk_path(st, st->test_dir, i);
+		fds[i] = open(paths[i], O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
+		    0600);
+		if (fds[i] < 0 || (r = copy_image(st->img[i], fds[i],
+		    st->rel.disks[i].size)) != 0) {
+			snprintf(err, errsz, "cannot copy %s: %s",
+			    st->rel.disks[i].name, strerror(errno));
+			r = RD_ERR_SYSTEM;
+			goto unlock;
+		}
+	}
+	r = 0;
+unlock:
+	pthread_mutex_unlock(&st->lock);
+	if (r != 0)
+		goto out;
+
+	/* Walk back from the newest point: undo k, k-1, ..., id+1. */
+	if ((r = cat_point_list(st->cat, st->rel.vm, &pts, &npts)) != 0) {
+		snprintf(err, errsz, "cannot list points: %s", rd_strerror(r));
+		goto out;
+	}
+	for (size_t k = npts; k-- > 0;) {
+		if (pts[k].id > newest || pts[k].id <= id)
+			continue;
+		char *up = undo_path(st, pts[k].cycle);
+		r = undo_apply(up, fds, nd, NULL);
+		if (r != 0) {
+			snprintf(err, errsz, "undo segment %s: %s", up,
+			    r == RD_ERR_SYSTEM ? strerror(errno) :
+			    rd_strerror(r));
+			free(up);
+			goto out;
+		}
+		free(up);
+	}
+	for (uint16_t i = 0; i < nd; i++) {
+		if (ftruncate(fds[i], (off_t)target.sizes[i]) != 0 ||
+		    fsync(fds[i]) != 0) {
+			snprintf(err, errsz, "cannot sync %s: %s", paths[i],
+			    strerror(errno));
+			r = RD_ERR_SYSTEM;
+			goto out;
+		}
+	}
+	*point = id;
+out:
+	for (uint16_t i = 0; i < nd; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (r != 0) {
+		if (r != RD_ERR_EXISTS)
+			util_rm_rf(st->test_dir);
+		for (uint16_t i = 0; i < nd; i++) {
+			free(paths[i]);
+			paths[i] = NULL;
+		}
+	}
+	free(pts);
+	return r;
+}
+
+int
+store_test_cleanup(struct store *st, char *err, size_t errsz)
+{
+	if (!store_test_exists(st)) {
+		snprintf(err, errsz, "%s has no test copy", st->rel.vm);
+		return RD_ERR_NOT_FOUND;
+	}
+	if (util_rm_rf(st->test_dir) != 0) {
+		snprintf(err, errsz, "cannot remove %s: %s", st->test_dir,
+		    strerror(errno));
+		return RD_ERR_SYSTEM;
+	}
+	util_fsync_dir(st->dir);
+	return 0;
+}
+
+/* --- verify -------------------------------------------------------------- */
+
+int
+store_verify(struct store *st, uint64_t *blocks, char *err, size_t errsz)
+{
+	uint32_t bs = st->rel.block_size;
+	uint8_t *buf = xmalloc(IO_CHUNK < bs ? bs : IO_CHUNK);
+	size_t chunk = IO_CHUNK < bs ? bs : IO_CHUNK;
+	uint8_t *dig = xmalloc(chunk / bs * DIGEST_LEN);
+	int r = 0, dfd = -1;
+
+	*blocks = 0;
+	pthread_mutex_lock(&st->lock);
+	for (uint16_t i = 0; i < st->rel.ndisks && r == 0; i++) {
+		uint64_t size = st->rel.disks[i].size;
+		char *dp = disk_path(st, st->digest_dir, i);
+		dfd = open(dp, O_RDONLY | O_CLOEXEC);
+		free(dp);
+		if (dfd < 0 && size > 0) {
+			snprintf(err, errsz, "disk %s: no digests",
+			    st->rel.disks[i].name);
+			r = RD_ERR_CORRUPT;
+			break;
+		}
+		for (uint64_t off = 0; off < size && r == 0; off += chunk) {
+			size_t n = size - off < chunk ? (size_t)(size - off) :
+			    chunk;
+			size_t nb = (n + bs - 1) / bs;
+			if (util_pread_full(st->img[i], buf, n, (off_t)off) ||
+			    util_pread_full(dfd, dig, nb * DIGEST_LEN,
+			    (off_t)(off / bs * DIGEST_LEN))) {
+				snprintf(err, errsz, "disk %s: cannot read at "
+				    "%" PRIu64, st->rel.disks[i].name, off);
+				r = RD_ERR_CORRUPT;
+				break;
+			}
+			for (size_t b = 0; b < nb; b++) {
+				size_t len = n - b * bs < bs ? n - b * bs : bs;
+				struct digest d;
+				digest_block(buf + b * bs, len, &d);
+				if (memcmp(d.b, dig + b * DIGEST_LEN,
+				    DIGEST_LEN) != 0) {
+					uint64_t o = off + b * bs;
+					snprintf(err, errsz, "disk %s: block %"
+					    PRIu64 " (offset %" PRIu64 ", %zu "
+					    "bytes) does not match its digest",
+					    st->rel.disks[i].name, o / bs, o,
+					    len);
+					r = RD_ERR_HASH;
+					break;
+				}
+				(*blocks)++;
+			}
+		}
+		if (dfd >= 0)
+			close(dfd);
+		dfd = -1;
+	}
+	pthread_mutex_unlock(&st->lock);
+	free(buf);
+	free(dig);
+	return r;
+}
