@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <string.h>
 
-#define XXH_INLINE_ALL
+#define XXH_STATIC_LINKING_ONLY	/* XXH3_state_t on the stack */
 #include <xxhash.h>
 
 #define DIGEST_LEN 16

@@ -502,6 +502,8 @@ static const struct cfg_key cfg_keys[] = {
 	{ SEC_ACCEPT,	"storage",		set_storage,		0 },
 	{ SEC_ACCEPT,	"retention",		set_retention,		0 },
 };
+_Static_assert(sizeof(cfg_keys) / sizeof(cfg_keys[0]) <=
+    sizeof(((struct cfg_parse *)0)->seen) / sizeof(int), "seen[] too small");
 
 static int
 cfg_handler(void *user, const char *section, const char *name,
@@ -649,7 +651,7 @@ cfg_reader(char *str, int num, void *stream)
 	}
 	if (c == EOF) {
 		if (ferror(p->fp)) {
-			p->read_errno = errno;
+			p->read_errno = errno != 0 ? errno : EIO;
 			p->failed = 1;
 			return NULL;
 		}
@@ -719,6 +721,14 @@ cfg_reader(char *str, int num, void *stream)
 	return str;
 }
 
+/* dir/name, without doubling the slash when dir is "/". */
+static char *
+path_join(const char *dir, const char *name)
+{
+	return xasprintf("%s%s%s", dir, strcmp(dir, "/") == 0 ? "" : "/",
+	    name);
+}
+
 static int
 cfg_check_and_fill(struct cfg_parse *p)
 {
@@ -733,6 +743,14 @@ cfg_check_and_fill(struct cfg_parse *p)
 	if (cfg->state_dir == NULL)
 		return cfg_error(p, p->daemon_line, "daemon", "state_dir",
 		    "missing (required)");
+	if (cfg->naccepts > 0 && cfg->listen == NULL) {
+		char label[HOST_MAX_LEN + 8];
+
+		snprintf(label, sizeof(label), "accept %s",
+		    cfg->accepts[0].name);
+		return cfg_error(p, cfg->accepts[0].line, label, NULL,
+		    "[accept] entries need listen in [daemon]");
+	}
 	if (cfg->nvms == 0 && cfg->listen == NULL)
 		return cfg_error(p, p->daemon_line, "daemon", NULL,
 		    "nothing to do: no [vm] section and no listen");
@@ -756,18 +774,10 @@ cfg_check_and_fill(struct cfg_parse *p)
 			return cfg_error(p, p->daemon_line, "daemon",
 			    tls_names[i], "missing (required with [vm] "
 			    "sections or listen)");
-	if (cfg->naccepts > 0 && cfg->listen == NULL) {
-		char label[HOST_MAX_LEN + 8];
-
-		snprintf(label, sizeof(label), "accept %s",
-		    cfg->accepts[0].name);
-		return cfg_error(p, cfg->accepts[0].line, label, NULL,
-		    "[accept] entries need listen in [daemon]");
-	}
 
 	if (cfg->control_socket == NULL) {
-		cfg->control_socket = xasprintf("%s/control.sock",
-		    cfg->state_dir);
+		cfg->control_socket = path_join(cfg->state_dir,
+		    "control.sock");
 		if (strlen(cfg->control_socket) >= CFG_SOCK_MAX)
 			return cfg_error(p, p->state_dir_line, "daemon",
 			    "state_dir", "default control_socket '%s' too "
@@ -787,7 +797,7 @@ cfg_check_and_fill(struct cfg_parse *p)
 			a->vms[a->nvms++] = xstrdup("*");
 		}
 		if (a->storage == NULL)
-			a->storage = xasprintf("%s/replicas", cfg->state_dir);
+			a->storage = path_join(cfg->state_dir, "replicas");
 		if (a->retention == NULL)
 			a->retention = xstrdup(CONFIG_DEFAULT_RETENTION);
 	}

@@ -374,7 +374,8 @@ util_format_bytes(uint64_t b, char *buf, size_t bufsz)
 	static const char *units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
 	double v = (double)b;
 	unsigned u = 0;
-	while (v >= 1024 && u < 5) {
+	/* 1023.95 and up would print as "1024.0": use the next unit. */
+	while (v >= 1023.95 && u < 5) {
 		v /= 1024;
 		u++;
 	}

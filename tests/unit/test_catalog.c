@@ -191,16 +191,20 @@ test_open_creates(void **state)
 {
 	struct fixture *f = *state;
 	struct catalog *cat = open_cat(f);
-	char wal[320];
+	char wal[320];		/* -wal, then -shm */
 	struct stat st;
 	sqlite3 *db;
 	sqlite3_stmt *q;
 
 	assert_int_equal(stat(f->path, &st), 0);
 	assert_int_equal(st.st_mode & 07777, 0600);
+	/* SQLite gives its -wal and -shm files the database file's mode. */
 	snprintf(wal, sizeof(wal), "%s-wal", f->path);
-	if (stat(wal, &st) == 0)
-		assert_int_equal(st.st_mode & 07777, 0600);
+	assert_int_equal(stat(wal, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
+	snprintf(wal, sizeof(wal), "%s-shm", f->path);
+	assert_int_equal(stat(wal, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
 
 	db = raw_open(f);
 	q = raw_prepare(db, "PRAGMA journal_mode", NULL);

@@ -222,6 +222,14 @@ test_defaults(void **state)
 	assert_int_equal(a->line, 1);
 	config_free(cfg);
 
+	/* state_dir = / does not make "//control.sock". */
+	cfg = load_ok("[daemon]\nstate_dir = /\nlisten = h:1\ntls_cert = /c\n"
+	    "tls_key = /k\ntls_ca = /a\n[accept p]\n");
+	assert_string_equal(cfg->state_dir, "/");
+	assert_string_equal(cfg->control_socket, "/control.sock");
+	assert_string_equal(cfg->accepts[0].storage, "/replicas");
+	config_free(cfg);
+
 	/* A replica only host: listen, no [vm]. */
 	cfg = load_ok(DAEMON "listen = 127.0.0.1:7000\n");
 	assert_int_equal(cfg->nvms, 0);
@@ -566,6 +574,8 @@ static const struct bad_case bad_cases[] = {
 	{ "nothing to do", DAEMON, 1, "[daemon]",
 	    "nothing to do: no [vm] section and no listen" },
 	{ "accept without listen", DAEMON VM "[accept p1]\n", 9,
+	    "[accept p1]", "[accept] entries need listen in [daemon]" },
+	{ "accept only, without listen", DAEMON "[accept p1]\n", 6,
 	    "[accept p1]", "[accept] entries need listen in [daemon]" },
 	{ "bad retention", DAEMON REPLICA "retention = forever\n", 8,
 	    "retention", "invalid rule 'forever'" },

@@ -875,8 +875,10 @@ test_data_hostile(void **state)
 static void
 test_check_data(void **state)
 {
+	/* Sizes past ndisks are stale values, not zeros. */
 	static const struct wire_cycle c = { .cycle = 1, .ndisks = 3,
-	    .sizes = { 10 * 4096 + 100, 1 << 20, UINT64_MAX } };
+	    .sizes = { 10 * 4096 + 100, 1 << 20, UINT64_MAX, 1 << 20,
+	    1 << 20 } };
 	static const uint64_t top = UINT64_MAX & ~4095ULL;
 	static const struct {
 		const char *what;
@@ -910,6 +912,8 @@ test_check_data(void **state)
 		    RD_ERR_RANGE },
 		{ "raw half block", 0, 0, 2048, WIRE_ENC_RAW, RD_ERR_RANGE },
 		{ "zstd two blocks", 1, 0, 8192, WIRE_ENC_ZSTD, RD_ERR_RANGE },
+		{ "raw two blocks to end", 1, (1 << 20) - 8192, 8192,
+		    WIRE_ENC_RAW, RD_ERR_RANGE },
 		{ "zero many blocks", 1, 4096, 200 * 4096, WIRE_ENC_ZERO, 0 },
 		{ "zero to disk end", 0, 4096, 9 * 4096 + 100, WIRE_ENC_ZERO,
 		    0 },
@@ -1063,12 +1067,17 @@ test_content_zstd(void **state)
 			fail_msg("byte %zu flipped: got %d", i, r);
 	}
 
-	/* A skippable frame that declares nothing holds no content. */
+	/* Skippable frames: alone, or after the frame, they are refused. */
 	{
 		static const uint8_t skip[] = { 0x50, 0x2a, 0x4d, 0x18,
 		    4, 0, 0, 0, 1, 2, 3, 4 };
 		CHECK_RC("skippable", content_of(skip, sizeof(skip), 4096, raw,
 		    4096, dctx), RD_ERR_COMPRESS);
+		memcpy(bad, z, zlen);
+		memcpy(bad + zlen, skip, sizeof(skip));
+		CHECK_RC("frame then skippable", content_of(bad,
+		    zlen + sizeof(skip), 4096, raw, 4096, dctx),
+		    RD_ERR_COMPRESS);
 	}
 	free(bad);
 	free(z);
@@ -1153,11 +1162,21 @@ test_encode(void **state)
 	assert_ptr_equal(payload, raw);
 	assert_int_equal(plen, LEN);
 
-	/* Random but for 1/128 zeros: saves too little to be worth it. */
-	memset(raw, 0, LEN / 128);
-	wire_data_encode(cctx, 3, raw, LEN, scratch, &m.encoding, &payload,
+	/*
+	 * 768 zeros then random: level 19 saves about 700 bytes, short of
+	 * the 1024 (1/64) that make it worth sending compressed.
+	 */
+	memset(raw, 0, 768);
+	wire_data_encode(cctx, 19, raw, LEN, scratch, &m.encoding, &payload,
 	    &plen);
 	assert_int_equal(m.encoding, WIRE_ENC_RAW);
+	assert_int_equal(plen, LEN);
+	assert_true(ZSTD_compress(scratch, LEN, raw, LEN, 19) < LEN);
+	memset(raw, 0, 2048);
+	wire_data_encode(cctx, 19, raw, LEN, scratch, &m.encoding, &payload,
+	    &plen);
+	assert_int_equal(m.encoding, WIRE_ENC_ZSTD);
+	assert_true(plen <= LEN - LEN / 64);
 	/* Half zeros: worth it. */
 	memset(raw, 0, LEN / 2);
 	wire_data_encode(cctx, 3, raw, LEN, scratch, &m.encoding, &payload,

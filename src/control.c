@@ -1,0 +1,943 @@
+/*
+ * control.c — replctl's requests, answered in the daemon.
+ *
+ * One request per connection (ctl.h).  Commands that read or write disk
+ * images (test failover, verify) run as worker jobs; `sync --wait` keeps
+ * the connection until the cycle ends.  The daemon checks every argument
+ * again: replctl is not trusted any more than the network.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "catalog.h"
+#include "control.h"
+#include "ctl.h"
+#include "daemon.h"
+#include "err.h"
+#include "log.h"
+#include "primary.h"
+#include "replica.h"
+#include "store.h"
+#include "util.h"
+#include "work.h"
+#include "xmalloc.h"
+
+#define REQUEST_TIMEOUT_S	30
+
+struct control {
+	struct daemon		*d;
+	struct evconnlistener	*listener;
+	struct cconn		*conns;
+};
+
+/* Options a request may carry, after the command and the VM. */
+struct opts {
+	const char	*vm;
+	int		 json, wait, test, cleanup, planned, commit, dry_run;
+	int		 has_point;
+	uint64_t	 point;
+	const char	*to;
+};
+
+struct cconn {
+	struct control		*ctl;
+	struct cconn		*next;
+	struct bufferevent	*bev;
+	int			 busy;		/* a job or a sync waits */
+	int			 gone;		/* the client left */
+	int			 finished;	/* EXIT queued */
+	int			 dispatched;	/* the request was read */
+	struct wbuf		 out;
+	struct pvm		*waiting;	/* sync --wait */
+	/* job state */
+	struct rvm		*rvm;
+	struct opts		 o;
+	int			 rc;
+	char			 err[1024];
+	char			*paths[CAT_MAX_DISKS];
+	uint64_t		 point;
+	uint64_t		 blocks;
+};
+
+/* --- replies ------------------------------------------------------------- */
+
+static void conn_free(struct cconn *c);
+
+static void
+reply(struct cconn *c, uint8_t type, const char *fmt, va_list ap)
+{
+	char *text;
+	if (vasprintf(&text, fmt, ap) < 0)
+		fatalx("out of memory");
+	if (!c->gone && c->bev) {
+		ctl_put_reply(&c->out, type, text, strlen(text));
+		bufferevent_write(c->bev, c->out.p, c->out.len);
+		wb_reset(&c->out);
+	}
+	free(text);
+}
+
+static void
+out(struct cconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void
+out(struct cconn *c, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	reply(c, CTL_OUT, fmt, ap);
+	va_end(ap);
+}
+
+static void
+err(struct cconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void
+err(struct cconn *c, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	reply(c, CTL_ERR, fmt, ap);
+	va_end(ap);
+}
+
+static void
+on_flushed(struct bufferevent *bev, void *arg)
+{
+	struct cconn *c = arg;
+	if (c->finished && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+		c->gone = 1;
+		if (!c->busy)
+			conn_free(c);
+	}
+}
+
+static void
+finish(struct cconn *c, int code)
+{
+	if (c->gone || c->bev == NULL) {
+		if (!c->busy)
+			conn_free(c);
+		return;
+	}
+	ctl_put_exit(&c->out, (uint8_t)code);
+	bufferevent_write(c->bev, c->out.p, c->out.len);
+	wb_reset(&c->out);
+	c->finished = 1;
+	on_flushed(c->bev, c);
+}
+
+static void
+fail(struct cconn *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void
+fail(struct cconn *c, int code, const char *fmt, ...)
+{
+	va_list ap;
+	char msg[1200];
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	err(c, "replctl: %s\n", msg);
+	finish(c, code);
+}
+
+/* --- JSON ---------------------------------------------------------------- */
+
+static void
+json_str(struct wbuf *b, const char *s)
+{
+	wb_put_bytes(b, "\"", 1);
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		char esc[8];
+		if (ch == '"' || ch == '\\') {
+			esc[0] = '\\';
+			esc[1] = (char)ch;
+			wb_put_bytes(b, esc, 2);
+		} else if (ch < 0x20) {
+			snprintf(esc, sizeof(esc), "\\u%04x", ch);
+			wb_put_bytes(b, esc, 6);
+		} else {
+			wb_put_bytes(b, s, 1);
+		}
+	}
+	wb_put_bytes(b, "\"", 1);
+}
+
+static void
+json_raw(struct wbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void
+json_raw(struct wbuf *b, const char *fmt, ...)
+{
+	char tmp[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	va_end(ap);
+	wb_put_bytes(b, tmp, n < (int)sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+static void
+send_wbuf(struct cconn *c, struct wbuf *b)
+{
+	wb_put_bytes(b, "\n", 1);
+	wb_put_bytes(b, "", 1);
+	out(c, "%s", (const char *)b->p);
+}
+
+/* --- status -------------------------------------------------------------- */
+
+struct vm_view {
+	const char	*name;
+	const char	*role;
+	const char	*peer;
+	const char	*state;
+	const char	*health;
+	uint64_t	 generation;
+	uint64_t	 last_point;
+	int64_t		 last_point_ms;
+	int64_t		 lag_s;		/* -1: no point */
+	const char	*error;
+	struct cycle_stats last;
+	uint64_t	 progress;
+	uint64_t	 total;
+};
+
+static const char *
+health_of(const char *state, unsigned failures, int64_t lag_s,
+    uint64_t interval_ms)
+{
+	if (strcmp(state, "fenced") == 0 || failures >= 3)
+		return "critical";
+	if (interval_ms > 0 && lag_s >= 0) {
+		if ((uint64_t)lag_s * 1000 > 4 * interval_ms)
+			return "critical";
+		if ((uint64_t)lag_s * 1000 > 2 * interval_ms)
+			return "warning";
+	}
+	if (strcmp(state, "error") == 0)
+		return "warning";
+	return "normal";
+}
+
+static size_t
+collect(struct daemon *d, const char *only, struct vm_view **out_views)
+{
+	struct vm_view *v = xcalloc(d->npvms + d->nrvms + 1, sizeof(*v));
+	size_t n = 0;
+	int64_t now_s = (int64_t)(util_now_ms() / 1000);
+
+	for (size_t i = 0; i < d->npvms; i++) {
+		struct pvm_status st;
+		pvm_status(d->pvms[i], &st);
+		if (only && strcmp(only, st.name) != 0)
+			continue;
+		struct vm_view *x = &v[n++];
+		x->name = st.name;
+		x->role = "primary";
+		x->peer = st.replica;
+		x->state = pvm_state_name(st.state);
+		x->generation = st.generation;
+		x->last_point = st.last_point;
+		x->last_point_ms = st.last_point_ms;
+		x->lag_s = st.last_point ? now_s - st.last_point_ms / 1000 : -1;
+		if (x->lag_s < -1)
+			x->lag_s = 0;
+		x->error = st.error;
+		x->last = st.last;
+		x->progress = st.progress_bytes;
+		x->total = st.progress_total;
+		x->health = health_of(x->state, st.failures, x->lag_s,
+		    st.interval_ms);
+	}
+	for (size_t i = 0; i < d->nrvms; i++) {
+		struct rvm_status st;
+		rvm_status(d->rvms[i], &st);
+		if (only && strcmp(only, st.name) != 0)
+			continue;
+		struct vm_view *x = &v[n++];
+		x->name = st.name;
+		x->role = "replica";
+		x->peer = st.peer;
+		x->state = st.receiving ? "syncing" : st.error[0] ? "error" :
+		    "idle";
+		x->generation = st.generation;
+		x->last_point = st.last_point;
+		x->last_point_ms = st.last_point_ms;
+		x->lag_s = st.last_point ? now_s - st.last_point_ms / 1000 : -1;
+		if (x->lag_s < -1)
+			x->lag_s = 0;
+		x->error = st.error;
+		x->last.dirty_bytes = st.last_bytes;
+		x->progress = st.received_bytes;
+		x->health = health_of(x->state, 0, x->lag_s, st.interval_ms);
+	}
+	*out_views = v;
+	return n;
+}
+
+static void
+cmd_status(struct cconn *c)
+{
+	struct vm_view *v;
+	size_t n = collect(c->ctl->d, c->o.vm, &v);
+	struct wbuf b;
+	char when[32], lag[32], bytes[4][32];
+
+	if (c->o.vm && n == 0) {
+		free(v);
+		fail(c, 1, "no VM named %s on this host", c->o.vm);
+		return;
+	}
+	wb_init(&b);
+	if (c->o.json) {
+		json_raw(&b, "{\"vms\":[");
+		for (size_t i = 0; i < n; i++) {
+			struct vm_view *x = &v[i];
+			json_raw(&b, "%s{\"name\":", i ? "," : "");
+			json_str(&b, x->name);
+			json_raw(&b, ",\"role\":\"%s\",\"peer\":", x->role);
+			json_str(&b, x->peer);
+			json_raw(&b, ",\"generation\":%" PRIu64 ",\"state\":"
+			    "\"%s\",\"health\":\"%s\",", x->generation,
+			    x->state, x->health);
+			if (x->last_point) {
+				util_format_time(x->last_point_ms / 1000, when,
+				    sizeof(when));
+				json_raw(&b, "\"last_point\":%" PRIu64 ","
+				    "\"last_point_created\":\"%s\","
+				    "\"lag_seconds\":%" PRId64 ",",
+				    x->last_point, when, x->lag_s);
+			} else {
+				json_raw(&b, "\"last_point\":null,"
+				    "\"last_point_created\":null,"
+				    "\"lag_seconds\":null,");
+			}
+			json_raw(&b, "\"error\":");
+			if (x->error && x->error[0])
+				json_str(&b, x->error);
+			else
+				json_raw(&b, "null");
+			json_raw(&b, ",\"last_cycle\":{\"cycle\":%" PRIu64 ","
+			    "\"duration_ms\":%" PRIu64 ",\"dirty_bytes\":%"
+			    PRIu64 ",\"bytes_read\":%" PRIu64 ","
+			    "\"bytes_sent\":%" PRIu64 "},\"progress\":{"
+			    "\"bytes\":%" PRIu64 ",\"total\":%" PRIu64 "}}",
+			    x->last.cycle, x->last.duration_ms,
+			    x->last.dirty_bytes, x->last.bytes_read,
+			    x->last.bytes_sent, x->progress, x->total);
+		}
+		json_raw(&b, "]}");
+		send_wbuf(c, &b);
+	} else if (n == 0) {
+		out(c, "no VMs\n");
+	} else {
+		out(c, "%-16s %-8s %4s %-9s %-8s %-6s %-21s %-7s %s\n", "VM",
+		    "ROLE", "GEN", "STATE", "HEALTH", "POINT", "CREATED", "LAG",
+		    "LAST CYCLE");
+		for (size_t i = 0; i < n; i++) {
+			struct vm_view *x = &v[i];
+			char pt[24];
+			if (x->last_point) {
+				util_format_time(x->last_point_ms / 1000, when,
+				    sizeof(when));
+				snprintf(pt, sizeof(pt), "%" PRIu64,
+				    x->last_point);
+				snprintf(lag, sizeof(lag), "%" PRId64 "s",
+				    x->lag_s);
+			} else {
+				snprintf(when, sizeof(when), "-");
+				snprintf(pt, sizeof(pt), "-");
+				snprintf(lag, sizeof(lag), "-");
+			}
+			util_format_bytes(x->last.dirty_bytes, bytes[0], 32);
+			util_format_bytes(x->last.bytes_read, bytes[1], 32);
+			util_format_bytes(x->last.bytes_sent, bytes[2], 32);
+			char cyc[128];
+			if (strcmp(x->role, "primary") == 0 && x->last.cycle)
+				snprintf(cyc, sizeof(cyc), "%.1fs, %s changed, "
+				    "%s read, %s sent",
+				    (double)x->last.duration_ms / 1000,
+				    bytes[0], bytes[1], bytes[2]);
+			else if (x->last_point)
+				snprintf(cyc, sizeof(cyc), "%s changed",
+				    bytes[0]);
+			else
+				snprintf(cyc, sizeof(cyc), "-");
+			out(c, "%-16s %-8s %4" PRIu64 " %-9s %-8s %-6s %-21s "
+			    "%-7s %s\n", x->name, x->role, x->generation,
+			    x->state, x->health, pt, when, lag, cyc);
+			if (x->total && strcmp(x->state, "syncing") == 0) {
+				util_format_bytes(x->progress, bytes[3], 32);
+				out(c, "%16s progress: %s of %s read (%.0f%%)\n",
+				    "", bytes[3], bytes[1], 100.0 *
+				    (double)x->progress / (double)x->total);
+			}
+			if (x->error && x->error[0])
+				out(c, "%16s error: %s\n", "", x->error);
+		}
+	}
+	wb_free(&b);
+	free(v);
+	finish(c, 0);
+}
+
+/* --- points -------------------------------------------------------------- */
+
+static void
+cmd_points(struct cconn *c)
+{
+	struct daemon *d = c->ctl->d;
+	struct cat_point *pts = NULL;
+	size_t n = 0;
+	char when[32], bytes[32];
+	struct wbuf b;
+	int r;
+
+	if (replica_find(d, c->o.vm) == NULL) {
+		fail(c, 1, "%s is not replicated to this host (points are kept "
+		    "on the replica)", c->o.vm);
+		return;
+	}
+	if ((r = cat_point_list(d->cat, c->o.vm, &pts, &n)) != 0) {
+		fail(c, 1, "cannot list points of %s: %s", c->o.vm,
+		    rd_strerror(r));
+		return;
+	}
+	wb_init(&b);
+	if (c->o.json) {
+		json_raw(&b, "[");
+		for (size_t i = 0; i < n; i++) {
+			util_format_time(pts[i].created_ms / 1000, when,
+			    sizeof(when));
+			json_raw(&b, "%s{\"id\":%" PRIu64 ",\"created\":\"%s\","
+			    "\"kind\":\"%s\",\"bytes\":%" PRIu64 ","
+			    "\"undo_bytes\":%" PRIu64 ",\"cycle\":%" PRIu64
+			    ",\"generation\":%" PRIu64 "}", i ? "," : "",
+			    pts[i].id, when, pts[i].kind == CAT_KIND_APP ?
+			    "app" : "crash", pts[i].bytes, pts[i].undo_bytes,
+			    pts[i].cycle, pts[i].generation);
+		}
+		json_raw(&b, "]");
+		send_wbuf(c, &b);
+	} else {
+		out(c, "%6s  %-20s  %-5s  %10s\n", "ID", "CREATED", "KIND",
+		    "BYTES");
+		for (size_t i = 0; i < n; i++) {
+			util_format_time(pts[i].created_ms / 1000, when,
+			    sizeof(when));
+			util_format_bytes(pts[i].bytes, bytes, sizeof(bytes));
+			out(c, "%6" PRIu64 "  %-20s  %-5s  %10s\n", pts[i].id,
+			    when, pts[i].kind == CAT_KIND_APP ? "app" : "crash",
+			    bytes);
+		}
+	}
+	wb_free(&b);
+	free(pts);
+	finish(c, 0);
+}
+
+/* --- sync, pause, resume ------------------------------------------------- */
+
+static struct pvm *
+find_pvm(struct daemon *d, const char *name)
+{
+	for (size_t i = 0; i < d->npvms; i++)
+		if (strcmp(pvm_name(d->pvms[i]), name) == 0)
+			return d->pvms[i];
+	return NULL;
+}
+
+static struct pvm *
+need_pvm(struct cconn *c, const char *what)
+{
+	struct pvm *vm = find_pvm(c->ctl->d, c->o.vm);
+	if (vm == NULL) {
+		if (replica_find(c->ctl->d, c->o.vm))
+			fail(c, 1, "%s is a replica on this host; %s runs on its "
+			    "primary", c->o.vm, what);
+		else
+			fail(c, 1, "no VM named %s on this host", c->o.vm);
+	}
+	return vm;
+}
+
+static void
+sync_finished(void *arg, uint64_t point, const char *error)
+{
+	struct cconn *c = arg;
+	c->busy = 0;
+	c->waiting = NULL;
+	if (point)
+		out(c, "point %" PRIu64 "\n", point);
+	else
+		err(c, "replctl: sync %s failed: %s\n", c->o.vm, error);
+	finish(c, point ? 0 : 1);
+}
+
+static void
+cmd_sync(struct cconn *c)
+{
+	struct pvm *vm = need_pvm(c, "sync");
+	int r;
+	if (vm == NULL)
+		return;
+	if (c->o.wait) {
+		c->busy = 1;
+		c->waiting = vm;
+		if ((r = pvm_sync(vm, sync_finished, c)) != 0) {
+			c->busy = 0;
+			c->waiting = NULL;
+			fail(c, 1, "%s: %s", c->o.vm, r == RD_ERR_FENCED ?
+			    "fenced: this host is a stale primary" :
+			    rd_strerror(r));
+		}
+		return;
+	}
+	if ((r = pvm_sync(vm, NULL, NULL)) != 0) {
+		fail(c, 1, "%s: %s", c->o.vm, rd_strerror(r));
+		return;
+	}
+	out(c, "cycle of %s requested\n", c->o.vm);
+	finish(c, 0);
+}
+
+static void
+cmd_pause(struct cconn *c)
+{
+	struct pvm *vm = need_pvm(c, "pause");
+	if (vm == NULL)
+		return;
+	pvm_pause(vm);
+	out(c, "%s paused\n", c->o.vm);
+	finish(c, 0);
+}
+
+static void
+cmd_resume(struct cconn *c)
+{
+	struct pvm *vm = need_pvm(c, "resume");
+	if (vm == NULL)
+		return;
+	pvm_resume(vm);
+	out(c, "%s resumed\n", c->o.vm);
+	finish(c, 0);
+}
+
+/* --- jobs on a replica's store ------------------------------------------- */
+
+static void
+job_test(void *arg)
+{
+	struct cconn *c = arg;
+	struct store *st = rvm_store(c->rvm);
+	if (c->o.cleanup)
+		c->rc = store_test_cleanup(st, c->err, sizeof(c->err));
+	else
+		c->rc = store_test_failover(st, c->o.point, &c->point,
+		    c->paths, c->err, sizeof(c->err));
+}
+
+static void
+test_done(void *arg)
+{
+	struct cconn *c = arg;
+	c->busy = 0;
+	if (c->rc != 0) {
+		fail(c, 1, "failover %s --test%s: %s", c->o.vm, c->o.cleanup ?
+		    " --cleanup" : "", c->err);
+		return;
+	}
+	if (c->o.cleanup) {
+		out(c, "test copy of %s removed\n", c->o.vm);
+		log_info("%s: test copy removed", c->o.vm);
+	} else {
+		struct cat_rel rel;
+		store_rel(rvm_store(c->rvm), &rel);
+		out(c, "point %" PRIu64 "\n", c->point);
+		for (uint16_t i = 0; i < rel.ndisks; i++) {
+			if (c->paths[i])
+				out(c, "%s\n", c->paths[i]);
+			free(c->paths[i]);
+			c->paths[i] = NULL;
+		}
+		log_info("%s: test copy of point %" PRIu64 " made", c->o.vm,
+		    c->point);
+	}
+	finish(c, 0);
+}
+
+static void
+job_verify(void *arg)
+{
+	struct cconn *c = arg;
+	c->rc = store_verify(rvm_store(c->rvm), &c->blocks, c->err,
+	    sizeof(c->err));
+}
+
+static void
+verify_done(void *arg)
+{
+	struct cconn *c = arg;
+	c->busy = 0;
+	if (c->rc != 0) {
+		log_warnx("%s: verify failed: %s", c->o.vm, c->err);
+		fail(c, 1, "verify %s: %s", c->o.vm, c->err);
+		return;
+	}
+	out(c, "%s: %" PRIu64 " blocks match their digests\n", c->o.vm,
+	    c->blocks);
+	finish(c, 0);
+}
+
+static struct rvm *
+need_rvm(struct cconn *c, const char *what)
+{
+	struct rvm *vm = replica_find(c->ctl->d, c->o.vm);
+	if (vm == NULL) {
+		if (find_pvm(c->ctl->d, c->o.vm))
+			fail(c, 1, "%s is a primary on this host; %s runs on its "
+			    "replica", c->o.vm, what);
+		else
+			fail(c, 1, "no replica of a VM named %s on this host",
+			    c->o.vm);
+	}
+	return vm;
+}
+
+static void
+cmd_failover(struct cconn *c)
+{
+	if (!c->o.test) {
+		fail(c, 1, "failover %s: only test failover (--test) is "
+		    "available in this version", c->o.vm);
+		return;
+	}
+	if ((c->rvm = need_rvm(c, "test failover")) == NULL)
+		return;
+	c->point = 0;
+	c->busy = 1;
+	work_submit(job_test, test_done, c);
+}
+
+static void
+cmd_verify(struct cconn *c)
+{
+	if ((c->rvm = need_rvm(c, "verify")) == NULL)
+		return;
+	if (c->o.has_point) {
+		struct cat_rel rel;
+		store_rel(rvm_store(c->rvm), &rel);
+		if (c->o.point != rel.last_point) {
+			fail(c, 1, "verify %s --point %" PRIu64 ": only the "
+			    "newest point (%" PRIu64 ") can be verified in this "
+			    "version", c->o.vm, c->o.point, rel.last_point);
+			return;
+		}
+	}
+	c->busy = 1;
+	work_submit(job_verify, verify_done, c);
+}
+
+static void
+cmd_unavailable(struct cconn *c)
+{
+	fail(c, 1, "this command is not available in this version of "
+	    "replicad");
+}
+
+/* --- dispatch ------------------------------------------------------------ */
+
+struct command {
+	const char	*name;
+	int		 vm;		/* 0 none, 1 optional, 2 required */
+	void		(*fn)(struct cconn *);
+};
+
+static const struct command commands[] = {
+	{ "status",	1, cmd_status },
+	{ "sync",	2, cmd_sync },
+	{ "points",	2, cmd_points },
+	{ "failover",	2, cmd_failover },
+	{ "verify",	2, cmd_verify },
+	{ "pause",	2, cmd_pause },
+	{ "resume",	2, cmd_resume },
+	{ "reverse",	2, cmd_unavailable },
+	{ "resync",	2, cmd_unavailable },
+	{ "prune",	1, cmd_unavailable },
+	{ "forget",	2, cmd_unavailable },
+};
+
+static int
+parse_id(const char *s, uint64_t *out)
+{
+	char *end;
+	if (*s < '1' || *s > '9')
+		return RD_ERR_INVALID;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || *end)
+		return RD_ERR_INVALID;
+	*out = v;
+	return 0;
+}
+
+static int
+parse_opts(struct ctl_request *req, struct opts *o, char *msg, size_t msgsz)
+{
+	memset(o, 0, sizeof(*o));
+	for (int i = 1; i < req->argc; i++) {
+		const char *a = req->argv[i];
+		if (a[0] != '-') {
+			if (o->vm != NULL || util_name_valid(a) != 0) {
+				snprintf(msg, msgsz, "bad argument '%.64s'", a);
+				return RD_ERR_INVALID;
+			}
+			o->vm = a;
+		} else if (strcmp(a, "--json") == 0) {
+			o->json = 1;
+		} else if (strcmp(a, "--wait") == 0) {
+			o->wait = 1;
+		} else if (strcmp(a, "--test") == 0) {
+			o->test = 1;
+		} else if (strcmp(a, "--cleanup") == 0) {
+			o->cleanup = 1;
+		} else if (strcmp(a, "--planned") == 0) {
+			o->planned = 1;
+		} else if (strcmp(a, "--commit") == 0) {
+			o->commit = 1;
+		} else if (strcmp(a, "--dry-run") == 0) {
+			o->dry_run = 1;
+		} else if (strcmp(a, "--point") == 0 && i + 1 < req->argc) {
+			if (parse_id(req->argv[++i], &o->point) != 0) {
+				snprintf(msg, msgsz, "bad point id '%.32s'",
+				    req->argv[i]);
+				return RD_ERR_INVALID;
+			}
+			o->has_point = 1;
+		} else if (strcmp(a, "--to") == 0 && i + 1 < req->argc) {
+			o->to = req->argv[++i];
+		} else {
+			snprintf(msg, msgsz, "unknown option '%.32s'", a);
+			return RD_ERR_INVALID;
+		}
+	}
+	return 0;
+}
+
+static void
+dispatch(struct cconn *c, struct ctl_request *req)
+{
+	char msg[256];
+	const struct command *cmd = NULL;
+
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(commands[i].name, req->argv[0]) == 0)
+			cmd = &commands[i];
+	if (cmd == NULL) {
+		fail(c, 2, "unknown command '%.32s'", req->argv[0]);
+		return;
+	}
+	if (parse_opts(req, &c->o, msg, sizeof(msg)) != 0) {
+		fail(c, 2, "%s: %s", cmd->name, msg);
+		return;
+	}
+	if (cmd->vm == 2 && c->o.vm == NULL) {
+		fail(c, 2, "%s: a VM name is required", cmd->name);
+		return;
+	}
+	/* The VM name lives in the request: keep a copy past it. */
+	if (c->o.vm)
+		c->o.vm = xstrdup(c->o.vm);
+	c->o.to = NULL;
+	cmd->fn(c);
+}
+
+/* --- connections --------------------------------------------------------- */
+
+static void
+conn_free(struct cconn *c)
+{
+	struct control *ctl = c->ctl;
+	for (struct cconn **p = &ctl->conns; *p; p = &(*p)->next)
+		if (*p == c) {
+			*p = c->next;
+			break;
+		}
+	if (c->bev)
+		bufferevent_free(c->bev);
+	for (int i = 0; i < CAT_MAX_DISKS; i++)
+		free(c->paths[i]);
+	wb_free(&c->out);
+	free((char *)c->o.vm);
+	free(c);
+}
+
+/* The client went away (or the daemon stops). */
+static void
+conn_gone(struct cconn *c)
+{
+	c->gone = 1;
+	if (c->bev) {
+		bufferevent_free(c->bev);
+		c->bev = NULL;
+	}
+	if (c->waiting) {
+		pvm_cancel_waiter(c->waiting, c);
+		c->waiting = NULL;
+		c->busy = 0;
+	}
+	if (!c->busy)
+		conn_free(c);
+}
+
+static void
+conn_read(struct bufferevent *bev, void *arg)
+{
+	struct cconn *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	struct ctl_request req;
+	size_t used;
+	int r;
+
+	if (c->finished || c->dispatched) {
+		evbuffer_drain(in, evbuffer_get_length(in));
+		return;
+	}
+	size_t len = evbuffer_get_length(in);
+	r = ctl_get_request(evbuffer_pullup(in, (ev_ssize_t)len), len, &req,
+	    &used);
+	if (r == 0)
+		return;
+	if (r < 0) {
+		log_warnx("control: bad request: %s", rd_strerror(r));
+		fail(c, 2, "bad request: %s", rd_strerror(r));
+		ctl_request_free(&req);
+		return;
+	}
+	evbuffer_drain(in, used);
+	c->dispatched = 1;
+	bufferevent_set_timeouts(bev, NULL, NULL);
+	log_debug("control: %s%s%s", req.argv[0], req.argc > 1 ? " " : "",
+	    req.argc > 1 ? req.argv[1] : "");
+	dispatch(c, &req);
+	ctl_request_free(&req);
+}
+
+static void
+conn_event(struct bufferevent *bev, short what, void *arg)
+{
+	conn_gone(arg);
+}
+
+static void
+on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+    int salen, void *arg)
+{
+	struct control *ctl = arg;
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+	    (cred.uid != 0 && cred.uid != geteuid())) {
+		log_warnx("control: connection from uid %d refused",
+		    len == sizeof(cred) ? (int)cred.uid : -1);
+		evutil_closesocket(fd);
+		return;
+	}
+	struct cconn *c = xcalloc(1, sizeof(*c));
+	c->ctl = ctl;
+	wb_init(&c->out);
+	c->bev = bufferevent_socket_new(ctl->d->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (c->bev == NULL) {
+		evutil_closesocket(fd);
+		free(c);
+		return;
+	}
+	c->next = ctl->conns;
+	ctl->conns = c;
+	bufferevent_setcb(c->bev, conn_read, on_flushed, conn_event, c);
+	bufferevent_setwatermark(c->bev, EV_READ, 0, CTL_MAX_REQUEST + 8);
+	struct timeval tv = { REQUEST_TIMEOUT_S, 0 };
+	bufferevent_set_timeouts(c->bev, &tv, &tv);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+void
+control_init(struct daemon *d)
+{
+	struct control *ctl = xcalloc(1, sizeof(*ctl));
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	const char *path = d->cfg->control_socket;
+
+	ctl->d = d;
+	d->ctl = ctl;
+	if (strlen(path) >= sizeof(sun.sun_path))
+		fatalx("control_socket %s: path too long", path);
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+
+	/* A socket file that answers belongs to a running replicad. */
+	int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (probe >= 0 && connect(probe, (struct sockaddr *)&sun,
+	    sizeof(sun)) == 0)
+		fatalx("another replicad is running on %s", path);
+	if (probe >= 0)
+		close(probe);
+	if (unlink(path) != 0 && errno != ENOENT)
+		fatal("cannot remove stale %s", path);
+
+	mode_t old = umask(0077);
+	ctl->listener = evconnlistener_new_bind(d->base, on_accept, ctl,
+	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 16,
+	    (struct sockaddr *)&sun, sizeof(sun));
+	umask(old);
+	if (ctl->listener == NULL)
+		fatal("cannot create control socket %s", path);
+	if (chmod(path, 0600) != 0)
+		fatal("chmod %s", path);
+}
+
+void
+control_stop(struct daemon *d)
+{
+	struct control *ctl = d->ctl;
+	if (ctl == NULL)
+		return;
+	if (ctl->listener) {
+		evconnlistener_free(ctl->listener);
+		ctl->listener = NULL;
+		unlink(d->cfg->control_socket);
+	}
+	struct cconn *c = ctl->conns, *next;
+	for (; c; c = next) {
+		next = c->next;
+		if (c->waiting)
+			conn_gone(c);
+	}
+}
+
+void
+control_fini(struct daemon *d)
+{
+	struct control *ctl = d->ctl;
+	if (ctl == NULL)
+		return;
+	while (ctl->conns) {
+		ctl->conns->busy = 0;
+		conn_free(ctl->conns);
+	}
+	free(ctl);
+	d->ctl = NULL;
+}

@@ -1,0 +1,138 @@
+/*
+ * daemon.c — start-up, the event loop, and an orderly shutdown.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "catalog.h"
+#include "control.h"
+#include "daemon.h"
+#include "err.h"
+#include "log.h"
+#include "primary.h"
+#include "replica.h"
+#include "tls.h"
+#include "util.h"
+#include "work.h"
+#include "xmalloc.h"
+
+#define WORKERS	2
+
+static struct event *sig_term, *sig_int, *drain_timer;
+
+struct daemon *
+daemon_init(struct config *cfg)
+{
+	struct daemon *d = xcalloc(1, sizeof(*d));
+	char err[512];
+	int r;
+
+	d->cfg = cfg;
+	log_set_level(cfg->log_level);
+	signal(SIGPIPE, SIG_IGN);
+	if (util_mkdir_p(cfg->state_dir, 0700) != 0)
+		fatal("cannot create state_dir %s", cfg->state_dir);
+
+	char *db = xasprintf("%s/catalog.db", cfg->state_dir);
+	if ((r = cat_open(db, &d->cat)) != 0)
+		fatalx("cannot open the catalog %s: %s", db, rd_strerror(r));
+	free(db);
+
+	if (cfg->nvms > 0 && (d->client_ctx = tls_ctx_new(0, cfg->tls_cert,
+	    cfg->tls_key, cfg->tls_ca, err, sizeof(err))) == NULL)
+		fatalx("%s", err);
+	if (cfg->listen && (d->server_ctx = tls_ctx_new(1, cfg->tls_cert,
+	    cfg->tls_key, cfg->tls_ca, err, sizeof(err))) == NULL)
+		fatalx("%s", err);
+
+	evthread_use_pthreads();
+	if ((d->base = event_base_new()) == NULL)
+		fatalx("cannot create the event loop");
+	work_init(d->base, WORKERS);
+
+	replica_init(d);
+	d->pvms = xcalloc(cfg->nvms + 1, sizeof(*d->pvms));
+	for (size_t i = 0; i < cfg->nvms; i++) {
+		if (replica_find(d, cfg->vms[i].name) != NULL) {
+			log_warnx("%s: this host is recorded as its replica; the "
+			    "[vm %s] section is ignored", cfg->vms[i].name,
+			    cfg->vms[i].name);
+			continue;
+		}
+		d->pvms[d->npvms++] = pvm_new(d, &cfg->vms[i]);
+	}
+	control_init(d);
+	return d;
+}
+
+static void
+on_drain(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+	if (work_pending() == 0)
+		event_base_loopbreak(d->base);
+}
+
+static void
+on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct daemon *d = arg;
+	struct timeval tv = { 0, 20 * 1000 };
+
+	if (d->stopping)
+		return;
+	log_info("signal %d: shutting down", (int)sig);
+	d->stopping = 1;
+	control_stop(d);
+	replica_stop(d);
+	for (size_t i = 0; i < d->npvms; i++)
+		pvm_stop(d->pvms[i]);
+	/* Jobs in flight finish (an apply completes; a primary's cycle is
+	 * simply not committed), then the loop ends. */
+	drain_timer = event_new(d->base, -1, EV_PERSIST, on_drain, d);
+	event_add(drain_timer, &tv);
+}
+
+int
+daemon_run(struct daemon *d)
+{
+	sig_term = evsignal_new(d->base, SIGTERM, on_signal, d);
+	sig_int = evsignal_new(d->base, SIGINT, on_signal, d);
+	evsignal_add(sig_term, NULL);
+	evsignal_add(sig_int, NULL);
+	log_info("replicad ready: %zu primary VMs, %zu replica VMs%s%s",
+	    d->npvms, d->nrvms, d->cfg->listen ? ", listening on " : "",
+	    d->cfg->listen ? d->cfg->listen : "");
+	if (event_base_dispatch(d->base) < 0)
+		return 1;
+	return 0;
+}
+
+void
+daemon_fini(struct daemon *d)
+{
+	work_fini();
+	for (size_t i = 0; i < d->npvms; i++)
+		pvm_free(d->pvms[i]);
+	free(d->pvms);
+	control_fini(d);
+	replica_fini(d);
+	if (drain_timer)
+		event_free(drain_timer);
+	event_free(sig_term);
+	event_free(sig_int);
+	cat_close(d->cat);
+	SSL_CTX_free(d->client_ctx);
+	SSL_CTX_free(d->server_ctx);
+	event_base_free(d->base);
+	config_free(d->cfg);
+	free(d);
+	log_info("stopped");
+}

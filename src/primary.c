@@ -1,0 +1,913 @@
+/*
+ * primary.c — cycles of the primary role.
+ *
+ * A cycle, as seen from the loop thread:
+ *
+ *   prepare job     resolve the replica's address, check the disks exist
+ *   connect         TLS 1.3, replica certificate checked against
+ *                   replica_name
+ *   HELLO ->        <- WELCOME (or NACK: denied, fenced, ...)
+ *   produce jobs    CYCLE, then DATA frames from the tracker, a batch at a
+ *                   time; the loop sends one batch while the next is made
+ *   END ->          <- ACK
+ *   commit job      the tracker's new state, the catalog
+ *
+ * Anything that fails ends the session; the tracker forgets what the
+ * cycle read, so its blocks are found again by the next cycle (P1).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <zstd.h>
+
+#include "catalog.h"
+#include "daemon.h"
+#include "err.h"
+#include "log.h"
+#include "netio.h"
+#include "primary.h"
+#include "tls.h"
+#include "tracker.h"
+#include "util.h"
+#include "wire.h"
+#include "work.h"
+#include "xmalloc.h"
+
+#define BATCH_OUT	(4u << 20)	/* bytes of frames per produce job */
+#define BATCH_READ	(64u << 20)	/* bytes read per produce job, at most */
+#define OUT_HIGH	(8u << 20)	/* produce more below this backlog */
+#define OUT_LOW		(4u << 20)
+#define REPLY_TIMEOUT_S	120		/* WELCOME */
+#define ACK_TIMEOUT_S	3600		/* the replica applies the cycle */
+#define SEND_TIMEOUT_S	120
+#define BACKOFF_MAX_MS	(60 * 1000)
+
+struct waiter {
+	pvm_waiter_fn	 fn;
+	void		*arg;
+	struct waiter	*next;
+};
+
+enum psess_state {
+	PS_PREPARE,
+	PS_CONNECT,
+	PS_HELLO,
+	PS_SEND,
+	PS_WAIT_ACK,
+	PS_COMMIT,
+};
+
+struct psess {
+	struct pvm		*vm;
+	enum psess_state	 st;
+	struct bufferevent	*bev;
+	int			 job_running;
+	int			 dead;		/* freed when its job returns */
+	int			 job_rc;
+	char			 err[512];
+	struct sockaddr_storage	 addr;
+	socklen_t		 addrlen;
+	uint64_t		 replica_cycle;
+	uint64_t		 cycle;
+	uint64_t		 point;
+	int			 begun;
+	int			 scan_done;
+	uint64_t		 sizes[WIRE_MAX_DISKS];
+	uint64_t		 total;
+	struct evbuffer		*batch;
+	ZSTD_CCtx		*cctx;
+	uint8_t			*scratch;
+	struct wbuf		 hdr;
+	struct wire_digest	 dig;
+	uint64_t		 nframes;
+	uint64_t		 raw_bytes;
+	int			 zr_open;	/* a ZERO extent being grown */
+	uint16_t		 zr_disk;
+	uint64_t		 zr_off;
+	uint64_t		 zr_len;
+	struct trk_stats	 tstats;	/* copied out by each job */
+	uint64_t		 started_ms;
+	uint64_t		 bytes_sent;
+	int64_t			 created_ms;
+};
+
+struct pvm {
+	struct daemon		*d;
+	const struct cfg_vm	*cfg;
+	struct tracker		*trk;
+	enum pvm_state		 state;
+	int			 paused;
+	char			 error[512];
+	unsigned		 failures;
+	uint64_t		 generation;
+	uint64_t		 last_cycle;
+	uint64_t		 last_point;
+	int64_t			 last_point_ms;
+	struct cycle_stats	 last;
+	struct event		*timer;
+	struct psess		*sess;
+	struct waiter		*cur;		/* told when this cycle ends */
+	struct waiter		*next;		/* want the cycle after it */
+	int			 fenced_logged;
+};
+
+static void start_cycle(struct pvm *vm);
+static void sess_fail(struct psess *s, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+const char *
+pvm_state_name(enum pvm_state s)
+{
+	switch (s) {
+	case PVM_IDLE:		return "idle";
+	case PVM_SYNCING:	return "syncing";
+	case PVM_PAUSED:	return "paused";
+	case PVM_FENCED:	return "fenced";
+	case PVM_ERROR:		return "error";
+	}
+	return "unknown";
+}
+
+const char *
+pvm_name(const struct pvm *vm)
+{
+	return vm->cfg->name;
+}
+
+/* --- scheduling ---------------------------------------------------------- */
+
+static void
+on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct pvm *vm = arg;
+	if (vm->sess == NULL && !vm->d->stopping)
+		start_cycle(vm);
+}
+
+static void
+schedule(struct pvm *vm, uint64_t ms)
+{
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+	evtimer_del(vm->timer);
+	evtimer_add(vm->timer, &tv);
+}
+
+/* What to do after a cycle ended. */
+static void
+plan_next(struct pvm *vm)
+{
+	if (vm->d->stopping || vm->state == PVM_FENCED)
+		return;
+	if (vm->next != NULL) {
+		schedule(vm, 0);
+	} else if (vm->failures > 0) {
+		uint64_t ms = 1000ULL << (vm->failures > 6 ? 6 : vm->failures - 1);
+		if (ms > BACKOFF_MAX_MS)
+			ms = BACKOFF_MAX_MS;
+		if (vm->cfg->interval_ms && ms > vm->cfg->interval_ms)
+			ms = vm->cfg->interval_ms;
+		if (!vm->paused)
+			schedule(vm, ms);
+	} else if (vm->cfg->interval_ms && !vm->paused) {
+		schedule(vm, vm->cfg->interval_ms);
+	}
+}
+
+static void
+tell_waiters(struct waiter **list, uint64_t point, const char *error)
+{
+	struct waiter *w = *list;
+	*list = NULL;
+	while (w) {
+		struct waiter *next = w->next;
+		if (w->fn)
+			w->fn(w->arg, point, error);
+		free(w);
+		w = next;
+	}
+}
+
+/* --- session lifetime ---------------------------------------------------- */
+
+static void
+sess_free(struct psess *s)
+{
+	if (s->bev)
+		bufferevent_free(s->bev);
+	if (s->batch)
+		evbuffer_free(s->batch);
+	ZSTD_freeCCtx(s->cctx);
+	free(s->scratch);
+	wb_free(&s->hdr);
+	free(s);
+}
+
+/* End the session; with a job in flight the job's done() frees it. */
+static void
+sess_end(struct psess *s)
+{
+	struct pvm *vm = s->vm;
+	if (vm->sess == s)
+		vm->sess = NULL;
+	if (s->bev) {
+		bufferevent_free(s->bev);
+		s->bev = NULL;
+	}
+	if (s->job_running) {
+		s->dead = 1;
+		return;
+	}
+	if (s->st != PS_COMMIT)
+		trk_abort(vm->trk);
+	sess_free(s);
+}
+
+static void
+sess_fail(struct psess *s, int code, const char *fmt, ...)
+{
+	struct pvm *vm = s->vm;
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (s->cycle)
+		log_warnx("%s: cycle %" PRIu64 " failed: %s", vm->cfg->name,
+		    s->cycle, msg);
+	else
+		log_warnx("%s: cycle failed: %s", vm->cfg->name, msg);
+	snprintf(vm->error, sizeof(vm->error), "%s", msg);
+	vm->failures++;
+	if (code == RD_ERR_FENCED) {
+		vm->state = PVM_FENCED;
+	} else {
+		vm->state = PVM_ERROR;
+	}
+	sess_end(s);
+	tell_waiters(&vm->cur, 0, msg);
+	if (vm->state == PVM_FENCED)
+		tell_waiters(&vm->next, 0, msg);
+	plan_next(vm);
+}
+
+static void
+sess_done(struct psess *s)
+{
+	struct pvm *vm = s->vm;
+	vm->last.cycle = s->cycle;
+	vm->last.duration_ms = util_mono_ms() - s->started_ms;
+	vm->last.dirty_bytes = s->tstats.dirty_bytes;
+	vm->last.bytes_read = s->tstats.bytes_read;
+	vm->last.bytes_sent = s->bytes_sent;
+	vm->last_cycle = s->cycle;
+	vm->last_point = s->point;
+	vm->last_point_ms = s->created_ms;
+	vm->failures = 0;
+	vm->error[0] = '\0';
+	vm->state = vm->paused ? PVM_PAUSED : PVM_IDLE;
+	log_info("%s: cycle %" PRIu64 " done: point %" PRIu64 ", %" PRIu64
+	    " bytes changed, %" PRIu64 " read, %" PRIu64 " sent, %" PRIu64
+	    " ms", vm->cfg->name, s->cycle, s->point, vm->last.dirty_bytes,
+	    vm->last.bytes_read, vm->last.bytes_sent, vm->last.duration_ms);
+	uint64_t point = s->point;
+	sess_end(s);
+	tell_waiters(&vm->cur, point, NULL);
+	plan_next(vm);
+}
+
+/* --- producing frames (worker) ------------------------------------------- */
+
+static void
+put_frame(struct psess *s, const struct wire_data *m, const uint8_t *payload,
+    size_t len)
+{
+	wb_reset(&s->hdr);
+	wire_put_data_hdr(&s->hdr, m, len);
+	evbuffer_add(s->batch, s->hdr.p, s->hdr.len);
+	if (len)
+		evbuffer_add(s->batch, payload, len);
+	wire_digest_update(&s->dig, m);
+	s->nframes++;
+	s->raw_bytes += m->length;
+}
+
+static void
+flush_zero(struct psess *s)
+{
+	if (!s->zr_open)
+		return;
+	struct wire_data m = { .disk = s->zr_disk, .offset = s->zr_off,
+	    .length = (uint32_t)s->zr_len, .encoding = WIRE_ENC_ZERO };
+	put_frame(s, &m, NULL, 0);
+	s->zr_open = 0;
+}
+
+static int
+emit(void *arg, const struct trk_block *blk)
+{
+	struct psess *s = arg;
+
+	if (blk->zero) {
+		if (s->zr_open && (s->zr_disk != blk->disk ||
+		    s->zr_off + s->zr_len != blk->offset ||
+		    s->zr_len + blk->len > WIRE_MAX_ZERO))
+			flush_zero(s);
+		if (!s->zr_open) {
+			s->zr_open = 1;
+			s->zr_disk = blk->disk;
+			s->zr_off = blk->offset;
+			s->zr_len = 0;
+		}
+		s->zr_len += blk->len;
+		return 0;
+	}
+	flush_zero(s);
+	struct wire_data m = { .disk = blk->disk, .offset = blk->offset,
+	    .length = blk->len, .hash = blk->hash };
+	const uint8_t *payload;
+	size_t plen;
+	wire_data_encode(s->cctx, s->vm->cfg->compress_level, blk->data,
+	    blk->len, s->scratch, &m.encoding, &payload, &plen);
+	put_frame(s, &m, payload, plen);
+	return 0;
+}
+
+static void
+job_produce(void *arg)
+{
+	struct psess *s = arg;
+	struct pvm *vm = s->vm;
+	int r = 0;
+
+	s->job_rc = 0;
+	if (!s->begun) {
+		r = trk_begin(vm->trk, s->replica_cycle, 0, s->sizes, s->err,
+		    sizeof(s->err));
+		if (r != 0) {
+			s->job_rc = r;
+			return;
+		}
+		s->begun = 1;
+		struct wire_cycle c = { .cycle = s->cycle,
+		    .created_ms = (uint64_t)s->created_ms, .kind = 0,
+		    .ndisks = (uint16_t)vm->cfg->ndisks };
+		for (size_t i = 0; i < vm->cfg->ndisks; i++) {
+			c.sizes[i] = s->sizes[i];
+			s->total += s->sizes[i];
+		}
+		wb_reset(&s->hdr);
+		wire_put_cycle(&s->hdr, &c);
+		evbuffer_add(s->batch, s->hdr.p, s->hdr.len);
+	}
+	uint64_t read0 = s->tstats.bytes_read;
+	while (evbuffer_get_length(s->batch) < BATCH_OUT) {
+		r = trk_scan(vm->trk, 4u << 20, emit, s, s->err,
+		    sizeof(s->err));
+		trk_stats(vm->trk, &s->tstats);
+		if (r != 0 || s->tstats.bytes_read - read0 >= BATCH_READ)
+			break;
+	}
+	if (r < 0) {
+		s->job_rc = r;
+		return;
+	}
+	if (r == 1) {
+		flush_zero(s);
+		struct wire_end e = { .cycle = s->cycle, .nframes = s->nframes,
+		    .raw_bytes = s->raw_bytes };
+		wire_digest_final(&s->dig, &e.digest);
+		wb_reset(&s->hdr);
+		wire_put_end(&s->hdr, &e);
+		evbuffer_add(s->batch, s->hdr.p, s->hdr.len);
+		s->scan_done = 1;
+	}
+}
+
+static void maybe_produce(struct psess *s);
+
+static void
+produce_done(void *arg)
+{
+	struct psess *s = arg;
+	struct timeval tv = { ACK_TIMEOUT_S, 0 }, wtv = { SEND_TIMEOUT_S, 0 };
+
+	s->job_running = 0;
+	if (s->dead) {
+		sess_end(s);
+		return;
+	}
+	if (s->job_rc != 0) {
+		sess_fail(s, s->job_rc, "%s", s->err);
+		return;
+	}
+	size_t n = evbuffer_get_length(s->batch);
+	s->bytes_sent += n;
+	evbuffer_add_buffer(bufferevent_get_output(s->bev), s->batch);
+	if (s->scan_done) {
+		s->st = PS_WAIT_ACK;
+		bufferevent_set_timeouts(s->bev, &tv, &wtv);
+		return;
+	}
+	maybe_produce(s);
+}
+
+static void
+maybe_produce(struct psess *s)
+{
+	if (s->job_running || s->scan_done || s->vm->d->stopping)
+		return;
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) >= OUT_HIGH)
+		return;		/* the write callback comes back here */
+	s->job_running = 1;
+	work_submit(job_produce, produce_done, s);
+}
+
+/* --- committing (worker) -------------------------------------------------- */
+
+static void
+job_commit(void *arg)
+{
+	struct psess *s = arg;
+	struct pvm *vm = s->vm;
+	struct cat_rel rel;
+	int r;
+
+	s->job_rc = 0;
+	/* The replica holds the cycle durably: now, and only now, the
+	 * tracker may forget its dirty state (P1). */
+	if ((r = trk_commit(vm->trk, s->cycle, s->err, sizeof(s->err))) != 0)
+		log_warnx("%s: %s; the next cycle sends the whole disk",
+		    vm->cfg->name, s->err);
+	if ((r = cat_rel_get(vm->d->cat, vm->cfg->name, &rel)) == 0) {
+		rel.last_cycle = s->cycle;
+		rel.last_point = s->point;
+		rel.last_point_created_ms = s->created_ms;
+		for (size_t i = 0; i < vm->cfg->ndisks && i < CAT_MAX_DISKS; i++)
+			rel.disks[i].size = s->sizes[i];
+		r = cat_rel_put(vm->d->cat, &rel);
+	}
+	if (r != 0)
+		log_warnx("%s: cannot record cycle %" PRIu64 " in the catalog: "
+		    "%s", vm->cfg->name, s->cycle, rd_strerror(r));
+}
+
+static void
+commit_done(void *arg)
+{
+	struct psess *s = arg;
+	s->job_running = 0;
+	if (s->dead) {
+		sess_end(s);
+		return;
+	}
+	sess_done(s);
+}
+
+/* --- frames from the replica --------------------------------------------- */
+
+static void
+on_welcome(struct psess *s, const uint8_t *p, size_t len)
+{
+	struct pvm *vm = s->vm;
+	struct wire_welcome w;
+	int r;
+
+	if ((r = wire_get_welcome(p, len, &w)) != 0) {
+		sess_fail(s, r, "bad WELCOME from the replica: %s",
+		    rd_strerror(r));
+		return;
+	}
+	if (w.generation > vm->generation) {
+		sess_fail(s, RD_ERR_FENCED, "the replica is at generation %"
+		    PRIu64 ", this host at %" PRIu64 ": this host is a stale "
+		    "primary", w.generation, vm->generation);
+		return;
+	}
+	s->replica_cycle = w.last_cycle;
+	uint64_t base = vm->last_cycle;
+	if (w.last_cycle > base)
+		base = w.last_cycle;
+	if (trk_cycle(vm->trk) > base)
+		base = trk_cycle(vm->trk);
+	s->cycle = base + 1;
+	s->created_ms = (int64_t)util_now_ms();
+	s->st = PS_SEND;
+	wire_digest_init(&s->dig);
+	bufferevent_set_timeouts(s->bev, NULL, NULL);
+	struct timeval wtv = { SEND_TIMEOUT_S, 0 };
+	bufferevent_set_timeouts(s->bev, NULL, &wtv);
+	maybe_produce(s);
+}
+
+static void
+on_ack(struct psess *s, const uint8_t *p, size_t len)
+{
+	struct wire_ack a;
+	int r;
+
+	if ((r = wire_get_ack(p, len, &a)) != 0 || s->st != PS_WAIT_ACK ||
+	    a.cycle != s->cycle || a.point == 0) {
+		sess_fail(s, RD_ERR_PEER, "unexpected ACK from the replica");
+		return;
+	}
+	s->point = a.point;
+	s->st = PS_COMMIT;
+	bufferevent_disable(s->bev, EV_READ);
+	s->job_running = 1;
+	work_submit(job_commit, commit_done, s);
+}
+
+static void
+on_nack(struct psess *s, const uint8_t *p, size_t len)
+{
+	struct wire_nack_msg n;
+	int r = wire_get_nack(p, len, &n);
+	if (r != 0) {
+		sess_fail(s, r, "bad NACK from the replica");
+		return;
+	}
+	sess_fail(s, n.code == WIRE_NACK_FENCED ? RD_ERR_FENCED : RD_ERR_PEER,
+	    "replica refused: %s: %s", wire_nack_name(n.code), n.reason);
+}
+
+static void
+on_read(struct bufferevent *bev, void *arg)
+{
+	struct psess *s = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+
+	while (s->vm->sess == s && s->st != PS_COMMIT) {
+		uint8_t type;
+		size_t flen;
+		int r = netio_peek(in, WIRE_MAX_REASON + 64, &type, &flen);
+		if (r == 0)
+			return;
+		if (r < 0) {
+			sess_fail(s, r, "bad frame from the replica: %s",
+			    rd_strerror(r));
+			return;
+		}
+		const uint8_t *p = netio_payload(in, flen);
+		size_t plen = flen - WIRE_FRAME_HDR;
+		if (type == WIRE_NACK)
+			on_nack(s, p, plen);
+		else if (type == WIRE_WELCOME && s->st == PS_HELLO)
+			on_welcome(s, p, plen);
+		else if (type == WIRE_ACK)
+			on_ack(s, p, plen);
+		else
+			sess_fail(s, RD_ERR_PEER, "unexpected %s frame from "
+			    "the replica", wire_type_name(type));
+		if (s->vm->sess != s)
+			return;		/* s is gone */
+		evbuffer_drain(in, flen);
+	}
+}
+
+static void
+on_write(struct bufferevent *bev, void *arg)
+{
+	struct psess *s = arg;
+	if (s->st == PS_SEND)
+		maybe_produce(s);
+}
+
+static void
+send_hello(struct psess *s)
+{
+	struct pvm *vm = s->vm;
+	struct wire_hello h = { .version = WIRE_VERSION,
+	    .generation = vm->generation, .block_size = vm->cfg->block_size,
+	    .interval_ms = vm->cfg->interval_ms,
+	    .ndisks = (uint16_t)vm->cfg->ndisks };
+	snprintf(h.vm, sizeof(h.vm), "%s", vm->cfg->name);
+	for (size_t i = 0; i < vm->cfg->ndisks; i++) {
+		snprintf(h.disks[i].name, sizeof(h.disks[i].name), "%s",
+		    vm->cfg->disk_names[i]);
+		h.disks[i].size = s->sizes[i];
+	}
+	wb_reset(&s->hdr);
+	wire_put_hello(&s->hdr, &h);
+	netio_send(s->bev, &s->hdr);
+	s->st = PS_HELLO;
+}
+
+static void
+on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct psess *s = arg;
+	struct pvm *vm = s->vm;
+
+	if (what & BEV_EVENT_CONNECTED) {
+		int one = 1;
+		setsockopt(bufferevent_getfd(bev), SOL_SOCKET, SO_KEEPALIVE,
+		    &one, sizeof(one));
+		setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY,
+		    &one, sizeof(one));
+		send_hello(s);
+		return;
+	}
+	if (what & BEV_EVENT_TIMEOUT) {
+		sess_fail(s, RD_ERR_PEER, "replica %s did not answer in time",
+		    vm->cfg->replica);
+		return;
+	}
+	unsigned long e = bufferevent_get_openssl_error(bev);
+	char detail[256] = "";
+	if (e)
+		ERR_error_string_n(e, detail, sizeof(detail));
+	else if (what & BEV_EVENT_ERROR)
+		snprintf(detail, sizeof(detail), "%s",
+		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+	else
+		snprintf(detail, sizeof(detail), "connection closed");
+	if (s->st == PS_CONNECT)
+		sess_fail(s, RD_ERR_PEER, "cannot connect to replica %s: %s",
+		    vm->cfg->replica, detail);
+	else
+		sess_fail(s, RD_ERR_PEER, "replica %s: %s after %" PRIu64
+		    " bytes sent", vm->cfg->replica, detail, s->bytes_sent);
+}
+
+/* --- starting a cycle ---------------------------------------------------- */
+
+static void
+job_prepare(void *arg)
+{
+	struct psess *s = arg;
+	struct pvm *vm = s->vm;
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res = NULL;
+	char port[8];
+
+	s->job_rc = 0;
+	for (size_t i = 0; i < vm->cfg->ndisks; i++) {
+		struct stat sb;
+		if (stat(vm->cfg->disks[i], &sb) != 0) {
+			snprintf(s->err, sizeof(s->err), "disk %s: %s",
+			    vm->cfg->disks[i], strerror(errno));
+			s->job_rc = RD_ERR_NOT_FOUND;
+			return;
+		}
+		s->sizes[i] = (uint64_t)sb.st_size;
+	}
+	snprintf(port, sizeof(port), "%u", vm->cfg->replica_port);
+	int r = getaddrinfo(vm->cfg->replica_host, port, &hints, &res);
+	if (r != 0 || res == NULL) {
+		snprintf(s->err, sizeof(s->err), "cannot resolve %s: %s",
+		    vm->cfg->replica_host, gai_strerror(r));
+		s->job_rc = RD_ERR_PEER;
+		return;
+	}
+	memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
+	s->addrlen = res->ai_addrlen;
+	freeaddrinfo(res);
+}
+
+static void
+prepare_done(void *arg)
+{
+	struct psess *s = arg;
+	struct pvm *vm = s->vm;
+	SSL *ssl;
+
+	s->job_running = 0;
+	if (s->dead) {
+		sess_end(s);
+		return;
+	}
+	if (s->job_rc != 0) {
+		sess_fail(s, s->job_rc, "%s", s->err);
+		return;
+	}
+	ssl = SSL_new(vm->d->client_ctx);
+	if (ssl == NULL) {
+		sess_fail(s, RD_ERR_INTERNAL, "SSL_new: %s", tls_last_error());
+		return;
+	}
+	/* The replica's certificate must name replica_name. */
+	X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
+	if (X509_VERIFY_PARAM_set1_ip_asc(vp, vm->cfg->replica_name) != 1) {
+		SSL_set1_host(ssl, vm->cfg->replica_name);
+		SSL_set_tlsext_host_name(ssl, vm->cfg->replica_name);
+	}
+	s->bev = bufferevent_openssl_socket_new(vm->d->base, -1, ssl,
+	    BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+	if (s->bev == NULL) {
+		SSL_free(ssl);
+		sess_fail(s, RD_ERR_INTERNAL, "cannot create a connection");
+		return;
+	}
+	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+	bufferevent_setwatermark(s->bev, EV_WRITE, OUT_LOW, 0);
+	struct timeval tv = { REPLY_TIMEOUT_S, 0 };
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	s->st = PS_CONNECT;
+	if (bufferevent_socket_connect(s->bev, (struct sockaddr *)&s->addr,
+	    (int)s->addrlen) != 0)
+		sess_fail(s, RD_ERR_PEER, "cannot connect to replica %s",
+		    vm->cfg->replica);
+}
+
+static void
+start_cycle(struct pvm *vm)
+{
+	struct psess *s;
+
+	if (vm->sess != NULL || vm->d->stopping || vm->state == PVM_FENCED)
+		return;
+	if (vm->paused && vm->next == NULL)
+		return;
+	evtimer_del(vm->timer);
+	s = xcalloc(1, sizeof(*s));
+	s->vm = vm;
+	s->st = PS_PREPARE;
+	s->batch = evbuffer_new();
+	s->cctx = ZSTD_createCCtx();
+	s->scratch = xmalloc(vm->cfg->block_size);
+	s->started_ms = util_mono_ms();
+	wb_init(&s->hdr);
+	vm->sess = s;
+	vm->state = PVM_SYNCING;
+	/* Requests made before this cycle started are answered by it. */
+	struct waiter **tail = &vm->cur;
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = vm->next;
+	vm->next = NULL;
+	s->job_running = 1;
+	work_submit(job_prepare, prepare_done, s);
+}
+
+/* --- public -------------------------------------------------------------- */
+
+struct pvm *
+pvm_new(struct daemon *d, const struct cfg_vm *cfg)
+{
+	struct pvm *vm = xcalloc(1, sizeof(*vm));
+	struct cat_rel rel;
+	int r;
+
+	vm->d = d;
+	vm->cfg = cfg;
+	vm->timer = evtimer_new(d->base, on_timer, vm);
+	if ((r = trk_open(d->cfg->state_dir, cfg, &vm->trk)) != 0)
+		fatalx("%s: cannot open the tracker state: %s", cfg->name,
+		    rd_strerror(r));
+	r = cat_rel_get(d->cat, cfg->name, &rel);
+	if (r == RD_ERR_NOT_FOUND) {
+		memset(&rel, 0, sizeof(rel));
+		snprintf(rel.vm, sizeof(rel.vm), "%s", cfg->name);
+		rel.role = CAT_ROLE_PRIMARY;
+		rel.generation = 1;
+		snprintf(rel.peer, sizeof(rel.peer), "%s", cfg->replica);
+		rel.block_size = cfg->block_size;
+		rel.interval_ms = cfg->interval_ms;
+		rel.ndisks = (uint16_t)cfg->ndisks;
+		for (size_t i = 0; i < cfg->ndisks; i++)
+			snprintf(rel.disks[i].name, sizeof(rel.disks[i].name),
+			    "%s", cfg->disk_names[i]);
+		if ((r = cat_rel_put(d->cat, &rel)) != 0)
+			fatalx("%s: cannot record the relationship: %s",
+			    cfg->name, rd_strerror(r));
+		log_info("%s: new relationship, replica %s", cfg->name,
+		    cfg->replica);
+	} else if (r != 0) {
+		fatalx("%s: cannot read the catalog: %s", cfg->name,
+		    rd_strerror(r));
+	}
+	vm->generation = rel.generation;
+	vm->last_cycle = rel.last_cycle;
+	vm->last_point = rel.last_point;
+	vm->last_point_ms = rel.last_point_created_ms;
+	if (rel.role != CAT_ROLE_PRIMARY) {
+		vm->state = PVM_ERROR;
+		snprintf(vm->error, sizeof(vm->error), "the catalog records "
+		    "this host as the replica of %s", cfg->name);
+		log_warnx("%s: %s; not replicating", cfg->name, vm->error);
+		return vm;
+	}
+	vm->state = PVM_IDLE;
+	/* A first cycle soon after start, then every interval. */
+	if (cfg->interval_ms)
+		schedule(vm, 1000);
+	return vm;
+}
+
+void
+pvm_free(struct pvm *vm)
+{
+	if (vm == NULL)
+		return;
+	pvm_stop(vm);
+	tell_waiters(&vm->cur, 0, "replicad is shutting down");
+	tell_waiters(&vm->next, 0, "replicad is shutting down");
+	trk_close(vm->trk);
+	event_free(vm->timer);
+	free(vm);
+}
+
+void
+pvm_status(const struct pvm *vm, struct pvm_status *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->name = vm->cfg->name;
+	st->replica = vm->cfg->replica;
+	st->state = vm->paused && vm->state == PVM_IDLE ? PVM_PAUSED :
+	    vm->state;
+	st->generation = vm->generation;
+	st->last_point = vm->last_point;
+	st->last_point_ms = vm->last_point_ms;
+	st->interval_ms = vm->cfg->interval_ms;
+	st->failures = vm->failures;
+	st->error = vm->error;
+	st->last = vm->last;
+	if (vm->sess) {
+		st->progress_bytes = vm->sess->tstats.bytes_read;
+		st->progress_total = vm->sess->total;
+	}
+}
+
+int
+pvm_sync(struct pvm *vm, pvm_waiter_fn fn, void *arg)
+{
+	if (vm->state == PVM_FENCED)
+		return RD_ERR_FENCED;
+	if (vm->d->stopping)
+		return RD_ERR_STATE;
+	struct waiter *w = xcalloc(1, sizeof(*w));
+	w->fn = fn;
+	w->arg = arg;
+	struct waiter **tail = &vm->next;
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = w;
+	if (vm->sess == NULL)
+		start_cycle(vm);
+	return 0;
+}
+
+void
+pvm_cancel_waiter(struct pvm *vm, void *arg)
+{
+	struct waiter **lists[] = { &vm->cur, &vm->next };
+	for (int i = 0; i < 2; i++) {
+		for (struct waiter **w = lists[i]; *w;) {
+			if ((*w)->arg == arg) {
+				struct waiter *dead = *w;
+				*w = dead->next;
+				free(dead);
+			} else {
+				w = &(*w)->next;
+			}
+		}
+	}
+}
+
+void
+pvm_pause(struct pvm *vm)
+{
+	vm->paused = 1;
+	evtimer_del(vm->timer);
+	if (vm->state == PVM_IDLE)
+		vm->state = PVM_PAUSED;
+}
+
+void
+pvm_resume(struct pvm *vm)
+{
+	vm->paused = 0;
+	if (vm->state == PVM_PAUSED)
+		vm->state = PVM_IDLE;
+	if (vm->sess == NULL && vm->state != PVM_FENCED)
+		schedule(vm, 0);
+}
+
+void
+pvm_stop(struct pvm *vm)
+{
+	evtimer_del(vm->timer);
+	if (vm->sess) {
+		struct psess *s = vm->sess;
+		log_info("%s: abandoning cycle %" PRIu64 " (shutting down)",
+		    vm->cfg->name, s->cycle);
+		sess_end(s);
+		tell_waiters(&vm->cur, 0, "replicad is shutting down");
+	}
+}

@@ -1,0 +1,826 @@
+/*
+ * replica.c — sessions from primaries.
+ *
+ * The loop thread reads frames, checks the session's state, and routes
+ * each cycle's CYCLE, DATA and END frames, in order, into batches that a
+ * worker job decodes, checks (range, decompression, hash) and stages
+ * (store.c).  The job that meets END checks the cycle digest and applies
+ * the cycle; then the loop sends ACK.  Any bad frame ends the session
+ * with a NACK and a log line, and the store abandons the cycle: nothing
+ * of it is applied (S1).
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <openssl/err.h>
+#include <zstd.h>
+
+#include "catalog.h"
+#include "config.h"
+#include "daemon.h"
+#include "err.h"
+#include "log.h"
+#include "netio.h"
+#include "replica.h"
+#include "store.h"
+#include "tls.h"
+#include "util.h"
+#include "wire.h"
+#include "work.h"
+#include "xmalloc.h"
+
+#define MAX_SESSIONS	64
+#define BATCH_BYTES	(8u << 20)	/* frames handed to one stage job */
+#define IN_HIGH		(2 * WIRE_MAX_FRAME + (8u << 20))
+#define HELLO_TIMEOUT_S	30
+#define IDLE_TIMEOUT_S	600
+
+struct rvm {
+	struct daemon	*d;
+	char		 name[NAME_MAX_LEN + 1];
+	struct store	*st;
+	struct rsess	*owner;		/* the session sending a cycle */
+	char		 peer[HOST_MAX_LEN + 8];
+	uint64_t	 interval_ms;
+	char		 error[512];
+	uint64_t	 received;
+	uint64_t	 last_bytes;
+};
+
+enum rsess_state {
+	RS_HANDSHAKE,
+	RS_HELLO,	/* waiting for HELLO */
+	RS_READY,	/* between cycles: CYCLE may come */
+	RS_CYCLE,	/* DATA or END may come */
+	RS_CLOSING,	/* flushing a NACK */
+};
+
+struct rsess {
+	struct replica_srv	*srv;
+	struct rsess		*next;
+	struct bufferevent	*bev;
+	enum rsess_state	 state;
+	char			 addr[64];
+	char			 identity[HOST_MAX_LEN + 1];
+	struct rvm		*vm;
+	struct wire_hello	 hello;
+	/* the cycle being received: touched by jobs only while one runs */
+	struct wire_cycle	 cycle;
+	int			 cycle_open;	/* store_cycle_begin done */
+	struct wire_digest	 dig;
+	uint64_t		 nframes;
+	uint64_t		 raw_bytes;
+	ZSTD_DCtx		*dctx;
+	uint8_t			*block;
+	struct evbuffer		*batch;
+	int			 batch_has_end;
+	int			 job_running;
+	int			 dead;
+	int			 job_rc;
+	uint16_t		 nack_code;
+	char			 err[512];
+	struct cat_point	 point;
+	int			 committed;
+	struct wbuf		 out;
+};
+
+struct replica_srv {
+	struct daemon		*d;
+	struct evconnlistener	*listener;
+	struct rsess		*sessions;
+	int			 nsessions;
+};
+
+static void sess_read(struct bufferevent *bev, void *arg);
+
+/* --- VMs ------------------------------------------------------------------ */
+
+struct rvm *
+replica_find(struct daemon *d, const char *name)
+{
+	for (size_t i = 0; i < d->nrvms; i++)
+		if (strcmp(d->rvms[i]->name, name) == 0)
+			return d->rvms[i];
+	return NULL;
+}
+
+struct store *
+rvm_store(struct rvm *vm)
+{
+	return vm->st;
+}
+
+void
+rvm_status(struct rvm *vm, struct rvm_status *out)
+{
+	struct cat_rel rel;
+	store_rel(vm->st, &rel);
+	memset(out, 0, sizeof(*out));
+	out->name = vm->name;
+	out->peer = vm->peer;
+	out->receiving = vm->owner != NULL && vm->owner->state == RS_CYCLE;
+	out->generation = rel.generation;
+	out->last_point = rel.last_point;
+	out->last_point_ms = rel.last_point_created_ms;
+	out->interval_ms = vm->interval_ms;
+	out->error = vm->error;
+	out->received_bytes = vm->received;
+	out->last_bytes = vm->last_bytes;
+}
+
+static struct rvm *
+rvm_add(struct daemon *d, const struct cat_rel *rel, char *err, size_t errsz)
+{
+	struct rvm *vm = xcalloc(1, sizeof(*vm));
+	int r;
+
+	vm->d = d;
+	snprintf(vm->name, sizeof(vm->name), "%s", rel->vm);
+	snprintf(vm->peer, sizeof(vm->peer), "%s", rel->peer);
+	vm->interval_ms = rel->interval_ms;
+	if ((r = store_open(d->cat, rel, &vm->st, err, errsz)) != 0) {
+		free(vm);
+		return NULL;
+	}
+	d->rvms = xreallocarray(d->rvms, d->nrvms + 1, sizeof(*d->rvms));
+	d->rvms[d->nrvms++] = vm;
+	return vm;
+}
+
+/* --- session lifetime ---------------------------------------------------- */
+
+static void
+sess_free(struct rsess *s)
+{
+	struct replica_srv *srv = s->srv;
+	for (struct rsess **p = &srv->sessions; *p; p = &(*p)->next)
+		if (*p == s) {
+			*p = s->next;
+			break;
+		}
+	srv->nsessions--;
+	if (s->vm && s->vm->owner == s)
+		s->vm->owner = NULL;
+	if (s->bev)
+		bufferevent_free(s->bev);
+	if (s->batch)
+		evbuffer_free(s->batch);
+	ZSTD_freeDCtx(s->dctx);
+	free(s->block);
+	wb_free(&s->out);
+	free(s);
+}
+
+static void
+job_abort(void *arg)
+{
+	struct rsess *s = arg;
+	store_cycle_abort(s->vm->st);
+	s->cycle_open = 0;
+}
+
+static void
+abort_done(void *arg)
+{
+	struct rsess *s = arg;
+	s->job_running = 0;
+	sess_free(s);
+}
+
+/* Free the session once no job uses it; abandon an open cycle first. */
+static void
+sess_end(struct rsess *s)
+{
+	if (s->bev) {
+		bufferevent_free(s->bev);
+		s->bev = NULL;
+	}
+	if (s->job_running) {
+		s->dead = 1;
+		return;
+	}
+	if (s->cycle_open && s->vm) {
+		s->job_running = 1;
+		work_submit(job_abort, abort_done, s);
+		return;
+	}
+	sess_free(s);
+}
+
+static void
+on_closing_write(struct bufferevent *bev, void *arg)
+{
+	struct rsess *s = arg;
+	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+		sess_end(s);
+}
+
+/* Refuse: log, send NACK, close once it is sent. */
+static void
+sess_refuse(struct rsess *s, uint16_t code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+sess_refuse(struct rsess *s, uint16_t code, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_warnx("%s%s%s (%s): session refused: %s", s->vm ? s->vm->name : "",
+	    s->vm ? ": " : "", s->identity[0] ? s->identity : "unauthenticated",
+	    s->addr, msg);
+	if (s->vm && s->vm->owner == s)
+		snprintf(s->vm->error, sizeof(s->vm->error), "%s", msg);
+	if (s->bev == NULL || s->state == RS_CLOSING) {
+		sess_end(s);
+		return;
+	}
+	s->state = RS_CLOSING;
+	wb_reset(&s->out);
+	wire_put_nack(&s->out, code, msg);
+	netio_send(s->bev, &s->out);
+	bufferevent_disable(s->bev, EV_READ);
+	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+	bufferevent_setcb(s->bev, NULL, on_closing_write, NULL, s);
+	struct timeval tv = { 5, 0 };
+	bufferevent_set_timeouts(s->bev, NULL, &tv);
+	bufferevent_setcb(s->bev, NULL, on_closing_write,
+	    (bufferevent_event_cb)NULL, s);
+}
+
+/* --- stage jobs (worker) -------------------------------------------------- */
+
+static int
+job_fail(struct rsess *s, uint16_t code, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int
+job_fail(struct rsess *s, uint16_t code, int rc, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(s->err, sizeof(s->err), fmt, ap);
+	va_end(ap);
+	s->nack_code = code;
+	s->job_rc = rc;
+	return rc;
+}
+
+static int
+stage_cycle(struct rsess *s, const uint8_t *p, size_t len)
+{
+	struct store_cycle c;
+	int r;
+
+	if ((r = wire_get_cycle(p, len, &s->cycle)) != 0)
+		return job_fail(s, WIRE_NACK_PROTOCOL, r, "bad CYCLE frame: %s",
+		    rd_strerror(r));
+	if (s->cycle.ndisks != s->hello.ndisks)
+		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_RANGE, "CYCLE "
+		    "has %u disks, HELLO had %u", s->cycle.ndisks,
+		    s->hello.ndisks);
+	memset(&c, 0, sizeof(c));
+	c.cycle = s->cycle.cycle;
+	c.created_ms = (int64_t)s->cycle.created_ms;
+	c.kind = s->cycle.kind;
+	c.generation = s->hello.generation;
+	c.ndisks = s->cycle.ndisks;
+	memcpy(c.sizes, s->cycle.sizes, c.ndisks * sizeof(uint64_t));
+	if ((r = store_cycle_begin(s->vm->st, &c, s->err, sizeof(s->err))) != 0)
+		return job_fail(s, r == RD_ERR_SYSTEM ? WIRE_NACK_IO :
+		    WIRE_NACK_MISMATCH, r, "%s", s->err);
+	s->cycle_open = 1;
+	wire_digest_init(&s->dig);
+	s->nframes = 0;
+	s->raw_bytes = 0;
+	return 0;
+}
+
+static int
+stage_data(struct rsess *s, const uint8_t *p, size_t len)
+{
+	struct wire_data m;
+	int r;
+
+	if ((r = wire_get_data(p, len, &m)) != 0)
+		return job_fail(s, WIRE_NACK_PROTOCOL, r, "bad DATA frame: %s",
+		    rd_strerror(r));
+	if ((r = wire_check_data(&m, &s->cycle, s->hello.block_size)) != 0)
+		return job_fail(s, WIRE_NACK_BAD_DATA, r, "DATA out of range: "
+		    "disk %u offset %" PRIu64 " length %u", m.disk, m.offset,
+		    m.length);
+	wire_digest_update(&s->dig, &m);
+	s->nframes++;
+	s->raw_bytes += m.length;
+	if (m.encoding == WIRE_ENC_ZERO)
+		return store_cycle_put(s->vm->st, m.disk, m.offset, m.length,
+		    NULL, NULL, s->err, sizeof(s->err)) == 0 ? 0 :
+		    job_fail(s, WIRE_NACK_IO, RD_ERR_SYSTEM, "%s", s->err);
+	if ((r = wire_data_content(&m, s->block, s->dctx)) != 0)
+		return job_fail(s, WIRE_NACK_BAD_DATA, r, "disk %s offset %"
+		    PRIu64 ": %s", s->hello.disks[m.disk].name, m.offset,
+		    r == RD_ERR_HASH ? "content does not match its hash" :
+		    "cannot decompress");
+	if ((r = store_cycle_put(s->vm->st, m.disk, m.offset, m.length,
+	    s->block, &m.hash, s->err, sizeof(s->err))) != 0)
+		return job_fail(s, r == RD_ERR_NOSPACE ? WIRE_NACK_NOSPACE :
+		    WIRE_NACK_IO, r, "%s", s->err);
+	return 0;
+}
+
+static int
+stage_end(struct rsess *s, const uint8_t *p, size_t len)
+{
+	struct wire_end e;
+	struct digest d;
+	int r;
+
+	if ((r = wire_get_end(p, len, &e)) != 0)
+		return job_fail(s, WIRE_NACK_PROTOCOL, r, "bad END frame: %s",
+		    rd_strerror(r));
+	wire_digest_final(&s->dig, &d);
+	if (e.cycle != s->cycle.cycle || e.nframes != s->nframes ||
+	    e.raw_bytes != s->raw_bytes || !digest_equal(&d, &e.digest))
+		return job_fail(s, WIRE_NACK_BAD_DATA, RD_ERR_HASH, "cycle %"
+		    PRIu64 " does not match its END record (%" PRIu64 " frames "
+		    "received, %" PRIu64 " announced)", s->cycle.cycle,
+		    s->nframes, e.nframes);
+	r = store_cycle_commit(s->vm->st, &s->point, s->err, sizeof(s->err));
+	s->cycle_open = 0;
+	if (r != 0)
+		return job_fail(s, r == RD_ERR_NOSPACE ? WIRE_NACK_NOSPACE :
+		    WIRE_NACK_IO, r, "cannot apply cycle %" PRIu64 ": %s",
+		    s->cycle.cycle, s->err);
+	s->committed = 1;
+	return 0;
+}
+
+static void
+job_stage(void *arg)
+{
+	struct rsess *s = arg;
+	int r = 0;
+
+	s->job_rc = 0;
+	s->committed = 0;
+	while (r == 0 && evbuffer_get_length(s->batch) > 0) {
+		uint8_t type;
+		size_t flen;
+		if (netio_peek(s->batch, WIRE_MAX_FRAME, &type, &flen) != 1) {
+			r = job_fail(s, WIRE_NACK_INTERNAL, RD_ERR_INTERNAL,
+			    "internal error: partial frame in batch");
+			break;
+		}
+		const uint8_t *p = netio_payload(s->batch, flen);
+		size_t plen = flen - WIRE_FRAME_HDR;
+		if (type == WIRE_CYCLE)
+			r = stage_cycle(s, p, plen);
+		else if (type == WIRE_DATA)
+			r = stage_data(s, p, plen);
+		else if (type == WIRE_END)
+			r = stage_end(s, p, plen);
+		evbuffer_drain(s->batch, flen);
+	}
+	evbuffer_drain(s->batch, evbuffer_get_length(s->batch));
+	if (r != 0 && s->cycle_open) {
+		store_cycle_abort(s->vm->st);
+		s->cycle_open = 0;
+	}
+}
+
+static void
+stage_done(void *arg)
+{
+	struct rsess *s = arg;
+	struct rvm *vm = s->vm;
+
+	s->job_running = 0;
+	if (s->dead) {
+		sess_end(s);
+		return;
+	}
+	if (s->job_rc != 0) {
+		sess_refuse(s, s->nack_code, "%s", s->err);
+		return;
+	}
+	if (s->committed) {
+		struct wire_ack a = { .cycle = s->cycle.cycle,
+		    .point = s->point.id };
+		log_info("%s: cycle %" PRIu64 " applied as point %" PRIu64
+		    " (%" PRIu64 " bytes, undo %" PRIu64 " bytes)", vm->name,
+		    s->cycle.cycle, s->point.id, s->point.bytes,
+		    s->point.undo_bytes);
+		vm->error[0] = '\0';
+		vm->last_bytes = s->point.bytes;
+		vm->received = 0;
+		wb_reset(&s->out);
+		wire_put_ack(&s->out, &a);
+		netio_send(s->bev, &s->out);
+		s->state = RS_READY;
+		s->committed = 0;
+	}
+	/* Go on with what arrived meanwhile. */
+	bufferevent_enable(s->bev, EV_READ);
+	sess_read(s->bev, s);
+}
+
+static void
+submit_batch(struct rsess *s)
+{
+	s->job_running = 1;
+	s->batch_has_end = 0;
+	work_submit(job_stage, stage_done, s);
+}
+
+/* --- HELLO ----------------------------------------------------------------- */
+
+static void
+on_hello(struct rsess *s, const uint8_t *p, size_t len)
+{
+	struct daemon *d = s->srv->d;
+	struct wire_hello *h = &s->hello;
+	const struct cfg_accept *acc;
+	struct cat_rel rel;
+	struct rvm *vm;
+	char err[512];
+	int r;
+
+	if ((r = wire_get_hello(p, len, h)) != 0) {
+		sess_refuse(s, r == RD_ERR_VERSION ? WIRE_NACK_PROTOCOL :
+		    WIRE_NACK_PROTOCOL, "bad HELLO: %s", rd_strerror(r));
+		return;
+	}
+	acc = config_match_accept(d->cfg, s->identity, h->vm);
+	if (acc == NULL) {
+		sess_refuse(s, WIRE_NACK_DENIED, "host %s may not replicate VM "
+		    "%s here (no matching [accept] entry)", s->identity, h->vm);
+		return;
+	}
+	vm = replica_find(d, h->vm);
+	if (vm == NULL) {
+		r = cat_rel_get(d->cat, h->vm, &rel);
+		if (r == 0 && rel.role == CAT_ROLE_PRIMARY) {
+			sess_refuse(s, WIRE_NACK_DENIED, "this host is the "
+			    "primary of %s", h->vm);
+			return;
+		}
+		if (r == RD_ERR_NOT_FOUND) {
+			memset(&rel, 0, sizeof(rel));
+			snprintf(rel.vm, sizeof(rel.vm), "%s", h->vm);
+			rel.role = CAT_ROLE_REPLICA;
+			rel.generation = h->generation;
+			snprintf(rel.peer, sizeof(rel.peer), "%s", s->identity);
+			snprintf(rel.storage, sizeof(rel.storage), "%s",
+			    acc->storage);
+			rel.block_size = h->block_size;
+			rel.interval_ms = h->interval_ms;
+			rel.ndisks = h->ndisks;
+			for (uint16_t i = 0; i < h->ndisks; i++)
+				snprintf(rel.disks[i].name,
+				    sizeof(rel.disks[i].name), "%s",
+				    h->disks[i].name);
+			if ((r = cat_rel_put(d->cat, &rel)) != 0) {
+				sess_refuse(s, WIRE_NACK_INTERNAL, "cannot "
+				    "record the relationship: %s",
+				    rd_strerror(r));
+				return;
+			}
+			log_info("%s: new replica relationship from %s, %u "
+			    "disks, storage %s", h->vm, s->identity,
+			    h->ndisks, acc->storage);
+		} else if (r != 0) {
+			sess_refuse(s, WIRE_NACK_INTERNAL, "catalog: %s",
+			    rd_strerror(r));
+			return;
+		}
+		if ((vm = rvm_add(d, &rel, err, sizeof(err))) == NULL) {
+			sess_refuse(s, WIRE_NACK_IO, "cannot open the replica "
+			    "of %s: %s", h->vm, err);
+			return;
+		}
+	}
+	store_rel(vm->st, &rel);
+	if (strcmp(rel.storage, acc->storage) != 0) {
+		sess_refuse(s, WIRE_NACK_DENIED, "%s is stored in %s, but the "
+		    "[accept %s] entry names %s", h->vm, rel.storage, acc->name,
+		    acc->storage);
+		return;
+	}
+	if (h->generation < rel.generation) {
+		sess_refuse(s, WIRE_NACK_FENCED, "generation %" PRIu64 " is "
+		    "below this host's %" PRIu64 " for %s", h->generation,
+		    rel.generation, h->vm);
+		return;
+	}
+	if (h->block_size != rel.block_size || h->ndisks != rel.ndisks) {
+		sess_refuse(s, WIRE_NACK_MISMATCH, "%s: block size or disk "
+		    "count differs from the replica (%u bytes, %u disks)",
+		    h->vm, rel.block_size, rel.ndisks);
+		return;
+	}
+	for (uint16_t i = 0; i < h->ndisks; i++)
+		if (strcmp(h->disks[i].name, rel.disks[i].name) != 0) {
+			sess_refuse(s, WIRE_NACK_MISMATCH, "%s: disk %u is %s "
+			    "on the replica, %s on the primary", h->vm, i,
+			    rel.disks[i].name, h->disks[i].name);
+			return;
+		}
+	if (vm->owner != NULL) {
+		sess_refuse(s, WIRE_NACK_BUSY, "another session is replicating "
+		    "%s", h->vm);
+		return;
+	}
+	s->vm = vm;
+	vm->owner = s;
+	vm->interval_ms = h->interval_ms;
+	snprintf(vm->peer, sizeof(vm->peer), "%s", s->identity);
+	struct wire_welcome w = { .version = WIRE_VERSION,
+	    .generation = rel.generation, .last_cycle = rel.last_cycle,
+	    .last_point = rel.last_point };
+	wb_reset(&s->out);
+	wire_put_welcome(&s->out, &w);
+	netio_send(s->bev, &s->out);
+	s->state = RS_READY;
+	s->dctx = ZSTD_createDCtx();
+	s->block = xmalloc(h->block_size);
+	struct timeval tv = { IDLE_TIMEOUT_S, 0 };
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	log_debug("%s: session from %s (%s)", h->vm, s->identity, s->addr);
+}
+
+/* --- reading -------------------------------------------------------------- */
+
+static void
+sess_read(struct bufferevent *bev, void *arg)
+{
+	struct rsess *s = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+
+	while (!s->job_running && s->state != RS_CLOSING) {
+		uint8_t type;
+		size_t flen;
+		size_t max = s->state == RS_HELLO ? 4096 + WIRE_MAX_DISKS *
+		    (NAME_MAX_LEN + 16) : WIRE_MAX_FRAME;
+		int r = netio_peek(in, max, &type, &flen);
+		if (r < 0) {
+			sess_refuse(s, WIRE_NACK_PROTOCOL, "bad frame header: "
+			    "%s", rd_strerror(r));
+			return;
+		}
+		if (r == 0)
+			break;
+		if (s->state == RS_HELLO) {
+			if (type != WIRE_HELLO) {
+				sess_refuse(s, WIRE_NACK_PROTOCOL, "expected "
+				    "HELLO, got %s", wire_type_name(type));
+				return;
+			}
+			on_hello(s, netio_payload(in, flen),
+			    flen - WIRE_FRAME_HDR);
+			if (s->state == RS_CLOSING)
+				return;
+			evbuffer_drain(in, flen);
+			continue;
+		}
+		if (type == WIRE_NACK) {
+			struct wire_nack_msg n;
+			if (wire_get_nack(netio_payload(in, flen),
+			    flen - WIRE_FRAME_HDR, &n) == 0)
+				log_warnx("%s: primary %s gave up: %s",
+				    s->vm->name, s->identity, n.reason);
+			sess_end(s);
+			return;
+		}
+		int ok = (type == WIRE_CYCLE && s->state == RS_READY) ||
+		    ((type == WIRE_DATA || type == WIRE_END) &&
+		     s->state == RS_CYCLE);
+		if (!ok) {
+			sess_refuse(s, WIRE_NACK_PROTOCOL, "unexpected %s frame",
+			    wire_type_name(type));
+			return;
+		}
+		if (type == WIRE_CYCLE)
+			s->state = RS_CYCLE;
+		evbuffer_remove_buffer(in, s->batch, flen);
+		s->vm->received += flen;
+		if (type == WIRE_END) {
+			s->state = RS_READY;	/* ACK follows the job */
+			submit_batch(s);
+			break;
+		}
+		if (evbuffer_get_length(s->batch) >= BATCH_BYTES)
+			submit_batch(s);
+	}
+	/* Stage what is here rather than wait for more. */
+	if (!s->job_running && s->state != RS_CLOSING &&
+	    evbuffer_get_length(s->batch) > 0)
+		submit_batch(s);
+	if (s->job_running && s->bev)
+		bufferevent_disable(s->bev, EV_READ);
+}
+
+static void
+sess_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct rsess *s = arg;
+
+	if (what & BEV_EVENT_CONNECTED) {
+		char *names[TLS_MAX_NAMES];
+		SSL *ssl = bufferevent_openssl_get_ssl(bev);
+		int n = tls_peer_names(ssl, names);
+		if (n == 0) {
+			log_warnx("%s: session refused: the client certificate "
+			    "names no usable identity", s->addr);
+			sess_end(s);
+			return;
+		}
+		/* The identity is the first name an [accept] entry knows. */
+		snprintf(s->identity, sizeof(s->identity), "%s", names[0]);
+		for (int i = 0; i < n; i++) {
+			const struct config *cfg = s->srv->d->cfg;
+			int known = 0;
+			for (size_t k = 0; k < cfg->naccepts; k++)
+				if (strcasecmp(cfg->accepts[k].name,
+				    names[i]) == 0)
+					known = 1;
+			if (known) {
+				snprintf(s->identity, sizeof(s->identity), "%s",
+				    names[i]);
+				break;
+			}
+		}
+		tls_names_free(names, n);
+		s->state = RS_HELLO;
+		return;
+	}
+	if (what & BEV_EVENT_TIMEOUT) {
+		log_warnx("%s (%s): session timed out", s->identity[0] ?
+		    s->identity : "unauthenticated", s->addr);
+		sess_end(s);
+		return;
+	}
+	unsigned long e = bufferevent_get_openssl_error(bev);
+	if (s->state == RS_HANDSHAKE) {
+		char detail[256] = "connection closed";
+		if (e)
+			ERR_error_string_n(e, detail, sizeof(detail));
+		log_warnx("%s: TLS handshake failed: %s", s->addr, detail);
+	} else if (s->state == RS_CYCLE || s->job_running) {
+		log_warnx("%s: %s (%s) closed the connection during cycle %"
+		    PRIu64 "; nothing of it is applied", s->vm ? s->vm->name :
+		    "?", s->identity, s->addr, s->cycle.cycle);
+		if (s->vm)
+			snprintf(s->vm->error, sizeof(s->vm->error), "cycle %"
+			    PRIu64 " cut off: the primary closed the "
+			    "connection", s->cycle.cycle);
+	}
+	sess_end(s);
+}
+
+static void
+on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+    int salen, void *arg)
+{
+	struct replica_srv *srv = arg;
+	struct rsess *s;
+	char addr[64];
+	SSL *ssl;
+
+	netio_addr_str(sa, addr, sizeof(addr));
+	if (srv->d->stopping || srv->nsessions >= MAX_SESSIONS) {
+		log_warnx("%s: connection refused: %s", addr, srv->d->stopping ?
+		    "shutting down" : "too many sessions");
+		evutil_closesocket(fd);
+		return;
+	}
+	if ((ssl = SSL_new(srv->d->server_ctx)) == NULL) {
+		log_warnx("%s: SSL_new: %s", addr, tls_last_error());
+		evutil_closesocket(fd);
+		return;
+	}
+	s = xcalloc(1, sizeof(*s));
+	s->srv = srv;
+	snprintf(s->addr, sizeof(s->addr), "%s", addr);
+	s->state = RS_HANDSHAKE;
+	s->batch = evbuffer_new();
+	wb_init(&s->out);
+	s->bev = bufferevent_openssl_socket_new(srv->d->base, fd, ssl,
+	    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	if (s->bev == NULL) {
+		SSL_free(ssl);
+		evutil_closesocket(fd);
+		evbuffer_free(s->batch);
+		free(s);
+		return;
+	}
+	s->next = srv->sessions;
+	srv->sessions = s;
+	srv->nsessions++;
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	bufferevent_setcb(s->bev, sess_read, NULL, sess_event, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, IN_HIGH);
+	struct timeval tv = { HELLO_TIMEOUT_S, 0 };
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
+static void
+on_accept_error(struct evconnlistener *l, void *arg)
+{
+	log_warn("accept");
+}
+
+/* --- init / fini ---------------------------------------------------------- */
+
+void
+replica_init(struct daemon *d)
+{
+	struct replica_srv *srv = xcalloc(1, sizeof(*srv));
+	struct cat_rel *rels = NULL;
+	size_t n = 0;
+	char err[512];
+	int r;
+
+	srv->d = d;
+	d->rsrv = srv;
+	if ((r = cat_rel_list(d->cat, &rels, &n)) != 0)
+		fatalx("cannot list relationships: %s", rd_strerror(r));
+	for (size_t i = 0; i < n; i++) {
+		if (rels[i].role != CAT_ROLE_REPLICA)
+			continue;
+		if (rvm_add(d, &rels[i], err, sizeof(err)) == NULL)
+			log_warnx("%s: replica unavailable: %s", rels[i].vm,
+			    err);
+	}
+	free(rels);
+	if (d->cfg->listen == NULL)
+		return;
+
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
+	    .ai_flags = AI_PASSIVE }, *res = NULL;
+	char port[8];
+	snprintf(port, sizeof(port), "%u", d->cfg->listen_port);
+	if ((r = getaddrinfo(d->cfg->listen_host, port, &hints, &res)) != 0)
+		fatalx("listen %s: %s", d->cfg->listen, gai_strerror(r));
+	srv->listener = evconnlistener_new_bind(d->base, on_accept, srv,
+	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+	    64, res->ai_addr, (int)res->ai_addrlen);
+	freeaddrinfo(res);
+	if (srv->listener == NULL)
+		fatal("cannot listen on %s", d->cfg->listen);
+	evconnlistener_set_error_cb(srv->listener, on_accept_error);
+	log_info("listening on %s", d->cfg->listen);
+}
+
+void
+replica_stop(struct daemon *d)
+{
+	struct replica_srv *srv = d->rsrv;
+	if (srv == NULL)
+		return;
+	if (srv->listener) {
+		evconnlistener_free(srv->listener);
+		srv->listener = NULL;
+	}
+	struct rsess *s = srv->sessions, *next;
+	for (; s; s = next) {
+		next = s->next;
+		if (s->bev) {
+			bufferevent_free(s->bev);
+			s->bev = NULL;
+		}
+		sess_end(s);
+	}
+}
+
+void
+replica_fini(struct daemon *d)
+{
+	for (size_t i = 0; i < d->nrvms; i++) {
+		store_close(d->rvms[i]->st);
+		free(d->rvms[i]);
+	}
+	free(d->rvms);
+	d->rvms = NULL;
+	d->nrvms = 0;
+	free(d->rsrv);
+	d->rsrv = NULL;
+}

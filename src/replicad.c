@@ -1,0 +1,105 @@
+/*
+ * replicad — the replication daemon.  See replicad(8).
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "err.h"
+#include "log.h"
+#include "tls.h"
+
+#define REPLICAD_VERSION "0.1.0"
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+	    "usage: replicad [-c FILE] [--check] [--syslog] [-d]\n"
+	    "\n"
+	    "  -c, --config FILE  configuration (default %s)\n"
+	    "      --check        validate the configuration and exit\n"
+	    "      --syslog       log to syslog as well as stderr\n"
+	    "  -d, --debug        log at debug level\n"
+	    "  -h, --help         this help\n"
+	    "  -V, --version      print the version\n"
+	    "\n"
+	    "Exit codes: 0 success, 1 failure, 2 usage or configuration error.\n",
+	    CONFIG_DEFAULT_PATH);
+}
+
+/* --check: the file, then the TLS material it names. */
+static int
+check(struct config *cfg)
+{
+	char err[512];
+	SSL_CTX *ctx;
+
+	if (cfg->tls_cert && cfg->tls_key && cfg->tls_ca) {
+		if ((ctx = tls_ctx_new(1, cfg->tls_cert, cfg->tls_key,
+		    cfg->tls_ca, err, sizeof(err))) == NULL) {
+			fprintf(stderr, "replicad: %s: %s\n", cfg->path, err);
+			return 2;
+		}
+		SSL_CTX_free(ctx);
+	}
+	printf("%s: configuration OK (%zu VMs, %zu accept entries%s)\n",
+	    cfg->path, cfg->nvms, cfg->naccepts, cfg->listen ?
+	    ", listening" : "");
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "check", no_argument, NULL, 'C' },
+		{ "syslog", no_argument, NULL, 'S' },
+		{ "debug", no_argument, NULL, 'd' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 }
+	};
+	const char *path = CONFIG_DEFAULT_PATH;
+	int do_check = 0, use_syslog = 0, debug = 0, ch, rc;
+	struct config *cfg;
+	char err[1024];
+
+	while ((ch = getopt_long(argc, argv, "c:dhV", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c': path = optarg; break;
+		case 'C': do_check = 1; break;
+		case 'S': use_syslog = 1; break;
+		case 'd': debug = 1; break;
+		case 'h': usage(stdout); return 0;
+		case 'V': printf("replicad %s\n", REPLICAD_VERSION); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "replicad: unexpected argument '%s'\n",
+		    argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+	log_init("replicad", use_syslog);
+	if (config_load(path, &cfg, err, sizeof(err)) != 0) {
+		fprintf(stderr, "replicad: %s\n", err);
+		return 2;
+	}
+	if (debug)
+		cfg->log_level = LOG_LVL_DEBUG;
+	if (do_check) {
+		rc = check(cfg);
+		config_free(cfg);
+		return rc;
+	}
+	struct daemon *d = daemon_init(cfg);
+	rc = daemon_run(d);
+	daemon_fini(d);
+	return rc;
+}
