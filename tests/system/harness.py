@@ -1,0 +1,238 @@
+"""System-test harness: real replicad processes on loopback in temp dirs.
+
+A test is a function test_NAME(env) in a module tests/system/test_*.py.
+env gives a fresh temporary directory, certificates, and helpers to start
+daemons (Daemon), run replctl, wait for conditions with a deadline, and
+compare files.  Every random choice comes from env.rng, seeded from the
+run's seed (printed; pass --seed to reproduce).
+"""
+import hashlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+REPLICAD = os.path.join(ROOT, "replicad")
+REPLCTL = os.path.join(ROOT, "replctl")
+MKCERTS = os.path.join(ROOT, "tools", "mkcerts")
+
+
+class TestFailure(AssertionError):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise TestFailure(msg)
+
+
+def wait_for(cond, timeout=30.0, interval=0.05, what="condition"):
+    """Poll cond() until it returns a true value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TestFailure("timed out after %.0fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def file_digest(path, size=None):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = size
+        while left is None or left > 0:
+            n = 1 << 20 if left is None else min(1 << 20, left)
+            b = f.read(n)
+            if not b:
+                break
+            h.update(b)
+            if left is not None:
+                left -= len(b)
+    return h.hexdigest()
+
+
+def files_equal(a, b):
+    return os.path.getsize(a) == os.path.getsize(b) and file_digest(a) == file_digest(b)
+
+
+def first_difference(a, b):
+    """Offset of the first differing byte (or size mismatch) for messages."""
+    if os.path.getsize(a) != os.path.getsize(b):
+        return "sizes %d != %d" % (os.path.getsize(a), os.path.getsize(b))
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        off = 0
+        while True:
+            x, y = fa.read(1 << 16), fb.read(1 << 16)
+            if not x:
+                return "equal"
+            if x != y:
+                for i in range(len(x)):
+                    if x[i] != y[i]:
+                        return "first difference at offset %d" % (off + i)
+            off += len(x)
+
+
+def assert_same(a, b, what=""):
+    if not files_equal(a, b):
+        raise TestFailure("%s: %s and %s differ: %s" % (what or "files", a, b, first_difference(a, b)))
+
+
+class Result:
+    def __init__(self, rc, out, err):
+        self.rc, self.out, self.err = rc, out, err
+
+    def __repr__(self):
+        return "rc=%d out=%r err=%r" % (self.rc, self.out, self.err)
+
+
+class Daemon:
+    """One replicad process with its own config, state and log."""
+
+    def __init__(self, env, name, cert, daemon_extra="", sections=""):
+        self.env, self.name = env, name
+        self.dir = os.path.join(env.dir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.state = os.path.join(self.dir, "state")
+        self.conf = os.path.join(self.dir, "replicad.conf")
+        self.log = os.path.join(self.dir, "replicad.log")
+        self.proc = None
+        pki = env.pki
+        self.text = ("[daemon]\nstate_dir = %s\ntls_cert = %s/%s.pem\ntls_key = %s/%s.key\n"
+                     "tls_ca = %s/ca.pem\nlog_level = debug\n%s\n%s\n"
+                     % (self.state, pki, cert, pki, cert, pki, daemon_extra, sections))
+        with open(self.conf, "w") as f:
+            f.write(self.text)
+
+    @property
+    def socket(self):
+        return os.path.join(self.state, "control.sock")
+
+    def start(self, wait=True, env_extra=None):
+        e = dict(os.environ)
+        if env_extra:
+            e.update(env_extra)
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([REPLICAD, "-c", self.conf], stdout=logf, stderr=logf, env=e)
+        logf.close()
+        self.env.procs.append(self.proc)
+        if wait:
+            wait_for(lambda: self.proc.poll() is not None or self.ctl("status").rc == 0,
+                     10, what="%s to answer on its control socket" % self.name)
+            check(self.proc.poll() is None, "%s exited at start:\n%s" % (self.name, self.log_text()[-2000:]))
+        return self
+
+    def ctl(self, *args, timeout=120):
+        p = subprocess.run([REPLCTL, "-s", self.socket] + list(args), capture_output=True,
+                           text=True, timeout=timeout)
+        return Result(p.returncode, p.stdout, p.stderr)
+
+    def ok(self, *args, timeout=120):
+        r = self.ctl(*args, timeout=timeout)
+        check(r.rc == 0, "replctl %s on %s failed: %r\nlog tail:\n%s"
+              % (" ".join(args), self.name, r, self.log_text()[-3000:]))
+        return r
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise TestFailure("%s did not stop on SIGTERM" % self.name)
+            check(rc == 0, "%s exited %d on SIGTERM" % (self.name, rc))
+        self.proc = None
+
+    def kill9(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+class Env:
+    """Per-test environment: temp dir, certificates, random source."""
+
+    _pki_cache = {}
+
+    def __init__(self, name, seed, keep=False):
+        self.name, self.seed, self.keep = name, seed, keep
+        self.dir = tempfile.mkdtemp(prefix="replicad-%s-" % name)
+        self.rng = random.Random(seed)
+        self.procs = []
+        self.pki = self.make_pki("main", ["primary", "replica", "other"])
+
+    def make_pki(self, label, names):
+        """A CA and certificates (cached per run: key generation is slow)."""
+        key = (label, tuple(names))
+        if key not in Env._pki_cache:
+            d = tempfile.mkdtemp(prefix="replicad-pki-%s-" % label)
+            subprocess.run([MKCERTS, d] + names, check=True)
+            Env._pki_cache[key] = d
+        return Env._pki_cache[key]
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def replica(self, name="replica", cert="replica", accept="primary", vms="*", extra=""):
+        port = free_port()
+        self.replica_port = port
+        storage = self.path(name, "storage")
+        d = Daemon(self, name, cert, "listen = 127.0.0.1:%d\n" % port,
+                   "[accept %s]\nvms = %s\nstorage = %s\n%s" % (accept, vms, storage, extra))
+        d.port, d.storage = port, storage
+        return d
+
+    def primary(self, vms, port, name="primary", cert="primary", replica_name="replica"):
+        """vms: {vm_name: [disk paths]}; interval 0 (cycles only on sync)."""
+        secs = ""
+        for vm, disks in vms.items():
+            secs += "[vm %s]\n" % vm
+            for p in disks:
+                secs += "disk = %s\n" % p
+            secs += "replica = 127.0.0.1:%d\nreplica_name = %s\ninterval = 0\n\n" % (port, replica_name)
+        return Daemon(self, name, cert, "", secs)
+
+    def make_disk(self, path, size, fill="random"):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.truncate(size)
+            if fill == "random":
+                pos = 0
+                while pos < size:
+                    n = min(1 << 20, size - pos)
+                    f.write(self.rng.randbytes(n))
+                    pos += n
+        return path
+
+    def cleanup(self, ok):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if ok and not self.keep:
+            subprocess.run(["rm", "-rf", self.dir])
