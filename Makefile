@@ -20,7 +20,7 @@ LDLIBS  += $(PKG_LIBS) -lrsync -pthread
 # Objects shared by both programs.
 COMMON_OBJS  := err log xmalloc buf util wire ctl config
 # The daemon: catalog, worker pool, TLS, tracker, both roles, control socket.
-REPLICAD_OBJS := $(COMMON_OBJS) catalog work tls netio blockmap tracker undo store \
+REPLICAD_OBJS := $(COMMON_OBJS) fault catalog work tls netio blockmap tracker undo store \
                  replica primary control daemon
 REPLCTL_OBJS  := $(COMMON_OBJS)
 

@@ -32,7 +32,7 @@
 #define CFG_MAX_BLOCK_SIZE	(4U * 1024 * 1024)
 #define CFG_MAX_ZSTD_LEVEL	19
 #define CFG_MAX_KEEP		1000000	/* retention counts */
-#define CFG_SOCK_MAX		(sizeof(((struct sockaddr_un *)0)->sun_path))
+#define CFG_SOCK_MAX	(sizeof(((struct sockaddr_un *)0)->sun_path))
 
 #define NAME_RULES	"1 to 64 of A-Z a-z 0-9 _ . + -, not starting " \
 			"with '.' or '-'"
@@ -65,7 +65,7 @@ struct cfg_parse {
 	enum cfg_section sec;
 	char		 label[300];	/* "vm web01", for messages */
 	const char	*key;		/* key being set, for messages */
-	int		 seen[32];	/* line of each key in this section */
+	int		 seen[32];	/* key lines in this section */
 	int		 daemon_line;
 	int		 state_dir_line;
 	char		 raw[CFG_RAW_MAX];
@@ -128,7 +128,8 @@ identity_valid(const char *s)
 	if (n == 0 || n > HOST_MAX_LEN)
 		return 0;
 	for (size_t i = 0; i < n; i++)
-		if (!isalnum((unsigned char)s[i]) && strchr(".-_", s[i]) == NULL)
+		if (!isalnum((unsigned char)s[i]) &&
+		    strchr(".-_", s[i]) == NULL)
 			return 0;
 	return 1;
 }
@@ -482,25 +483,25 @@ out:
 }
 
 static const struct cfg_key cfg_keys[] = {
-	{ SEC_DAEMON,	"state_dir",		set_state_dir,		0 },
-	{ SEC_DAEMON,	"control_socket",	set_control_socket,	0 },
-	{ SEC_DAEMON,	"listen",		set_listen,		0 },
-	{ SEC_DAEMON,	"tls_cert",		set_tls_cert,		0 },
-	{ SEC_DAEMON,	"tls_key",		set_tls_key,		0 },
-	{ SEC_DAEMON,	"tls_ca",		set_tls_ca,		0 },
-	{ SEC_DAEMON,	"log_level",		set_log_level,		0 },
-	{ SEC_VM,	"disk",			set_disk,		1 },
-	{ SEC_VM,	"replica",		set_replica,		0 },
-	{ SEC_VM,	"replica_name",		set_replica_name,	0 },
-	{ SEC_VM,	"interval",		set_interval,		0 },
-	{ SEC_VM,	"tracker",		set_tracker,		0 },
-	{ SEC_VM,	"block_size",		set_block_size,		0 },
-	{ SEC_VM,	"compress",		set_compress,		0 },
-	{ SEC_VM,	"pre_snapshot",		set_pre_snapshot,	0 },
-	{ SEC_VM,	"post_snapshot",	set_post_snapshot,	0 },
-	{ SEC_ACCEPT,	"vms",			set_vms,		0 },
-	{ SEC_ACCEPT,	"storage",		set_storage,		0 },
-	{ SEC_ACCEPT,	"retention",		set_retention,		0 },
+	{ SEC_DAEMON, "state_dir", set_state_dir, 0 },
+	{ SEC_DAEMON, "control_socket", set_control_socket, 0 },
+	{ SEC_DAEMON, "listen", set_listen, 0 },
+	{ SEC_DAEMON, "tls_cert", set_tls_cert, 0 },
+	{ SEC_DAEMON, "tls_key", set_tls_key, 0 },
+	{ SEC_DAEMON, "tls_ca", set_tls_ca, 0 },
+	{ SEC_DAEMON, "log_level", set_log_level, 0 },
+	{ SEC_VM, "disk", set_disk, 1 },
+	{ SEC_VM, "replica", set_replica, 0 },
+	{ SEC_VM, "replica_name", set_replica_name, 0 },
+	{ SEC_VM, "interval", set_interval, 0 },
+	{ SEC_VM, "tracker", set_tracker, 0 },
+	{ SEC_VM, "block_size", set_block_size, 0 },
+	{ SEC_VM, "compress", set_compress, 0 },
+	{ SEC_VM, "pre_snapshot", set_pre_snapshot, 0 },
+	{ SEC_VM, "post_snapshot", set_post_snapshot, 0 },
+	{ SEC_ACCEPT, "vms", set_vms, 0 },
+	{ SEC_ACCEPT, "storage", set_storage, 0 },
+	{ SEC_ACCEPT, "retention", set_retention, 0 },
 };
 _Static_assert(sizeof(cfg_keys) / sizeof(cfg_keys[0]) <=
     sizeof(((struct cfg_parse *)0)->seen) / sizeof(int), "seen[] too small");

@@ -38,6 +38,7 @@
 #include "catalog.h"
 #include "daemon.h"
 #include "err.h"
+#include "fault.h"
 #include "log.h"
 #include "netio.h"
 #include "primary.h"
@@ -418,6 +419,8 @@ produce_done(void *arg)
 	}
 	size_t n = evbuffer_get_length(s->batch);
 	s->bytes_sent += n;
+	if (s->bytes_sent > (8u << 20))
+		fault_point("primary-mid-send");
 	evbuffer_add_buffer(bufferevent_get_output(s->bev), s->batch);
 	if (s->scan_done) {
 		s->st = PS_WAIT_ACK;
@@ -449,11 +452,13 @@ job_commit(void *arg)
 	int r;
 
 	s->job_rc = 0;
+	fault_point("primary-after-ack");
 	/* The replica holds the cycle durably: now, and only now, the
 	 * tracker may forget its dirty state (P1). */
 	if ((r = trk_commit(vm->trk, s->cycle, s->err, sizeof(s->err))) != 0)
 		log_warnx("%s: %s; the next cycle sends the whole disk",
 		    vm->cfg->name, s->err);
+	fault_point("primary-after-commit");
 	if ((r = cat_rel_get(vm->d->cat, vm->cfg->name, &rel)) == 0) {
 		rel.last_cycle = s->cycle;
 		rel.last_point = s->point;

@@ -36,6 +36,7 @@
 
 #include "buf.h"
 #include "err.h"
+#include "fault.h"
 #include "log.h"
 #include "store.h"
 #include "undo.h"
@@ -465,6 +466,8 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 		    st->recs.len += DIGEST_LEN;
 	st->nrec++;
 	st->raw_bytes += len;
+	if (st->nrec == 8)
+		fault_point("replica-staging");
 	return 0;
 }
 
@@ -617,6 +620,7 @@ apply_index(struct store *st, const struct stage_index *ix,
 	} else {
 		undo_bytes = (uint64_t)sb.st_size;
 	}
+	fault_point("replica-after-undo");
 
 	/* 2. the new content */
 	data_path = xasprintf("%s/data", st->staging);
@@ -641,6 +645,8 @@ apply_index(struct store *st, const struct stage_index *ix,
 					    (off_t)rec->off);
 			}
 		}
+		if (k == ix->nrec / 2)
+			fault_point("replica-mid-apply");
 		if (r != 0) {
 			snprintf(err, errsz, "applying cycle %" PRIu64 " to %s: "
 			    "%s", ix->c.cycle, st->rel.disks[rec->disk].name,
@@ -665,6 +671,7 @@ apply_index(struct store *st, const struct stage_index *ix,
 		    strerror(errno));
 		goto out;
 	}
+	fault_point("replica-before-catalog");
 	memset(out, 0, sizeof(*out));
 	out->cycle = ix->c.cycle;
 	out->created_ms = ix->c.created_ms;
@@ -683,6 +690,7 @@ apply_index(struct store *st, const struct stage_index *ix,
 		    rd_strerror(r));
 		goto out;
 	}
+	fault_point("replica-after-catalog");
 	st->rel.last_cycle = ix->c.cycle;
 	st->rel.last_point = out->id;
 	st->rel.last_point_created_ms = ix->c.created_ms;
@@ -742,6 +750,7 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 		store_cycle_abort(st);
 		goto out;
 	}
+	fault_point("replica-after-index");
 	/* Apply from the decoded index: the same path recovery takes. */
 	if ((r = index_decode(b.p, b.len, &ix)) != 0) {
 		snprintf(err, errsz, "staged index does not decode");
