@@ -20,7 +20,7 @@ LDLIBS  += $(PKG_LIBS) -lrsync -pthread
 # Objects shared by both programs.
 COMMON_OBJS  := err log xmalloc buf util wire ctl config
 # The daemon: catalog, worker pool, TLS, tracker, both roles, control socket.
-REPLICAD_OBJS := $(COMMON_OBJS) fault catalog work tls netio blockmap tracker undo store \
+REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work tls netio blockmap tracker undo store \
                  replica primary control daemon
 REPLCTL_OBJS  := $(COMMON_OBJS)
 
@@ -66,9 +66,11 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libreplicad.a | $(BUILD)
 deps:
 	$(Q)tools/install-deps
 
-unit: $(UNIT_BINS)
+unit: $(UNIT_BINS) replctl
 	$(Q)fail=0; for t in $(UNIT_BINS); do \
-	    echo "== $$t"; $$t || fail=1; done; exit $$fail
+	    echo "== $$t"; $$t || fail=1; done; \
+	echo "== replctl usage"; sh tests/unit/replctl_usage.sh ./replctl || fail=1; \
+	exit $$fail
 
 systest: replicad replctl
 	$(Q)python3 tests/system/run.py

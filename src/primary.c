@@ -39,6 +39,7 @@
 #include "daemon.h"
 #include "err.h"
 #include "fault.h"
+#include "hook.h"
 #include "log.h"
 #include "netio.h"
 #include "primary.h"
@@ -88,6 +89,8 @@ struct psess {
 	uint64_t		 point;
 	int			 begun;
 	int			 scan_done;
+	int			 thaw_due;	/* pre_snapshot ran, post not yet */
+	uint8_t			 kind;		/* 1 = application-consistent */
 	uint64_t		 sizes[WIRE_MAX_DISKS];
 	uint64_t		 total;
 	struct evbuffer		*batch;
@@ -124,10 +127,12 @@ struct pvm {
 	struct psess		*sess;
 	struct waiter		*cur;		/* told when this cycle ends */
 	struct waiter		*next;		/* want the cycle after it */
-	int			 fenced_logged;
+	int			 draining;	/* ended sessions with a job */
 };
 
 static void start_cycle(struct pvm *vm);
+static void job_thaw(void *arg);
+static void plan_next(struct pvm *vm);
 static void sess_fail(struct psess *s, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -218,7 +223,21 @@ sess_free(struct psess *s)
 	free(s);
 }
 
-/* End the session; with a job in flight the job's done() frees it. */
+static void sess_end(struct psess *s);
+
+static void
+thaw_done(void *arg)
+{
+	struct psess *s = arg;
+	s->job_running = 0;
+	sess_end(s);
+}
+
+/*
+ * End the session.  A job still running owns the tracker: the VM counts
+ * the session as draining and starts no cycle until the job is done and
+ * the session freed (then it looks at what is pending again).
+ */
 static void
 sess_end(struct psess *s)
 {
@@ -229,13 +248,24 @@ sess_end(struct psess *s)
 		bufferevent_free(s->bev);
 		s->bev = NULL;
 	}
-	if (s->job_running) {
+	if (!s->dead && (s->job_running || s->thaw_due)) {
 		s->dead = 1;
-		return;
+		vm->draining++;
 	}
+	if (s->job_running)
+		return;
 	if (s->st != PS_COMMIT)
 		trk_abort(vm->trk);
+	if (s->thaw_due) {
+		/* Cut off mid-read: thaw in a job, which ends s again. */
+		s->job_running = 1;
+		work_submit(job_thaw, thaw_done, s);
+		return;
+	}
+	int was_dead = s->dead;
 	sess_free(s);
+	if (was_dead && --vm->draining == 0 && vm->sess == NULL)
+		plan_next(vm);
 }
 
 static void
@@ -349,6 +379,52 @@ emit(void *arg, const struct trk_block *blk)
 	return 0;
 }
 
+/* Run a snapshot hook with the VM's details in its environment. */
+static int
+run_hook(struct pvm *vm, const char *which, const char *cmd, uint64_t cycle,
+    char *why, size_t whysz)
+{
+	char *env[5];
+	size_t len = 1;
+	for (size_t i = 0; i < vm->cfg->ndisks; i++)
+		len += strlen(vm->cfg->disks[i]) + 1;
+	char *disks = xcalloc(1, len);
+	for (size_t i = 0; i < vm->cfg->ndisks; i++) {
+		if (i)
+			strcat(disks, " ");
+		strcat(disks, vm->cfg->disks[i]);
+	}
+	env[0] = xasprintf("REPLICAD_VM=%s", vm->cfg->name);
+	env[1] = xasprintf("REPLICAD_HOOK=%s", which);
+	env[2] = xasprintf("REPLICAD_DISKS=%s", disks);
+	env[3] = xasprintf("REPLICAD_CYCLE=%" PRIu64, cycle);
+	env[4] = NULL;
+	int r = hook_run(vm->cfg->name, which, cmd, env, HOOK_TIMEOUT_S, why,
+	    whysz);
+	for (int i = 0; i < 4; i++)
+		free(env[i]);
+	free(disks);
+	return r;
+}
+
+/* The thaw runs whatever happened to the cycle. */
+static void
+thaw(struct psess *s)
+{
+	char why[512];
+	if (!s->thaw_due)
+		return;
+	s->thaw_due = 0;
+	run_hook(s->vm, "post_snapshot", s->vm->cfg->post_snapshot, s->cycle,
+	    why, sizeof(why));
+}
+
+static void
+job_thaw(void *arg)
+{
+	thaw(arg);
+}
+
 static void
 job_produce(void *arg)
 {
@@ -358,15 +434,27 @@ job_produce(void *arg)
 
 	s->job_rc = 0;
 	if (!s->begun) {
+		if (vm->cfg->pre_snapshot) {
+			char why[512];
+			s->thaw_due = vm->cfg->post_snapshot != NULL;
+			if (run_hook(vm, "pre_snapshot", vm->cfg->pre_snapshot,
+			    s->cycle, why, sizeof(why)) == 0)
+				s->kind = 1;
+			else
+				log_warnx("%s: cycle %" PRIu64 " will be a "
+				    "crash-consistent point: %s", vm->cfg->name,
+				    s->cycle, why);
+		}
 		r = trk_begin(vm->trk, s->replica_cycle, 0, s->sizes, s->err,
 		    sizeof(s->err));
 		if (r != 0) {
+			thaw(s);
 			s->job_rc = r;
 			return;
 		}
 		s->begun = 1;
 		struct wire_cycle c = { .cycle = s->cycle,
-		    .created_ms = (uint64_t)s->created_ms, .kind = 0,
+		    .created_ms = (uint64_t)s->created_ms, .kind = s->kind,
 		    .ndisks = (uint16_t)vm->cfg->ndisks };
 		for (size_t i = 0; i < vm->cfg->ndisks; i++) {
 			c.sizes[i] = s->sizes[i];
@@ -385,10 +473,13 @@ job_produce(void *arg)
 			break;
 	}
 	if (r < 0) {
+		thaw(s);
 		s->job_rc = r;
 		return;
 	}
 	if (r == 1) {
+		/* Everything is read: the guest may run on. */
+		thaw(s);
 		flush_zero(s);
 		struct wire_end e = { .cycle = s->cycle, .nframes = s->nframes,
 		    .raw_bytes = s->raw_bytes };
@@ -735,7 +826,8 @@ start_cycle(struct pvm *vm)
 {
 	struct psess *s;
 
-	if (vm->sess != NULL || vm->d->stopping || vm->state == PVM_FENCED)
+	if (vm->sess != NULL || vm->draining || vm->d->stopping ||
+	    vm->state == PVM_FENCED)
 		return;
 	if (vm->paused && vm->next == NULL)
 		return;

@@ -1,0 +1,140 @@
+/*
+ * hook.c — hook commands: posix_spawn (safe in a threaded daemon), the
+ * output read through a pipe, a deadline enforced with poll() and
+ * SIGKILL of the hook's process group.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "hook.h"
+#include "log.h"
+#include "util.h"
+#include "xmalloc.h"
+
+extern char **environ;
+
+static char **
+merge_env(char *const extra[])
+{
+	size_t n = 0, k = 0;
+	while (environ[n])
+		n++;
+	while (extra && extra[k])
+		k++;
+	char **env = xcalloc(n + k + 1, sizeof(*env));
+	memcpy(env, extra, k * sizeof(*env));
+	memcpy(env + k, environ, n * sizeof(*env));
+	return env;
+}
+
+int
+hook_run(const char *vm, const char *which, const char *cmd,
+    char *const extra[], unsigned timeout_s, char *why, size_t whysz)
+{
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t attr;
+	int pipefd[2], status = 0, r = 0, timed_out = 0;
+	char out[4096];
+	size_t outlen = 0;
+	pid_t pid;
+
+	if (pipe2(pipefd, O_CLOEXEC) != 0) {
+		snprintf(why, whysz, "pipe: %s", strerror(errno));
+		return RD_ERR_SYSTEM;
+	}
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, pipefd[1], STDOUT_FILENO);
+	posix_spawn_file_actions_adddup2(&fa, pipefd[1], STDERR_FILENO);
+	posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null",
+	    O_RDONLY, 0);
+	posix_spawnattr_init(&attr);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP |
+	    POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	posix_spawnattr_setpgroup(&attr, 0);
+	sigset_t none, dflt;
+	sigemptyset(&none);
+	sigemptyset(&dflt);
+	sigaddset(&dflt, SIGPIPE);
+	sigaddset(&dflt, SIGTERM);
+	sigaddset(&dflt, SIGINT);
+	posix_spawnattr_setsigmask(&attr, &none);
+	posix_spawnattr_setsigdefault(&attr, &dflt);
+	char *argv[] = { "/bin/sh", "-c", (char *)cmd, NULL };
+	char **env = merge_env(extra);
+	int e = posix_spawn(&pid, "/bin/sh", &fa, &attr, argv, env);
+	free(env);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&attr);
+	close(pipefd[1]);
+	if (e != 0) {
+		close(pipefd[0]);
+		snprintf(why, whysz, "cannot start: %s", strerror(e));
+		return RD_ERR_SYSTEM;
+	}
+
+	uint64_t deadline = util_mono_ms() + (uint64_t)timeout_s * 1000;
+	for (;;) {
+		uint64_t now = util_mono_ms();
+		if (now >= deadline) {
+			timed_out = 1;
+			kill(-pid, SIGKILL);
+			break;
+		}
+		struct pollfd p = { .fd = pipefd[0], .events = POLLIN };
+		int n = poll(&p, 1, (int)(deadline - now));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			continue;
+		char buf[1024];
+		ssize_t k = read(pipefd[0], buf, sizeof(buf));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;		/* every writer closed: the hook is done */
+		size_t room = sizeof(out) - 1 - outlen;
+		size_t take = (size_t)k < room ? (size_t)k : room;
+		memcpy(out + outlen, buf, take);
+		outlen += take;
+	}
+	close(pipefd[0]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	out[outlen] = '\0';
+	while (outlen > 0 && (out[outlen - 1] == '\n' || out[outlen - 1] == ' '))
+		out[--outlen] = '\0';
+	for (size_t i = 0; i < outlen; i++)
+		if (out[i] == '\n' || (unsigned char)out[i] < 0x20)
+			out[i] = ' ';
+
+	if (timed_out) {
+		snprintf(why, whysz, "%s hook killed after %u s", which,
+		    timeout_s);
+		r = RD_ERR_PEER;
+	} else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+		why[0] = '\0';
+	} else if (WIFEXITED(status)) {
+		snprintf(why, whysz, "%s hook exited %d%s%.200s", which,
+		    WEXITSTATUS(status), outlen ? ": " : "", out);
+		r = RD_ERR_PEER;
+	} else {
+		snprintf(why, whysz, "%s hook killed by signal %d", which,
+		    WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+		r = RD_ERR_PEER;
+	}
+	if (r == 0)
+		log_info("%s: %s hook ran%s%s", vm, which, outlen ? ": " : "",
+		    out);
+	else
+		log_warnx("%s: %s", vm, why);
+	return r;
+}
