@@ -51,7 +51,8 @@ struct store_cycle {
 int	store_open(struct catalog *cat, const struct cat_rel *rel,
 	    struct store **out, char *err, size_t errsz);
 void	store_close(struct store *st);
-/* The relationship as the store knows it (newest point, sizes). */
+/* The relationship as the store knows it (newest point, sizes); never
+ * waits for an apply, so the loop thread may call it. */
 void	store_rel(struct store *st, struct cat_rel *out);
 
 int	store_cycle_begin(struct store *st, const struct store_cycle *c,

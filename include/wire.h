@@ -252,12 +252,15 @@ void	wire_data_encode(struct ZSTD_CCtx_s *cctx, int level,
 
 /*
  * The END digest: both sides feed every DATA frame's header fields (disk,
- * offset, length, hash; not the encoding) in order.
+ * offset, length, hash; not the encoding) in order.  Zero-initialise the
+ * struct; wire_digest_init() may be called again to restart, and
+ * wire_digest_free() releases it.
  */
 struct wire_digest {
-	XXH3_state_t	st;
+	XXH3_state_t	*st;
 };
 void	wire_digest_init(struct wire_digest *d);
+void	wire_digest_free(struct wire_digest *d);
 void	wire_digest_update(struct wire_digest *d, const struct wire_data *m);
 void	wire_digest_final(struct wire_digest *d, struct digest *out);
 

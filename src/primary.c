@@ -218,6 +218,7 @@ sess_free(struct psess *s)
 	if (s->batch)
 		evbuffer_free(s->batch);
 	ZSTD_freeCCtx(s->cctx);
+	wire_digest_free(&s->dig);
 	free(s->scratch);
 	wb_free(&s->hdr);
 	free(s);

@@ -179,6 +179,7 @@ sess_free(struct rsess *s)
 	if (s->batch)
 		evbuffer_free(s->batch);
 	ZSTD_freeDCtx(s->dctx);
+	wire_digest_free(&s->dig);
 	free(s->block);
 	wb_free(&s->out);
 	free(s);

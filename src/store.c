@@ -69,7 +69,8 @@ struct stage_index {
 };
 
 struct store {
-	pthread_mutex_t	 lock;
+	pthread_mutex_t	 lock;		/* the images: apply, rebuild, verify */
+	pthread_mutex_t	 rel_lock;	/* rel, briefly (the loop reads it) */
 	struct catalog	*cat;
 	struct cat_rel	 rel;		/* the newest point's view */
 	char		*dir;
@@ -307,6 +308,7 @@ store_open(struct catalog *cat, const struct cat_rel *rel, struct store **out,
 	int r;
 
 	pthread_mutex_init(&st->lock, NULL);
+	pthread_mutex_init(&st->rel_lock, NULL);
 	st->cat = cat;
 	st->rel = *rel;
 	st->data_fd = -1;
@@ -355,6 +357,7 @@ store_close(struct store *st)
 			close(st->img[i]);
 	wb_free(&st->recs);
 	pthread_mutex_destroy(&st->lock);
+	pthread_mutex_destroy(&st->rel_lock);
 	free(st->dir);
 	free(st->staging);
 	free(st->undo_dir);
@@ -366,9 +369,9 @@ store_close(struct store *st)
 void
 store_rel(struct store *st, struct cat_rel *out)
 {
-	pthread_mutex_lock(&st->lock);
+	pthread_mutex_lock(&st->rel_lock);
 	*out = st->rel;
-	pthread_mutex_unlock(&st->lock);
+	pthread_mutex_unlock(&st->rel_lock);
 }
 
 /* --- receiving a cycle --------------------------------------------------- */
@@ -691,6 +694,7 @@ apply_index(struct store *st, const struct stage_index *ix,
 		goto out;
 	}
 	fault_point("replica-after-catalog");
+	pthread_mutex_lock(&st->rel_lock);
 	st->rel.last_cycle = ix->c.cycle;
 	st->rel.last_point = out->id;
 	st->rel.last_point_created_ms = ix->c.created_ms;
@@ -698,6 +702,7 @@ apply_index(struct store *st, const struct stage_index *ix,
 	    ix->c.generation : st->rel.generation;
 	for (uint16_t i = 0; i < ix->c.ndisks; i++)
 		st->rel.disks[i].size = ix->c.sizes[i];
+	pthread_mutex_unlock(&st->rel_lock);
 	remove_staging(st);
 	r = 0;
 out:

@@ -35,6 +35,7 @@
 #include "buf.h"
 #include "digest.h"
 #include "err.h"
+#include "log.h"
 #include "undo.h"
 #include "util.h"
 #include "xmalloc.h"
@@ -56,7 +57,7 @@ struct undo_writer {
 	uint64_t	 old_sizes[UNDO_MAX_DISKS];
 	uint64_t	 nrecords;
 	uint64_t	 written;
-	XXH3_state_t	 hs;
+	XXH3_state_t	*hs;		/* aligned by XXH3_createState() */
 	struct wbuf	 out;		/* buffered output */
 	uint8_t		*chunk;
 	/* a ZERO record being extended */
@@ -71,7 +72,7 @@ w_flush(struct undo_writer *w)
 {
 	if (w->out.len == 0)
 		return 0;
-	XXH3_128bits_update(&w->hs, w->out.p, w->out.len);
+	XXH3_128bits_update(w->hs, w->out.p, w->out.len);
 	int r = util_write_full(w->fd, w->out.p, w->out.len);
 	w->written += w->out.len;
 	wb_reset(&w->out);
@@ -100,7 +101,9 @@ undo_create(const char *path, uint64_t cycle, uint16_t ndisks,
 	}
 	w->ndisks = ndisks;
 	memcpy(w->old_sizes, old_sizes, ndisks * sizeof(*old_sizes));
-	XXH3_128bits_reset(&w->hs);
+	if ((w->hs = XXH3_createState()) == NULL)
+		fatalx("out of memory");
+	XXH3_128bits_reset(w->hs);
 	wb_init(&w->out);
 	wb_put_bytes(&w->out, UNDO_MAGIC, 8);
 	wb_put_u32(&w->out, UNDO_VERSION);
@@ -184,6 +187,7 @@ w_free(struct undo_writer *w)
 	if (w->fd >= 0)
 		close(w->fd);
 	wb_free(&w->out);
+	XXH3_freeState(w->hs);
 	free(w->chunk);
 	free(w->path);
 	free(w->tmp);
@@ -203,7 +207,7 @@ undo_finish(struct undo_writer *w, uint64_t *bytes)
 	wb_put_u64(&w->out, w->nrecords);
 	if ((r = w_flush(w)) != 0)
 		goto out;
-	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(&w->hs));
+	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(w->hs));
 	memcpy(d.b, c.digest, DIGEST_LEN);
 	if ((r = util_write_full(w->fd, d.b, DIGEST_LEN)) != 0)
 		goto out;

@@ -586,7 +586,18 @@ wire_data_encode(struct ZSTD_CCtx_s *cctx, int level,
 void
 wire_digest_init(struct wire_digest *d)
 {
-	(void)XXH3_128bits_reset(&d->st);
+	/* XXH3_createState() gives the 64-byte alignment the state needs,
+	 * which a struct inside a heap object would not have. */
+	if (d->st == NULL && (d->st = XXH3_createState()) == NULL)
+		fatalx("out of memory");
+	(void)XXH3_128bits_reset(d->st);
+}
+
+void
+wire_digest_free(struct wire_digest *d)
+{
+	XXH3_freeState(d->st);
+	d->st = NULL;
 }
 
 void
@@ -602,7 +613,7 @@ wire_digest_update(struct wire_digest *d, const struct wire_data *m)
 	for (int k = 3; k >= 0; k--)
 		b[i++] = (uint8_t)(m->length >> (8 * k));
 	memcpy(b + i, m->hash.b, DIGEST_LEN);
-	(void)XXH3_128bits_update(&d->st, b, sizeof(b));
+	(void)XXH3_128bits_update(d->st, b, sizeof(b));
 }
 
 void
@@ -610,7 +621,7 @@ wire_digest_final(struct wire_digest *d, struct digest *out)
 {
 	XXH128_canonical_t c;
 
-	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(&d->st));
+	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(d->st));
 	memcpy(out->b, c.digest, DIGEST_LEN);
 }
 

@@ -112,7 +112,7 @@ static void
 fuzz_data(const uint8_t *p, size_t len, size_t size, struct wbuf *wb)
 {
 	struct wire_data m;
-	struct wire_digest d;
+	struct wire_digest d = { 0 };
 	struct digest dg;
 	int r;
 
@@ -136,6 +136,7 @@ fuzz_data(const uint8_t *p, size_t len, size_t size, struct wbuf *wb)
 	wire_digest_init(&d);
 	wire_digest_update(&d, &m);
 	wire_digest_final(&d, &dg);
+	wire_digest_free(&d);
 }
 
 int

@@ -1212,12 +1212,13 @@ test_encode(void **state)
 static void
 digest_of(const struct wire_data *ms, size_t n, struct digest *out)
 {
-	struct wire_digest d;
+	struct wire_digest d = { 0 };
 
 	wire_digest_init(&d);
 	for (size_t i = 0; i < n; i++)
 		wire_digest_update(&d, &ms[i]);
 	wire_digest_final(&d, out);
+	wire_digest_free(&d);
 }
 
 static void
