@@ -229,6 +229,13 @@ on_closing_write(struct bufferevent *bev, void *arg)
 		sess_end(s);
 }
 
+/* The peer left, or the NACK could not be sent in time. */
+static void
+on_closing_event(struct bufferevent *bev, short what, void *arg)
+{
+	sess_end(arg);
+}
+
 /* Refuse: log, send NACK, close once it is sent. */
 static void
 sess_refuse(struct rsess *s, uint16_t code, const char *fmt, ...)
@@ -258,11 +265,9 @@ sess_refuse(struct rsess *s, uint16_t code, const char *fmt, ...)
 	netio_send(s->bev, &s->out);
 	bufferevent_disable(s->bev, EV_READ);
 	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
-	bufferevent_setcb(s->bev, NULL, on_closing_write, NULL, s);
+	bufferevent_setcb(s->bev, NULL, on_closing_write, on_closing_event, s);
 	struct timeval tv = { 5, 0 };
 	bufferevent_set_timeouts(s->bev, NULL, &tv);
-	bufferevent_setcb(s->bev, NULL, on_closing_write,
-	    (bufferevent_event_cb)NULL, s);
 }
 
 /* --- stage jobs (worker) -------------------------------------------------- */
@@ -463,8 +468,8 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 	int r;
 
 	if ((r = wire_get_hello(p, len, h)) != 0) {
-		sess_refuse(s, r == RD_ERR_VERSION ? WIRE_NACK_PROTOCOL :
-		    WIRE_NACK_PROTOCOL, "bad HELLO: %s", rd_strerror(r));
+		sess_refuse(s, WIRE_NACK_PROTOCOL, "bad HELLO: %s",
+		    rd_strerror(r));
 		return;
 	}
 	acc = config_match_accept(d->cfg, s->identity, h->vm);

@@ -1,0 +1,359 @@
+"""A hand-driven peer for hostile-input tests: encoders and decoders of the
+replication protocol v1 (include/wire.h) and of the control protocol v1
+(include/ctl.h), plus small TLS / UNIX-socket clients.  Stdlib only.
+
+Everything here builds frames byte by byte from the layouts documented in
+the headers, so a test can send exactly the malformed or out-of-place
+frame it wants.  Nothing validates what it encodes: that is the point.
+
+Content hashes are XXH3-128 in canonical (big-endian) form.  Python has
+no xxhash module, so xxh128() shells out to `xxhsum -H2`, whose hex output
+is that canonical form (checked against the replica's .digests files by
+test_hostile.test_wireproto_valid_cycle_is_applied).  ZERO extents need no
+hash (the field is all zero bytes).
+"""
+import socket
+import ssl
+import struct
+import subprocess
+import time
+
+# --- wire.h constants ------------------------------------------------------
+
+MAGIC = 0x52504C44          # "RPLD"
+VERSION = 1
+MIN_BLOCK = 4 << 10
+MAX_BLOCK = 4 << 20
+MAX_DISKS = 64
+MAX_ZERO = 1 << 30
+MAX_REASON = 1024
+DIGEST_LEN = 16
+DATA_HDR = 2 + 8 + 4 + 1 + DIGEST_LEN
+MAX_FRAME = 1 + DATA_HDR + MAX_BLOCK
+FRAME_HDR = 5
+
+HELLO, WELCOME, CYCLE, DATA, END, ACK, NACK = 1, 2, 3, 4, 5, 6, 7
+TYPE_NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", CYCLE: "CYCLE", DATA: "DATA",
+              END: "END", ACK: "ACK", NACK: "NACK"}
+
+ENC_RAW, ENC_ZSTD, ENC_ZERO = 0, 1, 2
+CYCLE_FULL = 0x01
+
+NACK_PROTOCOL = 1
+NACK_DENIED = 2
+NACK_FENCED = 3
+NACK_BAD_DATA = 4
+NACK_IO = 5
+NACK_NOSPACE = 6
+NACK_BUSY = 7
+NACK_INTERNAL = 8
+NACK_MISMATCH = 9
+NACK_NAMES = {1: "protocol", 2: "denied", 3: "fenced", 4: "bad-data", 5: "io",
+              6: "no-space", 7: "busy", 8: "internal", 9: "mismatch"}
+
+ZERO_HASH = bytes(DIGEST_LEN)
+
+
+# --- hashes ----------------------------------------------------------------
+
+def xxh128(data):
+    """XXH3-128 of data, 16 canonical big-endian bytes (via xxhsum -H2)."""
+    p = subprocess.run(["xxhsum", "-H2", "-"], input=data, capture_output=True, check=True)
+    h = bytes.fromhex(p.stdout.split()[0].decode())
+    assert len(h) == DIGEST_LEN, p.stdout
+    return h
+
+
+class CycleDigest:
+    """The END digest (wire_digest_*): XXH3-128 over the concatenated
+    u16 disk, u64 offset, u32 length, hash[16] of every DATA frame."""
+
+    def __init__(self):
+        self.parts = []
+        self.nframes = 0
+        self.raw_bytes = 0
+
+    def add(self, disk, offset, length, hash16):
+        self.parts.append(struct.pack(">HQI", disk, offset, length) + hash16)
+        self.nframes += 1
+        self.raw_bytes += length
+
+    def final(self):
+        return xxh128(b"".join(self.parts))
+
+
+# --- encoders ----------------------------------------------------------------
+
+def frame(ftype, payload=b""):
+    """u32 len (type + payload), u8 type, payload."""
+    return struct.pack(">IB", 1 + len(payload), ftype) + payload
+
+
+def wstr(s):
+    """A wire string: u16 length and the bytes (str is UTF-8 encoded)."""
+    b = s.encode() if isinstance(s, str) else s
+    return struct.pack(">H", len(b)) + b
+
+
+def hello(vm, disks, generation=1, block_size=65536, interval_ms=0,
+          magic=MAGIC, version=VERSION):
+    """HELLO; disks is a list of (name, size)."""
+    p = struct.pack(">IH", magic, version) + wstr(vm)
+    p += struct.pack(">QIQH", generation, block_size, interval_ms, len(disks))
+    for name, size in disks:
+        p += wstr(name) + struct.pack(">Q", size)
+    return frame(HELLO, p)
+
+
+def cycle(cycle_id, sizes, created_ms=None, kind=0, flags=0, ndisks=None):
+    if created_ms is None:
+        created_ms = int(time.time() * 1000)
+    n = len(sizes) if ndisks is None else ndisks
+    p = struct.pack(">QQBBH", cycle_id, created_ms, kind, flags, n)
+    p += b"".join(struct.pack(">Q", s) for s in sizes)
+    return frame(CYCLE, p)
+
+
+def data(disk, offset, length, encoding, hash16=ZERO_HASH, payload=b""):
+    """DATA with every field given explicitly (may be inconsistent)."""
+    return frame(DATA, struct.pack(">HQIB", disk, offset, length, encoding) + hash16 + payload)
+
+
+def data_raw(disk, offset, content, digest=None, hash16=None):
+    """A RAW extent; the hash is computed unless hash16 is given.  If digest
+    (a CycleDigest) is given, the frame is recorded in it."""
+    h = xxh128(content) if hash16 is None else hash16
+    if digest is not None:
+        digest.add(disk, offset, len(content), h)
+    return data(disk, offset, len(content), ENC_RAW, h, content)
+
+
+def data_zero(disk, offset, length, digest=None):
+    if digest is not None:
+        digest.add(disk, offset, length, ZERO_HASH)
+    return data(disk, offset, length, ENC_ZERO)
+
+
+def end(cycle_id, nframes, raw_bytes, digest16):
+    return frame(END, struct.pack(">QQQ", cycle_id, nframes, raw_bytes) + digest16)
+
+
+def end_of(cycle_id, digest):
+    """The END frame matching a CycleDigest."""
+    return end(cycle_id, digest.nframes, digest.raw_bytes, digest.final())
+
+
+def ack(cycle_id, point):
+    return frame(ACK, struct.pack(">QQ", cycle_id, point))
+
+
+def nack(code, reason):
+    return frame(NACK, struct.pack(">H", code) + wstr(reason))
+
+
+# --- decoders --------------------------------------------------------------
+
+def decode_welcome(p):
+    version, generation, last_cycle, last_point = struct.unpack(">HQQQ", p)
+    return {"version": version, "generation": generation,
+            "last_cycle": last_cycle, "last_point": last_point}
+
+
+def decode_ack(p):
+    c, pt = struct.unpack(">QQ", p)
+    return {"cycle": c, "point": pt}
+
+
+def decode_nack(p):
+    code, n = struct.unpack(">HH", p[:4])
+    return code, p[4:4 + n].decode(errors="replace")
+
+
+def describe(fr):
+    """One line for assertion messages."""
+    if fr is None:
+        return "connection closed"
+    t, p = fr
+    if t == NACK:
+        code, reason = decode_nack(p)
+        return "NACK %d (%s): %s" % (code, NACK_NAMES.get(code, "?"), reason)
+    return "%s frame (%d bytes)" % (TYPE_NAMES.get(t, "type %d" % t), len(p))
+
+
+# --- a TLS (or plain) client ---------------------------------------------
+
+class Closed(Exception):
+    """The peer closed the connection or the TLS layer failed."""
+
+
+class Conn:
+    """A stream socket with frame reading.  recv_frame() returns
+    (type, payload), or None when the peer closed (EOF, reset, TLS alert);
+    the reason of a close is kept in .closed_by."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.closed_by = None
+
+    @property
+    def local_addr(self):
+        """"127.0.0.1:PORT" as the replica's logs name this client."""
+        h, p = self.sock.getsockname()[:2]
+        return "%s:%d" % (h, p)
+
+    def send(self, b):
+        """Send all bytes; a peer that already closed is not an error here
+        (the caller's next recv reports it)."""
+        try:
+            self.sock.sendall(b)
+            return True
+        except (OSError, ssl.SSLError) as e:
+            self.closed_by = self.closed_by or repr(e)
+            return False
+
+    def _fill(self, n, deadline):
+        while len(self.buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no complete frame from the replica")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                raise TimeoutError("no complete frame from the replica")
+            except (OSError, ssl.SSLError) as e:
+                self.closed_by = repr(e)
+                raise Closed(repr(e))
+            if not chunk:
+                self.closed_by = "EOF"
+                raise Closed("EOF")
+            self.buf += chunk
+
+    def recv_frame(self, timeout=15.0):
+        """The next frame, or None if the connection ends first.  Raises
+        TimeoutError if neither happens within timeout seconds."""
+        deadline = time.monotonic() + timeout
+        try:
+            self._fill(FRAME_HDR, deadline)
+            n, t = struct.unpack(">IB", self.buf[:FRAME_HDR])
+            if n == 0 or n > MAX_FRAME:
+                raise AssertionError("replica sent a frame header len=%d" % n)
+            self._fill(4 + n, deadline)
+        except Closed:
+            return None
+        p = self.buf[FRAME_HDR:4 + n]
+        self.buf = self.buf[4 + n:]
+        return t, p
+
+    def wait_closed(self, timeout=15.0):
+        """Read (and discard) until the peer closes; True if it did within
+        the timeout, False if the connection is still open."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._fill(len(self.buf) + 1, deadline)
+            except Closed:
+                return True
+            except TimeoutError:
+                return False
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def tls_context(cert, key, ca, min_version=ssl.TLSVersion.TLSv1_3, max_version=None):
+    """A client context that presents cert/key and verifies the server
+    against ca."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = min_version
+    if max_version is not None:
+        ctx.maximum_version = max_version
+    ctx.load_verify_locations(ca)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def tcp_connect(port, host="127.0.0.1", timeout=10.0):
+    return socket.create_connection((host, port), timeout=timeout)
+
+
+def tls_connect(port, ctx, server_hostname="replica", timeout=10.0):
+    """Connect and complete the TLS handshake (client side).  Raises
+    ssl.SSLError / OSError if the handshake fails.  With TLS 1.3 the
+    server checks the client certificate after the client considers the
+    handshake done, so a refused client certificate shows up on the first
+    read instead (recv_frame() returns None)."""
+    raw = tcp_connect(port, timeout=timeout)
+    try:
+        s = ctx.wrap_socket(raw, server_hostname=server_hostname)
+    except BaseException:
+        raw.close()
+        raise
+    return Conn(s)
+
+
+# --- control protocol (ctl.h) -------------------------------------------
+
+CTL_VERSION = 1
+CTL_MAX_ARGS = 32
+CTL_MAX_ARG = 4096
+CTL_MAX_REQUEST = 64 * 1024
+CTL_OUT, CTL_ERR, CTL_PROGRESS, CTL_EXIT = 1, 2, 3, 4
+
+
+def ctl_request(argv, version=CTL_VERSION):
+    """u32 len, u8 version, u8 argc, argc x str."""
+    body = struct.pack(">BB", version, len(argv)) + b"".join(wstr(a) for a in argv)
+    return struct.pack(">I", len(body)) + body
+
+
+def ctl_exchange(path, raw, timeout=10.0, shut_write=True):
+    """Send raw bytes on the control socket, read replies until the daemon
+    closes.  Returns (exit_code or None, out_text, err_text, closed) where
+    closed tells whether the daemon closed the connection in time."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(path)
+    try:
+        try:
+            s.sendall(raw)
+            if shut_write:
+                s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        buf = b""
+        closed = False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                s.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            except OSError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            buf += chunk
+    finally:
+        s.close()
+    code, out, err = None, [], []
+    while len(buf) >= 5:
+        n, t = struct.unpack(">IB", buf[:5])
+        if len(buf) < 4 + n:
+            break
+        body = buf[5:4 + n]
+        buf = buf[4 + n:]
+        if t == CTL_EXIT and len(body) == 1:
+            code = body[0]
+        elif t == CTL_OUT:
+            out.append(body.decode(errors="replace"))
+        elif t == CTL_ERR:
+            err.append(body.decode(errors="replace"))
+    return code, "".join(out), "".join(err), closed
