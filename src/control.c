@@ -515,26 +515,21 @@ cmd_sync(struct cconn *c)
 }
 
 static void
-cmd_pause(struct cconn *c)
+pause_or_resume(struct cconn *c, int pause)
 {
-	struct pvm *vm = need_pvm(c, "pause");
+	struct pvm *vm = need_pvm(c, pause ? "pause" : "resume");
 	if (vm == NULL)
 		return;
-	pvm_pause(vm);
-	out(c, "%s paused\n", c->o.vm);
+	if (pause)
+		pvm_pause(vm);
+	else
+		pvm_resume(vm);
+	out(c, "%s %s\n", c->o.vm, pause ? "paused" : "resumed");
 	finish(c, 0);
 }
 
-static void
-cmd_resume(struct cconn *c)
-{
-	struct pvm *vm = need_pvm(c, "resume");
-	if (vm == NULL)
-		return;
-	pvm_resume(vm);
-	out(c, "%s resumed\n", c->o.vm);
-	finish(c, 0);
-}
+static void cmd_pause(struct cconn *c) { pause_or_resume(c, 1); }
+static void cmd_resume(struct cconn *c) { pause_or_resume(c, 0); }
 
 /* --- jobs on a replica's store ------------------------------------------- */
 

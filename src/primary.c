@@ -494,21 +494,31 @@ job_produce(void *arg)
 
 static void maybe_produce(struct psess *s);
 
+/* Back in the loop after a job: 0 if the session ended meanwhile or the
+ * job failed (then it is dealt with), 1 to go on. */
+static int
+job_returned(struct psess *s)
+{
+	s->job_running = 0;
+	if (s->dead) {
+		sess_end(s);
+		return 0;
+	}
+	if (s->job_rc != 0) {
+		sess_fail(s, s->job_rc, "%s", s->err);
+		return 0;
+	}
+	return 1;
+}
+
 static void
 produce_done(void *arg)
 {
 	struct psess *s = arg;
 	struct timeval tv = { ACK_TIMEOUT_S, 0 }, wtv = { SEND_TIMEOUT_S, 0 };
 
-	s->job_running = 0;
-	if (s->dead) {
-		sess_end(s);
+	if (!job_returned(s))
 		return;
-	}
-	if (s->job_rc != 0) {
-		sess_fail(s, s->job_rc, "%s", s->err);
-		return;
-	}
 	size_t n = evbuffer_get_length(s->batch);
 	s->bytes_sent += n;
 	if (s->bytes_sent > (8u << 20))
@@ -783,15 +793,8 @@ prepare_done(void *arg)
 	struct pvm *vm = s->vm;
 	SSL *ssl;
 
-	s->job_running = 0;
-	if (s->dead) {
-		sess_end(s);
+	if (!job_returned(s))
 		return;
-	}
-	if (s->job_rc != 0) {
-		sess_fail(s, s->job_rc, "%s", s->err);
-		return;
-	}
 	ssl = SSL_new(vm->d->client_ctx);
 	if (ssl == NULL) {
 		sess_fail(s, RD_ERR_INTERNAL, "SSL_new: %s", tls_last_error());

@@ -35,3 +35,20 @@ def snapshot(paths, dest_dir, tag):
         os.system("cp --sparse=always '%s' '%s'" % (p, d))
         out.append(d)
     return out
+
+
+def random_fill(rng, paths, total, min_len=64 << 10, max_len=4 << 20):
+    """Random-content writes (incompressible) totalling at least total
+    bytes, spread over paths at random offsets (often overlapping, so the
+    changed area is smaller).  Returns the number of bytes written."""
+    done = 0
+    while done < total:
+        p = rng.choice(paths)
+        size = os.path.getsize(p)
+        length = min(size, rng.randrange(min_len, max_len + 1), max(1, total - done))
+        off = rng.randrange(0, max(1, size - length + 1))
+        with open(p, "r+b") as f:
+            f.seek(off)
+            f.write(rng.randbytes(length))
+        done += length
+    return done
