@@ -71,6 +71,7 @@ struct stage_index {
 struct store {
 	pthread_mutex_t	 lock;		/* the images: apply, rebuild, verify */
 	pthread_mutex_t	 rel_lock;	/* rel, briefly (the loop reads it) */
+	pthread_mutex_t	 fix_lock;	/* unfinished, and its recovery */
 	struct catalog	*cat;
 	struct cat_rel	 rel;		/* the newest point's view */
 	char		*dir;
@@ -80,6 +81,8 @@ struct store {
 	char		*test_dir;
 	int		 img[CAT_MAX_DISKS];
 	struct digest	 zero_digest;
+	int		 unfinished;	/* a complete cycle failed to apply:
+					   roll it forward before anything */
 	/* the cycle being received */
 	int		 active;
 	struct store_cycle cur;
@@ -309,6 +312,7 @@ store_open(struct catalog *cat, const struct cat_rel *rel, struct store **out,
 
 	pthread_mutex_init(&st->lock, NULL);
 	pthread_mutex_init(&st->rel_lock, NULL);
+	pthread_mutex_init(&st->fix_lock, NULL);
 	st->cat = cat;
 	st->rel = *rel;
 	st->data_fd = -1;
@@ -358,6 +362,7 @@ store_close(struct store *st)
 	wb_free(&st->recs);
 	pthread_mutex_destroy(&st->lock);
 	pthread_mutex_destroy(&st->rel_lock);
+	pthread_mutex_destroy(&st->fix_lock);
 	free(st->dir);
 	free(st->staging);
 	free(st->undo_dir);
@@ -374,14 +379,40 @@ store_rel(struct store *st, struct cat_rel *out)
 	pthread_mutex_unlock(&st->rel_lock);
 }
 
+/*
+ * A complete cycle whose apply failed leaves the image between two
+ * points: nothing may use the image until recovery has rolled it forward.
+ */
+static int
+finish_unfinished(struct store *st, char *err, size_t errsz)
+{
+	char why[512];
+	int r = 0;
+
+	pthread_mutex_lock(&st->fix_lock);
+	if (st->unfinished && recover(st, why, sizeof(why)) != 0) {
+		snprintf(err, errsz, "the replica of %s could not finish applying "
+		    "a cycle (%s); it refuses new work until that succeeds",
+		    st->rel.vm, why);
+		r = RD_ERR_STATE;
+	} else {
+		st->unfinished = 0;
+	}
+	pthread_mutex_unlock(&st->fix_lock);
+	return r;
+}
+
 /* --- receiving a cycle --------------------------------------------------- */
 
 int
 store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
     size_t errsz)
 {
+	int r;
 	if (st->active)
 		store_cycle_abort(st);
+	if ((r = finish_unfinished(st, err, errsz)) != 0)
+		return r;
 	if (c->cycle <= st->rel.last_cycle) {
 		snprintf(err, errsz, "cycle %" PRIu64 " is not newer than the "
 		    "last applied cycle %" PRIu64, c->cycle, st->rel.last_cycle);
@@ -771,6 +802,11 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 		    cat_point_by_cycle(st->cat, st->rel.vm, st->cur.cycle,
 		    out) == 0)
 			r = 0;
+		else {
+			pthread_mutex_lock(&st->fix_lock);
+			st->unfinished = 1;
+			pthread_mutex_unlock(&st->fix_lock);
+		}
 	}
 out:
 	free(path);
@@ -863,6 +899,8 @@ store_test_failover(struct store *st, uint64_t id, uint64_t *point,
 		fds[i] = -1;
 		paths[i] = NULL;
 	}
+	if ((r = finish_unfinished(st, err, errsz)) != 0)
+		return r;
 	pthread_mutex_lock(&st->lock);
 	newest = st->rel.last_point;
 	if (store_test_exists(st)) {
@@ -982,6 +1020,8 @@ store_verify(struct store *st, uint64_t *blocks, char *err, size_t errsz)
 	int r = 0, dfd = -1;
 
 	*blocks = 0;
+	if ((r = finish_unfinished(st, err, errsz)) != 0)
+		goto done;
 	pthread_mutex_lock(&st->lock);
 	for (uint16_t i = 0; i < st->rel.ndisks && r == 0; i++) {
 		uint64_t size = st->rel.disks[i].size;
@@ -1029,6 +1069,7 @@ store_verify(struct store *st, uint64_t *blocks, char *err, size_t errsz)
 		dfd = -1;
 	}
 	pthread_mutex_unlock(&st->lock);
+done:
 	free(buf);
 	free(dig);
 	return r;

@@ -7,6 +7,7 @@ compare files.  Every random choice comes from env.rng, seeded from the
 run's seed (printed; pass --seed to reproduce).
 """
 import hashlib
+import json
 import os
 import random
 import signal
@@ -236,3 +237,97 @@ class Env:
                 p.wait()
         if ok and not self.keep:
             subprocess.run(["rm", "-rf", self.dir])
+
+
+# --- helpers added for the hostile-input and error tests ------------------
+
+def tree_digest(path):
+    """{relative path: sha256 of a file, or "dir"} of everything under path
+    ({} if path does not exist).  Symlinks are recorded, not followed."""
+    out = {}
+    if not os.path.isdir(path):
+        return out
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(root, d), path)] = "dir"
+        for f in files:
+            p = os.path.join(root, f)
+            rel = os.path.relpath(p, path)
+            if os.path.islink(p) or not os.path.isfile(p):
+                out[rel] = "special"
+            else:
+                out[rel] = file_digest(p)
+    return out
+
+
+def replica_state(rep, vm):
+    """What a refused session must leave untouched on a replica: every file
+    under STORAGE/VM (images, .digests, .undo, .staging), the list of
+    storage directories, `points VM --json` and the VM's generation and
+    last point in `status --json`."""
+    pts = rep.ctl("points", vm, "--json")
+    st = rep.ctl("status", "--json")
+    view = None
+    if st.rc == 0:
+        for v in json.loads(st.out)["vms"]:
+            if v["name"] == vm:
+                view = {k: v.get(k) for k in ("role", "generation", "last_point")}
+    return {
+        "storage": sorted(os.listdir(rep.storage)) if os.path.isdir(rep.storage) else None,
+        "files": tree_digest(os.path.join(rep.storage, vm)),
+        "points": (pts.rc, pts.out),
+        "status": view,
+    }
+
+
+def state_diff(a, b):
+    """A short description of how two replica_state() values differ."""
+    out = []
+    for k in a:
+        if a[k] == b[k]:
+            continue
+        if k == "files":
+            for f in sorted(set(a[k]) | set(b[k])):
+                if a[k].get(f) != b[k].get(f):
+                    out.append("%s: %s -> %s" % (f, a[k].get(f, "absent"), b[k].get(f, "absent")))
+        else:
+            out.append("%s: %r -> %r" % (k, a[k], b[k]))
+    return "; ".join(out)
+
+
+def wait_state_unchanged(rep, vm, before, what, timeout=10.0):
+    """Wait (an abandoned cycle is cleaned up by a worker job) until the
+    replica's state for vm equals before; fail with the difference."""
+    last = [None]
+
+    def same():
+        last[0] = replica_state(rep, vm)
+        return last[0] == before
+    try:
+        wait_for(same, timeout, 0.1, what="%s: replica state unchanged" % what)
+    except TestFailure:
+        raise TestFailure("%s: the replica's state changed: %s" % (what, state_diff(before, last[0])))
+
+
+class LogMark:
+    """Remember where a daemon's log ends, to look only at what follows."""
+
+    def __init__(self, daemon):
+        self.d = daemon
+        self.pos = len(daemon.log_text())
+
+    def new(self):
+        return self.d.log_text()[self.pos:]
+
+    def wait(self, *substrings, timeout=10.0, what=None):
+        """Wait for one new log line holding every substring; return it."""
+        def find():
+            for line in self.new().splitlines():
+                if all(s in line for s in substrings):
+                    return line
+            return None
+        try:
+            return wait_for(find, timeout, 0.05, what=what or "log line with %r" % (substrings,))
+        except TestFailure:
+            raise TestFailure("%s log has no line with %r; new lines:\n%s"
+                              % (self.d.name, substrings, self.new()[-3000:]))
