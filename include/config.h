@@ -66,6 +66,7 @@ struct config {
 	char		*tls_cert;
 	char		*tls_key;
 	char		*tls_ca;
+	int		 tls_line[3];	/* lines of tls_cert, tls_key, tls_ca */
 	enum log_level	 log_level;
 	struct cfg_vm	*vms;
 	size_t		 nvms;

@@ -27,6 +27,7 @@ struct daemon {
 	struct rvm		**rvms;		/* replica role */
 	size_t			 nrvms;
 	int			 stopping;
+	int			 lock_fd;	/* flock on STATE_DIR/.lock */
 	struct replica_srv	*rsrv;
 	struct control		*ctl;
 };

@@ -24,6 +24,9 @@ int	netio_peek(struct evbuffer *in, size_t max_frame, uint8_t *type,
 const uint8_t *netio_payload(struct evbuffer *in, size_t frame_len);
 /* Queue b's bytes on bev and reset b. */
 void	netio_send(struct bufferevent *bev, struct wbuf *b);
+/* Why a bufferevent failed (TLS error, errno, or closed), in words. */
+void	netio_error(struct bufferevent *bev, short what, char *buf,
+	    size_t bufsz);
 /* "192.0.2.1:7000" or "[::1]:7000" */
 void	netio_addr_str(const struct sockaddr *sa, char *buf, size_t bufsz);
 

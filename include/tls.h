@@ -28,6 +28,9 @@ SSL_CTX	*tls_ctx_new(int server, const char *cert, const char *key,
 int	tls_peer_names(SSL *ssl, char *names[TLS_MAX_NAMES]);
 void	tls_names_free(char *names[TLS_MAX_NAMES], int n);
 
+/* An error from bufferevent_get_openssl_error() in words. */
+void	tls_error_string(unsigned long e, char *buf, size_t bufsz);
+
 /* The last OpenSSL error as a string (for logs), clearing the queue. */
 const char *tls_last_error(void);
 

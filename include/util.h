@@ -43,6 +43,12 @@ int	util_write_atomic(const char *path, const void *data, size_t len);
 int	util_read_file(const char *path, size_t maxlen, uint8_t **data,
 	    size_t *len);
 
+/*
+ * Take an exclusive lock on DIR/.lock, held while *fd_out stays open:
+ * RD_ERR_BUSY if another process holds it.
+ */
+int	util_lock_dir(const char *dir, int *fd_out);
+
 /* 1 if all len bytes are zero. */
 int	util_is_zero(const void *p, size_t len);
 

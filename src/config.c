@@ -190,18 +190,21 @@ set_listen(struct cfg_parse *p, const char *v)
 static int
 set_tls_cert(struct cfg_parse *p, const char *v)
 {
+	p->cfg->tls_line[0] = p->lineno;
 	return set_path(p, v, &p->cfg->tls_cert, 0);
 }
 
 static int
 set_tls_key(struct cfg_parse *p, const char *v)
 {
+	p->cfg->tls_line[1] = p->lineno;
 	return set_path(p, v, &p->cfg->tls_key, 0);
 }
 
 static int
 set_tls_ca(struct cfg_parse *p, const char *v)
 {
+	p->cfg->tls_line[2] = p->lineno;
 	return set_path(p, v, &p->cfg->tls_ca, 0);
 }
 

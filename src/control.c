@@ -371,7 +371,8 @@ cmd_status(struct cconn *c)
 				    "%s read, %s sent",
 				    (double)x->last.duration_ms / 1000,
 				    bytes[0], bytes[1], bytes[2]);
-			else if (x->last_point)
+			else if (strcmp(x->role, "replica") == 0 &&
+			    x->last_point)
 				snprintf(cyc, sizeof(cyc), "%s changed",
 				    bytes[0]);
 			else
@@ -381,6 +382,7 @@ cmd_status(struct cconn *c)
 			    x->state, x->health, pt, when, lag, cyc);
 			if (x->total && strcmp(x->state, "syncing") == 0) {
 				util_format_bytes(x->progress, bytes[3], 32);
+				util_format_bytes(x->total, bytes[1], 32);
 				out(c, "%16s progress: %s of %s read (%.0f%%)\n",
 				    "", bytes[3], bytes[1], 100.0 *
 				    (double)x->progress / (double)x->total);
@@ -692,7 +694,6 @@ parse_id(const char *s, uint64_t *out)
 static int
 parse_opts(struct ctl_request *req, struct opts *o, char *msg, size_t msgsz)
 {
-	memset(o, 0, sizeof(*o));
 	for (int i = 1; i < req->argc; i++) {
 		const char *a = req->argv[i];
 		if (a[0] != '-') {
@@ -700,7 +701,7 @@ parse_opts(struct ctl_request *req, struct opts *o, char *msg, size_t msgsz)
 				snprintf(msg, msgsz, "bad argument '%.64s'", a);
 				return RD_ERR_INVALID;
 			}
-			o->vm = a;
+			o->vm = xstrdup(a);	/* owned by the connection */
 		} else if (strcmp(a, "--json") == 0) {
 			o->json = 1;
 		} else if (strcmp(a, "--wait") == 0) {
@@ -753,10 +754,9 @@ dispatch(struct cconn *c, struct ctl_request *req)
 		fail(c, 2, "%s: a VM name is required", cmd->name);
 		return;
 	}
-	/* The VM name lives in the request: keep a copy past it. */
-	if (c->o.vm)
-		c->o.vm = xstrdup(c->o.vm);
 	c->o.to = NULL;
+	log_debug("control: %s%s%s", cmd->name, c->o.vm ? " " : "",
+	    c->o.vm ? c->o.vm : "");
 	cmd->fn(c);
 }
 
@@ -825,8 +825,6 @@ conn_read(struct bufferevent *bev, void *arg)
 	evbuffer_drain(in, used);
 	c->dispatched = 1;
 	bufferevent_set_timeouts(bev, NULL, NULL);
-	log_debug("control: %s%s%s", req.argv[0], req.argc > 1 ? " " : "",
-	    req.argc > 1 ? req.argv[1] : "");
 	dispatch(c, &req);
 	ctl_request_free(&req);
 }

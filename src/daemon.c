@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/thread.h>
@@ -39,6 +40,12 @@ daemon_init(struct config *cfg)
 	signal(SIGPIPE, SIG_IGN);
 	if (util_mkdir_p(cfg->state_dir, 0700) != 0)
 		fatal("cannot create state_dir %s", cfg->state_dir);
+	/* Before anything touches the state: one replicad per state_dir. */
+	r = util_lock_dir(cfg->state_dir, &d->lock_fd);
+	if (r == RD_ERR_BUSY)
+		fatalx("another replicad is running on %s", cfg->state_dir);
+	if (r != 0)
+		fatal("cannot lock %s", cfg->state_dir);
 
 	char *db = xasprintf("%s/catalog.db", cfg->state_dir);
 	if ((r = cat_open(db, &d->cat)) != 0)
@@ -57,6 +64,7 @@ daemon_init(struct config *cfg)
 		fatalx("cannot create the event loop");
 	work_init(d->base, WORKERS);
 
+	control_init(d);	/* first: it refuses a second replicad */
 	replica_init(d);
 	d->pvms = xcalloc(cfg->nvms + 1, sizeof(*d->pvms));
 	for (size_t i = 0; i < cfg->nvms; i++) {
@@ -68,7 +76,6 @@ daemon_init(struct config *cfg)
 		}
 		d->pvms[d->npvms++] = pvm_new(d, &cfg->vms[i]);
 	}
-	control_init(d);
 	return d;
 }
 
@@ -133,6 +140,7 @@ daemon_fini(struct daemon *d)
 	SSL_CTX_free(d->server_ctx);
 	event_base_free(d->base);
 	config_free(d->cfg);
+	close(d->lock_fd);
 	free(d);
 	log_info("stopped");
 }

@@ -7,9 +7,14 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/util.h>
+#include <openssl/err.h>
+#include <string.h>
 
 #include "buf.h"
 #include "netio.h"
+#include "tls.h"
 #include "wire.h"
 
 int
@@ -57,4 +62,20 @@ netio_addr_str(const struct sockaddr *sa, char *buf, size_t bufsz)
 	} else {
 		snprintf(buf, bufsz, "local");
 	}
+}
+
+void
+netio_error(struct bufferevent *bev, short what, char *buf, size_t bufsz)
+{
+	unsigned long e = bufferevent_get_openssl_error(bev);
+	int err = EVUTIL_SOCKET_ERROR();
+
+	/* libevent files SSL_ERROR_SYSCALL and friends as "library 0"
+	 * errors: the real reason is then in errno. */
+	if (e != 0 && ERR_GET_LIB(e) != 0)
+		tls_error_string(e, buf, bufsz);
+	else if ((what & BEV_EVENT_ERROR) && err != 0)
+		snprintf(buf, bufsz, "%s", evutil_socket_error_to_string(err));
+	else
+		snprintf(buf, bufsz, "connection closed");
 }

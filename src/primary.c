@@ -735,15 +735,8 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		    vm->cfg->replica);
 		return;
 	}
-	unsigned long e = bufferevent_get_openssl_error(bev);
-	char detail[256] = "";
-	if (e)
-		ERR_error_string_n(e, detail, sizeof(detail));
-	else if (what & BEV_EVENT_ERROR)
-		snprintf(detail, sizeof(detail), "%s",
-		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-	else
-		snprintf(detail, sizeof(detail), "connection closed");
+	char detail[256];
+	netio_error(bev, what, detail, sizeof(detail));
 	if (s->st == PS_CONNECT)
 		sess_fail(s, RD_ERR_PEER, "cannot connect to replica %s: %s",
 		    vm->cfg->replica, detail);

@@ -53,6 +53,7 @@ struct rvm {
 	char		 name[NAME_MAX_LEN + 1];
 	struct store	*st;
 	struct rsess	*owner;		/* the session sending a cycle */
+	struct rsess	*waiting;	/* takes over once owner is freed */
 	char		 peer[HOST_MAX_LEN + 8];
 	uint64_t	 interval_ms;
 	char		 error[512];
@@ -63,6 +64,7 @@ struct rvm {
 enum rsess_state {
 	RS_HANDSHAKE,
 	RS_HELLO,	/* waiting for HELLO */
+	RS_WAITING,	/* HELLO read; the VM's old session is closing */
 	RS_READY,	/* between cycles: CYCLE may come */
 	RS_CYCLE,	/* DATA or END may come */
 	RS_CLOSING,	/* flushing a NACK */
@@ -105,6 +107,8 @@ struct replica_srv {
 };
 
 static void sess_read(struct bufferevent *bev, void *arg);
+static void sess_end(struct rsess *s);
+static void welcome(struct rsess *s, struct rvm *vm);
 
 /* --- VMs ------------------------------------------------------------------ */
 
@@ -155,6 +159,12 @@ rvm_add(struct daemon *d, const struct cat_rel *rel, char *err, size_t errsz)
 		free(vm);
 		return NULL;
 	}
+	struct cat_rel now;
+	struct cat_point last;
+	store_rel(vm->st, &now);
+	if (now.last_point && cat_point_get(d->cat, now.vm, now.last_point,
+	    &last) == 0)
+		vm->last_bytes = last.bytes;
 	d->rvms = xreallocarray(d->rvms, d->nrvms + 1, sizeof(*d->rvms));
 	d->rvms[d->nrvms++] = vm;
 	return vm;
@@ -172,8 +182,15 @@ sess_free(struct rsess *s)
 			break;
 		}
 	srv->nsessions--;
-	if (s->vm && s->vm->owner == s)
-		s->vm->owner = NULL;
+	struct rvm *vm = s->vm;
+	struct rsess *next = NULL;
+	if (vm && vm->waiting == s)
+		vm->waiting = NULL;
+	if (vm && vm->owner == s) {
+		vm->owner = NULL;
+		next = vm->waiting;
+		vm->waiting = NULL;
+	}
 	if (s->bev)
 		bufferevent_free(s->bev);
 	if (s->batch)
@@ -183,6 +200,10 @@ sess_free(struct rsess *s)
 	free(s->block);
 	wb_free(&s->out);
 	free(s);
+	if (next) {
+		welcome(next, vm);
+		sess_read(next->bev, next);	/* what came meanwhile */
+	}
 }
 
 static void
@@ -308,9 +329,12 @@ stage_cycle(struct rsess *s, const uint8_t *p, size_t len)
 	c.generation = s->hello.generation;
 	c.ndisks = s->cycle.ndisks;
 	memcpy(c.sizes, s->cycle.sizes, c.ndisks * sizeof(uint64_t));
-	if ((r = store_cycle_begin(s->vm->st, &c, s->err, sizeof(s->err))) != 0)
-		return job_fail(s, r == RD_ERR_SYSTEM ? WIRE_NACK_IO :
-		    WIRE_NACK_MISMATCH, r, "%s", s->err);
+	char why[sizeof(s->err)];
+	if ((r = store_cycle_begin(s->vm->st, &c, why, sizeof(why))) != 0)
+		return job_fail(s, r == RD_ERR_RANGE ? WIRE_NACK_PROTOCOL :
+		    r == RD_ERR_SHRUNK || r == RD_ERR_TOO_LARGE ?
+		    WIRE_NACK_MISMATCH : WIRE_NACK_IO, r,
+		    "%s", why);
 	s->cycle_open = 1;
 	wire_digest_init(&s->dig);
 	s->nframes = 0;
@@ -334,19 +358,21 @@ stage_data(struct rsess *s, const uint8_t *p, size_t len)
 	wire_digest_update(&s->dig, &m);
 	s->nframes++;
 	s->raw_bytes += m.length;
-	if (m.encoding == WIRE_ENC_ZERO)
-		return store_cycle_put(s->vm->st, m.disk, m.offset, m.length,
-		    NULL, NULL, s->err, sizeof(s->err)) == 0 ? 0 :
-		    job_fail(s, WIRE_NACK_IO, RD_ERR_SYSTEM, "%s", s->err);
+	char why[sizeof(s->err)];
+	if (m.encoding == WIRE_ENC_ZERO) {
+		r = store_cycle_put(s->vm->st, m.disk, m.offset, m.length,
+		    NULL, NULL, why, sizeof(why));
+		return r == 0 ? 0 : job_fail(s, WIRE_NACK_IO, r, "%s", why);
+	}
 	if ((r = wire_data_content(&m, s->block, s->dctx)) != 0)
 		return job_fail(s, WIRE_NACK_BAD_DATA, r, "disk %s offset %"
 		    PRIu64 ": %s", s->hello.disks[m.disk].name, m.offset,
 		    r == RD_ERR_HASH ? "content does not match its hash" :
 		    "cannot decompress");
 	if ((r = store_cycle_put(s->vm->st, m.disk, m.offset, m.length,
-	    s->block, &m.hash, s->err, sizeof(s->err))) != 0)
+	    s->block, &m.hash, why, sizeof(why))) != 0)
 		return job_fail(s, r == RD_ERR_NOSPACE ? WIRE_NACK_NOSPACE :
-		    WIRE_NACK_IO, r, "%s", s->err);
+		    WIRE_NACK_IO, r, "%s", why);
 	return 0;
 }
 
@@ -367,12 +393,13 @@ stage_end(struct rsess *s, const uint8_t *p, size_t len)
 		    PRIu64 " does not match its END record (%" PRIu64 " frames "
 		    "received, %" PRIu64 " announced)", s->cycle.cycle,
 		    s->nframes, e.nframes);
-	r = store_cycle_commit(s->vm->st, &s->point, s->err, sizeof(s->err));
+	char why[sizeof(s->err)];
+	r = store_cycle_commit(s->vm->st, &s->point, why, sizeof(why));
 	s->cycle_open = 0;
 	if (r != 0)
 		return job_fail(s, r == RD_ERR_NOSPACE ? WIRE_NACK_NOSPACE :
 		    WIRE_NACK_IO, r, "cannot apply cycle %" PRIu64 ": %s",
-		    s->cycle.cycle, s->err);
+		    s->cycle.cycle, why);
 	s->committed = 1;
 	return 0;
 }
@@ -548,10 +575,38 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 			return;
 		}
 	if (vm->owner != NULL) {
-		sess_refuse(s, WIRE_NACK_BUSY, "another session is replicating "
-		    "%s", h->vm);
+		/*
+		 * A primary runs one cycle at a time: a new session from the
+		 * same host means the old one is dead (its host crashed, or
+		 * the network cut it without a reset).  Close it and go on
+		 * once its cycle is abandoned.  Anyone else waits its turn.
+		 */
+		if (strcasecmp(vm->owner->identity, s->identity) != 0 ||
+		    vm->waiting != NULL) {
+			sess_refuse(s, WIRE_NACK_BUSY, "another session is "
+			    "replicating %s", h->vm);
+			return;
+		}
+		log_info("%s: new session from %s (%s) replaces the one from %s",
+		    h->vm, s->identity, s->addr, vm->owner->addr);
+		s->vm = vm;
+		s->state = RS_WAITING;
+		vm->waiting = s;
+		bufferevent_disable(s->bev, EV_READ);
+		sess_end(vm->owner);
 		return;
 	}
+	welcome(s, vm);
+}
+
+/* The session owns vm now: answer its HELLO. */
+static void
+welcome(struct rsess *s, struct rvm *vm)
+{
+	struct wire_hello *h = &s->hello;
+	struct cat_rel rel;
+
+	store_rel(vm->st, &rel);
 	s->vm = vm;
 	vm->owner = s;
 	vm->interval_ms = h->interval_ms;
@@ -567,6 +622,7 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 	s->block = xmalloc(h->block_size);
 	struct timeval tv = { IDLE_TIMEOUT_S, 0 };
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	bufferevent_enable(s->bev, EV_READ);
 	log_debug("%s: session from %s (%s)", h->vm, s->identity, s->addr);
 }
 
@@ -578,7 +634,8 @@ sess_read(struct bufferevent *bev, void *arg)
 	struct rsess *s = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 
-	while (!s->job_running && s->state != RS_CLOSING) {
+	while (!s->job_running && s->state != RS_CLOSING &&
+	    s->state != RS_WAITING) {
 		uint8_t type;
 		size_t flen;
 		size_t max = s->state == RS_HELLO ? 4096 + WIRE_MAX_DISKS *
@@ -602,6 +659,8 @@ sess_read(struct bufferevent *bev, void *arg)
 			if (s->state == RS_CLOSING)
 				return;
 			evbuffer_drain(in, flen);
+			if (s->state == RS_WAITING)
+				return;
 			continue;
 		}
 		if (type == WIRE_NACK) {
@@ -681,12 +740,14 @@ sess_event(struct bufferevent *bev, short what, void *arg)
 		sess_end(s);
 		return;
 	}
-	unsigned long e = bufferevent_get_openssl_error(bev);
 	if (s->state == RS_HANDSHAKE) {
-		char detail[256] = "connection closed";
-		if (e)
-			ERR_error_string_n(e, detail, sizeof(detail));
+		char detail[256];
+		netio_error(bev, what, detail, sizeof(detail));
 		log_warnx("%s: TLS handshake failed: %s", s->addr, detail);
+	} else if (s->state == RS_HELLO) {
+		log_warnx("%s (%s): closed the connection before a complete "
+		    "HELLO (%zu bytes of it received)", s->identity, s->addr,
+		    evbuffer_get_length(bufferevent_get_input(bev)));
 	} else if (s->state == RS_CYCLE || s->job_running) {
 		log_warnx("%s: %s (%s) closed the connection during cycle %"
 		    PRIu64 "; nothing of it is applied", s->vm ? s->vm->name :

@@ -35,13 +35,20 @@ usage(FILE *f)
 static int
 check(struct config *cfg)
 {
+	static const char *keys[] = { "tls_cert", "tls_key", "tls_ca" };
 	char err[512];
 	SSL_CTX *ctx;
 
 	if (cfg->tls_cert && cfg->tls_key && cfg->tls_ca) {
 		if ((ctx = tls_ctx_new(1, cfg->tls_cert, cfg->tls_key,
 		    cfg->tls_ca, err, sizeof(err))) == NULL) {
-			fprintf(stderr, "replicad: %s: %s\n", cfg->path, err);
+			/* tls_ctx_new names the key first: find its line. */
+			int line = 0;
+			for (int i = 0; i < 3; i++)
+				if (strncmp(err, keys[i], strlen(keys[i])) == 0)
+					line = cfg->tls_line[i];
+			fprintf(stderr, "replicad: %s:%d: [daemon] %s\n",
+			    cfg->path, line, err);
 			return 2;
 		}
 		SSL_CTX_free(ctx);

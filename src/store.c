@@ -80,6 +80,7 @@ struct store {
 	char		*digest_dir;
 	char		*test_dir;
 	int		 img[CAT_MAX_DISKS];
+	int		 lock_fd;	/* flock on STORAGE/VM/.lock */
 	struct digest	 zero_digest;
 	int		 unfinished;	/* a complete cycle failed to apply:
 					   roll it forward before anything */
@@ -316,6 +317,7 @@ store_open(struct catalog *cat, const struct cat_rel *rel, struct store **out,
 	st->cat = cat;
 	st->rel = *rel;
 	st->data_fd = -1;
+	st->lock_fd = -1;
 	for (int i = 0; i < CAT_MAX_DISKS; i++)
 		st->img[i] = -1;
 	st->dir = xasprintf("%s/%s", rel->storage, rel->vm);
@@ -338,6 +340,13 @@ store_open(struct catalog *cat, const struct cat_rel *rel, struct store **out,
 			goto fail;
 		}
 	}
+	/* Two daemons must never share a replica (a storage path given to
+	 * two state dirs): recovery alone would wreck the other's cycle. */
+	if ((r = util_lock_dir(st->dir, &st->lock_fd)) != 0) {
+		snprintf(err, errsz, "%s is in use by another replicad",
+		    st->dir);
+		goto fail;
+	}
 	if ((r = open_images(st, err, errsz)) != 0)
 		goto fail;
 	if ((r = recover(st, err, errsz)) != 0)
@@ -359,6 +368,8 @@ store_close(struct store *st)
 	for (int i = 0; i < CAT_MAX_DISKS; i++)
 		if (st->img[i] >= 0)
 			close(st->img[i]);
+	if (st->lock_fd >= 0)
+		close(st->lock_fd);
 	wb_free(&st->recs);
 	pthread_mutex_destroy(&st->lock);
 	pthread_mutex_destroy(&st->rel_lock);
@@ -433,7 +444,7 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 		if (c->sizes[i] > (UINT64_C(1) << 56)) {
 			snprintf(err, errsz, "disk %s size %" PRIu64 " is too "
 			    "large", st->rel.disks[i].name, c->sizes[i]);
-			return RD_ERR_RANGE;
+			return RD_ERR_TOO_LARGE;
 		}
 	}
 	char *data = xasprintf("%s/data", st->staging);

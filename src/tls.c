@@ -23,6 +23,16 @@ tls_last_error(void)
 	return buf;
 }
 
+void
+tls_error_string(unsigned long e, char *buf, size_t bufsz)
+{
+	/* OpenSSL 3 packs errno values of failed system calls. */
+	if (ERR_SYSTEM_ERROR(e))
+		snprintf(buf, bufsz, "%s", strerror(ERR_GET_REASON(e)));
+	else
+		ERR_error_string_n(e, buf, bufsz);
+}
+
 SSL_CTX *
 tls_ctx_new(int server, const char *cert, const char *key, const char *ca,
     char *err, size_t errsz)

@@ -147,7 +147,8 @@ trk_begin(struct tracker *t, uint64_t replica_cycle, int full,
 		struct trk_disk *d = &t->disks[i];
 		struct stat st;
 
-		d->fd = open(d->path, O_RDONLY | O_CLOEXEC);
+		/* O_NONBLOCK: a FIFO in a disk's place must not hang us. */
+		d->fd = open(d->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 		if (d->fd < 0) {
 			r = errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
 			snprintf(err, errsz, "disk %s: %s", d->path,

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -383,4 +384,25 @@ util_format_bytes(uint64_t b, char *buf, size_t bufsz)
 		snprintf(buf, bufsz, "%" PRIu64 " B", b);
 	else
 		snprintf(buf, bufsz, "%.1f %s", v, units[u]);
+}
+
+int
+util_lock_dir(const char *dir, int *fd_out)
+{
+	char *path = xasprintf("%s/.lock", dir);
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	int r = 0;
+
+	free(path);
+	if (fd < 0)
+		return RD_ERR_SYSTEM;
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		r = errno == EWOULDBLOCK ? RD_ERR_BUSY : RD_ERR_SYSTEM;
+		int saved = errno;
+		close(fd);
+		errno = saved;
+		return r;
+	}
+	*fd_out = fd;
+	return 0;
 }

@@ -189,22 +189,32 @@ class Closed(Exception):
 class Conn:
     """A stream socket with frame reading.  recv_frame() returns
     (type, payload), or None when the peer closed (EOF, reset, TLS alert);
-    the reason of a close is kept in .closed_by."""
+    the reason of a close is kept in .closed_by.  .addr is this end's
+    "127.0.0.1:PORT", the way the replica's log lines name the client."""
 
     def __init__(self, sock):
         self.sock = sock
         self.buf = b""
         self.closed_by = None
+        h, p = sock.getsockname()[:2]
+        self.addr = "%s:%d" % (h, p)
 
-    @property
-    def local_addr(self):
-        """"127.0.0.1:PORT" as the replica's logs name this client."""
-        h, p = self.sock.getsockname()[:2]
-        return "%s:%d" % (h, p)
+    def handshake(self, ctx, server_hostname="replica"):
+        """Upgrade to TLS.  On failure the exception propagates and the
+        connection is gone (Python closes a socket whose handshake failed)."""
+        try:
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=server_hostname)
+        except BaseException as e:
+            self.closed_by = "handshake: %r" % (e,)
+            self.sock = None
+            raise
+        return self
 
     def send(self, b):
         """Send all bytes; a peer that already closed is not an error here
-        (the caller's next recv reports it)."""
+        (the caller's next read reports it)."""
+        if self.sock is None:
+            return False
         try:
             self.sock.sendall(b)
             return True
@@ -214,6 +224,8 @@ class Conn:
 
     def _fill(self, n, deadline):
         while len(self.buf) < n:
+            if self.sock is None:
+                raise Closed(self.closed_by)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("no complete frame from the replica")
@@ -259,26 +271,30 @@ class Conn:
                 return False
 
     def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
 
 
 def tls_context(cert, key, ca, min_version=ssl.TLSVersion.TLSv1_3, max_version=None):
-    """A client context that presents cert/key and verifies the server
-    against ca."""
+    """A client context that presents cert/key (unless cert is None) and
+    verifies the server against ca."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = min_version
     if max_version is not None:
         ctx.maximum_version = max_version
     ctx.load_verify_locations(ca)
-    ctx.load_cert_chain(cert, key)
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
     return ctx
 
 
 def tcp_connect(port, host="127.0.0.1", timeout=10.0):
-    return socket.create_connection((host, port), timeout=timeout)
+    """A plain TCP connection, as a Conn."""
+    return Conn(socket.create_connection((host, port), timeout=timeout))
 
 
 def tls_connect(port, ctx, server_hostname="replica", timeout=10.0):
@@ -287,13 +303,7 @@ def tls_connect(port, ctx, server_hostname="replica", timeout=10.0):
     server checks the client certificate after the client considers the
     handshake done, so a refused client certificate shows up on the first
     read instead (recv_frame() returns None)."""
-    raw = tcp_connect(port, timeout=timeout)
-    try:
-        s = ctx.wrap_socket(raw, server_hostname=server_hostname)
-    except BaseException:
-        raw.close()
-        raise
-    return Conn(s)
+    return tcp_connect(port, timeout=timeout).handshake(ctx, server_hostname)
 
 
 # --- control protocol (ctl.h) -------------------------------------------

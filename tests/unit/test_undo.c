@@ -1,0 +1,629 @@
+/*
+ * test_undo.c — undo segments on real files: a segment written over two
+ * files restores their exact old bytes and sizes after they were
+ * overwritten and grown; a damaged segment (any flipped byte, any
+ * truncation, trailing bytes, another disk count) is refused with the
+ * target files left exactly as they were.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "log.h"
+#include "undo.h"
+#include "util.h"
+
+#define KB	1024u
+
+struct fixture {
+	char	dir[256];
+	char	seg[300];
+	char	tmp[310];
+	char	disk[2][300];
+	int	fd[2];
+};
+
+static uint64_t
+next_rand(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+static void
+fill_random(uint8_t *p, size_t len, uint64_t seed)
+{
+	uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+
+	for (size_t i = 0; i < len; i++) {
+		p[i] = (uint8_t)next_rand(&s);
+		if (p[i] == 0)
+			p[i] = 0x5a;
+	}
+}
+
+static int
+setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	const char *tmp = getenv("TMPDIR");
+
+	if (f == NULL)
+		return -1;
+	snprintf(f->dir, sizeof(f->dir), "%s/test_undo.XXXXXX",
+	    tmp != NULL && *tmp != '\0' ? tmp : "/tmp");
+	if (mkdtemp(f->dir) == NULL) {
+		free(f);
+		return -1;
+	}
+	snprintf(f->seg, sizeof(f->seg), "%s/7.undo", f->dir);
+	snprintf(f->tmp, sizeof(f->tmp), "%s.tmp", f->seg);
+	for (int i = 0; i < 2; i++) {
+		snprintf(f->disk[i], sizeof(f->disk[i]), "%s/disk%d", f->dir, i);
+		f->fd[i] = open(f->disk[i], O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		if (f->fd[i] < 0)
+			return -1;
+	}
+	*state = f;
+	return 0;
+}
+
+static int
+teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	for (int i = 0; i < 2; i++)
+		close(f->fd[i]);
+	util_rm_rf(f->dir);
+	free(f);
+	return 0;
+}
+
+/* The whole content of a file (its size in *len). */
+static uint8_t *
+snapshot(int fd, size_t *len)
+{
+	struct stat sb;
+	uint8_t *p;
+
+	assert_int_equal(fstat(fd, &sb), 0);
+	*len = (size_t)sb.st_size;
+	p = malloc(*len ? *len : 1);
+	assert_non_null(p);
+	assert_int_equal(util_pread_full(fd, p, *len, 0), 0);
+	return p;
+}
+
+static void
+assert_content(int fd, const uint8_t *want, size_t len)
+{
+	size_t got_len;
+	uint8_t *got = snapshot(fd, &got_len);
+
+	assert_int_equal(got_len, len);
+	assert_memory_equal(got, want, len);
+	free(got);
+}
+
+static void
+set_content(int fd, const uint8_t *p, size_t len)
+{
+	assert_int_equal(ftruncate(fd, 0), 0);
+	assert_int_equal(util_pwrite_full(fd, p, len, 0), 0);
+}
+
+static void
+write_file(const char *path, const void *p, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+	assert_true(fd >= 0);
+	assert_int_equal(util_write_full(fd, p, len), 0);
+	assert_int_equal(close(fd), 0);
+}
+
+static int
+exists(const char *path)
+{
+	struct stat sb;
+	return stat(path, &sb) == 0;
+}
+
+/*
+ * The main scenario.  disk0: 300K of data with [64K, 192K) zero;
+ * disk1: 10000 bytes.  The cycle overwrites:
+ *   disk0 [0, 64K)         data              -> DATA
+ *   disk0 [64K, 192K)      zeros             -> ZERO
+ *   disk0 [192K, 200K)     data              -> DATA (adjacent ranges)
+ *   disk0 [256K, 320K)     crosses 300K      -> only [256K, 300K) kept
+ *   disk0 [400K, 464K)     past the old size -> nothing
+ *   disk1 [0, 16K)         crosses 10000     -> [0, 10000)
+ * and grows disk0 to 500K, disk1 to 20000.
+ */
+#define D0_OLD	(300 * KB)
+#define D1_OLD	10000u
+#define D0_NEW	(500 * KB)
+#define D1_NEW	20000u
+
+struct range {
+	uint16_t disk;
+	uint64_t off, len;
+};
+
+static const struct range ranges[] = {
+	{ 0, 0, 64 * KB },
+	{ 0, 64 * KB, 128 * KB },
+	{ 0, 192 * KB, 8 * KB },
+	{ 0, 256 * KB, 64 * KB },
+	{ 0, 400 * KB, 64 * KB },
+	{ 1, 0, 16 * KB },
+};
+#define NRANGES	(sizeof(ranges) / sizeof(ranges[0]))
+
+struct scenario {
+	uint8_t	*old[2];
+	size_t	 old_len[2];
+};
+
+static void
+make_old(struct fixture *f, struct scenario *sc)
+{
+	sc->old_len[0] = D0_OLD;
+	sc->old_len[1] = D1_OLD;
+	for (int i = 0; i < 2; i++) {
+		sc->old[i] = malloc(sc->old_len[i]);
+		assert_non_null(sc->old[i]);
+		fill_random(sc->old[i], sc->old_len[i], (uint64_t)i + 10);
+	}
+	memset(sc->old[0] + 64 * KB, 0, 128 * KB);
+	for (int i = 0; i < 2; i++)
+		set_content(f->fd[i], sc->old[i], sc->old_len[i]);
+}
+
+static void
+free_old(struct scenario *sc)
+{
+	free(sc->old[0]);
+	free(sc->old[1]);
+}
+
+/* Write the segment for the scenario; returns its size. */
+static uint64_t
+write_segment(struct fixture *f)
+{
+	const uint64_t sizes[2] = { D0_OLD, D1_OLD };
+	struct undo_writer *w = NULL;
+	uint64_t bytes = 0;
+
+	assert_int_equal(undo_create(f->seg, 7, 2, sizes, &w), 0);
+	assert_true(exists(f->tmp));
+	assert_false(exists(f->seg));
+	for (size_t i = 0; i < NRANGES; i++)
+		assert_int_equal(undo_save_range(w, ranges[i].disk,
+		    f->fd[ranges[i].disk], ranges[i].off, ranges[i].len), 0);
+	assert_int_equal(undo_finish(w, &bytes), 0);
+	assert_false(exists(f->tmp));
+	assert_true(exists(f->seg));
+	return bytes;
+}
+
+/* What the cycle does: new data over every range, and growth. */
+static void
+modify(struct fixture *f, uint64_t seed)
+{
+	for (size_t i = 0; i < NRANGES; i++) {
+		uint8_t *p = malloc(ranges[i].len);
+		assert_non_null(p);
+		fill_random(p, ranges[i].len, seed + i);
+		assert_int_equal(util_pwrite_full(f->fd[ranges[i].disk], p,
+		    ranges[i].len, (off_t)ranges[i].off), 0);
+		free(p);
+	}
+	assert_int_equal(ftruncate(f->fd[0], D0_NEW), 0);
+	assert_int_equal(ftruncate(f->fd[1], D1_NEW), 0);
+}
+
+/* Apply must fail with want and leave both files as they are now. */
+static void
+assert_refused_untouched(struct fixture *f, uint16_t ndisks, int want)
+{
+	size_t len[2];
+	uint8_t *before[2];
+	uint64_t sizes[2] = { 12345, 67890 };
+	int r;
+
+	for (int i = 0; i < 2; i++)
+		before[i] = snapshot(f->fd[i], &len[i]);
+	r = undo_apply(f->seg, f->fd, ndisks, sizes);
+	/* Nothing written first: that is what matters most. */
+	for (int i = 0; i < 2; i++) {
+		assert_content(f->fd[i], before[i], len[i]);
+		free(before[i]);
+	}
+	if (want == 0)
+		assert_int_not_equal(r, 0);
+	else
+		assert_int_equal(r, want);
+	assert_int_equal(sizes[0], 12345);
+	assert_int_equal(sizes[1], 67890);
+}
+
+/* --- tests --------------------------------------------------------------- */
+
+static void
+test_round_trip(void **state)
+{
+	struct fixture *f = *state;
+	struct scenario sc;
+	struct stat sb;
+	uint64_t bytes, sizes[2];
+
+	make_old(f, &sc);
+	bytes = write_segment(f);
+	assert_int_equal(stat(f->seg, &sb), 0);
+	assert_int_equal((uint64_t)sb.st_size, bytes);
+	/* The zero range costs no data: the segment holds the data ranges
+	 * (64K + 8K + 44K + 10000 bytes) and headers only. */
+	assert_true(bytes < 64 * KB + 8 * KB + 44 * KB + D1_OLD + 1024);
+	assert_true(bytes > 64 * KB + 8 * KB + 44 * KB + D1_OLD);
+
+	modify(f, 100);
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, sizes), 0);
+	assert_int_equal(sizes[0], D0_OLD);
+	assert_int_equal(sizes[1], D1_OLD);
+	assert_content(f->fd[0], sc.old[0], sc.old_len[0]);
+	assert_content(f->fd[1], sc.old[1], sc.old_len[1]);
+
+	/* Applying twice is harmless (recovery may do it), and old_sizes
+	 * may be NULL. */
+	modify(f, 200);
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, NULL), 0);
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, NULL), 0);
+	assert_content(f->fd[0], sc.old[0], sc.old_len[0]);
+	assert_content(f->fd[1], sc.old[1], sc.old_len[1]);
+	free_old(&sc);
+}
+
+/* Ranges longer than one read chunk, data and zeros, several files. */
+static void
+test_large_ranges(void **state)
+{
+	struct fixture *f = *state;
+	const size_t n0 = (3u << 20) + 777, n1 = 5u << 20;
+	uint8_t *old0 = malloc(n0), *old1 = calloc(1, n1), *junk;
+	struct undo_writer *w;
+	uint64_t sizes[2] = { n0, n1 }, bytes;
+
+	assert_non_null(old0);
+	assert_non_null(old1);
+	fill_random(old0, n0, 3);
+	memset(old0 + (1u << 20), 0, 1u << 20);	/* one zero chunk inside */
+	set_content(f->fd[0], old0, n0);
+	set_content(f->fd[1], old1, n1);	/* all zero */
+
+	assert_int_equal(undo_create(f->seg, 9, 2, sizes, &w), 0);
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 0, n0), 0);
+	assert_int_equal(undo_save_range(w, 1, f->fd[1], 0, n1), 0);
+	assert_int_equal(undo_finish(w, &bytes), 0);
+	/* Zeros are not stored. */
+	assert_true(bytes < n0 - (1u << 20) + 4096);
+
+	junk = malloc(n1);
+	assert_non_null(junk);
+	fill_random(junk, n1, 4);
+	set_content(f->fd[0], junk, n1);	/* also grows disk0 */
+	set_content(f->fd[1], junk, n1);
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, NULL), 0);
+	assert_content(f->fd[0], old0, n0);
+	assert_content(f->fd[1], old1, n1);
+	free(old0);
+	free(old1);
+	free(junk);
+}
+
+/* A segment that saves nothing still restores the sizes. */
+static void
+test_empty_segment(void **state)
+{
+	struct fixture *f = *state;
+	const uint64_t sizes[2] = { 100, 0 };
+	struct undo_writer *w;
+	uint8_t old[100], big[5000];
+	uint64_t got[2];
+
+	fill_random(old, sizeof(old), 5);
+	set_content(f->fd[0], old, sizeof(old));
+	assert_int_equal(undo_create(f->seg, 1, 2, sizes, &w), 0);
+	/* Ranges wholly past the old sizes save nothing. */
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 100, 4096), 0);
+	assert_int_equal(undo_save_range(w, 1, f->fd[1], 0, 4096), 0);
+	assert_int_equal(undo_finish(w, NULL), 0);
+
+	fill_random(big, sizeof(big), 6);
+	assert_int_equal(util_pwrite_full(f->fd[0], big, sizeof(big), 100), 0);
+	assert_int_equal(util_pwrite_full(f->fd[1], big, sizeof(big), 0), 0);
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, got), 0);
+	assert_int_equal(got[0], 100);
+	assert_int_equal(got[1], 0);
+	assert_content(f->fd[0], old, sizeof(old));
+	assert_content(f->fd[1], old, 0);
+}
+
+/* A valid segment over the scenario, its bytes, and the files modified. */
+static uint8_t *
+damaged_setup(struct fixture *f, struct scenario *sc, size_t *len)
+{
+	uint8_t *seg;
+
+	make_old(f, sc);
+	write_segment(f);
+	modify(f, 300);
+	assert_int_equal(util_read_file(f->seg, 1 << 30, &seg, len), 0);
+	return seg;
+}
+
+/* A small segment, so that every byte of it can be damaged in turn. */
+static uint8_t *
+small_setup(struct fixture *f, size_t *len)
+{
+	const uint64_t sizes[2] = { 5000, 300 };
+	struct undo_writer *w;
+	uint8_t d0[5000], d1[300], *seg;
+
+	fill_random(d0, sizeof(d0), 20);
+	memset(d0 + 1000, 0, 2000);
+	fill_random(d1, sizeof(d1), 21);
+	set_content(f->fd[0], d0, sizeof(d0));
+	set_content(f->fd[1], d1, sizeof(d1));
+	assert_int_equal(undo_create(f->seg, 3, 2, sizes, &w), 0);
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 100, 100), 0);
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 1000, 2000), 0);
+	assert_int_equal(undo_save_range(w, 1, f->fd[1], 250, 100), 0);
+	assert_int_equal(undo_finish(w, NULL), 0);
+	/* The cycle: new bytes everywhere, larger files. */
+	fill_random(d0, sizeof(d0), 22);
+	fill_random(d1, sizeof(d1), 23);
+	set_content(f->fd[0], d0, sizeof(d0));
+	assert_int_equal(util_pwrite_full(f->fd[0], d0, sizeof(d0), 5000), 0);
+	set_content(f->fd[1], d1, sizeof(d1));
+	assert_int_equal(util_pwrite_full(f->fd[1], d0, 64, 300), 0);
+	assert_int_equal(util_read_file(f->seg, 1 << 20, &seg, len), 0);
+	/* header 22+16 + DATA 15+100 + ZERO 15 + DATA 15+50 + trailer 25 */
+	assert_int_equal(*len, 38 + 115 + 15 + 65 + 25);
+	return seg;
+}
+
+static void
+test_flipped_byte(void **state)
+{
+	struct fixture *f = *state;
+	size_t len;
+	uint8_t *seg = small_setup(f, &len);
+
+	for (size_t i = 0; i < len; i++) {
+		for (int bit = 0; bit < 8; bit += 7) {
+			seg[i] ^= (uint8_t)(1u << bit);
+			write_file(f->seg, seg, len);
+			/* A damaged version field may read as a newer
+			 * format; everything else is corrupt. */
+			assert_refused_untouched(f, 2, i >= 8 && i < 12 ? 0 :
+			    RD_ERR_CORRUPT);
+			seg[i] ^= (uint8_t)(1u << bit);
+		}
+	}
+	/* Repaired: applies. */
+	write_file(f->seg, seg, len);
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, NULL), 0);
+	free(seg);
+}
+
+static void
+test_flipped_byte_large(void **state)
+{
+	struct fixture *f = *state;
+	struct scenario sc;
+	size_t len;
+	uint8_t *seg = damaged_setup(f, &sc, &len);
+	const size_t where[] = { 0, 25, 40, 45, 60, 1000, len / 2, len - 26,
+	    len - 25, len - 17, len - 16, len - 1 };
+
+	for (size_t k = 0; k < sizeof(where) / sizeof(where[0]); k++) {
+		seg[where[k]] ^= 0x40;
+		write_file(f->seg, seg, len);
+		assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+		seg[where[k]] ^= 0x40;
+	}
+	free(seg);
+	free_old(&sc);
+}
+
+static void
+test_truncated(void **state)
+{
+	struct fixture *f = *state;
+	size_t len;
+	uint8_t *seg = small_setup(f, &len);
+
+	for (size_t n = 0; n < len; n++) {
+		write_file(f->seg, seg, n);
+		assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+	}
+	free(seg);
+}
+
+static void
+test_trailing_bytes(void **state)
+{
+	struct fixture *f = *state;
+	size_t len;
+	uint8_t *seg = small_setup(f, &len), *longer;
+
+	longer = calloc(1, len + 64);
+	assert_non_null(longer);
+	memcpy(longer, seg, len);
+	write_file(f->seg, longer, len + 1);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+	longer[len] = 0xFF;
+	write_file(f->seg, longer, len + 1);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+	/* A whole second trailer behind the first. */
+	memcpy(longer + len, seg + len - 25, 25);
+	write_file(f->seg, longer, len + 25);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+	free(longer);
+	free(seg);
+}
+
+static void
+test_ndisks_mismatch(void **state)
+{
+	struct fixture *f = *state;
+	struct scenario sc;
+	size_t len;
+	uint8_t *seg = damaged_setup(f, &sc, &len);
+	int fds[3] = { f->fd[0], f->fd[1], f->fd[1] };
+
+	assert_refused_untouched(f, 1, 0);
+	/* ndisks 3: the third fd is never touched either. */
+	size_t l0, l1;
+	uint8_t *b0 = snapshot(f->fd[0], &l0), *b1 = snapshot(f->fd[1], &l1);
+	assert_int_not_equal(undo_apply(f->seg, fds, 3, NULL), 0);
+	assert_content(f->fd[0], b0, l0);
+	assert_content(f->fd[1], b1, l1);
+	free(b0);
+	free(b1);
+	assert_refused_untouched(f, 0, 0);
+	free(seg);
+	free_old(&sc);
+}
+
+static void
+test_discard(void **state)
+{
+	struct fixture *f = *state;
+	const uint64_t sizes[2] = { 100, 100 };
+	struct undo_writer *w;
+	uint8_t d[100];
+
+	fill_random(d, sizeof(d), 7);
+	set_content(f->fd[0], d, sizeof(d));
+	assert_int_equal(undo_create(f->seg, 1, 2, sizes, &w), 0);
+	assert_true(exists(f->tmp));
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 0, 100), 0);
+	undo_discard(w);
+	assert_false(exists(f->tmp));
+	assert_false(exists(f->seg));
+	undo_discard(NULL);
+
+	/* A complete segment is not touched by discarding a later one. */
+	assert_int_equal(undo_create(f->seg, 1, 2, sizes, &w), 0);
+	assert_int_equal(undo_finish(w, NULL), 0);
+	assert_true(exists(f->seg));
+	char other[320];
+	snprintf(other, sizeof(other), "%s/8.undo", f->dir);
+	assert_int_equal(undo_create(other, 8, 2, sizes, &w), 0);
+	undo_discard(w);
+	assert_true(exists(f->seg));
+	snprintf(other, sizeof(other), "%s/8.undo.tmp", f->dir);
+	assert_false(exists(other));
+}
+
+static void
+test_missing(void **state)
+{
+	struct fixture *f = *state;
+
+	assert_refused_untouched(f, 2, RD_ERR_NOT_FOUND);
+	/* A temporary segment is not a segment. */
+	write_file(f->tmp, "RDUNDOSG", 8);
+	assert_refused_untouched(f, 2, RD_ERR_NOT_FOUND);
+}
+
+static void
+test_writer_refusals(void **state)
+{
+	struct fixture *f = *state;
+	uint64_t sizes[UNDO_MAX_DISKS + 1] = { 0 };
+	struct undo_writer *w = NULL;
+	char path[400];
+
+	assert_int_equal(undo_create(f->seg, 1, 0, sizes, &w), RD_ERR_RANGE);
+	assert_int_equal(undo_create(f->seg, 1, UNDO_MAX_DISKS + 1, sizes, &w),
+	    RD_ERR_RANGE);
+	assert_false(exists(f->tmp));
+	snprintf(path, sizeof(path), "%s/missing/1.undo", f->dir);
+	assert_int_not_equal(undo_create(path, 1, 1, sizes, &w), 0);
+
+	sizes[0] = sizes[1] = 100;
+	assert_int_equal(undo_create(f->seg, 1, 2, sizes, &w), 0);
+	assert_int_equal(undo_save_range(w, 2, f->fd[0], 0, 10),
+	    RD_ERR_RANGE);
+	/* Old size 100 but the file is empty: the read fails. */
+	assert_int_not_equal(undo_save_range(w, 1, f->fd[1], 0, 10), 0);
+	undo_discard(w);
+	assert_false(exists(f->tmp));
+}
+
+/*
+ * The check pass must refuse a segment the write pass cannot carry out:
+ * old sizes that are no file size at all (above INT64_MAX) must not lead
+ * to a half-written target.
+ */
+static void
+test_impossible_size_refused_before_writing(void **state)
+{
+	struct fixture *f = *state;
+	const uint64_t sizes[2] = { 1000, UINT64_MAX };
+	struct undo_writer *w;
+	uint8_t old0[1000], old1[100];
+
+	fill_random(old0, sizeof(old0), 30);
+	fill_random(old1, sizeof(old1), 31);
+	set_content(f->fd[0], old0, sizeof(old0));
+	set_content(f->fd[1], old1, sizeof(old1));
+	assert_int_equal(undo_create(f->seg, 1, 2, sizes, &w), 0);
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 0, 1000), 0);
+	assert_int_equal(undo_save_range(w, 1, f->fd[1], 0, 100), 0);
+	assert_int_equal(undo_finish(w, NULL), 0);
+
+	fill_random(old0, sizeof(old0), 32);
+	set_content(f->fd[0], old0, sizeof(old0));
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+}
+
+int
+main(void)
+{
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+	const struct CMUnitTest tests[] = {
+		T(test_round_trip),
+		T(test_large_ranges),
+		T(test_empty_segment),
+		T(test_flipped_byte),
+		T(test_flipped_byte_large),
+		T(test_truncated),
+		T(test_trailing_bytes),
+		T(test_ndisks_mismatch),
+		T(test_discard),
+		T(test_missing),
+		T(test_writer_refusals),
+		T(test_impossible_size_refused_before_writing),
+	};
+#undef T
+
+	log_set_level(LOG_LVL_ERROR);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
