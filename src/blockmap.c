@@ -70,16 +70,21 @@ void
 bm_resize(struct blockmap *bm, uint64_t disk_size)
 {
 	uint64_t n = bm_nblocks(disk_size, bm->block_size);
+	uint64_t old_n = bm->nblocks, old_size = bm->disk_size;
+
 	bm->d = xreallocarray(bm->d, n ? n : 1, sizeof(*bm->d));
-	if (n > bm->nblocks)
-		memset(bm->d + bm->nblocks, 0,
-		    (n - bm->nblocks) * sizeof(*bm->d));
-	/* A last block whose length changed no longer has a valid digest. */
-	if (bm->nblocks > 0 && disk_size != bm->disk_size &&
-	    bm->nblocks - 1 < n)
-		memset(&bm->d[bm->nblocks - 1], 0, sizeof(*bm->d));
+	if (n > old_n)
+		memset(bm->d + old_n, 0, (n - old_n) * sizeof(*bm->d));
 	bm->nblocks = n;
 	bm->disk_size = disk_size;
+	if (disk_size == old_size)
+		return;
+	/* A last block whose length changes no longer has a valid digest:
+	 * the old one's (growing) or the new one's (shrinking). */
+	if (old_n > 0 && old_n - 1 < n)
+		memset(&bm->d[old_n - 1], 0, sizeof(*bm->d));
+	if (n > 0 && disk_size % bm->block_size != 0)
+		memset(&bm->d[n - 1], 0, sizeof(*bm->d));
 }
 
 int

@@ -261,7 +261,7 @@ remove_staging(struct store *st)
 }
 
 static int apply_index(struct store *st, const struct stage_index *ix,
-    struct cat_point *out, char *err, size_t errsz);
+    struct cat_point *out, int *rolled_back, char *err, size_t errsz);
 
 /* Finish a complete staged cycle or abandon an incomplete one. */
 static int
@@ -286,10 +286,17 @@ recover(struct store *st, char *err, size_t errsz)
 	} else if (r == 0) {
 		log_info("%s: finishing cycle %" PRIu64 " staged before a "
 		    "restart", st->rel.vm, ix.c.cycle);
-		r = apply_index(st, &ix, &pt, err, errsz);
+		int rolled_back;
+		r = apply_index(st, &ix, &pt, &rolled_back, err, errsz);
 		if (r == 0)
 			log_info("%s: cycle %" PRIu64 " recovered as point %"
 			    PRIu64, st->rel.vm, ix.c.cycle, pt.id);
+		else if (rolled_back) {
+			/* Consistent at the newest point: serve on. */
+			log_warnx("%s: staged cycle %" PRIu64 " dropped: %s",
+			    st->rel.vm, ix.c.cycle, err);
+			r = 0;
+		}
 	} else {
 		/* No complete cycle: drop what was received of it. */
 		remove_staging(st);
@@ -608,16 +615,74 @@ out:
  * exists from an interrupted attempt), image writes, sizes, fsync,
  * digests, catalog, staging removal.  Idempotent from any crash point.
  */
+/* Every staged block still matches its hash (checked before the image
+ * is touched: staging may have been damaged while the host was down). */
+static int
+check_staged(const struct stage_index *ix, int data_fd, uint8_t *buf,
+    char *err, size_t errsz)
+{
+	for (uint64_t k = 0; k < ix->nrec; k++) {
+		const struct stage_rec *rec = &ix->recs[k];
+		struct digest d;
+		if (rec->where != WHERE_STAGED)
+			continue;
+		if (data_fd < 0 || rec->len > IO_CHUNK || util_pread_full(
+		    data_fd, buf, rec->len, (off_t)rec->data_off) != 0) {
+			snprintf(err, errsz, "staged data of cycle %" PRIu64
+			    " is missing or short", ix->c.cycle);
+			return RD_ERR_CORRUPT;
+		}
+		digest_block(buf, rec->len, &d);
+		if (!digest_equal(&d, &rec->hash)) {
+			snprintf(err, errsz, "staged block at offset %" PRIu64
+			    " of cycle %" PRIu64 " no longer matches its hash",
+			    rec->off, ix->c.cycle);
+			return RD_ERR_HASH;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Take the images back to the newest point after a failed apply: the
+ * complete undo segment restores what was overwritten (and the sizes);
+ * without one nothing below the old sizes was touched.  Then the cycle
+ * is dropped.  Called with st->lock held.
+ */
+static int
+rollback(struct store *st, const struct stage_index *ix, const char *upath)
+{
+	struct stat sb;
+	int r;
+
+	if (stat(upath, &sb) == 0)
+		r = undo_apply(upath, st->img, ix->c.ndisks, NULL);
+	else
+		r = trim_images(st);
+	for (uint16_t i = 0; r == 0 && i < ix->c.ndisks; i++)
+		if (fsync(st->img[i]) != 0)
+			r = RD_ERR_SYSTEM;
+	if (r != 0)
+		return r;
+	unlink(upath);
+	remove_staging(st);
+	util_fsync_dir(st->undo_dir);
+	log_warnx("%s: cycle %" PRIu64 " rolled back; the replica stays at "
+	    "point %" PRIu64, st->rel.vm, ix->c.cycle, st->rel.last_point);
+	return 0;
+}
+
 static int
 apply_index(struct store *st, const struct stage_index *ix,
-    struct cat_point *out, char *err, size_t errsz)
+    struct cat_point *out, int *rolled_back, char *err, size_t errsz)
 {
 	char *upath = undo_path(st, ix->c.cycle), *data_path = NULL;
 	uint8_t *buf = NULL;
 	uint64_t undo_bytes = 0;
-	int data_fd = -1, r;
+	int data_fd = -1, r, may_roll_back = 0;
 	struct stat sb;
 
+	*rolled_back = 0;
 	pthread_mutex_lock(&st->lock);
 	if (ix->c.ndisks != st->rel.ndisks || ix->block_size !=
 	    st->rel.block_size) {
@@ -633,6 +698,13 @@ apply_index(struct store *st, const struct stage_index *ix,
 			r = RD_ERR_CORRUPT;
 			goto out;
 		}
+
+	data_path = xasprintf("%s/data", st->staging);
+	data_fd = open(data_path, O_RDONLY | O_CLOEXEC);
+	buf = xmalloc(IO_CHUNK);
+	may_roll_back = 1;
+	if ((r = check_staged(ix, data_fd, buf, err, errsz)) != 0)
+		goto out;
 
 	/* 1. undo: the old content of everything the cycle overwrites */
 	if (stat(upath, &sb) != 0) {
@@ -668,9 +740,6 @@ apply_index(struct store *st, const struct stage_index *ix,
 	fault_point("replica-after-undo");
 
 	/* 2. the new content */
-	data_path = xasprintf("%s/data", st->staging);
-	data_fd = open(data_path, O_RDONLY | O_CLOEXEC);
-	buf = xmalloc(IO_CHUNK);
 	for (uint64_t k = 0; k < ix->nrec; k++) {
 		const struct stage_rec *rec = &ix->recs[k];
 		int fd = st->img[rec->disk];
@@ -710,7 +779,9 @@ apply_index(struct store *st, const struct stage_index *ix,
 		}
 	}
 
-	/* 3. digests, then the catalog: from here the point exists */
+	/* 3. digests, then the catalog: from here the point exists, and a
+	 * failure is finished later (rolled forward), not rolled back. */
+	may_roll_back = 0;
 	if ((r = write_digests(st, ix)) != 0) {
 		snprintf(err, errsz, "cannot write digests: %s",
 		    strerror(errno));
@@ -748,6 +819,15 @@ apply_index(struct store *st, const struct stage_index *ix,
 	remove_staging(st);
 	r = 0;
 out:
+	if (r != 0 && may_roll_back) {
+		char why[256];
+		snprintf(why, sizeof(why), "%s", rd_strerror(r));
+		if (rollback(st, ix, upath) == 0)
+			*rolled_back = 1;
+		else
+			log_warn("%s: cannot roll back cycle %" PRIu64 " (%s)",
+			    st->rel.vm, ix->c.cycle, why);
+	}
 	pthread_mutex_unlock(&st->lock);
 	if (data_fd >= 0)
 		close(data_fd);
@@ -803,21 +883,15 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 		snprintf(err, errsz, "staged index does not decode");
 		goto out;
 	}
-	r = apply_index(st, &ix, out, err, errsz);
+	int rolled_back;
+	r = apply_index(st, &ix, out, &rolled_back, err, errsz);
 	free(ix.recs);
-	if (r != 0) {
-		/* The cycle is complete on disk: try to roll it forward
-		 * once more; if that fails too, store_open() will. */
-		char err2[256];
-		if (recover(st, err2, sizeof(err2)) == 0 &&
-		    cat_point_by_cycle(st->cat, st->rel.vm, st->cur.cycle,
-		    out) == 0)
-			r = 0;
-		else {
-			pthread_mutex_lock(&st->fix_lock);
-			st->unfinished = 1;
-			pthread_mutex_unlock(&st->fix_lock);
-		}
+	if (r != 0 && !rolled_back) {
+		/* Neither finished nor undone: the image is between two
+		 * points.  Finish it before anything else touches it. */
+		pthread_mutex_lock(&st->fix_lock);
+		st->unfinished = 1;
+		pthread_mutex_unlock(&st->fix_lock);
 	}
 out:
 	free(path);

@@ -301,6 +301,13 @@ walk(int sfd, uint64_t fsize, const int *fds, uint16_t ndisks,
 		rb_init(&b, s, 8);
 		rb_get_u64(&b, &sizes[i]);
 	}
+	/* Sizes first: a size the file system cannot hold fails here,
+	 * before any content is written. */
+	for (uint16_t i = 0; fds && i < n; i++)
+		if (sizes[i] > INT64_MAX || ftruncate(fds[i],
+		    (off_t)sizes[i]) != 0)
+			return sizes[i] > INT64_MAX ? RD_ERR_CORRUPT :
+			    RD_ERR_SYSTEM;
 	data = xmalloc(UNDO_MAX_DATA);
 	for (;;) {
 		uint8_t type, rh[UNDO_REC_HDR - 1];
@@ -363,13 +370,6 @@ walk(int sfd, uint64_t fsize, const int *fds, uint16_t ndisks,
 	    memcmp(want, c.digest, DIGEST_LEN) != 0) {
 		r = RD_ERR_CORRUPT;
 		goto out;
-	}
-	if (fds) {
-		for (uint16_t i = 0; i < n; i++)
-			if (ftruncate(fds[i], (off_t)sizes[i]) != 0) {
-				r = RD_ERR_SYSTEM;
-				goto out;
-			}
 	}
 	if (old_sizes_out)
 		memcpy(old_sizes_out, sizes, n * sizeof(*sizes));

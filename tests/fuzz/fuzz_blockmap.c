@@ -35,6 +35,14 @@ fuzz_cleanup(void)
 	util_rm_rf(fuzz_dir);
 }
 
+/* A broken promise: report it as a crash, leaving no temporary files. */
+static void __attribute__((noreturn))
+die(void)
+{
+	fuzz_cleanup();
+	abort();
+}
+
 static void
 fuzz_init(void)
 {
@@ -44,7 +52,7 @@ fuzz_init(void)
 	    tmp != NULL && *tmp != '\0' && strlen(tmp) < 32 ? tmp : "/tmp");
 	if (mkdtemp(fuzz_dir) == NULL) {
 		perror(fuzz_dir);
-		abort();
+		die();
 	}
 	snprintf(fuzz_in, sizeof(fuzz_in), "%s/in.map", fuzz_dir);
 	snprintf(fuzz_out, sizeof(fuzz_out), "%s/out.map", fuzz_dir);
@@ -58,7 +66,7 @@ put_file(const char *path, const uint8_t *data, size_t size)
 
 	if (fd < 0 || util_write_full(fd, data, size) != 0) {
 		perror(path);
-		abort();
+		die();
 	}
 	close(fd);
 }
@@ -86,7 +94,7 @@ load_one(const uint8_t *data, size_t size)
 	if (r != 0) {
 		if ((r != RD_ERR_CORRUPT && r != RD_ERR_VERSION) ||
 		    bm.d != NULL || bm.nblocks != 0)
-			abort();
+			die();
 		return;
 	}
 
@@ -96,24 +104,24 @@ load_one(const uint8_t *data, size_t size)
 	    size != HDR + bm.nblocks * DIGEST_LEN + DIGEST_LEN ||
 	    (bm.nblocks > 0 && (bm.d == NULL || memcmp(bm.d, data + HDR,
 	    bm.nblocks * DIGEST_LEN) != 0)))
-		abort();
+		die();
 
 	/* Saved again: loads to the same map; same bytes unless the input
 	 * had something in the reserved bytes (the writer zeroes them). */
 	if (bm_save(fuzz_out, &bm) != 0)
-		abort();
+		die();
 	memset(&again, 0, sizeof(again));
 	if (bm_load(fuzz_out, &again) != 0 || !same_map(&bm, &again))
-		abort();
+		die();
 	if (util_read_file(fuzz_out, size + 1, &saved, &saved_len) != 0)
-		abort();
+		die();
 	int reserved_zero = 1;
 	for (size_t i = 40; i < HDR; i++)
 		if (data[i] != 0)
 			reserved_zero = 0;
 	if (reserved_zero && (saved_len != size ||
 	    memcmp(saved, data, size) != 0))
-		abort();
+		die();
 	free(saved);
 	bm_free(&again);
 	bm_free(&bm);
@@ -132,7 +140,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		struct digest d;
 
 		if (fixed == NULL)
-			abort();
+			die();
 		memcpy(fixed, data, size);
 		digest_block(fixed, size - DIGEST_LEN, &d);
 		memcpy(fixed + size - DIGEST_LEN, d.b, DIGEST_LEN);

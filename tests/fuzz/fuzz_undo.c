@@ -39,6 +39,14 @@ fuzz_cleanup(void)
 	util_rm_rf(fuzz_dir);
 }
 
+/* A broken promise: report it as a crash, leaving no temporary files. */
+static void __attribute__((noreturn))
+die(void)
+{
+	fuzz_cleanup();
+	abort();
+}
+
 static void
 fuzz_init(void)
 {
@@ -48,7 +56,7 @@ fuzz_init(void)
 	    tmp != NULL && *tmp != '\0' && strlen(tmp) < 32 ? tmp : "/tmp");
 	if (mkdtemp(fuzz_dir) == NULL) {
 		perror(fuzz_dir);
-		abort();
+		die();
 	}
 	snprintf(fuzz_seg, sizeof(fuzz_seg), "%s/1.undo", fuzz_dir);
 	for (int i = 0; i < 2; i++) {
@@ -67,7 +75,7 @@ put_file(const char *path, const uint8_t *data, size_t size)
 
 	if (fd < 0 || util_write_full(fd, data, size) != 0) {
 		perror(path);
-		abort();
+		die();
 	}
 	close(fd);
 }
@@ -97,22 +105,22 @@ apply_one(const uint8_t *data, size_t size)
 		put_file(fuzz_disk[i], content[i], content_len[i]);
 		fds[i] = open(fuzz_disk[i], O_RDWR | O_CLOEXEC);
 		if (fds[i] < 0)
-			abort();
+			die();
 	}
 	r = undo_apply(fuzz_seg, fds, 2, sizes);
 	if (r > 0)
-		abort();
+		die();
 	for (int i = 0; i < 2; i++) {
 		if (r != 0 && !unchanged(fds[i], i)) {
 			fprintf(stderr, "undo_apply returned %d (%s) and "
 			    "changed disk%d\n", r, rd_strerror(r), i);
-			abort();
+			die();
 		}
 		if (r == 0) {
 			struct stat sb;
 			if (fstat(fds[i], &sb) != 0 ||
 			    (uint64_t)sb.st_size != sizes[i])
-				abort();
+				die();
 		}
 		close(fds[i]);
 	}
@@ -131,7 +139,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		XXH128_canonical_t c;
 
 		if (fixed == NULL)
-			abort();
+			die();
 		memcpy(fixed, data, size);
 		XXH128_canonicalFromHash(&c, XXH3_128bits(fixed,
 		    size - DIGEST_LEN));
