@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -269,6 +270,37 @@ rd_bytes(struct undo_reader *rd, void *dst, size_t n)
 }
 
 static int
+set_sizes(const int *fds, uint16_t n, const uint64_t *sizes)
+{
+	uint64_t was[UNDO_MAX_DISKS];
+	uint16_t grown;
+	struct stat sb;
+
+	for (uint16_t i = 0; i < n; i++) {
+		if (fstat(fds[i], &sb) != 0)
+			return RD_ERR_SYSTEM;
+		was[i] = (uint64_t)sb.st_size;
+	}
+	for (grown = 0; grown < n; grown++) {
+		if (sizes[grown] <= was[grown])
+			continue;
+		if (ftruncate(fds[grown], (off_t)sizes[grown]) != 0) {
+			int saved = errno;
+			for (uint16_t i = 0; i < grown; i++)
+				if (sizes[i] > was[i] &&
+				    ftruncate(fds[i], (off_t)was[i]) != 0)
+					break;
+			errno = saved;
+			return RD_ERR_SYSTEM;
+		}
+	}
+	for (uint16_t i = 0; i < n; i++)
+		if (sizes[i] < was[i] && ftruncate(fds[i], (off_t)sizes[i]) != 0)
+			return RD_ERR_SYSTEM;
+	return 0;
+}
+
+static int
 walk(int sfd, uint64_t fsize, const int *fds, uint16_t ndisks,
     uint64_t *old_sizes_out)
 {
@@ -301,13 +333,14 @@ walk(int sfd, uint64_t fsize, const int *fds, uint16_t ndisks,
 		rb_init(&b, s, 8);
 		rb_get_u64(&b, &sizes[i]);
 	}
-	/* Sizes first: a size the file system cannot hold fails here,
-	 * before any content is written. */
-	for (uint16_t i = 0; fds && i < n; i++)
-		if (sizes[i] > INT64_MAX || ftruncate(fds[i],
-		    (off_t)sizes[i]) != 0)
-			return sizes[i] > INT64_MAX ? RD_ERR_CORRUPT :
-			    RD_ERR_SYSTEM;
+	for (uint16_t i = 0; i < n; i++)
+		if (sizes[i] > INT64_MAX)
+			return RD_ERR_CORRUPT;
+	/* Sizes before content, so that a size the file system cannot hold
+	 * fails before anything is written: grow (undone exactly if a later
+	 * disk fails), then shrink (which cannot run out of room). */
+	if (fds && (r = set_sizes(fds, n, sizes)) != 0)
+		return r;
 	data = xmalloc(UNDO_MAX_DATA);
 	for (;;) {
 		uint8_t type, rh[UNDO_REC_HDR - 1];

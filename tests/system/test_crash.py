@@ -532,8 +532,9 @@ def test_sigterm_primary(env):
 # --- 5. one replicad per state directory ------------------------------------------
 
 def second_daemon(rig, tag):
-    """Start a second replicad on the running replica's config: it must
-    refuse, and the first must go on answering."""
+    """Start a second replicad on the running replica's own config (same
+    state dir, control socket and port); returns its exit status and
+    output.  The first must still be running and answering."""
     log = rig.env.path(rig.rep.name, "second-%s.log" % tag)
     with open(log, "wb") as f:
         p = subprocess.Popen([REPLICAD, "-c", rig.rep.conf], stdout=f, stderr=f)
@@ -546,34 +547,49 @@ def second_daemon(rig, tag):
         raise TestFailure("%s: a second replicad on %s kept running" % (tag, rig.rep.state))
     with open(log, errors="replace") as f:
         text = f.read()
+    check(rig.rep.alive(), "%s: the first replicad died:\n%s" % (tag, rig.rep.log_text()[-3000:]))
+    rig.rep.ok("status")
+    return rc, text
+
+
+def check_refused(tag, rc, text):
     check(rc != 0, "%s: a second replicad on the same state dir exited 0:\n%s" % (tag, text))
     check("another replicad is running" in text,
           "%s: a second replicad exited %d without saying \"another replicad is running\":\n%s"
           % (tag, rc, text))
-    check(rig.rep.alive(), "%s: the first replicad died:\n%s" % (tag, rig.rep.log_text()[-3000:]))
-    rig.rep.ok("status")
 
 
-def test_second_replica_refused(env):
+def test_second_replica_idle(env):
     rig = Rig(env, SMALL)
     rig.history(2)
-    second_daemon(rig, "idle")
+    rc, text = second_daemon(rig, "idle")
+    check_refused("idle", rc, text)
     rig.writes()
     rig.converge("after a second replicad was refused")
-    # While the first is in the middle of a cycle (that grows a disk): the
-    # refused one must not touch its state.
+    rig.pri.stop()
+    rig.rep.stop()
+
+
+def test_second_replica_mid_cycle(env):
+    """Started while the first receives a cycle (that grows a disk), the
+    refused one must not touch the first's state: the cycle completes as a
+    point equal to the disks it carried."""
+    rig = Rig(env, SMALL)
+    rig.history(2)
+
     def make_writes():
         random_fill(rig.rng, rig.disks, 32 * MiB)
         rig.writes(grow=0)
     pending = catch_cycle(rig, "receiving", "attempt", make_writes)
-    second_daemon(rig, "busy")
+    rc, text = second_daemon(rig, "mid-cycle")
     rig.wait_primary_idle()
     st = rig.pri_state()
     what = "after a second replicad started during a cycle"
-    check(st["state"] != "error", "%s: the cycle failed: %r\nreplica log:\n%s"
-          % (what, st, rig.rep.log_text()[-3000:]))
+    check(st["state"] != "error", "%s: the cycle failed: %r\nsecond replicad said:\n%s\nreplica log:\n%s"
+          % (what, st, text, rig.rep.log_text()[-3000:]))
     rig.settle_replica()
     rig.check_points(what, pending, expect_new=1)
+    check_refused("mid-cycle", rc, text)
     rig.converge(what)
     rig.pri.stop()
     rig.rep.stop()
