@@ -97,6 +97,7 @@ struct psess {
 	ZSTD_CCtx		*cctx;
 	uint8_t			*scratch;
 	struct wbuf		 hdr;
+	struct wbuf		 out;		/* frames of the running job */
 	struct wire_digest	 dig;
 	uint64_t		 nframes;
 	uint64_t		 raw_bytes;
@@ -221,6 +222,7 @@ sess_free(struct psess *s)
 	wire_digest_free(&s->dig);
 	free(s->scratch);
 	wb_free(&s->hdr);
+	wb_free(&s->out);
 	free(s);
 }
 
@@ -325,15 +327,14 @@ sess_done(struct psess *s)
 
 /* --- producing frames (worker) ------------------------------------------- */
 
+/* Frames are built contiguously in s->out and handed to the loop as one
+ * buffer per job: few, large TLS writes. */
 static void
 put_frame(struct psess *s, const struct wire_data *m, const uint8_t *payload,
     size_t len)
 {
-	wb_reset(&s->hdr);
-	wire_put_data_hdr(&s->hdr, m, len);
-	evbuffer_add(s->batch, s->hdr.p, s->hdr.len);
-	if (len)
-		evbuffer_add(s->batch, payload, len);
+	wire_put_data_hdr(&s->out, m, len);
+	wb_put_bytes(&s->out, payload, len);
 	wire_digest_update(&s->dig, m);
 	s->nframes++;
 	s->raw_bytes += m->length;
@@ -434,6 +435,7 @@ job_produce(void *arg)
 	int r = 0;
 
 	s->job_rc = 0;
+	wb_reset(&s->out);
 	if (!s->begun) {
 		if (vm->cfg->pre_snapshot) {
 			char why[512];
@@ -461,12 +463,10 @@ job_produce(void *arg)
 			c.sizes[i] = s->sizes[i];
 			s->total += s->sizes[i];
 		}
-		wb_reset(&s->hdr);
-		wire_put_cycle(&s->hdr, &c);
-		evbuffer_add(s->batch, s->hdr.p, s->hdr.len);
+		wire_put_cycle(&s->out, &c);
 	}
 	uint64_t read0 = s->tstats.bytes_read;
-	while (evbuffer_get_length(s->batch) < BATCH_OUT) {
+	while (s->out.len < BATCH_OUT) {
 		r = trk_scan(vm->trk, 4u << 20, emit, s, s->err,
 		    sizeof(s->err));
 		trk_stats(vm->trk, &s->tstats);
@@ -485,11 +485,10 @@ job_produce(void *arg)
 		struct wire_end e = { .cycle = s->cycle, .nframes = s->nframes,
 		    .raw_bytes = s->raw_bytes };
 		wire_digest_final(&s->dig, &e.digest);
-		wb_reset(&s->hdr);
-		wire_put_end(&s->hdr, &e);
-		evbuffer_add(s->batch, s->hdr.p, s->hdr.len);
+		wire_put_end(&s->out, &e);
 		s->scan_done = 1;
 	}
+	evbuffer_add(s->batch, s->out.p, s->out.len);
 }
 
 static void maybe_produce(struct psess *s);
@@ -808,6 +807,7 @@ prepare_done(void *arg)
 	}
 	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(s->bev, EV_WRITE, OUT_LOW, 0);
+	bufferevent_set_max_single_write(s->bev, 1u << 20);
 	struct timeval tv = { REPLY_TIMEOUT_S, 0 };
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
@@ -837,6 +837,7 @@ start_cycle(struct pvm *vm)
 	s->scratch = xmalloc(vm->cfg->block_size);
 	s->started_ms = util_mono_ms();
 	wb_init(&s->hdr);
+	wb_init(&s->out);
 	vm->sess = s;
 	vm->state = PVM_SYNCING;
 	/* Requests made before this cycle started are answered by it. */

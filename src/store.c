@@ -578,9 +578,27 @@ write_digests(struct store *st, const struct stage_index *ix)
 			goto out;
 		}
 	}
+	/* Extents arrive in disk and offset order: write each run of
+	 * consecutive digests with one pwrite. */
+	struct wbuf run;
+	uint16_t run_disk = 0;
+	uint64_t run_block = 0;
+	wb_init(&run);
 	for (uint64_t k = 0; k < ix->nrec; k++) {
 		const struct stage_rec *rec = &ix->recs[k];
 		uint64_t size = ix->c.sizes[rec->disk];
+		uint64_t first = rec->off / bs;
+		if (run.len > 0 && (rec->disk != run_disk || first !=
+		    run_block + run.len / DIGEST_LEN || run.len >= (1u << 20))) {
+			if ((r = util_pwrite_full(fds[run_disk], run.p, run.len,
+			    (off_t)(run_block * DIGEST_LEN))) != 0)
+				break;
+			wb_reset(&run);
+		}
+		if (run.len == 0) {
+			run_disk = rec->disk;
+			run_block = first;
+		}
 		for (uint64_t o = rec->off; o < rec->off + rec->len; o += bs) {
 			struct digest d = rec->hash;
 			if (rec->where == WHERE_ZERO) {
@@ -593,11 +611,15 @@ write_digests(struct store *st, const struct stage_index *ix)
 					free(z);
 				}
 			}
-			if ((r = util_pwrite_full(fds[rec->disk], d.b,
-			    DIGEST_LEN, (off_t)(o / bs * DIGEST_LEN))) != 0)
-				goto out;
+			wb_put_bytes(&run, d.b, DIGEST_LEN);
 		}
 	}
+	if (r == 0 && run.len > 0)
+		r = util_pwrite_full(fds[run_disk], run.p, run.len,
+		    (off_t)(run_block * DIGEST_LEN));
+	wb_free(&run);
+	if (r != 0)
+		goto out;
 	for (uint16_t i = 0; i < ix->c.ndisks; i++)
 		if (fsync(fds[i]) != 0) {
 			r = RD_ERR_SYSTEM;

@@ -78,7 +78,13 @@ class Rig:
         self.pri.ok("pause", VM)
 
     def start_replica(self, fault=None):
-        self.rep.start(env_extra={"REPLICAD_FAULT": fault} if fault else None)
+        """Like Daemon.start, with room for rolling a large staged cycle
+        forward at start on a busy machine."""
+        self.rep.start(wait=False, env_extra={"REPLICAD_FAULT": fault} if fault else None)
+        proc = self.rep.proc
+        wait_for(lambda: proc.poll() is not None or self.rep.ctl("status").rc == 0, 120,
+                 what="the replica to recover and answer on its control socket")
+        check(proc.poll() is None, "the replica exited at start:\n%s" % self.rep.log_text()[-3000:])
 
     def expect_fault_death(self, d, fault, timeout=60):
         """d must die by SIGKILL at crash point fault."""
@@ -304,7 +310,7 @@ def replica_fault(env, fault, expect_new):
     # normal start must finish the job.
     rig.rep.start(wait=False, env_extra={"REPLICAD_FAULT": fault})
     proc = rig.rep.proc
-    wait_for(lambda: proc.poll() is not None or rig.rep.ctl("status").rc == 0, 30,
+    wait_for(lambda: proc.poll() is not None or rig.rep.ctl("status").rc == 0, 120,
              what="the replica to recover or die")
     if proc.poll() is None:
         rig.rep.stop()
@@ -414,8 +420,9 @@ def what_happened(rig, victim, mark_pri, mark_rep, new):
 
 def kill_loop(env, victim, rounds=5):
     rig = Rig(env, LARGE)
-    rig.history(2)
-    span = 0.0      # the longest cycle seen so far, in seconds
+    rig.history(1)  # the whole disks: a cycle as long as the large ones
+    span = rig.pri_state()["last_cycle"]["duration_ms"] / 1000     # the longest so far
+    rig.history(1)
     for rnd in range(rounds):
         span = max(span, rig.pri_state()["last_cycle"]["duration_ms"] / 1000)
         base = rig.kept[max(rig.kept)]
