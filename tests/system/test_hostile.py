@@ -789,3 +789,31 @@ def test_control_socket_abuse(env):
     pair.legit_sync("after control socket abuse")
     if failures:
         raise TestFailure("%d control-socket cases failed:\n  - %s" % (len(failures), "\n  - ".join(failures)))
+
+
+def test_control_socket_permissions(env):
+    """The control socket is mode 0600, and even when its mode is loosened
+    the daemon refuses a peer that is neither root nor its own user
+    (SO_PEERCRED)."""
+    import stat
+    import subprocess
+    from harness import REPLCTL, wait_for
+    rep = env.replica().start()
+    mode = stat.S_IMODE(os.stat(rep.socket).st_mode)
+    check(mode == 0o600, "control socket mode is %o" % mode)
+    for d in (env.dir, rep.dir, rep.state):   # let the client reach it
+        os.chmod(d, 0o755)
+    os.chmod(rep.socket, 0o666)
+
+    def as_nobody():
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+
+    p = subprocess.run([REPLCTL, "-s", rep.socket, "status"], capture_output=True, text=True,
+                       preexec_fn=as_nobody, timeout=30)
+    check(p.returncode != 0 and "status" not in p.stdout.lower(),
+          "an unprivileged user got an answer: rc=%d out=%r" % (p.returncode, p.stdout))
+    wait_for(lambda: "connection from uid 65534 refused" in rep.log_text(), 10,
+             what="the refusal in the log")
+    rep.ok("status")
