@@ -87,8 +87,9 @@ struct rsess {
 	uint64_t		 raw_bytes;
 	ZSTD_DCtx		*dctx;
 	uint8_t			*block;
-	struct evbuffer		*batch;
-	int			 batch_has_end;
+	struct evbuffer		*batch;		/* being staged by the job */
+	struct evbuffer		*pending;	/* filled by the loop meanwhile */
+	int			 pending_full;	/* BATCH_BYTES reached, or END */
 	int			 job_running;
 	int			 dead;
 	int			 job_rc;
@@ -109,6 +110,7 @@ struct replica_srv {
 static void sess_read(struct bufferevent *bev, void *arg);
 static void sess_end(struct rsess *s);
 static void welcome(struct rsess *s, struct rvm *vm);
+static void submit_batch(struct rsess *s);
 
 /* --- VMs ------------------------------------------------------------------ */
 
@@ -195,6 +197,8 @@ sess_free(struct rsess *s)
 		bufferevent_free(s->bev);
 	if (s->batch)
 		evbuffer_free(s->batch);
+	if (s->pending)
+		evbuffer_free(s->pending);
 	ZSTD_freeDCtx(s->dctx);
 	wire_digest_free(&s->dig);
 	free(s->block);
@@ -469,15 +473,25 @@ stage_done(void *arg)
 		s->committed = 0;
 	}
 	/* Go on with what arrived meanwhile. */
-	bufferevent_enable(s->bev, EV_READ);
+	submit_batch(s);
 	sess_read(s->bev, s);
 }
 
+/*
+ * Hand a full batch to a worker.  The loop goes on reading into the next
+ * one meanwhile (up to the input watermark), so receiving and staging
+ * overlap, and each worker job carries megabytes, not one block.
+ */
 static void
 submit_batch(struct rsess *s)
 {
+	if (s->job_running || !s->pending_full)
+		return;
+	struct evbuffer *t = s->batch;
+	s->batch = s->pending;
+	s->pending = t;
+	s->pending_full = 0;
 	s->job_running = 1;
-	s->batch_has_end = 0;
 	work_submit(job_stage, stage_done, s);
 }
 
@@ -634,8 +648,8 @@ sess_read(struct bufferevent *bev, void *arg)
 	struct rsess *s = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 
-	while (!s->job_running && s->state != RS_CLOSING &&
-	    s->state != RS_WAITING) {
+	while (s->state != RS_CLOSING && s->state != RS_WAITING &&
+	    !s->pending_full) {
 		uint8_t type;
 		size_t flen;
 		size_t max = s->state == RS_HELLO ? 4096 + WIRE_MAX_DISKS *
@@ -682,22 +696,16 @@ sess_read(struct bufferevent *bev, void *arg)
 		}
 		if (type == WIRE_CYCLE)
 			s->state = RS_CYCLE;
-		evbuffer_remove_buffer(in, s->batch, flen);
+		evbuffer_remove_buffer(in, s->pending, flen);
 		s->vm->received += flen;
 		if (type == WIRE_END) {
 			s->state = RS_READY;	/* ACK follows the job */
-			submit_batch(s);
-			break;
+			s->pending_full = 1;
+		} else if (evbuffer_get_length(s->pending) >= BATCH_BYTES) {
+			s->pending_full = 1;
 		}
-		if (evbuffer_get_length(s->batch) >= BATCH_BYTES)
-			submit_batch(s);
 	}
-	/* Stage what is here rather than wait for more. */
-	if (!s->job_running && s->state != RS_CLOSING &&
-	    evbuffer_get_length(s->batch) > 0)
-		submit_batch(s);
-	if (s->job_running && s->bev)
-		bufferevent_disable(s->bev, EV_READ);
+	submit_batch(s);
 }
 
 static void
@@ -786,6 +794,7 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	snprintf(s->addr, sizeof(s->addr), "%s", addr);
 	s->state = RS_HANDSHAKE;
 	s->batch = evbuffer_new();
+	s->pending = evbuffer_new();
 	wb_init(&s->out);
 	s->bev = bufferevent_openssl_socket_new(srv->d->base, fd, ssl,
 	    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
@@ -793,6 +802,7 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 		SSL_free(ssl);
 		evutil_closesocket(fd);
 		evbuffer_free(s->batch);
+		evbuffer_free(s->pending);
 		free(s);
 		return;
 	}

@@ -50,6 +50,7 @@
 #define WHERE_DIRECT	1
 #define WHERE_ZERO	2
 #define IO_CHUNK	(4u << 20)
+#define WRITEBACK_KICK	(32u << 20)
 
 struct stage_rec {
 	uint16_t	disk;
@@ -85,6 +86,8 @@ struct store {
 	int		 unfinished;	/* a complete cycle failed to apply:
 					   roll it forward before anything */
 	/* the cycle being received */
+	uint64_t	 unsynced[CAT_MAX_DISKS + 1]; /* bytes since the last
+					   writeback kick (images, staging) */
 	int		 active;
 	struct store_cycle cur;
 	int		 data_fd;
@@ -464,12 +467,28 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 	}
 	free(data);
 	st->cur = *c;
+	memset(st->unsynced, 0, sizeof(st->unsynced));
 	st->data_off = 0;
 	st->nrec = 0;
 	st->raw_bytes = 0;
 	wb_reset(&st->recs);
 	st->active = 1;
 	return 0;
+}
+
+/*
+ * Start writing back what a cycle wrote so far without waiting for it:
+ * the fsync at the end of the cycle then finds little left to do, and
+ * the disk works while the network does.
+ */
+static void
+kick_writeback(struct store *st, int slot, int fd, uint64_t len)
+{
+	st->unsynced[slot] += len;
+	if (st->unsynced[slot] < WRITEBACK_KICK)
+		return;
+	st->unsynced[slot] = 0;
+	(void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 }
 
 int
@@ -495,6 +514,7 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 			    st->rel.disks[disk].name, off, strerror(errno));
 			return errno == ENOSPC ? RD_ERR_NOSPACE : r;
 		}
+		kick_writeback(st, disk, st->img[disk], len);
 	} else {
 		where = WHERE_STAGED;
 		data_off = st->data_off;
@@ -505,6 +525,7 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 			return errno == ENOSPC ? RD_ERR_NOSPACE : r;
 		}
 		st->data_off += len;
+		kick_writeback(st, CAT_MAX_DISKS, st->data_fd, len);
 	}
 	wb_put_u16(&st->recs, disk);
 	wb_put_u64(&st->recs, off);
