@@ -44,6 +44,7 @@
 
 #define MAX_SESSIONS	64
 #define BATCH_BYTES	(8u << 20)	/* frames handed to one stage job */
+#define FLUSH_US	20000		/* a pause that stages a partial batch */
 #define IN_HIGH		(2 * WIRE_MAX_FRAME + (8u << 20))
 #define HELLO_TIMEOUT_S	30
 #define IDLE_TIMEOUT_S	600
@@ -90,6 +91,8 @@ struct rsess {
 	struct evbuffer		*batch;		/* being staged by the job */
 	struct evbuffer		*pending;	/* filled by the loop meanwhile */
 	int			 pending_full;	/* BATCH_BYTES reached, or END */
+	struct event		*flush_ev;	/* stages a partial batch once
+						   the stream pauses */
 	int			 job_running;
 	int			 dead;
 	int			 job_rc;
@@ -199,6 +202,8 @@ sess_free(struct rsess *s)
 		evbuffer_free(s->batch);
 	if (s->pending)
 		evbuffer_free(s->pending);
+	if (s->flush_ev)
+		event_free(s->flush_ev);
 	ZSTD_freeDCtx(s->dctx);
 	wire_digest_free(&s->dig);
 	free(s->block);
@@ -706,6 +711,23 @@ sess_read(struct bufferevent *bev, void *arg)
 		}
 	}
 	submit_batch(s);
+	if (!s->job_running && evbuffer_get_length(s->pending) > 0 &&
+	    !evtimer_pending(s->flush_ev, NULL)) {
+		struct timeval tv = { 0, FLUSH_US };
+		evtimer_add(s->flush_ev, &tv);
+	}
+}
+
+/* The stream paused with frames waiting: stage them now. */
+static void
+on_flush(evutil_socket_t fd, short what, void *arg)
+{
+	struct rsess *s = arg;
+	if (s->job_running || s->dead || s->state == RS_CLOSING ||
+	    evbuffer_get_length(s->pending) == 0)
+		return;
+	s->pending_full = 1;
+	submit_batch(s);
 }
 
 static void
@@ -795,6 +817,7 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	s->state = RS_HANDSHAKE;
 	s->batch = evbuffer_new();
 	s->pending = evbuffer_new();
+	s->flush_ev = evtimer_new(srv->d->base, on_flush, s);
 	wb_init(&s->out);
 	s->bev = bufferevent_openssl_socket_new(srv->d->base, fd, ssl,
 	    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
@@ -803,6 +826,7 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 		evutil_closesocket(fd);
 		evbuffer_free(s->batch);
 		evbuffer_free(s->pending);
+		event_free(s->flush_ev);
 		free(s);
 		return;
 	}

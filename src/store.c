@@ -891,6 +891,7 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 
 	if (!st->active)
 		return RD_ERR_STATE;
+	uint64_t t0 = util_mono_ms();
 	if (fdatasync(st->data_fd) != 0) {
 		snprintf(err, errsz, "cannot sync staging: %s", strerror(errno));
 		r = errno == ENOSPC ? RD_ERR_NOSPACE : RD_ERR_SYSTEM;
@@ -926,8 +927,12 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 		snprintf(err, errsz, "staged index does not decode");
 		goto out;
 	}
+	uint64_t t1 = util_mono_ms();
 	int rolled_back;
 	r = apply_index(st, &ix, out, &rolled_back, err, errsz);
+	log_debug("%s: cycle %" PRIu64 ": %" PRIu64 " ms to make the staged "
+	    "cycle durable, %" PRIu64 " ms to apply it", st->rel.vm,
+	    ix.c.cycle, t1 - t0, util_mono_ms() - t1);
 	free(ix.recs);
 	if (r != 0 && !rolled_back) {
 		/* Neither finished nor undone: the image is between two

@@ -225,7 +225,9 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 			t->cur_off = 0;
 			continue;
 		}
-		if (done >= max_read)
+		/* One read per call: emitted blocks point into t->buf and
+		 * stay valid until the next call. */
+		if (done > 0 || done >= max_read)
 			return 0;
 		size_t want = d->size - t->cur_off < chunk ?
 		    (size_t)(d->size - t->cur_off) : chunk;
