@@ -62,10 +62,10 @@ uint64_t trk_cycle(const struct tracker *t);
 int	trk_begin(struct tracker *t, uint64_t replica_cycle, int full,
 	    uint64_t *sizes, char *err, size_t errsz);
 /*
- * Read on from where the last call stopped, one chunk of at most a few
- * MiB (and at most max_read bytes when max_read is smaller), calling emit
- * for each changed block in disk and offset order.  The blocks' data stay
- * valid until the next call.  Returns
+ * Read on from where the last call stopped: one chunk (4 MiB, or the rest
+ * of a disk; nothing if max_read is 0), calling emit for each changed
+ * block in disk and offset order.  The blocks' data stay valid until the
+ * next call.  Returns
  * 1 when every disk has been read, 0 if there is more, or a negative
  * rd_err (with a message in err).
  */

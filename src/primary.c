@@ -114,6 +114,8 @@ struct psess {
 	uint64_t		 zr_off;
 	uint64_t		 zr_len;
 	struct trk_stats	 tstats;	/* copied out by each job */
+	uint64_t		 progress;	/* bytes read, for the loop */
+	uint64_t		 progress_total;	/* likewise, to read */
 	uint64_t		 started_ms;
 	uint64_t		 bytes_sent;
 	int64_t			 created_ms;
@@ -602,6 +604,8 @@ produce_done(void *arg)
 		return;
 	size_t n = evbuffer_get_length(s->batch);
 	s->bytes_sent += n;
+	s->progress = s->tstats.bytes_read;
+	s->progress_total = s->total;
 	if (s->bytes_sent > (8u << 20))
 		fault_point("primary-mid-send");
 	evbuffer_add_buffer(bufferevent_get_output(s->bev), s->batch);
@@ -1016,8 +1020,8 @@ pvm_status(const struct pvm *vm, struct pvm_status *st)
 	st->error = vm->error;
 	st->last = vm->last;
 	if (vm->sess) {
-		st->progress_bytes = vm->sess->tstats.bytes_read;
-		st->progress_total = vm->sess->total;
+		st->progress_bytes = vm->sess->progress;
+		st->progress_total = vm->sess->progress_total;
 	}
 }
 
