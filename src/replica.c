@@ -838,7 +838,7 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	bufferevent_setcb(s->bev, sess_read, NULL, sess_event, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, IN_HIGH);
-	bufferevent_set_max_single_read(s->bev, 1u << 20);
+	bufferevent_set_max_single_read(s->bev, 64u << 10);
 	struct timeval tv = { HELLO_TIMEOUT_S, 0 };
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
