@@ -9,10 +9,12 @@ BUILD   := build
 
 PKGS    := libevent libevent_openssl libevent_pthreads openssl libzstd \
            libxxhash inih sqlite3
+# CFLAGS / LDFLAGS are the user's (e.g. CFLAGS="-O1 -g -fsanitize=address");
+# the project's own flags are added to them.
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter \
-           -Wformat=2 -Wstrict-prototypes -fno-strict-aliasing -pthread \
-           -Iinclude -MMD -MP
+ALL_CFLAGS = $(CFLAGS) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow \
+           -Wno-unused-parameter -Wformat=2 -Wstrict-prototypes \
+           -fno-strict-aliasing -pthread -Iinclude -MMD -MP
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS  += $(PKG_LIBS) -lrsync -pthread
@@ -38,7 +40,7 @@ all: replicad replctl
 
 $(BUILD)/%.o: src/%.c | $(BUILD)
 	@$(if $(Q),echo "  CC      $<")
-	$(Q)$(CC) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+	$(Q)$(CC) $(ALL_CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
 
 $(BUILD):
 	$(Q)mkdir -p $(BUILD)/tests $(BUILD)/fuzz
@@ -48,11 +50,11 @@ $(BUILD)/libreplicad.a: $(call obj,$(LIB_OBJS))
 
 replicad: $(call obj,$(REPLICAD_OBJS) replicad)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 replctl: $(call obj,$(REPLCTL_OBJS) replctl)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # --- tests ---------------------------------------------------------------
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
@@ -60,7 +62,7 @@ UNIT_BINS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libreplicad.a | $(BUILD)
 	@$(if $(Q),echo "  TEST-CC $<")
-	$(Q)$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(BUILD)/libreplicad.a \
+	$(Q)$(CC) $(ALL_CFLAGS) $(LDFLAGS) $(PKG_CFLAGS) -o $@ $< $(BUILD)/libreplicad.a \
 	    $(LDLIBS) -lcmocka
 
 deps:
@@ -82,7 +84,7 @@ FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c)
 # Replay every corpus input through each harness built without libFuzzer.
 fuzz-regress: $(BUILD)/libreplicad.a
 	$(Q)for f in $(FUZZ_TARGETS); do \
-	    $(CC) $(CFLAGS) $(PKG_CFLAGS) -DFUZZ_STANDALONE -o $(BUILD)/fuzz/$$f \
+	    $(CC) $(ALL_CFLAGS) $(LDFLAGS) $(PKG_CFLAGS) -DFUZZ_STANDALONE -o $(BUILD)/fuzz/$$f \
 	        tests/fuzz/fuzz_$$f.c tests/fuzz/standalone.c $(BUILD)/libreplicad.a \
 	        $(LDLIBS) || exit 1; \
 	    $(BUILD)/fuzz/$$f tests/fuzz/corpus/$$f/* || exit 1; done

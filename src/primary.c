@@ -742,9 +742,10 @@ static void
 on_read(struct bufferevent *bev, void *arg)
 {
 	struct psess *s = arg;
+	struct pvm *vm = s->vm;		/* s may be freed by a handler */
 	struct evbuffer *in = bufferevent_get_input(bev);
 
-	while (s->vm->sess == s && s->st != PS_COMMIT) {
+	while (vm->sess == s && s->st != PS_COMMIT) {
 		uint8_t type;
 		size_t flen;
 		int r = netio_peek(in, WIRE_MAX_REASON + 64, &type, &flen);
@@ -766,8 +767,8 @@ on_read(struct bufferevent *bev, void *arg)
 		else
 			sess_fail(s, RD_ERR_PEER, "unexpected %s frame from "
 			    "the replica", wire_type_name(type));
-		if (s->vm->sess != s)
-			return;		/* s is gone */
+		if (vm->sess != s)
+			return;		/* ended; s may be freed */
 		evbuffer_drain(in, flen);
 	}
 }

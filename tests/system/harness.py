@@ -17,8 +17,10 @@ import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-REPLICAD = os.path.join(ROOT, "replicad")
-REPLCTL = os.path.join(ROOT, "replctl")
+# REPLICAD_BIN_DIR runs the tests against other builds (e.g. sanitizers).
+BIN_DIR = os.environ.get("REPLICAD_BIN_DIR", ROOT)
+REPLICAD = os.path.join(BIN_DIR, "replicad")
+REPLCTL = os.path.join(BIN_DIR, "replctl")
 MKCERTS = os.path.join(ROOT, "tools", "mkcerts")
 
 
