@@ -24,7 +24,9 @@
 #include "work.h"
 #include "xmalloc.h"
 
-#define WORKERS	2
+/* More workers than cores: a job waiting for a store's lock (behind a
+ * test-failover copy) must not hold up every other VM. */
+#define WORKERS	4
 
 static struct event *sig_term, *sig_int, *drain_timer;
 
@@ -97,10 +99,11 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 		return;
 	log_info("signal %d: shutting down", (int)sig);
 	d->stopping = 1;
-	control_stop(d);
-	replica_stop(d);
+	/* Cycles first, so that `sync --wait` clients hear why they end. */
 	for (size_t i = 0; i < d->npvms; i++)
 		pvm_stop(d->pvms[i]);
+	control_stop(d);
+	replica_stop(d);
 	/* Jobs in flight finish (an apply completes; a primary's cycle is
 	 * simply not committed), then the loop ends. */
 	drain_timer = event_new(d->base, -1, EV_PERSIST, on_drain, d);

@@ -1090,6 +1090,7 @@ pvm_stop(struct pvm *vm)
 		log_info("%s: abandoning cycle %" PRIu64 " (shutting down)",
 		    vm->cfg->name, s->cycle);
 		sess_end(s);
-		tell_waiters(&vm->cur, 0, "replicad is shutting down");
 	}
+	tell_waiters(&vm->cur, 0, "replicad is shutting down");
+	tell_waiters(&vm->next, 0, "replicad is shutting down");
 }

@@ -44,6 +44,8 @@
 
 #define MAX_SESSIONS	64
 #define BATCH_BYTES	(8u << 20)	/* frames handed to one stage job */
+#define HELLO_MAX	(WIRE_FRAME_HDR + 4096 + WIRE_MAX_DISKS * \
+			    (NAME_MAX_LEN + 16))
 #define FLUSH_US	20000		/* a pause that stages a partial batch */
 #define IN_HIGH		(2 * WIRE_MAX_FRAME + (8u << 20))
 #define HELLO_TIMEOUT_S	30
@@ -457,6 +459,8 @@ stage_done(void *arg)
 		sess_end(s);
 		return;
 	}
+	if (s->state == RS_CLOSING)
+		return;		/* refused meanwhile: no ACK after a NACK */
 	if (s->job_rc != 0) {
 		sess_refuse(s, s->nack_code, "%s", s->err);
 		return;
@@ -657,8 +661,7 @@ sess_read(struct bufferevent *bev, void *arg)
 	    !s->pending_full) {
 		uint8_t type;
 		size_t flen;
-		size_t max = s->state == RS_HELLO ? 4096 + WIRE_MAX_DISKS *
-		    (NAME_MAX_LEN + 16) : WIRE_MAX_FRAME;
+		size_t max = s->state == RS_HELLO ? HELLO_MAX : WIRE_MAX_FRAME;
 		int r = netio_peek(in, max, &type, &flen);
 		if (r < 0) {
 			sess_refuse(s, WIRE_NACK_PROTOCOL, "bad frame header: "
@@ -673,12 +676,14 @@ sess_read(struct bufferevent *bev, void *arg)
 				    "HELLO, got %s", wire_type_name(type));
 				return;
 			}
-			on_hello(s, netio_payload(in, flen),
-			    flen - WIRE_FRAME_HDR);
-			if (s->state == RS_CLOSING)
-				return;
+			/* Off the input first: taking over a stale session
+			 * may read this session's input again (welcome). */
+			uint8_t hello[HELLO_MAX];
+			size_t hlen = flen - WIRE_FRAME_HDR;
+			memcpy(hello, netio_payload(in, flen), hlen);
 			evbuffer_drain(in, flen);
-			if (s->state == RS_WAITING)
+			on_hello(s, hello, hlen);
+			if (s->state == RS_CLOSING || s->state == RS_WAITING)
 				return;
 			continue;
 		}

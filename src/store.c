@@ -83,6 +83,7 @@ struct store {
 	int		 img[CAT_MAX_DISKS];
 	int		 lock_fd;	/* flock on STORAGE/VM/.lock */
 	struct digest	 zero_digest;
+	int		 test_busy;	/* a test copy is being built */
 	int		 unfinished;	/* a complete cycle failed to apply:
 					   roll it forward before anything */
 	/* the cycle being received */
@@ -228,27 +229,54 @@ trim_images(struct store *st)
 	return 0;
 }
 
-/* Remove undo segments of cycles newer than the newest point. */
-static void
-remove_orphan_undo(struct store *st)
+/*
+ * Undo segments of cycles newer than the newest point belong to a cycle
+ * that was never recorded.  A complete one may mean its apply had begun:
+ * write it back (harmless if nothing was overwritten yet) before removing
+ * it.  Unfinished ones (.tmp) come before any image write: just remove.
+ */
+static int
+roll_back_orphans(struct store *st, char *err, size_t errsz)
 {
 	DIR *d = opendir(st->undo_dir);
 	struct dirent *de;
+	int r = 0;
+
 	if (d == NULL)
-		return;
-	while ((de = readdir(d)) != NULL) {
+		return errno == ENOENT ? 0 : RD_ERR_SYSTEM;
+	while (r == 0 && (de = readdir(d)) != NULL) {
 		char *end;
 		unsigned long long c = strtoull(de->d_name, &end, 10);
 		if (end == de->d_name)
 			continue;
-		if (strcmp(end, ".undo.tmp") == 0 ||
-		    (strcmp(end, ".undo") == 0 && c > st->rel.last_cycle)) {
-			char *p = xasprintf("%s/%s", st->undo_dir, de->d_name);
-			unlink(p);
-			free(p);
+		int tmp = strcmp(end, ".undo.tmp") == 0;
+		if (!tmp && (strcmp(end, ".undo") != 0 ||
+		    c <= st->rel.last_cycle))
+			continue;
+		char *p = xasprintf("%s/%s", st->undo_dir, de->d_name);
+		if (!tmp) {
+			log_warnx("%s: rolling back the unrecorded cycle %llu "
+			    "from %s", st->rel.vm, c, p);
+			r = undo_apply(p, st->img, st->rel.ndisks, NULL);
+			for (uint16_t i = 0; r == 0 && i < st->rel.ndisks; i++)
+				if (fsync(st->img[i]) != 0)
+					r = RD_ERR_SYSTEM;
+			if (r != 0)
+				snprintf(err, errsz, "cannot roll back with %s: %s",
+				    p, r == RD_ERR_SYSTEM ? strerror(errno) :
+				    rd_strerror(r));
 		}
+		if (r == 0 && unlink(p) != 0 && errno != ENOENT) {
+			snprintf(err, errsz, "cannot remove %s: %s", p,
+			    strerror(errno));
+			r = RD_ERR_SYSTEM;
+		}
+		free(p);
 	}
 	closedir(d);
+	if (r == 0)
+		util_fsync_dir(st->undo_dir);
+	return r;
 }
 
 static void
@@ -280,6 +308,12 @@ recover(struct store *st, char *err, size_t errsz)
 	r = util_read_file(path, (size_t)1 << 34, &data, &len);
 	if (r == 0)
 		r = index_decode(data, len, &ix);
+	if (r != 0 && r != RD_ERR_NOT_FOUND && r != RD_ERR_CORRUPT) {
+		/* Cannot tell whether a cycle is pending: touch nothing. */
+		snprintf(err, errsz, "cannot read %s: %s", path,
+		    r == RD_ERR_SYSTEM ? strerror(errno) : rd_strerror(r));
+		goto out;
+	}
 	if (r == RD_ERR_CORRUPT)
 		log_warnx("%s: staged cycle index %s is corrupt; abandoning "
 		    "that cycle", st->rel.vm, path);
@@ -301,13 +335,18 @@ recover(struct store *st, char *err, size_t errsz)
 			r = 0;
 		}
 	} else {
-		/* No complete cycle: drop what was received of it. */
-		remove_staging(st);
-		remove_orphan_undo(st);
-		if ((r = trim_images(st)) != 0)
-			snprintf(err, errsz, "cannot trim images: %s",
-			    strerror(errno));
+		/* No complete cycle: undo what an interrupted apply may have
+		 * written, then drop what was received. */
+		pthread_mutex_lock(&st->lock);
+		if ((r = roll_back_orphans(st, err, errsz)) == 0) {
+			remove_staging(st);
+			if ((r = trim_images(st)) != 0)
+				snprintf(err, errsz, "cannot trim images: %s",
+				    strerror(errno));
+		}
+		pthread_mutex_unlock(&st->lock);
 	}
+out:
 	free(ix.recs);
 	free(data);
 	free(path);
@@ -646,6 +685,7 @@ write_digests(struct store *st, const struct stage_index *ix)
 			r = RD_ERR_SYSTEM;
 			goto out;
 		}
+	r = util_fsync_dir(st->digest_dir);	/* files it may have created */
 out:
 	for (uint16_t i = 0; i < ix->c.ndisks; i++)
 		if (fds[i] >= 0)
@@ -707,7 +747,8 @@ rollback(struct store *st, const struct stage_index *ix, const char *upath)
 			r = RD_ERR_SYSTEM;
 	if (r != 0)
 		return r;
-	unlink(upath);
+	if (unlink(upath) != 0 && errno != ENOENT)
+		return RD_ERR_SYSTEM;
 	remove_staging(st);
 	util_fsync_dir(st->undo_dir);
 	log_warnx("%s: cycle %" PRIu64 " rolled back; the replica stays at "
@@ -1026,7 +1067,7 @@ store_test_failover(struct store *st, uint64_t id, uint64_t *point,
 	size_t npts = 0;
 	uint64_t newest;
 	uint16_t nd = st->rel.ndisks;
-	int r;
+	int r, mine = 0;
 
 	for (uint16_t i = 0; i < nd; i++) {
 		fds[i] = -1;
@@ -1036,7 +1077,7 @@ store_test_failover(struct store *st, uint64_t id, uint64_t *point,
 		return r;
 	pthread_mutex_lock(&st->lock);
 	newest = st->rel.last_point;
-	if (store_test_exists(st)) {
+	if (st->test_busy || store_test_exists(st)) {
 		snprintf(err, errsz, "a test copy exists in %s; remove it with "
 		    "failover %s --test --cleanup", st->test_dir, st->rel.vm);
 		r = RD_ERR_EXISTS;
@@ -1062,6 +1103,7 @@ store_test_failover(struct store *st, uint64_t id, uint64_t *point,
 		r = RD_ERR_SYSTEM;
 		goto unlock;
 	}
+	st->test_busy = mine = 1;	/* until the copy is done or removed */
 	for (uint16_t i = 0; i < nd; i++) {
 		paths[i] = disk_path(st, st->test_dir, i);
 		fds[i] = open(paths[i], O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
@@ -1108,18 +1150,24 @@ unlock:
 			goto out;
 		}
 	}
+	util_fsync_dir(st->test_dir);
 	*point = id;
 out:
 	for (uint16_t i = 0; i < nd; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
 	if (r != 0) {
-		if (r != RD_ERR_EXISTS)
-			util_rm_rf(st->test_dir);
 		for (uint16_t i = 0; i < nd; i++) {
 			free(paths[i]);
 			paths[i] = NULL;
 		}
+	}
+	if (mine) {
+		pthread_mutex_lock(&st->lock);
+		if (r != 0)
+			util_rm_rf(st->test_dir);	/* ours, half made */
+		st->test_busy = 0;
+		pthread_mutex_unlock(&st->lock);
 	}
 	free(pts);
 	return r;
@@ -1128,58 +1176,77 @@ out:
 int
 store_test_cleanup(struct store *st, char *err, size_t errsz)
 {
-	if (!store_test_exists(st)) {
+	int r = 0;
+
+	pthread_mutex_lock(&st->lock);
+	if (st->test_busy) {
+		snprintf(err, errsz, "a test copy of %s is being made",
+		    st->rel.vm);
+		r = RD_ERR_BUSY;
+	} else if (!store_test_exists(st)) {
 		snprintf(err, errsz, "%s has no test copy", st->rel.vm);
-		return RD_ERR_NOT_FOUND;
-	}
-	if (util_rm_rf(st->test_dir) != 0) {
+		r = RD_ERR_NOT_FOUND;
+	} else if (util_rm_rf(st->test_dir) != 0) {
 		snprintf(err, errsz, "cannot remove %s: %s", st->test_dir,
 		    strerror(errno));
-		return RD_ERR_SYSTEM;
+		r = RD_ERR_SYSTEM;
+	} else {
+		util_fsync_dir(st->dir);
 	}
-	util_fsync_dir(st->dir);
-	return 0;
+	pthread_mutex_unlock(&st->lock);
+	return r;
 }
 
 /* --- verify -------------------------------------------------------------- */
 
-int
-store_verify(struct store *st, uint64_t *blocks, char *err, size_t errsz)
+/*
+ * One pass over every disk, a chunk at a time: the image and its digests
+ * are read under the lock (so an apply never lands between them) and
+ * hashed outside it, so a long verify does not hold up replication.
+ * RD_ERR_BUSY if a cycle was applied during the pass.
+ */
+static int
+verify_pass(struct store *st, uint64_t *blocks, char *err, size_t errsz)
 {
 	uint32_t bs = st->rel.block_size;
-	uint8_t *buf = xmalloc(IO_CHUNK < bs ? bs : IO_CHUNK);
 	size_t chunk = IO_CHUNK < bs ? bs : IO_CHUNK;
+	uint8_t *buf = xmalloc(chunk);
 	uint8_t *dig = xmalloc(chunk / bs * DIGEST_LEN);
 	int r = 0, dfd = -1;
 
-	*blocks = 0;
-	if ((r = finish_unfinished(st, err, errsz)) != 0)
-		goto done;
 	pthread_mutex_lock(&st->lock);
+	uint64_t cycle = st->rel.last_cycle;
+	pthread_mutex_unlock(&st->lock);
+	*blocks = 0;
 	for (uint16_t i = 0; i < st->rel.ndisks && r == 0; i++) {
-		uint64_t size = st->rel.disks[i].size;
 		char *dp = disk_path(st, st->digest_dir, i);
 		dfd = open(dp, O_RDONLY | O_CLOEXEC);
 		free(dp);
-		if (dfd < 0 && size > 0) {
-			snprintf(err, errsz, "disk %s: no digests",
-			    st->rel.disks[i].name);
-			r = RD_ERR_CORRUPT;
-			break;
-		}
-		for (uint64_t off = 0; off < size && r == 0; off += chunk) {
+		for (uint64_t off = 0; r == 0; off += chunk) {
+			pthread_mutex_lock(&st->lock);
+			uint64_t size = st->rel.disks[i].size;
+			if (st->rel.last_cycle != cycle) {
+				r = RD_ERR_BUSY;
+			} else if (off >= size) {
+				pthread_mutex_unlock(&st->lock);
+				break;
+			} else if (dfd < 0) {
+				snprintf(err, errsz, "disk %s: no digests",
+				    st->rel.disks[i].name);
+				r = RD_ERR_CORRUPT;
+			}
 			size_t n = size - off < chunk ? (size_t)(size - off) :
 			    chunk;
 			size_t nb = (n + bs - 1) / bs;
-			if (util_pread_full(st->img[i], buf, n, (off_t)off) ||
-			    util_pread_full(dfd, dig, nb * DIGEST_LEN,
-			    (off_t)(off / bs * DIGEST_LEN))) {
+			if (r == 0 && (util_pread_full(st->img[i], buf, n,
+			    (off_t)off) || util_pread_full(dfd, dig,
+			    nb * DIGEST_LEN, (off_t)(off / bs * DIGEST_LEN)))) {
 				snprintf(err, errsz, "disk %s: cannot read at "
 				    "%" PRIu64, st->rel.disks[i].name, off);
 				r = RD_ERR_CORRUPT;
-				break;
 			}
-			for (size_t b = 0; b < nb; b++) {
+			pthread_mutex_unlock(&st->lock);
+			for (size_t b = 0; r == 0 && b < nb; b++) {
 				size_t len = n - b * bs < bs ? n - b * bs : bs;
 				struct digest d;
 				digest_block(buf + b * bs, len, &d);
@@ -1192,18 +1259,31 @@ store_verify(struct store *st, uint64_t *blocks, char *err, size_t errsz)
 					    st->rel.disks[i].name, o / bs, o,
 					    len);
 					r = RD_ERR_HASH;
-					break;
+				} else {
+					(*blocks)++;
 				}
-				(*blocks)++;
 			}
 		}
 		if (dfd >= 0)
 			close(dfd);
 		dfd = -1;
 	}
-	pthread_mutex_unlock(&st->lock);
-done:
 	free(buf);
 	free(dig);
 	return r;
+}
+
+int
+store_verify(struct store *st, uint64_t *blocks, char *err, size_t errsz)
+{
+	int r;
+
+	if ((r = finish_unfinished(st, err, errsz)) != 0)
+		return r;
+	for (int attempt = 0; attempt < 5; attempt++)
+		if ((r = verify_pass(st, blocks, err, errsz)) != RD_ERR_BUSY)
+			return r;
+	snprintf(err, errsz, "cycles kept arriving while verifying; try again "
+	    "or pause the primary");
+	return RD_ERR_BUSY;
 }

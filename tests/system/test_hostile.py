@@ -817,3 +817,29 @@ def test_control_socket_permissions(env):
     wait_for(lambda: "connection from uid 65534 refused" in rep.log_text(), 10,
              what="the refusal in the log")
     rep.ok("status")
+
+
+def test_takeover_of_an_idle_stale_session(env):
+    """A primary whose old connection went silent (host crash behind a
+    half-open TCP connection) reconnects: the new session replaces the old
+    one at once instead of being refused."""
+    pair = Pair(env)
+    a, wa = pair.session()            # owns the VM, then says nothing
+    b = pair.connect()
+    b.send(wp.hello(VM, pair.disk_list()))
+    fr = b.recv_frame(10)
+    check(fr is not None and fr[0] == wp.WELCOME,
+          "the new session got %s instead of WELCOME" % wp.describe(fr))
+    # and it works: a real cycle through the new session is applied
+    dig = wp.CycleDigest()
+    cyc = wa["last_cycle"] + 1
+    frames = wp.cycle(cyc, pair.sizes())
+    frames += wp.data_zero(0, 0, BS, digest=dig)
+    b.send(frames + wp.end_of(cyc, dig))
+    fr = b.recv_frame(30)
+    check(fr is not None and fr[0] == wp.ACK, "cycle on the new session: %s" % wp.describe(fr))
+    check("replaces the one from" in pair.rep.log_text(), "takeover not logged")
+    a.close()
+    b.close()
+    pair.wait_released()
+    pair.legit_sync("after a takeover")
