@@ -701,7 +701,7 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 	s->created_ms = (int64_t)util_now_ms();
 	s->st = PS_SEND;
 	wire_digest_init(&s->dig);
-	bufferevent_set_timeouts(s->bev, NULL, NULL);
+	/* Sending: no reply is due until END, only writes may time out. */
 	struct timeval wtv = { SEND_TIMEOUT_S, 0 };
 	bufferevent_set_timeouts(s->bev, NULL, &wtv);
 	maybe_produce(s);
@@ -997,9 +997,7 @@ pvm_free(struct pvm *vm)
 {
 	if (vm == NULL)
 		return;
-	pvm_stop(vm);
-	tell_waiters(&vm->cur, 0, "replicad is shutting down");
-	tell_waiters(&vm->next, 0, "replicad is shutting down");
+	pvm_stop(vm);		/* also answers every waiter */
 	trk_close(vm->trk);
 	event_free(vm->timer);
 	free(vm);
