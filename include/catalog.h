@@ -18,7 +18,7 @@
 
 #include "util.h"
 
-#define CAT_SCHEMA_VERSION	1
+#define CAT_SCHEMA_VERSION	2
 #define CAT_MAX_DISKS		64
 
 enum cat_role {
@@ -53,6 +53,19 @@ struct cat_rel {
 	uint64_t	interval_ms;	/* the primary's interval, as last told */
 	uint16_t	ndisks;
 	struct cat_disk	disks[CAT_MAX_DISKS]; /* sizes at the newest point */
+	char		peer_name[HOST_MAX_LEN + 1]; /* primary role: the
+					   identity the replica's certificate
+					   must show; "" = the host of peer */
+	char		fenced[256];	/* primary role: why the replica
+					   refused this host as a stale
+					   primary; "" if it did not */
+	int		resync;		/* primary role: the next cycle
+					   compares whole disks (librsync) */
+	uint64_t	at_point;	/* after an uncommitted unplanned
+					   failover: the point the images hold
+					   (0: committed, images at last_point) */
+	uint64_t	step_to;	/* a rewind step under way to this
+					   point (0: none); see store.c */
 };
 
 /* One recovery point (replica role). */
@@ -77,6 +90,10 @@ void	cat_close(struct catalog *cat);
 int	cat_rel_get(struct catalog *cat, const char *vm, struct cat_rel *out);
 /* Insert or replace the relationship and its disk list. */
 int	cat_rel_put(struct catalog *cat, const struct cat_rel *rel);
+/* The same, and in the same transaction drop every point of the VM newer
+ * than keep_upto (UINT64_MAX: none). */
+int	cat_rel_put_trim(struct catalog *cat, const struct cat_rel *rel,
+	    uint64_t keep_upto);
 /* All relationships, ordered by VM name; *out is the caller's (free()). */
 int	cat_rel_list(struct catalog *cat, struct cat_rel **out, size_t *n);
 

@@ -66,6 +66,9 @@ const char *pvm_state_name(enum pvm_state s);
  * that cycle ends.  Returns 0, or RD_ERR_FENCED with nothing started.
  */
 int	pvm_sync(struct pvm *vm, pvm_waiter_fn fn, void *arg);
+/* The same, comparing the whole disks with the replica (librsync): only
+ * the differences travel.  Remembered across restarts until it is done. */
+int	pvm_resync(struct pvm *vm, pvm_waiter_fn fn, void *arg);
 /* Forget a waiter whose requester went away. */
 void	pvm_cancel_waiter(struct pvm *vm, void *arg);
 void	pvm_pause(struct pvm *vm);

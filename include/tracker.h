@@ -72,6 +72,26 @@ int	trk_begin(struct tracker *t, uint64_t replica_cycle, int full,
 int	trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit,
 	    void *arg, char *err, size_t errsz);
 void	trk_stats(const struct tracker *t, struct trk_stats *st);
+/* The saved state of every disk describes exactly replica_cycle: a scan
+ * against it finds every block that changed since (P1). */
+int	trk_proven(const struct tracker *t, uint64_t replica_cycle);
+/*
+ * Begin a resynchronising cycle: open the disks and take their sizes
+ * like trk_begin(), but read nothing; the new state is built by
+ * trk_read_range() calls, which must cover every block before
+ * trk_commit().
+ */
+int	trk_begin_resync(struct tracker *t, uint64_t *sizes, char *err,
+	    size_t errsz);
+/*
+ * Read [off, off + len) of disk into buf and note its blocks' digests in
+ * the new state (a later read of the same range replaces them).  off is a
+ * multiple of the block size; len whole blocks or up to the disk's end.
+ */
+int	trk_read_range(struct tracker *t, uint16_t disk, uint64_t off,
+	    size_t len, uint8_t *buf, char *err, size_t errsz);
+/* Count bytes a resync found different in the cycle's statistics. */
+void	trk_add_dirty(struct tracker *t, uint64_t bytes);
 /* The replica acknowledged the cycle: make the new digests the state. */
 int	trk_commit(struct tracker *t, uint64_t cycle, char *err, size_t errsz);
 /* The cycle failed: forget what this cycle read. */

@@ -44,4 +44,15 @@ void	undo_discard(struct undo_writer *w);
 int	undo_apply(const char *path, const int *fds, uint16_t ndisks,
 	    uint64_t *old_sizes);
 
+/*
+ * The inverse of the segment at path for images fds at their current
+ * contents: a new segment, written at out_path like any other, holding
+ * what applying path would overwrite or cut off (each range it touches,
+ * and the tail each disk has past its old size), with the current sizes
+ * as its "old" sizes.  Applying path then out_path leaves the images as
+ * they are now.  path is checked completely first; fds are only read.
+ */
+int	undo_invert(const char *path, const int *fds, uint16_t ndisks,
+	    uint64_t cycle, const char *out_path, uint64_t *bytes);
+
 #endif

@@ -1,7 +1,7 @@
 /*
  * wire.h — the replication protocol between a primary and a replica.
  *
- * Version 1.  Everything travels inside TLS 1.3 with mutual certificate
+ * Version 2.  Everything travels inside TLS 1.3 with mutual certificate
  * authentication.  All integers are big-endian.  A string is a u16 length
  * followed by that many bytes (no NUL inside).
  *
@@ -13,7 +13,13 @@
  *
  * A session: the primary (client) sends HELLO; the replica answers WELCOME
  * or NACK.  Then, any number of times: CYCLE, DATA*, END from the primary,
- * ACK or NACK from the replica.  Either side may send NACK and close at
+ * ACK or NACK from the replica.  A resynchronising cycle (CYCLE flag
+ * WIRE_CYCLE_RESYNC) carries no DATA: the primary sends SUMS for every
+ * chunk of every disk, in order; the replica answers SIG for each chunk
+ * whose digest differs from its own, then SIGEND; the primary answers
+ * each SIG, in order, with a DELTA, then sends END.  After an ACK, a
+ * planned failover sends PROMOTE; the replica answers PROMOTED (or NACK)
+ * and the session ends.  Either side may send NACK and close at
  * any time.  A frame that fails to decode, or that is valid but not
  * expected in the session's state, ends the session; nothing of the open
  * cycle is applied.
@@ -34,12 +40,15 @@
  *   u64  generation   the replica's generation for this VM
  *   u64  last_cycle   id of the newest cycle applied (0: none)
  *   u64  last_point   id of the newest recovery point (0: none)
+ *   u8   flags        WIRE_WELCOME_DATA: the replica's disk files hold
+ *                     data (a seed copy, or a former primary's disks)
  *
  * CYCLE (3), primary -> replica: a cycle begins
  *   u64  cycle        cycle id, > the replica's last_cycle
  *   u64  created_ms   the cut's time on the primary's clock (Unix ms, UTC)
  *   u8   kind         0 = crash-consistent, 1 = application-consistent
- *   u8   flags        WIRE_CYCLE_FULL: every block of every disk follows
+ *   u8   flags        WIRE_CYCLE_FULL: every block of every disk follows;
+ *                     WIRE_CYCLE_RESYNC: SUMS / SIG / DELTA, no DATA
  *   u16  ndisks       same count as HELLO
  *   ndisks x u64 size each disk's size at the cut (never below HELLO's)
  *
@@ -69,6 +78,45 @@
  * NACK (7), either direction
  *   u16  code         enum wire_nack
  *   str  reason       one line for the peer's log (<= WIRE_MAX_REASON)
+ *
+ * SUMS (8), primary -> replica: digests of consecutive chunks of a disk
+ *   u16  disk
+ *   u64  offset       multiple of chunk: where the first chunk starts
+ *   u32  chunk        chunk length: WIRE_CHUNK, or block_size if larger
+ *   u16  count        1..WIRE_MAX_SUMS
+ *   count x u8[16]    XXH3-128 of each chunk's content (the last chunk of
+ *                     a disk ends at the disk's size at the cut)
+ *
+ * SIG (9), replica -> primary: the replica's chunk differs
+ *   u16  disk
+ *   u64  offset       a chunk's offset, in the order of SUMS
+ *   u32  length       the chunk's length
+ *   ...  payload      librsync signature of the replica's chunk (delta.h)
+ *
+ * SIGEND (10), replica -> primary: every SUMS was answered
+ *   u64  cycle
+ *   u64  nsigs        SIG frames sent in this cycle
+ *
+ * DELTA (11), primary -> replica: the answer to one SIG, in SIG order
+ *   u16  disk
+ *   u64  offset
+ *   u32  length       the chunk's length
+ *   u8   encoding     WIRE_ENC_RAW or WIRE_ENC_ZSTD (of the delta)
+ *   u32  delta_len    the raw delta's length (<= WIRE_MAX_DELTA)
+ *   u8   hash[16]     XXH3-128 of the chunk's new content
+ *   ...  payload      the librsync delta, raw or as one zstd frame
+ *
+ * PROMOTE (12), primary -> replica: a planned failover hands over
+ *   u64  cycle        the cycle just acknowledged (the replica's newest)
+ *   u64  generation   the replica's new generation (the primary's + 1)
+ *   str  listen       HOST:PORT where this host, the new replica, listens
+ *
+ * PROMOTED (13), replica -> primary: the handover is recorded
+ *   u64  generation
+ *
+ * In a resynchronising cycle END's nframes counts DELTA frames, its
+ * raw_bytes their chunk lengths, and its digest covers each DELTA's
+ * disk, offset, length and hash as if it were a DATA header.
  */
 #ifndef REPLICAD_WIRE_H
 #define REPLICAD_WIRE_H
@@ -81,16 +129,21 @@
 #include "util.h"
 
 #define WIRE_MAGIC	0x52504C44u	/* "RPLD" */
-#define WIRE_VERSION	1
+#define WIRE_VERSION	2
 #define WIRE_MIN_BLOCK	(4u << 10)
 #define WIRE_MAX_BLOCK	(4u << 20)
 #define WIRE_MAX_DISKS	64
 #define WIRE_MAX_ZERO	(1u << 30)	/* longest ZERO extent */
 #define WIRE_MAX_REASON	1024
+#define WIRE_CHUNK	(1u << 20)	/* resync chunk (at least a block) */
+#define WIRE_MAX_SUMS	1024		/* digests in one SUMS frame */
+#define WIRE_MAX_DELTA	(WIRE_MAX_BLOCK + (64u << 10))
+#define WIRE_MAX_SIG	(64u << 10)	/* a 4 MiB chunk at 1 KiB blocks */
 /* Largest frame: a DATA header and an incompressible block of the largest
  * size (ZSTD payloads above the block size are refused; RAW is sent). */
 #define WIRE_DATA_HDR	(2 + 8 + 4 + 1 + DIGEST_LEN)
-#define WIRE_MAX_FRAME	(1 + WIRE_DATA_HDR + WIRE_MAX_BLOCK)
+#define WIRE_DELTA_HDR	(2 + 8 + 4 + 1 + 4 + DIGEST_LEN)
+#define WIRE_MAX_FRAME	(1 + WIRE_DELTA_HDR + WIRE_MAX_DELTA)
 #define WIRE_FRAME_HDR	5	/* u32 len + u8 type */
 
 enum wire_type {
@@ -101,6 +154,12 @@ enum wire_type {
 	WIRE_END = 5,
 	WIRE_ACK = 6,
 	WIRE_NACK = 7,
+	WIRE_SUMS = 8,
+	WIRE_SIG = 9,
+	WIRE_SIGEND = 10,
+	WIRE_DELTA = 11,
+	WIRE_PROMOTE = 12,
+	WIRE_PROMOTED = 13,
 };
 
 enum wire_encoding {
@@ -109,7 +168,9 @@ enum wire_encoding {
 	WIRE_ENC_ZERO = 2,
 };
 
-#define WIRE_CYCLE_FULL	0x01
+#define WIRE_CYCLE_FULL		0x01
+#define WIRE_CYCLE_RESYNC	0x02
+#define WIRE_WELCOME_DATA	0x01
 
 enum wire_nack {
 	WIRE_NACK_PROTOCOL = 1,	/* malformed or unexpected frame */
@@ -143,6 +204,7 @@ struct wire_welcome {
 	uint64_t	generation;
 	uint64_t	last_cycle;
 	uint64_t	last_point;
+	uint8_t		flags;
 };
 
 struct wire_cycle {
@@ -181,6 +243,37 @@ struct wire_nack_msg {
 	char		reason[WIRE_MAX_REASON + 1];
 };
 
+struct wire_sums {
+	uint16_t	disk;
+	uint64_t	offset;
+	uint32_t	chunk;
+	uint16_t	count;
+	const uint8_t	*digests;	/* count x DIGEST_LEN, borrowed */
+};
+
+/* SIG and DELTA: one chunk and a payload borrowed from the frame. */
+struct wire_chunk {
+	uint16_t	disk;
+	uint64_t	offset;
+	uint32_t	length;
+	uint8_t		encoding;	/* DELTA only */
+	uint32_t	delta_len;	/* DELTA only */
+	struct digest	hash;		/* DELTA only */
+	const uint8_t	*payload;
+	size_t		payload_len;
+};
+
+struct wire_sigend {
+	uint64_t	cycle;
+	uint64_t	nsigs;
+};
+
+struct wire_promote {
+	uint64_t	cycle;
+	uint64_t	generation;
+	char		listen[HOST_MAX_LEN + 8];
+};
+
 /*
  * Frame header: from the first WIRE_FRAME_HDR bytes, the frame's total
  * length on the wire (header included) and its type.  RD_ERR_TOO_LARGE if
@@ -203,6 +296,12 @@ void	wire_put_data_hdr(struct wbuf *b, const struct wire_data *m,
 void	wire_put_end(struct wbuf *b, const struct wire_end *m);
 void	wire_put_ack(struct wbuf *b, const struct wire_ack *m);
 void	wire_put_nack(struct wbuf *b, uint16_t code, const char *reason);
+void	wire_put_sums(struct wbuf *b, const struct wire_sums *m);
+void	wire_put_sig(struct wbuf *b, const struct wire_chunk *m);
+void	wire_put_sigend(struct wbuf *b, const struct wire_sigend *m);
+void	wire_put_delta(struct wbuf *b, const struct wire_chunk *m);
+void	wire_put_promote(struct wbuf *b, const struct wire_promote *m);
+void	wire_put_promoted(struct wbuf *b, uint64_t generation);
 
 /*
  * Decoders take a frame's payload (after the type byte) and fill *m.
@@ -218,6 +317,19 @@ int	wire_get_data(const uint8_t *p, size_t len, struct wire_data *m);
 int	wire_get_end(const uint8_t *p, size_t len, struct wire_end *m);
 int	wire_get_ack(const uint8_t *p, size_t len, struct wire_ack *m);
 int	wire_get_nack(const uint8_t *p, size_t len, struct wire_nack_msg *m);
+int	wire_get_sums(const uint8_t *p, size_t len, struct wire_sums *m);
+int	wire_get_sig(const uint8_t *p, size_t len, struct wire_chunk *m);
+int	wire_get_sigend(const uint8_t *p, size_t len, struct wire_sigend *m);
+int	wire_get_delta(const uint8_t *p, size_t len, struct wire_chunk *m);
+int	wire_get_promote(const uint8_t *p, size_t len, struct wire_promote *m);
+int	wire_get_promoted(const uint8_t *p, size_t len, uint64_t *generation);
+
+/* The chunk length of a resync at block_size. */
+static inline uint32_t
+wire_chunk_len(uint32_t block_size)
+{
+	return block_size > WIRE_CHUNK ? block_size : WIRE_CHUNK;
+}
 
 /*
  * Session-context checks of a decoded DATA frame against the cycle's disk

@@ -9,11 +9,14 @@
  * leaves the old schema or the new one, never half of it.  A database
  * newer than this build is refused, untouched.
  *
- * Schema version 1 (all tables STRICT: a column holds only its type):
+ * Schema version 2 (all tables STRICT: a column holds only its type):
  *
  *   relationships  vm -> role (0 primary, 1 replica), generation, peer,
  *                  storage, block_size, last_cycle, last_point,
- *                  last_point_created_ms, interval_ms
+ *                  last_point_created_ms, interval_ms; since version 2
+ *                  peer_name, fenced (why this host was refused as a
+ *                  stale primary, '' if not), resync (0, 1), at_point
+ *                  and step_to (an uncommitted failover's rewind)
  *   rel_disks      (vm, idx) -> name (unique per vm), size; idx 0..n-1
  *   points         (vm, id) -> cycle (unique per vm), created_ms, kind
  *                  (0 crash, 1 app), bytes, undo_bytes, generation
@@ -102,6 +105,17 @@ static const char *const cat_migrations[] = {
 	") STRICT;"
 	"CREATE INDEX events_vm ON events (vm, id);"
 	"PRAGMA user_version = 1;",
+	/* 1 -> 2: failover, fencing and resynchronisation state. */
+	"ALTER TABLE relationships ADD COLUMN peer_name TEXT NOT NULL "
+	"  DEFAULT '';"
+	"ALTER TABLE relationships ADD COLUMN fenced TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE relationships ADD COLUMN resync INTEGER NOT NULL "
+	"  DEFAULT 0 CHECK (resync IN (0, 1));"
+	"ALTER TABLE relationships ADD COLUMN at_point INTEGER NOT NULL "
+	"  DEFAULT 0;"
+	"ALTER TABLE relationships ADD COLUMN step_to INTEGER NOT NULL "
+	"  DEFAULT 0;"
+	"PRAGMA user_version = 2;",
 };
 
 _Static_assert(sizeof(cat_migrations) / sizeof(cat_migrations[0]) ==
@@ -129,11 +143,13 @@ enum cat_stmt {
 	ST_PDISK_LIST,
 	ST_PDISK_ADD,
 	ST_EVENT_ADD,
+	ST_POINT_DROP_AFTER,
 	ST_COUNT
 };
 
 #define REL_COLS "vm, role, generation, peer, storage, block_size, " \
-	"last_cycle, last_point, last_point_created_ms, interval_ms"
+	"last_cycle, last_point, last_point_created_ms, interval_ms, " \
+	"peer_name, fenced, resync, at_point, step_to"
 #define POINT_COLS "id, cycle, created_ms, kind, bytes, undo_bytes, generation"
 
 static const char *const cat_sql[ST_COUNT] = {
@@ -144,14 +160,18 @@ static const char *const cat_sql[ST_COUNT] = {
 	[ST_REL_GET] = "SELECT " REL_COLS " FROM relationships WHERE vm = ?1",
 	[ST_REL_LIST] = "SELECT " REL_COLS " FROM relationships ORDER BY vm",
 	[ST_REL_PUT] = "INSERT INTO relationships (" REL_COLS ") "
-	    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+	    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, "
+	    "?14, ?15) "
 	    "ON CONFLICT (vm) DO UPDATE SET role = excluded.role, "
 	    "generation = excluded.generation, peer = excluded.peer, "
 	    "storage = excluded.storage, block_size = excluded.block_size, "
 	    "last_cycle = excluded.last_cycle, "
 	    "last_point = excluded.last_point, "
 	    "last_point_created_ms = excluded.last_point_created_ms, "
-	    "interval_ms = excluded.interval_ms",
+	    "interval_ms = excluded.interval_ms, "
+	    "peer_name = excluded.peer_name, fenced = excluded.fenced, "
+	    "resync = excluded.resync, at_point = excluded.at_point, "
+	    "step_to = excluded.step_to",
 	[ST_REL_POINT_IDS] = "SELECT last_point, "
 	    "(SELECT max(id) FROM points WHERE vm = ?1) "
 	    "FROM relationships WHERE vm = ?1",
@@ -178,6 +198,7 @@ static const char *const cat_sql[ST_COUNT] = {
 	    "WHERE vm = ?1 AND point = ?2 ORDER BY idx",
 	[ST_PDISK_ADD] = "INSERT INTO point_disks (vm, point, idx, size) "
 	    "VALUES (?1, ?2, ?3, ?4)",
+	[ST_POINT_DROP_AFTER] = "DELETE FROM points WHERE vm = ?1 AND id > ?2",
 	[ST_EVENT_ADD] = "INSERT INTO events (at_ms, vm, level, message) "
 	    "VALUES (?1, ?2, ?3, ?4)",
 };
@@ -563,6 +584,20 @@ rel_from_row(sqlite3_stmt *st, struct cat_rel *rel)
 		    "last_point_created_ms");
 	if (col_u64(st, 9, &rel->interval_ms) != 0)
 		return cat_corrupt(rel->vm, "relationships", "interval_ms");
+	if (col_text(st, 10, rel->peer_name, sizeof(rel->peer_name)) != 0)
+		return cat_corrupt(rel->vm, "relationships", "peer_name");
+	if (col_text(st, 11, rel->fenced, sizeof(rel->fenced)) != 0)
+		return cat_corrupt(rel->vm, "relationships", "fenced");
+	int64_t resync;
+	if (col_i64(st, 12, &resync) != 0 || (resync != 0 && resync != 1))
+		return cat_corrupt(rel->vm, "relationships", "resync");
+	rel->resync = (int)resync;
+	if (col_u64(st, 13, &rel->at_point) != 0 ||
+	    (rel->at_point != 0 && rel->at_point > rel->last_point))
+		return cat_corrupt(rel->vm, "relationships", "at_point");
+	if (col_u64(st, 14, &rel->step_to) != 0 ||
+	    (rel->step_to != 0 && rel->step_to > rel->last_point))
+		return cat_corrupt(rel->vm, "relationships", "step_to");
 	return 0;
 }
 
@@ -649,6 +684,8 @@ rel_check(const struct cat_rel *rel)
 	if ((rel->role != CAT_ROLE_PRIMARY && rel->role != CAT_ROLE_REPLICA) ||
 	    !fits(rel->peer, sizeof(rel->peer)) ||
 	    !fits(rel->storage, sizeof(rel->storage)) ||
+	    !fits(rel->peer_name, sizeof(rel->peer_name)) ||
+	    !fits(rel->fenced, sizeof(rel->fenced)) ||
 	    rel->ndisks > CAT_MAX_DISKS)
 		return RD_ERR_INVALID;
 	for (int i = 0; i < rel->ndisks; i++) {
@@ -667,6 +704,13 @@ rel_check(const struct cat_rel *rel)
 int
 cat_rel_put(struct catalog *cat, const struct cat_rel *rel)
 {
+	return cat_rel_put_trim(cat, rel, UINT64_MAX);
+}
+
+int
+cat_rel_put_trim(struct catalog *cat, const struct cat_rel *rel,
+    uint64_t keep_upto)
+{
 	sqlite3_stmt *st;
 	int r;
 
@@ -675,6 +719,18 @@ cat_rel_put(struct catalog *cat, const struct cat_rel *rel)
 	pthread_mutex_lock(&cat->lock);
 	if ((r = cat_begin(cat, 1)) != 0)
 		goto out;
+	if (keep_upto != UINT64_MAX) {
+		st = cat->st[ST_POINT_DROP_AFTER];
+		if (bind_text(st, 1, rel->vm) != SQLITE_OK ||
+		    bind_u64(st, 2, keep_upto) != SQLITE_OK) {
+			r = cat_dberr(cat, rel->vm, "drop points");
+			cat_release(st);
+			goto out;
+		}
+		if ((r = cat_run(cat, ST_POINT_DROP_AFTER, rel->vm,
+		    "drop points")) != 0)
+			goto out;
+	}
 	st = cat->st[ST_REL_PUT];
 	if (bind_text(st, 1, rel->vm) != SQLITE_OK ||
 	    sqlite3_bind_int(st, 2, (int)rel->role) != SQLITE_OK ||
@@ -686,7 +742,12 @@ cat_rel_put(struct catalog *cat, const struct cat_rel *rel)
 	    bind_u64(st, 8, rel->last_point) != SQLITE_OK ||
 	    sqlite3_bind_int64(st, 9, rel->last_point_created_ms) !=
 	    SQLITE_OK ||
-	    bind_u64(st, 10, rel->interval_ms) != SQLITE_OK) {
+	    bind_u64(st, 10, rel->interval_ms) != SQLITE_OK ||
+	    bind_text(st, 11, rel->peer_name) != SQLITE_OK ||
+	    bind_text(st, 12, rel->fenced) != SQLITE_OK ||
+	    sqlite3_bind_int(st, 13, rel->resync ? 1 : 0) != SQLITE_OK ||
+	    bind_u64(st, 14, rel->at_point) != SQLITE_OK ||
+	    bind_u64(st, 15, rel->step_to) != SQLITE_OK) {
 		r = cat_dberr(cat, rel->vm, "put relationship");
 		cat_release(st);
 		goto out;

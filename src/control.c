@@ -517,6 +517,29 @@ cmd_sync(struct cconn *c)
 }
 
 static void
+cmd_resync(struct cconn *c)
+{
+	struct pvm *vm = need_pvm(c, "resync");
+	int r;
+	if (vm == NULL)
+		return;
+	c->busy = c->o.wait;
+	c->waiting = c->o.wait ? vm : NULL;
+	if ((r = pvm_resync(vm, c->o.wait ? sync_finished : NULL,
+	    c->o.wait ? c : NULL)) != 0) {
+		c->busy = 0;
+		c->waiting = NULL;
+		fail(c, 1, "%s: %s", c->o.vm, r == RD_ERR_FENCED ?
+		    "fenced: this host is a stale primary" : rd_strerror(r));
+		return;
+	}
+	if (!c->o.wait) {
+		out(c, "resynchronisation of %s requested\n", c->o.vm);
+		finish(c, 0);
+	}
+}
+
+static void
 pause_or_resume(struct cconn *c, int pause)
 {
 	struct pvm *vm = need_pvm(c, pause ? "pause" : "resume");
@@ -672,7 +695,7 @@ static const struct command commands[] = {
 	{ "pause",	2, cmd_pause },
 	{ "resume",	2, cmd_resume },
 	{ "reverse",	2, cmd_unavailable },
-	{ "resync",	2, cmd_unavailable },
+	{ "resync",	2, cmd_resync },
 	{ "prune",	1, cmd_unavailable },
 	{ "forget",	2, cmd_unavailable },
 };

@@ -38,6 +38,7 @@
 
 #include "catalog.h"
 #include "daemon.h"
+#include "delta.h"
 #include "err.h"
 #include "fault.h"
 #include "hook.h"
@@ -118,7 +119,26 @@ struct psess {
 	uint64_t		 progress_total;	/* likewise, to read */
 	uint64_t		 started_ms;
 	uint64_t		 bytes_sent;
+	uint64_t		 bytes_received;
 	int64_t			 created_ms;
+	/* a resynchronising cycle (wire.h) */
+	int			 resync;
+	uint32_t		 chunk;
+	uint16_t		 sums_disk;	/* job: next chunk to sum */
+	uint64_t		 sums_off;
+	int			 sums_done;	/* job: every SUMS is out */
+	struct wbuf		 sigs_loop;	/* SIG payloads received, each
+						   u32 length + payload */
+	struct wbuf		 sigs_job;	/* those the running job answers */
+	uint64_t		 sigs_in;	/* SIG frames received */
+	uint16_t		 last_sig_disk;
+	uint64_t		 last_sig_off;
+	int			 sigend;	/* SIGEND received */
+	int			 job_final;	/* the job has the last SIGs */
+	int			 want_resync;	/* asked for before it started */
+	uint8_t			*cbuf;		/* a chunk */
+	struct wbuf		 dbuf;		/* a delta */
+	uint8_t			*zbuf;		/* a compressed delta */
 };
 
 struct pvm {
@@ -139,6 +159,7 @@ struct pvm {
 	struct waiter		*cur;		/* told when this cycle ends */
 	struct waiter		*next;		/* want the cycle after it */
 	int			 draining;	/* ended sessions with a job */
+	int			 resync;	/* next cycle resynchronises */
 };
 
 static void start_cycle(struct pvm *vm);
@@ -235,6 +256,11 @@ sess_free(struct psess *s)
 	free(s->scratch);
 	wb_free(&s->hdr);
 	wb_free(&s->out);
+	wb_free(&s->sigs_loop);
+	wb_free(&s->sigs_job);
+	wb_free(&s->dbuf);
+	free(s->cbuf);
+	free(s->zbuf);
 	free(s);
 }
 
@@ -509,6 +535,135 @@ job_thaw(void *arg)
 	thaw(arg);
 }
 
+/* --- resynchronising (worker) ---------------------------------------------- */
+
+/* SUMS for the next chunks of the disks, reading at most BATCH_READ. */
+static int
+resync_sums(struct psess *s)
+{
+	struct pvm *vm = s->vm;
+	uint64_t read = 0;
+	uint8_t digests[WIRE_MAX_SUMS * DIGEST_LEN];
+	int r;
+
+	while (read < BATCH_READ && s->out.len < BATCH_OUT) {
+		while (s->sums_disk < vm->cfg->ndisks &&
+		    s->sums_off >= s->sizes[s->sums_disk]) {
+			s->sums_disk++;
+			s->sums_off = 0;
+		}
+		if (s->sums_disk == vm->cfg->ndisks) {
+			s->sums_done = 1;
+			thaw(s);
+			return 0;
+		}
+		uint64_t size = s->sizes[s->sums_disk];
+		struct wire_sums m = { .disk = s->sums_disk,
+		    .offset = s->sums_off, .chunk = s->chunk,
+		    .digests = digests };
+		while (m.count < WIRE_MAX_SUMS && s->sums_off < size &&
+		    read < BATCH_READ) {
+			size_t n = size - s->sums_off < s->chunk ?
+			    (size_t)(size - s->sums_off) : s->chunk;
+			if ((r = trk_read_range(vm->trk, s->sums_disk,
+			    s->sums_off, n, s->cbuf, s->err,
+			    sizeof(s->err))) != 0)
+				return r;
+			struct digest d;
+			digest_block(s->cbuf, n, &d);
+			memcpy(digests + (size_t)m.count * DIGEST_LEN, d.b,
+			    DIGEST_LEN);
+			m.count++;
+			s->sums_off += n;
+			read += n;
+		}
+		wire_put_sums(&s->out, &m);
+	}
+	return 0;
+}
+
+/* DELTA frames for the SIGs handed to this job, in order. */
+static int
+resync_deltas(struct psess *s)
+{
+	struct pvm *vm = s->vm;
+	struct rbuf b;
+	int r;
+
+	rb_init(&b, s->sigs_job.p, s->sigs_job.len);
+	while (rb_left(&b) > 0) {
+		uint32_t flen;
+		const uint8_t *fp;
+		struct wire_chunk sig;
+		if (rb_get_u32(&b, &flen) != 0 || rb_get_ptr(&b, &fp, flen) != 0 ||
+		    wire_get_sig(fp, flen, &sig) != 0) {
+			snprintf(s->err, sizeof(s->err), "internal error: SIG "
+			    "queue");
+			return RD_ERR_INTERNAL;
+		}
+		if ((r = trk_read_range(vm->trk, sig.disk, sig.offset,
+		    sig.length, s->cbuf, s->err, sizeof(s->err))) != 0)
+			return r;
+		trk_add_dirty(vm->trk, sig.length);
+		wb_reset(&s->dbuf);
+		if ((r = delta_make(sig.payload, sig.payload_len, s->cbuf,
+		    sig.length, &s->dbuf)) != 0) {
+			snprintf(s->err, sizeof(s->err), "the replica's "
+			    "signature of disk %u offset %" PRIu64 " is invalid",
+			    sig.disk, sig.offset);
+			return RD_ERR_PEER;
+		}
+		if (s->dbuf.len > WIRE_MAX_DELTA) {
+			snprintf(s->err, sizeof(s->err), "delta of disk %u "
+			    "offset %" PRIu64 " too large (%zu bytes)", sig.disk,
+			    sig.offset, s->dbuf.len);
+			return RD_ERR_TOO_LARGE;
+		}
+		struct wire_chunk m = { .disk = sig.disk, .offset = sig.offset,
+		    .length = sig.length, .encoding = WIRE_ENC_RAW,
+		    .delta_len = (uint32_t)s->dbuf.len, .payload = s->dbuf.p,
+		    .payload_len = s->dbuf.len };
+		digest_block(s->cbuf, sig.length, &m.hash);
+		if (vm->cfg->compress_level > 0) {
+			size_t z = ZSTD_compressCCtx(s->cctx, s->zbuf,
+			    ZSTD_compressBound(WIRE_MAX_DELTA), s->dbuf.p,
+			    s->dbuf.len, vm->cfg->compress_level);
+			if (!ZSTD_isError(z) && z < s->dbuf.len - s->dbuf.len / 64) {
+				m.encoding = WIRE_ENC_ZSTD;
+				m.payload = s->zbuf;
+				m.payload_len = z;
+			}
+		}
+		wire_put_delta(&s->out, &m);
+		struct wire_data as = { .disk = m.disk, .offset = m.offset,
+		    .length = m.length, .hash = m.hash };
+		wire_digest_update(&s->dig, &as);
+		s->nframes++;
+		s->raw_bytes += m.length;
+	}
+	wb_reset(&s->sigs_job);
+	return 0;
+}
+
+static int
+resync_produce(struct psess *s)
+{
+	int r;
+
+	if ((r = resync_deltas(s)) != 0)
+		return r;
+	if (!s->sums_done && (r = resync_sums(s)) != 0)
+		return r;
+	if (s->sums_done && s->job_final) {
+		struct wire_end e = { .cycle = s->cycle, .nframes = s->nframes,
+		    .raw_bytes = s->raw_bytes };
+		wire_digest_final(&s->dig, &e.digest);
+		wire_put_end(&s->out, &e);
+		s->scan_done = 1;
+	}
+	return 0;
+}
+
 static void
 job_produce(void *arg)
 {
@@ -530,8 +685,12 @@ job_produce(void *arg)
 				    "crash-consistent point: %s", vm->cfg->name,
 				    s->cycle, why);
 		}
-		r = trk_begin(vm->trk, s->replica_cycle, 0, s->sizes, s->err,
-		    sizeof(s->err));
+		if (s->resync)
+			r = trk_begin_resync(vm->trk, s->sizes, s->err,
+			    sizeof(s->err));
+		else
+			r = trk_begin(vm->trk, s->replica_cycle, 0, s->sizes,
+			    s->err, sizeof(s->err));
 		if (r != 0) {
 			thaw(s);
 			s->job_rc = r;
@@ -540,12 +699,24 @@ job_produce(void *arg)
 		s->begun = 1;
 		struct wire_cycle c = { .cycle = s->cycle,
 		    .created_ms = (uint64_t)s->created_ms, .kind = s->kind,
+		    .flags = s->resync ? WIRE_CYCLE_RESYNC : 0,
 		    .ndisks = (uint16_t)vm->cfg->ndisks };
 		for (size_t i = 0; i < vm->cfg->ndisks; i++) {
 			c.sizes[i] = s->sizes[i];
 			s->total += s->sizes[i];
 		}
 		wire_put_cycle(&s->out, &c);
+	}
+	if (s->resync) {
+		r = resync_produce(s);
+		trk_stats(vm->trk, &s->tstats);
+		if (r != 0) {
+			thaw(s);
+			s->job_rc = r;
+			return;
+		}
+		evbuffer_add(s->batch, s->out.p, s->out.len);
+		return;
 	}
 	uint64_t read0 = s->tstats.bytes_read;
 	while (s->out.len < BATCH_OUT) {
@@ -624,6 +795,17 @@ maybe_produce(struct psess *s)
 		return;
 	if (evbuffer_get_length(bufferevent_get_output(s->bev)) >= OUT_HIGH)
 		return;		/* the write callback comes back here */
+	if (s->resync && s->begun) {
+		/* Work only when there is some: SUMS to send, SIGs to
+		 * answer, or END to send once SIGEND came. */
+		if (s->sums_done && s->sigs_loop.len == 0 && !s->sigend)
+			return;		/* on_read comes back here */
+		struct wbuf t = s->sigs_job;
+		s->sigs_job = s->sigs_loop;
+		s->sigs_loop = t;
+		wb_reset(&s->sigs_loop);
+		s->job_final = s->sigend;	/* no SIG can follow */
+	}
 	s->job_running = 1;
 	work_submit(job_produce, produce_done, s);
 }
@@ -652,6 +834,8 @@ job_commit(void *arg)
 		rel.last_point_created_ms = s->created_ms;
 		for (size_t i = 0; i < vm->cfg->ndisks && i < CAT_MAX_DISKS; i++)
 			rel.disks[i].size = s->sizes[i];
+		if (s->resync)
+			rel.resync = 0;
 		r = cat_rel_put(vm->d->cat, &rel);
 	}
 	if (r != 0)
@@ -664,6 +848,8 @@ commit_done(void *arg)
 {
 	struct psess *s = arg;
 	s->job_running = 0;
+	if (s->resync && s->want_resync)
+		s->vm->resync = 0;
 	if (s->dead) {
 		sess_end(s);
 		return;
@@ -692,6 +878,22 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 		return;
 	}
 	s->replica_cycle = w.last_cycle;
+	/*
+	 * Where the tracker cannot prove what the replica holds, but the
+	 * replica holds something (a seed, a former primary's disks, a
+	 * cycle whose ACK was lost), compare instead of sending it all.
+	 */
+	s->resync = s->want_resync || (!trk_proven(vm->trk, w.last_cycle) &&
+	    (w.last_cycle > 0 || (w.flags & WIRE_WELCOME_DATA)));
+	if (s->resync) {
+		s->chunk = wire_chunk_len(vm->cfg->block_size);
+		s->cbuf = xmalloc(s->chunk);
+		s->zbuf = xmalloc(ZSTD_compressBound(WIRE_MAX_DELTA));
+		log_info("%s: resynchronising with the replica (%s)",
+		    vm->cfg->name, s->want_resync ? "requested" :
+		    w.last_cycle > 0 ? "the tracker state does not describe "
+		    "the replica's last cycle" : "the replica holds a copy");
+	}
 	uint64_t base = vm->last_cycle;
 	if (w.last_cycle > base)
 		base = w.last_cycle;
@@ -738,6 +940,50 @@ on_nack(struct psess *s, const uint8_t *p, size_t len)
 	    "replica refused: %s: %s", wire_nack_name(n.code), n.reason);
 }
 
+/* The replica asks for a delta of a chunk, or says it asked for all. */
+static void
+on_sig(struct psess *s, uint8_t type, const uint8_t *p, size_t len)
+{
+	struct pvm *vm = s->vm;
+	int r;
+
+	s->bytes_received += len + WIRE_FRAME_HDR;
+	if (type == WIRE_SIGEND) {
+		struct wire_sigend e;
+		if ((r = wire_get_sigend(p, len, &e)) != 0 || s->sigend ||
+		    e.cycle != s->cycle || e.nsigs != s->sigs_in) {
+			sess_fail(s, RD_ERR_PEER, "bad SIGEND from the replica");
+			return;
+		}
+		s->sigend = 1;
+		maybe_produce(s);
+		return;
+	}
+	struct wire_chunk m;
+	if ((r = wire_get_sig(p, len, &m)) != 0) {
+		sess_fail(s, RD_ERR_PEER, "bad SIG from the replica: %s",
+		    rd_strerror(r));
+		return;
+	}
+	/* Chunks in order, each once, each a real chunk of a disk. */
+	int after = s->sigs_in == 0 || m.disk > s->last_sig_disk ||
+	    (m.disk == s->last_sig_disk && m.offset > s->last_sig_off);
+	if (s->sigend || !after || m.disk >= vm->cfg->ndisks ||
+	    m.offset % s->chunk != 0 || m.offset >= s->sizes[m.disk] ||
+	    m.length != (s->sizes[m.disk] - m.offset < s->chunk ?
+	    s->sizes[m.disk] - m.offset : s->chunk)) {
+		sess_fail(s, RD_ERR_PEER, "SIG from the replica for disk %u "
+		    "offset %" PRIu64 " is out of place", m.disk, m.offset);
+		return;
+	}
+	s->last_sig_disk = m.disk;
+	s->last_sig_off = m.offset;
+	s->sigs_in++;
+	wb_put_u32(&s->sigs_loop, (uint32_t)len);
+	wb_put_bytes(&s->sigs_loop, p, len);
+	maybe_produce(s);
+}
+
 static void
 on_read(struct bufferevent *bev, void *arg)
 {
@@ -748,7 +994,8 @@ on_read(struct bufferevent *bev, void *arg)
 	while (vm->sess == s && s->st != PS_COMMIT) {
 		uint8_t type;
 		size_t flen;
-		int r = netio_peek(in, WIRE_MAX_REASON + 64, &type, &flen);
+		int r = netio_peek(in, WIRE_FRAME_HDR + 16 + WIRE_MAX_SIG,
+		    &type, &flen);
 		if (r == 0)
 			return;
 		if (r < 0) {
@@ -764,6 +1011,9 @@ on_read(struct bufferevent *bev, void *arg)
 			on_welcome(s, p, plen);
 		else if (type == WIRE_ACK)
 			on_ack(s, p, plen);
+		else if ((type == WIRE_SIG || type == WIRE_SIGEND) &&
+		    s->resync && s->st == PS_SEND && s->begun)
+			on_sig(s, type, p, plen);
 		else
 			sess_fail(s, RD_ERR_PEER, "unexpected %s frame from "
 			    "the replica", wire_type_name(type));
@@ -842,6 +1092,15 @@ job_prepare(void *arg)
 	char port[8];
 
 	s->job_rc = 0;
+	if (s->want_resync) {
+		/* Asked for: a restart must not forget it. */
+		struct cat_rel rel;
+		if (cat_rel_get(vm->d->cat, vm->cfg->name, &rel) == 0 &&
+		    !rel.resync) {
+			rel.resync = 1;
+			cat_rel_put(vm->d->cat, &rel);
+		}
+	}
 	for (size_t i = 0; i < vm->cfg->ndisks; i++) {
 		struct stat sb;
 		if (stat(vm->cfg->disks[i], &sb) != 0) {
@@ -925,8 +1184,12 @@ start_cycle(struct pvm *vm)
 	s->started_ms = util_mono_ms();
 	wb_init(&s->hdr);
 	wb_init(&s->out);
+	wb_init(&s->sigs_loop);
+	wb_init(&s->sigs_job);
+	wb_init(&s->dbuf);
 	vm->sess = s;
 	vm->state = PVM_SYNCING;
+	s->want_resync = vm->resync;
 	/* Requests made before this cycle started are answered by it. */
 	struct waiter **tail = &vm->cur;
 	while (*tail)
@@ -975,6 +1238,7 @@ pvm_new(struct daemon *d, const struct cfg_vm *cfg)
 		    rd_strerror(r));
 	}
 	vm->generation = rel.generation;
+	vm->resync = rel.resync;
 	vm->last_cycle = rel.last_cycle;
 	vm->last_point = rel.last_point;
 	vm->last_point_ms = rel.last_point_created_ms;
@@ -1041,6 +1305,17 @@ pvm_sync(struct pvm *vm, pvm_waiter_fn fn, void *arg)
 	if (vm->sess == NULL)
 		start_cycle(vm);
 	return 0;
+}
+
+int
+pvm_resync(struct pvm *vm, pvm_waiter_fn fn, void *arg)
+{
+	if (vm->state == PVM_FENCED)
+		return RD_ERR_FENCED;
+	if (vm->d->stopping)
+		return RD_ERR_STATE;
+	vm->resync = 1;
+	return pvm_sync(vm, fn, arg);
 }
 
 void

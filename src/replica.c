@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -31,6 +32,7 @@
 #include "catalog.h"
 #include "config.h"
 #include "daemon.h"
+#include "delta.h"
 #include "err.h"
 #include "log.h"
 #include "netio.h"
@@ -50,6 +52,7 @@
 #define IN_HIGH		(2 * WIRE_MAX_FRAME + (8u << 20))
 #define HELLO_TIMEOUT_S	30
 #define IDLE_TIMEOUT_S	600
+#define RESYNC_SIG_BLOCK 4096		/* librsync block in a chunk */
 
 struct rvm {
 	struct daemon	*d;
@@ -103,6 +106,23 @@ struct rsess {
 	struct cat_point	 point;
 	int			 committed;
 	struct wbuf		 out;
+	/* a resynchronising cycle (wire.h): touched by jobs only */
+	int			 resync;
+	uint32_t		 chunk;
+	uint16_t		 sums_disk;	/* where the next SUMS starts */
+	uint64_t		 sums_off;
+	int			 sums_done;
+	uint64_t		 nsigs;
+	struct sigq {
+		uint16_t	 disk;
+		uint64_t	 off;
+		uint32_t	 len;
+	}			*sigq;		/* SIGs awaiting their DELTA */
+	size_t			 sigq_head, sigq_len, sigq_cap;
+	uint8_t			*basis;		/* chunk buffers */
+	uint8_t			*newc;
+	struct wbuf		 tmp;
+	struct wbuf		 sigout;	/* SIG frames for the loop */
 };
 
 struct replica_srv {
@@ -116,6 +136,7 @@ static void sess_read(struct bufferevent *bev, void *arg);
 static void sess_end(struct rsess *s);
 static void welcome(struct rsess *s, struct rvm *vm);
 static void submit_batch(struct rsess *s);
+static void skip_empty_disks(struct rsess *s);
 
 /* --- VMs ------------------------------------------------------------------ */
 
@@ -210,6 +231,11 @@ sess_free(struct rsess *s)
 	wire_digest_free(&s->dig);
 	free(s->block);
 	wb_free(&s->out);
+	free(s->sigq);
+	free(s->basis);
+	free(s->newc);
+	wb_free(&s->tmp);
+	wb_free(&s->sigout);
 	free(s);
 	if (next) {
 		welcome(next, vm);
@@ -350,6 +376,23 @@ stage_cycle(struct rsess *s, const uint8_t *p, size_t len)
 	wire_digest_init(&s->dig);
 	s->nframes = 0;
 	s->raw_bytes = 0;
+	s->resync = (s->cycle.flags & WIRE_CYCLE_RESYNC) != 0;
+	if (s->resync) {
+		s->chunk = wire_chunk_len(s->hello.block_size);
+		s->sums_disk = 0;
+		s->sums_off = 0;
+		s->sums_done = 0;
+		s->nsigs = 0;
+		s->sigq_head = s->sigq_len = 0;
+		if (s->basis == NULL) {
+			s->basis = xmalloc(s->chunk);
+			s->newc = xmalloc(s->chunk);
+		}
+		skip_empty_disks(s);
+		log_info("%s: cycle %" PRIu64 " resynchronises the replica with "
+		    "the primary (only differences travel)", s->vm->name,
+		    s->cycle.cycle);
+	}
 	return 0;
 }
 
@@ -359,6 +402,9 @@ stage_data(struct rsess *s, const uint8_t *p, size_t len)
 	struct wire_data m;
 	int r;
 
+	if (s->resync)
+		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_STATE, "DATA in a "
+		    "resync cycle");
 	if ((r = wire_get_data(p, len, &m)) != 0)
 		return job_fail(s, WIRE_NACK_PROTOCOL, r, "bad DATA frame: %s",
 		    rd_strerror(r));
@@ -387,6 +433,172 @@ stage_data(struct rsess *s, const uint8_t *p, size_t len)
 	return 0;
 }
 
+/* SUMS may not start inside a disk with no chunks. */
+static void
+skip_empty_disks(struct rsess *s)
+{
+	while (s->sums_disk < s->cycle.ndisks &&
+	    s->sums_off >= s->cycle.sizes[s->sums_disk]) {
+		s->sums_disk++;
+		s->sums_off = 0;
+	}
+	if (s->sums_disk == s->cycle.ndisks && !s->sums_done) {
+		struct wire_sigend e = { .cycle = s->cycle.cycle,
+		    .nsigs = s->nsigs };
+		s->sums_done = 1;
+		wire_put_sigend(&s->sigout, &e);
+	}
+}
+
+/*
+ * Compare each chunk's digest with the replica's: equal chunks are done
+ * (their digests are noted for verify); for the others the replica's
+ * content is signed and the SIG queued for the loop to send.
+ */
+static int
+stage_sums(struct rsess *s, const uint8_t *p, size_t len)
+{
+	struct wire_sums m;
+	char why[sizeof(s->err)];
+	int r;
+
+	if (!s->resync)
+		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_STATE, "SUMS in a "
+		    "cycle that is not a resync");
+	if ((r = wire_get_sums(p, len, &m)) != 0)
+		return job_fail(s, WIRE_NACK_PROTOCOL, r, "bad SUMS frame: %s",
+		    rd_strerror(r));
+	if (s->sums_done || m.disk != s->sums_disk || m.offset != s->sums_off ||
+	    m.chunk != s->chunk)
+		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_RANGE, "SUMS for "
+		    "disk %u offset %" PRIu64 " out of order", m.disk, m.offset);
+	uint64_t size = s->cycle.sizes[m.disk];
+	if ((uint64_t)(m.count - 1) * m.chunk >= size - m.offset)
+		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_RANGE, "SUMS "
+		    "past the end of disk %u", m.disk);
+	for (uint16_t i = 0; i < m.count; i++) {
+		uint64_t off = m.offset + (uint64_t)i * m.chunk;
+		size_t n = size - off < m.chunk ? (size_t)(size - off) : m.chunk;
+		struct digest want, have;
+		memcpy(want.b, m.digests + (size_t)i * DIGEST_LEN, DIGEST_LEN);
+		if ((r = store_read(s->vm->st, m.disk, off, n, s->basis, why,
+		    sizeof(why))) != 0)
+			return job_fail(s, WIRE_NACK_IO, r, "%s", why);
+		digest_block(s->basis, n, &have);
+		if (digest_equal(&want, &have)) {
+			if ((r = store_note_digests(s->vm->st, m.disk, off,
+			    s->basis, n, why, sizeof(why))) != 0)
+				return job_fail(s, WIRE_NACK_IO, r, "%s", why);
+			continue;
+		}
+		wb_reset(&s->tmp);
+		if ((r = delta_sign(s->basis, n, RESYNC_SIG_BLOCK, &s->tmp)) != 0)
+			return job_fail(s, WIRE_NACK_INTERNAL, r, "cannot sign "
+			    "disk %u offset %" PRIu64 ": %s", m.disk, off,
+			    rd_strerror(r));
+		struct wire_chunk sig = { .disk = m.disk, .offset = off,
+		    .length = (uint32_t)n, .payload = s->tmp.p,
+		    .payload_len = s->tmp.len };
+		wire_put_sig(&s->sigout, &sig);
+		if (s->sigq_len == s->sigq_cap) {
+			/* Compact, then grow. */
+			memmove(s->sigq, s->sigq + s->sigq_head,
+			    (s->sigq_len - s->sigq_head) * sizeof(*s->sigq));
+			s->sigq_len -= s->sigq_head;
+			s->sigq_head = 0;
+			if (s->sigq_len == s->sigq_cap) {
+				s->sigq_cap = s->sigq_cap ? 2 * s->sigq_cap : 64;
+				s->sigq = xreallocarray(s->sigq, s->sigq_cap,
+				    sizeof(*s->sigq));
+			}
+		}
+		s->sigq[s->sigq_len++] = (struct sigq){ m.disk, off,
+		    (uint32_t)n };
+		s->nsigs++;
+	}
+	s->sums_off = m.offset + (uint64_t)m.count * m.chunk;
+	skip_empty_disks(s);
+	return 0;
+}
+
+/*
+ * Patch the replica's chunk with the primary's delta, check the result
+ * against the primary's digest (R2), and stage the blocks that differ:
+ * from here on the cycle is applied like any other (undo, image, point).
+ */
+static int
+stage_delta(struct rsess *s, const uint8_t *p, size_t len)
+{
+	struct wire_chunk m;
+	char why[sizeof(s->err)];
+	int r;
+
+	if (!s->resync)
+		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_STATE, "DELTA in a "
+		    "cycle that is not a resync");
+	if ((r = wire_get_delta(p, len, &m)) != 0)
+		return job_fail(s, WIRE_NACK_PROTOCOL, r, "bad DELTA frame: %s",
+		    rd_strerror(r));
+	if (s->sigq_head == s->sigq_len)
+		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_STATE, "DELTA "
+		    "without a SIG");
+	struct sigq *q = &s->sigq[s->sigq_head];
+	if (m.disk != q->disk || m.offset != q->off || m.length != q->len)
+		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_RANGE, "DELTA for "
+		    "disk %u offset %" PRIu64 ", expected disk %u offset %"
+		    PRIu64, m.disk, m.offset, q->disk, q->off);
+	s->sigq_head++;
+	const uint8_t *delta = m.payload;
+	if (m.encoding == WIRE_ENC_ZSTD) {
+		wb_reset(&s->tmp);
+		uint8_t *dst = wb_reserve(&s->tmp, m.delta_len);
+		size_t n = ZSTD_decompressDCtx(s->dctx, dst, m.delta_len,
+		    m.payload, m.payload_len);
+		if (ZSTD_isError(n) || n != m.delta_len)
+			return job_fail(s, WIRE_NACK_BAD_DATA, RD_ERR_COMPRESS,
+			    "disk %s offset %" PRIu64 ": cannot decompress the "
+			    "delta", s->hello.disks[m.disk].name, m.offset);
+		delta = dst;
+	}
+	if ((r = store_read(s->vm->st, m.disk, m.offset, m.length, s->basis,
+	    why, sizeof(why))) != 0)
+		return job_fail(s, WIRE_NACK_IO, r, "%s", why);
+	struct digest have;
+	if ((r = delta_patch(s->basis, delta, m.delta_len, s->newc,
+	    m.length)) != 0 || (digest_block(s->newc, m.length, &have),
+	    !digest_equal(&have, &m.hash)))
+		return job_fail(s, WIRE_NACK_BAD_DATA, r ? r : RD_ERR_HASH,
+		    "disk %s offset %" PRIu64 ": %s", s->hello.disks[m.disk].name,
+		    m.offset, r ? "bad delta" : "the patched chunk does not "
+		    "match its hash");
+	struct wire_data as = { .disk = m.disk, .offset = m.offset,
+	    .length = m.length, .hash = m.hash };
+	wire_digest_update(&s->dig, &as);
+	s->nframes++;
+	s->raw_bytes += m.length;
+	uint32_t bs = s->hello.block_size;
+	for (uint32_t o = 0; o < m.length; o += bs) {
+		uint32_t n = m.length - o < bs ? m.length - o : bs;
+		const uint8_t *nb = s->newc + o;
+		if (memcmp(nb, s->basis + o, n) == 0) {
+			r = store_note_digests(s->vm->st, m.disk, m.offset + o,
+			    nb, n, why, sizeof(why));
+		} else if (util_is_zero(nb, n)) {
+			r = store_cycle_put(s->vm->st, m.disk, m.offset + o, n,
+			    NULL, NULL, why, sizeof(why));
+		} else {
+			struct digest d;
+			digest_block(nb, n, &d);
+			r = store_cycle_put(s->vm->st, m.disk, m.offset + o, n,
+			    nb, &d, why, sizeof(why));
+		}
+		if (r != 0)
+			return job_fail(s, r == RD_ERR_NOSPACE ?
+			    WIRE_NACK_NOSPACE : WIRE_NACK_IO, r, "%s", why);
+	}
+	return 0;
+}
+
 static int
 stage_end(struct rsess *s, const uint8_t *p, size_t len)
 {
@@ -397,6 +609,9 @@ stage_end(struct rsess *s, const uint8_t *p, size_t len)
 	if ((r = wire_get_end(p, len, &e)) != 0)
 		return job_fail(s, WIRE_NACK_PROTOCOL, r, "bad END frame: %s",
 		    rd_strerror(r));
+	if (s->resync && (!s->sums_done || s->sigq_head != s->sigq_len))
+		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_STATE, "END before "
+		    "every chunk was compared and patched");
 	wire_digest_final(&s->dig, &d);
 	if (e.cycle != s->cycle.cycle || e.nframes != s->nframes ||
 	    e.raw_bytes != s->raw_bytes || !digest_equal(&d, &e.digest))
@@ -439,6 +654,10 @@ job_stage(void *arg)
 			r = stage_data(s, p, plen);
 		else if (type == WIRE_END)
 			r = stage_end(s, p, plen);
+		else if (type == WIRE_SUMS)
+			r = stage_sums(s, p, plen);
+		else if (type == WIRE_DELTA)
+			r = stage_delta(s, p, plen);
 		evbuffer_drain(s->batch, flen);
 	}
 	evbuffer_drain(s->batch, evbuffer_get_length(s->batch));
@@ -465,6 +684,8 @@ stage_done(void *arg)
 		sess_refuse(s, s->nack_code, "%s", s->err);
 		return;
 	}
+	if (s->sigout.len > 0)
+		netio_send(s->bev, &s->sigout);
 	if (s->committed) {
 		struct wire_ack a = { .cycle = s->cycle.cycle,
 		    .point = s->point.id };
@@ -547,10 +768,26 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 			rel.block_size = h->block_size;
 			rel.interval_ms = h->interval_ms;
 			rel.ndisks = h->ndisks;
-			for (uint16_t i = 0; i < h->ndisks; i++)
+			for (uint16_t i = 0; i < h->ndisks; i++) {
 				snprintf(rel.disks[i].name,
 				    sizeof(rel.disks[i].name), "%s",
 				    h->disks[i].name);
+				/* A copy placed here beforehand (seeding) is
+				 * kept, up to the primary's disk size, and
+				 * compared by the first cycle. */
+				struct stat sb;
+				char *img = xasprintf("%s/%s/%s", acc->storage,
+				    h->vm, h->disks[i].name);
+				if (stat(img, &sb) == 0 && S_ISREG(sb.st_mode) &&
+				    sb.st_size > 0) {
+					uint64_t n = (uint64_t)sb.st_size;
+					rel.disks[i].size = n < h->disks[i].size ?
+					    n : h->disks[i].size;
+					log_info("%s: %s holds %" PRIu64 " bytes: "
+					    "seeding from it", h->vm, img, n);
+				}
+				free(img);
+			}
 			if ((r = cat_rel_put(d->cat, &rel)) != 0) {
 				sess_refuse(s, WIRE_NACK_INTERNAL, "cannot "
 				    "record the relationship: %s",
@@ -636,7 +873,8 @@ welcome(struct rsess *s, struct rvm *vm)
 	snprintf(vm->peer, sizeof(vm->peer), "%s", s->identity);
 	struct wire_welcome w = { .version = WIRE_VERSION,
 	    .generation = rel.generation, .last_cycle = rel.last_cycle,
-	    .last_point = rel.last_point };
+	    .last_point = rel.last_point,
+	    .flags = store_has_data(vm->st) ? WIRE_WELCOME_DATA : 0 };
 	wb_reset(&s->out);
 	wire_put_welcome(&s->out, &w);
 	netio_send(s->bev, &s->out);
@@ -697,7 +935,8 @@ sess_read(struct bufferevent *bev, void *arg)
 			return;
 		}
 		int ok = (type == WIRE_CYCLE && s->state == RS_READY) ||
-		    ((type == WIRE_DATA || type == WIRE_END) &&
+		    ((type == WIRE_DATA || type == WIRE_END ||
+		      type == WIRE_SUMS || type == WIRE_DELTA) &&
 		     s->state == RS_CYCLE);
 		if (!ok) {
 			sess_refuse(s, WIRE_NACK_PROTOCOL, "unexpected %s frame",
@@ -824,6 +1063,8 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	s->pending = evbuffer_new();
 	s->flush_ev = evtimer_new(srv->d->base, on_flush, s);
 	wb_init(&s->out);
+	wb_init(&s->tmp);
+	wb_init(&s->sigout);
 	s->bev = bufferevent_openssl_socket_new(srv->d->base, fd, ssl,
 	    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL) {

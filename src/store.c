@@ -462,6 +462,76 @@ finish_unfinished(struct store *st, char *err, size_t errsz)
 	return r;
 }
 
+/* --- resynchronisation ---------------------------------------------------- */
+
+int
+store_has_data(struct store *st)
+{
+	for (uint16_t i = 0; i < st->rel.ndisks; i++) {
+		struct stat sb;
+		if (fstat(st->img[i], &sb) == 0 && sb.st_size > 0)
+			return 1;
+	}
+	return 0;
+}
+
+int
+store_read(struct store *st, uint16_t disk, uint64_t off, size_t len,
+    uint8_t *buf, char *err, size_t errsz)
+{
+	if (disk >= st->rel.ndisks)
+		return RD_ERR_RANGE;
+	ssize_t n;
+	size_t got = 0;
+	while (got < len) {
+		n = pread(st->img[disk], buf + got, len - got,
+		    (off_t)(off + got));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			snprintf(err, errsz, "cannot read the replica of %s: %s",
+			    st->rel.disks[disk].name, strerror(errno));
+			return RD_ERR_SYSTEM;
+		}
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	memset(buf + got, 0, len - got);	/* past the end: zeros */
+	return 0;
+}
+
+int
+store_note_digests(struct store *st, uint16_t disk, uint64_t off,
+    const uint8_t *data, size_t len, char *err, size_t errsz)
+{
+	uint32_t bs = st->rel.block_size;
+	if (disk >= st->rel.ndisks || off % bs != 0)
+		return RD_ERR_RANGE;
+	struct wbuf b;
+	wb_init(&b);
+	for (size_t o = 0; o < len; o += bs) {
+		size_t n = len - o < bs ? len - o : bs;
+		struct digest d;
+		if (n == bs && util_is_zero(data + o, n))
+			d = st->zero_digest;
+		else
+			digest_block(data + o, n, &d);
+		wb_put_bytes(&b, d.b, DIGEST_LEN);
+	}
+	char *p = disk_path(st, st->digest_dir, disk);
+	int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	int r = fd < 0 ? RD_ERR_SYSTEM : util_pwrite_full(fd, b.p, b.len,
+	    (off_t)(off / bs * DIGEST_LEN));
+	if (r != 0)
+		snprintf(err, errsz, "cannot write %s: %s", p, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	free(p);
+	wb_free(&b);
+	return r;
+}
+
 /* --- receiving a cycle --------------------------------------------------- */
 
 int

@@ -19,6 +19,8 @@
 
 #define TRK_CHUNK	(4u << 20)	/* bytes per read(2) */
 
+enum { BEGIN_SCAN, BEGIN_FULL, BEGIN_RESYNC };
+
 struct trk_disk {
 	char		*path;
 	char		*map_path;
@@ -135,10 +137,37 @@ trk_cycle(const struct tracker *t)
 	return t->ndisks ? c : 0;
 }
 
+static int begin(struct tracker *t, uint64_t replica_cycle, int mode,
+    uint64_t *sizes, char *err, size_t errsz);
+
+int
+trk_proven(const struct tracker *t, uint64_t replica_cycle)
+{
+	for (size_t i = 0; i < t->ndisks; i++)
+		if (!t->disks[i].known || t->disks[i].map.cycle != replica_cycle)
+			return 0;
+	return 1;
+}
+
 int
 trk_begin(struct tracker *t, uint64_t replica_cycle, int full,
     uint64_t *sizes, char *err, size_t errsz)
 {
+	return begin(t, replica_cycle, full ? BEGIN_FULL : BEGIN_SCAN, sizes,
+	    err, errsz);
+}
+
+int
+trk_begin_resync(struct tracker *t, uint64_t *sizes, char *err, size_t errsz)
+{
+	return begin(t, 0, BEGIN_RESYNC, sizes, err, errsz);
+}
+
+static int
+begin(struct tracker *t, uint64_t replica_cycle, int mode, uint64_t *sizes,
+    char *err, size_t errsz)
+{
+	int full = mode != BEGIN_SCAN;
 	int r = 0;
 
 	close_disks(t);
@@ -188,14 +217,19 @@ trk_begin(struct tracker *t, uint64_t replica_cycle, int full,
 		 * cycle and changed back since: send the whole disk.
 		 */
 		d->whole = full || !d->known || d->map.cycle != replica_cycle;
-		if (d->whole && d->known)
+		if (d->whole && d->known && mode == BEGIN_SCAN)
 			log_info("%s: %s: tracker state is at cycle %llu, the "
 			    "replica at %llu: sending the whole disk", t->vm,
 			    d->path, (unsigned long long)d->map.cycle,
 			    (unsigned long long)replica_cycle);
 		posix_fadvise(d->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-		bm_copy(&d->next, &d->map);
-		bm_resize(&d->next, d->size);
+		if (mode == BEGIN_RESYNC) {
+			/* Every block is read and noted by trk_read_range(). */
+			bm_init(&d->next, t->block_size, d->size);
+		} else {
+			bm_copy(&d->next, &d->map);
+			bm_resize(&d->next, d->size);
+		}
 		sizes[i] = d->size;
 	}
 	t->active = 1;
@@ -205,6 +239,46 @@ out:
 	if (r != 0)
 		close_disks(t);
 	return r;
+}
+
+int
+trk_read_range(struct tracker *t, uint16_t disk, uint64_t off, size_t len,
+    uint8_t *buf, char *err, size_t errsz)
+{
+	uint32_t bs = t->block_size;
+
+	if (!t->active || disk >= t->ndisks)
+		return RD_ERR_STATE;
+	struct trk_disk *d = &t->disks[disk];
+	if (off % bs != 0 || off > d->size || len > d->size - off ||
+	    (len % bs != 0 && off + len != d->size))
+		return RD_ERR_RANGE;
+	int r = util_pread_full(d->fd, buf, len, (off_t)off);
+	if (r == RD_ERR_TRUNCATED) {
+		snprintf(err, errsz, "disk %s shrank while being read",
+		    d->path);
+		return RD_ERR_SHRUNK;
+	} else if (r != 0) {
+		snprintf(err, errsz, "disk %s: read at %llu: %s", d->path,
+		    (unsigned long long)off, strerror(errno));
+		return r;
+	}
+	t->stats.bytes_read += len;
+	for (size_t o = 0; o < len; o += bs) {
+		size_t n = len - o < bs ? len - o : bs;
+		struct digest *dg = &d->next.d[(off + o) / bs];
+		if (n == bs && util_is_zero(buf + o, n))
+			*dg = t->zero_digest;
+		else
+			digest_block(buf + o, n, dg);
+	}
+	return 0;
+}
+
+void
+trk_add_dirty(struct tracker *t, uint64_t bytes)
+{
+	t->stats.dirty_bytes += bytes;
 }
 
 int

@@ -302,7 +302,7 @@ set_sizes(const int *fds, uint16_t n, const uint64_t *sizes)
 
 static int
 walk(int sfd, uint64_t fsize, const int *fds, uint16_t ndisks,
-    uint64_t *old_sizes_out)
+    uint64_t *old_sizes_out, struct undo_writer *save)
 {
 	struct undo_reader rd = { .fd = sfd, .pos = 0, .size = fsize };
 	uint8_t hdr[8 + 4 + 8 + 2], *data = NULL;
@@ -339,7 +339,7 @@ walk(int sfd, uint64_t fsize, const int *fds, uint16_t ndisks,
 	/* Sizes before content, so that a size the file system cannot hold
 	 * fails before anything is written: grow (undone exactly if a later
 	 * disk fails), then shrink (which cannot run out of room). */
-	if (fds && (r = set_sizes(fds, n, sizes)) != 0)
+	if (fds && !save && (r = set_sizes(fds, n, sizes)) != 0)
 		return r;
 	data = xmalloc(UNDO_MAX_DATA);
 	for (;;) {
@@ -368,7 +368,14 @@ walk(int sfd, uint64_t fsize, const int *fds, uint16_t ndisks,
 			r = RD_ERR_CORRUPT;
 			goto out;
 		}
-		if (type == UNDO_DATA) {
+		if (save) {
+			/* The range's content now, before the segment is
+			 * applied: what undoes the segment. */
+			if ((type == UNDO_DATA && (r = rd_bytes(&rd, data,
+			    len)) != 0) || (r = undo_save_range(save, disk,
+			    fds[disk], off, len)) != 0)
+				goto out;
+		} else if (type == UNDO_DATA) {
 			if ((r = rd_bytes(&rd, data, len)) != 0)
 				goto out;
 			if (fds && (r = util_pwrite_full(fds[disk], data, len,
@@ -423,10 +430,52 @@ undo_apply(const char *path, const int *fds, uint16_t ndisks,
 	int r;
 	if (end < 0)
 		r = RD_ERR_SYSTEM;
-	else if ((r = walk(fd, (uint64_t)end, NULL, ndisks, NULL)) == 0)
-		r = walk(fd, (uint64_t)end, fds, ndisks, old_sizes);
+	else if ((r = walk(fd, (uint64_t)end, NULL, ndisks, NULL, NULL)) == 0)
+		r = walk(fd, (uint64_t)end, fds, ndisks, old_sizes, NULL);
 	int saved = errno;
 	close(fd);
+	errno = saved;
+	return r;
+}
+
+int
+undo_invert(const char *path, const int *fds, uint16_t ndisks, uint64_t cycle,
+    const char *out_path, uint64_t *bytes)
+{
+	uint64_t now[UNDO_MAX_DISKS], then[UNDO_MAX_DISKS];
+	struct undo_writer *w = NULL;
+	struct stat sb;
+	int r;
+
+	if (ndisks == 0 || ndisks > UNDO_MAX_DISKS)
+		return RD_ERR_INVALID;
+	for (uint16_t i = 0; i < ndisks; i++) {
+		if (fstat(fds[i], &sb) != 0)
+			return RD_ERR_SYSTEM;
+		now[i] = (uint64_t)sb.st_size;
+	}
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
+	off_t end = lseek(fd, 0, SEEK_END);
+	if (end < 0)
+		r = RD_ERR_SYSTEM;
+	else if ((r = walk(fd, (uint64_t)end, NULL, ndisks, then, NULL)) == 0 &&
+	    (r = undo_create(out_path, cycle, ndisks, now, &w)) == 0)
+		r = walk(fd, (uint64_t)end, fds, ndisks, NULL, w);
+	/* What the segment cuts off by size comes back by size and
+	 * content: save the tail each disk grew by. */
+	for (uint16_t i = 0; r == 0 && i < ndisks; i++)
+		if (now[i] > then[i])
+			r = undo_save_range(w, i, fds[i], then[i],
+			    now[i] - then[i]);
+	int saved = errno;
+	close(fd);
+	if (r == 0) {
+		r = undo_finish(w, bytes);
+	} else if (w != NULL) {
+		undo_discard(w);
+	}
 	errno = saved;
 	return r;
 }

@@ -45,7 +45,7 @@ frame_end(struct wbuf *b, size_t start, size_t extra)
 static int
 valid_type(uint8_t type)
 {
-	return type >= WIRE_HELLO && type <= WIRE_NACK;
+	return type >= WIRE_HELLO && type <= WIRE_PROMOTED;
 }
 
 int
@@ -114,6 +114,7 @@ wire_put_welcome(struct wbuf *b, const struct wire_welcome *m)
 	wb_put_u64(b, m->generation);
 	wb_put_u64(b, m->last_cycle);
 	wb_put_u64(b, m->last_point);
+	wb_put_u8(b, m->flags);
 	frame_end(b, start, 0);
 }
 
@@ -293,8 +294,13 @@ wire_get_welcome(const uint8_t *p, size_t len, struct wire_welcome *m)
 	if ((r = get_version(&rb, &m->version)) != 0 ||
 	    (r = rb_get_u64(&rb, &m->generation)) != 0 ||
 	    (r = rb_get_u64(&rb, &m->last_cycle)) != 0 ||
-	    (r = rb_get_u64(&rb, &m->last_point)) != 0)
+	    (r = rb_get_u64(&rb, &m->last_point)) != 0 ||
+	    (r = rb_get_u8(&rb, &m->flags)) != 0)
 		goto out;
+	if ((m->flags & ~WIRE_WELCOME_DATA) != 0) {
+		r = RD_ERR_INVALID;
+		goto out;
+	}
 	r = no_trailing(&rb);
 out:
 	return r;
@@ -315,7 +321,8 @@ wire_get_cycle(const uint8_t *p, size_t len, struct wire_cycle *m)
 	    (r = rb_get_u8(&rb, &m->flags)) != 0 ||
 	    (r = rb_get_u16(&rb, &m->ndisks)) != 0)
 		goto out;
-	if (m->cycle == 0 || m->kind > 1 || (m->flags & ~WIRE_CYCLE_FULL) != 0 ||
+	if (m->cycle == 0 || m->kind > 1 || (m->flags & ~(WIRE_CYCLE_FULL | WIRE_CYCLE_RESYNC)) != 0 ||
+	    m->flags == (WIRE_CYCLE_FULL | WIRE_CYCLE_RESYNC) ||
 	    m->ndisks == 0) {
 		r = RD_ERR_INVALID;
 		goto out;
@@ -444,6 +451,220 @@ wire_get_nack(const uint8_t *p, size_t len, struct wire_nack_msg *m)
 	r = no_trailing(&rb);
 out:
 	return r;
+}
+
+/* --- resynchronisation and handover ---------------------------------- */
+
+void
+wire_put_sums(struct wbuf *b, const struct wire_sums *m)
+{
+	if (m->count == 0 || m->count > WIRE_MAX_SUMS)
+		fatalx("wire: SUMS with %u digests", (unsigned)m->count);
+	size_t start = frame_begin(b, WIRE_SUMS);
+	wb_put_u16(b, m->disk);
+	wb_put_u64(b, m->offset);
+	wb_put_u32(b, m->chunk);
+	wb_put_u16(b, m->count);
+	wb_put_bytes(b, m->digests, (size_t)m->count * DIGEST_LEN);
+	frame_end(b, start, 0);
+}
+
+int
+wire_get_sums(const uint8_t *p, size_t len, struct wire_sums *m)
+{
+	struct rbuf rb;
+	int r;
+
+	memset(m, 0, sizeof(*m));
+	rb_init(&rb, p, len);
+	if ((r = rb_get_u16(&rb, &m->disk)) != 0 ||
+	    (r = rb_get_u64(&rb, &m->offset)) != 0 ||
+	    (r = rb_get_u32(&rb, &m->chunk)) != 0 ||
+	    (r = rb_get_u16(&rb, &m->count)) != 0)
+		goto out;
+	if (m->chunk < WIRE_MIN_BLOCK || m->chunk > WIRE_MAX_BLOCK ||
+	    (m->chunk & (m->chunk - 1)) != 0 || m->offset % m->chunk != 0 ||
+	    m->count == 0) {
+		r = RD_ERR_INVALID;
+		goto out;
+	}
+	if (m->count > WIRE_MAX_SUMS) {
+		r = RD_ERR_TOO_LARGE;
+		goto out;
+	}
+	if ((r = rb_get_ptr(&rb, &m->digests, (size_t)m->count *
+	    DIGEST_LEN)) != 0)
+		goto out;
+	r = no_trailing(&rb);
+out:
+	return r;
+}
+
+void
+wire_put_sig(struct wbuf *b, const struct wire_chunk *m)
+{
+	if (m->payload_len > WIRE_MAX_SIG)
+		fatalx("wire: SIG of %zu bytes", m->payload_len);
+	size_t start = frame_begin(b, WIRE_SIG);
+	wb_put_u16(b, m->disk);
+	wb_put_u64(b, m->offset);
+	wb_put_u32(b, m->length);
+	wb_put_bytes(b, m->payload, m->payload_len);
+	frame_end(b, start, 0);
+}
+
+int
+wire_get_sig(const uint8_t *p, size_t len, struct wire_chunk *m)
+{
+	struct rbuf rb;
+	int r;
+
+	memset(m, 0, sizeof(*m));
+	rb_init(&rb, p, len);
+	if ((r = rb_get_u16(&rb, &m->disk)) != 0 ||
+	    (r = rb_get_u64(&rb, &m->offset)) != 0 ||
+	    (r = rb_get_u32(&rb, &m->length)) != 0)
+		goto out;
+	m->payload_len = rb_left(&rb);
+	if (m->length == 0 || m->length > WIRE_MAX_BLOCK ||
+	    m->payload_len == 0) {
+		r = RD_ERR_INVALID;
+		goto out;
+	}
+	if (m->payload_len > WIRE_MAX_SIG) {
+		r = RD_ERR_TOO_LARGE;
+		goto out;
+	}
+	r = rb_get_ptr(&rb, &m->payload, m->payload_len);
+out:
+	return r;
+}
+
+void
+wire_put_sigend(struct wbuf *b, const struct wire_sigend *m)
+{
+	size_t start = frame_begin(b, WIRE_SIGEND);
+	wb_put_u64(b, m->cycle);
+	wb_put_u64(b, m->nsigs);
+	frame_end(b, start, 0);
+}
+
+int
+wire_get_sigend(const uint8_t *p, size_t len, struct wire_sigend *m)
+{
+	struct rbuf rb;
+	int r;
+
+	memset(m, 0, sizeof(*m));
+	rb_init(&rb, p, len);
+	if ((r = rb_get_u64(&rb, &m->cycle)) != 0 ||
+	    (r = rb_get_u64(&rb, &m->nsigs)) != 0)
+		goto out;
+	r = no_trailing(&rb);
+out:
+	return r;
+}
+
+void
+wire_put_delta(struct wbuf *b, const struct wire_chunk *m)
+{
+	if (m->payload_len > WIRE_MAX_DELTA || m->delta_len > WIRE_MAX_DELTA)
+		fatalx("wire: DELTA of %zu bytes", m->payload_len);
+	size_t start = frame_begin(b, WIRE_DELTA);
+	wb_put_u16(b, m->disk);
+	wb_put_u64(b, m->offset);
+	wb_put_u32(b, m->length);
+	wb_put_u8(b, m->encoding);
+	wb_put_u32(b, m->delta_len);
+	wb_put_bytes(b, m->hash.b, DIGEST_LEN);
+	wb_put_bytes(b, m->payload, m->payload_len);
+	frame_end(b, start, 0);
+}
+
+int
+wire_get_delta(const uint8_t *p, size_t len, struct wire_chunk *m)
+{
+	struct rbuf rb;
+	int r;
+
+	memset(m, 0, sizeof(*m));
+	rb_init(&rb, p, len);
+	if ((r = rb_get_u16(&rb, &m->disk)) != 0 ||
+	    (r = rb_get_u64(&rb, &m->offset)) != 0 ||
+	    (r = rb_get_u32(&rb, &m->length)) != 0 ||
+	    (r = rb_get_u8(&rb, &m->encoding)) != 0 ||
+	    (r = rb_get_u32(&rb, &m->delta_len)) != 0 ||
+	    (r = rb_get_bytes(&rb, m->hash.b, DIGEST_LEN)) != 0)
+		goto out;
+	m->payload_len = rb_left(&rb);
+	if (m->length == 0 || m->length > WIRE_MAX_BLOCK ||
+	    m->delta_len == 0 || m->payload_len == 0 ||
+	    (m->encoding != WIRE_ENC_RAW && m->encoding != WIRE_ENC_ZSTD) ||
+	    (m->encoding == WIRE_ENC_RAW && m->payload_len != m->delta_len)) {
+		r = RD_ERR_INVALID;
+		goto out;
+	}
+	if (m->delta_len > WIRE_MAX_DELTA || m->payload_len > WIRE_MAX_DELTA) {
+		r = RD_ERR_TOO_LARGE;
+		goto out;
+	}
+	r = rb_get_ptr(&rb, &m->payload, m->payload_len);
+out:
+	return r;
+}
+
+void
+wire_put_promote(struct wbuf *b, const struct wire_promote *m)
+{
+	size_t start = frame_begin(b, WIRE_PROMOTE);
+	wb_put_u64(b, m->cycle);
+	wb_put_u64(b, m->generation);
+	wb_put_str(b, m->listen);
+	frame_end(b, start, 0);
+}
+
+int
+wire_get_promote(const uint8_t *p, size_t len, struct wire_promote *m)
+{
+	struct rbuf rb;
+	int r;
+
+	memset(m, 0, sizeof(*m));
+	rb_init(&rb, p, len);
+	if ((r = rb_get_u64(&rb, &m->cycle)) != 0 ||
+	    (r = rb_get_u64(&rb, &m->generation)) != 0 ||
+	    (r = rb_get_str(&rb, m->listen, sizeof(m->listen))) != 0)
+		goto out;
+	char host[HOST_MAX_LEN + 1];
+	uint16_t port;
+	if (m->cycle == 0 || m->generation < 2 ||
+	    util_parse_hostport(m->listen, host, sizeof(host), &port) != 0) {
+		r = RD_ERR_INVALID;
+		goto out;
+	}
+	r = no_trailing(&rb);
+out:
+	return r;
+}
+
+void
+wire_put_promoted(struct wbuf *b, uint64_t generation)
+{
+	size_t start = frame_begin(b, WIRE_PROMOTED);
+	wb_put_u64(b, generation);
+	frame_end(b, start, 0);
+}
+
+int
+wire_get_promoted(const uint8_t *p, size_t len, uint64_t *generation)
+{
+	struct rbuf rb;
+	int r;
+
+	rb_init(&rb, p, len);
+	if ((r = rb_get_u64(&rb, generation)) != 0)
+		return r;
+	return no_trailing(&rb);
 }
 
 /* --- DATA in its session --------------------------------------------- */
@@ -638,6 +859,12 @@ wire_type_name(uint8_t type)
 	case WIRE_END:		return "end";
 	case WIRE_ACK:		return "ack";
 	case WIRE_NACK:		return "nack";
+	case WIRE_SUMS:		return "sums";
+	case WIRE_SIG:		return "sig";
+	case WIRE_SIGEND:	return "sigend";
+	case WIRE_DELTA:	return "delta";
+	case WIRE_PROMOTE:	return "promote";
+	case WIRE_PROMOTED:	return "promoted";
 	}
 	return "unknown";
 }

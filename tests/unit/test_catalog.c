@@ -329,6 +329,11 @@ test_rel_round_trip(void **state)
 	for (int i = 0; i < CAT_MAX_DISKS; i++)
 		a.disks[i].size = UINT64_MAX - (uint64_t)i;
 	memset(a.disks[7].name, 'n', NAME_MAX_LEN);
+	memset(a.peer_name, 'q', sizeof(a.peer_name) - 1);
+	memset(a.fenced, 'f', sizeof(a.fenced) - 1);
+	a.resync = 1;
+	a.at_point = 40;
+	a.step_to = 41;
 	make_rel(&b, "db01", 1);
 
 	assert_int_equal(cat_rel_list(cat, &list, &n), 0);
@@ -384,6 +389,46 @@ test_rel_replace(void **state)
 	assert_int_equal(cat_rel_put(cat, &rel), 0);
 	assert_int_equal(cat_rel_get(cat, "web01", &got), 0);
 	assert_int_equal(got.ndisks, 0);
+	cat_close(cat);
+}
+
+/* A failover's commit drops the points after the chosen one with the
+ * relationship's change, in one transaction. */
+static void
+test_rel_put_trim(void **state)
+{
+	struct fixture *f = *state;
+	struct catalog *cat = open_cat(f);
+	struct cat_rel rel, got;
+	struct cat_point p;
+
+	make_rel(&rel, "web01", 1);
+	assert_int_equal(cat_rel_put(cat, &rel), 0);
+	for (uint64_t c = 1; c <= 5; c++)
+		commit_ok(cat, "web01", c, c);
+	assert_int_equal(cat_rel_get(cat, "web01", &rel), 0);
+	rel.at_point = 2;
+	rel.step_to = 9;	/* past the newest point: corrupt */
+	assert_int_equal(cat_rel_put(cat, &rel), 0);
+	assert_int_equal(cat_rel_get(cat, "web01", &got), RD_ERR_CORRUPT);
+	rel.step_to = 0;
+	rel.role = CAT_ROLE_PRIMARY;
+	rel.generation = 2;
+	rel.last_point = 2;
+	rel.last_cycle = 2;
+	rel.at_point = 0;
+	assert_int_equal(cat_rel_put_trim(cat, &rel, 2), 0);
+	assert_int_equal(count_points(f, "web01"), 2);
+	assert_int_equal(cat_point_get(cat, "web01", 3, &p), RD_ERR_NOT_FOUND);
+	assert_int_equal(cat_point_get(cat, "web01", 2, &p), 0);
+	assert_int_equal(cat_rel_get(cat, "web01", &got), 0);
+	assert_memory_equal(&got, &rel, sizeof(rel));
+	/* A resync flag other than 0 or 1 is refused on the way back. */
+	sqlite3 *db = raw_open(f);
+	raw_exec(db, "UPDATE relationships SET resync = 1");
+	sqlite3_close(db);
+	assert_int_equal(cat_rel_get(cat, "web01", &got), 0);
+	assert_int_equal(got.resync, 1);
 	cat_close(cat);
 }
 
@@ -681,7 +726,9 @@ test_corrupt_rows(void **state)
 	    "idx = 5", "web01", NULL);
 
 	/* A relationship whose name is not a safe VM name. */
-	raw_exec(db, "INSERT INTO relationships VALUES ('../x', 0, 1, '', "
+	raw_exec(db, "INSERT INTO relationships (vm, role, generation, peer, "
+	    "storage, block_size, last_cycle, last_point, "
+	    "last_point_created_ms, interval_ms) VALUES ('../x', 0, 1, '', "
 	    "'', 4096, 0, 0, 0, 0)");
 	expect_corrupt(cat, "../x");
 	raw_update(db, "DELETE FROM relationships WHERE vm = ?1", "../x",
@@ -931,6 +978,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_rel_round_trip, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_rel_replace, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_rel_put_trim, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_point_commit_sequence,
 		    setup, teardown),
