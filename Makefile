@@ -22,8 +22,8 @@ LDLIBS  += $(PKG_LIBS) -lrsync -pthread
 # Objects shared by both programs.
 COMMON_OBJS  := err log xmalloc buf util wire ctl config
 # The daemon: catalog, worker pool, TLS, tracker, both roles, control socket.
-REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work tls netio blockmap tracker undo store \
-                 replica primary control daemon
+REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work tls netio blockmap tracker undo delta store \
+                 replica primary failover control daemon
 REPLCTL_OBJS  := $(COMMON_OBJS)
 
 LIB_OBJS := $(sort $(REPLICAD_OBJS))

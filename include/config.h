@@ -44,6 +44,8 @@ struct cfg_vm {
 	int		 compress_level; /* 0 = none, else zstd level 1..19 */
 	char		*pre_snapshot;	/* NULL if unset */
 	char		*post_snapshot;
+	char		*on_promote;	/* hooks of failover; NULL if unset */
+	char		*on_demote;
 	int		 line;		/* line of the section header */
 };
 
@@ -53,6 +55,9 @@ struct cfg_accept {
 	size_t		 nvms;
 	char		*storage;	/* default STATE_DIR/replicas */
 	char		*retention;	/* default "last=24" */
+	char		*on_promote;	/* run when a VM of this entry becomes
+					   primary here; NULL if unset */
+	char		*on_demote;
 	int		 line;
 };
 
@@ -83,6 +88,8 @@ struct config {
 int	config_load(const char *path, struct config **out, char *err,
 	    size_t errsz);
 void	config_free(struct config *cfg);
+/* Free a struct cfg_vm allocated on its own (every field, then vm). */
+void	cfg_vm_free(struct cfg_vm *vm);
 
 /* The [vm] section named name, or NULL. */
 const struct cfg_vm *config_find_vm(const struct config *cfg,

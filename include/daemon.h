@@ -38,5 +38,9 @@ struct daemon *daemon_init(struct config *cfg);
 /* Run until SIGTERM or SIGINT; returns the exit code. */
 int	daemon_run(struct daemon *d);
 void	daemon_fini(struct daemon *d);
+/* The VMs of the primary role come and go with failovers. */
+void	daemon_add_pvm(struct daemon *d, struct pvm *vm);
+void	daemon_remove_pvm(struct daemon *d, struct pvm *vm);
+struct pvm *daemon_find_pvm(struct daemon *d, const char *name);
 
 #endif

@@ -49,7 +49,10 @@ int	delta_sign(const uint8_t *data, size_t len, uint32_t block_len,
  * makes for a basis of len bytes (magic, a block_len within range,
  * strong_len DELTA_STRONG_LEN, one entry per block), RD_ERR_INVALID
  * otherwise.  RD_ERR_RANGE for a len of 0 or above DELTA_MAX_CHUNK.
- * Nothing is appended on error.
+ * Nothing is appended on error.  The delta takes at most 2 * len + 4096
+ * bytes, but a well-formed signature with made-up sums can still cost
+ * time: up to about len * block_len bytes hashed (seconds per MiB), where
+ * an honest one costs milliseconds.
  */
 int	delta_make(const uint8_t *sig, size_t sig_len, const uint8_t *data,
 	    size_t len, struct wbuf *out);

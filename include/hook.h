@@ -6,8 +6,10 @@
 #define REPLICAD_HOOK_H
 
 #include <stddef.h>
+#include <stdint.h>
 
-#define HOOK_TIMEOUT_S	60
+#define HOOK_TIMEOUT_S		60
+#define HOOK_ROLE_TIMEOUT_S	300	/* on_demote may shut a guest down */
 
 /*
  * Run `/bin/sh -c cmd` with the daemon's environment plus env (NULL-
@@ -19,5 +21,15 @@
  */
 int	hook_run(const char *vm, const char *which, const char *cmd,
 	    char *const env[], unsigned timeout_s, char *why, size_t whysz);
+
+/*
+ * A failover hook (on_promote, on_demote; nothing to do if cmd is NULL)
+ * with REPLICAD_VM, REPLICAD_ROLE (the role the host takes: primary or
+ * replica), REPLICAD_GENERATION, REPLICAD_POINT and REPLICAD_DISKS
+ * (space-separated paths) in its environment; HOOK_ROLE_TIMEOUT_S.
+ */
+int	hook_run_role(const char *vm, const char *which, const char *cmd,
+	    const char *role, uint64_t generation, uint64_t point,
+	    char *const *disks, size_t ndisks, char *why, size_t whysz);
 
 #endif

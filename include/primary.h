@@ -35,7 +35,7 @@ struct cycle_stats {
 
 struct pvm_status {
 	const char	*name;
-	const char	*replica;
+	const char	*replica;	/* NULL: none (promoted, not reversed) */
 	enum pvm_state	 state;
 	uint64_t	 generation;
 	uint64_t	 last_point;	/* 0: none yet */
@@ -45,6 +45,7 @@ struct pvm_status {
 	const char	*error;		/* last failure, "" if none */
 	uint64_t	 progress_bytes; /* read so far by a running cycle */
 	uint64_t	 progress_total;
+	int		 resyncing;	/* the running cycle is a resync */
 	struct cycle_stats last;	/* last successful cycle */
 };
 
@@ -54,7 +55,31 @@ struct pvm_status {
  */
 typedef void (*pvm_waiter_fn)(void *arg, uint64_t point, const char *error);
 
+/* Told when a planned failover's handover ends: rc 0 once the replica
+ * recorded its promotion; else why not (RD_ERR_STATE: PROMOTE was sent
+ * but no answer came, so the outcome is unknown). */
+typedef void (*pvm_handover_fn)(void *arg, int rc, const char *error);
+
 struct pvm *pvm_new(struct daemon *d, const struct cfg_vm *cfg);
+/* The same for a cfg the VM owns (cfg_vm_free() at pvm_free()): a VM
+ * this host became the primary of by a failover.  Without a replica
+ * (cfg->replica NULL) it runs no cycle. */
+struct pvm *pvm_new_owned(struct daemon *d, struct cfg_vm *cfg);
+const struct cfg_vm *pvm_cfg(const struct pvm *vm);
+uint64_t pvm_generation(const struct pvm *vm);
+int	pvm_has_replica(const struct pvm *vm);
+/* No cycles while held (an unplanned failover not yet committed). */
+void	pvm_hold(struct pvm *vm, int hold);
+/* Stop the VM's cycles for good (a role change): fn(arg) is called from
+ * the loop once no session or job uses it; then pvm_free() it. */
+void	pvm_retire(struct pvm *vm, void (*fn)(void *), void *arg);
+/*
+ * Planned failover: run a cycle now (after the running one) and, once
+ * the replica acknowledged it, ask the replica to become the primary at
+ * the next generation, replicating to listen (HOST:PORT of this host).
+ */
+int	pvm_handover(struct pvm *vm, const char *listen, pvm_handover_fn fn,
+	    void *arg);
 void	pvm_free(struct pvm *vm);
 const char *pvm_name(const struct pvm *vm);
 void	pvm_status(const struct pvm *vm, struct pvm_status *st);

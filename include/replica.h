@@ -34,6 +34,19 @@ void	replica_stop(struct daemon *d);
 void	replica_fini(struct daemon *d);
 
 struct rvm *replica_find(struct daemon *d, const char *vm);
+/* Open the store of a replica relationship (a demotion, or a promotion
+ * not committed yet) and add it; NULL with a message in err. */
+struct rvm *replica_add(struct daemon *d, const struct cat_rel *rel,
+	    char *err, size_t errsz);
+/* Close its store and forget it (no session may use it). */
+void	replica_remove(struct daemon *d, struct rvm *vm);
+/* Refuse sessions for vm from now on; fn(arg) once none is left. */
+void	rvm_when_idle(struct rvm *vm, void (*fn)(void *), void *arg);
+void	rvm_block(struct rvm *vm, int blocked);
+/* The VM is primary here by an unplanned failover not yet committed:
+ * the store stays open for another choice of point or the commit. */
+int	rvm_promoted(const struct rvm *vm);
+void	rvm_set_promoted(struct rvm *vm, int promoted);
 void	rvm_status(struct rvm *vm, struct rvm_status *st);
 struct store *rvm_store(struct rvm *vm);
 

@@ -50,10 +50,17 @@ struct store_cycle {
  */
 int	store_open(struct catalog *cat, const struct cat_rel *rel,
 	    struct store **out, char *err, size_t errsz);
+/* The same with the images at paths[0..ndisks-1] instead of
+ * STORAGE/VM/DISK: a former primary receives into its own disk files. */
+int	store_open_paths(struct catalog *cat, const struct cat_rel *rel,
+	    char *const *paths, struct store **out, char *err, size_t errsz);
 void	store_close(struct store *st);
 /* The relationship as the store knows it (newest point, sizes); never
  * waits for an apply, so the loop thread may call it. */
 void	store_rel(struct store *st, struct cat_rel *out);
+
+/* Read the relationship again from the catalog (a role change). */
+void	store_reload_rel(struct store *st);
 
 int	store_cycle_begin(struct store *st, const struct store_cycle *c,
 	    char *err, size_t errsz);
@@ -67,6 +74,22 @@ int	store_cycle_commit(struct store *st, struct cat_point *out,
 	    char *err, size_t errsz);
 /* Abandon the cycle being received. */
 void	store_cycle_abort(struct store *st);
+
+/*
+ * Unplanned failover: move the images to point target (0: the newest),
+ * older or newer than the point they hold, keeping what each step
+ * overwrites (redo segments) until store_rewind_commit(); each step is
+ * journalled in the catalog and a crash mid-step is undone at the next
+ * open.  With check_unchanged, first refuse (RD_ERR_HASH) if the images
+ * differ from the point they were left at (a VM ran on them).
+ */
+int	store_rewind(struct store *st, uint64_t target, int check_unchanged,
+	    char *err, size_t errsz);
+/* Make the point the images hold the newest: drop the newer points, their
+ * undo segments and the redo segments.  *out (may be NULL) receives the
+ * relationship as recorded. */
+int	store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
+	    size_t errsz);
 
 /* Resynchronisation.  Whether any image holds data (a seed copy, or a
  * former primary's disks). */

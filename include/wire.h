@@ -92,6 +92,7 @@
  *   u64  offset       a chunk's offset, in the order of SUMS
  *   u32  length       the chunk's length
  *   ...  payload      librsync signature of the replica's chunk (delta.h)
+ *                     at WIRE_SIG_BLOCK bytes per block
  *
  * SIGEND (10), replica -> primary: every SUMS was answered
  *   u64  cycle
@@ -137,8 +138,10 @@
 #define WIRE_MAX_REASON	1024
 #define WIRE_CHUNK	(1u << 20)	/* resync chunk (at least a block) */
 #define WIRE_MAX_SUMS	1024		/* digests in one SUMS frame */
+#define WIRE_SIG_BLOCK	4096		/* librsync block of a SIG */
 #define WIRE_MAX_DELTA	(WIRE_MAX_BLOCK + (64u << 10))
-#define WIRE_MAX_SIG	(64u << 10)	/* a 4 MiB chunk at 1 KiB blocks */
+#define WIRE_MAX_SIG	(64u << 10)	/* a 4 MiB chunk signed at 4 KiB
+					   blocks takes 20 KiB */
 /* Largest frame: a DATA header and an incompressible block of the largest
  * size (ZSTD payloads above the block size are refused; RAW is sent). */
 #define WIRE_DATA_HDR	(2 + 8 + 4 + 1 + DIGEST_LEN)

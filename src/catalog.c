@@ -16,7 +16,9 @@
  *                  last_point_created_ms, interval_ms; since version 2
  *                  peer_name, fenced (why this host was refused as a
  *                  stale primary, '' if not), resync (0, 1), at_point
- *                  and step_to (an uncommitted failover's rewind)
+ *                  and step_to (an uncommitted failover's rewind),
+ *                  max_point (the highest point id ever given: ids are
+ *                  not reused when a failover drops points)
  *   rel_disks      (vm, idx) -> name (unique per vm), size; idx 0..n-1
  *   points         (vm, id) -> cycle (unique per vm), created_ms, kind
  *                  (0 crash, 1 app), bytes, undo_bytes, generation
@@ -115,6 +117,11 @@ static const char *const cat_migrations[] = {
 	"  DEFAULT 0;"
 	"ALTER TABLE relationships ADD COLUMN step_to INTEGER NOT NULL "
 	"  DEFAULT 0;"
+	"ALTER TABLE relationships ADD COLUMN max_point INTEGER NOT NULL "
+	"  DEFAULT 0;"
+	"UPDATE relationships SET max_point = max(last_point, "
+	"  coalesce((SELECT max(id) FROM points "
+	"  WHERE points.vm = relationships.vm), 0));"
 	"PRAGMA user_version = 2;",
 };
 
@@ -172,11 +179,12 @@ static const char *const cat_sql[ST_COUNT] = {
 	    "peer_name = excluded.peer_name, fenced = excluded.fenced, "
 	    "resync = excluded.resync, at_point = excluded.at_point, "
 	    "step_to = excluded.step_to",
-	[ST_REL_POINT_IDS] = "SELECT last_point, "
+	[ST_REL_POINT_IDS] = "SELECT max(last_point, max_point), "
 	    "(SELECT max(id) FROM points WHERE vm = ?1) "
 	    "FROM relationships WHERE vm = ?1",
 	[ST_REL_SET_POINT] = "UPDATE relationships SET last_cycle = ?2, "
-	    "last_point = ?3, last_point_created_ms = ?4 WHERE vm = ?1",
+	    "last_point = ?3, last_point_created_ms = ?4, "
+	    "max_point = max(max_point, ?3) WHERE vm = ?1",
 	[ST_RDISK_LIST] = "SELECT idx, name, size FROM rel_disks "
 	    "WHERE vm = ?1 ORDER BY idx",
 	[ST_RDISK_CLEAR] = "DELETE FROM rel_disks WHERE vm = ?1",

@@ -364,7 +364,35 @@ set_post_snapshot(struct cfg_parse *p, const char *v)
 	return 0;
 }
 
+static int
+set_vm_on_promote(struct cfg_parse *p, const char *v)
+{
+	cur_vm(p)->on_promote = xstrdup(v);
+	return 0;
+}
+
+static int
+set_vm_on_demote(struct cfg_parse *p, const char *v)
+{
+	cur_vm(p)->on_demote = xstrdup(v);
+	return 0;
+}
+
 /* [accept NAME] */
+
+static int
+set_acc_on_promote(struct cfg_parse *p, const char *v)
+{
+	cur_accept(p)->on_promote = xstrdup(v);
+	return 0;
+}
+
+static int
+set_acc_on_demote(struct cfg_parse *p, const char *v)
+{
+	cur_accept(p)->on_demote = xstrdup(v);
+	return 0;
+}
 
 static int
 set_vms(struct cfg_parse *p, const char *v)
@@ -502,6 +530,10 @@ static const struct cfg_key cfg_keys[] = {
 	{ SEC_VM, "compress", set_compress, 0 },
 	{ SEC_VM, "pre_snapshot", set_pre_snapshot, 0 },
 	{ SEC_VM, "post_snapshot", set_post_snapshot, 0 },
+	{ SEC_VM, "on_promote", set_vm_on_promote, 0 },
+	{ SEC_VM, "on_demote", set_vm_on_demote, 0 },
+	{ SEC_ACCEPT, "on_promote", set_acc_on_promote, 0 },
+	{ SEC_ACCEPT, "on_demote", set_acc_on_demote, 0 },
 	{ SEC_ACCEPT, "vms", set_vms, 0 },
 	{ SEC_ACCEPT, "storage", set_storage, 0 },
 	{ SEC_ACCEPT, "retention", set_retention, 0 },
@@ -869,6 +901,28 @@ free_strv(char **v, size_t n)
 	free(v);
 }
 
+static void
+vm_fields_free(struct cfg_vm *vm)
+{
+	free_strv(vm->disks, vm->ndisks);
+	free_strv(vm->disk_names, vm->ndisks);
+	free(vm->replica);
+	free(vm->replica_name);
+	free(vm->pre_snapshot);
+	free(vm->post_snapshot);
+	free(vm->on_promote);
+	free(vm->on_demote);
+}
+
+void
+cfg_vm_free(struct cfg_vm *vm)
+{
+	if (vm == NULL)
+		return;
+	vm_fields_free(vm);
+	free(vm);
+}
+
 void
 config_free(struct config *cfg)
 {
@@ -877,12 +931,7 @@ config_free(struct config *cfg)
 	for (size_t i = 0; i < cfg->nvms; i++) {
 		struct cfg_vm *vm = &cfg->vms[i];
 
-		free_strv(vm->disks, vm->ndisks);
-		free_strv(vm->disk_names, vm->ndisks);
-		free(vm->replica);
-		free(vm->replica_name);
-		free(vm->pre_snapshot);
-		free(vm->post_snapshot);
+		vm_fields_free(vm);
 	}
 	free(cfg->vms);
 	for (size_t i = 0; i < cfg->naccepts; i++) {
@@ -891,6 +940,8 @@ config_free(struct config *cfg)
 		free_strv(a->vms, a->nvms);
 		free(a->storage);
 		free(a->retention);
+		free(a->on_promote);
+		free(a->on_demote);
 	}
 	free(cfg->accepts);
 	free(cfg->path);

@@ -27,6 +27,7 @@
 #include "ctl.h"
 #include "daemon.h"
 #include "err.h"
+#include "failover.h"
 #include "log.h"
 #include "primary.h"
 #include "replica.h"
@@ -50,6 +51,7 @@ struct opts {
 	int		 has_point;
 	uint64_t	 point;
 	const char	*to;
+	const char	*name;
 };
 
 struct cconn {
@@ -213,6 +215,7 @@ struct vm_view {
 	struct cycle_stats last;
 	uint64_t	 progress;
 	uint64_t	 total;
+	uint64_t	 uncommitted;	/* failover not committed: its point */
 };
 
 static const char *
@@ -247,8 +250,15 @@ collect(struct daemon *d, const char *only, struct vm_view **out_views)
 		struct vm_view *x = &v[n++];
 		x->name = st.name;
 		x->role = "primary";
-		x->peer = st.replica;
-		x->state = pvm_state_name(st.state);
+		x->peer = st.replica ? st.replica : "-";
+		x->state = st.resyncing && st.state == PVM_SYNCING ? "resyncing" :
+		    pvm_state_name(st.state);
+		struct rvm *rv = replica_find(d, st.name);
+		if (rv && rvm_promoted(rv)) {
+			struct cat_rel rel;
+			store_rel(rvm_store(rv), &rel);
+			x->uncommitted = rel.at_point;
+		}
 		x->generation = st.generation;
 		x->last_point = st.last_point;
 		x->last_point_ms = st.last_point_ms;
@@ -264,6 +274,8 @@ collect(struct daemon *d, const char *only, struct vm_view **out_views)
 	}
 	for (size_t i = 0; i < d->nrvms; i++) {
 		struct rvm_status st;
+		if (rvm_promoted(d->rvms[i]))
+			continue;	/* shown as the primary it now is */
 		rvm_status(d->rvms[i], &st);
 		if (only && strcmp(only, st.name) != 0)
 			continue;
@@ -325,6 +337,9 @@ cmd_status(struct cconn *c)
 				    "\"last_point_created\":null,"
 				    "\"lag_seconds\":null,");
 			}
+			if (x->uncommitted)
+				json_raw(&b, "\"uncommitted_point\":%" PRIu64
+				    ",", x->uncommitted);
 			json_raw(&b, "\"error\":");
 			if (x->error && x->error[0])
 				json_str(&b, x->error);
@@ -380,7 +395,12 @@ cmd_status(struct cconn *c)
 			out(c, "%-16s %-8s %4" PRIu64 " %-9s %-8s %-6s %-21s "
 			    "%-7s %s\n", x->name, x->role, x->generation,
 			    x->state, x->health, pt, when, lag, cyc);
-			if (x->total && strcmp(x->state, "syncing") == 0) {
+			if (x->uncommitted)
+				out(c, "%16s failover to point %" PRIu64 " not "
+				    "committed (replctl failover %s --commit)\n",
+				    "", x->uncommitted, x->name);
+			if (x->total && (strcmp(x->state, "syncing") == 0 ||
+			    strcmp(x->state, "resyncing") == 0)) {
 				util_format_bytes(x->progress, bytes[3], 32);
 				util_format_bytes(x->total, bytes[1], 32);
 				out(c, "%16s progress: %s of %s read (%.0f%%)\n",
@@ -456,10 +476,7 @@ cmd_points(struct cconn *c)
 static struct pvm *
 find_pvm(struct daemon *d, const char *name)
 {
-	for (size_t i = 0; i < d->npvms; i++)
-		if (strcmp(pvm_name(d->pvms[i]), name) == 0)
-			return d->pvms[i];
-	return NULL;
+	return daemon_find_pvm(d, name);
 }
 
 static struct pvm *
@@ -637,12 +654,38 @@ need_rvm(struct cconn *c, const char *what)
 	return vm;
 }
 
+/* A role change ended (failover.h). */
+static void
+role_done(void *arg, int rc, const char *msg)
+{
+	struct cconn *c = arg;
+	c->busy = 0;
+	if (rc == 0)
+		out(c, "%s\n", msg);
+	else
+		err(c, "replctl: %s\n", msg);
+	finish(c, rc == 0 ? 0 : 1);
+}
+
 static void
 cmd_failover(struct cconn *c)
 {
+	struct daemon *d = c->ctl->d;
 	if (!c->o.test) {
-		fail(c, 1, "failover %s: only test failover (--test) is "
-		    "available in this version", c->o.vm);
+		c->busy = 1;
+		if (c->o.planned)
+			failover_planned(d, c->o.vm, role_done, c);
+		else if (c->o.commit)
+			failover_commit(d, c->o.vm, role_done, c);
+		else
+			failover_unplanned(d, c->o.vm, c->o.has_point ?
+			    c->o.point : 0, role_done, c);
+		return;
+	}
+	struct rvm *rv = replica_find(d, c->o.vm);
+	if (rv && rvm_promoted(rv)) {
+		fail(c, 1, "failover %s --test: %s is primary on this host (its "
+		    "failover is not committed)", c->o.vm, c->o.vm);
 		return;
 	}
 	if ((c->rvm = need_rvm(c, "test failover")) == NULL)
@@ -657,6 +700,11 @@ cmd_verify(struct cconn *c)
 {
 	if ((c->rvm = need_rvm(c, "verify")) == NULL)
 		return;
+	if (rvm_promoted(c->rvm)) {
+		fail(c, 1, "verify %s: %s is primary on this host (its failover "
+		    "is not committed)", c->o.vm, c->o.vm);
+		return;
+	}
 	if (c->o.has_point) {
 		struct cat_rel rel;
 		store_rel(rvm_store(c->rvm), &rel);
@@ -669,6 +717,14 @@ cmd_verify(struct cconn *c)
 	}
 	c->busy = 1;
 	work_submit(job_verify, verify_done, c);
+}
+
+static void
+cmd_reverse(struct cconn *c)
+{
+	c->busy = 1;
+	failover_reverse(c->ctl->d, c->o.vm, c->o.to, c->o.name, c->o.wait,
+	    role_done, c);
 }
 
 static void
@@ -694,7 +750,7 @@ static const struct command commands[] = {
 	{ "verify",	2, cmd_verify },
 	{ "pause",	2, cmd_pause },
 	{ "resume",	2, cmd_resume },
-	{ "reverse",	2, cmd_unavailable },
+	{ "reverse",	2, cmd_reverse },
 	{ "resync",	2, cmd_resync },
 	{ "prune",	1, cmd_unavailable },
 	{ "forget",	2, cmd_unavailable },
@@ -747,7 +803,11 @@ parse_opts(struct ctl_request *req, struct opts *o, char *msg, size_t msgsz)
 			}
 			o->has_point = 1;
 		} else if (strcmp(a, "--to") == 0 && i + 1 < req->argc) {
-			o->to = req->argv[++i];
+			free((char *)o->to);
+			o->to = xstrdup(req->argv[++i]);	/* owned too */
+		} else if (strcmp(a, "--name") == 0 && i + 1 < req->argc) {
+			free((char *)o->name);
+			o->name = xstrdup(req->argv[++i]);
 		} else {
 			snprintf(msg, msgsz, "unknown option '%.32s'", a);
 			return RD_ERR_INVALID;
@@ -777,7 +837,6 @@ dispatch(struct cconn *c, struct ctl_request *req)
 		fail(c, 2, "%s: a VM name is required", cmd->name);
 		return;
 	}
-	c->o.to = NULL;
 	log_debug("control: %s%s%s", cmd->name, c->o.vm ? " " : "",
 	    c->o.vm ? c->o.vm : "");
 	cmd->fn(c);
@@ -800,6 +859,8 @@ conn_free(struct cconn *c)
 		free(c->paths[i]);
 	wb_free(&c->out);
 	free((char *)c->o.vm);
+	free((char *)c->o.to);
+	free((char *)c->o.name);
 	free(c);
 }
 

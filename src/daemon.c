@@ -16,6 +16,7 @@
 #include "control.h"
 #include "daemon.h"
 #include "err.h"
+#include "failover.h"
 #include "log.h"
 #include "primary.h"
 #include "replica.h"
@@ -54,7 +55,9 @@ daemon_init(struct config *cfg)
 		fatalx("cannot open the catalog %s: %s", db, rd_strerror(r));
 	free(db);
 
-	if (cfg->nvms > 0 && (d->client_ctx = tls_ctx_new(0, cfg->tls_cert,
+	/* Every host may become a primary (failover): a client context
+	 * whenever this host has a certificate. */
+	if (cfg->tls_cert && (d->client_ctx = tls_ctx_new(0, cfg->tls_cert,
 	    cfg->tls_key, cfg->tls_ca, err, sizeof(err))) == NULL)
 		fatalx("%s", err);
 	if (cfg->listen && (d->server_ctx = tls_ctx_new(1, cfg->tls_cert,
@@ -68,17 +71,48 @@ daemon_init(struct config *cfg)
 
 	control_init(d);	/* first: it refuses a second replicad */
 	replica_init(d);
-	d->pvms = xcalloc(cfg->nvms + 1, sizeof(*d->pvms));
+	failover_init(d);
 	for (size_t i = 0; i < cfg->nvms; i++) {
-		if (replica_find(d, cfg->vms[i].name) != NULL) {
-			log_warnx("%s: this host is recorded as its replica; the "
-			    "[vm %s] section is ignored", cfg->vms[i].name,
-			    cfg->vms[i].name);
+		struct rvm *rv = replica_find(d, cfg->vms[i].name);
+		if (daemon_find_pvm(d, cfg->vms[i].name) != NULL)
+			continue;	/* primary by a failover not committed */
+		if (rv != NULL) {
+			log_info("%s: this host is its replica (failover); the "
+			    "[vm %s] section names the disks it receives into",
+			    cfg->vms[i].name, cfg->vms[i].name);
 			continue;
 		}
-		d->pvms[d->npvms++] = pvm_new(d, &cfg->vms[i]);
+		daemon_add_pvm(d, pvm_new(d, &cfg->vms[i]));
 	}
 	return d;
+}
+
+void
+daemon_add_pvm(struct daemon *d, struct pvm *vm)
+{
+	d->pvms = xreallocarray(d->pvms, d->npvms + 1, sizeof(*d->pvms));
+	d->pvms[d->npvms++] = vm;
+}
+
+void
+daemon_remove_pvm(struct daemon *d, struct pvm *vm)
+{
+	for (size_t i = 0; i < d->npvms; i++)
+		if (d->pvms[i] == vm) {
+			memmove(&d->pvms[i], &d->pvms[i + 1],
+			    (d->npvms - i - 1) * sizeof(*d->pvms));
+			d->npvms--;
+			return;
+		}
+}
+
+struct pvm *
+daemon_find_pvm(struct daemon *d, const char *name)
+{
+	for (size_t i = 0; i < d->npvms; i++)
+		if (strcmp(pvm_name(d->pvms[i]), name) == 0)
+			return d->pvms[i];
+	return NULL;
 }
 
 static void

@@ -11,8 +11,8 @@
  *     4      strong_len, DELTA_STRONG_LEN
  *     then for each of the ceil(len / block_len) blocks, the last one
  *     possibly short:
- *     4      rolling checksum (rsync rollsum)
- *     16     first DELTA_STRONG_LEN bytes of the block's BLAKE2b
+ *     4      rolling checksum (rsync's rollsum, bytes offset by 31)
+ *     16     the first DELTA_STRONG_LEN bytes of its BLAKE2b-256
  *
  *   delta
  *     4      magic RS_DELTA_MAGIC ("rs\x02\x36")
@@ -63,9 +63,10 @@
 
 /*
  * The most delta_make() will write for a chunk of len bytes.  librsync
- * stays far below (literals are cut at 64 KiB with a 3-byte header, a
- * copy covers at least a block), but a hostile signature must not be able
- * to make it grow without end.
+ * stays far below (literals are cut at 64 KiB behind a 3-byte header,
+ * copies cover whole blocks but near the end), but what a signature from
+ * the network can make us allocate has to be bounded here, not by
+ * librsync's internals.
  */
 #define DELTA_OUT_MAX(len)	(2 * (len) + 4096)
 

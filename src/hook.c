@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -136,5 +137,36 @@ hook_run(const char *vm, const char *which, const char *cmd,
 		    out);
 	else
 		log_warnx("%s: %s", vm, why);
+	return r;
+}
+
+int
+hook_run_role(const char *vm, const char *which, const char *cmd,
+    const char *role, uint64_t generation, uint64_t point,
+    char *const *disks, size_t ndisks, char *why, size_t whysz)
+{
+	char *env[6];
+	size_t len = 1;
+
+	if (cmd == NULL)
+		return 0;
+	for (size_t i = 0; i < ndisks; i++)
+		len += strlen(disks[i]) + 1;
+	char *list = xcalloc(1, len);
+	for (size_t i = 0; i < ndisks; i++) {
+		if (i)
+			strcat(list, " ");
+		strcat(list, disks[i]);
+	}
+	env[0] = xasprintf("REPLICAD_VM=%s", vm);
+	env[1] = xasprintf("REPLICAD_ROLE=%s", role);
+	env[2] = xasprintf("REPLICAD_GENERATION=%" PRIu64, generation);
+	env[3] = xasprintf("REPLICAD_POINT=%" PRIu64, point);
+	env[4] = xasprintf("REPLICAD_DISKS=%s", list);
+	env[5] = NULL;
+	int r = hook_run(vm, which, cmd, env, HOOK_ROLE_TIMEOUT_S, why, whysz);
+	for (int i = 0; i < 5; i++)
+		free(env[i]);
+	free(list);
 	return r;
 }

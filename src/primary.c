@@ -76,6 +76,7 @@ enum psess_state {
 	PS_SEND,
 	PS_WAIT_ACK,
 	PS_COMMIT,
+	PS_PROMOTE,		/* PROMOTE sent, PROMOTED awaited */
 };
 
 struct psess {
@@ -136,6 +137,8 @@ struct psess {
 	int			 sigend;	/* SIGEND received */
 	int			 job_final;	/* the job has the last SIGs */
 	int			 want_resync;	/* asked for before it started */
+	int			 handover;	/* PROMOTE follows the ACK */
+	int			 promote_sent;
 	uint8_t			*cbuf;		/* a chunk */
 	struct wbuf		 dbuf;		/* a delta */
 	uint8_t			*zbuf;		/* a compressed delta */
@@ -160,9 +163,29 @@ struct pvm {
 	struct waiter		*next;		/* want the cycle after it */
 	int			 draining;	/* ended sessions with a job */
 	int			 resync;	/* next cycle resynchronises */
+	int			 held;		/* no cycle (failover uncommitted) */
+	struct cfg_vm		*owned_cfg;	/* cfg, when made from the catalog */
+	/* planned failover: the next cycle hands over */
+	char			*handover;	/* this host's listen HOST:PORT */
+	pvm_handover_fn		 handover_fn;
+	void			*handover_arg;
+	/* retiring: told once no session or job uses the VM */
+	void			(*retire_fn)(void *);
+	void			*retire_arg;
+};
+
+struct fence_job {
+	struct pvm	*vm;
+	char		 why[512];	/* "" lifts the fence */
 };
 
 static void start_cycle(struct pvm *vm);
+static void listen_addr(struct psess *s, const char *listen, char *out,
+    size_t outsz);
+static void maybe_retired(struct pvm *vm);
+static void handover_end(struct pvm *vm, int rc, const char *msg);
+static void job_fenced(void *arg);
+static void fenced_done(void *arg);
 static void job_thaw(void *arg);
 static void plan_next(struct pvm *vm);
 static void sess_fail(struct psess *s, int code, const char *fmt, ...)
@@ -209,7 +232,8 @@ schedule(struct pvm *vm, uint64_t ms)
 static void
 plan_next(struct pvm *vm)
 {
-	if (vm->d->stopping || vm->state == PVM_FENCED)
+	if (vm->d->stopping || vm->state == PVM_FENCED || vm->retire_fn ||
+	    vm->cfg->replica == NULL || vm->held)
 		return;
 	if (vm->next != NULL) {
 		schedule(vm, 0);
@@ -307,6 +331,18 @@ sess_end(struct psess *s)
 	sess_free(s);
 	if (was_dead && --vm->draining == 0 && vm->sess == NULL)
 		plan_next(vm);
+	maybe_retired(vm);
+}
+
+/* A retiring VM is told once nothing uses it any more. */
+static void
+maybe_retired(struct pvm *vm)
+{
+	if (vm->retire_fn == NULL || vm->sess != NULL || vm->draining > 0)
+		return;
+	void (*fn)(void *) = vm->retire_fn;
+	vm->retire_fn = NULL;
+	fn(vm->retire_arg);
 }
 
 static void
@@ -326,16 +362,68 @@ sess_fail(struct psess *s, int code, const char *fmt, ...)
 		log_warnx("%s: cycle failed: %s", vm->cfg->name, msg);
 	snprintf(vm->error, sizeof(vm->error), "%s", msg);
 	vm->failures++;
+	int promote_sent = s->promote_sent, handover = s->handover;
 	if (code == RD_ERR_FENCED) {
+		if (vm->state != PVM_FENCED) {
+			/* Remembered across restarts: a stale primary stays
+			 * quiet until an operator acts (F1). */
+			struct fence_job *fj = xcalloc(1, sizeof(*fj));
+			fj->vm = vm;
+			snprintf(fj->why, sizeof(fj->why), "%s", msg);
+			vm->draining++;
+			work_submit(job_fenced, fenced_done, fj);
+		}
 		vm->state = PVM_FENCED;
 	} else {
 		vm->state = PVM_ERROR;
 	}
 	sess_end(s);
+	if (handover)
+		handover_end(vm, promote_sent ? RD_ERR_STATE : code, msg);
 	tell_waiters(&vm->cur, 0, msg);
 	if (vm->state == PVM_FENCED)
 		tell_waiters(&vm->next, 0, msg);
 	plan_next(vm);
+}
+
+static void
+job_fenced(void *arg)
+{
+	struct fence_job *fj = arg;
+	struct cat_rel rel;
+	int r = cat_rel_get(fj->vm->d->cat, fj->vm->cfg->name, &rel);
+	if (r == 0) {
+		snprintf(rel.fenced, sizeof(rel.fenced), "%.*s",
+		    (int)sizeof(rel.fenced) - 1, fj->why);
+		r = cat_rel_put(fj->vm->d->cat, &rel);
+	}
+	if (r != 0)
+		log_warnx("%s: cannot record the fence: %s", fj->vm->cfg->name,
+		    rd_strerror(r));
+}
+
+static void
+fenced_done(void *arg)
+{
+	struct fence_job *fj = arg;
+	struct pvm *vm = fj->vm;
+	free(fj);
+	log_warnx("%s: fenced: %s; no more cycles until an operator acts "
+	    "(replctl resume, or reverse from the new primary)", vm->cfg->name,
+	    vm->error);
+	vm->draining--;
+	maybe_retired(vm);
+}
+
+static void
+fenced_done_quiet(void *arg)
+{
+	struct fence_job *fj = arg;
+	struct pvm *vm = fj->vm;
+	free(fj);
+	if (--vm->draining == 0 && vm->sess == NULL)
+		plan_next(vm);
+	maybe_retired(vm);
 }
 
 static void
@@ -847,14 +935,91 @@ static void
 commit_done(void *arg)
 {
 	struct psess *s = arg;
+	struct pvm *vm = s->vm;
 	s->job_running = 0;
 	if (s->resync && s->want_resync)
-		s->vm->resync = 0;
+		vm->resync = 0;
 	if (s->dead) {
 		sess_end(s);
 		return;
 	}
+	if (s->handover && vm->handover) {
+		/* Planned failover: the replica holds everything; now it
+		 * takes over at the next generation. */
+		struct wire_promote m = { .cycle = s->cycle,
+		    .generation = vm->generation + 1 };
+		listen_addr(s, vm->handover, m.listen, sizeof(m.listen));
+		vm->last_cycle = s->cycle;
+		vm->last_point = s->point;
+		vm->last_point_ms = s->created_ms;
+		wb_reset(&s->hdr);
+		wire_put_promote(&s->hdr, &m);
+		netio_send(s->bev, &s->hdr);
+		s->promote_sent = 1;
+		s->st = PS_PROMOTE;
+		struct timeval tv = { REPLY_TIMEOUT_S, 0 };
+		bufferevent_set_timeouts(s->bev, &tv, &tv);
+		bufferevent_enable(s->bev, EV_READ);
+		log_info("%s: cycle %" PRIu64 " acknowledged; handing over to %s "
+		    "at generation %" PRIu64, vm->cfg->name, s->cycle,
+		    vm->cfg->replica, m.generation);
+		return;
+	}
 	sess_done(s);
+}
+
+/*
+ * Where the replica is to reach this host: `listen` as written, unless
+ * it names every address (0.0.0.0, ::); then the address this session
+ * runs from, which the replica can reach.
+ */
+static void
+listen_addr(struct psess *s, const char *listen, char *out, size_t outsz)
+{
+	char host[HOST_MAX_LEN + 1];
+	uint16_t port;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+
+	snprintf(out, outsz, "%s", listen);
+	if (util_parse_hostport(listen, host, sizeof(host), &port) != 0 ||
+	    (strcmp(host, "0.0.0.0") != 0 && strcmp(host, "::") != 0))
+		return;
+	if (getsockname(bufferevent_getfd(s->bev), (struct sockaddr *)&ss,
+	    &sl) != 0 || getnameinfo((struct sockaddr *)&ss, sl, host,
+	    sizeof(host), NULL, 0, NI_NUMERICHOST) != 0)
+		return;
+	snprintf(out, outsz, strchr(host, ':') ? "[%s]:%u" : "%s:%u", host,
+	    port);
+}
+
+static void
+on_promoted(struct psess *s, const uint8_t *p, size_t len)
+{
+	struct pvm *vm = s->vm;
+	uint64_t gen;
+	if (wire_get_promoted(p, len, &gen) != 0 || gen != vm->generation + 1) {
+		sess_fail(s, RD_ERR_PEER, "bad PROMOTED from the replica");
+		return;
+	}
+	s->handover = 0;
+	uint64_t point = s->point;
+	sess_end(s);
+	vm->state = PVM_IDLE;
+	handover_end(vm, 0, NULL);
+	tell_waiters(&vm->cur, point, NULL);
+}
+
+static void
+handover_end(struct pvm *vm, int rc, const char *msg)
+{
+	pvm_handover_fn fn = vm->handover_fn;
+	void *arg = vm->handover_arg;
+	free(vm->handover);
+	vm->handover = NULL;
+	vm->handover_fn = NULL;
+	if (fn)
+		fn(arg, rc, msg);
 }
 
 /* --- frames from the replica --------------------------------------------- */
@@ -976,6 +1141,15 @@ on_sig(struct psess *s, uint8_t type, const uint8_t *p, size_t len)
 		    "offset %" PRIu64 " is out of place", m.disk, m.offset);
 		return;
 	}
+	/* The block size the protocol fixes: a signature at tiny blocks
+	 * would only make the delta slow. */
+	if (m.payload_len < 8 || ((uint32_t)m.payload[4] << 24 |
+	    (uint32_t)m.payload[5] << 16 | (uint32_t)m.payload[6] << 8 |
+	    m.payload[7]) != WIRE_SIG_BLOCK) {
+		sess_fail(s, RD_ERR_PEER, "SIG from the replica is not at %u-byte "
+		    "blocks", WIRE_SIG_BLOCK);
+		return;
+	}
 	s->last_sig_disk = m.disk;
 	s->last_sig_off = m.offset;
 	s->sigs_in++;
@@ -992,6 +1166,8 @@ on_read(struct bufferevent *bev, void *arg)
 	struct evbuffer *in = bufferevent_get_input(bev);
 
 	while (vm->sess == s && s->st != PS_COMMIT) {
+		if (s->st == PS_PROMOTE && evbuffer_get_length(in) == 0)
+			return;
 		uint8_t type;
 		size_t flen;
 		int r = netio_peek(in, WIRE_FRAME_HDR + 16 + WIRE_MAX_SIG,
@@ -1011,6 +1187,8 @@ on_read(struct bufferevent *bev, void *arg)
 			on_welcome(s, p, plen);
 		else if (type == WIRE_ACK)
 			on_ack(s, p, plen);
+		else if (type == WIRE_PROMOTED && s->st == PS_PROMOTE)
+			on_promoted(s, p, plen);
 		else if ((type == WIRE_SIG || type == WIRE_SIGEND) &&
 		    s->resync && s->st == PS_SEND && s->begun)
 			on_sig(s, type, p, plen);
@@ -1170,7 +1348,8 @@ start_cycle(struct pvm *vm)
 	struct psess *s;
 
 	if (vm->sess != NULL || vm->draining || vm->d->stopping ||
-	    vm->state == PVM_FENCED)
+	    vm->state == PVM_FENCED || vm->retire_fn || vm->cfg->replica == NULL ||
+	    vm->held)
 		return;
 	if (vm->paused && vm->next == NULL)
 		return;
@@ -1190,6 +1369,7 @@ start_cycle(struct pvm *vm)
 	vm->sess = s;
 	vm->state = PVM_SYNCING;
 	s->want_resync = vm->resync;
+	s->handover = vm->handover != NULL;
 	/* Requests made before this cycle started are answered by it. */
 	struct waiter **tail = &vm->cur;
 	while (*tail)
@@ -1239,6 +1419,16 @@ pvm_new(struct daemon *d, const struct cfg_vm *cfg)
 	}
 	vm->generation = rel.generation;
 	vm->resync = rel.resync;
+	if (rel.fenced[0] != '\0') {
+		vm->state = PVM_FENCED;
+		snprintf(vm->error, sizeof(vm->error), "%s", rel.fenced);
+		log_warnx("%s: fenced: %s; not replicating until an operator "
+		    "acts", cfg->name, rel.fenced);
+		vm->last_cycle = rel.last_cycle;
+		vm->last_point = rel.last_point;
+		vm->last_point_ms = rel.last_point_created_ms;
+		return vm;
+	}
 	vm->last_cycle = rel.last_cycle;
 	vm->last_point = rel.last_point;
 	vm->last_point_ms = rel.last_point_created_ms;
@@ -1251,9 +1441,85 @@ pvm_new(struct daemon *d, const struct cfg_vm *cfg)
 	}
 	vm->state = PVM_IDLE;
 	/* A first cycle soon after start, then every interval. */
-	if (cfg->interval_ms)
+	if (cfg->interval_ms && cfg->replica)
 		schedule(vm, 1000);
 	return vm;
+}
+
+struct pvm *
+pvm_new_owned(struct daemon *d, struct cfg_vm *cfg)
+{
+	struct pvm *vm = pvm_new(d, cfg);
+	vm->owned_cfg = cfg;
+	return vm;
+}
+
+const struct cfg_vm *
+pvm_cfg(const struct pvm *vm)
+{
+	return vm->cfg;
+}
+
+uint64_t
+pvm_generation(const struct pvm *vm)
+{
+	return vm->generation;
+}
+
+int
+pvm_has_replica(const struct pvm *vm)
+{
+	return vm->cfg->replica != NULL;
+}
+
+void
+pvm_hold(struct pvm *vm, int hold)
+{
+	vm->held = hold;
+	if (hold)
+		evtimer_del(vm->timer);
+	else
+		plan_next(vm);
+}
+
+void
+pvm_retire(struct pvm *vm, void (*fn)(void *), void *arg)
+{
+	evtimer_del(vm->timer);
+	vm->retire_fn = fn;
+	vm->retire_arg = arg;
+	if (vm->sess) {
+		log_info("%s: abandoning cycle %" PRIu64 " (role change)",
+		    vm->cfg->name, vm->sess->cycle);
+		sess_end(vm->sess);
+	}
+	tell_waiters(&vm->cur, 0, "the VM is changing roles");
+	tell_waiters(&vm->next, 0, "the VM is changing roles");
+	maybe_retired(vm);
+}
+
+int
+pvm_handover(struct pvm *vm, const char *listen, pvm_handover_fn fn,
+    void *arg)
+{
+	if (vm->state == PVM_FENCED)
+		return RD_ERR_FENCED;
+	if (vm->cfg->replica == NULL || vm->handover || vm->retire_fn ||
+	    vm->d->stopping)
+		return RD_ERR_STATE;
+	vm->handover = xstrdup(listen);
+	vm->handover_fn = fn;
+	vm->handover_arg = arg;
+	/* A cycle that starts after this call: every write made before
+	 * the guest was stopped travels in it. */
+	struct waiter *w = xcalloc(1, sizeof(*w));
+	struct waiter **tail = &vm->next;
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = w;
+	if (vm->sess == NULL)
+		start_cycle(vm);
+	return 0;
 }
 
 void
@@ -1264,6 +1530,9 @@ pvm_free(struct pvm *vm)
 	pvm_stop(vm);		/* also answers every waiter */
 	trk_close(vm->trk);
 	event_free(vm->timer);
+	if (vm->owned_cfg)
+		cfg_vm_free(vm->owned_cfg);
+	free(vm->handover);
 	free(vm);
 }
 
@@ -1285,6 +1554,7 @@ pvm_status(const struct pvm *vm, struct pvm_status *st)
 	if (vm->sess) {
 		st->progress_bytes = vm->sess->progress;
 		st->progress_total = vm->sess->progress_total;
+		st->resyncing = vm->sess->resync;
 	}
 }
 
@@ -1347,6 +1617,18 @@ pvm_pause(struct pvm *vm)
 void
 pvm_resume(struct pvm *vm)
 {
+	if (vm->state == PVM_FENCED && !vm->d->stopping) {
+		/* The operator says try again: if this host is still a stale
+		 * primary, the replica fences it again. */
+		log_info("%s: fence lifted by the operator", vm->cfg->name);
+		struct fence_job *fj = xcalloc(1, sizeof(*fj));
+		fj->vm = vm;
+		vm->draining++;
+		work_submit(job_fenced, fenced_done_quiet, fj);
+		vm->state = PVM_IDLE;
+		vm->error[0] = '\0';
+		vm->failures = 0;
+	}
 	vm->paused = 0;
 	if (vm->state == PVM_PAUSED)
 		vm->state = PVM_IDLE;

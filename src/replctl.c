@@ -9,6 +9,7 @@
  * options given, in the order of opt_defs[], each value as its own
  * argument ({"failover", "web01", "--test", "--point", "3"}).
  */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -44,12 +45,14 @@ enum opt {
 	OPT_DRY_RUN,
 	OPT_POINT,
 	OPT_TO,
+	OPT_NAME,
 	OPT_COUNT
 };
 #define F(o)	(1u << (o))
 
 static int check_id(const char *, char *, size_t);
 static int check_hostport(const char *, char *, size_t);
+static int check_name(const char *, char *, size_t);
 
 /* Options of all commands, in the order they are sent in. */
 static const struct opt_def {
@@ -67,6 +70,7 @@ static const struct opt_def {
 	[OPT_DRY_RUN] =	{ "--dry-run", NULL, NULL },
 	[OPT_POINT] =	{ "--point", check_id, "point ID" },
 	[OPT_TO] =	{ "--to", check_hostport, "address (want HOST:PORT)" },
+	[OPT_NAME] =	{ "--name", check_name, "certificate name" },
 };
 
 struct cmdline {
@@ -106,9 +110,10 @@ static const struct subcommand {
 	    "failover VM --planned\n"
 	    "failover VM --commit",
 	    "test failover, unplanned or planned failover (see replctl(8))" },
-	{ "reverse", VM_REQUIRED, F(OPT_TO), F(OPT_TO), NULL,
-	    "reverse VM --to HOST:PORT",
-	    "replicate back to the old primary (new primary)" },
+	{ "reverse", VM_REQUIRED, F(OPT_TO) | F(OPT_NAME) | F(OPT_WAIT),
+	    F(OPT_TO), NULL,
+	    "reverse VM --to HOST:PORT [--name NAME] [--wait]",
+	    "replicate back to the old primary, resyncing it (new primary)" },
 	{ "resync", VM_REQUIRED, F(OPT_WAIT), 0, NULL,
 	    "resync VM [--wait]",
 	    "compare the whole disks and send the differences (primary)" },
@@ -219,6 +224,20 @@ check_hostport(const char *s, char *norm, size_t normsz)
 		return r;
 	snprintf(norm, normsz, strchr(host, ':') != NULL ? "[%s]:%u" : "%s:%u",
 	    host, (unsigned)port);
+	return 0;
+}
+
+/* The identity a peer's certificate must show: a DNS name or address. */
+static int
+check_name(const char *s, char *norm, size_t normsz)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n > HOST_MAX_LEN)
+		return RD_ERR_INVALID;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && strchr(".-_:", s[i]) == NULL)
+			return RD_ERR_INVALID;
+	snprintf(norm, normsz, "%s", s);
 	return 0;
 }
 

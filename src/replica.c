@@ -33,6 +33,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "delta.h"
+#include "failover.h"
 #include "err.h"
 #include "log.h"
 #include "netio.h"
@@ -52,7 +53,6 @@
 #define IN_HIGH		(2 * WIRE_MAX_FRAME + (8u << 20))
 #define HELLO_TIMEOUT_S	30
 #define IDLE_TIMEOUT_S	600
-#define RESYNC_SIG_BLOCK 4096		/* librsync block in a chunk */
 
 struct rvm {
 	struct daemon	*d;
@@ -65,6 +65,10 @@ struct rvm {
 	char		 error[512];
 	uint64_t	 received;
 	uint64_t	 last_bytes;
+	int		 promoted;	/* primary here, failover uncommitted */
+	int		 blocked;	/* a role change: no session now */
+	void		(*idle_fn)(void *);	/* told when no session */
+	void		*idle_arg;
 };
 
 enum rsess_state {
@@ -105,6 +109,8 @@ struct rsess {
 	char			 err[512];
 	struct cat_point	 point;
 	int			 committed;
+	struct sess_op		*op;	/* a role change the session waits for */
+	int			 promote;	/* PROMOTE being recorded */
 	struct wbuf		 out;
 	/* a resynchronising cycle (wire.h): touched by jobs only */
 	int			 resync;
@@ -132,11 +138,23 @@ struct replica_srv {
 	int			 nsessions;
 };
 
+/* A role change a session waits for; it may end before the change. */
+struct sess_op {
+	struct rsess	*s;
+	char		 vm[NAME_MAX_LEN + 1];
+};
+
 static void sess_read(struct bufferevent *bev, void *arg);
+static struct rvm *rvm_add(struct daemon *d, const struct cat_rel *rel,
+    char *err, size_t errsz);
 static void sess_end(struct rsess *s);
 static void welcome(struct rsess *s, struct rvm *vm);
 static void submit_batch(struct rsess *s);
 static void skip_empty_disks(struct rsess *s);
+static void on_closing_write(struct bufferevent *bev, void *arg);
+static void on_closing_event(struct bufferevent *bev, short what, void *arg);
+static void sess_refuse(struct rsess *s, uint16_t code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* --- VMs ------------------------------------------------------------------ */
 
@@ -173,6 +191,29 @@ rvm_status(struct rvm *vm, struct rvm_status *out)
 	out->last_bytes = vm->last_bytes;
 }
 
+/*
+ * A former primary receives into the disk files of its [vm] section; any
+ * other replica into STORAGE/VM/DISK.
+ */
+static char *const *
+own_disks(struct daemon *d, const struct cat_rel *rel)
+{
+	const struct cfg_vm *cv = config_find_vm(d->cfg, rel->vm);
+	if (cv == NULL || cv->ndisks != rel->ndisks)
+		return NULL;
+	for (size_t i = 0; i < cv->ndisks; i++)
+		if (strcmp(cv->disk_names[i], rel->disks[i].name) != 0)
+			return NULL;
+	return cv->disks;
+}
+
+struct rvm *
+replica_add(struct daemon *d, const struct cat_rel *rel, char *err,
+    size_t errsz)
+{
+	return rvm_add(d, rel, err, errsz);
+}
+
 static struct rvm *
 rvm_add(struct daemon *d, const struct cat_rel *rel, char *err, size_t errsz)
 {
@@ -183,7 +224,9 @@ rvm_add(struct daemon *d, const struct cat_rel *rel, char *err, size_t errsz)
 	snprintf(vm->name, sizeof(vm->name), "%s", rel->vm);
 	snprintf(vm->peer, sizeof(vm->peer), "%s", rel->peer);
 	vm->interval_ms = rel->interval_ms;
-	if ((r = store_open(d->cat, rel, &vm->st, err, errsz)) != 0) {
+	vm->promoted = rel->role == CAT_ROLE_PRIMARY;
+	if ((r = store_open_paths(d->cat, rel, own_disks(d, rel), &vm->st, err,
+	    errsz)) != 0) {
 		free(vm);
 		return NULL;
 	}
@@ -196,6 +239,51 @@ rvm_add(struct daemon *d, const struct cat_rel *rel, char *err, size_t errsz)
 	d->rvms = xreallocarray(d->rvms, d->nrvms + 1, sizeof(*d->rvms));
 	d->rvms[d->nrvms++] = vm;
 	return vm;
+}
+
+int
+rvm_promoted(const struct rvm *vm)
+{
+	return vm->promoted;
+}
+
+void
+rvm_set_promoted(struct rvm *vm, int promoted)
+{
+	vm->promoted = promoted;
+}
+
+void
+rvm_block(struct rvm *vm, int blocked)
+{
+	vm->blocked = blocked;
+}
+
+void
+rvm_when_idle(struct rvm *vm, void (*fn)(void *), void *arg)
+{
+	vm->blocked = 1;
+	if (vm->owner == NULL) {
+		fn(arg);
+		return;
+	}
+	vm->idle_fn = fn;
+	vm->idle_arg = arg;
+	if (vm->waiting)
+		sess_end(vm->waiting);
+	sess_end(vm->owner);
+}
+
+void
+replica_remove(struct daemon *d, struct rvm *vm)
+{
+	for (size_t i = 0; i < d->nrvms; i++)
+		if (d->rvms[i] == vm) {
+			d->rvms[i] = d->rvms[--d->nrvms];
+			break;
+		}
+	store_close(vm->st);
+	free(vm);
 }
 
 /* --- session lifetime ---------------------------------------------------- */
@@ -236,10 +324,22 @@ sess_free(struct rsess *s)
 	free(s->newc);
 	wb_free(&s->tmp);
 	wb_free(&s->sigout);
+	if (s->op)
+		s->op->s = NULL;	/* the role change goes on alone */
 	free(s);
+	if (next && vm->blocked) {
+		sess_refuse(next, WIRE_NACK_BUSY, "%s is changing roles",
+		    vm->name);
+		next = NULL;
+	}
 	if (next) {
 		welcome(next, vm);
 		sess_read(next->bev, next);	/* what came meanwhile */
+	}
+	if (vm && vm->owner == NULL && vm->idle_fn) {
+		void (*fn)(void *) = vm->idle_fn;
+		vm->idle_fn = NULL;
+		fn(vm->idle_arg);
 	}
 }
 
@@ -492,7 +592,7 @@ stage_sums(struct rsess *s, const uint8_t *p, size_t len)
 			continue;
 		}
 		wb_reset(&s->tmp);
-		if ((r = delta_sign(s->basis, n, RESYNC_SIG_BLOCK, &s->tmp)) != 0)
+		if ((r = delta_sign(s->basis, n, WIRE_SIG_BLOCK, &s->tmp)) != 0)
 			return job_fail(s, WIRE_NACK_INTERNAL, r, "cannot sign "
 			    "disk %u offset %" PRIu64 ": %s", m.disk, off,
 			    rd_strerror(r));
@@ -725,6 +825,116 @@ submit_batch(struct rsess *s)
 	work_submit(job_stage, stage_done, s);
 }
 
+/* --- role changes a session asks for ------------------------------------- */
+
+static struct sess_op *
+op_new(struct rsess *s, const char *vm)
+{
+	struct sess_op *op = xcalloc(1, sizeof(*op));
+	op->s = s;
+	snprintf(op->vm, sizeof(op->vm), "%s", vm);
+	s->op = op;
+	return op;
+}
+
+/* The demotion ended: welcome the HELLO that asked for it, or refuse. */
+static void
+demotion_done(void *arg, int rc, const char *msg)
+{
+	struct sess_op *op = arg;
+	struct rsess *s = op->s;
+	struct daemon *d;
+	free(op);
+	if (s == NULL)
+		return;		/* the primary went away meanwhile */
+	s->op = NULL;
+	d = s->srv->d;
+	struct rvm *vm = replica_find(d, s->hello.vm);
+	if (rc != 0 || vm == NULL) {
+		sess_refuse(s, WIRE_NACK_DENIED, "%s", msg ? msg :
+		    "cannot become the replica");
+		return;
+	}
+	welcome(s, vm);
+	sess_read(s->bev, s);
+}
+
+/*
+ * A primary with a higher generation than this host's own: a failover
+ * happened elsewhere and this host is asked to become its replica
+ * (reverse, or a planned failover finishing).  The session waits.
+ */
+static void
+start_demotion(struct rsess *s, const struct cfg_accept *acc)
+{
+	log_info("%s: %s (%s) is the primary at generation %" PRIu64 "; this "
+	    "host becomes its replica", s->hello.vm, s->identity, s->addr,
+	    s->hello.generation);
+	s->state = RS_WAITING;
+	bufferevent_disable(s->bev, EV_READ);
+	failover_demote(s->srv->d, &s->hello, s->identity, acc, demotion_done,
+	    op_new(s, s->hello.vm));
+}
+
+static void
+promotion_done(void *arg, int rc, const char *msg)
+{
+	struct sess_op *op = arg;
+	struct rsess *s = op->s;
+	free(op);
+	if (s == NULL)
+		return;
+	s->op = NULL;
+	if (rc != 0) {
+		sess_refuse(s, WIRE_NACK_IO, "cannot take over: %s", msg);
+		return;
+	}
+	wb_reset(&s->out);
+	wire_put_promoted(&s->out, s->hello.generation + 1);
+	/* Sent, then closed: the session belongs to the old roles. */
+	s->state = RS_CLOSING;
+	if (s->vm && s->vm->owner == s)
+		s->vm->owner = NULL;
+	s->vm = NULL;
+	netio_send(s->bev, &s->out);
+	bufferevent_disable(s->bev, EV_READ);
+	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+	bufferevent_setcb(s->bev, NULL, on_closing_write, on_closing_event, s);
+	struct timeval tv = { 5, 0 };
+	bufferevent_set_timeouts(s->bev, NULL, &tv);
+}
+
+/* Planned failover: the primary hands the VM over to this host. */
+static void
+on_promote(struct rsess *s, const uint8_t *p, size_t len)
+{
+	struct wire_promote m;
+	struct cat_rel rel;
+	int r;
+
+	if ((r = wire_get_promote(p, len, &m)) != 0) {
+		sess_refuse(s, WIRE_NACK_PROTOCOL, "bad PROMOTE: %s",
+		    rd_strerror(r));
+		return;
+	}
+	store_rel(s->vm->st, &rel);
+	if (m.cycle != rel.last_cycle || m.generation != rel.generation + 1 ||
+	    s->hello.generation != rel.generation) {
+		sess_refuse(s, WIRE_NACK_PROTOCOL, "PROMOTE for cycle %" PRIu64
+		    " generation %" PRIu64 " does not follow this replica "
+		    "(cycle %" PRIu64 ", generation %" PRIu64 ")", m.cycle,
+		    m.generation, rel.last_cycle, rel.generation);
+		return;
+	}
+	log_info("%s: %s hands the VM over at generation %" PRIu64 "; it "
+	    "becomes the replica at %s", s->vm->name, s->identity, m.generation,
+	    m.listen);
+	s->state = RS_WAITING;
+	bufferevent_disable(s->bev, EV_READ);
+	failover_promote_planned(s->srv->d, s->vm, s->identity, &m,
+	    promotion_done, op_new(s, s->vm->name));
+}
+
 /* --- HELLO ----------------------------------------------------------------- */
 
 static void
@@ -753,8 +963,16 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 	if (vm == NULL) {
 		r = cat_rel_get(d->cat, h->vm, &rel);
 		if (r == 0 && rel.role == CAT_ROLE_PRIMARY) {
-			sess_refuse(s, WIRE_NACK_DENIED, "this host is the "
-			    "primary of %s", h->vm);
+			if (h->generation < rel.generation)
+				sess_refuse(s, WIRE_NACK_FENCED, "generation %"
+				    PRIu64 " is below this host's %" PRIu64 " for "
+				    "%s: %s has been failed over", h->generation,
+				    rel.generation, h->vm, h->vm);
+			else if (h->generation == rel.generation)
+				sess_refuse(s, WIRE_NACK_DENIED, "this host is "
+				    "the primary of %s", h->vm);
+			else
+				start_demotion(s, acc);
 			return;
 		}
 		if (r == RD_ERR_NOT_FOUND) {
@@ -809,6 +1027,22 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 		}
 	}
 	store_rel(vm->st, &rel);
+	if (vm->blocked) {
+		sess_refuse(s, WIRE_NACK_BUSY, "%s is changing roles on this "
+		    "host", h->vm);
+		return;
+	}
+	if (vm->promoted) {
+		if (h->generation < rel.generation)
+			sess_refuse(s, WIRE_NACK_FENCED, "generation %" PRIu64
+			    " is below this host's %" PRIu64 " for %s: %s has "
+			    "been failed over", h->generation, rel.generation,
+			    h->vm, h->vm);
+		else
+			sess_refuse(s, WIRE_NACK_DENIED, "this host is the "
+			    "primary of %s (failover not committed)", h->vm);
+		return;
+	}
 	if (strcmp(rel.storage, acc->storage) != 0) {
 		sess_refuse(s, WIRE_NACK_DENIED, "%s is stored in %s, but the "
 		    "[accept %s] entry names %s", h->vm, rel.storage, acc->name,
@@ -932,6 +1166,21 @@ sess_read(struct bufferevent *bev, void *arg)
 				log_warnx("%s: primary %s gave up: %s",
 				    s->vm->name, s->identity, n.reason);
 			sess_end(s);
+			return;
+		}
+		if (type == WIRE_PROMOTE && s->state == RS_READY &&
+		    !s->job_running && !s->pending_full &&
+		    evbuffer_get_length(s->pending) == 0) {
+			uint8_t pm[WIRE_FRAME_HDR + 8 + 8 + 2 + HOST_MAX_LEN + 8];
+			size_t plen = flen - WIRE_FRAME_HDR;
+			if (plen > sizeof(pm)) {
+				sess_refuse(s, WIRE_NACK_PROTOCOL, "PROMOTE too "
+				    "long");
+				return;
+			}
+			memcpy(pm, netio_payload(in, flen), plen);
+			evbuffer_drain(in, flen);
+			on_promote(s, pm, plen);
 			return;
 		}
 		int ok = (type == WIRE_CYCLE && s->state == RS_READY) ||

@@ -80,6 +80,7 @@ struct store {
 	char		*undo_dir;
 	char		*digest_dir;
 	char		*test_dir;
+	char		*redo_dir;
 	int		 img[CAT_MAX_DISKS];
 	int		 lock_fd;	/* flock on STORAGE/VM/.lock */
 	struct digest	 zero_digest;
@@ -197,10 +198,10 @@ index_decode(const uint8_t *p, size_t len, struct stage_index *ix)
 /* --- open, close, recovery ---------------------------------------------- */
 
 static int
-open_images(struct store *st, char *err, size_t errsz)
+open_images(struct store *st, char *const *paths, char *err, size_t errsz)
 {
 	for (uint16_t i = 0; i < st->rel.ndisks; i++) {
-		char *p = disk_path(st, st->dir, i);
+		char *p = paths ? xstrdup(paths[i]) : disk_path(st, st->dir, i);
 		st->img[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 		if (st->img[i] < 0) {
 			snprintf(err, errsz, "cannot open %s: %s", p,
@@ -293,6 +294,7 @@ remove_staging(struct store *st)
 
 static int apply_index(struct store *st, const struct stage_index *ix,
     struct cat_point *out, int *rolled_back, char *err, size_t errsz);
+static int recover_rewind(struct store *st, char *err, size_t errsz);
 
 /* Finish a complete staged cycle or abandon an incomplete one. */
 static int
@@ -357,6 +359,13 @@ int
 store_open(struct catalog *cat, const struct cat_rel *rel, struct store **out,
     char *err, size_t errsz)
 {
+	return store_open_paths(cat, rel, NULL, out, err, errsz);
+}
+
+int
+store_open_paths(struct catalog *cat, const struct cat_rel *rel,
+    char *const *paths, struct store **out, char *err, size_t errsz)
+{
 	struct store *st = xcalloc(1, sizeof(*st));
 	int r;
 
@@ -374,13 +383,14 @@ store_open(struct catalog *cat, const struct cat_rel *rel, struct store **out,
 	st->undo_dir = xasprintf("%s/.undo", st->dir);
 	st->digest_dir = xasprintf("%s/.digests", st->dir);
 	st->test_dir = xasprintf("%s/test", st->dir);
+	st->redo_dir = xasprintf("%s/.redo", st->dir);
 	wb_init(&st->recs);
 	uint8_t *zero = xcalloc(1, rel->block_size);
 	digest_block(zero, rel->block_size, &st->zero_digest);
 	free(zero);
 
 	const char *dirs[] = { st->dir, st->staging, st->undo_dir,
-	    st->digest_dir };
+	    st->digest_dir, st->redo_dir };
 	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
 		if (util_mkdir_p(dirs[i], 0700) != 0) {
 			snprintf(err, errsz, "cannot create %s: %s", dirs[i],
@@ -396,9 +406,11 @@ store_open(struct catalog *cat, const struct cat_rel *rel, struct store **out,
 		    st->dir);
 		goto fail;
 	}
-	if ((r = open_images(st, err, errsz)) != 0)
+	if ((r = open_images(st, paths, err, errsz)) != 0)
 		goto fail;
 	if ((r = recover(st, err, errsz)) != 0)
+		goto fail;
+	if (st->rel.step_to != 0 && (r = recover_rewind(st, err, errsz)) != 0)
 		goto fail;
 	*out = st;
 	return 0;
@@ -428,6 +440,7 @@ store_close(struct store *st)
 	free(st->undo_dir);
 	free(st->digest_dir);
 	free(st->test_dir);
+	free(st->redo_dir);
 	free(st);
 }
 
@@ -436,6 +449,17 @@ store_rel(struct store *st, struct cat_rel *out)
 {
 	pthread_mutex_lock(&st->rel_lock);
 	*out = st->rel;
+	pthread_mutex_unlock(&st->rel_lock);
+}
+
+void
+store_reload_rel(struct store *st)
+{
+	struct cat_rel rel;
+	if (cat_rel_get(st->cat, st->rel.vm, &rel) != 0)
+		return;
+	pthread_mutex_lock(&st->rel_lock);
+	st->rel = rel;
 	pthread_mutex_unlock(&st->rel_lock);
 }
 
@@ -459,6 +483,358 @@ finish_unfinished(struct store *st, char *err, size_t errsz)
 		st->unfinished = 0;
 	}
 	pthread_mutex_unlock(&st->fix_lock);
+	return r;
+}
+
+/* --- unplanned failover: moving the images between points -------------- */
+
+/*
+ * An unplanned failover may pick any point, and pick again until it is
+ * committed, so a rewind must keep what it overwrites.  Going back from
+ * point k to the point before it applies k's undo segment, after saving
+ * its inverse (undo_invert) as the redo segment .redo/CYCLE.redo; going
+ * forward applies the redo segment.  Each step is journalled in the
+ * catalog (at_point: where the images are; step_to: a step under way),
+ * so that a crash mid-step is undone at the next open: a step back is
+ * undone by its redo segment, once complete (before that the images
+ * were not touched); a step forward by the undo segment of the point it
+ * went to.  Redo segments of a point always hold that point's content,
+ * so applying a stale one is harmless.
+ */
+
+static char *
+redo_path(struct store *st, uint64_t cycle)
+{
+	return xasprintf("%s/%" PRIu64 ".redo", st->redo_dir, cycle);
+}
+
+static int
+set_rewind(struct store *st, uint64_t at, uint64_t step, char *err,
+    size_t errsz)
+{
+	struct cat_rel rel;
+	int r = cat_rel_get(st->cat, st->rel.vm, &rel);
+	if (r == 0) {
+		rel.at_point = at;
+		rel.step_to = step;
+		r = cat_rel_put(st->cat, &rel);
+	}
+	if (r != 0) {
+		snprintf(err, errsz, "cannot record the rewind in the catalog: "
+		    "%s", rd_strerror(r));
+		return r;
+	}
+	pthread_mutex_lock(&st->rel_lock);
+	st->rel.at_point = at;
+	st->rel.step_to = step;
+	pthread_mutex_unlock(&st->rel_lock);
+	return 0;
+}
+
+static int
+sync_images(struct store *st)
+{
+	for (uint16_t i = 0; i < st->rel.ndisks; i++)
+		if (fsync(st->img[i]) != 0)
+			return RD_ERR_SYSTEM;
+	return 0;
+}
+
+/* Apply a segment to the images and make it durable. */
+static int
+apply_segment(struct store *st, const char *path, char *err, size_t errsz)
+{
+	int r = undo_apply(path, st->img, st->rel.ndisks, NULL);
+	if (r == 0)
+		r = sync_images(st);
+	if (r != 0)
+		snprintf(err, errsz, "cannot apply %s: %s", path,
+		    r == RD_ERR_SYSTEM ? strerror(errno) : rd_strerror(r));
+	return r;
+}
+
+/*
+ * Digests of the images as they are (sizes from the files): written to
+ * .digests/ (write), or compared with it (RD_ERR_HASH on a difference,
+ * named in err).
+ */
+static int
+digest_images(struct store *st, int write, char *err, size_t errsz)
+{
+	uint32_t bs = st->rel.block_size;
+	size_t chunk = IO_CHUNK < bs ? bs : IO_CHUNK;
+	uint8_t *buf = xmalloc(chunk);
+	struct wbuf dig;
+	int r = 0;
+
+	wb_init(&dig);
+	for (uint16_t i = 0; i < st->rel.ndisks && r == 0; i++) {
+		struct stat sb;
+		if (fstat(st->img[i], &sb) != 0) {
+			r = RD_ERR_SYSTEM;
+			break;
+		}
+		uint64_t size = (uint64_t)sb.st_size;
+		wb_reset(&dig);
+		for (uint64_t off = 0; off < size && r == 0; off += chunk) {
+			size_t n = size - off < chunk ? (size_t)(size - off) :
+			    chunk;
+			if ((r = util_pread_full(st->img[i], buf, n,
+			    (off_t)off)) != 0)
+				break;
+			for (size_t o = 0; o < n; o += bs) {
+				size_t k = n - o < bs ? n - o : bs;
+				struct digest d;
+				if (k == bs && util_is_zero(buf + o, k))
+					d = st->zero_digest;
+				else
+					digest_block(buf + o, k, &d);
+				wb_put_bytes(&dig, d.b, DIGEST_LEN);
+			}
+		}
+		if (r != 0)
+			break;
+		char *p = disk_path(st, st->digest_dir, i);
+		if (write) {
+			r = util_write_atomic(p, dig.p, dig.len);
+		} else {
+			uint8_t *old = NULL;
+			size_t len = 0;
+			r = util_read_file(p, (size_t)1 << 34, &old, &len);
+			if (r == 0 && (len != dig.len ||
+			    memcmp(old, dig.p, len) != 0)) {
+				size_t k = 0;
+				while (k + DIGEST_LEN <= len && k < dig.len &&
+				    memcmp(old + k, dig.p + k, DIGEST_LEN) == 0)
+					k += DIGEST_LEN;
+				snprintf(err, errsz, "disk %s changed at offset "
+				    "%" PRIu64 " since the failover",
+				    st->rel.disks[i].name,
+				    (uint64_t)(k / DIGEST_LEN) * bs);
+				r = RD_ERR_HASH;
+			}
+			free(old);
+		}
+		free(p);
+	}
+	if (r != 0 && r != RD_ERR_HASH)
+		snprintf(err, errsz, "cannot digest the images of %s: %s",
+		    st->rel.vm, r == RD_ERR_SYSTEM ? strerror(errno) :
+		    rd_strerror(r));
+	wb_free(&dig);
+	free(buf);
+	return r;
+}
+
+static int
+find_point(const struct cat_point *pts, size_t n, uint64_t id)
+{
+	for (size_t i = 0; i < n; i++)
+		if (pts[i].id == id)
+			return (int)i;
+	return -1;
+}
+
+/* A step cut by a crash: back to the point the journal says. */
+static int
+recover_rewind(struct store *st, char *err, size_t errsz)
+{
+	struct cat_point *pts = NULL;
+	size_t n = 0;
+	char *path = NULL;
+	int r;
+
+	if ((r = cat_point_list(st->cat, st->rel.vm, &pts, &n)) != 0) {
+		snprintf(err, errsz, "cannot list points: %s", rd_strerror(r));
+		return r;
+	}
+	uint64_t at = st->rel.at_point ? st->rel.at_point : st->rel.last_point;
+	int ia = find_point(pts, n, at), is = find_point(pts, n,
+	    st->rel.step_to);
+	if (ia < 0 || is < 0) {
+		snprintf(err, errsz, "the rewind journal names points %" PRIu64
+		    " and %" PRIu64 ", which do not exist", at, st->rel.step_to);
+		r = RD_ERR_CORRUPT;
+		goto out;
+	}
+	log_warnx("%s: a move from point %" PRIu64 " to point %" PRIu64 " was "
+	    "cut off; going back to point %" PRIu64, st->rel.vm, at,
+	    st->rel.step_to, at);
+	if (is < ia) {
+		path = redo_path(st, pts[ia].cycle);
+		if (access(path, F_OK) == 0) {
+			if ((r = apply_segment(st, path, err, errsz)) != 0)
+				goto out;
+			unlink(path);
+		}
+		char *tmp = xasprintf("%s.tmp", path);
+		unlink(tmp);
+		free(tmp);
+	} else {
+		path = undo_path(st, pts[is].cycle);
+		if ((r = apply_segment(st, path, err, errsz)) != 0)
+			goto out;
+	}
+	if ((r = digest_images(st, 1, err, errsz)) == 0)
+		r = set_rewind(st, at, 0, err, errsz);
+out:
+	free(path);
+	free(pts);
+	return r;
+}
+
+int
+store_rewind(struct store *st, uint64_t target, int check_unchanged,
+    char *err, size_t errsz)
+{
+	struct cat_point *pts = NULL;
+	size_t n = 0;
+	char *path = NULL;
+	int r;
+
+	if ((r = finish_unfinished(st, err, errsz)) != 0)
+		return r;
+	pthread_mutex_lock(&st->lock);
+	if (st->active || st->test_busy) {
+		snprintf(err, errsz, "the replica of %s is busy", st->rel.vm);
+		r = RD_ERR_BUSY;
+		goto out;
+	}
+	/* A step that failed half-way: back to where it started first. */
+	if (st->rel.step_to != 0 && (r = recover_rewind(st, err, errsz)) != 0)
+		goto out;
+	if ((r = cat_point_list(st->cat, st->rel.vm, &pts, &n)) != 0) {
+		snprintf(err, errsz, "cannot list points: %s", rd_strerror(r));
+		goto out;
+	}
+	uint64_t at = st->rel.at_point ? st->rel.at_point : st->rel.last_point;
+	if (target == 0)
+		target = st->rel.last_point;
+	int i = find_point(pts, n, at), want = find_point(pts, n, target);
+	if (want < 0) {
+		snprintf(err, errsz, "%s has no point %" PRIu64, st->rel.vm,
+		    target);
+		r = RD_ERR_NOT_FOUND;
+		goto out;
+	}
+	if (i < 0) {
+		snprintf(err, errsz, "%s has no recovery point yet", st->rel.vm);
+		r = RD_ERR_NOT_FOUND;
+		goto out;
+	}
+	/* The images must still be exactly the point they were left at:
+	 * a VM that ran on them since made writes no segment knows. */
+	if (check_unchanged && (r = digest_images(st, 0, err, errsz)) != 0)
+		goto out;
+	while (r == 0 && i > want) {
+		const struct cat_point *p = &pts[i];
+		if ((r = set_rewind(st, p->id, pts[i - 1].id, err, errsz)) != 0)
+			break;
+		free(path);
+		path = redo_path(st, p->cycle);
+		char *upath = undo_path(st, p->cycle);
+		uint64_t bytes;
+		r = undo_invert(upath, st->img, st->rel.ndisks, p->cycle, path,
+		    &bytes);
+		if (r != 0)
+			snprintf(err, errsz, "cannot save what point %" PRIu64
+			    " overwrites: %s", p->id, r == RD_ERR_SYSTEM ?
+			    strerror(errno) : rd_strerror(r));
+		else
+			r = apply_segment(st, upath, err, errsz);
+		free(upath);
+		if (r == 0)
+			r = set_rewind(st, pts[i - 1].id, 0, err, errsz);
+		i--;
+	}
+	while (r == 0 && i < want) {
+		const struct cat_point *q = &pts[i + 1];
+		if ((r = set_rewind(st, pts[i].id, q->id, err, errsz)) != 0)
+			break;
+		free(path);
+		path = redo_path(st, q->cycle);
+		if ((r = apply_segment(st, path, err, errsz)) == 0 &&
+		    (r = set_rewind(st, q->id, 0, err, errsz)) == 0)
+			unlink(path);
+		i++;
+	}
+	if (r != 0 && st->rel.step_to != 0) {
+		/* Undo the failed step now, not at the next start. */
+		char why[512];
+		if (recover_rewind(st, why, sizeof(why)) != 0)
+			log_warnx("%s: %s; the images are between two points "
+			    "until a restart finishes it", st->rel.vm, why);
+	}
+	if (r == 0)
+		r = digest_images(st, 1, err, errsz);
+	if (r == 0)
+		util_fsync_dir(st->redo_dir);
+out:
+	pthread_mutex_unlock(&st->lock);
+	free(path);
+	free(pts);
+	return r;
+}
+
+int
+store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
+    size_t errsz)
+{
+	struct cat_point *pts = NULL;
+	size_t n = 0;
+	struct cat_rel rel;
+	int r;
+
+	pthread_mutex_lock(&st->lock);
+	if (st->rel.step_to != 0 && (r = recover_rewind(st, err, errsz)) != 0)
+		goto out;
+	if ((r = cat_rel_get(st->cat, st->rel.vm, &rel)) != 0 ||
+	    (r = cat_point_list(st->cat, st->rel.vm, &pts, &n)) != 0) {
+		snprintf(err, errsz, "catalog: %s", rd_strerror(r));
+		goto out;
+	}
+	uint64_t at = rel.at_point ? rel.at_point : rel.last_point;
+	int i = find_point(pts, n, at);
+	if (i < 0) {
+		snprintf(err, errsz, "%s has no point %" PRIu64, rel.vm, at);
+		r = RD_ERR_CORRUPT;
+		goto out;
+	}
+	/* Segments first: an undo segment newer than the newest recorded
+	 * point would be taken for an interrupted cycle's and applied. */
+	for (size_t k = (size_t)i + 1; k < n; k++) {
+		char *p = undo_path(st, pts[k].cycle);
+		if (unlink(p) != 0 && errno != ENOENT) {
+			snprintf(err, errsz, "cannot remove %s: %s", p,
+			    strerror(errno));
+			r = RD_ERR_SYSTEM;
+		}
+		free(p);
+	}
+	if (r != 0)
+		goto out;
+	if (util_rm_rf(st->redo_dir) != 0 || util_mkdir_p(st->redo_dir, 0700) != 0)
+		log_warn("%s: cannot empty %s", rel.vm, st->redo_dir);
+	util_fsync_dir(st->undo_dir);
+	rel.at_point = 0;
+	rel.step_to = 0;
+	rel.last_point = pts[i].id;
+	rel.last_cycle = pts[i].cycle;
+	rel.last_point_created_ms = pts[i].created_ms;
+	for (uint16_t k = 0; k < rel.ndisks && k < pts[i].ndisks; k++)
+		rel.disks[k].size = pts[i].sizes[k];
+	if ((r = cat_rel_put_trim(st->cat, &rel, pts[i].id)) != 0) {
+		snprintf(err, errsz, "catalog: %s", rd_strerror(r));
+		goto out;
+	}
+	pthread_mutex_lock(&st->rel_lock);
+	st->rel = rel;
+	pthread_mutex_unlock(&st->rel_lock);
+	if (out)
+		*out = rel;
+out:
+	pthread_mutex_unlock(&st->lock);
+	free(pts);
 	return r;
 }
 
@@ -543,6 +919,12 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 		store_cycle_abort(st);
 	if ((r = finish_unfinished(st, err, errsz)) != 0)
 		return r;
+	if (st->rel.at_point != 0 || st->rel.step_to != 0) {
+		snprintf(err, errsz, "the replica of %s was failed over and "
+		    "holds point %" PRIu64 ", not the newest", st->rel.vm,
+		    st->rel.at_point);
+		return RD_ERR_STATE;
+	}
 	if (c->cycle <= st->rel.last_cycle) {
 		snprintf(err, errsz, "cycle %" PRIu64 " is not newer than the "
 		    "last applied cycle %" PRIu64, c->cycle, st->rel.last_cycle);

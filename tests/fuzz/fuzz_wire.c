@@ -2,13 +2,15 @@
  * fuzz_wire.c — libFuzzer harness for the replication protocol decoders.
  *
  * Input: one selector byte, then a frame payload.  The selector's low
- * three bits pick the decoder (1..7 are the frame types, so a corpus file
- * is a frame without its u32 length; 0 runs no decoder).  The first five
- * bytes also go through wire_frame_header().
+ * four bits pick the decoder (1..13 are the frame types, so a corpus file
+ * is a frame without its u32 length; 0, 14 and 15 run no decoder).  The
+ * first five bytes also go through wire_frame_header().
  *
  * Beyond "no crash, no leak", it checks properties and aborts when one
- * fails: what decodes re-encodes to the same bytes; a DATA frame whose
- * content checks out round-trips through wire_data_encode().
+ * fails: what decodes re-encodes to the same bytes and honours the
+ * bounds that wire.h documents; borrowed payloads point into the input;
+ * a DATA frame whose content checks out round-trips through
+ * wire_data_encode().
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -19,6 +21,7 @@
 #include "buf.h"
 #include "digest.h"
 #include "err.h"
+#include "util.h"
 #include "wire.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -139,6 +142,96 @@ fuzz_data(const uint8_t *p, size_t len, size_t size, struct wbuf *wb)
 	wire_digest_free(&d);
 }
 
+static int
+valid_chunk_len(uint32_t n)
+{
+	return n >= WIRE_MIN_BLOCK && n <= WIRE_MAX_BLOCK &&
+	    (n & (n - 1)) == 0;
+}
+
+static void
+fuzz_sums(const uint8_t *p, size_t len, struct wbuf *wb)
+{
+	struct wire_sums m;
+
+	if (wire_get_sums(p, len, &m) != 0)
+		return;
+	if (m.count == 0 || m.count > WIRE_MAX_SUMS ||
+	    !valid_chunk_len(m.chunk) || m.offset % m.chunk != 0 ||
+	    m.digests != p + (2 + 8 + 4 + 2) ||
+	    len != 2 + 8 + 4 + 2 + (size_t)m.count * DIGEST_LEN)
+		abort();
+	wire_put_sums(wb, &m);
+	same_frame(wb, WIRE_SUMS, p, len);
+}
+
+static void
+fuzz_sig(const uint8_t *p, size_t len, struct wbuf *wb)
+{
+	struct wire_chunk m;
+
+	if (wire_get_sig(p, len, &m) != 0)
+		return;
+	if (m.length == 0 || m.length > WIRE_MAX_BLOCK ||
+	    m.payload_len == 0 || m.payload_len > WIRE_MAX_SIG ||
+	    m.payload != p + (2 + 8 + 4) ||
+	    m.payload + m.payload_len != p + len)
+		abort();
+	wire_put_sig(wb, &m);
+	same_frame(wb, WIRE_SIG, p, len);
+}
+
+/* A DELTA, and its part in the END digest (as if a DATA header). */
+static void
+fuzz_delta(const uint8_t *p, size_t len, struct wbuf *wb)
+{
+	struct wire_chunk m;
+	struct wire_data as_data;
+	struct wire_digest d = { 0 };
+	struct digest dg;
+
+	if (wire_get_delta(p, len, &m) != 0)
+		return;
+	if (m.length == 0 || m.length > WIRE_MAX_BLOCK ||
+	    m.delta_len == 0 || m.delta_len > WIRE_MAX_DELTA ||
+	    m.payload_len == 0 || m.payload_len > WIRE_MAX_DELTA ||
+	    (m.encoding != WIRE_ENC_RAW && m.encoding != WIRE_ENC_ZSTD) ||
+	    (m.encoding == WIRE_ENC_RAW && m.payload_len != m.delta_len) ||
+	    m.payload != p + WIRE_DELTA_HDR ||
+	    m.payload + m.payload_len != p + len)
+		abort();
+	wire_put_delta(wb, &m);
+	same_frame(wb, WIRE_DELTA, p, len);
+
+	memset(&as_data, 0, sizeof(as_data));
+	as_data.disk = m.disk;
+	as_data.offset = m.offset;
+	as_data.length = m.length;
+	as_data.hash = m.hash;
+	wire_digest_init(&d);
+	wire_digest_update(&d, &as_data);
+	wire_digest_final(&d, &dg);
+	wire_digest_free(&d);
+}
+
+static void
+fuzz_promote(const uint8_t *p, size_t len, struct wbuf *wb)
+{
+	struct wire_promote m;
+	char host[HOST_MAX_LEN + 1];
+	uint16_t port;
+
+	if (wire_get_promote(p, len, &m) != 0)
+		return;
+	if (m.cycle == 0 || m.generation < 2 ||
+	    memchr(m.listen, '\0', sizeof(m.listen)) == NULL ||
+	    util_parse_hostport(m.listen, host, sizeof(host), &port) != 0 ||
+	    port == 0)
+		abort();
+	wire_put_promote(wb, &m);
+	same_frame(wb, WIRE_PROMOTE, p, len);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -149,6 +242,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		struct wire_end e;
 		struct wire_ack a;
 		struct wire_nack_msg n;
+		struct wire_sigend se;
+		uint64_t gen;
 	} m;
 	struct wire_nack_msg n2;
 	struct wbuf wb;
@@ -163,7 +258,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fuzz_header(data, size);
 	if (size < 1)
 		return 0;
-	type = data[0] & 7;
+	type = data[0] & 15;
 	p = data + 1;
 	len = size - 1;
 	wb_init(&wb);
@@ -213,6 +308,30 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			    n2.code != m.n.code ||
 			    strcmp(n2.reason, m.n.reason) != 0)
 				abort();
+		}
+		break;
+	case WIRE_SUMS:
+		fuzz_sums(p, len, &wb);
+		break;
+	case WIRE_SIG:
+		fuzz_sig(p, len, &wb);
+		break;
+	case WIRE_SIGEND:
+		if (wire_get_sigend(p, len, &m.se) == 0) {
+			wire_put_sigend(&wb, &m.se);
+			same_frame(&wb, type, p, len);
+		}
+		break;
+	case WIRE_DELTA:
+		fuzz_delta(p, len, &wb);
+		break;
+	case WIRE_PROMOTE:
+		fuzz_promote(p, len, &wb);
+		break;
+	case WIRE_PROMOTED:
+		if (wire_get_promoted(p, len, &m.gen) == 0) {
+			wire_put_promoted(&wb, m.gen);
+			same_frame(&wb, type, p, len);
 		}
 		break;
 	default:

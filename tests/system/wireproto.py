@@ -1,5 +1,5 @@
 """A hand-driven peer for hostile-input tests: encoders and decoders of the
-replication protocol v1 (include/wire.h) and of the control protocol v1
+replication protocol v2 (include/wire.h) and of the control protocol v1
 (include/ctl.h), plus small TLS / UNIX-socket clients.  Stdlib only.
 
 Everything here builds frames byte by byte from the layouts documented in
@@ -21,23 +21,35 @@ import time
 # --- wire.h constants ------------------------------------------------------
 
 MAGIC = 0x52504C44          # "RPLD"
-VERSION = 1
+VERSION = 2
 MIN_BLOCK = 4 << 10
 MAX_BLOCK = 4 << 20
 MAX_DISKS = 64
 MAX_ZERO = 1 << 30
 MAX_REASON = 1024
+CHUNK = 1 << 20             # resync chunk (at least a block)
+MAX_SUMS = 1024             # digests in one SUMS frame
+MAX_DELTA = MAX_BLOCK + (64 << 10)
+MAX_SIG = 64 << 10
 DIGEST_LEN = 16
 DATA_HDR = 2 + 8 + 4 + 1 + DIGEST_LEN
-MAX_FRAME = 1 + DATA_HDR + MAX_BLOCK
+DELTA_HDR = 2 + 8 + 4 + 1 + 4 + DIGEST_LEN
+SUMS_HDR = 2 + 8 + 4 + 2
+SIG_HDR = 2 + 8 + 4
+MAX_FRAME = 1 + DELTA_HDR + MAX_DELTA
 FRAME_HDR = 5
 
 HELLO, WELCOME, CYCLE, DATA, END, ACK, NACK = 1, 2, 3, 4, 5, 6, 7
+SUMS, SIG, SIGEND, DELTA, PROMOTE, PROMOTED = 8, 9, 10, 11, 12, 13
 TYPE_NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", CYCLE: "CYCLE", DATA: "DATA",
-              END: "END", ACK: "ACK", NACK: "NACK"}
+              END: "END", ACK: "ACK", NACK: "NACK", SUMS: "SUMS", SIG: "SIG",
+              SIGEND: "SIGEND", DELTA: "DELTA", PROMOTE: "PROMOTE",
+              PROMOTED: "PROMOTED"}
 
 ENC_RAW, ENC_ZSTD, ENC_ZERO = 0, 1, 2
 CYCLE_FULL = 0x01
+CYCLE_RESYNC = 0x02
+WELCOME_DATA = 0x01
 
 NACK_PROTOCOL = 1
 NACK_DENIED = 2
@@ -66,7 +78,9 @@ def xxh128(data):
 
 class CycleDigest:
     """The END digest (wire_digest_*): XXH3-128 over the concatenated
-    u16 disk, u64 offset, u32 length, hash[16] of every DATA frame."""
+    u16 disk, u64 offset, u32 length, hash[16] of every DATA frame (of
+    every DELTA frame in a resynchronising cycle, length being the
+    chunk's)."""
 
     def __init__(self):
         self.parts = []
@@ -151,12 +165,56 @@ def nack(code, reason):
     return frame(NACK, struct.pack(">H", code) + wstr(reason))
 
 
+def chunk_len(block_size):
+    """The chunk length of a resync at block_size (wire_chunk_len)."""
+    return max(block_size, CHUNK)
+
+
+def sums(disk, offset, chunk, digests, count=None):
+    """SUMS; digests is a list of 16-byte hashes (or one bytes object of
+    the concatenated hashes); count defaults to their number."""
+    b = b"".join(digests) if isinstance(digests, (list, tuple)) else digests
+    n = len(b) // DIGEST_LEN if count is None else count
+    return frame(SUMS, struct.pack(">HQIH", disk, offset, chunk, n) + b)
+
+
+def sig(disk, offset, length, payload):
+    """SIG (replica -> primary): the signature is the rest of the frame."""
+    return frame(SIG, struct.pack(">HQI", disk, offset, length) + payload)
+
+
+def sigend(cycle_id, nsigs):
+    return frame(SIGEND, struct.pack(">QQ", cycle_id, nsigs))
+
+
+def delta(disk, offset, length, encoding, delta_len, hash16, payload):
+    """DELTA with every field given explicitly (may be inconsistent)."""
+    return frame(DELTA, struct.pack(">HQIBI", disk, offset, length, encoding,
+                                    delta_len) + hash16 + payload)
+
+
+def delta_raw(disk, offset, length, delta_bytes, hash16, digest=None):
+    """A RAW DELTA for a chunk of length bytes whose new content hashes to
+    hash16.  If digest (a CycleDigest) is given, the frame is recorded in
+    it the way END counts DELTA frames."""
+    if digest is not None:
+        digest.add(disk, offset, length, hash16)
+    return delta(disk, offset, length, ENC_RAW, len(delta_bytes), hash16,
+                 delta_bytes)
+
+
+def promote(cycle_id, generation, listen):
+    """PROMOTE: listen is "HOST:PORT" (str or bytes)."""
+    return frame(PROMOTE, struct.pack(">QQ", cycle_id, generation) + wstr(listen))
+
+
 # --- decoders --------------------------------------------------------------
 
 def decode_welcome(p):
-    version, generation, last_cycle, last_point = struct.unpack(">HQQQ", p)
+    version, generation, last_cycle, last_point, flags = struct.unpack(">HQQQB", p)
     return {"version": version, "generation": generation,
-            "last_cycle": last_cycle, "last_point": last_point}
+            "last_cycle": last_cycle, "last_point": last_point,
+            "flags": flags}
 
 
 def decode_ack(p):
@@ -167,6 +225,22 @@ def decode_ack(p):
 def decode_nack(p):
     code, n = struct.unpack(">HH", p[:4])
     return code, p[4:4 + n].decode(errors="replace")
+
+
+def decode_sig(p):
+    disk, offset, length = struct.unpack(">HQI", p[:SIG_HDR])
+    return {"disk": disk, "offset": offset, "length": length,
+            "payload": p[SIG_HDR:]}
+
+
+def decode_sigend(p):
+    c, n = struct.unpack(">QQ", p)
+    return {"cycle": c, "nsigs": n}
+
+
+def decode_promoted(p):
+    (g,) = struct.unpack(">Q", p)
+    return {"generation": g}
 
 
 def describe(fr):

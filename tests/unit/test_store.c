@@ -2,7 +2,10 @@
  * test_store.c — the replica's storage for one VM on real files: cycles
  * applied to the images and recorded as points, test failover rebuilding
  * older points through the undo segments, verify, abort, refusals, and
- * crash recovery from the REPLICAD_FAULT kill points.
+ * crash recovery from the REPLICAD_FAULT kill points, and the unplanned
+ * failover's moves between points (store_rewind): back, forward, the
+ * check that the images were left alone, the commit, and the recovery
+ * of a move cut by a crash.
  *
  * A model (one byte array per disk and point) holds what each point must
  * contain; every check compares whole files with it.
@@ -36,6 +39,7 @@
 #include "err.h"
 #include "log.h"
 #include "store.h"
+#include "undo.h"
 #include "util.h"
 
 #define BS	65536u
@@ -489,6 +493,243 @@ three_points(struct fixture *f, struct model m[3])
 	model_free(&cur);
 }
 
+/* --- five random points -------------------------------------------------- */
+
+/*
+ * Five points made of random cycles (fixed seed, so a failure repeats):
+ * point 1 writes every block of both disks; points 2, 3 and 5 overwrite
+ * random blocks with data or zeros; point 4 also grows both disks (the
+ * old short last block and every new block sent).  The cycle numbers
+ * have gaps so that point ids and cycles differ.
+ */
+#define NPTS		5
+#define HIST_SEED	0x5eed2024u
+
+static const uint64_t hist_cycles[NPTS] = { 11, 12, 14, 15, 18 };
+static const uint64_t hist_sizes[NPTS][NDISKS] = {
+	{ 12 * (uint64_t)BS, 6 * (uint64_t)BS + 300 },
+	{ 12 * (uint64_t)BS, 6 * (uint64_t)BS + 300 },
+	{ 12 * (uint64_t)BS, 6 * (uint64_t)BS + 300 },
+	{ 14 * (uint64_t)BS + 4000, 9 * (uint64_t)BS + 700 },
+	{ 14 * (uint64_t)BS + 4000, 9 * (uint64_t)BS + 700 },
+};
+
+struct history {
+	struct cycle_def def[NPTS];
+	struct op	*ops[NPTS];
+	struct model	 m[NPTS];	/* the images at each point */
+	uint64_t	 id[NPTS];
+};
+
+static uint64_t
+rnd_next(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+/*
+ * A cycle taking disks of old sizes to new: every block if all, else
+ * about one block in three, a quarter of them zeros (runs of zero blocks
+ * become one extent), plus every block from the old short last block on.
+ */
+static void
+gen_cycle(struct cycle_def *def, struct op **opsp, uint64_t cycle,
+    const uint64_t *old, const uint64_t *new_sizes, int all, uint64_t *rnd)
+{
+	size_t n = 0, cap = 64;
+	struct op *ops = malloc(cap * sizeof(*ops));
+
+	assert_non_null(ops);
+	for (uint16_t d = 0; d < NDISKS; d++) {
+		uint64_t size = new_sizes[d];
+		uint64_t from = old[d] / BS * BS;	/* sent whole */
+		for (uint64_t off = 0; off < size; off += BS) {
+			uint32_t len = size - off < BS ?
+			    (uint32_t)(size - off) : BS;
+			int grown = size > old[d] && off >= from;
+			if (!all && !grown && rnd_next(rnd) % 3 != 0)
+				continue;
+			int zero = rnd_next(rnd) % 4 == 0;
+			if (zero && n > 0 && ops[n - 1].seed == 0 &&
+			    ops[n - 1].disk == d &&
+			    ops[n - 1].off + ops[n - 1].len == off) {
+				ops[n - 1].len += len;
+				continue;
+			}
+			if (n == cap) {
+				cap *= 2;
+				ops = realloc(ops, cap * sizeof(*ops));
+				assert_non_null(ops);
+			}
+			ops[n].disk = d;
+			ops[n].off = off;
+			ops[n].len = len;
+			ops[n].seed = zero ? 0 : cycle * 1000 + n + 1;
+			n++;
+		}
+	}
+	def->cycle = cycle;
+	for (int d = 0; d < NDISKS; d++)
+		def->sizes[d] = new_sizes[d];
+	def->ops = ops;
+	def->nops = n;
+	*opsp = ops;
+}
+
+static void
+five_points(struct fixture *f, struct history *h)
+{
+	struct model cur = { 0 };
+	struct cat_point pt;
+	uint64_t rnd = HIST_SEED, zero[NDISKS] = { 0 };
+
+	memset(h, 0, sizeof(*h));
+	open_store(f);
+	for (int k = 0; k < NPTS; k++) {
+		gen_cycle(&h->def[k], &h->ops[k], hist_cycles[k],
+		    k == 0 ? zero : hist_sizes[k - 1], hist_sizes[k], k == 0,
+		    &rnd);
+		run_cycle(f->st, &h->def[k], &cur, &pt);
+		assert_images(f, &cur);
+		h->id[k] = pt.id;
+		model_copy(&h->m[k], &cur);
+	}
+	model_free(&cur);
+	/* The history has what the tests rely on. */
+	for (int k = 0; k < NPTS; k++)
+		assert_int_equal(h->id[k], (uint64_t)k + 1);
+	int zeros = 0;
+	for (int k = 1; k < NPTS; k++)
+		for (size_t i = 0; i < h->def[k].nops; i++)
+			zeros += h->def[k].ops[i].seed == 0;
+	assert_true(zeros >= 3);
+}
+
+static void
+history_free(struct history *h)
+{
+	for (int k = 0; k < NPTS; k++) {
+		free(h->ops[k]);
+		model_free(&h->m[k]);
+	}
+}
+
+static char *
+seg_path(const struct fixture *f, const char *kind, uint64_t cycle)
+{
+	char *p = malloc(600);
+
+	assert_non_null(p);
+	snprintf(p, 600, "%s/.%s/%llu.%s", f->vmdir, kind,
+	    (unsigned long long)cycle, kind);
+	return p;
+}
+
+static int
+file_exists(const char *path)
+{
+	struct stat sb;
+	return stat(path, &sb) == 0;
+}
+
+/* Names in STORAGE/VM/.redo. */
+static int
+redo_entries(const struct fixture *f)
+{
+	char dir[400];
+	DIR *d;
+	struct dirent *de;
+	int n = 0;
+
+	snprintf(dir, sizeof(dir), "%s/.redo", f->vmdir);
+	d = opendir(dir);
+	assert_non_null(d);
+	while ((de = readdir(d)) != NULL)
+		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..")
+		    != 0)
+			n++;
+	closedir(d);
+	return n;
+}
+
+/* The images hold point id (want), the catalog and the store say so. */
+static void
+assert_at(struct fixture *f, uint64_t id, const struct model *want)
+{
+	struct cat_rel rel;
+
+	assert_images(f, want);
+	assert_int_equal(cat_rel_get(f->cat, VM, &rel), 0);
+	assert_int_equal(rel.at_point, id);
+	assert_int_equal(rel.step_to, 0);
+	if (f->st != NULL) {
+		store_rel(f->st, &rel);
+		assert_int_equal(rel.at_point, id);
+		assert_int_equal(rel.step_to, 0);
+	}
+}
+
+static void
+rewind_ok(struct fixture *f, uint64_t target, int check_unchanged,
+    uint64_t want_id, const struct model *want)
+{
+	char err[512] = "";
+	int r;
+
+	if ((r = store_rewind(f->st, target, check_unchanged, err,
+	    sizeof(err))) != 0)
+		fail_msg("rewind to %llu: %d %s", (unsigned long long)target, r,
+		    err);
+	assert_at(f, want_id, want);
+}
+
+/* The journal of a step under way, as a crash would leave it. */
+static void
+set_journal(struct fixture *f, uint64_t at, uint64_t step_to)
+{
+	struct cat_rel rel;
+
+	assert_int_equal(cat_rel_get(f->cat, VM, &rel), 0);
+	rel.at_point = at;
+	rel.step_to = step_to;
+	assert_int_equal(cat_rel_put(f->cat, &rel), 0);
+}
+
+/*
+ * Part of a step's writes, as a crash would leave them: the sizes set
+ * to sizes first (as undo_apply does), then garbage over the first half
+ * of c's extents, within those sizes.
+ */
+static void
+half_step(struct fixture *f, const struct cycle_def *c, const uint64_t *sizes)
+{
+	int fd[NDISKS];
+
+	for (int i = 0; i < NDISKS; i++) {
+		fd[i] = open(f->img[i], O_RDWR | O_CLOEXEC);
+		assert_true(fd[i] >= 0);
+		assert_int_equal(ftruncate(fd[i], (off_t)sizes[i]), 0);
+	}
+	for (size_t k = 0; k < (c->nops + 1) / 2; k++) {
+		const struct op *o = &c->ops[k];
+		if (o->off >= sizes[o->disk])
+			continue;
+		uint64_t len = sizes[o->disk] - o->off < o->len ?
+		    sizes[o->disk] - o->off : o->len;
+		uint8_t *junk = malloc(len);
+		assert_non_null(junk);
+		block_data(junk, len, 0xbad0 + k);
+		assert_int_equal(util_pwrite_full(fd[o->disk], junk, len,
+		    (off_t)o->off), 0);
+		free(junk);
+	}
+	for (int i = 0; i < NDISKS; i++)
+		close(fd[i]);
+}
+
 /* --- tests --------------------------------------------------------------- */
 
 static void
@@ -886,6 +1127,597 @@ test_apply_error_rolled_forward(void **state)
 	model_free(&cur);
 }
 
+/* --- unplanned failover: moving between points --------------------------- */
+
+static void
+test_rewind_moves(void **state)
+{
+	struct fixture *f = *state;
+	struct history h;
+
+	five_points(f, &h);
+	/* Not moved yet: the journal is empty. */
+	assert_at(f, 0, &h.m[4]);
+
+	/* Newest to oldest: four steps back, each keeping a redo segment. */
+	rewind_ok(f, 1, 1, 1, &h.m[0]);
+	for (int k = 1; k < NPTS; k++) {
+		char *p = seg_path(f, "redo", h.def[k].cycle);
+		if (!file_exists(p))
+			fail_msg("at point 1 without %s", p);
+		free(p);
+	}
+	/* Forward to a middle one, then the newest (0), then back. */
+	rewind_ok(f, 3, 1, 3, &h.m[2]);
+	rewind_ok(f, 0, 1, 5, &h.m[4]);
+	rewind_ok(f, 2, 1, 2, &h.m[1]);
+	/* Where it already is: nothing changes. */
+	rewind_ok(f, 2, 1, 2, &h.m[1]);
+
+	/* A restart keeps the images where they are, and the moves go on
+	 * from there. */
+	close_store(f);
+	open_store(f);
+	assert_at(f, 2, &h.m[1]);
+	rewind_ok(f, 4, 1, 4, &h.m[3]);
+	rewind_ok(f, 1, 0, 1, &h.m[0]);
+	rewind_ok(f, 5, 0, 5, &h.m[4]);
+
+	/* The undo segments were left alone: test failover still rebuilds
+	 * every point from the newest. */
+	for (int k = 0; k < NPTS; k++) {
+		char err[512] = "";
+		assert_test_copy(f, h.id[k], h.id[k], &h.m[k]);
+		assert_int_equal(store_test_cleanup(f->st, err, sizeof(err)),
+		    0);
+	}
+	history_free(&h);
+}
+
+static void
+test_rewind_no_such_point(void **state)
+{
+	struct fixture *f = *state;
+	struct model m[3];
+	char err[512] = "";
+
+	/* No point at all yet. */
+	open_store(f);
+	assert_int_equal(store_rewind(f->st, 0, 0, err, sizeof(err)),
+	    RD_ERR_NOT_FOUND);
+	assert_non_null(strstr(err, VM));
+	close_store(f);
+
+	three_points(f, m);
+	err[0] = '\0';
+	assert_int_equal(store_rewind(f->st, 4, 1, err, sizeof(err)),
+	    RD_ERR_NOT_FOUND);
+	assert_non_null(strstr(err, VM));
+	assert_at(f, 0, &m[2]);
+	assert_int_equal(redo_entries(f), 0);
+
+	/* From a rewound state too. */
+	rewind_ok(f, 1, 1, 1, &m[0]);
+	int n = redo_entries(f);
+	err[0] = '\0';
+	assert_int_equal(store_rewind(f->st, 99, 1, err, sizeof(err)),
+	    RD_ERR_NOT_FOUND);
+	assert_non_null(strstr(err, "99"));
+	assert_at(f, 1, &m[0]);
+	assert_int_equal(redo_entries(f), n);
+	rewind_ok(f, 3, 1, 3, &m[2]);
+	for (int k = 0; k < 3; k++)
+		model_free(&m[k]);
+}
+
+/* Write one byte of disk behind the store's back; the old byte in *old. */
+static void
+poke(struct fixture *f, int disk, uint64_t off, uint8_t *old, uint8_t val)
+{
+	int fd = open(f->img[disk], O_RDWR | O_CLOEXEC);
+
+	assert_true(fd >= 0);
+	assert_int_equal(util_pread_full(fd, old, 1, (off_t)off), 0);
+	assert_int_equal(util_pwrite_full(fd, &val, 1, (off_t)off), 0);
+	close(fd);
+}
+
+static void
+test_rewind_check_unchanged(void **state)
+{
+	struct fixture *f = *state;
+	struct model m[3], changed;
+	char err[512] = "", *redo2;
+	uint8_t old;
+
+	three_points(f, m);
+	redo2 = seg_path(f, "redo", cyc2.cycle);
+
+	/* At the newest point, never moved: a VM wrote into disk1. */
+	poke(f, 1, 3 * BS + 5, &old, 0xEE);
+	err[0] = '\0';
+	assert_int_equal(store_rewind(f->st, 1, 1, err, sizeof(err)),
+	    RD_ERR_HASH);
+	assert_non_null(strstr(err, "disk1.img"));
+	model_copy(&changed, &m[2]);
+	changed.disk[1].p[3 * BS + 5] = 0xEE;
+	assert_at(f, 0, &changed);
+	assert_int_equal(redo_entries(f), 0);
+	model_free(&changed);
+	poke(f, 1, 3 * BS + 5, &old, old);
+
+	/* After a rewind: the digests are those of the point moved to. */
+	rewind_ok(f, 2, 1, 2, &m[1]);
+	assert_false(file_exists(redo2));
+	poke(f, 0, 7 * BS + 100, &old, (uint8_t)(m[1].disk[0].p[7 * BS + 100]
+	    ^ 0x10));
+	model_copy(&changed, &m[1]);
+	changed.disk[0].p[7 * BS + 100] ^= 0x10;
+	err[0] = '\0';
+	assert_int_equal(store_rewind(f->st, 1, 1, err, sizeof(err)),
+	    RD_ERR_HASH);
+	assert_non_null(strstr(err, "disk0.img"));
+	assert_at(f, 2, &changed);
+	assert_false(file_exists(redo2));	/* no step begun */
+	/* Forward is refused just the same. */
+	err[0] = '\0';
+	assert_int_equal(store_rewind(f->st, 3, 1, err, sizeof(err)),
+	    RD_ERR_HASH);
+	assert_non_null(strstr(err, "disk0.img"));
+	assert_at(f, 2, &changed);
+	model_free(&changed);
+
+	/* A disk that grew by one byte is changed too. */
+	poke(f, 0, 7 * BS + 100, &old, m[1].disk[0].p[7 * BS + 100]);
+	assert_at(f, 2, &m[1]);
+	int fd = open(f->img[1], O_WRONLY | O_APPEND | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(util_write_full(fd, "\x01", 1), 0);
+	close(fd);
+	err[0] = '\0';
+	assert_int_equal(store_rewind(f->st, 1, 1, err, sizeof(err)),
+	    RD_ERR_HASH);
+	assert_non_null(strstr(err, "disk1.img"));
+	assert_int_equal(truncate(f->img[1], (off_t)m[1].disk[1].size), 0);
+
+	/* Put back: the moves go on, checked. */
+	rewind_ok(f, 1, 1, 1, &m[0]);
+	rewind_ok(f, 3, 1, 3, &m[2]);
+	free(redo2);
+	for (int k = 0; k < 3; k++)
+		model_free(&m[k]);
+}
+
+static void
+test_rewind_commit(void **state)
+{
+	struct fixture *f = *state;
+	struct history h;
+	struct cat_rel rel, got;
+	struct cat_point *pts = NULL, pt;
+	size_t n = 0;
+	char err[512] = "";
+	int r;
+
+	five_points(f, &h);
+	rewind_ok(f, 1, 1, 1, &h.m[0]);
+	rewind_ok(f, 3, 1, 3, &h.m[2]);
+	if ((r = store_rewind_commit(f->st, &rel, err, sizeof(err))) != 0)
+		fail_msg("commit: %d %s", r, err);
+
+	/* Point 3 is the newest now, recorded as such everywhere. */
+	assert_int_equal(rel.last_point, 3);
+	assert_int_equal(rel.last_cycle, h.def[2].cycle);
+	assert_int_equal(rel.last_point_created_ms, 1700000000000 +
+	    (int64_t)h.def[2].cycle * 1000);
+	assert_int_equal(rel.at_point, 0);
+	assert_int_equal(rel.step_to, 0);
+	for (int i = 0; i < NDISKS; i++)
+		assert_int_equal(rel.disks[i].size, hist_sizes[2][i]);
+	assert_int_equal(cat_rel_get(f->cat, VM, &got), 0);
+	assert_memory_equal(&got, &rel, sizeof(rel));
+	store_rel(f->st, &got);
+	assert_int_equal(got.last_point, 3);
+	assert_int_equal(got.last_cycle, h.def[2].cycle);
+	assert_int_equal(got.at_point, 0);
+	for (int i = 0; i < NDISKS; i++)
+		assert_int_equal(got.disks[i].size, hist_sizes[2][i]);
+	assert_images(f, &h.m[2]);
+
+	/* Points 4 and 5 are gone with their segments; no redo is left. */
+	assert_int_equal(cat_point_list(f->cat, VM, &pts, &n), 0);
+	assert_int_equal(n, 3);
+	for (size_t k = 0; k < n; k++) {
+		assert_int_equal(pts[k].id, k + 1);
+		assert_int_equal(pts[k].cycle, h.def[k].cycle);
+	}
+	free(pts);
+	for (int k = 0; k < NPTS; k++)
+		assert_undo(f, h.def[k].cycle, k < 3);
+	assert_int_equal(redo_entries(f), 0);
+	assert_int_equal(store_rewind(f->st, 4, 0, err, sizeof(err)),
+	    RD_ERR_NOT_FOUND);
+
+	/* The older points are still there. */
+	for (int k = 0; k < 3; k++) {
+		assert_test_copy(f, h.id[k], h.id[k], &h.m[k]);
+		assert_int_equal(store_test_cleanup(f->st, err, sizeof(err)),
+		    0);
+	}
+	assert_test_copy(f, 0, 3, &h.m[2]);
+	assert_int_equal(store_test_cleanup(f->st, err, sizeof(err)), 0);
+	if (store_verify(f->st, &(uint64_t){ 0 }, err, sizeof(err)) != 0)
+		fail_msg("verify after the commit: %s", err);
+
+	/* A restart finds nothing to roll back. */
+	close_store(f);
+	open_store(f);
+	assert_at(f, 0, &h.m[2]);
+
+	/* The next cycle goes on top of point 3.  It reuses the number of
+	 * the dropped point 4's cycle: that cycle's undo segment must not
+	 * be taken for this one's. */
+	struct cycle_def next;
+	struct op *next_ops;
+	struct model cur;
+	uint64_t rnd = HIST_SEED ^ 0x77, grow[NDISKS] = {
+	    hist_sizes[2][0] + 2 * BS, hist_sizes[2][1] };
+	gen_cycle(&next, &next_ops, h.def[2].cycle + 1, hist_sizes[2], grow,
+	    0, &rnd);
+	assert_int_equal(next.cycle, h.def[3].cycle);
+	model_copy(&cur, &h.m[2]);
+	run_cycle(f->st, &next, &cur, &pt);
+	assert_images(f, &cur);
+	assert_true(pt.id > 3);
+	assert_int_equal(cat_rel_get(f->cat, VM, &got), 0);
+	assert_int_equal(got.last_point, pt.id);
+	assert_int_equal(got.last_cycle, next.cycle);
+	assert_int_equal(cat_point_list(f->cat, VM, &pts, &n), 0);
+	assert_int_equal(n, 4);
+	assert_int_equal(pts[3].id, pt.id);
+	assert_int_equal(pts[3].cycle, next.cycle);
+	for (int i = 0; i < NDISKS; i++)
+		assert_int_equal(pts[3].sizes[i], grow[i]);
+	free(pts);
+	assert_test_copy(f, 3, 3, &h.m[2]);
+	assert_int_equal(store_test_cleanup(f->st, err, sizeof(err)), 0);
+	assert_test_copy(f, 1, 1, &h.m[0]);
+	assert_int_equal(store_test_cleanup(f->st, err, sizeof(err)), 0);
+	if (store_verify(f->st, &(uint64_t){ 0 }, err, sizeof(err)) != 0)
+		fail_msg("verify after the next cycle: %s", err);
+	/* And a rewind over the new point works. */
+	rewind_ok(f, 2, 1, 2, &h.m[1]);
+	rewind_ok(f, 0, 1, pt.id, &cur);
+	model_free(&cur);
+	free(next_ops);
+	history_free(&h);
+}
+
+/*
+ * cat_point_commit() gives "above every point there is and above the
+ * newest the relationship ever recorded, so a dropped newest point's id
+ * is not given out again".  After a commit at point 1 of 3, the next
+ * point must therefore not be called 2 or 3 again: those names were
+ * shown (and maybe written down) for other contents.
+ */
+static void
+test_rewind_commit_ids_not_reused(void **state)
+{
+	struct fixture *f = *state;
+	struct model m[3], cur;
+	struct cat_point pt;
+	char err[512] = "";
+	int r;
+
+	three_points(f, m);
+	rewind_ok(f, 1, 1, 1, &m[0]);
+	if ((r = store_rewind_commit(f->st, NULL, err, sizeof(err))) != 0)
+		fail_msg("commit: %d %s", r, err);
+	model_copy(&cur, &m[0]);
+	run_cycle(f->st, &cyc2, &cur, &pt);
+	assert_images(f, &m[1]);
+	for (int k = 0; k < 3; k++)
+		model_free(&m[k]);
+	model_free(&cur);
+	if (pt.id <= 3)
+		fail_msg("the cycle after the commit became point %llu, an id "
+		    "the dropped points had", (unsigned long long)pt.id);
+}
+
+/* A commit where the images never moved drops nothing. */
+static void
+test_rewind_commit_at_newest(void **state)
+{
+	struct fixture *f = *state;
+	struct model m[3];
+	struct cat_rel rel;
+	char err[512] = "";
+
+	three_points(f, m);
+	assert_int_equal(store_rewind_commit(f->st, &rel, err, sizeof(err)),
+	    0);
+	assert_int_equal(rel.last_point, 3);
+	assert_int_equal(rel.last_cycle, 3);
+	assert_int_equal(rel.at_point, 0);
+	assert_at(f, 0, &m[2]);
+	for (int k = 0; k < 3; k++)
+		assert_undo(f, (uint64_t)k + 1, 1);
+	assert_test_copy(f, 1, 1, &m[0]);
+	for (int k = 0; k < 3; k++)
+		model_free(&m[k]);
+}
+
+/*
+ * A step back from point 4 to 3 cut by a crash after its redo segment
+ * was complete and part of the undo segment written (sizes cut, some
+ * ranges overwritten): the next open goes back to point 4.
+ */
+static void
+test_rewind_crash_step_back(void **state)
+{
+	struct fixture *f = *state;
+	struct history h;
+	int fd[NDISKS];
+	char *upath, *rpath, rtmp[620];
+
+	five_points(f, &h);
+	rewind_ok(f, 4, 1, 4, &h.m[3]);
+	close_store(f);
+
+	upath = seg_path(f, "undo", h.def[3].cycle);
+	rpath = seg_path(f, "redo", h.def[3].cycle);
+	snprintf(rtmp, sizeof(rtmp), "%s.tmp", rpath);
+	for (int i = 0; i < NDISKS; i++) {
+		fd[i] = open(f->img[i], O_RDONLY | O_CLOEXEC);
+		assert_true(fd[i] >= 0);
+	}
+	assert_int_equal(undo_invert(upath, fd, NDISKS, h.def[3].cycle, rpath,
+	    NULL), 0);
+	for (int i = 0; i < NDISKS; i++)
+		close(fd[i]);
+	set_journal(f, 4, 3);
+	/* Point 4 grew both disks: the cut takes the tails too. */
+	half_step(f, &h.def[3], hist_sizes[2]);
+
+	open_store(f);
+	assert_at(f, 4, &h.m[3]);
+	assert_false(file_exists(rtmp));
+	/* The redo segments of the newer point still work, and the step
+	 * can be made again. */
+	rewind_ok(f, 5, 1, 5, &h.m[4]);
+	rewind_ok(f, 3, 1, 3, &h.m[2]);
+	rewind_ok(f, 1, 1, 1, &h.m[0]);
+	rewind_ok(f, 4, 1, 4, &h.m[3]);
+	free(upath);
+	free(rpath);
+	history_free(&h);
+}
+
+/* The same from the newest point, never moved before (at_point 0). */
+static void
+test_rewind_crash_first_step_back(void **state)
+{
+	struct fixture *f = *state;
+	struct history h;
+	int fd[NDISKS];
+	char *upath, *rpath;
+
+	five_points(f, &h);
+	close_store(f);
+	upath = seg_path(f, "undo", h.def[4].cycle);
+	rpath = seg_path(f, "redo", h.def[4].cycle);
+	for (int i = 0; i < NDISKS; i++) {
+		fd[i] = open(f->img[i], O_RDONLY | O_CLOEXEC);
+		assert_true(fd[i] >= 0);
+	}
+	assert_int_equal(undo_invert(upath, fd, NDISKS, h.def[4].cycle, rpath,
+	    NULL), 0);
+	for (int i = 0; i < NDISKS; i++)
+		close(fd[i]);
+	set_journal(f, 5, 4);
+	half_step(f, &h.def[4], hist_sizes[3]);
+
+	open_store(f);
+	assert_at(f, 5, &h.m[4]);
+	rewind_ok(f, 2, 1, 2, &h.m[1]);
+	rewind_ok(f, 0, 1, 5, &h.m[4]);
+	free(upath);
+	free(rpath);
+	history_free(&h);
+}
+
+/*
+ * A step forward from point 3 to 4 cut by a crash, the images grown and
+ * partly overwritten: the next open goes back to point 3.
+ */
+static void
+test_rewind_crash_step_forward(void **state)
+{
+	struct fixture *f = *state;
+	struct history h;
+
+	five_points(f, &h);
+	rewind_ok(f, 3, 1, 3, &h.m[2]);
+	close_store(f);
+	set_journal(f, 3, 4);
+	half_step(f, &h.def[3], hist_sizes[3]);
+
+	open_store(f);
+	assert_at(f, 3, &h.m[2]);
+	/* Point 4's redo segment is intact: forward works. */
+	rewind_ok(f, 4, 1, 4, &h.m[3]);
+	rewind_ok(f, 5, 1, 5, &h.m[4]);
+	rewind_ok(f, 1, 1, 1, &h.m[0]);
+	history_free(&h);
+}
+
+/*
+ * A step back cut before its redo segment was complete (only the .tmp
+ * exists): the images were not touched yet; the next open leaves them
+ * at point 5 and removes the temporary file.
+ */
+static void
+test_rewind_crash_before_redo(void **state)
+{
+	struct fixture *f = *state;
+	struct history h;
+	char *rpath, rtmp[620];
+	int fd;
+
+	five_points(f, &h);
+	close_store(f);
+	rpath = seg_path(f, "redo", h.def[4].cycle);
+	snprintf(rtmp, sizeof(rtmp), "%s.tmp", rpath);
+	fd = open(rtmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(util_write_full(fd, "RDUNDOSG\0\0\0\1garbage", 20),
+	    0);
+	close(fd);
+	set_journal(f, 5, 4);
+
+	open_store(f);
+	assert_at(f, 5, &h.m[4]);
+	assert_false(file_exists(rtmp));
+	assert_false(file_exists(rpath));
+	rewind_ok(f, 4, 1, 4, &h.m[3]);
+	rewind_ok(f, 5, 1, 5, &h.m[4]);
+	free(rpath);
+	history_free(&h);
+}
+
+/*
+ * A step back that fails half-way without a crash (the image write hits
+ * the file size limit: a full file system behaves alike): points 1-3,
+ * then 4 (disk0 grows to 64 blocks, data in its last one) and 5 (the
+ * first and the last block of disk0).  Undoing point 5 writes block 0,
+ * then fails at block 63.  The catalog still says a step is under way.
+ */
+static void
+fail_step_back(struct fixture *f, struct model *m4, struct model *m5)
+{
+	struct model m[3];
+	struct cat_point pt;
+	struct rlimit old, lim;
+	struct cat_rel rel;
+	char err[512] = "";
+	int r;
+	static const struct op grow_ops[] = {
+		{ 0, 10 * BS, 53 * BS, 0 }, { 0, 63 * BS, BS, 463 },
+	};
+	static const struct cycle_def c4 = { 4, { 64 * (uint64_t)BS,
+	    6 * (uint64_t)BS + 500 }, grow_ops, NELEM(grow_ops) };
+	static const struct op ops5[] = {
+		{ 0, 0, BS, 500 }, { 0, 63 * BS, BS, 563 },
+	};
+	static const struct cycle_def c5 = { 5, { 64 * (uint64_t)BS,
+	    6 * (uint64_t)BS + 500 }, ops5, NELEM(ops5) };
+
+	three_points(f, m);
+	model_copy(m4, &m[2]);
+	run_cycle(f->st, &c4, m4, &pt);
+	model_copy(m5, m4);
+	run_cycle(f->st, &c5, m5, &pt);
+	assert_images(f, m5);
+	for (int k = 0; k < 3; k++)
+		model_free(&m[k]);
+
+	signal(SIGXFSZ, SIG_IGN);
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+	lim = old;
+	lim.rlim_cur = 32 * BS;
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	r = store_rewind(f->st, 4, 0, err, sizeof(err));
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+	signal(SIGXFSZ, SIG_DFL);
+	assert_int_equal(r, RD_ERR_SYSTEM);
+	assert_non_null(strstr(err, "5.undo"));
+	assert_int_equal(cat_rel_get(f->cat, VM, &rel), 0);
+	assert_int_equal(rel.at_point, 5);
+	assert_int_equal(rel.step_to, 4);
+}
+
+/* A restart after the failed step goes back to point 5. */
+static void
+test_rewind_failed_step_restart(void **state)
+{
+	struct fixture *f = *state;
+	struct model m4, m5;
+
+	fail_step_back(f, &m4, &m5);
+	close_store(f);
+	open_store(f);
+	assert_at(f, 5, &m5);
+	rewind_ok(f, 4, 1, 4, &m4);
+	rewind_ok(f, 5, 1, 5, &m5);
+	model_free(&m4);
+	model_free(&m5);
+}
+
+/*
+ * Without a restart, the same process must not carry on as if the
+ * images held a point: retrying the move back and then going forward
+ * again must give the points' exact bytes.
+ */
+static void
+test_rewind_failed_step_retried(void **state)
+{
+	struct fixture *f = *state;
+	struct model m4, m5;
+	char err[512] = "";
+	int r;
+
+	fail_step_back(f, &m4, &m5);
+	r = store_rewind(f->st, 4, 0, err, sizeof(err));
+	if (r == 0)
+		assert_images(f, &m4);
+	err[0] = '\0';
+	if ((r = store_rewind(f->st, 5, 0, err, sizeof(err))) == 0) {
+		uint8_t *got = NULL;
+		size_t len = 0;
+		assert_int_equal(util_read_file(f->img[0], 1 << 30, &got,
+		    &len), 0);
+		assert_int_equal(len, m5.disk[0].size);
+		if (memcmp(got, m5.disk[0].p, BS) != 0)
+			fail_msg("back at point 5 after a failed step, block 0 "
+			    "of disk0.img holds point %s's bytes",
+			    memcmp(got, m4.disk[0].p, BS) == 0 ? "4" : "no");
+		free(got);
+		assert_at(f, 5, &m5);
+	}
+	model_free(&m4);
+	model_free(&m5);
+}
+
+/* Asked to stay at the point it claims after the failed step, the store
+ * must not answer "done" with images between two points. */
+static void
+test_rewind_failed_step_stay(void **state)
+{
+	struct fixture *f = *state;
+	struct model m4, m5;
+	char err[512] = "";
+	int r;
+
+	fail_step_back(f, &m4, &m5);
+	r = store_rewind(f->st, 0, 0, err, sizeof(err));
+	if (r == 0) {
+		uint8_t *got = NULL;
+		size_t len = 0;
+		assert_int_equal(util_read_file(f->img[0], 1 << 30, &got,
+		    &len), 0);
+		if (len != m5.disk[0].size || memcmp(got, m5.disk[0].p,
+		    m5.disk[0].size) != 0)
+			fail_msg("store_rewind to the newest point returned 0 "
+			    "but disk0.img is not point 5 (block 0 is point "
+			    "%s's)", memcmp(got, m4.disk[0].p, BS) == 0 ?
+			    "4" : "5");
+		free(got);
+		assert_at(f, 5, &m5);
+	}
+	model_free(&m4);
+	model_free(&m5);
+}
+
 /* --- crashes ------------------------------------------------------------- */
 
 /*
@@ -1144,6 +1976,19 @@ main(int argc, char **argv)
 		T(test_crash_after_catalog),
 		T(test_crash_while_staging),
 		T(test_crash_then_bad_staged_data),
+		T(test_rewind_moves),
+		T(test_rewind_no_such_point),
+		T(test_rewind_check_unchanged),
+		T(test_rewind_commit),
+		T(test_rewind_commit_ids_not_reused),
+		T(test_rewind_commit_at_newest),
+		T(test_rewind_crash_step_back),
+		T(test_rewind_crash_first_step_back),
+		T(test_rewind_crash_step_forward),
+		T(test_rewind_crash_before_redo),
+		T(test_rewind_failed_step_restart),
+		T(test_rewind_failed_step_retried),
+		T(test_rewind_failed_step_stay),
 	};
 #undef T
 

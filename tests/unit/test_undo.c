@@ -3,7 +3,9 @@
  * files restores their exact old bytes and sizes after they were
  * overwritten and grown; a damaged segment (any flipped byte, any
  * truncation, trailing bytes, another disk count) is refused with the
- * target files left exactly as they were.
+ * target files left exactly as they were.  The inverse of a segment
+ * (undo_invert) takes the files back to where they were before the
+ * segment was applied, and is not written at all from a damaged one.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -29,6 +31,8 @@ struct fixture {
 	char	dir[256];
 	char	seg[300];
 	char	tmp[310];
+	char	redo[300];
+	char	redo_tmp[310];
 	char	disk[2][300];
 	int	fd[2];
 };
@@ -70,6 +74,8 @@ setup(void **state)
 	}
 	snprintf(f->seg, sizeof(f->seg), "%s/7.undo", f->dir);
 	snprintf(f->tmp, sizeof(f->tmp), "%s.tmp", f->seg);
+	snprintf(f->redo, sizeof(f->redo), "%s/7.redo", f->dir);
+	snprintf(f->redo_tmp, sizeof(f->redo_tmp), "%s.tmp", f->redo);
 	for (int i = 0; i < 2; i++) {
 		snprintf(f->disk[i], sizeof(f->disk[i]), "%s/disk%d", f->dir, i);
 		f->fd[i] = open(f->disk[i], O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -613,6 +619,231 @@ test_impossible_size_refused_before_writing(void **state)
 	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
 }
 
+/* --- undo_invert --------------------------------------------------------- */
+
+/* Both files as they are now. */
+struct state {
+	uint8_t	*p[2];
+	size_t	 len[2];
+};
+
+static void
+state_take(struct fixture *f, struct state *s)
+{
+	for (int i = 0; i < 2; i++)
+		s->p[i] = snapshot(f->fd[i], &s->len[i]);
+}
+
+static void
+state_assert(struct fixture *f, const struct state *s)
+{
+	for (int i = 0; i < 2; i++)
+		assert_content(f->fd[i], s->p[i], s->len[i]);
+}
+
+static void
+state_free(struct state *s)
+{
+	free(s->p[0]);
+	free(s->p[1]);
+}
+
+/*
+ * State A is the scenario's old content (zeros in [64K, 192K) of disk0);
+ * U, made the normal way before the cycle, takes the files back to A.
+ * State B is the cycle's result with zeros written over data (disk0
+ * [192K, 200K), disk1 [0, 4K)) and both disks grown (disk0's tail holds
+ * data at [300K, 320K) and [400K, 464K), zeros between).  The inverse R
+ * of U, taken at B, must bring B back from A, tail included.
+ */
+static void
+test_invert_round_trip(void **state)
+{
+	struct fixture *f = *state;
+	struct scenario sc;
+	struct state a, b;
+	struct stat sb;
+	uint64_t bytes = 0, sizes[2];
+	uint8_t zeros[8 * KB];
+
+	make_old(f, &sc);
+	state_take(f, &a);
+	write_segment(f);
+	modify(f, 400);
+	memset(zeros, 0, sizeof(zeros));
+	assert_int_equal(util_pwrite_full(f->fd[0], zeros, 8 * KB, 192 * KB),
+	    0);
+	assert_int_equal(util_pwrite_full(f->fd[1], zeros, 4 * KB, 0), 0);
+	state_take(f, &b);
+	assert_int_equal(b.len[0], D0_NEW);
+	assert_int_equal(b.len[1], D1_NEW);
+
+	assert_int_equal(undo_invert(f->seg, f->fd, 2, 7, f->redo, &bytes), 0);
+	assert_true(exists(f->redo));
+	assert_false(exists(f->redo_tmp));
+	assert_int_equal(stat(f->redo, &sb), 0);
+	assert_int_equal((uint64_t)sb.st_size, bytes);
+	/* Inverting only reads the files. */
+	state_assert(f, &b);
+
+	/* U: back to A.  R: forward to B again, grown tails with their
+	 * content, zeros where B has zeros. */
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, sizes), 0);
+	assert_int_equal(sizes[0], D0_OLD);
+	assert_int_equal(sizes[1], D1_OLD);
+	state_assert(f, &a);
+	assert_int_equal(undo_apply(f->redo, f->fd, 2, sizes), 0);
+	assert_int_equal(sizes[0], D0_NEW);
+	assert_int_equal(sizes[1], D1_NEW);
+	state_assert(f, &b);
+
+	/* Back and forth again: both segments stay valid. */
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, NULL), 0);
+	state_assert(f, &a);
+	assert_int_equal(undo_apply(f->redo, f->fd, 2, NULL), 0);
+	state_assert(f, &b);
+
+	/* Applying R at B changes nothing (it holds B's own bytes). */
+	assert_int_equal(undo_apply(f->redo, f->fd, 2, NULL), 0);
+	state_assert(f, &b);
+
+	/* The inverse of R, taken at A, is U again: A -> B -> A. */
+	char back[320];
+	snprintf(back, sizeof(back), "%s/7.back", f->dir);
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, NULL), 0);
+	assert_int_equal(undo_invert(f->redo, f->fd, 2, 7, back, NULL), 0);
+	state_assert(f, &a);
+	assert_int_equal(undo_apply(f->redo, f->fd, 2, NULL), 0);
+	state_assert(f, &b);
+	assert_int_equal(undo_apply(back, f->fd, 2, NULL), 0);
+	state_assert(f, &a);
+
+	state_free(&a);
+	state_free(&b);
+	free_old(&sc);
+}
+
+/* A disk that shrank (applying U grows it): R cuts it back to B. */
+static void
+test_invert_shrunk_disk(void **state)
+{
+	struct fixture *f = *state;
+	struct state a, b;
+	const uint64_t sizes[2] = { 50 * KB, 3000 };
+	struct undo_writer *w;
+	uint8_t d0[50 * KB], d1[3000];
+
+	fill_random(d0, sizeof(d0), 50);
+	fill_random(d1, sizeof(d1), 51);
+	set_content(f->fd[0], d0, sizeof(d0));
+	set_content(f->fd[1], d1, sizeof(d1));
+	state_take(f, &a);
+	assert_int_equal(undo_create(f->seg, 7, 2, sizes, &w), 0);
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 10 * KB, 40 * KB),
+	    0);
+	assert_int_equal(undo_save_range(w, 1, f->fd[1], 0, 3000), 0);
+	assert_int_equal(undo_finish(w, NULL), 0);
+	/* B: disk0 cut to 20K with new bytes at [10K, 20K); disk1 grown. */
+	fill_random(d0, sizeof(d0), 52);
+	assert_int_equal(ftruncate(f->fd[0], 20 * KB), 0);
+	assert_int_equal(util_pwrite_full(f->fd[0], d0, 10 * KB, 10 * KB), 0);
+	assert_int_equal(util_pwrite_full(f->fd[1], d0, 5000, 3000), 0);
+	state_take(f, &b);
+
+	assert_int_equal(undo_invert(f->seg, f->fd, 2, 7, f->redo, NULL), 0);
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, NULL), 0);
+	state_assert(f, &a);
+	assert_int_equal(undo_apply(f->redo, f->fd, 2, NULL), 0);
+	state_assert(f, &b);
+	state_free(&a);
+	state_free(&b);
+}
+
+/* undo_invert must fail with want and write nothing: no R, no R.tmp,
+ * files unchanged. */
+static void
+assert_invert_refused(struct fixture *f, uint16_t ndisks, int want)
+{
+	struct state before;
+	uint64_t bytes = 12345;
+	int r;
+
+	state_take(f, &before);
+	r = undo_invert(f->seg, f->fd, ndisks, 7, f->redo, &bytes);
+	if (exists(f->redo) || exists(f->redo_tmp))
+		fail_msg("undo_invert returned %d (%s) and left %s", r,
+		    rd_strerror(r), exists(f->redo) ? f->redo : f->redo_tmp);
+	state_assert(f, &before);
+	state_free(&before);
+	if (want == 0)
+		assert_int_not_equal(r, 0);
+	else
+		assert_int_equal(r, want);
+	assert_int_equal(bytes, 12345);
+}
+
+static void
+test_invert_corrupt_refused(void **state)
+{
+	struct fixture *f = *state;
+	size_t len;
+	uint8_t *seg = small_setup(f, &len);
+
+	/* Every byte damaged in turn. */
+	for (size_t i = 0; i < len; i++) {
+		seg[i] ^= 0x01;
+		write_file(f->seg, seg, len);
+		assert_invert_refused(f, 2, i >= 8 && i < 12 ? 0 :
+		    RD_ERR_CORRUPT);
+		seg[i] ^= 0x01;
+	}
+	/* Every truncation, and a byte too many. */
+	for (size_t n = 0; n < len; n++) {
+		write_file(f->seg, seg, n);
+		assert_invert_refused(f, 2, RD_ERR_CORRUPT);
+	}
+	uint8_t *longer = calloc(1, len + 1);
+	assert_non_null(longer);
+	memcpy(longer, seg, len);
+	write_file(f->seg, longer, len + 1);
+	assert_invert_refused(f, 2, RD_ERR_CORRUPT);
+	free(longer);
+
+	/* Another disk count; no segment at all. */
+	write_file(f->seg, seg, len);
+	assert_invert_refused(f, 1, 0);
+	unlink(f->seg);
+	assert_invert_refused(f, 2, RD_ERR_NOT_FOUND);
+
+	/* Repaired: the inverse is written. */
+	write_file(f->seg, seg, len);
+	assert_int_equal(undo_invert(f->seg, f->fd, 2, 7, f->redo, NULL), 0);
+	assert_true(exists(f->redo));
+	free(seg);
+}
+
+/* A damaged segment in the middle of a large one: refused before the
+ * inverse is started, even where the damage lies past megabytes of good
+ * records. */
+static void
+test_invert_corrupt_large_refused(void **state)
+{
+	struct fixture *f = *state;
+	struct scenario sc;
+	size_t len;
+	uint8_t *seg = damaged_setup(f, &sc, &len);
+	const size_t where[] = { 0, 40, len / 2, len - 26, len - 1 };
+
+	for (size_t k = 0; k < sizeof(where) / sizeof(where[0]); k++) {
+		seg[where[k]] ^= 0x40;
+		write_file(f->seg, seg, len);
+		assert_invert_refused(f, 2, RD_ERR_CORRUPT);
+		seg[where[k]] ^= 0x40;
+	}
+	free(seg);
+	free_old(&sc);
+}
+
 int
 main(void)
 {
@@ -630,6 +861,10 @@ main(void)
 		T(test_missing),
 		T(test_writer_refusals),
 		T(test_impossible_size_refused_before_writing),
+		T(test_invert_round_trip),
+		T(test_invert_shrunk_disk),
+		T(test_invert_corrupt_refused),
+		T(test_invert_corrupt_large_refused),
 	};
 #undef T
 

@@ -20,6 +20,7 @@
 #include "buf.h"
 #include "digest.h"
 #include "err.h"
+#include "util.h"
 #include "wire.h"
 
 #define TEN	"aaaaaaaaaa"
@@ -44,6 +45,11 @@ union any_msg {
 	struct wire_end		e;
 	struct wire_ack		a;
 	struct wire_nack_msg	n;
+	struct wire_sums	s;
+	struct wire_chunk	k;
+	struct wire_sigend	se;
+	struct wire_promote	pr;
+	uint64_t		gen;
 };
 
 /* Decode len bytes from a private copy of exactly len bytes. */
@@ -101,6 +107,42 @@ static int
 dec_nack(const uint8_t *p, size_t len, void *m)
 {
 	return wire_get_nack(p, len, m);
+}
+
+static int
+dec_sums(const uint8_t *p, size_t len, void *m)
+{
+	return wire_get_sums(p, len, m);
+}
+
+static int
+dec_sig(const uint8_t *p, size_t len, void *m)
+{
+	return wire_get_sig(p, len, m);
+}
+
+static int
+dec_sigend(const uint8_t *p, size_t len, void *m)
+{
+	return wire_get_sigend(p, len, m);
+}
+
+static int
+dec_delta(const uint8_t *p, size_t len, void *m)
+{
+	return wire_get_delta(p, len, m);
+}
+
+static int
+dec_promote(const uint8_t *p, size_t len, void *m)
+{
+	return wire_get_promote(p, len, m);
+}
+
+static int
+dec_promoted(const uint8_t *p, size_t len, void *m)
+{
+	return wire_get_promoted(p, len, m);
 }
 
 /* Every proper prefix of a valid payload is RD_ERR_TRUNCATED. */
@@ -204,8 +246,12 @@ test_frame_header(void **state)
 		    RD_ERR_TOO_LARGE },
 		{ "u32 max", UINT32_MAX, WIRE_DATA, WIRE_MAX_FRAME,
 		    RD_ERR_TOO_LARGE },
+		{ "largest delta", WIRE_MAX_FRAME, WIRE_DELTA, WIRE_MAX_FRAME,
+		    0 },
 		{ "type 0", 10, 0, WIRE_MAX_FRAME, RD_ERR_INVALID },
-		{ "type 8", 10, 8, WIRE_MAX_FRAME, RD_ERR_INVALID },
+		{ "type 8 sums", 10, WIRE_SUMS, WIRE_MAX_FRAME, 0 },
+		{ "type 13 promoted", 9, WIRE_PROMOTED, WIRE_MAX_FRAME, 0 },
+		{ "type 14", 10, 14, WIRE_MAX_FRAME, RD_ERR_INVALID },
 		{ "type 255", 10, 255, WIRE_MAX_FRAME, RD_ERR_INVALID },
 	};
 	uint8_t h[WIRE_FRAME_HDR];
@@ -223,6 +269,24 @@ test_frame_header(void **state)
 			assert_int_equal(type, cases[i].type);
 		}
 	}
+
+	/* Types 1..13, and nothing else, make a frame. */
+	for (unsigned t = 0; t <= 255; t++) {
+		char what[32];
+
+		snprintf(what, sizeof(what), "type %u", t);
+		put_hdr(h, 10, (uint8_t)t);
+		CHECK_RC(what, wire_frame_header(h, WIRE_MAX_FRAME, &frame_len,
+		    &type), t >= WIRE_HELLO && t <= WIRE_PROMOTED ? 0 :
+		    RD_ERR_INVALID);
+	}
+
+	/* The largest of each frame fits in WIRE_MAX_FRAME. */
+	assert_true(1 + WIRE_DATA_HDR + WIRE_MAX_BLOCK <= WIRE_MAX_FRAME);
+	assert_true(1 + WIRE_DELTA_HDR + WIRE_MAX_DELTA <= WIRE_MAX_FRAME);
+	assert_true(1 + 2 + 8 + 4 + WIRE_MAX_SIG <= WIRE_MAX_FRAME);
+	assert_true(1 + 2 + 8 + 4 + 2 + WIRE_MAX_SUMS * DIGEST_LEN <=
+	    WIRE_MAX_FRAME);
 }
 
 /* --- round trips ------------------------------------------------------- */
@@ -295,7 +359,7 @@ static void
 test_small_frames_roundtrip(void **state)
 {
 	struct wire_welcome w = { .generation = 3, .last_cycle = 41,
-	    .last_point = UINT64_MAX }, wd;
+	    .last_point = UINT64_MAX, .flags = WIRE_WELCOME_DATA }, wd;
 	struct wire_end e = { .cycle = 42, .nframes = 1000,
 	    .raw_bytes = 1ULL << 40 }, ed;
 	struct wire_ack a = { .cycle = 42, .point = 17 }, ad;
@@ -322,13 +386,22 @@ test_small_frames_roundtrip(void **state)
 
 	b.len = off;
 	p = frame_payload(&b, 0, WIRE_WELCOME, &len);
+	assert_int_equal(len, 2 + 8 + 8 + 8 + 1);
 	assert_int_equal(decode_exact(dec_welcome, p, len, &wd), 0);
 	assert_int_equal(wd.version, WIRE_VERSION);
 	assert_int_equal(wd.generation, 3);
 	assert_int_equal(wd.last_cycle, 41);
 	assert_int_equal(wd.last_point, UINT64_MAX);
+	assert_int_equal(wd.flags, WIRE_WELCOME_DATA);
 	check_prefixes("welcome", dec_welcome, p, len, len);
 	check_trailing("welcome trailing", dec_welcome, p, len);
+
+	wb_reset(&b);
+	w.flags = 0;
+	wire_put_welcome(&b, &w);
+	p = frame_payload(&b, 0, WIRE_WELCOME, &len);
+	assert_int_equal(decode_exact(dec_welcome, p, len, &wd), 0);
+	assert_int_equal(wd.flags, 0);
 
 	wb_reset(&b);
 	wire_put_ack(&b, &a);
@@ -382,6 +455,16 @@ test_cycle_roundtrip(void **state)
 	assert_int_equal(d.sizes[2], UINT64_MAX);
 	check_prefixes("cycle", dec_cycle, p, len, len);
 	check_trailing("cycle trailing", dec_cycle, p, len);
+
+	wb_reset(&b);
+	c.flags = WIRE_CYCLE_RESYNC;
+	c.kind = 0;
+	wire_put_cycle(&b, &c);
+	p = frame_payload(&b, 0, WIRE_CYCLE, &len);
+	assert_int_equal(decode_exact(dec_cycle, p, len, &d), 0);
+	assert_int_equal(d.flags, WIRE_CYCLE_RESYNC);
+	assert_int_equal(d.kind, 0);
+	assert_int_equal(d.ndisks, 3);
 	wb_free(&b);
 }
 
@@ -544,7 +627,9 @@ test_hello_hostile(void **state)
 		{ "bad magic", H_MAGIC, 0x52504C45, NULL, RD_ERR_VERSION },
 		{ "zero magic", H_MAGIC, 0, NULL, RD_ERR_VERSION },
 		{ "version 0", H_VERSION, 0, NULL, RD_ERR_VERSION },
-		{ "version 2", H_VERSION, 2, NULL, RD_ERR_VERSION },
+		{ "version 1", H_VERSION, 1, NULL, RD_ERR_VERSION },
+		{ "version 2", H_VERSION, 2, NULL, 0 },
+		{ "version 3", H_VERSION, 3, NULL, RD_ERR_VERSION },
 		{ "vm with /", H_VM, 0, "a/b", RD_ERR_NAME },
 		{ "vm ..", H_VM, 0, "..", RD_ERR_NAME },
 		{ "vm leading .", H_VM, 0, ".hidden", RD_ERR_NAME },
@@ -634,27 +719,76 @@ test_hello_name_with_nul(void **state)
 /* --- hostile WELCOME, CYCLE, END, ACK, NACK ---------------------------- */
 
 static void
+build_welcome(struct wbuf *b, uint16_t version, int with_flags,
+    uint8_t flags)
+{
+	wb_put_u16(b, version);
+	wb_put_u64(b, 1);
+	wb_put_u64(b, 2);
+	wb_put_u64(b, 3);
+	if (with_flags)
+		wb_put_u8(b, flags);
+}
+
+static void
 test_welcome_hostile(void **state)
 {
-	static const uint16_t versions[] = { 0, 2, 0x0100, UINT16_MAX };
+	static const uint16_t versions[] = { 0, 1, 3, 0x0100, 0x0200,
+	    UINT16_MAX };
+	static const struct {
+		const char *what;
+		int with_flags;
+		uint8_t flags;
+		int want;
+	} cases[] = {
+		{ "flags 0", 1, 0, 0 },
+		{ "data", 1, WIRE_WELCOME_DATA, 0 },
+		{ "flags byte missing", 0, 0, RD_ERR_TRUNCATED },
+		{ "flag 0x02", 1, 0x02, RD_ERR_INVALID },
+		{ "flag 0x80", 1, 0x80, RD_ERR_INVALID },
+		{ "data and 0x02", 1, WIRE_WELCOME_DATA | 0x02,
+		    RD_ERR_INVALID },
+		{ "all flags", 1, 0xff, RD_ERR_INVALID },
+	};
 	struct wire_welcome m;
 	struct wbuf b;
 
 	wb_init(&b);
 	for (size_t i = 0; i < sizeof(versions) / sizeof(versions[0]); i++) {
 		wb_reset(&b);
-		wb_put_u16(&b, versions[i]);
-		wb_put_u64(&b, 1);
-		wb_put_u64(&b, 2);
-		wb_put_u64(&b, 3);
+		build_welcome(&b, versions[i], 1, 0);
 		CHECK_RC("welcome version", decode_exact(dec_welcome, b.p,
 		    b.len, &m), RD_ERR_VERSION);
 	}
+	/* A version 1 WELCOME (no flags byte) is refused for its version. */
+	wb_reset(&b);
+	build_welcome(&b, 1, 0, 0);
+	CHECK_RC("welcome v1 layout", decode_exact(dec_welcome, b.p, b.len,
+	    &m), RD_ERR_VERSION);
 	/* A version this side does not speak is reported before length. */
 	wb_reset(&b);
-	wb_put_u16(&b, 2);
-	CHECK_RC("welcome v2 short", decode_exact(dec_welcome, b.p, b.len,
+	wb_put_u16(&b, 1);
+	CHECK_RC("welcome v1 short", decode_exact(dec_welcome, b.p, b.len,
 	    &m), RD_ERR_VERSION);
+	wb_reset(&b);
+	wb_put_u16(&b, WIRE_VERSION);
+	CHECK_RC("welcome v2 short", decode_exact(dec_welcome, b.p, b.len,
+	    &m), RD_ERR_TRUNCATED);
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		wb_reset(&b);
+		build_welcome(&b, WIRE_VERSION, cases[i].with_flags,
+		    cases[i].flags);
+		CHECK_RC(cases[i].what, decode_exact(dec_welcome, b.p, b.len,
+		    &m), cases[i].want);
+		if (cases[i].want == 0) {
+			assert_int_equal(m.version, WIRE_VERSION);
+			assert_int_equal(m.generation, 1);
+			assert_int_equal(m.last_cycle, 2);
+			assert_int_equal(m.last_point, 3);
+			assert_int_equal(m.flags, cases[i].flags);
+		}
+	}
 	wb_free(&b);
 }
 
@@ -684,9 +818,17 @@ test_cycle_hostile(void **state)
 	} cases[] = {
 		{ "valid", 1, 0, 0, 2, 2, 0 },
 		{ "valid full app", 5, 1, WIRE_CYCLE_FULL, 64, 64, 0 },
+		{ "valid resync", 5, 0, WIRE_CYCLE_RESYNC, 2, 2, 0 },
+		{ "valid resync app", 5, 1, WIRE_CYCLE_RESYNC, 1, 1, 0 },
 		{ "cycle 0", 0, 0, 0, 2, 2, RD_ERR_INVALID },
 		{ "kind 2", 1, 2, 0, 2, 2, RD_ERR_INVALID },
-		{ "unknown flag", 1, 0, 0x02, 2, 2, RD_ERR_INVALID },
+		{ "full and resync", 1, 0, WIRE_CYCLE_FULL |
+		    WIRE_CYCLE_RESYNC, 2, 2, RD_ERR_INVALID },
+		{ "unknown flag", 1, 0, 0x04, 2, 2, RD_ERR_INVALID },
+		{ "resync and unknown", 1, 0, WIRE_CYCLE_RESYNC | 0x04, 2, 2,
+		    RD_ERR_INVALID },
+		{ "full and unknown", 1, 0, WIRE_CYCLE_FULL | 0x80, 2, 2,
+		    RD_ERR_INVALID },
 		{ "all flags", 1, 0, 0xff, 2, 2, RD_ERR_INVALID },
 		{ "ndisks 0", 1, 0, 0, 0, 0, RD_ERR_INVALID },
 		{ "ndisks 65", 1, 0, 0, 65, 65, RD_ERR_TOO_LARGE },
@@ -705,6 +847,8 @@ test_cycle_hostile(void **state)
 		CHECK_RC(cases[i].what, decode_exact(dec_cycle, b.p, b.len,
 		    &m), cases[i].want);
 		if (cases[i].want == 0) {
+			assert_int_equal(m.flags, cases[i].flags);
+			assert_int_equal(m.kind, cases[i].kind);
 			assert_int_equal(m.ndisks, cases[i].count);
 			assert_int_equal(m.sizes[m.ndisks - 1],
 			    (uint64_t)m.ndisks << 20);
@@ -867,6 +1011,758 @@ test_data_hostile(void **state)
 			assert_int_equal(m.payload_len, cases[i].plen);
 		}
 	}
+	wb_free(&b);
+}
+
+/* --- resynchronisation and handover ---------------------------------- */
+
+#define SUMS_HDR	(2 + 8 + 4 + 2)
+#define SIG_HDR		(2 + 8 + 4)
+
+static uint8_t *zstd_frame(const uint8_t *src, size_t len, int with_size,
+    size_t *out_len);
+
+/* Append n pattern bytes to b. */
+static void
+put_pattern(struct wbuf *b, size_t n, uint32_t seed)
+{
+	if (n > 0) {
+		fill_pattern(wb_reserve(b, n), n, seed);
+		b->len += n;
+	}
+}
+
+/*
+ * Frames appended one after another: walk them with wire_frame_header()
+ * the way a reader does and return the payload of the n-th (0-based).
+ */
+static const uint8_t *
+nth_payload(const struct wbuf *b, size_t n, uint8_t want_type, size_t *len)
+{
+	size_t off = 0, frame_len = 0;
+	uint8_t type = 0;
+
+	for (size_t i = 0; i <= n; i++) {
+		if (i > 0)
+			off += frame_len;
+		assert_true(b->len - off >= WIRE_FRAME_HDR);
+		assert_int_equal(wire_frame_header(b->p + off, WIRE_MAX_FRAME,
+		    &frame_len, &type), 0);
+		assert_true(frame_len <= b->len - off);
+	}
+	assert_int_equal(type, want_type);
+	*len = frame_len - WIRE_FRAME_HDR;
+	return b->p + off + WIRE_FRAME_HDR;
+}
+
+static void
+test_sums_roundtrip(void **state)
+{
+	uint8_t digests[3 * DIGEST_LEN], *big;
+	struct wire_sums s = { .disk = 1, .offset = 5ULL << 20,
+	    .chunk = WIRE_CHUNK, .count = 3, .digests = digests }, d;
+	struct wbuf b;
+	const uint8_t *p;
+	size_t len;
+
+	fill_pattern(digests, sizeof(digests), 11);
+	wb_init(&b);
+	wire_put_sums(&b, &s);
+	p = frame_payload(&b, 0, WIRE_SUMS, &len);
+	assert_int_equal(len, SUMS_HDR + sizeof(digests));
+	/* In place: the digests are borrowed from the frame. */
+	assert_int_equal(wire_get_sums(p, len, &d), 0);
+	assert_int_equal(d.disk, 1);
+	assert_int_equal(d.offset, 5ULL << 20);
+	assert_int_equal(d.chunk, WIRE_CHUNK);
+	assert_int_equal(d.count, 3);
+	assert_ptr_equal(d.digests, p + SUMS_HDR);
+	assert_memory_equal(d.digests, digests, sizeof(digests));
+	check_prefixes("sums", dec_sums, p, len, len);
+	check_trailing("sums trailing", dec_sums, p, len);
+
+	/* The largest: WIRE_MAX_SUMS digests of the largest chunks. */
+	big = malloc(WIRE_MAX_SUMS * DIGEST_LEN);
+	assert_non_null(big);
+	fill_pattern(big, WIRE_MAX_SUMS * DIGEST_LEN, 12);
+	s.disk = WIRE_MAX_DISKS - 1;
+	s.chunk = WIRE_MAX_BLOCK;
+	s.offset = UINT64_MAX - (WIRE_MAX_BLOCK - 1);
+	s.count = WIRE_MAX_SUMS;
+	s.digests = big;
+	wb_reset(&b);
+	wire_put_sums(&b, &s);
+	p = frame_payload(&b, 0, WIRE_SUMS, &len);
+	assert_int_equal(len, SUMS_HDR + WIRE_MAX_SUMS * DIGEST_LEN);
+	assert_int_equal(decode_exact(dec_sums, p, len, &d), 0);
+	assert_int_equal(d.disk, WIRE_MAX_DISKS - 1);
+	assert_int_equal(d.offset, UINT64_MAX - (WIRE_MAX_BLOCK - 1));
+	assert_int_equal(d.chunk, WIRE_MAX_BLOCK);
+	assert_int_equal(d.count, WIRE_MAX_SUMS);
+	check_prefixes("sums largest", dec_sums, p, len, len);
+	check_trailing("sums largest trailing", dec_sums, p, len);
+	assert_int_equal(wire_get_sums(p, len, &d), 0);
+	assert_memory_equal(d.digests, big, WIRE_MAX_SUMS * DIGEST_LEN);
+	free(big);
+	wb_free(&b);
+}
+
+/* SUMS of disk 1; ndig digests' worth of bytes plus extra (may be < 0). */
+static void
+build_sums(struct wbuf *b, uint64_t offset, uint32_t chunk, uint16_t count,
+    size_t ndig, int extra)
+{
+	wb_put_u16(b, 1);
+	wb_put_u64(b, offset);
+	wb_put_u32(b, chunk);
+	wb_put_u16(b, count);
+	put_pattern(b, ndig * DIGEST_LEN + extra, 13);
+}
+
+static void
+test_sums_hostile(void **state)
+{
+	static const uint64_t top = UINT64_MAX & ~(uint64_t)(WIRE_CHUNK - 1);
+	static const struct {
+		const char *what;
+		uint64_t offset;
+		uint32_t chunk;
+		uint16_t count;
+		size_t ndig;
+		int extra;
+		int want;
+	} cases[] = {
+		{ "valid", 0, WIRE_CHUNK, 2, 2, 0, 0 },
+		{ "one digest", 7 * WIRE_CHUNK, WIRE_CHUNK, 1, 1, 0, 0 },
+		{ "smallest chunk", 3 * 4096, WIRE_MIN_BLOCK, 2, 2, 0, 0 },
+		{ "largest chunk", 2 * WIRE_MAX_BLOCK, WIRE_MAX_BLOCK, 2, 2, 0,
+		    0 },
+		{ "top offset", top, WIRE_CHUNK, 1, 1, 0, 0 },
+		{ "most digests", 0, WIRE_CHUNK, WIRE_MAX_SUMS, WIRE_MAX_SUMS,
+		    0, 0 },
+		{ "count 0", 0, WIRE_CHUNK, 0, 0, 0, RD_ERR_INVALID },
+		{ "count 0 with a digest", 0, WIRE_CHUNK, 0, 1, 0,
+		    RD_ERR_INVALID },
+		{ "count above max", 0, WIRE_CHUNK, WIRE_MAX_SUMS + 1,
+		    WIRE_MAX_SUMS + 1, 0, RD_ERR_TOO_LARGE },
+		{ "count 65535, no digests", 0, WIRE_CHUNK, 65535, 0, 0,
+		    RD_ERR_TOO_LARGE },
+		{ "chunk 0", 0, 0, 2, 2, 0, RD_ERR_INVALID },
+		{ "chunk 1", 0, 1, 2, 2, 0, RD_ERR_INVALID },
+		{ "chunk 2 KiB", 0, WIRE_MIN_BLOCK / 2, 2, 2, 0,
+		    RD_ERR_INVALID },
+		{ "chunk 8 MiB", 0, WIRE_MAX_BLOCK * 2, 2, 2, 0,
+		    RD_ERR_INVALID },
+		{ "chunk 2^31", 0, 1u << 31, 2, 2, 0, RD_ERR_INVALID },
+		{ "chunk 12 KiB", 0, 12288, 2, 2, 0, RD_ERR_INVALID },
+		{ "chunk 1 MiB + 1", 0, WIRE_CHUNK + 1, 2, 2, 0,
+		    RD_ERR_INVALID },
+		{ "chunk u32 max", 0, UINT32_MAX, 2, 2, 0, RD_ERR_INVALID },
+		{ "offset 1", 1, WIRE_CHUNK, 2, 2, 0, RD_ERR_INVALID },
+		{ "offset one block", 4096, WIRE_CHUNK, 2, 2, 0,
+		    RD_ERR_INVALID },
+		{ "offset half chunk", WIRE_CHUNK / 2, WIRE_CHUNK, 2, 2, 0,
+		    RD_ERR_INVALID },
+		{ "offset u64 max", UINT64_MAX, WIRE_CHUNK, 1, 1, 0,
+		    RD_ERR_INVALID },
+		/* Fields are checked before counts, counts before bytes. */
+		{ "count above max, bad chunk", 0, 3000, WIRE_MAX_SUMS + 1,
+		    0, 0, RD_ERR_INVALID },
+		{ "count above max, no digests", 0, WIRE_CHUNK,
+		    WIRE_MAX_SUMS + 1, 0, 0, RD_ERR_TOO_LARGE },
+		{ "digest missing", 0, WIRE_CHUNK, 3, 2, 0, RD_ERR_TRUNCATED },
+		{ "half a digest missing", 0, WIRE_CHUNK, 3, 3, -8,
+		    RD_ERR_TRUNCATED },
+		{ "one byte short", 0, WIRE_CHUNK, 3, 3, -1,
+		    RD_ERR_TRUNCATED },
+		{ "digest extra", 0, WIRE_CHUNK, 2, 3, 0, RD_ERR_INVALID },
+		{ "one byte extra", 0, WIRE_CHUNK, 2, 2, 1, RD_ERR_INVALID },
+	};
+	struct wire_sums m;
+	struct wbuf b;
+
+	wb_init(&b);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		wb_reset(&b);
+		build_sums(&b, cases[i].offset, cases[i].chunk, cases[i].count,
+		    cases[i].ndig, cases[i].extra);
+		CHECK_RC(cases[i].what, decode_exact(dec_sums, b.p, b.len,
+		    &m), cases[i].want);
+		if (cases[i].want == 0) {
+			assert_int_equal(m.disk, 1);
+			assert_int_equal(m.offset, cases[i].offset);
+			assert_int_equal(m.chunk, cases[i].chunk);
+			assert_int_equal(m.count, cases[i].count);
+		}
+	}
+	wb_free(&b);
+}
+
+static void
+test_sig_roundtrip(void **state)
+{
+	uint8_t sig[300], *big;
+	struct wire_chunk k = { .disk = 2, .offset = 3ULL << 20,
+	    .length = WIRE_CHUNK, .payload = sig, .payload_len = sizeof(sig) },
+	    d;
+	struct wbuf b;
+	const uint8_t *p;
+	size_t len;
+	char what[64];
+
+	/* Fields that SIG does not carry are not sent. */
+	k.encoding = WIRE_ENC_ZSTD;
+	k.delta_len = 12345;
+	memset(k.hash.b, 0xee, DIGEST_LEN);
+	fill_pattern(sig, sizeof(sig), 21);
+	wb_init(&b);
+	wire_put_sig(&b, &k);
+	p = frame_payload(&b, 0, WIRE_SIG, &len);
+	assert_int_equal(len, SIG_HDR + sizeof(sig));
+	assert_int_equal(wire_get_sig(p, len, &d), 0);
+	assert_int_equal(d.disk, 2);
+	assert_int_equal(d.offset, 3ULL << 20);
+	assert_int_equal(d.length, WIRE_CHUNK);
+	assert_int_equal(d.encoding, 0);
+	assert_int_equal(d.delta_len, 0);
+	assert_true(util_is_zero(d.hash.b, DIGEST_LEN));
+	assert_ptr_equal(d.payload, p + SIG_HDR);
+	assert_int_equal(d.payload_len, sizeof(sig));
+	assert_memory_equal(d.payload, sig, sizeof(sig));
+
+	/*
+	 * The signature is the rest of the frame: a cut in the header is
+	 * truncated, a cut right after it leaves an empty signature, and a
+	 * cut inside the signature (or a byte more) is a signature of
+	 * another length, for delta_make() to refuse.
+	 */
+	check_prefixes("sig", dec_sig, p, len, SIG_HDR);
+	CHECK_RC("sig header only", decode_exact(dec_sig, p, SIG_HDR, &d),
+	    RD_ERR_INVALID);
+	for (size_t cut = SIG_HDR + 1; cut <= len + 1; cut++) {
+		uint8_t *q = malloc(cut);
+
+		assert_non_null(q);
+		memcpy(q, p, cut <= len ? cut : len);
+		if (cut > len)
+			q[len] = 0;
+		snprintf(what, sizeof(what), "sig of %zu bytes", cut);
+		CHECK_RC(what, wire_get_sig(q, cut, &d), 0);
+		assert_ptr_equal(d.payload, q + SIG_HDR);
+		assert_int_equal(d.payload_len, cut - SIG_HDR);
+		free(q);
+	}
+
+	/* The largest signature. */
+	big = malloc(WIRE_MAX_SIG);
+	assert_non_null(big);
+	fill_pattern(big, WIRE_MAX_SIG, 22);
+	k.payload = big;
+	k.payload_len = WIRE_MAX_SIG;
+	k.length = WIRE_MAX_BLOCK;
+	wb_reset(&b);
+	wire_put_sig(&b, &k);
+	p = frame_payload(&b, 0, WIRE_SIG, &len);
+	assert_int_equal(decode_exact(dec_sig, p, len, &d), 0);
+	assert_int_equal(d.length, WIRE_MAX_BLOCK);
+	assert_int_equal(d.payload_len, WIRE_MAX_SIG);
+	assert_int_equal(wire_get_sig(p, len, &d), 0);
+	assert_memory_equal(d.payload, big, WIRE_MAX_SIG);
+	free(big);
+	wb_free(&b);
+}
+
+static void
+build_sig(struct wbuf *b, uint32_t length, size_t plen)
+{
+	wb_put_u16(b, 1);
+	wb_put_u64(b, 2 * WIRE_CHUNK);
+	wb_put_u32(b, length);
+	put_pattern(b, plen, 23);
+}
+
+static void
+test_sig_hostile(void **state)
+{
+	static const struct {
+		const char *what;
+		uint32_t length;
+		size_t plen;
+		int want;
+	} cases[] = {
+		{ "valid", WIRE_CHUNK, 20492, 0 },
+		{ "one byte", 1, 1, 0 },
+		{ "largest chunk", WIRE_MAX_BLOCK, 100, 0 },
+		{ "largest signature", WIRE_CHUNK, WIRE_MAX_SIG, 0 },
+		{ "length 0", 0, 100, RD_ERR_INVALID },
+		{ "length above block max", WIRE_MAX_BLOCK + 1, 100,
+		    RD_ERR_INVALID },
+		{ "length u32 max", UINT32_MAX, 100, RD_ERR_INVALID },
+		{ "empty signature", WIRE_CHUNK, 0, RD_ERR_INVALID },
+		{ "signature above max", WIRE_CHUNK, WIRE_MAX_SIG + 1,
+		    RD_ERR_TOO_LARGE },
+		{ "signature far above max", WIRE_CHUNK, 4 * WIRE_MAX_SIG,
+		    RD_ERR_TOO_LARGE },
+		{ "length 0, signature above max", 0, WIRE_MAX_SIG + 1,
+		    RD_ERR_INVALID },
+	};
+	struct wire_chunk m;
+	struct wbuf b;
+
+	wb_init(&b);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		wb_reset(&b);
+		build_sig(&b, cases[i].length, cases[i].plen);
+		CHECK_RC(cases[i].what, decode_exact(dec_sig, b.p, b.len, &m),
+		    cases[i].want);
+		if (cases[i].want == 0) {
+			assert_int_equal(m.disk, 1);
+			assert_int_equal(m.offset, 2 * WIRE_CHUNK);
+			assert_int_equal(m.length, cases[i].length);
+			assert_int_equal(m.payload_len, cases[i].plen);
+		}
+	}
+	wb_free(&b);
+}
+
+static void
+test_sigend_roundtrip(void **state)
+{
+	struct wire_sigend s = { .cycle = 42, .nsigs = 1ULL << 40 }, d;
+	struct wbuf b;
+	const uint8_t *p;
+	size_t len;
+
+	wb_init(&b);
+	wire_put_sigend(&b, &s);
+	p = frame_payload(&b, 0, WIRE_SIGEND, &len);
+	assert_int_equal(len, 16);
+	assert_int_equal(decode_exact(dec_sigend, p, len, &d), 0);
+	assert_int_equal(d.cycle, 42);
+	assert_int_equal(d.nsigs, 1ULL << 40);
+	check_prefixes("sigend", dec_sigend, p, len, len);
+	check_trailing("sigend trailing", dec_sigend, p, len);
+
+	/* No chunk differed. */
+	wb_reset(&b);
+	s.cycle = UINT64_MAX;
+	s.nsigs = 0;
+	wire_put_sigend(&b, &s);
+	p = frame_payload(&b, 0, WIRE_SIGEND, &len);
+	assert_int_equal(decode_exact(dec_sigend, p, len, &d), 0);
+	assert_int_equal(d.cycle, UINT64_MAX);
+	assert_int_equal(d.nsigs, 0);
+	wb_free(&b);
+}
+
+static void
+test_delta_roundtrip(void **state)
+{
+	uint8_t raw[500], *big, *z;
+	struct wire_chunk k = { .disk = 3, .offset = 9ULL << 20,
+	    .length = WIRE_CHUNK, .encoding = WIRE_ENC_RAW,
+	    .delta_len = sizeof(raw), .payload = raw,
+	    .payload_len = sizeof(raw) }, d;
+	struct wbuf b;
+	const uint8_t *p;
+	size_t len, zlen;
+	char what[64];
+
+	fill_pattern(raw, sizeof(raw), 31);
+	fill_pattern(k.hash.b, DIGEST_LEN, 32);
+	wb_init(&b);
+	wire_put_delta(&b, &k);
+	p = frame_payload(&b, 0, WIRE_DELTA, &len);
+	assert_int_equal(len, WIRE_DELTA_HDR + sizeof(raw));
+	assert_int_equal(wire_get_delta(p, len, &d), 0);
+	assert_int_equal(d.disk, 3);
+	assert_int_equal(d.offset, 9ULL << 20);
+	assert_int_equal(d.length, WIRE_CHUNK);
+	assert_int_equal(d.encoding, WIRE_ENC_RAW);
+	assert_int_equal(d.delta_len, sizeof(raw));
+	assert_memory_equal(d.hash.b, k.hash.b, DIGEST_LEN);
+	assert_ptr_equal(d.payload, p + WIRE_DELTA_HDR);
+	assert_int_equal(d.payload_len, sizeof(raw));
+	assert_memory_equal(d.payload, raw, sizeof(raw));
+	/* RAW: a cut in the header is truncated, any other cut or a byte
+	 * more no longer matches delta_len. */
+	check_prefixes("delta raw", dec_delta, p, len, WIRE_DELTA_HDR);
+	for (size_t cut = WIRE_DELTA_HDR; cut < len; cut++) {
+		snprintf(what, sizeof(what), "delta raw cut at %zu", cut);
+		CHECK_RC(what, decode_exact(dec_delta, p, cut, &d),
+		    RD_ERR_INVALID);
+	}
+	check_trailing("delta raw trailing", dec_delta, p, len);
+
+	/* ZSTD: the payload is one zstd frame of the delta. */
+	fill_text(raw, sizeof(raw));
+	z = zstd_frame(raw, sizeof(raw), 1, &zlen);
+	assert_true(zlen < sizeof(raw));
+	k.encoding = WIRE_ENC_ZSTD;
+	k.payload = z;
+	k.payload_len = zlen;
+	wb_reset(&b);
+	wire_put_delta(&b, &k);
+	p = frame_payload(&b, 0, WIRE_DELTA, &len);
+	assert_int_equal(wire_get_delta(p, len, &d), 0);
+	assert_int_equal(d.encoding, WIRE_ENC_ZSTD);
+	assert_int_equal(d.delta_len, sizeof(raw));
+	assert_ptr_equal(d.payload, p + WIRE_DELTA_HDR);
+	assert_int_equal(d.payload_len, zlen);
+	assert_memory_equal(d.payload, z, zlen);
+	check_prefixes("delta zstd", dec_delta, p, len, WIRE_DELTA_HDR);
+	CHECK_RC("delta zstd header only", decode_exact(dec_delta, p,
+	    WIRE_DELTA_HDR, &d), RD_ERR_INVALID);
+	free(z);
+
+	/* The largest: a RAW delta of WIRE_MAX_DELTA is WIRE_MAX_FRAME. */
+	big = malloc(WIRE_MAX_DELTA);
+	assert_non_null(big);
+	fill_pattern(big, WIRE_MAX_DELTA, 33);
+	k.encoding = WIRE_ENC_RAW;
+	k.length = WIRE_MAX_BLOCK;
+	k.delta_len = WIRE_MAX_DELTA;
+	k.payload = big;
+	k.payload_len = WIRE_MAX_DELTA;
+	wb_reset(&b);
+	wire_put_delta(&b, &k);
+	p = frame_payload(&b, 0, WIRE_DELTA, &len);
+	assert_int_equal(len + 1, WIRE_MAX_FRAME);
+	assert_int_equal(decode_exact(dec_delta, p, len, &d), 0);
+	assert_int_equal(d.length, WIRE_MAX_BLOCK);
+	assert_int_equal(d.delta_len, WIRE_MAX_DELTA);
+	assert_int_equal(wire_get_delta(p, len, &d), 0);
+	assert_memory_equal(d.payload, big, WIRE_MAX_DELTA);
+	free(big);
+	wb_free(&b);
+}
+
+static void
+build_delta(struct wbuf *b, uint32_t length, uint8_t enc, uint32_t delta_len,
+    size_t plen)
+{
+	uint8_t hash[DIGEST_LEN];
+
+	fill_pattern(hash, sizeof(hash), 34);
+	wb_put_u16(b, 1);
+	wb_put_u64(b, 2 * WIRE_CHUNK);
+	wb_put_u32(b, length);
+	wb_put_u8(b, enc);
+	wb_put_u32(b, delta_len);
+	wb_put_bytes(b, hash, sizeof(hash));
+	put_pattern(b, plen, 35);
+}
+
+static void
+test_delta_hostile(void **state)
+{
+	static const struct {
+		const char *what;
+		uint32_t length;
+		uint8_t enc;
+		uint32_t delta_len;
+		size_t plen;
+		int want;
+	} cases[] = {
+		{ "raw valid", WIRE_CHUNK, WIRE_ENC_RAW, 300, 300, 0 },
+		{ "raw one byte", 1, WIRE_ENC_RAW, 1, 1, 0 },
+		{ "raw largest", WIRE_MAX_BLOCK, WIRE_ENC_RAW, WIRE_MAX_DELTA,
+		    WIRE_MAX_DELTA, 0 },
+		{ "raw short payload", WIRE_CHUNK, WIRE_ENC_RAW, 300, 299,
+		    RD_ERR_INVALID },
+		{ "raw long payload", WIRE_CHUNK, WIRE_ENC_RAW, 300, 301,
+		    RD_ERR_INVALID },
+		{ "raw no payload", WIRE_CHUNK, WIRE_ENC_RAW, 300, 0,
+		    RD_ERR_INVALID },
+		{ "raw delta_len 0", WIRE_CHUNK, WIRE_ENC_RAW, 0, 0,
+		    RD_ERR_INVALID },
+		{ "raw delta_len above max", WIRE_CHUNK, WIRE_ENC_RAW,
+		    WIRE_MAX_DELTA + 1, WIRE_MAX_DELTA + 1, RD_ERR_TOO_LARGE },
+		{ "raw delta_len above max, short", WIRE_CHUNK, WIRE_ENC_RAW,
+		    WIRE_MAX_DELTA + 1, 300, RD_ERR_INVALID },
+		{ "zstd valid", WIRE_CHUNK, WIRE_ENC_ZSTD, 5000, 100, 0 },
+		{ "zstd larger than delta", WIRE_CHUNK, WIRE_ENC_ZSTD, 100,
+		    150, 0 },
+		{ "zstd largest delta", WIRE_CHUNK, WIRE_ENC_ZSTD,
+		    WIRE_MAX_DELTA, 100, 0 },
+		{ "zstd largest payload", WIRE_CHUNK, WIRE_ENC_ZSTD, 100,
+		    WIRE_MAX_DELTA, 0 },
+		{ "zstd empty", WIRE_CHUNK, WIRE_ENC_ZSTD, 5000, 0,
+		    RD_ERR_INVALID },
+		{ "zstd delta_len 0", WIRE_CHUNK, WIRE_ENC_ZSTD, 0, 100,
+		    RD_ERR_INVALID },
+		{ "zstd delta_len above max", WIRE_CHUNK, WIRE_ENC_ZSTD,
+		    WIRE_MAX_DELTA + 1, 100, RD_ERR_TOO_LARGE },
+		{ "zstd delta_len u32 max", WIRE_CHUNK, WIRE_ENC_ZSTD,
+		    UINT32_MAX, 100, RD_ERR_TOO_LARGE },
+		{ "zstd payload above max", WIRE_CHUNK, WIRE_ENC_ZSTD, 100,
+		    WIRE_MAX_DELTA + 1, RD_ERR_TOO_LARGE },
+		{ "zero", WIRE_CHUNK, WIRE_ENC_ZERO, 300, 300,
+		    RD_ERR_INVALID },
+		{ "zero without payload", WIRE_CHUNK, WIRE_ENC_ZERO, 300, 0,
+		    RD_ERR_INVALID },
+		{ "encoding 3", WIRE_CHUNK, 3, 300, 300, RD_ERR_INVALID },
+		{ "encoding 255", WIRE_CHUNK, 255, 300, 300, RD_ERR_INVALID },
+		{ "length 0", 0, WIRE_ENC_RAW, 300, 300, RD_ERR_INVALID },
+		{ "length above block max", WIRE_MAX_BLOCK + 1, WIRE_ENC_RAW,
+		    300, 300, RD_ERR_INVALID },
+		{ "length u32 max", UINT32_MAX, WIRE_ENC_ZSTD, 300, 100,
+		    RD_ERR_INVALID },
+	};
+	struct wire_chunk m;
+	struct wbuf b;
+
+	wb_init(&b);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		wb_reset(&b);
+		build_delta(&b, cases[i].length, cases[i].enc,
+		    cases[i].delta_len, cases[i].plen);
+		CHECK_RC(cases[i].what, decode_exact(dec_delta, b.p, b.len,
+		    &m), cases[i].want);
+		if (cases[i].want == 0) {
+			assert_int_equal(m.disk, 1);
+			assert_int_equal(m.offset, 2 * WIRE_CHUNK);
+			assert_int_equal(m.length, cases[i].length);
+			assert_int_equal(m.encoding, cases[i].enc);
+			assert_int_equal(m.delta_len, cases[i].delta_len);
+			assert_int_equal(m.payload_len, cases[i].plen);
+		}
+	}
+	wb_free(&b);
+}
+
+static void
+test_promote_roundtrip(void **state)
+{
+	static const char *listens[] = { "replica2.example.net:7000",
+	    "10.0.0.2:1", "[::1]:65535", "[fe80::1]:7000" };
+	struct wire_promote m = { .cycle = 42, .generation = 8 }, d;
+	struct wbuf b;
+	const uint8_t *p;
+	size_t len;
+
+	wb_init(&b);
+	for (size_t i = 0; i < sizeof(listens) / sizeof(listens[0]); i++) {
+		wb_reset(&b);
+		strcpy(m.listen, listens[i]);
+		wire_put_promote(&b, &m);
+		p = frame_payload(&b, 0, WIRE_PROMOTE, &len);
+		assert_int_equal(len, 8 + 8 + 2 + strlen(listens[i]));
+		assert_int_equal(decode_exact(dec_promote, p, len, &d), 0);
+		assert_int_equal(d.cycle, 42);
+		assert_int_equal(d.generation, 8);
+		assert_string_equal(d.listen, listens[i]);
+		check_prefixes(listens[i], dec_promote, p, len, len);
+		check_trailing(listens[i], dec_promote, p, len);
+	}
+	wb_free(&b);
+}
+
+/* PROMOTE with a listen string of n bytes from s (which may hold NUL). */
+static void
+build_promote(struct wbuf *b, uint64_t cycle, uint64_t generation,
+    const char *s, size_t n)
+{
+	wb_put_u64(b, cycle);
+	wb_put_u64(b, generation);
+	wb_put_u16(b, (uint16_t)n);
+	wb_put_bytes(b, s, n);
+}
+
+static void
+test_promote_hostile(void **state)
+{
+	static const struct {
+		const char *what;
+		uint64_t cycle, generation;
+		const char *listen;
+		int want;
+	} cases[] = {
+		{ "valid", 1, 2, "replica2:7000", 0 },
+		{ "largest ids", UINT64_MAX, UINT64_MAX, "replica2:7000", 0 },
+		{ "cycle 0", 0, 2, "replica2:7000", RD_ERR_INVALID },
+		{ "generation 0", 1, 0, "replica2:7000", RD_ERR_INVALID },
+		{ "generation 1", 1, 1, "replica2:7000", RD_ERR_INVALID },
+		{ "listen empty", 1, 2, "", RD_ERR_INVALID },
+		{ "listen host only", 1, 2, "replica2", RD_ERR_INVALID },
+		{ "listen no port", 1, 2, "replica2:", RD_ERR_INVALID },
+		{ "listen no host", 1, 2, ":7000", RD_ERR_INVALID },
+		{ "listen port 0", 1, 2, "replica2:0", RD_ERR_INVALID },
+		{ "listen port 65535", 1, 2, "replica2:65535", 0 },
+		{ "listen port 65536", 1, 2, "replica2:65536", RD_ERR_INVALID },
+		{ "listen port not a number", 1, 2, "replica2:ssh",
+		    RD_ERR_INVALID },
+		{ "listen bare ipv6", 1, 2, "::1:7000", RD_ERR_INVALID },
+		{ "listen ipv6", 1, 2, "[::1]:7000", 0 },
+		{ "listen ipv6 no port", 1, 2, "[::1]", RD_ERR_INVALID },
+		{ "listen space", 1, 2, "replica 2:7000", RD_ERR_INVALID },
+		{ "listen slash", 1, 2, "a/b:7000", RD_ERR_INVALID },
+		{ "listen newline", 1, 2, "replica2:7000\n", RD_ERR_INVALID },
+		{ "cycle 0, bad listen", 0, 2, "x", RD_ERR_INVALID },
+	};
+	struct wire_promote m;
+	struct wbuf b;
+	char s[HOST_MAX_LEN + 16];
+
+	wb_init(&b);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		wb_reset(&b);
+		build_promote(&b, cases[i].cycle, cases[i].generation,
+		    cases[i].listen, strlen(cases[i].listen));
+		CHECK_RC(cases[i].what, decode_exact(dec_promote, b.p, b.len,
+		    &m), cases[i].want);
+		if (cases[i].want == 0) {
+			assert_int_equal(m.cycle, cases[i].cycle);
+			assert_int_equal(m.generation, cases[i].generation);
+			assert_string_equal(m.listen, cases[i].listen);
+		}
+	}
+
+	wb_reset(&b);
+	build_promote(&b, 1, 2, "a\0b:7000", 8);
+	CHECK_RC("listen with NUL", decode_exact(dec_promote, b.p, b.len, &m),
+	    RD_ERR_INVALID);
+
+	/* The longest host name with the longest port. */
+	memset(s, 'h', HOST_MAX_LEN);
+	strcpy(s + HOST_MAX_LEN, ":65535");
+	wb_reset(&b);
+	build_promote(&b, 1, 2, s, strlen(s));
+	CHECK_RC("listen longest", decode_exact(dec_promote, b.p, b.len, &m),
+	    0);
+	assert_string_equal(m.listen, s);
+	/* A host name of HOST_MAX_LEN + 1 bytes. */
+	memset(s, 'h', HOST_MAX_LEN + 1);
+	strcpy(s + HOST_MAX_LEN + 1, ":1");
+	wb_reset(&b);
+	build_promote(&b, 1, 2, s, strlen(s));
+	CHECK_RC("listen host too long", decode_exact(dec_promote, b.p, b.len,
+	    &m), RD_ERR_INVALID);
+	/* More than the field holds. */
+	memset(s, 'h', sizeof(s) - 1);
+	s[sizeof(s) - 1] = '\0';
+	assert_true(strlen(s) >= sizeof(m.listen));
+	wb_reset(&b);
+	build_promote(&b, 1, 2, s, sizeof(m.listen));
+	CHECK_RC("listen above field", decode_exact(dec_promote, b.p, b.len,
+	    &m), RD_ERR_TOO_LARGE);
+	wb_reset(&b);
+	build_promote(&b, 1, 2, s, strlen(s));
+	CHECK_RC("listen far above field", decode_exact(dec_promote, b.p,
+	    b.len, &m), RD_ERR_TOO_LARGE);
+
+	/* A length that promises more than follows. */
+	wb_reset(&b);
+	build_promote(&b, 1, 2, "replica2:7000", 13);
+	b.p[16 + 1] = 50;
+	CHECK_RC("listen len past end", decode_exact(dec_promote, b.p, b.len,
+	    &m), RD_ERR_TRUNCATED);
+	wb_free(&b);
+}
+
+static void
+test_promoted(void **state)
+{
+	static const uint64_t gens[] = { 2, 9, UINT64_MAX };
+	uint64_t g;
+	struct wbuf b;
+	const uint8_t *p;
+	size_t len;
+
+	wb_init(&b);
+	for (size_t i = 0; i < sizeof(gens) / sizeof(gens[0]); i++) {
+		wb_reset(&b);
+		wire_put_promoted(&b, gens[i]);
+		p = frame_payload(&b, 0, WIRE_PROMOTED, &len);
+		assert_int_equal(len, 8);
+		g = 0;
+		assert_int_equal(decode_exact(dec_promoted, p, len, &g), 0);
+		assert_int_equal(g, gens[i]);
+		check_prefixes("promoted", dec_promoted, p, len, len);
+		check_trailing("promoted trailing", dec_promoted, p, len);
+	}
+	/* Many bytes more. */
+	wb_reset(&b);
+	wb_put_u64(&b, 5);
+	wb_put_u64(&b, 6);
+	CHECK_RC("promoted two values", decode_exact(dec_promoted, b.p, b.len,
+	    &g), RD_ERR_INVALID);
+	wb_free(&b);
+}
+
+/* A whole resync exchange in one buffer, read back frame by frame. */
+static void
+test_resync_sequence(void **state)
+{
+	uint8_t digests[2 * DIGEST_LEN], sig[40], delta[60];
+	struct wire_cycle c = { .cycle = 7, .created_ms = 1,
+	    .flags = WIRE_CYCLE_RESYNC, .ndisks = 1,
+	    .sizes = { 2 * WIRE_CHUNK } }, cd;
+	struct wire_sums s = { .disk = 0, .offset = 0, .chunk = WIRE_CHUNK,
+	    .count = 2, .digests = digests }, sd;
+	struct wire_chunk k = { .disk = 0, .offset = WIRE_CHUNK,
+	    .length = WIRE_CHUNK, .payload = sig, .payload_len = sizeof(sig) },
+	    dk = { .disk = 0, .offset = WIRE_CHUNK, .length = WIRE_CHUNK,
+	    .encoding = WIRE_ENC_RAW, .delta_len = sizeof(delta),
+	    .payload = delta, .payload_len = sizeof(delta) }, kd;
+	struct wire_sigend se = { .cycle = 7, .nsigs = 1 }, sed;
+	struct wire_end e = { .cycle = 7, .nframes = 1,
+	    .raw_bytes = WIRE_CHUNK }, ed;
+	struct wire_ack a = { .cycle = 7, .point = 3 }, ad;
+	struct wire_promote pr = { .cycle = 7, .generation = 2,
+	    .listen = "old-primary:7000" }, prd;
+	struct wbuf b;
+	const uint8_t *p;
+	size_t len;
+	uint64_t g;
+
+	fill_pattern(digests, sizeof(digests), 41);
+	fill_pattern(sig, sizeof(sig), 42);
+	fill_pattern(delta, sizeof(delta), 43);
+	fill_pattern(dk.hash.b, DIGEST_LEN, 44);
+	fill_pattern(e.digest.b, DIGEST_LEN, 45);
+	wb_init(&b);
+	wire_put_cycle(&b, &c);
+	wire_put_sums(&b, &s);
+	wire_put_sig(&b, &k);
+	wire_put_sigend(&b, &se);
+	wire_put_delta(&b, &dk);
+	wire_put_end(&b, &e);
+	wire_put_ack(&b, &a);
+	wire_put_promote(&b, &pr);
+	wire_put_promoted(&b, 2);
+
+	p = nth_payload(&b, 0, WIRE_CYCLE, &len);
+	assert_int_equal(wire_get_cycle(p, len, &cd), 0);
+	assert_int_equal(cd.flags, WIRE_CYCLE_RESYNC);
+	p = nth_payload(&b, 1, WIRE_SUMS, &len);
+	assert_int_equal(wire_get_sums(p, len, &sd), 0);
+	assert_memory_equal(sd.digests, digests, sizeof(digests));
+	p = nth_payload(&b, 2, WIRE_SIG, &len);
+	assert_int_equal(wire_get_sig(p, len, &kd), 0);
+	assert_int_equal(kd.payload_len, sizeof(sig));
+	assert_memory_equal(kd.payload, sig, sizeof(sig));
+	p = nth_payload(&b, 3, WIRE_SIGEND, &len);
+	assert_int_equal(wire_get_sigend(p, len, &sed), 0);
+	assert_int_equal(sed.nsigs, 1);
+	p = nth_payload(&b, 4, WIRE_DELTA, &len);
+	assert_int_equal(wire_get_delta(p, len, &kd), 0);
+	assert_int_equal(kd.payload_len, sizeof(delta));
+	assert_memory_equal(kd.payload, delta, sizeof(delta));
+	assert_memory_equal(kd.hash.b, dk.hash.b, DIGEST_LEN);
+	p = nth_payload(&b, 5, WIRE_END, &len);
+	assert_int_equal(wire_get_end(p, len, &ed), 0);
+	assert_int_equal(ed.raw_bytes, WIRE_CHUNK);
+	p = nth_payload(&b, 6, WIRE_ACK, &len);
+	assert_int_equal(wire_get_ack(p, len, &ad), 0);
+	p = nth_payload(&b, 7, WIRE_PROMOTE, &len);
+	assert_int_equal(wire_get_promote(p, len, &prd), 0);
+	assert_string_equal(prd.listen, "old-primary:7000");
+	p = nth_payload(&b, 8, WIRE_PROMOTED, &len);
+	assert_int_equal(wire_get_promoted(p, len, &g), 0);
+	assert_int_equal(g, 2);
+	/* The last frame ends the buffer. */
+	assert_ptr_equal(p + len, b.p + b.len);
 	wb_free(&b);
 }
 
@@ -1298,7 +2194,8 @@ static void
 test_names(void **state)
 {
 	static const char *types[] = { "unknown", "hello", "welcome", "cycle",
-	    "data", "end", "ack", "nack", "unknown" };
+	    "data", "end", "ack", "nack", "sums", "sig", "sigend", "delta",
+	    "promote", "promoted", "unknown" };
 	static const char *nacks[] = { "unknown", "protocol", "denied",
 	    "fenced", "bad-data", "io", "no-space", "busy", "internal",
 	    "mismatch", "unknown" };
@@ -1326,6 +2223,17 @@ main(void)
 		cmocka_unit_test(test_cycle_hostile),
 		cmocka_unit_test(test_end_ack_nack_hostile),
 		cmocka_unit_test(test_data_hostile),
+		cmocka_unit_test(test_sums_roundtrip),
+		cmocka_unit_test(test_sums_hostile),
+		cmocka_unit_test(test_sig_roundtrip),
+		cmocka_unit_test(test_sig_hostile),
+		cmocka_unit_test(test_sigend_roundtrip),
+		cmocka_unit_test(test_delta_roundtrip),
+		cmocka_unit_test(test_delta_hostile),
+		cmocka_unit_test(test_promote_roundtrip),
+		cmocka_unit_test(test_promote_hostile),
+		cmocka_unit_test(test_promoted),
+		cmocka_unit_test(test_resync_sequence),
 		cmocka_unit_test(test_check_data),
 		cmocka_unit_test(test_content_zstd),
 		cmocka_unit_test(test_content_raw),
