@@ -32,6 +32,24 @@ digest_equal(const struct digest *a, const struct digest *b)
 	return memcmp(a->b, b->b, DIGEST_LEN) == 0;
 }
 
+/* The digest of each block of p[0..len) at block size bs (the last one
+ * may be short) into out[0..ceil(len / bs)). */
+static inline void
+digest_blocks(const void *p, size_t len, size_t bs, struct digest *out)
+{
+	for (size_t o = 0, i = 0; o < len; o += bs, i++)
+		digest_block((const char *)p + o, len - o < bs ? len - o : bs,
+		    &out[i]);
+}
+
+/* A chunk's digest in a resync: the digest of its blocks' digests, so that
+ * each side hashes the data once (wire.h, SUMS). */
+static inline void
+digest_chunk(const struct digest *blocks, size_t n, struct digest *out)
+{
+	digest_block(blocks, n * sizeof(*blocks), out);
+}
+
 /* Lower-case hex into buf (at least 33 bytes). */
 static inline void
 digest_hex(const struct digest *d, char *buf)

@@ -97,10 +97,10 @@ int	store_has_data(struct store *st);
 /* Read [off, off + len) of a disk's image, zeros past its end. */
 int	store_read(struct store *st, uint16_t disk, uint64_t off, size_t len,
 	    uint8_t *buf, char *err, size_t errsz);
-/* Record the digests of blocks that a resync found equal on both sides
- * (their content is the same at the old and the new point). */
-int	store_note_digests(struct store *st, uint16_t disk, uint64_t off,
-	    const uint8_t *data, size_t len, char *err, size_t errsz);
+/* Record the digests of n blocks from off that a resync found equal on
+ * both sides (their content is the same at the old and the new point). */
+int	store_put_digests(struct store *st, uint16_t disk, uint64_t off,
+	    const struct digest *d, size_t n, char *err, size_t errsz);
 
 /*
  * Rebuild point id (0: newest) into STORAGE/VM/test/.  Refuses if a test

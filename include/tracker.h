@@ -90,6 +90,9 @@ int	trk_begin_resync(struct tracker *t, uint64_t *sizes, char *err,
  */
 int	trk_read_range(struct tracker *t, uint16_t disk, uint64_t off,
 	    size_t len, uint8_t *buf, char *err, size_t errsz);
+/* The chunk digest (digest_chunk) of a range trk_read_range() read. */
+int	trk_range_digest(const struct tracker *t, uint16_t disk, uint64_t off,
+	    size_t len, struct digest *out);
 /* Count bytes a resync found different in the cycle's statistics. */
 void	trk_add_dirty(struct tracker *t, uint64_t bytes);
 /* The replica acknowledged the cycle: make the new digests the state. */

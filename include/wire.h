@@ -15,9 +15,9 @@
  * or NACK.  Then, any number of times: CYCLE, DATA*, END from the primary,
  * ACK or NACK from the replica.  A resynchronising cycle (CYCLE flag
  * WIRE_CYCLE_RESYNC) carries no DATA: the primary sends SUMS for every
- * chunk of every disk, in order; the replica answers SIG for each chunk
- * whose digest differs from its own, then SIGEND; the primary answers
- * each SIG, in order, with a DELTA, then sends END.  After an ACK, a
+ * unit of every disk, in order; the replica answers SIG for each range
+ * of units whose digests differ from its own, then SIGEND; the primary
+ * answers each SIG, in order, with a DELTA, then sends END.  After an ACK, a
  * planned failover sends PROMOTE; the replica answers PROMOTED (or NACK)
  * and the session ends.  Either side may send NACK and close at
  * any time.  A frame that fails to decode, or that is valid but not
@@ -79,19 +79,24 @@
  *   u16  code         enum wire_nack
  *   str  reason       one line for the peer's log (<= WIRE_MAX_REASON)
  *
- * SUMS (8), primary -> replica: digests of consecutive chunks of a disk
+ * SUMS (8), primary -> replica: digests of consecutive units of a disk
  *   u16  disk
- *   u64  offset       multiple of chunk: where the first chunk starts
- *   u32  chunk        chunk length: WIRE_CHUNK, or block_size if larger
+ *   u64  offset       multiple of unit: where the first unit starts
+ *   u32  unit         wire_sum_unit(block_size): WIRE_SUM_UNIT, or the
+ *                     block size if larger
  *   u16  count        1..WIRE_MAX_SUMS
- *   count x u8[16]    XXH3-128 of each chunk's content (the last chunk of
- *                     a disk ends at the disk's size at the cut)
+ *   count x u8[16]    each unit's digest: XXH3-128 of the XXH3-128 of
+ *                     each of its blocks (block_size; the last unit and
+ *                     block of a disk end at the disk's size at the cut),
+ *                     as digest_chunk() makes it
  *
- * SIG (9), replica -> primary: the replica's chunk differs
+ * SIG (9), replica -> primary: a range of units differs
  *   u16  disk
- *   u64  offset       a chunk's offset, in the order of SUMS
- *   u32  length       the chunk's length
- *   ...  payload      librsync signature of the replica's chunk (delta.h)
+ *   u64  offset       a unit's offset; ranges come in the order of SUMS
+ *                     and never overlap
+ *   u32  length       whole units (or up to the disk's end), at most
+ *                     wire_chunk_len(block_size)
+ *   ...  payload      librsync signature of the replica's range (delta.h)
  *                     at WIRE_SIG_BLOCK bytes per block
  *
  * SIGEND (10), replica -> primary: every SUMS was answered
@@ -101,10 +106,10 @@
  * DELTA (11), primary -> replica: the answer to one SIG, in SIG order
  *   u16  disk
  *   u64  offset
- *   u32  length       the chunk's length
+ *   u32  length       the range's length
  *   u8   encoding     WIRE_ENC_RAW or WIRE_ENC_ZSTD (of the delta)
  *   u32  delta_len    the raw delta's length (<= WIRE_MAX_DELTA)
- *   u8   hash[16]     XXH3-128 of the chunk's new content
+ *   u8   hash[16]     the range's new content's digest (as in SUMS)
  *   ...  payload      the librsync delta, raw or as one zstd frame
  *
  * PROMOTE (12), primary -> replica: a planned failover hands over
@@ -116,7 +121,7 @@
  *   u64  generation
  *
  * In a resynchronising cycle END's nframes counts DELTA frames, its
- * raw_bytes their chunk lengths, and its digest covers each DELTA's
+ * raw_bytes their lengths, and its digest covers each DELTA's
  * disk, offset, length and hash as if it were a DATA header.
  */
 #ifndef REPLICAD_WIRE_H
@@ -136,7 +141,8 @@
 #define WIRE_MAX_DISKS	64
 #define WIRE_MAX_ZERO	(1u << 30)	/* longest ZERO extent */
 #define WIRE_MAX_REASON	1024
-#define WIRE_CHUNK	(1u << 20)	/* resync chunk (at least a block) */
+#define WIRE_CHUNK	(1u << 20)	/* longest SIG range (at least a block) */
+#define WIRE_SUM_UNIT	(64u << 10)	/* SUMS granularity (at least a block) */
 #define WIRE_MAX_SUMS	1024		/* digests in one SUMS frame */
 #define WIRE_SIG_BLOCK	4096		/* librsync block of a SIG */
 #define WIRE_MAX_DELTA	(WIRE_MAX_BLOCK + (64u << 10))
@@ -327,11 +333,18 @@ int	wire_get_delta(const uint8_t *p, size_t len, struct wire_chunk *m);
 int	wire_get_promote(const uint8_t *p, size_t len, struct wire_promote *m);
 int	wire_get_promoted(const uint8_t *p, size_t len, uint64_t *generation);
 
-/* The chunk length of a resync at block_size. */
+/* The longest SIG range of a resync at block_size. */
 static inline uint32_t
 wire_chunk_len(uint32_t block_size)
 {
 	return block_size > WIRE_CHUNK ? block_size : WIRE_CHUNK;
+}
+
+/* The unit SUMS compare at block_size. */
+static inline uint32_t
+wire_sum_unit(uint32_t block_size)
+{
+	return block_size > WIRE_SUM_UNIT ? block_size : WIRE_SUM_UNIT;
 }
 
 /*

@@ -64,6 +64,9 @@ struct cconn {
 	int			 dispatched;	/* the request was read */
 	struct wbuf		 out;
 	struct pvm		*waiting;	/* sync --wait */
+	struct event		*progress_ev;	/* reports while waiting */
+	uint64_t		 prog_bytes;	/* at the last report */
+	uint64_t		 prog_ms;
 	/* job state */
 	struct rvm		*rvm;
 	struct opts		 o;
@@ -111,6 +114,18 @@ err(struct cconn *c, const char *fmt, ...)
 	va_list ap;
 	va_start(ap, fmt);
 	reply(c, CTL_ERR, fmt, ap);
+	va_end(ap);
+}
+
+static void
+progress(struct cconn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void
+progress(struct cconn *c, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	reply(c, CTL_PROGRESS, fmt, ap);
 	va_end(ap);
 }
 
@@ -493,10 +508,70 @@ need_pvm(struct cconn *c, const char *what)
 	return vm;
 }
 
+/*
+ * While a client waits for a cycle: once a second, how far the cycle
+ * got (replctl shows it on a terminal only).
+ */
+static void
+on_progress(evutil_socket_t fd, short what, void *arg)
+{
+	struct cconn *c = arg;
+	struct pvm *vm = c->o.vm ? find_pvm(c->ctl->d, c->o.vm) : NULL;
+	struct pvm_status st;
+	char done[32], total[32], rate[32];
+
+	if (vm == NULL || c->gone)
+		return;
+	pvm_status(vm, &st);
+	uint64_t now = util_mono_ms();
+	if (st.progress_total == 0 || st.progress_bytes < c->prog_bytes) {
+		c->prog_bytes = 0;
+		c->prog_ms = now;
+		return;
+	}
+	double secs = (double)(now - c->prog_ms) / 1000.0;
+	double bps = secs > 0 ? (double)(st.progress_bytes - c->prog_bytes) /
+	    secs : 0;
+	c->prog_bytes = st.progress_bytes;
+	c->prog_ms = now;
+	util_format_bytes(st.progress_bytes, done, sizeof(done));
+	util_format_bytes(st.progress_total, total, sizeof(total));
+	util_format_bytes((uint64_t)bps, rate, sizeof(rate));
+	uint64_t left = st.progress_total > st.progress_bytes ?
+	    st.progress_total - st.progress_bytes : 0;
+	char eta[32] = "-";
+	if (bps > 0)
+		snprintf(eta, sizeof(eta), "%.0fs", (double)left / bps);
+	progress(c, "%s: %s %.0f%%  %s of %s  %s/s  ETA %s", c->o.vm,
+	    st.resyncing ? "resync" : "cycle", 100.0 *
+	    (double)st.progress_bytes / (double)st.progress_total, done, total,
+	    rate, eta);
+}
+
+static void
+progress_start(struct cconn *c)
+{
+	struct timeval tv = { 0, 500 * 1000 };
+	if (c->progress_ev == NULL)
+		c->progress_ev = event_new(c->ctl->d->base, -1, EV_PERSIST,
+		    on_progress, c);
+	c->prog_bytes = 0;
+	c->prog_ms = util_mono_ms();
+	event_add(c->progress_ev, &tv);
+}
+
+static void
+progress_stop(struct cconn *c)
+{
+	if (c->progress_ev)
+		event_del(c->progress_ev);
+}
+
 static void
 sync_finished(void *arg, uint64_t point, const char *error)
 {
 	struct cconn *c = arg;
+	progress_stop(c);
 	c->busy = 0;
 	c->waiting = NULL;
 	if (point)
@@ -516,7 +591,9 @@ cmd_sync(struct cconn *c)
 	if (c->o.wait) {
 		c->busy = 1;
 		c->waiting = vm;
+		progress_start(c);
 		if ((r = pvm_sync(vm, sync_finished, c)) != 0) {
+			progress_stop(c);
 			c->busy = 0;
 			c->waiting = NULL;
 			fail(c, 1, "%s: %s", c->o.vm, r == RD_ERR_FENCED ?
@@ -542,8 +619,11 @@ cmd_resync(struct cconn *c)
 		return;
 	c->busy = c->o.wait;
 	c->waiting = c->o.wait ? vm : NULL;
+	if (c->o.wait)
+		progress_start(c);
 	if ((r = pvm_resync(vm, c->o.wait ? sync_finished : NULL,
 	    c->o.wait ? c : NULL)) != 0) {
+		progress_stop(c);
 		c->busy = 0;
 		c->waiting = NULL;
 		fail(c, 1, "%s: %s", c->o.vm, r == RD_ERR_FENCED ?
@@ -660,6 +740,7 @@ role_done(void *arg, int rc, const char *msg)
 {
 	struct cconn *c = arg;
 	c->busy = 0;
+	progress_stop(c);
 	if (rc == 0)
 		out(c, "%s\n", msg);
 	else
@@ -723,6 +804,8 @@ static void
 cmd_reverse(struct cconn *c)
 {
 	c->busy = 1;
+	if (c->o.wait)
+		progress_start(c);
 	failover_reverse(c->ctl->d, c->o.vm, c->o.to, c->o.name, c->o.wait,
 	    role_done, c);
 }
@@ -858,6 +941,8 @@ conn_free(struct cconn *c)
 	for (int i = 0; i < CAT_MAX_DISKS; i++)
 		free(c->paths[i]);
 	wb_free(&c->out);
+	if (c->progress_ev)
+		event_free(c->progress_ev);
 	free((char *)c->o.vm);
 	free((char *)c->o.to);
 	free((char *)c->o.name);

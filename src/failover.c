@@ -30,6 +30,7 @@
 #include "daemon.h"
 #include "err.h"
 #include "failover.h"
+#include "fault.h"
 #include "hook.h"
 #include "log.h"
 #include "primary.h"
@@ -95,6 +96,18 @@ fo_finish(struct fo *f, int rc, const char *fmt, ...)
 	if (f->done)
 		f->done(f->arg, rc, msg);
 	free(f);
+}
+
+/* The VM's relationship for a job; on failure f->rc and f->msg say why. */
+static int
+fo_rel(struct fo *f, struct cat_rel *rel)
+{
+	int r = cat_rel_get(f->d->cat, f->vm, rel);
+	if (r != 0) {
+		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
+		f->rc = r;
+	}
+	return r;
 }
 
 /* --- the [vm] of a VM that is primary by failover ----------------------- */
@@ -195,6 +208,55 @@ run_role_hook(struct fo *f, const struct cat_rel *rel, int promote,
 	return r;
 }
 
+/*
+ * on_promote must run once a promotion is recorded, even if the daemon
+ * dies in between: a marker, STATE_DIR/hooks/VM.on_promote, is written
+ * before the catalog changes and removed once the hook ran; start-up runs
+ * the hook of a marker whose VM is primary, and drops the others.
+ */
+static char *
+marker_path(struct daemon *d, const char *vm)
+{
+	return xasprintf("%s/hooks/%s.on_promote", d->cfg->state_dir, vm);
+}
+
+static void
+marker_set(struct daemon *d, const char *vm)
+{
+	char *dir = xasprintf("%s/hooks", d->cfg->state_dir);
+	char *p = marker_path(d, vm);
+	if (util_mkdir_p(dir, 0700) != 0 || util_write_atomic(p, "", 0) != 0)
+		log_warn("%s: cannot write %s", vm, p);
+	free(dir);
+	free(p);
+}
+
+static void
+marker_clear(struct daemon *d, const char *vm)
+{
+	char *p = marker_path(d, vm);
+	unlink(p);
+	free(p);
+}
+
+static void
+job_pending_hook(void *arg)
+{
+	struct fo *f = arg;
+	log_info("%s: running on_promote, which a restart interrupted",
+	    f->vm);
+	if (run_role_hook(f, &f->rel, 1, f->rel.at_point ? f->rel.at_point :
+	    f->rel.last_point) != 0)
+		log_warnx("%s: on_promote failed: %s", f->vm, f->hookmsg);
+	marker_clear(f->d, f->vm);
+}
+
+static void
+pending_hook_done(void *arg)
+{
+	free(arg);
+}
+
 /* --- start-up ------------------------------------------------------------ */
 
 void
@@ -222,6 +284,20 @@ failover_init(struct daemon *d)
 		    rel->at_point != 0)
 			start_primary(d, rel);
 	}
+	for (size_t i = 0; i < n; i++) {
+		char *p = marker_path(d, rels[i].vm);
+		int pending = access(p, F_OK) == 0;
+		free(p);
+		if (!pending)
+			continue;
+		if (rels[i].role != CAT_ROLE_PRIMARY) {
+			marker_clear(d, rels[i].vm);
+			continue;
+		}
+		struct fo *f = fo_new(d, rels[i].vm, NULL, NULL);
+		f->rel = rels[i];
+		work_submit(job_pending_hook, pending_hook_done, f);
+	}
 	free(rels);
 }
 
@@ -246,11 +322,8 @@ job_promote_unplanned(void *arg)
 		f->rc = r;
 		return;
 	}
-	if ((r = cat_rel_get(f->d->cat, f->vm, &rel)) != 0) {
-		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
-		f->rc = r;
+	if ((r = fo_rel(f, &rel)) != 0)
 		return;
-	}
 	rel.role = CAT_ROLE_PRIMARY;
 	rel.generation++;
 	/* The old primary's identity: reverse expects it by default. */
@@ -261,7 +334,9 @@ job_promote_unplanned(void *arg)
 	rel.resync = 0;
 	if (rel.at_point == 0)
 		rel.at_point = rel.last_point;	/* uncommitted, at the newest */
+	marker_set(f->d, f->vm);
 	if ((r = cat_rel_put(f->d->cat, &rel)) != 0) {
+		marker_clear(f->d, f->vm);
 		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
 		f->rc = r;
 		return;
@@ -270,6 +345,7 @@ job_promote_unplanned(void *arg)
 	f->rel = rel;
 	if (run_role_hook(f, &rel, 1, rel.at_point) != 0)
 		f->hook_failed = 1;
+	marker_clear(f->d, f->vm);
 }
 
 static void
@@ -504,11 +580,8 @@ job_demote_hook(void *arg)
 	struct cat_rel rel;
 	int r;
 
-	if ((r = cat_rel_get(f->d->cat, f->vm, &rel)) != 0) {
-		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
-		f->rc = r;
+	if ((r = fo_rel(f, &rel)) != 0)
 		return;
-	}
 	rel.generation = f->hello.generation;
 	if (run_role_hook(f, &rel, 0, 0) != 0) {
 		snprintf(f->msg, sizeof(f->msg), "this host cannot become the "
@@ -524,11 +597,8 @@ job_demote(void *arg)
 	struct cat_rel rel;
 	int r;
 
-	if ((r = cat_rel_get(f->d->cat, f->vm, &rel)) != 0) {
-		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
-		f->rc = r;
+	if ((r = fo_rel(f, &rel)) != 0)
 		return;
-	}
 	/* Receiving into its own disks, or where a failover put them. */
 	const char *storage = config_find_vm(f->d->cfg, f->vm) ?
 	    f->acc->storage : rel.storage;
@@ -539,6 +609,7 @@ job_demote(void *arg)
 	 */
 	char store_dir[4096];
 	snprintf(store_dir, sizeof(store_dir), "%s", storage);
+	fault_point("demote-before-record");
 	if ((f->rc = record_replica(f, &rel, f->hello.generation, f->identity,
 	    store_dir, 0)) != 0)
 		return;
@@ -632,11 +703,8 @@ job_planned_demote_hook(void *arg)
 	struct cat_rel rel;
 	int r;
 
-	if ((r = cat_rel_get(f->d->cat, f->vm, &rel)) != 0) {
-		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
-		f->rc = r;
+	if ((r = fo_rel(f, &rel)) != 0)
 		return;
-	}
 	f->rel = rel;
 	rel.generation++;
 	if (run_role_hook(f, &rel, 0, rel.last_point) != 0) {
@@ -694,11 +762,9 @@ job_planned_demote(void *arg)
 	struct cat_rel rel;
 	int r;
 
-	if ((r = cat_rel_get(f->d->cat, f->vm, &rel)) != 0) {
-		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
-		f->rc = r;
+	if ((r = fo_rel(f, &rel)) != 0)
 		return;
-	}
+	fault_point("primary-after-promoted");
 	uint64_t gen = rel.generation + 1, cycle = rel.last_cycle;
 	snprintf(rel.storage, sizeof(rel.storage), "%s", f->acc->storage);
 	if (maps_to_digests(f, &rel) != 0)
@@ -873,11 +939,8 @@ job_promote_planned(void *arg)
 	if (digests_to_maps(f, st, &rel) != 0)
 		log_warnx("%s: the replica's digests are not usable as tracker "
 		    "state; the first cycle back compares the disks", f->vm);
-	if ((r = cat_rel_get(f->d->cat, f->vm, &rel)) != 0) {
-		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
-		f->rc = r;
+	if ((r = fo_rel(f, &rel)) != 0)
 		return;
-	}
 	rel.role = CAT_ROLE_PRIMARY;
 	rel.generation = f->promote.generation;
 	snprintf(rel.peer, sizeof(rel.peer), "%s", f->promote.listen);
@@ -885,11 +948,14 @@ job_promote_planned(void *arg)
 	rel.resync = 0;
 	rel.fenced[0] = '\0';
 	rel.at_point = 0;
+	marker_set(f->d, f->vm);
 	if ((r = cat_rel_put(f->d->cat, &rel)) != 0) {
+		marker_clear(f->d, f->vm);
 		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
 		f->rc = r;
 		return;
 	}
+	fault_point("replica-after-promote-record");
 	f->rel = rel;
 }
 
@@ -899,6 +965,7 @@ job_promote_hook(void *arg)
 	struct fo *f = arg;
 	if (run_role_hook(f, &f->rel, 1, f->rel.last_point) != 0)
 		f->hook_failed = 1;
+	marker_clear(f->d, f->vm);
 }
 
 static void
@@ -1053,11 +1120,8 @@ job_reverse(void *arg)
 		f->rc = r;
 		return;
 	}
-	if ((r = cat_rel_get(f->d->cat, f->vm, &rel)) != 0) {
-		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
-		f->rc = r;
+	if ((r = fo_rel(f, &rel)) != 0)
 		return;
-	}
 	snprintf(rel.peer, sizeof(rel.peer), "%s", f->to);
 	snprintf(rel.peer_name, sizeof(rel.peer_name), "%s", f->name);
 	rel.resync = 1;

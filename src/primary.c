@@ -124,16 +124,18 @@ struct psess {
 	int64_t			 created_ms;
 	/* a resynchronising cycle (wire.h) */
 	int			 resync;
-	uint32_t		 chunk;
+	uint32_t		 unit;		/* SUMS granularity */
+	uint32_t		 chunk;		/* longest SIG range, a read */
 	uint16_t		 sums_disk;	/* job: next chunk to sum */
 	uint64_t		 sums_off;
 	int			 sums_done;	/* job: every SUMS is out */
+	uint64_t		 sums_bytes;	/* job: compared so far */
 	struct wbuf		 sigs_loop;	/* SIG payloads received, each
 						   u32 length + payload */
 	struct wbuf		 sigs_job;	/* those the running job answers */
 	uint64_t		 sigs_in;	/* SIG frames received */
 	uint16_t		 last_sig_disk;
-	uint64_t		 last_sig_off;
+	uint64_t		 last_sig_end;
 	int			 sigend;	/* SIGEND received */
 	int			 job_final;	/* the job has the last SIGs */
 	int			 want_resync;	/* asked for before it started */
@@ -172,6 +174,7 @@ struct pvm {
 	/* retiring: told once no session or job uses the VM */
 	void			(*retire_fn)(void *);
 	void			*retire_arg;
+	struct event		*retire_ev;
 };
 
 struct fence_job {
@@ -180,6 +183,7 @@ struct fence_job {
 };
 
 static void start_cycle(struct pvm *vm);
+static int want_cycle(struct pvm *vm, pvm_waiter_fn fn, void *arg);
 static void listen_addr(struct psess *s, const char *listen, char *out,
     size_t outsz);
 static void maybe_retired(struct pvm *vm);
@@ -334,15 +338,29 @@ sess_end(struct psess *s)
 	maybe_retired(vm);
 }
 
-/* A retiring VM is told once nothing uses it any more. */
+/*
+ * A retiring VM is told once nothing uses it any more, from a callback
+ * of its own: the caller (which may free the VM) never runs inside code
+ * that still uses it.
+ */
 static void
-maybe_retired(struct pvm *vm)
+on_retire(evutil_socket_t fd, short what, void *arg)
 {
+	struct pvm *vm = arg;
 	if (vm->retire_fn == NULL || vm->sess != NULL || vm->draining > 0)
 		return;
 	void (*fn)(void *) = vm->retire_fn;
 	vm->retire_fn = NULL;
 	fn(vm->retire_arg);
+}
+
+static void
+maybe_retired(struct pvm *vm)
+{
+	if (vm->retire_fn == NULL || vm->sess != NULL || vm->draining > 0)
+		return;
+	struct timeval now = { 0, 0 };
+	evtimer_add(vm->retire_ev, &now);
 }
 
 static void
@@ -415,6 +433,8 @@ fenced_done(void *arg)
 	maybe_retired(vm);
 }
 
+/* The fence is lifted: try again now; if this host is still a stale
+ * primary, the replica says so and the VM is fenced again. */
 static void
 fenced_done_quiet(void *arg)
 {
@@ -422,7 +442,7 @@ fenced_done_quiet(void *arg)
 	struct pvm *vm = fj->vm;
 	free(fj);
 	if (--vm->draining == 0 && vm->sess == NULL)
-		plan_next(vm);
+		start_cycle(vm);
 	maybe_retired(vm);
 }
 
@@ -647,22 +667,28 @@ resync_sums(struct psess *s)
 		}
 		uint64_t size = s->sizes[s->sums_disk];
 		struct wire_sums m = { .disk = s->sums_disk,
-		    .offset = s->sums_off, .chunk = s->chunk,
+		    .offset = s->sums_off, .chunk = s->unit,
 		    .digests = digests };
-		while (m.count < WIRE_MAX_SUMS && s->sums_off < size &&
-		    read < BATCH_READ) {
+		size_t per_read = s->chunk / s->unit;	/* units per read */
+		while (m.count + per_read <= WIRE_MAX_SUMS &&
+		    s->sums_off < size && read < BATCH_READ) {
 			size_t n = size - s->sums_off < s->chunk ?
 			    (size_t)(size - s->sums_off) : s->chunk;
 			if ((r = trk_read_range(vm->trk, s->sums_disk,
 			    s->sums_off, n, s->cbuf, s->err,
 			    sizeof(s->err))) != 0)
 				return r;
-			struct digest d;
-			digest_block(s->cbuf, n, &d);
-			memcpy(digests + (size_t)m.count * DIGEST_LEN, d.b,
-			    DIGEST_LEN);
-			m.count++;
+			for (size_t o = 0; o < n; o += s->unit) {
+				struct digest d;
+				trk_range_digest(vm->trk, s->sums_disk,
+				    s->sums_off + o, n - o < s->unit ? n - o :
+				    s->unit, &d);
+				memcpy(digests + (size_t)m.count * DIGEST_LEN,
+				    d.b, DIGEST_LEN);
+				m.count++;
+			}
 			s->sums_off += n;
+			s->sums_bytes += n;
 			read += n;
 		}
 		wire_put_sums(&s->out, &m);
@@ -711,7 +737,8 @@ resync_deltas(struct psess *s)
 		    .length = sig.length, .encoding = WIRE_ENC_RAW,
 		    .delta_len = (uint32_t)s->dbuf.len, .payload = s->dbuf.p,
 		    .payload_len = s->dbuf.len };
-		digest_block(s->cbuf, sig.length, &m.hash);
+		trk_range_digest(vm->trk, sig.disk, sig.offset, sig.length,
+		    &m.hash);
 		if (vm->cfg->compress_level > 0) {
 			size_t z = ZSTD_compressCCtx(s->cctx, s->zbuf,
 			    ZSTD_compressBound(WIRE_MAX_DELTA), s->dbuf.p,
@@ -723,6 +750,8 @@ resync_deltas(struct psess *s)
 			}
 		}
 		wire_put_delta(&s->out, &m);
+		if (s->nframes >= 4)
+			fault_point("primary-mid-resync");
 		struct wire_data as = { .disk = m.disk, .offset = m.offset,
 		    .length = m.length, .hash = m.hash };
 		wire_digest_update(&s->dig, &as);
@@ -863,7 +892,9 @@ produce_done(void *arg)
 		return;
 	size_t n = evbuffer_get_length(s->batch);
 	s->bytes_sent += n;
-	s->progress = s->tstats.bytes_read;
+	/* A resync's progress is the comparison's; the deltas after it
+	 * re-read only the chunks that differ. */
+	s->progress = s->resync ? s->sums_bytes : s->tstats.bytes_read;
 	s->progress_total = s->total;
 	if (s->bytes_sent > (8u << 20))
 		fault_point("primary-mid-send");
@@ -949,6 +980,7 @@ commit_done(void *arg)
 		struct wire_promote m = { .cycle = s->cycle,
 		    .generation = vm->generation + 1 };
 		listen_addr(s, vm->handover, m.listen, sizeof(m.listen));
+		fault_point("primary-before-promote");
 		vm->last_cycle = s->cycle;
 		vm->last_point = s->point;
 		vm->last_point_ms = s->created_ms;
@@ -1006,8 +1038,8 @@ on_promoted(struct psess *s, const uint8_t *p, size_t len)
 	uint64_t point = s->point;
 	sess_end(s);
 	vm->state = PVM_IDLE;
-	handover_end(vm, 0, NULL);
 	tell_waiters(&vm->cur, point, NULL);
+	handover_end(vm, 0, NULL);
 }
 
 static void
@@ -1051,6 +1083,7 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 	s->resync = s->want_resync || (!trk_proven(vm->trk, w.last_cycle) &&
 	    (w.last_cycle > 0 || (w.flags & WIRE_WELCOME_DATA)));
 	if (s->resync) {
+		s->unit = wire_sum_unit(vm->cfg->block_size);
 		s->chunk = wire_chunk_len(vm->cfg->block_size);
 		s->cbuf = xmalloc(s->chunk);
 		s->zbuf = xmalloc(ZSTD_compressBound(WIRE_MAX_DELTA));
@@ -1132,11 +1165,12 @@ on_sig(struct psess *s, uint8_t type, const uint8_t *p, size_t len)
 	}
 	/* Chunks in order, each once, each a real chunk of a disk. */
 	int after = s->sigs_in == 0 || m.disk > s->last_sig_disk ||
-	    (m.disk == s->last_sig_disk && m.offset > s->last_sig_off);
+	    (m.disk == s->last_sig_disk && m.offset >= s->last_sig_end);
 	if (s->sigend || !after || m.disk >= vm->cfg->ndisks ||
-	    m.offset % s->chunk != 0 || m.offset >= s->sizes[m.disk] ||
-	    m.length != (s->sizes[m.disk] - m.offset < s->chunk ?
-	    s->sizes[m.disk] - m.offset : s->chunk)) {
+	    m.offset % s->unit != 0 || m.offset >= s->sizes[m.disk] ||
+	    m.length > s->chunk || m.length > s->sizes[m.disk] - m.offset ||
+	    (m.length % s->unit != 0 &&
+	     m.offset + m.length != s->sizes[m.disk])) {
 		sess_fail(s, RD_ERR_PEER, "SIG from the replica for disk %u "
 		    "offset %" PRIu64 " is out of place", m.disk, m.offset);
 		return;
@@ -1151,7 +1185,7 @@ on_sig(struct psess *s, uint8_t type, const uint8_t *p, size_t len)
 		return;
 	}
 	s->last_sig_disk = m.disk;
-	s->last_sig_off = m.offset;
+	s->last_sig_end = m.offset + m.length;
 	s->sigs_in++;
 	wb_put_u32(&s->sigs_loop, (uint32_t)len);
 	wb_put_bytes(&s->sigs_loop, p, len);
@@ -1392,6 +1426,7 @@ pvm_new(struct daemon *d, const struct cfg_vm *cfg)
 	vm->d = d;
 	vm->cfg = cfg;
 	vm->timer = evtimer_new(d->base, on_timer, vm);
+	vm->retire_ev = evtimer_new(d->base, on_retire, vm);
 	if ((r = trk_open(d->cfg->state_dir, cfg, &vm->trk)) != 0)
 		fatalx("%s: cannot open the tracker state: %s", cfg->name,
 		    rd_strerror(r));
@@ -1512,14 +1547,7 @@ pvm_handover(struct pvm *vm, const char *listen, pvm_handover_fn fn,
 	vm->handover_arg = arg;
 	/* A cycle that starts after this call: every write made before
 	 * the guest was stopped travels in it. */
-	struct waiter *w = xcalloc(1, sizeof(*w));
-	struct waiter **tail = &vm->next;
-	while (*tail)
-		tail = &(*tail)->next;
-	*tail = w;
-	if (vm->sess == NULL)
-		start_cycle(vm);
-	return 0;
+	return want_cycle(vm, NULL, NULL);
 }
 
 void
@@ -1530,6 +1558,7 @@ pvm_free(struct pvm *vm)
 	pvm_stop(vm);		/* also answers every waiter */
 	trk_close(vm->trk);
 	event_free(vm->timer);
+	event_free(vm->retire_ev);
 	if (vm->owned_cfg)
 		cfg_vm_free(vm->owned_cfg);
 	free(vm->handover);
@@ -1558,13 +1587,10 @@ pvm_status(const struct pvm *vm, struct pvm_status *st)
 	}
 }
 
-int
-pvm_sync(struct pvm *vm, pvm_waiter_fn fn, void *arg)
+/* Ask for a cycle that starts after now; fn (may be NULL) hears its end. */
+static int
+want_cycle(struct pvm *vm, pvm_waiter_fn fn, void *arg)
 {
-	if (vm->state == PVM_FENCED)
-		return RD_ERR_FENCED;
-	if (vm->d->stopping)
-		return RD_ERR_STATE;
 	struct waiter *w = xcalloc(1, sizeof(*w));
 	w->fn = fn;
 	w->arg = arg;
@@ -1575,6 +1601,16 @@ pvm_sync(struct pvm *vm, pvm_waiter_fn fn, void *arg)
 	if (vm->sess == NULL)
 		start_cycle(vm);
 	return 0;
+}
+
+int
+pvm_sync(struct pvm *vm, pvm_waiter_fn fn, void *arg)
+{
+	if (vm->state == PVM_FENCED)
+		return RD_ERR_FENCED;
+	if (vm->d->stopping)
+		return RD_ERR_STATE;
+	return want_cycle(vm, fn, arg);
 }
 
 int

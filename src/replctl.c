@@ -453,7 +453,7 @@ send_full(int fd, const uint8_t *p, size_t len)
 
 struct relay {
 	int	progress_shown;		/* a progress line is on stderr */
-	int	tty;			/* stderr is a terminal */
+	int	tty;			/* stdout and stderr are terminals */
 };
 
 static void
@@ -517,7 +517,9 @@ relay_frame(struct relay *rl, uint8_t type, const uint8_t *text, size_t len)
 static int
 converse(const char *path, int argc, char *argv[])
 {
-	struct relay rl = { 0, isatty(STDERR_FILENO) };
+	/* Progress only for a person watching: stdout and stderr on a
+	 * terminal (nothing extra in pipes and scripts). */
+	struct relay rl = { 0, isatty(STDOUT_FILENO) && isatty(STDERR_FILENO) };
 	struct wbuf out, in;
 	int fd, code = -1, replied = 0;
 

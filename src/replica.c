@@ -34,6 +34,7 @@
 #include "daemon.h"
 #include "delta.h"
 #include "failover.h"
+#include "fault.h"
 #include "err.h"
 #include "log.h"
 #include "netio.h"
@@ -69,6 +70,7 @@ struct rvm {
 	int		 blocked;	/* a role change: no session now */
 	void		(*idle_fn)(void *);	/* told when no session */
 	void		*idle_arg;
+	struct event	*idle_ev;
 };
 
 enum rsess_state {
@@ -114,7 +116,8 @@ struct rsess {
 	struct wbuf		 out;
 	/* a resynchronising cycle (wire.h): touched by jobs only */
 	int			 resync;
-	uint32_t		 chunk;
+	uint32_t		 unit;		/* SUMS granularity */
+	uint32_t		 chunk;		/* longest SIG range */
 	uint16_t		 sums_disk;	/* where the next SUMS starts */
 	uint64_t		 sums_off;
 	int			 sums_done;
@@ -127,6 +130,7 @@ struct rsess {
 	size_t			 sigq_head, sigq_len, sigq_cap;
 	uint8_t			*basis;		/* chunk buffers */
 	uint8_t			*newc;
+	struct digest		*bdig;		/* a chunk's block digests */
 	struct wbuf		 tmp;
 	struct wbuf		 sigout;	/* SIG frames for the loop */
 };
@@ -151,6 +155,7 @@ static void sess_end(struct rsess *s);
 static void welcome(struct rsess *s, struct rvm *vm);
 static void submit_batch(struct rsess *s);
 static void skip_empty_disks(struct rsess *s);
+static void idle_later(struct rvm *vm);
 static void on_closing_write(struct bufferevent *bev, void *arg);
 static void on_closing_event(struct bufferevent *bev, short what, void *arg);
 static void sess_refuse(struct rsess *s, uint16_t code, const char *fmt, ...)
@@ -259,16 +264,38 @@ rvm_block(struct rvm *vm, int blocked)
 	vm->blocked = blocked;
 }
 
+/* The role change waiting for the VM's session to go runs from a
+ * callback of its own, never inside the session code that freed it. */
+static void
+on_idle(evutil_socket_t fd, short what, void *arg)
+{
+	struct rvm *vm = arg;
+	if (vm->owner != NULL || vm->idle_fn == NULL)
+		return;
+	void (*fn)(void *) = vm->idle_fn;
+	vm->idle_fn = NULL;
+	fn(vm->idle_arg);
+}
+
+static void
+idle_later(struct rvm *vm)
+{
+	struct timeval now = { 0, 0 };
+	if (vm->idle_ev == NULL)
+		vm->idle_ev = evtimer_new(vm->d->base, on_idle, vm);
+	evtimer_add(vm->idle_ev, &now);
+}
+
 void
 rvm_when_idle(struct rvm *vm, void (*fn)(void *), void *arg)
 {
 	vm->blocked = 1;
-	if (vm->owner == NULL) {
-		fn(arg);
-		return;
-	}
 	vm->idle_fn = fn;
 	vm->idle_arg = arg;
+	if (vm->owner == NULL) {
+		idle_later(vm);
+		return;
+	}
 	if (vm->waiting)
 		sess_end(vm->waiting);
 	sess_end(vm->owner);
@@ -283,6 +310,8 @@ replica_remove(struct daemon *d, struct rvm *vm)
 			break;
 		}
 	store_close(vm->st);
+	if (vm->idle_ev)
+		event_free(vm->idle_ev);
 	free(vm);
 }
 
@@ -322,6 +351,7 @@ sess_free(struct rsess *s)
 	free(s->sigq);
 	free(s->basis);
 	free(s->newc);
+	free(s->bdig);
 	wb_free(&s->tmp);
 	wb_free(&s->sigout);
 	if (s->op)
@@ -336,11 +366,8 @@ sess_free(struct rsess *s)
 		welcome(next, vm);
 		sess_read(next->bev, next);	/* what came meanwhile */
 	}
-	if (vm && vm->owner == NULL && vm->idle_fn) {
-		void (*fn)(void *) = vm->idle_fn;
-		vm->idle_fn = NULL;
-		fn(vm->idle_arg);
-	}
+	if (vm && vm->owner == NULL && vm->idle_fn)
+		idle_later(vm);
 }
 
 static void
@@ -478,6 +505,7 @@ stage_cycle(struct rsess *s, const uint8_t *p, size_t len)
 	s->raw_bytes = 0;
 	s->resync = (s->cycle.flags & WIRE_CYCLE_RESYNC) != 0;
 	if (s->resync) {
+		s->unit = wire_sum_unit(s->hello.block_size);
 		s->chunk = wire_chunk_len(s->hello.block_size);
 		s->sums_disk = 0;
 		s->sums_off = 0;
@@ -487,6 +515,8 @@ stage_cycle(struct rsess *s, const uint8_t *p, size_t len)
 		if (s->basis == NULL) {
 			s->basis = xmalloc(s->chunk);
 			s->newc = xmalloc(s->chunk);
+			s->bdig = xcalloc(s->chunk / s->hello.block_size,
+			    sizeof(struct digest));
 		}
 		skip_empty_disks(s);
 		log_info("%s: cycle %" PRIu64 " resynchronises the replica with "
@@ -550,10 +580,46 @@ skip_empty_disks(struct rsess *s)
 	}
 }
 
+/* Sign the replica's range [off, off + len) of the slice in s->basis
+ * that starts at slice, and queue the SIG for the loop to send. */
+static int
+sign_range(struct rsess *s, uint16_t disk, uint64_t slice, uint64_t off,
+    size_t len)
+{
+	int r;
+
+	wb_reset(&s->tmp);
+	if ((r = delta_sign(s->basis + (off - slice), len, WIRE_SIG_BLOCK,
+	    &s->tmp)) != 0)
+		return job_fail(s, WIRE_NACK_INTERNAL, r, "cannot sign disk %u "
+		    "offset %" PRIu64 ": %s", disk, off, rd_strerror(r));
+	struct wire_chunk sig = { .disk = disk, .offset = off,
+	    .length = (uint32_t)len, .payload = s->tmp.p,
+	    .payload_len = s->tmp.len };
+	wire_put_sig(&s->sigout, &sig);
+	if (s->sigq_len == s->sigq_cap) {
+		/* Compact, then grow. */
+		memmove(s->sigq, s->sigq + s->sigq_head,
+		    (s->sigq_len - s->sigq_head) * sizeof(*s->sigq));
+		s->sigq_len -= s->sigq_head;
+		s->sigq_head = 0;
+		if (s->sigq_len == s->sigq_cap) {
+			s->sigq_cap = s->sigq_cap ? 2 * s->sigq_cap : 64;
+			s->sigq = xreallocarray(s->sigq, s->sigq_cap,
+			    sizeof(*s->sigq));
+		}
+	}
+	s->sigq[s->sigq_len++] = (struct sigq){ disk, off, (uint32_t)len };
+	s->nsigs++;
+	return 0;
+}
+
 /*
- * Compare each chunk's digest with the replica's: equal chunks are done
- * (their digests are noted for verify); for the others the replica's
- * content is signed and the SIG queued for the loop to send.
+ * Compare each unit's digest with the replica's: equal units are done
+ * (their block digests are noted for verify); each run of units that
+ * differ is signed and the SIG queued for the loop to send.  The data
+ * is read once, a slice of up to s->chunk bytes at a time; a run never
+ * crosses a slice.
  */
 static int
 stage_sums(struct rsess *s, const uint8_t *p, size_t len)
@@ -569,52 +635,51 @@ stage_sums(struct rsess *s, const uint8_t *p, size_t len)
 		return job_fail(s, WIRE_NACK_PROTOCOL, r, "bad SUMS frame: %s",
 		    rd_strerror(r));
 	if (s->sums_done || m.disk != s->sums_disk || m.offset != s->sums_off ||
-	    m.chunk != s->chunk)
+	    m.chunk != s->unit)
 		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_RANGE, "SUMS for "
 		    "disk %u offset %" PRIu64 " out of order", m.disk, m.offset);
 	uint64_t size = s->cycle.sizes[m.disk];
 	if ((uint64_t)(m.count - 1) * m.chunk >= size - m.offset)
 		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_RANGE, "SUMS "
 		    "past the end of disk %u", m.disk);
-	for (uint16_t i = 0; i < m.count; i++) {
-		uint64_t off = m.offset + (uint64_t)i * m.chunk;
-		size_t n = size - off < m.chunk ? (size_t)(size - off) : m.chunk;
-		struct digest want, have;
-		memcpy(want.b, m.digests + (size_t)i * DIGEST_LEN, DIGEST_LEN);
-		if ((r = store_read(s->vm->st, m.disk, off, n, s->basis, why,
+	uint32_t bs = s->hello.block_size, u = s->unit;
+	uint64_t end = m.offset + (uint64_t)m.count * u;
+	if (end > size)
+		end = size;
+	for (uint64_t slice = m.offset; slice < end; slice += s->chunk) {
+		size_t n = end - slice < s->chunk ? (size_t)(end - slice) :
+		    s->chunk;
+		if ((r = store_read(s->vm->st, m.disk, slice, n, s->basis, why,
 		    sizeof(why))) != 0)
 			return job_fail(s, WIRE_NACK_IO, r, "%s", why);
-		digest_block(s->basis, n, &have);
-		if (digest_equal(&want, &have)) {
-			if ((r = store_note_digests(s->vm->st, m.disk, off,
-			    s->basis, n, why, sizeof(why))) != 0)
-				return job_fail(s, WIRE_NACK_IO, r, "%s", why);
-			continue;
-		}
-		wb_reset(&s->tmp);
-		if ((r = delta_sign(s->basis, n, WIRE_SIG_BLOCK, &s->tmp)) != 0)
-			return job_fail(s, WIRE_NACK_INTERNAL, r, "cannot sign "
-			    "disk %u offset %" PRIu64 ": %s", m.disk, off,
-			    rd_strerror(r));
-		struct wire_chunk sig = { .disk = m.disk, .offset = off,
-		    .length = (uint32_t)n, .payload = s->tmp.p,
-		    .payload_len = s->tmp.len };
-		wire_put_sig(&s->sigout, &sig);
-		if (s->sigq_len == s->sigq_cap) {
-			/* Compact, then grow. */
-			memmove(s->sigq, s->sigq + s->sigq_head,
-			    (s->sigq_len - s->sigq_head) * sizeof(*s->sigq));
-			s->sigq_len -= s->sigq_head;
-			s->sigq_head = 0;
-			if (s->sigq_len == s->sigq_cap) {
-				s->sigq_cap = s->sigq_cap ? 2 * s->sigq_cap : 64;
-				s->sigq = xreallocarray(s->sigq, s->sigq_cap,
-				    sizeof(*s->sigq));
+		digest_blocks(s->basis, n, bs, s->bdig);
+		uint64_t run_off = 0;
+		size_t run_len = 0;
+		for (uint64_t o = slice; o < slice + n; o += u) {
+			size_t ul = slice + n - o < u ? (size_t)(slice + n - o) : u;
+			size_t first = (size_t)((o - slice) / bs);
+			size_t nb = (ul + bs - 1) / bs;
+			struct digest want, have;
+			memcpy(want.b, m.digests + (size_t)((o - m.offset) / u) *
+			    DIGEST_LEN, DIGEST_LEN);
+			digest_chunk(&s->bdig[first], nb, &have);
+			if (!digest_equal(&want, &have)) {
+				if (run_len == 0)
+					run_off = o;
+				run_len += ul;
+				continue;
 			}
+			if (run_len > 0 && (r = sign_range(s, m.disk, slice,
+			    run_off, run_len)) != 0)
+				return r;
+			run_len = 0;
+			if ((r = store_put_digests(s->vm->st, m.disk, o,
+			    &s->bdig[first], nb, why, sizeof(why))) != 0)
+				return job_fail(s, WIRE_NACK_IO, r, "%s", why);
 		}
-		s->sigq[s->sigq_len++] = (struct sigq){ m.disk, off,
-		    (uint32_t)n };
-		s->nsigs++;
+		if (run_len > 0 && (r = sign_range(s, m.disk, slice, run_off,
+		    run_len)) != 0)
+			return r;
 	}
 	s->sums_off = m.offset + (uint64_t)m.count * m.chunk;
 	skip_empty_disks(s);
@@ -664,9 +729,13 @@ stage_delta(struct rsess *s, const uint8_t *p, size_t len)
 	    why, sizeof(why))) != 0)
 		return job_fail(s, WIRE_NACK_IO, r, "%s", why);
 	struct digest have;
+	uint32_t bs = s->hello.block_size;
 	if ((r = delta_patch(s->basis, delta, m.delta_len, s->newc,
-	    m.length)) != 0 || (digest_block(s->newc, m.length, &have),
-	    !digest_equal(&have, &m.hash)))
+	    m.length)) == 0) {
+		digest_blocks(s->newc, m.length, bs, s->bdig);
+		digest_chunk(s->bdig, (m.length + bs - 1) / bs, &have);
+	}
+	if (r != 0 || !digest_equal(&have, &m.hash))
 		return job_fail(s, WIRE_NACK_BAD_DATA, r ? r : RD_ERR_HASH,
 		    "disk %s offset %" PRIu64 ": %s", s->hello.disks[m.disk].name,
 		    m.offset, r ? "bad delta" : "the patched chunk does not "
@@ -676,22 +745,20 @@ stage_delta(struct rsess *s, const uint8_t *p, size_t len)
 	wire_digest_update(&s->dig, &as);
 	s->nframes++;
 	s->raw_bytes += m.length;
-	uint32_t bs = s->hello.block_size;
-	for (uint32_t o = 0; o < m.length; o += bs) {
+	if (s->nframes > 4)
+		fault_point("replica-mid-resync");
+	for (uint32_t o = 0, i = 0; o < m.length; o += bs, i++) {
 		uint32_t n = m.length - o < bs ? m.length - o : bs;
 		const uint8_t *nb = s->newc + o;
-		if (memcmp(nb, s->basis + o, n) == 0) {
-			r = store_note_digests(s->vm->st, m.disk, m.offset + o,
-			    nb, n, why, sizeof(why));
-		} else if (util_is_zero(nb, n)) {
+		if (memcmp(nb, s->basis + o, n) == 0)
+			r = store_put_digests(s->vm->st, m.disk, m.offset + o,
+			    &s->bdig[i], 1, why, sizeof(why));
+		else if (util_is_zero(nb, n))
 			r = store_cycle_put(s->vm->st, m.disk, m.offset + o, n,
 			    NULL, NULL, why, sizeof(why));
-		} else {
-			struct digest d;
-			digest_block(nb, n, &d);
+		else
 			r = store_cycle_put(s->vm->st, m.disk, m.offset + o, n,
-			    nb, &d, why, sizeof(why));
-		}
+			    nb, &s->bdig[i], why, sizeof(why));
 		if (r != 0)
 			return job_fail(s, r == RD_ERR_NOSPACE ?
 			    WIRE_NACK_NOSPACE : WIRE_NACK_IO, r, "%s", why);
@@ -1413,6 +1480,8 @@ replica_fini(struct daemon *d)
 {
 	for (size_t i = 0; i < d->nrvms; i++) {
 		store_close(d->rvms[i]->st);
+		if (d->rvms[i]->idle_ev)
+			event_free(d->rvms[i]->idle_ev);
 		free(d->rvms[i]);
 	}
 	free(d->rvms);

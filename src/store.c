@@ -82,6 +82,7 @@ struct store {
 	char		*test_dir;
 	char		*redo_dir;
 	int		 img[CAT_MAX_DISKS];
+	int		 dig_fd[CAT_MAX_DISKS];	/* store_put_digests() */
 	int		 lock_fd;	/* flock on STORAGE/VM/.lock */
 	struct digest	 zero_digest;
 	int		 test_busy;	/* a test copy is being built */
@@ -295,6 +296,7 @@ remove_staging(struct store *st)
 static int apply_index(struct store *st, const struct stage_index *ix,
     struct cat_point *out, int *rolled_back, char *err, size_t errsz);
 static int recover_rewind(struct store *st, char *err, size_t errsz);
+static void close_digest_fds(struct store *st);
 
 /* Finish a complete staged cycle or abandon an incomplete one. */
 static int
@@ -377,7 +379,7 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 	st->data_fd = -1;
 	st->lock_fd = -1;
 	for (int i = 0; i < CAT_MAX_DISKS; i++)
-		st->img[i] = -1;
+		st->img[i] = st->dig_fd[i] = -1;
 	st->dir = xasprintf("%s/%s", rel->storage, rel->vm);
 	st->staging = xasprintf("%s/.staging", st->dir);
 	st->undo_dir = xasprintf("%s/.undo", st->dir);
@@ -429,6 +431,7 @@ store_close(struct store *st)
 	for (int i = 0; i < CAT_MAX_DISKS; i++)
 		if (st->img[i] >= 0)
 			close(st->img[i]);
+	close_digest_fds(st);
 	if (st->lock_fd >= 0)
 		close(st->lock_fd);
 	wb_free(&st->recs);
@@ -878,34 +881,40 @@ store_read(struct store *st, uint16_t disk, uint64_t off, size_t len,
 }
 
 int
-store_note_digests(struct store *st, uint16_t disk, uint64_t off,
-    const uint8_t *data, size_t len, char *err, size_t errsz)
+store_put_digests(struct store *st, uint16_t disk, uint64_t off,
+    const struct digest *d, size_t n, char *err, size_t errsz)
 {
 	uint32_t bs = st->rel.block_size;
 	if (disk >= st->rel.ndisks || off % bs != 0)
 		return RD_ERR_RANGE;
-	struct wbuf b;
-	wb_init(&b);
-	for (size_t o = 0; o < len; o += bs) {
-		size_t n = len - o < bs ? len - o : bs;
-		struct digest d;
-		if (n == bs && util_is_zero(data + o, n))
-			d = st->zero_digest;
-		else
-			digest_block(data + o, n, &d);
-		wb_put_bytes(&b, d.b, DIGEST_LEN);
+	if (st->dig_fd[disk] < 0) {
+		char *p = disk_path(st, st->digest_dir, disk);
+		st->dig_fd[disk] = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+		if (st->dig_fd[disk] < 0) {
+			snprintf(err, errsz, "cannot open %s: %s", p,
+			    strerror(errno));
+			free(p);
+			return RD_ERR_SYSTEM;
+		}
+		free(p);
 	}
-	char *p = disk_path(st, st->digest_dir, disk);
-	int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
-	int r = fd < 0 ? RD_ERR_SYSTEM : util_pwrite_full(fd, b.p, b.len,
+	int r = util_pwrite_full(st->dig_fd[disk], d, n * sizeof(*d),
 	    (off_t)(off / bs * DIGEST_LEN));
 	if (r != 0)
-		snprintf(err, errsz, "cannot write %s: %s", p, strerror(errno));
-	if (fd >= 0)
-		close(fd);
-	free(p);
-	wb_free(&b);
+		snprintf(err, errsz, "cannot write the digests of %s: %s",
+		    st->rel.disks[disk].name, strerror(errno));
 	return r;
+}
+
+/* Digest files opened by store_put_digests(), closed with the cycle. */
+static void
+close_digest_fds(struct store *st)
+{
+	for (int i = 0; i < CAT_MAX_DISKS; i++)
+		if (st->dig_fd[i] >= 0) {
+			close(st->dig_fd[i]);
+			st->dig_fd[i] = -1;
+		}
 }
 
 /* --- receiving a cycle --------------------------------------------------- */
@@ -1038,6 +1047,7 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 void
 store_cycle_abort(struct store *st)
 {
+	close_digest_fds(st);
 	if (!st->active)
 		return;
 	if (st->data_fd >= 0)
@@ -1384,6 +1394,11 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 
 	if (!st->active)
 		return RD_ERR_STATE;
+	for (int i = 0; i < CAT_MAX_DISKS; i++)
+		if (st->dig_fd[i] >= 0 && fsync(st->dig_fd[i]) != 0)
+			log_warn("%s: fsync of the digests of disk %d", st->rel.vm,
+			    i);
+	close_digest_fds(st);
 	uint64_t t0 = util_mono_ms();
 	if (fdatasync(st->data_fd) != 0) {
 		snprintf(err, errsz, "cannot sync staging: %s", strerror(errno));

@@ -275,6 +275,21 @@ trk_read_range(struct tracker *t, uint16_t disk, uint64_t off, size_t len,
 	return 0;
 }
 
+int
+trk_range_digest(const struct tracker *t, uint16_t disk, uint64_t off,
+    size_t len, struct digest *out)
+{
+	if (!t->active || disk >= t->ndisks || len == 0)
+		return RD_ERR_STATE;
+	const struct trk_disk *d = &t->disks[disk];
+	uint64_t first = off / t->block_size;
+	uint64_t n = (len + t->block_size - 1) / t->block_size;
+	if (first > d->next.nblocks || n > d->next.nblocks - first)
+		return RD_ERR_RANGE;
+	digest_chunk(&d->next.d[first], (size_t)n, out);
+	return 0;
+}
+
 void
 trk_add_dirty(struct tracker *t, uint64_t bytes)
 {

@@ -69,6 +69,10 @@ expect_usage -s "$SOCK" reverse web01 --to nohost
 expect_usage -s "$SOCK" reverse web01 --to host:0
 expect_usage -s "$SOCK" reverse web01 --to host:99999
 expect_usage -s "$SOCK" reverse web01 --to ::1:873
+expect_usage -s "$SOCK" reverse web01 --to host:1 --name
+expect_usage -s "$SOCK" reverse web01 --to host:1 --name 'a b'
+expect_usage -s "$SOCK" reverse web01 --to host:1 --name ''
+expect_usage -s "$SOCK" sync web01 --name host
 expect_usage -s "$SOCK" sync web01 --json
 expect_usage -s "$SOCK" sync web01 --wait=yes
 expect_usage -x status
@@ -88,6 +92,9 @@ expect 3 'cannot reach' -s "$SOCK" failover --test web01 --point=0042
 expect 3 'cannot reach' -s "$SOCK" failover web01 --test --cleanup
 expect 3 'cannot reach' -s "$SOCK" failover web01 --planned
 expect 3 'cannot reach' -s "$SOCK" reverse web01 --to '[::1]:873'
+expect 3 'cannot reach' -s "$SOCK" reverse web01 --to h.example:7000 --name h.example --wait
+expect 3 'cannot reach' -s "$SOCK" resync web01 --wait
+expect 3 'cannot reach' -s "$SOCK" failover web01 --commit
 expect 3 'cannot reach' -s "$SOCK" forget web01 --point 18446744073709551615
 expect 3 'cannot reach' -s "$SOCK" prune --dry-run
 

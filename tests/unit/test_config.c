@@ -306,6 +306,43 @@ test_comments(void **state)
 	config_free(cfg);
 }
 
+/* Failover hooks, in [vm] and in [accept]; unset is NULL. */
+static void
+test_role_hooks(void **state)
+{
+	struct config *cfg = load_ok(
+	    "[daemon]\nstate_dir = /s\nlisten = 0.0.0.0:7000\n"
+	    "tls_cert = /c\ntls_key = /k\ntls_ca = /a\n"
+	    "[vm web01]\ndisk = /img/web01.raw\nreplica = b:1\n"
+	    "on_demote = /hooks/stop web01\n"
+	    "on_promote = /hooks/start \"web 01\"\n"
+	    "[vm db01]\ndisk = /img/db01.raw\nreplica = b:1\n"
+	    "[accept backup]\nvms = web01\n"
+	    "on_promote = virsh start $REPLICAD_VM\n"
+	    "on_demote = virsh shutdown $REPLICAD_VM\n"
+	    "[accept other]\n");
+
+	assert_string_equal(cfg->vms[0].on_demote, "/hooks/stop web01");
+	assert_string_equal(cfg->vms[0].on_promote, "/hooks/start \"web 01\"");
+	assert_null(cfg->vms[1].on_demote);
+	assert_null(cfg->vms[1].on_promote);
+	assert_string_equal(cfg->accepts[0].on_promote,
+	    "virsh start $REPLICAD_VM");
+	assert_string_equal(cfg->accepts[0].on_demote,
+	    "virsh shutdown $REPLICAD_VM");
+	assert_null(cfg->accepts[1].on_promote);
+	assert_null(cfg->accepts[1].on_demote);
+	config_free(cfg);
+
+	/* Given twice: an error naming the second line. */
+	char err[512];
+	assert_int_equal(load("[daemon]\nstate_dir = /s\ntls_cert = /c\n"
+	    "tls_key = /k\ntls_ca = /a\n[vm web01]\ndisk = /d\nreplica = b:1\n"
+	    "on_promote = a\non_promote = b\n", &cfg, err, sizeof(err)),
+	    RD_ERR_INVALID);
+	assert_non_null(strstr(err, ":10: [vm web01] on_promote:"));
+}
+
 static void
 test_line_limit(void **state)
 {
@@ -652,6 +689,7 @@ main(void)
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_values),
 		cmocka_unit_test(test_comments),
+		cmocka_unit_test(test_role_hooks),
 		cmocka_unit_test(test_line_limit),
 		cmocka_unit_test(test_file_errors),
 		cmocka_unit_test(test_match_accept),
