@@ -38,6 +38,10 @@ typedef void (*failover_done_fn)(void *arg, int rc, const char *message);
  * failover (no [vm] section) or whose failover is not committed. */
 void	failover_init(struct daemon *d);
 
+/* After the [vm] primaries exist: a planned failover cut off by a crash
+ * is settled by the next cycle. */
+void	failover_resume(struct daemon *d);
+
 /* replctl failover VM [--point ID] (point 0: the newest). */
 void	failover_unplanned(struct daemon *d, const char *vm, uint64_t point,
 	    failover_done_fn done, void *arg);

@@ -68,6 +68,10 @@ struct pvm *pvm_new_owned(struct daemon *d, struct cfg_vm *cfg);
 const struct cfg_vm *pvm_cfg(const struct pvm *vm);
 uint64_t pvm_generation(const struct pvm *vm);
 int	pvm_has_replica(const struct pvm *vm);
+/* After a handover that may or may not have happened: fn(arg, 1) once a
+ * replica welcomes this host at its generation (it did not), fn(arg, 0)
+ * if the replica fences it (it did), fn(arg, -1) if the VM goes first. */
+void	pvm_confirm(struct pvm *vm, void (*fn)(void *, int), void *arg);
 /* No cycles while held (an unplanned failover not yet committed). */
 void	pvm_hold(struct pvm *vm, int hold);
 /* Stop the VM's cycles for good (a role change): fn(arg) is called from

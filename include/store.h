@@ -75,6 +75,19 @@ int	store_cycle_commit(struct store *st, struct cat_point *out,
 /* Abandon the cycle being received. */
 void	store_cycle_abort(struct store *st);
 
+/* The recorded digests of n blocks from off (all zero bytes where none
+ * is recorded: unknown). */
+int	store_get_digests(struct store *st, uint16_t disk, uint64_t off,
+	    struct digest *d, size_t n);
+/*
+ * Write back the newest point's true content of a damaged range (its
+ * digest is recorded and the caller checked data against it): the image
+ * becomes again what the point says, so the cycle's undo data will hold
+ * the right old content.  Only below the newest point's disk size.
+ */
+int	store_repair(struct store *st, uint16_t disk, uint64_t off,
+	    const uint8_t *data, size_t len, char *err, size_t errsz);
+
 /*
  * Unplanned failover: move the images to point target (0: the newest),
  * older or newer than the point they hold, keeping what each step

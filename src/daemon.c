@@ -84,6 +84,7 @@ daemon_init(struct config *cfg)
 		}
 		daemon_add_pvm(d, pvm_new(d, &cfg->vms[i]));
 	}
+	failover_resume(d);
 	return d;
 }
 

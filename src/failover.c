@@ -213,18 +213,24 @@ run_role_hook(struct fo *f, const struct cat_rel *rel, int promote,
  * dies in between: a marker, STATE_DIR/hooks/VM.on_promote, is written
  * before the catalog changes and removed once the hook ran; start-up runs
  * the hook of a marker whose VM is primary, and drops the others.
+ *
+ * Likewise STATE_DIR/hooks/VM.handover marks a planned failover under way
+ * on the old primary, from before on_demote until its end.  If it is cut
+ * off, the next replica that welcomes this host at its old generation
+ * shows that the handover did not happen: on_promote runs again here;
+ * a replica that fences it shows that it did.
  */
 static char *
-marker_path(struct daemon *d, const char *vm)
+marker_path(struct daemon *d, const char *vm, const char *kind)
 {
-	return xasprintf("%s/hooks/%s.on_promote", d->cfg->state_dir, vm);
+	return xasprintf("%s/hooks/%s.%s", d->cfg->state_dir, vm, kind);
 }
 
 static void
-marker_set(struct daemon *d, const char *vm)
+marker_set_kind(struct daemon *d, const char *vm, const char *kind)
 {
 	char *dir = xasprintf("%s/hooks", d->cfg->state_dir);
-	char *p = marker_path(d, vm);
+	char *p = marker_path(d, vm, kind);
 	if (util_mkdir_p(dir, 0700) != 0 || util_write_atomic(p, "", 0) != 0)
 		log_warn("%s: cannot write %s", vm, p);
 	free(dir);
@@ -232,12 +238,16 @@ marker_set(struct daemon *d, const char *vm)
 }
 
 static void
-marker_clear(struct daemon *d, const char *vm)
+marker_clear_kind(struct daemon *d, const char *vm, const char *kind)
 {
-	char *p = marker_path(d, vm);
+	char *p = marker_path(d, vm, kind);
 	unlink(p);
 	free(p);
 }
+
+#define marker_set(d, vm)	marker_set_kind(d, vm, "on_promote")
+#define marker_clear(d, vm)	marker_clear_kind(d, vm, "on_promote")
+#define HANDOVER		"handover"
 
 static void
 job_pending_hook(void *arg)
@@ -255,6 +265,62 @@ static void
 pending_hook_done(void *arg)
 {
 	free(arg);
+}
+
+static void arm_confirm(struct daemon *d, struct pvm *vm);
+
+static void
+job_confirmed(void *arg)
+{
+	struct fo *f = arg;
+	if (fo_rel(f, &f->rel) == 0) {
+		log_info("%s: the cut-off handover did not happen: running "
+		    "on_promote again", f->vm);
+		if (run_role_hook(f, &f->rel, 1, f->rel.last_point) != 0)
+			log_warnx("%s: on_promote failed: %s", f->vm,
+			    f->hookmsg);
+	}
+	marker_clear_kind(f->d, f->vm, HANDOVER);
+}
+
+static void
+confirmed(void *arg, int still_ours)
+{
+	struct fo *f = arg;
+	if (still_ours < 0) {
+		free(f);	/* the marker stays for the next start */
+		return;
+	}
+	if (still_ours) {
+		work_submit(job_confirmed, pending_hook_done, f);
+		return;
+	}
+	log_info("%s: the cut-off handover happened: the new primary makes "
+	    "this host its replica", f->vm);
+	marker_clear_kind(f->d, f->vm, HANDOVER);
+	free(f);
+}
+
+static void
+arm_confirm(struct daemon *d, struct pvm *vm)
+{
+	struct fo *f = fo_new(d, pvm_name(vm), NULL, NULL);
+	pvm_confirm(vm, confirmed, f);
+}
+
+void
+failover_resume(struct daemon *d)
+{
+	for (size_t i = 0; i < d->npvms; i++) {
+		const char *vm = pvm_name(d->pvms[i]);
+		char *p = marker_path(d, vm, HANDOVER);
+		if (access(p, F_OK) == 0) {
+			log_warnx("%s: a planned failover was cut off; the next "
+			    "cycle tells whether it happened", vm);
+			arm_confirm(d, d->pvms[i]);
+		}
+		free(p);
+	}
 }
 
 /* --- start-up ------------------------------------------------------------ */
@@ -285,7 +351,7 @@ failover_init(struct daemon *d)
 			start_primary(d, rel);
 	}
 	for (size_t i = 0; i < n; i++) {
-		char *p = marker_path(d, rels[i].vm);
+		char *p = marker_path(d, rels[i].vm, "on_promote");
 		int pending = access(p, F_OK) == 0;
 		free(p);
 		if (!pending)
@@ -707,12 +773,14 @@ job_planned_demote_hook(void *arg)
 		return;
 	f->rel = rel;
 	rel.generation++;
+	marker_set_kind(f->d, f->vm, HANDOVER);
 	if (run_role_hook(f, &rel, 0, rel.last_point) != 0) {
 		snprintf(f->msg, sizeof(f->msg), "on_demote failed: %s",
 		    f->hookmsg);
 		f->rc = RD_ERR_PEER;
 		/* Left as it was. */
 		run_role_hook(f, &f->rel, 1, f->rel.last_point);
+		marker_clear_kind(f->d, f->vm, HANDOVER);
 	}
 }
 
@@ -721,6 +789,7 @@ job_restore_primary(void *arg)
 {
 	struct fo *f = arg;
 	run_role_hook(f, &f->rel, 1, f->rel.last_point);
+	marker_clear_kind(f->d, f->vm, HANDOVER);
 }
 
 static void
@@ -772,6 +841,8 @@ job_planned_demote(void *arg)
 		    "will fail until the next resync", f->vm);
 	f->rc = record_replica(f, &rel, gen, f->acc->name, f->acc->storage,
 	    cycle);
+	if (f->rc == 0)
+		marker_clear_kind(f->d, f->vm, HANDOVER);
 	f->rel = rel;
 }
 
@@ -816,11 +887,13 @@ handed_over(void *arg, int rc, const char *error)
 	snprintf(f->msg, sizeof(f->msg), "%s", error ? error : "failed");
 	if (rc == RD_ERR_STATE) {
 		/* PROMOTE went out and no answer came: the replica may have
-		 * taken over.  Starting the guest here could run it twice. */
+		 * taken over.  Starting the guest here could run it twice;
+		 * the next cycle tells (confirm_handover). */
+		arm_confirm(f->d, f->pvm);
 		fo_finish(f, rc, "%s: the handover's outcome is unknown (%s); "
-		    "check the other host: if it is primary this host follows "
-		    "as its replica, else replctl resume %s here", f->vm,
-		    f->msg, f->vm);
+		    "the next cycle tells: if the other host took over, this "
+		    "host becomes its replica, else on_promote runs here again",
+		    f->vm, f->msg);
 		return;
 	}
 	work_submit(job_restore_primary, restore_done, f);

@@ -175,6 +175,9 @@ struct pvm {
 	void			(*retire_fn)(void *);
 	void			*retire_arg;
 	struct event		*retire_ev;
+	/* an interrupted handover: told whether the replica is still ours */
+	void			(*confirm_fn)(void *, int);
+	void			*confirm_arg;
 };
 
 struct fence_job {
@@ -381,6 +384,11 @@ sess_fail(struct psess *s, int code, const char *fmt, ...)
 	snprintf(vm->error, sizeof(vm->error), "%s", msg);
 	vm->failures++;
 	int promote_sent = s->promote_sent, handover = s->handover;
+	if (code == RD_ERR_FENCED && vm->confirm_fn) {
+		void (*fn)(void *, int) = vm->confirm_fn;
+		vm->confirm_fn = NULL;
+		fn(vm->confirm_arg, 0);
+	}
 	if (code == RD_ERR_FENCED) {
 		if (vm->state != PVM_FENCED) {
 			/* Remembered across restarts: a stale primary stays
@@ -1074,6 +1082,13 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 		    "primary", w.generation, vm->generation);
 		return;
 	}
+	if (vm->confirm_fn) {
+		/* The replica is still at this host's generation: a handover
+		 * that was cut off did not happen. */
+		void (*fn)(void *, int) = vm->confirm_fn;
+		vm->confirm_fn = NULL;
+		fn(vm->confirm_arg, 1);
+	}
 	s->replica_cycle = w.last_cycle;
 	/*
 	 * Where the tracker cannot prove what the replica holds, but the
@@ -1508,6 +1523,13 @@ pvm_has_replica(const struct pvm *vm)
 }
 
 void
+pvm_confirm(struct pvm *vm, void (*fn)(void *, int), void *arg)
+{
+	vm->confirm_fn = fn;
+	vm->confirm_arg = arg;
+}
+
+void
 pvm_hold(struct pvm *vm, int hold)
 {
 	vm->held = hold;
@@ -1559,6 +1581,8 @@ pvm_free(struct pvm *vm)
 	trk_close(vm->trk);
 	event_free(vm->timer);
 	event_free(vm->retire_ev);
+	if (vm->confirm_fn)
+		vm->confirm_fn(vm->confirm_arg, -1);	/* forget it */
 	if (vm->owned_cfg)
 		cfg_vm_free(vm->owned_cfg);
 	free(vm->handover);

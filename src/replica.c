@@ -131,6 +131,9 @@ struct rsess {
 	uint8_t			*basis;		/* chunk buffers */
 	uint8_t			*newc;
 	struct digest		*bdig;		/* a chunk's block digests */
+	struct digest		*rdig;		/* the digests recorded for it */
+	uint64_t		 repaired;	/* damaged blocks put right */
+	uint64_t		 lost;		/* damaged and changed since */
 	struct wbuf		 tmp;
 	struct wbuf		 sigout;	/* SIG frames for the loop */
 };
@@ -352,6 +355,7 @@ sess_free(struct rsess *s)
 	free(s->basis);
 	free(s->newc);
 	free(s->bdig);
+	free(s->rdig);
 	wb_free(&s->tmp);
 	wb_free(&s->sigout);
 	if (s->op)
@@ -511,11 +515,14 @@ stage_cycle(struct rsess *s, const uint8_t *p, size_t len)
 		s->sums_off = 0;
 		s->sums_done = 0;
 		s->nsigs = 0;
+		s->repaired = s->lost = 0;
 		s->sigq_head = s->sigq_len = 0;
 		if (s->basis == NULL) {
 			s->basis = xmalloc(s->chunk);
 			s->newc = xmalloc(s->chunk);
 			s->bdig = xcalloc(s->chunk / s->hello.block_size,
+			    sizeof(struct digest));
+			s->rdig = xcalloc(s->chunk / s->hello.block_size,
 			    sizeof(struct digest));
 		}
 		skip_empty_disks(s);
@@ -747,18 +754,48 @@ stage_delta(struct rsess *s, const uint8_t *p, size_t len)
 	s->raw_bytes += m.length;
 	if (s->nframes > 4)
 		fault_point("replica-mid-resync");
+	/*
+	 * A block that differs may differ because the replica's copy was
+	 * damaged (its content no longer matches the digest recorded when
+	 * it was applied).  If the new content is what was recorded, the
+	 * damage is simply put right in place: the newest point becomes
+	 * true again, and its undo data stays exact.  If the block also
+	 * changed on the primary, its content at the older points is lost.
+	 */
+	static const struct digest unknown;
+	struct cat_rel rel;
+	store_rel(s->vm->st, &rel);
+	uint64_t old_size = rel.disks[m.disk].size;
+	store_get_digests(s->vm->st, m.disk, m.offset, s->rdig,
+	    (m.length + bs - 1) / bs);
 	for (uint32_t o = 0, i = 0; o < m.length; o += bs, i++) {
 		uint32_t n = m.length - o < bs ? m.length - o : bs;
 		const uint8_t *nb = s->newc + o;
-		if (memcmp(nb, s->basis + o, n) == 0)
+		struct digest was;
+		if (memcmp(nb, s->basis + o, n) == 0) {
 			r = store_put_digests(s->vm->st, m.disk, m.offset + o,
 			    &s->bdig[i], 1, why, sizeof(why));
-		else if (util_is_zero(nb, n))
+			goto next;
+		}
+		if (m.offset + o + n <= old_size &&
+		    !digest_equal(&s->rdig[i], &unknown) &&
+		    (digest_block(s->basis + o, n, &was),
+		    !digest_equal(&was, &s->rdig[i]))) {
+			if (digest_equal(&s->bdig[i], &s->rdig[i])) {
+				r = store_repair(s->vm->st, m.disk, m.offset + o,
+				    nb, n, why, sizeof(why));
+				s->repaired++;
+				goto next;
+			}
+			s->lost++;
+		}
+		if (util_is_zero(nb, n))
 			r = store_cycle_put(s->vm->st, m.disk, m.offset + o, n,
 			    NULL, NULL, why, sizeof(why));
 		else
 			r = store_cycle_put(s->vm->st, m.disk, m.offset + o, n,
 			    nb, &s->bdig[i], why, sizeof(why));
+next:
 		if (r != 0)
 			return job_fail(s, r == RD_ERR_NOSPACE ?
 			    WIRE_NACK_NOSPACE : WIRE_NACK_IO, r, "%s", why);
@@ -779,6 +816,13 @@ stage_end(struct rsess *s, const uint8_t *p, size_t len)
 	if (s->resync && (!s->sums_done || s->sigq_head != s->sigq_len))
 		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_STATE, "END before "
 		    "every chunk was compared and patched");
+	if (s->repaired)
+		log_warnx("%s: %" PRIu64 " damaged blocks of the replica put "
+		    "right from the primary's copy", s->vm->name, s->repaired);
+	if (s->lost)
+		log_warnx("%s: %" PRIu64 " damaged blocks had changed on the "
+		    "primary too: points older than this cycle hold the damaged "
+		    "content in them", s->vm->name, s->lost);
 	wire_digest_final(&s->dig, &d);
 	if (e.cycle != s->cycle.cycle || e.nframes != s->nframes ||
 	    e.raw_bytes != s->raw_bytes || !digest_equal(&d, &e.digest))

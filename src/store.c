@@ -906,6 +906,46 @@ store_put_digests(struct store *st, uint16_t disk, uint64_t off,
 	return r;
 }
 
+int
+store_get_digests(struct store *st, uint16_t disk, uint64_t off,
+    struct digest *d, size_t n)
+{
+	uint32_t bs = st->rel.block_size;
+	memset(d, 0, n * sizeof(*d));
+	if (disk >= st->rel.ndisks || off % bs != 0)
+		return RD_ERR_RANGE;
+	char *p = disk_path(st, st->digest_dir, disk);
+	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	free(p);
+	if (fd < 0)
+		return 0;		/* none recorded: all unknown */
+	ssize_t got = pread(fd, d, n * sizeof(*d), (off_t)(off / bs *
+	    DIGEST_LEN));
+	close(fd);
+	if (got < 0)
+		memset(d, 0, n * sizeof(*d));
+	return 0;
+}
+
+int
+store_repair(struct store *st, uint16_t disk, uint64_t off,
+    const uint8_t *data, size_t len, char *err, size_t errsz)
+{
+	int r = 0;
+	if (disk >= st->rel.ndisks)
+		return RD_ERR_RANGE;
+	pthread_mutex_lock(&st->lock);
+	if (off + len > st->rel.disks[disk].size) {
+		r = RD_ERR_RANGE;
+	} else if ((r = util_pwrite_full(st->img[disk], data, len,
+	    (off_t)off)) != 0) {
+		snprintf(err, errsz, "cannot repair the replica of %s: %s",
+		    st->rel.disks[disk].name, strerror(errno));
+	}
+	pthread_mutex_unlock(&st->lock);
+	return r;
+}
+
 /* Digest files opened by store_put_digests(), closed with the cycle. */
 static void
 close_digest_fds(struct store *st)
