@@ -1,9 +1,11 @@
 # replicad — GNU make build.  `make`, `make check`, `make demo`, `make bench`.
-# V=1 shows the commands; PREFIX / DESTDIR for `make install`.
+# V=1 shows the commands; PREFIX / DESTDIR for `make install` (HOOKDIR: the
+# example failover hooks, PREFIX/lib/replicad/hooks).
 
 PREFIX  ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
 MANDIR  ?= $(PREFIX)/share/man
+HOOKDIR ?= $(PREFIX)/lib/replicad/hooks
 CC      ?= cc
 BUILD   := build
 
@@ -118,6 +120,9 @@ install: all
 	install -m 755 replicad replctl $(DESTDIR)$(SBINDIR)
 	install -m 644 man/replicad.conf.5 $(DESTDIR)$(MANDIR)/man5
 	install -m 644 man/replicad.8 man/replctl.8 $(DESTDIR)$(MANDIR)/man8
+	install -d $(DESTDIR)$(HOOKDIR)
+	install -m 755 tools/hooks/libvirt-on-demote tools/hooks/libvirt-on-promote \
+	    $(DESTDIR)$(HOOKDIR)
 
 clean:
 	rm -rf $(BUILD) replicad replctl

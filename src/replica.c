@@ -606,8 +606,9 @@ sign_range(struct rsess *s, uint16_t disk, uint64_t slice, uint64_t off,
 	wire_put_sig(&s->sigout, &sig);
 	if (s->sigq_len == s->sigq_cap) {
 		/* Compact, then grow. */
-		memmove(s->sigq, s->sigq + s->sigq_head,
-		    (s->sigq_len - s->sigq_head) * sizeof(*s->sigq));
+		if (s->sigq_head > 0)
+			memmove(s->sigq, s->sigq + s->sigq_head,
+			    (s->sigq_len - s->sigq_head) * sizeof(*s->sigq));
 		s->sigq_len -= s->sigq_head;
 		s->sigq_head = 0;
 		if (s->sigq_len == s->sigq_cap) {
