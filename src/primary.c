@@ -1112,13 +1112,21 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 		base = w.last_cycle;
 	if (trk_cycle(vm->trk) > base)
 		base = trk_cycle(vm->trk);
+	if (base >= UINT64_MAX - 1) {
+		/* No cycle id is left above it (and 0 means "none"). */
+		sess_fail(s, RD_ERR_PEER, "the replica reports last cycle %"
+		    PRIu64 ", which leaves no cycle id", w.last_cycle);
+		return;
+	}
 	s->cycle = base + 1;
 	s->created_ms = (int64_t)util_now_ms();
 	s->st = PS_SEND;
 	wire_digest_init(&s->dig);
-	/* Sending: no reply is due until END, only writes may time out. */
-	struct timeval wtv = { SEND_TIMEOUT_S, 0 };
-	bufferevent_set_timeouts(s->bev, NULL, &wtv);
+	/* Sending: no reply is due until END, only writes may time out; a
+	 * resync waits for SIGs, which a replica comparing a large disk
+	 * may take as long to send as an ACK. */
+	struct timeval wtv = { SEND_TIMEOUT_S, 0 }, rtv = { ACK_TIMEOUT_S, 0 };
+	bufferevent_set_timeouts(s->bev, s->resync ? &rtv : NULL, &wtv);
 	maybe_produce(s);
 }
 

@@ -112,7 +112,7 @@ struct rsess {
 	struct cat_point	 point;
 	int			 committed;
 	struct sess_op		*op;	/* a role change the session waits for */
-	int			 promote;	/* PROMOTE being recorded */
+	uint64_t		 acked;		/* cycle ACKed in this session */
 	struct wbuf		 out;
 	/* a resynchronising cycle (wire.h): touched by jobs only */
 	int			 resync;
@@ -911,6 +911,7 @@ stage_done(void *arg)
 		wb_reset(&s->out);
 		wire_put_ack(&s->out, &a);
 		netio_send(s->bev, &s->out);
+		s->acked = a.cycle;
 		s->state = RS_READY;
 		s->committed = 0;
 	}
@@ -1030,11 +1031,13 @@ on_promote(struct rsess *s, const uint8_t *p, size_t len)
 		return;
 	}
 	store_rel(s->vm->st, &rel);
-	if (m.cycle != rel.last_cycle || m.generation != rel.generation + 1 ||
+	if (m.cycle != s->acked || m.cycle != rel.last_cycle ||
+	    m.generation != rel.generation + 1 ||
 	    s->hello.generation != rel.generation) {
 		sess_refuse(s, WIRE_NACK_PROTOCOL, "PROMOTE for cycle %" PRIu64
-		    " generation %" PRIu64 " does not follow this replica "
-		    "(cycle %" PRIu64 ", generation %" PRIu64 ")", m.cycle,
+		    " generation %" PRIu64 " does not follow a cycle this "
+		    "session acknowledged (cycle %" PRIu64 ", generation %"
+		    PRIu64 ")", m.cycle,
 		    m.generation, rel.last_cycle, rel.generation);
 		return;
 	}

@@ -208,6 +208,85 @@ def promote(cycle_id, generation, listen):
     return frame(PROMOTE, struct.pack(">QQ", cycle_id, generation) + wstr(listen))
 
 
+def welcome(generation, last_cycle=0, last_point=0, flags=0, version=VERSION):
+    """WELCOME (replica -> primary), for a hand-driven replica."""
+    return frame(WELCOME, struct.pack(">HQQQB", version, generation, last_cycle,
+                                      last_point, flags))
+
+
+def promoted(generation):
+    """PROMOTED (replica -> primary)."""
+    return frame(PROMOTED, struct.pack(">Q", generation))
+
+
+# --- librsync formats (src/delta.c) ------------------------------------------
+
+RS_DELTA_MAGIC = 0x72730236        # "rs\x02\x36"
+RS_BLAKE2_SIG_MAGIC = 0x72730137   # "rs\x01\x37"
+SIG_BLOCK = 4096                   # WIRE_SIG_BLOCK
+RS_STRONG_LEN = 16                 # DELTA_STRONG_LEN
+
+
+def _uint_width(v):
+    """Index (0..3) of the smallest of 1, 2, 4, 8 bytes that holds v."""
+    for i, w in enumerate((1, 2, 4, 8)):
+        if v < 1 << (8 * w):
+            return i
+    raise ValueError(v)
+
+
+def rs_literal(content):
+    """One LITERAL command: 0x01-0x40 for 1-64 bytes, else 0x41-0x44 with
+    the length in 1, 2, 4 or 8 bytes; then the bytes."""
+    n = len(content)
+    if 1 <= n <= 64:
+        return bytes([n]) + content
+    i = _uint_width(n)
+    return bytes([0x41 + i]) + n.to_bytes(1 << i, "big") + content
+
+
+def rs_copy(pos, n):
+    """One COPY command: op 0x45 + 4 * k(pos) + k(len), where the position
+    takes 1 << k(pos) bytes and the length 1 << k(len)."""
+    a, b = _uint_width(pos), _uint_width(n)
+    return (bytes([0x45 + 4 * a + b]) + pos.to_bytes(1 << a, "big")
+            + n.to_bytes(1 << b, "big"))
+
+
+def rs_delta(*commands, magic=RS_DELTA_MAGIC, end=True):
+    """A librsync delta: magic, the given encoded commands, END (0x00)."""
+    return struct.pack(">I", magic) + b"".join(commands) + (b"\0" if end else b"")
+
+
+def rs_literal_delta(content):
+    """The delta that turns any basis of len(content) bytes into content: one
+    LITERAL of the whole range.  Valid whatever the signature was."""
+    return rs_delta(rs_literal(content))
+
+
+def rs_rollsum(block):
+    """librsync's rollsum of one block (bytes offset by 31), as the weak sum
+    of a signature: s2 << 16 | s1, each kept to 16 bits."""
+    n = len(block)
+    s1 = sum(block) + 31 * n
+    s2 = sum(map(int.__mul__, range(n, 0, -1), block)) + 31 * n * (n + 1) // 2
+    return ((s2 & 0xFFFF) << 16) | (s1 & 0xFFFF)
+
+
+def rs_signature(basis, block_len=SIG_BLOCK, magic=RS_BLAKE2_SIG_MAGIC,
+                 strong_len=RS_STRONG_LEN):
+    """The librsync signature of basis: magic, block_len, strong_len, then
+    per block (the last one possibly short) its rollsum and the first
+    strong_len bytes of its BLAKE2b-256."""
+    import hashlib
+    out = struct.pack(">III", magic, block_len, strong_len)
+    for o in range(0, len(basis), block_len):
+        b = basis[o:o + block_len]
+        out += struct.pack(">I", rs_rollsum(b))
+        out += hashlib.blake2b(b, digest_size=32).digest()[:strong_len]
+    return out
+
+
 # --- decoders --------------------------------------------------------------
 
 def decode_welcome(p):
@@ -241,6 +320,53 @@ def decode_sigend(p):
 def decode_promoted(p):
     (g,) = struct.unpack(">Q", p)
     return {"generation": g}
+
+
+def decode_hello(p):
+    magic, version = struct.unpack(">IH", p[:6])
+    i = 6
+    (n,) = struct.unpack(">H", p[i:i + 2])
+    vm = p[i + 2:i + 2 + n].decode(errors="replace")
+    i += 2 + n
+    generation, block_size, interval_ms, ndisks = struct.unpack(">QIQH", p[i:i + 22])
+    i += 22
+    disks = []
+    for _ in range(ndisks):
+        (n,) = struct.unpack(">H", p[i:i + 2])
+        name = p[i + 2:i + 2 + n].decode(errors="replace")
+        i += 2 + n
+        (size,) = struct.unpack(">Q", p[i:i + 8])
+        i += 8
+        disks.append((name, size))
+    return {"magic": magic, "version": version, "vm": vm,
+            "generation": generation, "block_size": block_size,
+            "interval_ms": interval_ms, "disks": disks}
+
+
+def decode_cycle(p):
+    c, created, kind, flags, n = struct.unpack(">QQBBH", p[:20])
+    sizes = list(struct.unpack(">%dQ" % n, p[20:20 + 8 * n]))
+    return {"cycle": c, "created_ms": created, "kind": kind, "flags": flags,
+            "sizes": sizes}
+
+
+def decode_sums(p):
+    disk, offset, unit, count = struct.unpack(">HQIH", p[:SUMS_HDR])
+    b = p[SUMS_HDR:]
+    return {"disk": disk, "offset": offset, "unit": unit, "count": count,
+            "digests": [b[i:i + DIGEST_LEN] for i in range(0, len(b), DIGEST_LEN)]}
+
+
+def decode_delta(p):
+    disk, offset, length, enc, dlen = struct.unpack(">HQIBI", p[:DELTA_HDR - DIGEST_LEN])
+    return {"disk": disk, "offset": offset, "length": length, "encoding": enc,
+            "delta_len": dlen, "hash": p[DELTA_HDR - DIGEST_LEN:DELTA_HDR],
+            "payload": p[DELTA_HDR:]}
+
+
+def decode_end(p):
+    c, n, raw = struct.unpack(">QQQ", p[:24])
+    return {"cycle": c, "nframes": n, "raw_bytes": raw, "digest": p[24:40]}
 
 
 def describe(fr):
