@@ -762,6 +762,9 @@ failover_demote(struct daemon *d, const struct wire_hello *h,
 
 /* --- planned failover, primary side -------------------------------------- */
 
+static int probe(struct daemon *d, const char *to, const char *name,
+    char *err, size_t errsz);
+
 static void
 job_planned_demote_hook(void *arg)
 {
@@ -771,6 +774,11 @@ job_planned_demote_hook(void *arg)
 
 	if ((r = fo_rel(f, &rel)) != 0)
 		return;
+	/* Before anything stops: the replica answers, with its certificate. */
+	if ((r = probe(f->d, f->to, f->identity, f->msg, sizeof(f->msg))) != 0) {
+		f->rc = r;
+		return;
+	}
 	f->rel = rel;
 	rel.generation++;
 	marker_set_kind(f->d, f->vm, HANDOVER);
@@ -957,8 +965,18 @@ failover_planned(struct daemon *d, const char *vm, failover_done_fn done,
 		    "primary", vm);
 		return;
 	}
+	/* The final cycle runs with the guest stopped: the replica must
+	 * be a recent copy, so that it is short. */
+	if (ps.last_point == 0 || ps.state == PVM_ERROR) {
+		fo_finish(f, RD_ERR_STATE, "%s: the replica is not up to date "
+		    "(%s); run replctl sync %s --wait first", vm,
+		    ps.last_point == 0 ? "no cycle has reached it yet" :
+		    ps.error, vm);
+		return;
+	}
 	snprintf(f->listen, sizeof(f->listen), "%s", d->cfg->listen);
 	snprintf(f->identity, sizeof(f->identity), "%s", cv->replica_name);
+	snprintf(f->to, sizeof(f->to), "%s", cv->replica);
 	log_info("%s: planned failover to %s requested", vm, cv->replica);
 	work_submit(job_planned_demote_hook, planned_hook_done, f);
 }

@@ -148,6 +148,26 @@ def test_planned_failover_refusals(env):
         check(status(h2.a)["role"] == "primary", "a changed role")
     finally:
         h2.env.cleanup(True)
+    # A replica that never got a cycle, or does not answer: refused before
+    # any hook runs.
+    h3 = Hosts(env.__class__(env.name + "-3", env.seed, env.keep))
+    try:
+        r = h3.a.ctl("failover", VM, "--planned")
+        check(r.rc == 1 and "not up to date" in r.err, "planned failover before any cycle: %r" % r)
+        point_of(h3.a.ok("sync", VM, "--wait"))
+        h3.b.stop()
+        r = h3.a.ctl("failover", VM, "--planned")
+        check(r.rc == 1 and "cannot connect" in r.err and "still the primary" in r.err,
+              "planned failover to a stopped replica: %r" % r)
+        check(h3.hooks() == [], "a hook ran for a refused failover: %r" % h3.hooks())
+        check(status(h3.a)["role"] == "primary" and status(h3.a)["generation"] == 1,
+              "a changed: %r" % status(h3.a))
+        h3.b.start()
+        random_write(env.rng, h3.disks[0])
+        point_of(h3.a.ok("sync", VM, "--wait"))
+        h3.same("replication after the refusals")
+    finally:
+        h3.env.cleanup(True)
 
 
 def test_unplanned_points_then_commit(env):
