@@ -18,7 +18,8 @@
 
 #include "util.h"
 
-#define CAT_SCHEMA_VERSION	2
+#define CAT_SCHEMA_VERSION	3
+#define CAT_SEG_NONE		UINT32_MAX	/* no undo segment */
 #define CAT_MAX_DISKS		64
 
 enum cat_role {
@@ -77,6 +78,7 @@ struct cat_point {
 	uint64_t	bytes;		/* raw bytes the cycle changed */
 	uint64_t	undo_bytes;	/* size of its undo segment */
 	uint64_t	generation;
+	uint32_t	seg;		/* version of its undo segment file */
 	uint16_t	ndisks;
 	uint64_t	sizes[CAT_MAX_DISKS]; /* each disk's size at the point */
 };
@@ -114,6 +116,15 @@ int	cat_point_by_cycle(struct catalog *cat, const char *vm,
 /* Points of vm, oldest first; *out is the caller's (free()). */
 int	cat_point_list(struct catalog *cat, const char *vm,
 	    struct cat_point **out, size_t *n);
+
+/*
+ * Drop point id of vm and, in the same transaction, give point next (0:
+ * none) its new undo segment version and size (a prune: the segments of
+ * the dropped point and of next were merged into next's new one).
+ * RD_ERR_NOT_FOUND if either point is missing (nothing changes).
+ */
+int	cat_point_drop(struct catalog *cat, const char *vm, uint64_t id,
+	    uint64_t next, uint32_t next_seg, uint64_t next_undo_bytes);
 
 /* Append an event (level "info", "warning", "error") to the event log. */
 int	cat_event_add(struct catalog *cat, const char *vm, const char *level,

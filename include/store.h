@@ -104,6 +104,17 @@ int	store_rewind(struct store *st, uint64_t target, int check_unchanged,
 int	store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 	    size_t errsz);
 
+/*
+ * Drop recovery point id (not the newest, not one with an open test
+ * copy): the oldest loses its undo data, one in the middle has its undo
+ * segment merged into the next point's (undo_merge), crash-safely.
+ * *freed: bytes of undo data freed.
+ */
+int	store_drop_point(struct store *st, uint64_t id, uint64_t *freed,
+	    char *err, size_t errsz);
+/* The point of the open test copy, 0 if none. */
+uint64_t store_pinned_point(struct store *st);
+
 /* Resynchronisation.  Whether any image holds data (a seed copy, or a
  * former primary's disks). */
 int	store_has_data(struct store *st);

@@ -55,4 +55,15 @@ int	undo_apply(const char *path, const int *fds, uint16_t ndisks,
 int	undo_invert(const char *path, const int *fds, uint16_t ndisks,
 	    uint64_t cycle, const char *out_path, uint64_t *bytes);
 
+/*
+ * Merge the segments of two neighbouring points into one at out (written
+ * like any segment): newer takes point k back to point j, older takes j
+ * back to i; the result takes k straight back to i.  For each byte the
+ * older segment's content wins; the result has older's disk sizes.  Both
+ * are checked completely first; nothing is written if either is corrupt.
+ * Used when point j is dropped.
+ */
+int	undo_merge(const char *newer, const char *older, uint64_t cycle,
+	    const char *out, uint64_t *bytes);
+
 #endif

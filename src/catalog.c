@@ -19,6 +19,9 @@
  *                  and step_to (an uncommitted failover's rewind),
  *                  max_point (the highest point id ever given: ids are
  *                  not reused when a failover drops points)
+ *   Schema version 3 adds points.seg: the version of the point's undo
+ *   segment file (0: CYCLE.undo; n: CYCLE.n.undo after n merges;
+ *   CAT_SEG_NONE: none, the oldest point's after a prune).
  *   rel_disks      (vm, idx) -> name (unique per vm), size; idx 0..n-1
  *   points         (vm, id) -> cycle (unique per vm), created_ms, kind
  *                  (0 crash, 1 app), bytes, undo_bytes, generation
@@ -123,6 +126,10 @@ static const char *const cat_migrations[] = {
 	"  coalesce((SELECT max(id) FROM points "
 	"  WHERE points.vm = relationships.vm), 0));"
 	"PRAGMA user_version = 2;",
+	/* 2 -> 3: undo segments rewritten by a merge (pruning). */
+	"ALTER TABLE points ADD COLUMN seg INTEGER NOT NULL DEFAULT 0 "
+	"  CHECK (seg BETWEEN 0 AND 4294967295);"
+	"PRAGMA user_version = 3;",
 };
 
 _Static_assert(sizeof(cat_migrations) / sizeof(cat_migrations[0]) ==
@@ -151,13 +158,16 @@ enum cat_stmt {
 	ST_PDISK_ADD,
 	ST_EVENT_ADD,
 	ST_POINT_DROP_AFTER,
+	ST_POINT_DROP,
+	ST_POINT_SET_SEG,
 	ST_COUNT
 };
 
 #define REL_COLS "vm, role, generation, peer, storage, block_size, " \
 	"last_cycle, last_point, last_point_created_ms, interval_ms, " \
 	"peer_name, fenced, resync, at_point, step_to"
-#define POINT_COLS "id, cycle, created_ms, kind, bytes, undo_bytes, generation"
+#define POINT_COLS "id, cycle, created_ms, kind, bytes, undo_bytes, " \
+	"generation, seg"
 
 static const char *const cat_sql[ST_COUNT] = {
 	[ST_BEGIN] = "BEGIN",
@@ -201,7 +211,10 @@ static const char *const cat_sql[ST_COUNT] = {
 	[ST_POINT_CYCLE_USED] = "SELECT 1 FROM points "
 	    "WHERE vm = ?1 AND cycle = ?2",
 	[ST_POINT_ADD] = "INSERT INTO points (vm, " POINT_COLS ") "
-	    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+	    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+	[ST_POINT_DROP] = "DELETE FROM points WHERE vm = ?1 AND id = ?2",
+	[ST_POINT_SET_SEG] = "UPDATE points SET seg = ?3, undo_bytes = ?4 "
+	    "WHERE vm = ?1 AND id = ?2",
 	[ST_PDISK_LIST] = "SELECT idx, size FROM point_disks "
 	    "WHERE vm = ?1 AND point = ?2 ORDER BY idx",
 	[ST_PDISK_ADD] = "INSERT INTO point_disks (vm, point, idx, size) "
@@ -849,6 +862,10 @@ point_from_row(const char *vm, sqlite3_stmt *st, struct cat_point *p)
 		return cat_corrupt(vm, "points", "undo_bytes");
 	if (col_u64(st, 6, &p->generation) != 0)
 		return cat_corrupt(vm, "points", "generation");
+	int64_t seg;
+	if (col_i64(st, 7, &seg) != 0 || seg < 0 || seg > UINT32_MAX)
+		return cat_corrupt(vm, "points", "seg");
+	p->seg = (uint32_t)seg;
 	return 0;
 }
 
@@ -949,7 +966,8 @@ cat_point_commit(struct catalog *cat, const char *vm, struct cat_point *p)
 	    sqlite3_bind_int(st, 5, (int)p->kind) != SQLITE_OK ||
 	    bind_u64(st, 6, p->bytes) != SQLITE_OK ||
 	    bind_u64(st, 7, p->undo_bytes) != SQLITE_OK ||
-	    bind_u64(st, 8, p->generation) != SQLITE_OK) {
+	    bind_u64(st, 8, p->generation) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 9, (int64_t)p->seg) != SQLITE_OK) {
 		r = cat_dberr(cat, vm, "add point");
 		cat_release(st);
 		goto out;
@@ -1117,6 +1135,53 @@ cat_event_add(struct catalog *cat, const char *vm, const char *level,
 	}
 	r = cat_run(cat, ST_EVENT_ADD, vm, "add event");
 out:
+	pthread_mutex_unlock(&cat->lock);
+	return r;
+}
+
+int
+cat_point_drop(struct catalog *cat, const char *vm, uint64_t id,
+    uint64_t next, uint32_t next_seg, uint64_t next_undo_bytes)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	pthread_mutex_lock(&cat->lock);
+	if ((r = cat_begin(cat, 1)) != 0)
+		goto out;
+	st = cat->st[ST_POINT_DROP];
+	if (bind_text(st, 1, vm) != SQLITE_OK ||
+	    bind_u64(st, 2, id) != SQLITE_OK) {
+		r = cat_dberr(cat, vm, "drop point");
+		cat_release(st);
+		goto out;
+	}
+	if ((r = cat_run(cat, ST_POINT_DROP, vm, "drop point")) != 0)
+		goto out;
+	if (sqlite3_changes(cat->db) != 1) {
+		r = RD_ERR_NOT_FOUND;
+		goto out;
+	}
+	if (next != 0) {
+		st = cat->st[ST_POINT_SET_SEG];
+		if (bind_text(st, 1, vm) != SQLITE_OK ||
+		    bind_u64(st, 2, next) != SQLITE_OK ||
+		    sqlite3_bind_int64(st, 3, (int64_t)next_seg) != SQLITE_OK ||
+		    bind_u64(st, 4, next_undo_bytes) != SQLITE_OK) {
+			r = cat_dberr(cat, vm, "set segment");
+			cat_release(st);
+			goto out;
+		}
+		if ((r = cat_run(cat, ST_POINT_SET_SEG, vm, "set segment")) != 0)
+			goto out;
+		if (sqlite3_changes(cat->db) != 1) {
+			r = RD_ERR_NOT_FOUND;
+			goto out;
+		}
+	}
+	r = 0;
+out:
+	r = cat_end(cat, r);
 	pthread_mutex_unlock(&cat->lock);
 	return r;
 }

@@ -801,6 +801,51 @@ cmd_verify(struct cconn *c)
 }
 
 static void
+job_forget(void *arg)
+{
+	struct cconn *c = arg;
+	c->rc = store_drop_point(rvm_store(c->rvm), c->o.point, &c->blocks,
+	    c->err, sizeof(c->err));
+}
+
+static void
+forget_done(void *arg)
+{
+	struct cconn *c = arg;
+	char b[32];
+	c->busy = 0;
+	if (c->rc != 0) {
+		fail(c, 1, "forget %s --point %" PRIu64 ": %s", c->o.vm,
+		    c->o.point, c->err);
+		return;
+	}
+	util_format_bytes(c->blocks, b, sizeof(b));
+	log_info("%s: point %" PRIu64 " dropped (forget), %s of undo data "
+	    "freed", c->o.vm, c->o.point, b);
+	out(c, "%s: point %" PRIu64 " dropped, %s freed\n", c->o.vm,
+	    c->o.point, b);
+	finish(c, 0);
+}
+
+static void
+cmd_forget(struct cconn *c)
+{
+	if ((c->rvm = need_rvm(c, "forget")) == NULL)
+		return;
+	if (rvm_promoted(c->rvm)) {
+		fail(c, 1, "forget %s: %s is primary on this host (its failover "
+		    "is not committed)", c->o.vm, c->o.vm);
+		return;
+	}
+	if (!c->o.has_point) {
+		fail(c, 2, "forget %s: --point is required", c->o.vm);
+		return;
+	}
+	c->busy = 1;
+	work_submit(job_forget, forget_done, c);
+}
+
+static void
 cmd_reverse(struct cconn *c)
 {
 	c->busy = 1;
@@ -836,7 +881,7 @@ static const struct command commands[] = {
 	{ "reverse",	2, cmd_reverse },
 	{ "resync",	2, cmd_resync },
 	{ "prune",	1, cmd_unavailable },
-	{ "forget",	2, cmd_unavailable },
+	{ "forget",	2, cmd_forget },
 };
 
 static int

@@ -21,6 +21,7 @@
  *          16-byte XXH3-128 of the content (zero for zero extents)
  *   16     XXH3-128 of every byte before it
  */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -116,6 +117,17 @@ static char *
 undo_path(struct store *st, uint64_t cycle)
 {
 	return xasprintf("%s/%" PRIu64 ".undo", st->undo_dir, cycle);
+}
+
+/* A point's undo segment: CYCLE.undo as its cycle wrote it, CYCLE.N.undo
+ * after N merges (pruning). */
+static char *
+seg_path(struct store *st, const struct cat_point *p)
+{
+	if (p->seg == 0)
+		return undo_path(st, p->cycle);
+	return xasprintf("%s/%" PRIu64 ".%u.undo", st->undo_dir, p->cycle,
+	    p->seg);
 }
 
 /* --- staging index ------------------------------------------------------ */
@@ -297,6 +309,7 @@ static int apply_index(struct store *st, const struct stage_index *ix,
     struct cat_point *out, int *rolled_back, char *err, size_t errsz);
 static int recover_rewind(struct store *st, char *err, size_t errsz);
 static void close_digest_fds(struct store *st);
+static void remove_unreferenced(struct store *st);
 
 /* Finish a complete staged cycle or abandon an incomplete one. */
 static int
@@ -414,6 +427,7 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 		goto fail;
 	if (st->rel.step_to != 0 && (r = recover_rewind(st, err, errsz)) != 0)
 		goto fail;
+	remove_unreferenced(st);
 	*out = st;
 	return 0;
 fail:
@@ -674,7 +688,7 @@ recover_rewind(struct store *st, char *err, size_t errsz)
 		unlink(tmp);
 		free(tmp);
 	} else {
-		path = undo_path(st, pts[is].cycle);
+		path = seg_path(st, &pts[is]);
 		if ((r = apply_segment(st, path, err, errsz)) != 0)
 			goto out;
 	}
@@ -735,7 +749,7 @@ store_rewind(struct store *st, uint64_t target, int check_unchanged,
 			break;
 		free(path);
 		path = redo_path(st, p->cycle);
-		char *upath = undo_path(st, p->cycle);
+		char *upath = seg_path(st, p);
 		uint64_t bytes;
 		r = undo_invert(upath, st->img, st->rel.ndisks, p->cycle, path,
 		    &bytes);
@@ -806,7 +820,7 @@ store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 	/* Segments first: an undo segment newer than the newest recorded
 	 * point would be taken for an interrupted cycle's and applied. */
 	for (size_t k = (size_t)i + 1; k < n; k++) {
-		char *p = undo_path(st, pts[k].cycle);
+		char *p = seg_path(st, &pts[k]);
 		if (unlink(p) != 0 && errno != ENOENT) {
 			snprintf(err, errsz, "cannot remove %s: %s", p,
 			    strerror(errno));
@@ -839,6 +853,188 @@ out:
 	pthread_mutex_unlock(&st->lock);
 	free(pts);
 	return r;
+}
+
+/* --- dropping points (prune, forget) ------------------------------------- */
+
+/*
+ * Dropping the oldest point deletes its segment and the next point's
+ * (which only rebuilt the dropped one).  Dropping a point j in the middle
+ * merges its segment with the next point k's (undo_merge: k straight back
+ * to the point before j) into k's next segment version, then records both
+ * changes in one catalog transaction, then deletes the two old files.  A
+ * crash leaves either the old segments in force or the new one; the files
+ * no point refers to are removed at the next open.
+ */
+
+/* The point an open test copy was made of (0: none), kept until cleanup. */
+static uint64_t
+test_point(struct store *st)
+{
+	char *p = xasprintf("%s/.point", st->test_dir);
+	uint8_t *data = NULL;
+	size_t len = 0;
+	uint64_t id = 0;
+	if (util_read_file(p, 64, &data, &len) == 0) {
+		char buf[32];
+		snprintf(buf, sizeof(buf), "%.*s", (int)len, (const char *)data);
+		id = strtoull(buf, NULL, 10);
+	}
+	free(data);
+	free(p);
+	return id;
+}
+
+uint64_t
+store_pinned_point(struct store *st)
+{
+	return store_test_exists(st) ? test_point(st) : 0;
+}
+
+int
+store_drop_point(struct store *st, uint64_t id, uint64_t *freed, char *err,
+    size_t errsz)
+{
+	struct cat_point *pts = NULL;
+	size_t n = 0;
+	char *a = NULL, *b = NULL, *merged = NULL;
+	int r;
+
+	*freed = 0;
+	if ((r = finish_unfinished(st, err, errsz)) != 0)
+		return r;
+	pthread_mutex_lock(&st->lock);
+	if (st->rel.at_point != 0 || st->rel.step_to != 0) {
+		snprintf(err, errsz, "%s was failed over (not committed)",
+		    st->rel.vm);
+		r = RD_ERR_STATE;
+		goto out;
+	}
+	if (st->test_busy) {
+		snprintf(err, errsz, "a test copy of %s is being made",
+		    st->rel.vm);
+		r = RD_ERR_BUSY;
+		goto out;
+	}
+	if ((r = cat_point_list(st->cat, st->rel.vm, &pts, &n)) != 0) {
+		snprintf(err, errsz, "cannot list points: %s", rd_strerror(r));
+		goto out;
+	}
+	int i = find_point(pts, n, id);
+	if (i < 0) {
+		snprintf(err, errsz, "%s has no point %" PRIu64, st->rel.vm, id);
+		r = RD_ERR_NOT_FOUND;
+		goto out;
+	}
+	if ((size_t)i == n - 1 || id == st->rel.last_point) {
+		snprintf(err, errsz, "point %" PRIu64 " is the newest point of "
+		    "%s: the replica's disks are that point; it cannot be "
+		    "dropped", id, st->rel.vm);
+		r = RD_ERR_STATE;
+		goto out;
+	}
+	if (store_pinned_point(st) == id) {
+		snprintf(err, errsz, "point %" PRIu64 " has an open test copy; "
+		    "remove it first (failover %s --test --cleanup)", id,
+		    st->rel.vm);
+		r = RD_ERR_BUSY;
+		goto out;
+	}
+	const struct cat_point *j = &pts[i], *k = &pts[i + 1];
+	uint64_t was = (j->seg != CAT_SEG_NONE ? j->undo_bytes : 0) +
+	    (k->seg != CAT_SEG_NONE ? k->undo_bytes : 0);
+	a = j->seg != CAT_SEG_NONE ? seg_path(st, j) : NULL;
+	b = k->seg != CAT_SEG_NONE ? seg_path(st, k) : NULL;
+	if (i == 0) {
+		/* The oldest: nothing older to rebuild, no segment needed. */
+		if ((r = cat_point_drop(st->cat, st->rel.vm, j->id, k->id,
+		    CAT_SEG_NONE, 0)) != 0) {
+			snprintf(err, errsz, "catalog: %s", rd_strerror(r));
+			goto out;
+		}
+		*freed = was;
+	} else {
+		if (a == NULL || b == NULL) {
+			snprintf(err, errsz, "points %" PRIu64 " and %" PRIu64
+			    " of %s lack undo segments", j->id, k->id,
+			    st->rel.vm);
+			r = RD_ERR_CORRUPT;
+			goto out;
+		}
+		struct cat_point nk = *k;
+		uint64_t bytes = 0;
+		nk.seg = k->seg + 1;
+		merged = seg_path(st, &nk);
+		fault_point("replica-before-merge");
+		if ((r = undo_merge(b, a, k->cycle, merged, &bytes)) != 0) {
+			snprintf(err, errsz, "cannot merge the undo segments of "
+			    "points %" PRIu64 " and %" PRIu64 ": %s", j->id,
+			    k->id, r == RD_ERR_SYSTEM ? strerror(errno) :
+			    rd_strerror(r));
+			goto out;
+		}
+		fault_point("replica-after-merge");
+		if ((r = cat_point_drop(st->cat, st->rel.vm, j->id, k->id,
+		    nk.seg, bytes)) != 0) {
+			unlink(merged);
+			snprintf(err, errsz, "catalog: %s", rd_strerror(r));
+			goto out;
+		}
+		*freed = was > bytes ? was - bytes : 0;
+	}
+	fault_point("replica-after-drop-record");
+	if (a)
+		unlink(a);
+	if (b)
+		unlink(b);
+	util_fsync_dir(st->undo_dir);
+out:
+	pthread_mutex_unlock(&st->lock);
+	free(a);
+	free(b);
+	free(merged);
+	free(pts);
+	return r;
+}
+
+/* Segment files no point refers to: left by a crash during a drop (or a
+ * merge's temporary file).  Unrecorded cycles' are roll_back_orphans'. */
+static void
+remove_unreferenced(struct store *st)
+{
+	struct cat_point *pts = NULL;
+	size_t n = 0;
+	DIR *d;
+	struct dirent *de;
+
+	if (cat_point_list(st->cat, st->rel.vm, &pts, &n) != 0 ||
+	    (d = opendir(st->undo_dir)) == NULL) {
+		free(pts);
+		return;
+	}
+	while ((de = readdir(d)) != NULL) {
+		char *end;
+		unsigned long long c = strtoull(de->d_name, &end, 10);
+		unsigned long v = 0;
+		if (end == de->d_name || c > st->rel.last_cycle)
+			continue;
+		if (*end == '.' && isdigit((unsigned char)end[1]))
+			v = strtoul(end + 1, &end, 10);
+		if (strcmp(end, ".undo") != 0 && strcmp(end, ".undo.tmp") != 0)
+			continue;
+		int used = 0;
+		for (size_t i = 0; i < n && !used; i++)
+			used = pts[i].cycle == c && pts[i].seg == v &&
+			    strcmp(end, ".undo") == 0;
+		if (used)
+			continue;
+		char *p = xasprintf("%s/%s", st->undo_dir, de->d_name);
+		log_info("%s: removing %s, which no point uses", st->rel.vm, p);
+		unlink(p);
+		free(p);
+	}
+	closedir(d);
+	free(pts);
 }
 
 /* --- resynchronisation ---------------------------------------------------- */
@@ -1637,7 +1833,7 @@ unlock:
 	for (size_t k = npts; k-- > 0;) {
 		if (pts[k].id > newest || pts[k].id <= id)
 			continue;
-		char *up = undo_path(st, pts[k].cycle);
+		char *up = seg_path(st, &pts[k]);
 		r = undo_apply(up, fds, nd, NULL);
 		if (r != 0) {
 			snprintf(err, errsz, "undo segment %s: %s", up,
@@ -1657,6 +1853,12 @@ unlock:
 			goto out;
 		}
 	}
+	char *pf = xasprintf("%s/.point", st->test_dir);
+	char num[32];
+	int nlen = snprintf(num, sizeof(num), "%" PRIu64 "\n", id);
+	if (util_write_atomic(pf, num, (size_t)nlen) != 0)
+		log_warn("%s: cannot write %s", st->rel.vm, pf);
+	free(pf);
 	util_fsync_dir(st->test_dir);
 	*point = id;
 out:

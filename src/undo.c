@@ -300,9 +300,37 @@ set_sizes(const int *fds, uint16_t n, const uint64_t *sizes)
 	return 0;
 }
 
+static int walk_cb(int sfd, uint64_t fsize, const int *fds, uint16_t ndisks,
+    uint64_t *old_sizes_out, struct undo_writer *save,
+    int (*fn)(void *, uint16_t, uint64_t, uint32_t, const uint8_t *),
+    void *arg);
+
+/* A record handed to a walk's callback (data NULL for ZERO). */
+typedef int (*rec_fn)(void *arg, uint16_t disk, uint64_t off, uint32_t len,
+    const uint8_t *data);
+
+static int
+walk_fn(int sfd, uint64_t fsize, uint16_t ndisks, uint64_t *old_sizes_out,
+    rec_fn fn, void *arg);
+
 static int
 walk(int sfd, uint64_t fsize, const int *fds, uint16_t ndisks,
     uint64_t *old_sizes_out, struct undo_writer *save)
+{
+	return walk_cb(sfd, fsize, fds, ndisks, old_sizes_out, save, NULL,
+	    NULL);
+}
+
+static int
+walk_fn(int sfd, uint64_t fsize, uint16_t ndisks, uint64_t *old_sizes_out,
+    rec_fn fn, void *arg)
+{
+	return walk_cb(sfd, fsize, NULL, ndisks, old_sizes_out, NULL, fn, arg);
+}
+
+static int
+walk_cb(int sfd, uint64_t fsize, const int *fds, uint16_t ndisks,
+    uint64_t *old_sizes_out, struct undo_writer *save, rec_fn fn, void *arg)
 {
 	struct undo_reader rd = { .fd = sfd, .pos = 0, .size = fsize };
 	uint8_t hdr[8 + 4 + 8 + 2], *data = NULL;
@@ -368,7 +396,12 @@ walk(int sfd, uint64_t fsize, const int *fds, uint16_t ndisks,
 			r = RD_ERR_CORRUPT;
 			goto out;
 		}
-		if (save) {
+		if (fn) {
+			if ((type == UNDO_DATA && (r = rd_bytes(&rd, data,
+			    len)) != 0) || (r = fn(arg, disk, off, len,
+			    type == UNDO_DATA ? data : NULL)) != 0)
+				goto out;
+		} else if (save) {
 			/* The range's content now, before the segment is
 			 * applied: what undoes the segment. */
 			if ((type == UNDO_DATA && (r = rd_bytes(&rd, data,
@@ -477,5 +510,188 @@ undo_invert(const char *path, const int *fds, uint16_t ndisks, uint64_t cycle,
 		undo_discard(w);
 	}
 	errno = saved;
+	return r;
+}
+
+/* --- merging (pruning a point in the middle) -------------------------- */
+
+/* Write one record as given (clipped to the old size of its disk). */
+static int
+put_rec(struct undo_writer *w, uint16_t disk, uint64_t off, uint64_t len,
+    const uint8_t *data)
+{
+	int r;
+	uint64_t old = w->old_sizes[disk];
+	if (off >= old)
+		return 0;
+	if (len > old - off)
+		len = old - off;
+	if (data == NULL) {
+		if (w->zero_open && (w->zero_disk != disk ||
+		    w->zero_off + w->zero_len != off) &&
+		    (r = close_zero(w)) != 0)
+			return r;
+		if (!w->zero_open) {
+			w->zero_open = 1;
+			w->zero_disk = disk;
+			w->zero_off = off;
+			w->zero_len = 0;
+		}
+		w->zero_len += len;
+		return 0;
+	}
+	if ((r = close_zero(w)) != 0)
+		return r;
+	wb_put_u8(&w->out, UNDO_DATA);
+	wb_put_u16(&w->out, disk);
+	wb_put_u64(&w->out, off);
+	wb_put_u32(&w->out, (uint32_t)len);
+	wb_put_bytes(&w->out, data, len);
+	w->nrecords++;
+	return w->out.len >= UNDO_WBUF ? w_flush(w) : 0;
+}
+
+/* The byte ranges an older segment restores, per disk, sorted, merged. */
+struct cover {
+	uint16_t	 disk;
+	uint64_t	 off, end;
+};
+
+struct merge {
+	struct undo_writer *w;
+	struct cover	*cv;
+	size_t		 n, cap;
+};
+
+static int
+collect_cover(void *arg, uint16_t disk, uint64_t off, uint32_t len,
+    const uint8_t *data)
+{
+	struct merge *m = arg;
+	if (m->n == m->cap) {
+		m->cap = m->cap ? 2 * m->cap : 256;
+		m->cv = xreallocarray(m->cv, m->cap, sizeof(*m->cv));
+	}
+	m->cv[m->n++] = (struct cover){ disk, off, off + len };
+	return 0;
+}
+
+static int
+cover_cmp(const void *a, const void *b)
+{
+	const struct cover *x = a, *y = b;
+	if (x->disk != y->disk)
+		return x->disk < y->disk ? -1 : 1;
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* First cover entry that ends after off on disk (binary search). */
+static size_t
+cover_find(const struct merge *m, uint16_t disk, uint64_t off)
+{
+	size_t lo = 0, hi = m->n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		const struct cover *c = &m->cv[mid];
+		if (c->disk < disk || (c->disk == disk && c->end <= off))
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* A record of the newer segment: only what the older one does not cover. */
+static int
+put_uncovered(void *arg, uint16_t disk, uint64_t off, uint32_t len,
+    const uint8_t *data)
+{
+	struct merge *m = arg;
+	uint64_t pos = off, end = off + len;
+	int r;
+
+	for (size_t i = cover_find(m, disk, off); pos < end; i++) {
+		uint64_t gap_end = end;
+		if (i < m->n && m->cv[i].disk == disk && m->cv[i].off < end)
+			gap_end = m->cv[i].off > pos ? m->cv[i].off : pos;
+		if (gap_end > pos && (r = put_rec(m->w, disk, pos, gap_end - pos,
+		    data ? data + (pos - off) : NULL)) != 0)
+			return r;
+		if (gap_end == end)
+			break;
+		pos = m->cv[i].end > pos ? m->cv[i].end : pos;
+	}
+	return 0;
+}
+
+static int
+put_all(void *arg, uint16_t disk, uint64_t off, uint32_t len,
+    const uint8_t *data)
+{
+	struct merge *m = arg;
+	return put_rec(m->w, disk, off, len, data);
+}
+
+int
+undo_merge(const char *newer, const char *older, uint64_t cycle,
+    const char *out, uint64_t *bytes)
+{
+	uint64_t sizes[UNDO_MAX_DISKS], nsizes[UNDO_MAX_DISKS];
+	struct merge m = { 0 };
+	int nfd = -1, ofd = -1, r;
+	off_t nend = -1, oend = -1;
+	uint16_t nd = 0;
+
+	if ((nfd = open(newer, O_RDONLY | O_CLOEXEC)) < 0 ||
+	    (ofd = open(older, O_RDONLY | O_CLOEXEC)) < 0) {
+		r = errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
+		goto out;
+	}
+	if ((nend = lseek(nfd, 0, SEEK_END)) < 0 ||
+	    (oend = lseek(ofd, 0, SEEK_END)) < 0) {
+		r = RD_ERR_SYSTEM;
+		goto out;
+	}
+	/* Both whole and consistent before anything is written; the disk
+	 * count comes from the headers (walk checks it against nd). */
+	uint8_t hdr[22];
+	if ((r = util_pread_full(ofd, hdr, sizeof(hdr), 0)) != 0) {
+		r = RD_ERR_CORRUPT;
+		goto out;
+	}
+	nd = (uint16_t)(hdr[20] << 8 | hdr[21]);
+	if ((r = walk_fn(ofd, (uint64_t)oend, nd, sizes, collect_cover,
+	    &m)) != 0 || (r = walk_fn(nfd, (uint64_t)nend, nd, nsizes, NULL,
+	    NULL)) != 0)
+		goto out;
+	qsort(m.cv, m.n, sizeof(*m.cv), cover_cmp);
+	size_t k = 0;		/* merge overlapping or touching ranges */
+	for (size_t i = 0; i < m.n; i++) {
+		if (k > 0 && m.cv[k - 1].disk == m.cv[i].disk &&
+		    m.cv[i].off <= m.cv[k - 1].end) {
+			if (m.cv[i].end > m.cv[k - 1].end)
+				m.cv[k - 1].end = m.cv[i].end;
+		} else {
+			m.cv[k++] = m.cv[i];
+		}
+	}
+	m.n = k;
+	/* The older segment's sizes (the older point's): the newer one's
+	 * records past them are undone by the sizes. */
+	if ((r = undo_create(out, cycle, nd, sizes, &m.w)) != 0)
+		goto out;
+	if ((r = walk_fn(nfd, (uint64_t)nend, nd, NULL, put_uncovered,
+	    &m)) == 0)
+		r = walk_fn(ofd, (uint64_t)oend, nd, NULL, put_all, &m);
+	if (r == 0)
+		r = undo_finish(m.w, bytes);
+	else
+		undo_discard(m.w);
+out:
+	if (nfd >= 0)
+		close(nfd);
+	if (ofd >= 0)
+		close(ofd);
+	free(m.cv);
 	return r;
 }

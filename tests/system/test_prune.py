@@ -1,0 +1,132 @@
+"""Recovery point history: forget and prune drop points, merging undo
+segments so that every point that remains rebuilds exactly, crash-safely."""
+import json
+import os
+
+from harness import assert_same, check
+from workload import random_write, snapshot
+
+VM = "web01"
+
+
+def point_of(result):
+    words = result.out.split()
+    check(len(words) == 2 and words[0] == "point", "sync --wait printed %r" % result.out)
+    return int(words[1])
+
+
+def history(env, n, extra_accept=""):
+    """n cycles with random writes (one disk grows on the way); returns
+    (primary, replica, disks, {point: copies})."""
+    disks = [env.make_disk(env.path("src", "sda.img"), 16 << 20),
+             env.make_disk(env.path("src", "sdb.img"), (4 << 20) + 512, "sparse")]
+    rep = env.replica(extra=extra_accept).start()
+    pri = env.primary({VM: disks}, rep.port).start()
+    kept = {}
+    for rnd in range(n):
+        for _ in range(env.rng.randrange(1, 4)):
+            random_write(env.rng, env.rng.choice(disks), max_len=1 << 20)
+        if rnd == n // 2:
+            with open(disks[1], "r+b") as f:
+                f.truncate(os.path.getsize(disks[1]) + (1 << 20) + 4096)
+        pt = point_of(pri.ok("sync", VM, "--wait"))
+        kept[pt] = snapshot(disks, env.path("kept"), "p%d" % pt)
+    return pri, rep, disks, kept
+
+
+def points(rep):
+    return [p["id"] for p in json.loads(rep.ok("points", VM, "--json").out)]
+
+
+def check_all(rep, disks, kept, what):
+    """Every listed point rebuilds exactly; the live copy is the newest."""
+    ids = points(rep)
+    for pt in ids:
+        rep.ok("failover", VM, "--test", "--point", str(pt))
+        for c, d in zip(kept[pt], disks):
+            assert_same(c, os.path.join(rep.storage, VM, "test", os.path.basename(d)),
+                        "%s: point %d rebuilt" % (what, pt))
+        rep.ok("failover", VM, "--test", "--cleanup")
+    for c, d in zip(kept[max(ids)], disks):
+        assert_same(c, os.path.join(rep.storage, VM, os.path.basename(d)), "%s: the live copy" % what)
+    rep.ok("verify", VM)
+    return ids
+
+
+def undo_files(rep):
+    return sorted(os.listdir(os.path.join(rep.storage, VM, ".undo")))
+
+
+def test_forget_middle_and_oldest(env):
+    pri, rep, disks, kept = history(env, 7)
+    ids = points(rep)
+    # Middle points, including two neighbours, then the oldest.
+    for pt in (ids[3], ids[4], ids[1], ids[0]):
+        r = rep.ok("forget", VM, "--point", str(pt))
+        check("dropped" in r.out, "forget said %r" % r.out)
+        check(pt not in points(rep), "point %d still listed" % pt)
+        check_all(rep, disks, kept, "after forgetting %d" % pt)
+    left = points(rep)
+    check(left == [ids[2], ids[5], ids[6]], "points left %r" % left)
+    # One segment per point but the oldest; no leftover file.
+    check(len(undo_files(rep)) == len(left) - 1, "undo files %r for points %r" % (undo_files(rep), left))
+    # Refusals: the newest, an unknown point, a point of another VM.
+    r = rep.ctl("forget", VM, "--point", str(ids[6]))
+    check(r.rc == 1 and "newest" in r.err, "forget of the newest: %r" % r)
+    r = rep.ctl("forget", VM, "--point", "999")
+    check(r.rc == 1 and "999" in r.err, "forget of an unknown point: %r" % r)
+    r = rep.ctl("forget", "nosuch", "--point", "1")
+    check(r.rc == 1, "forget on an unknown VM: %r" % r)
+    r = pri.ctl("forget", VM, "--point", str(ids[2]))
+    check(r.rc == 1 and "primary" in r.err, "forget on the primary: %r" % r)
+    # A point with an open test copy is kept until cleanup.
+    rep.ok("failover", VM, "--test", "--point", str(ids[5]))
+    r = rep.ctl("forget", VM, "--point", str(ids[5]))
+    check(r.rc == 1 and "test copy" in r.err, "forget of a test copy's point: %r" % r)
+    rep.ok("failover", VM, "--test", "--cleanup")
+    rep.ok("forget", VM, "--point", str(ids[5]))
+    # Replication goes on; ids are not reused.
+    random_write(env.rng, disks[0])
+    pt = point_of(pri.ok("sync", VM, "--wait"))
+    check(pt == ids[6] + 1, "next point %d after %d" % (pt, ids[6]))
+    kept[pt] = snapshot(disks, env.path("kept"), "p%d" % pt)
+    check_all(rep, disks, kept, "after a new cycle")
+    pri.stop()
+    rep.stop()
+
+
+def _crash_during_forget(env, fault):
+    pri, rep, disks, kept = history(env, 5)
+    ids = points(rep)
+    rep.stop()
+    rep.start(env_extra={"REPLICAD_FAULT": fault})
+    r = rep.ctl("forget", VM, "--point", str(ids[2]))
+    check(r.rc != 0, "forget went through although replicad was to die at %s: %r" % (fault, r))
+    rep.proc.wait(10)
+    check(rep.proc.returncode == -9, "replica exited %r, not by SIGKILL at %s" % (rep.proc.returncode, fault))
+    rep.start()
+    after = points(rep)
+    if fault == "replica-after-drop-record":
+        check(after == [i for i in ids if i != ids[2]], "points after a crash once recorded: %r" % after)
+    else:
+        check(after == ids, "points after a crash before the record: %r" % after)
+    check_all(rep, disks, kept, "after a crash at %s" % fault)
+    check(len(undo_files(rep)) == len(after), "leftover undo files %r for points %r" % (undo_files(rep), after))
+    # And the drop can be done now.
+    if ids[2] in after:
+        rep.ok("forget", VM, "--point", str(ids[2]))
+        check_all(rep, disks, kept, "after the forget retried")
+    pri.stop()
+    rep.stop()
+
+
+def test_crash_before_merge(env):
+    _crash_during_forget(env, "replica-before-merge")
+
+
+def test_crash_after_merge(env):
+    _crash_during_forget(env, "replica-after-merge")
+
+
+def test_crash_after_drop_record(env):
+    _crash_during_forget(env, "replica-after-drop-record")
