@@ -844,6 +844,124 @@ test_invert_corrupt_large_refused(void **state)
 	free_old(&sc);
 }
 
+
+/*
+ * One "cycle": disjoint writes at 4 KiB-aligned slots of both files (some
+ * random, some zeros, some past the end, growing the file), each range's
+ * old content saved first into a new segment at path, as a replica does.
+ */
+static void
+merge_step(struct fixture *f, const char *path, uint64_t cycle,
+    uint64_t seed, uint64_t grow)
+{
+	uint64_t sizes[2], s = seed * 7919 + 3;
+	struct undo_writer *w;
+	struct stat sb;
+	uint8_t used[2][64] = { { 0 } };
+
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(fstat(f->fd[i], &sb), 0);
+		sizes[i] = (uint64_t)sb.st_size;
+	}
+	assert_int_equal(undo_create(path, cycle, 2, sizes, &w), 0);
+	for (int k = 0; k < 12; k++) {
+		uint16_t d = (uint16_t)(next_rand(&s) % 2);
+		size_t slot = (size_t)(next_rand(&s) % 60);
+		size_t n = 1 + (size_t)(next_rand(&s) % 3);	/* slots */
+		int clash = 0;
+		for (size_t j = slot; j < slot + n; j++)
+			clash |= used[d][j];
+		if (clash)
+			continue;
+		for (size_t j = slot; j < slot + n; j++)
+			used[d][j] = 1;
+		uint64_t off = (uint64_t)slot * 4 * KB + (d == 0 ? grow / 2 : 0);
+		size_t len = n * 4 * KB - (size_t)(next_rand(&s) % 100);
+		uint8_t *buf = calloc(1, len);
+		assert_non_null(buf);
+		if (next_rand(&s) % 4 != 0)
+			fill_random(buf, len, next_rand(&s));
+		assert_int_equal(undo_save_range(w, d, f->fd[d], off, len), 0);
+		assert_int_equal(util_pwrite_full(f->fd[d], buf, len,
+		    (off_t)off), 0);
+		free(buf);
+	}
+	if (grow > 0) {
+		/* A write past the end grows disk 0 (no old content). */
+		uint8_t tail[8 * KB];
+		uint64_t off = sizes[0] + grow - sizeof(tail);
+		fill_random(tail, sizeof(tail), seed + 99);
+		assert_int_equal(undo_save_range(w, 0, f->fd[0], off,
+		    sizeof(tail)), 0);
+		assert_int_equal(util_pwrite_full(f->fd[0], tail, sizeof(tail),
+		    (off_t)off), 0);
+	}
+	uint64_t bytes;
+	assert_int_equal(undo_finish(w, &bytes), 0);
+}
+
+/*
+ * Three states A, B, C; U_j takes B back to A, U_k takes C back to B.
+ * Their merge takes C straight back to A: for every byte, the older
+ * segment's content wins; sizes are A's.  Corrupt input writes nothing.
+ */
+static void
+test_merge(void **state)
+{
+	struct fixture *f = *state;
+	struct state a, b, c;
+	char uj[320], uk[320], m[320], mt[330];
+	uint64_t bytes = 0, sizes[2];
+	uint8_t d0[200 * KB], d1[100 * KB];
+
+	snprintf(uj, sizeof(uj), "%s/1.undo", f->dir);
+	snprintf(uk, sizeof(uk), "%s/2.undo", f->dir);
+	snprintf(m, sizeof(m), "%s/2.1.undo", f->dir);
+	snprintf(mt, sizeof(mt), "%s.tmp", m);
+	fill_random(d0, sizeof(d0), 60);
+	fill_random(d1, sizeof(d1), 61);
+	set_content(f->fd[0], d0, sizeof(d0));
+	set_content(f->fd[1], d1, sizeof(d1));
+	state_take(f, &a);
+	merge_step(f, uj, 1, 1, 0);
+	state_take(f, &b);
+	merge_step(f, uk, 2, 2, 128 * KB);	/* disk 0 grows */
+	state_take(f, &c);
+	assert_true(c.len[0] > b.len[0]);
+
+	assert_int_equal(undo_merge(uk, uj, 2, m, &bytes), 0);
+	assert_true(exists(m));
+	assert_false(exists(mt));
+	state_assert(f, &c);			/* merging only reads */
+	assert_int_equal(undo_apply(m, f->fd, 2, sizes), 0);
+	assert_int_equal(sizes[0], a.len[0]);
+	assert_int_equal(sizes[1], a.len[1]);
+	state_assert(f, &a);
+
+	/* The two segments in turn give the same result. */
+	assert_int_equal(undo_apply(uj, f->fd, 2, NULL), 0);	/* no-op on A */
+	state_assert(f, &a);
+
+	/* Merging a corrupt segment writes nothing. */
+	unlink(m);
+	int fd = open(uj, O_RDWR);
+	assert_true(fd >= 0);
+	uint8_t x;
+	assert_int_equal(pread(fd, &x, 1, 40), 1);
+	x ^= 0x40;
+	assert_int_equal(pwrite(fd, &x, 1, 40), 1);
+	close(fd);
+	assert_int_equal(undo_merge(uk, uj, 2, m, NULL), RD_ERR_CORRUPT);
+	assert_false(exists(m));
+	assert_false(exists(mt));
+	assert_int_equal(undo_merge(uk, "/nonexistent/1.undo", 2, m, NULL),
+	    RD_ERR_NOT_FOUND);
+	assert_false(exists(m));
+	state_free(&a);
+	state_free(&b);
+	state_free(&c);
+}
+
 int
 main(void)
 {
@@ -861,6 +979,7 @@ main(void)
 		T(test_missing),
 		T(test_writer_refusals),
 		T(test_impossible_size_refused_before_writing),
+		T(test_merge),
 		T(test_invert_round_trip),
 		T(test_invert_shrunk_disk),
 		T(test_invert_corrupt_refused),
