@@ -22,7 +22,7 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS  += $(PKG_LIBS) -lrsync -pthread
 
 # Objects shared by both programs.
-COMMON_OBJS  := err log xmalloc buf util wire ctl config
+COMMON_OBJS  := err log xmalloc buf util wire ctl config retention
 # The daemon: catalog, worker pool, TLS, tracker, both roles, control socket.
 REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work tls netio blockmap tracker undo delta store \
                  replica primary failover control daemon
@@ -123,6 +123,7 @@ install: all
 	install -d $(DESTDIR)$(HOOKDIR)
 	install -m 755 tools/hooks/libvirt-on-demote tools/hooks/libvirt-on-promote \
 	    $(DESTDIR)$(HOOKDIR)
+	install -m 644 tools/replicad.cron $(DESTDIR)$(HOOKDIR)/../replicad.cron
 
 clean:
 	rm -rf $(BUILD) replicad replctl

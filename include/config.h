@@ -55,6 +55,12 @@ struct cfg_accept {
 	size_t		 nvms;
 	char		*storage;	/* default STATE_DIR/replicas */
 	char		*retention;	/* default "last=24" */
+	char		**ret_vms;	/* retention.VM = POLICY overrides */
+	char		**ret_policies;
+	size_t		 nret;
+	int		 retention_local; /* buckets in local time, not UTC */
+	uint64_t	 min_free_bytes; /* 0: none (or a percentage) */
+	unsigned	 min_free_pct;	/* 0: none */
 	char		*on_promote;	/* run when a VM of this entry becomes
 					   primary here; NULL if unset */
 	char		*on_demote;
@@ -88,6 +94,8 @@ struct config {
 int	config_load(const char *path, struct config **out, char *err,
 	    size_t errsz);
 void	config_free(struct config *cfg);
+/* The retention policy of vm under the [accept] entry a. */
+const char *config_retention(const struct cfg_accept *a, const char *vm);
 /* Free a struct cfg_vm allocated on its own (every field, then vm). */
 void	cfg_vm_free(struct cfg_vm *vm);
 

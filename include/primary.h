@@ -42,6 +42,7 @@ struct pvm_status {
 	int64_t		 last_point_ms;
 	uint64_t	 interval_ms;
 	unsigned	 failures;	/* consecutive failed cycles */
+	int		 nospace;	/* the replica refused: no space */
 	const char	*error;		/* last failure, "" if none */
 	uint64_t	 progress_bytes; /* read so far by a running cycle */
 	uint64_t	 progress_total;

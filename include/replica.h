@@ -24,6 +24,7 @@ struct rvm_status {
 	const char	*error;		/* last failed cycle, "" if none */
 	uint64_t	 received_bytes; /* of the arriving cycle */
 	uint64_t	 last_bytes;	/* raw bytes of the last point */
+	int		 nospace;	/* last cycle refused: no space */
 };
 
 /* Open the stores of the catalog's replica relationships (finishing or

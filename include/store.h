@@ -112,6 +112,13 @@ int	store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
  */
 int	store_drop_point(struct store *st, uint64_t id, uint64_t *freed,
 	    char *err, size_t errsz);
+/* Space of the storage: min_free from the [accept] entry (0: none). */
+void	store_set_space(struct store *st, uint64_t min_free_bytes,
+	    unsigned min_free_pct);
+/* Free and total bytes of the storage's file system, and what min_free
+ * keeps free there. */
+int	store_space(struct store *st, uint64_t *avail, uint64_t *total,
+	    uint64_t *keep);
 /* The point of the open test copy, 0 if none. */
 uint64_t store_pinned_point(struct store *st);
 

@@ -431,8 +431,9 @@ set_storage(struct cfg_parse *p, const char *v)
  * hourly, daily, weekly, monthly, yearly, or within=DURATION.  Stored
  * without the blanks around the commas.
  */
+/* Check a retention policy; *norm receives its normal form. */
 static int
-set_retention(struct cfg_parse *p, const char *v)
+check_retention(struct cfg_parse *p, const char *v, char **norm)
 {
 	static const char *const kinds[] = { "last", "hourly", "daily",
 	    "weekly", "monthly", "yearly", "within" };
@@ -504,13 +505,89 @@ set_retention(struct cfg_parse *p, const char *v)
 		    "%s%s%s=%s", olen > 0 ? "," : "", app ? "app:" : "",
 		    item, val);
 	}
-	cur_accept(p)->retention = out;
+	*norm = out;
 	out = NULL;
 	r = 0;
 out:
 	free(copy);
 	free(out);
 	return r;
+}
+
+static int
+set_retention(struct cfg_parse *p, const char *v)
+{
+	return check_retention(p, v, &cur_accept(p)->retention);
+}
+
+/* retention.VM = POLICY: the policy of one VM of this entry. */
+static int
+set_vm_retention(struct cfg_parse *p, const char *vm, const char *v)
+{
+	struct cfg_accept *a = cur_accept(p);
+	char *norm;
+	int r;
+
+	if (util_name_valid(vm) != 0)
+		return KEY_ERROR(p, "invalid VM name '%s'", vm);
+	for (size_t i = 0; i < a->nret; i++)
+		if (strcmp(a->ret_vms[i], vm) == 0)
+			return KEY_ERROR(p, "duplicate key");
+	if ((r = check_retention(p, v, &norm)) != 0)
+		return r;
+	a->ret_vms = xreallocarray(a->ret_vms, a->nret + 1, sizeof(char *));
+	a->ret_policies = xreallocarray(a->ret_policies, a->nret + 1,
+	    sizeof(char *));
+	a->ret_vms[a->nret] = xstrdup(vm);
+	a->ret_policies[a->nret++] = norm;
+	return 0;
+}
+
+static int
+set_retention_time(struct cfg_parse *p, const char *v)
+{
+	if (strcmp(v, "utc") == 0)
+		cur_accept(p)->retention_local = 0;
+	else if (strcmp(v, "local") == 0)
+		cur_accept(p)->retention_local = 1;
+	else
+		return KEY_ERROR(p, "invalid value '%s' (expected utc or "
+		    "local)", v);
+	return 0;
+}
+
+/* min_free = SIZE or PERCENT% of the storage's file system. */
+static int
+set_min_free(struct cfg_parse *p, const char *v)
+{
+	struct cfg_accept *a = cur_accept(p);
+	size_t n = strlen(v);
+	if (n > 1 && v[n - 1] == '%') {
+		unsigned pct = 0;
+		size_t i;
+		for (i = 0; i < n - 1 && isdigit((unsigned char)v[i]) &&
+		    pct < 100; i++)
+			pct = pct * 10 + (unsigned)(v[i] - '0');
+		if (i != n - 1 || pct < 1 || pct > 90)
+			return KEY_ERROR(p, "invalid percentage '%s' (1%% to "
+			    "90%%)", v);
+		a->min_free_pct = pct;
+		a->min_free_bytes = 0;
+		return 0;
+	}
+	if (util_parse_size(v, &a->min_free_bytes) != 0)
+		return KEY_ERROR(p, "invalid size '%s' (e.g. 10G, or 5%%)", v);
+	a->min_free_pct = 0;
+	return 0;
+}
+
+const char *
+config_retention(const struct cfg_accept *a, const char *vm)
+{
+	for (size_t i = 0; i < a->nret; i++)
+		if (strcmp(a->ret_vms[i], vm) == 0)
+			return a->ret_policies[i];
+	return a->retention;
 }
 
 static const struct cfg_key cfg_keys[] = {
@@ -537,6 +614,8 @@ static const struct cfg_key cfg_keys[] = {
 	{ SEC_ACCEPT, "vms", set_vms, 0 },
 	{ SEC_ACCEPT, "storage", set_storage, 0 },
 	{ SEC_ACCEPT, "retention", set_retention, 0 },
+	{ SEC_ACCEPT, "retention_time", set_retention_time, 0 },
+	{ SEC_ACCEPT, "min_free", set_min_free, 0 },
 };
 _Static_assert(sizeof(cfg_keys) / sizeof(cfg_keys[0]) <=
     sizeof(((struct cfg_parse *)0)->seen) / sizeof(int), "seen[] too small");
@@ -555,6 +634,11 @@ cfg_handler(void *user, const char *section, const char *name,
 	if (p->sec == SEC_NONE) {
 		r = KEY_ERROR(p, "key outside any section (expected [daemon], "
 		    "[vm NAME] or [accept NAME] first)");
+		goto out;
+	}
+	if (p->sec == SEC_ACCEPT && strncmp(name, "retention.", 10) == 0) {
+		r = *value == '\0' ? KEY_ERROR(p, "empty value") :
+		    set_vm_retention(p, name + 10, value);
 		goto out;
 	}
 	for (i = 0; i < sizeof(cfg_keys) / sizeof(cfg_keys[0]); i++)
@@ -940,6 +1024,8 @@ config_free(struct config *cfg)
 		free_strv(a->vms, a->nvms);
 		free(a->storage);
 		free(a->retention);
+		free_strv(a->ret_vms, a->nret);
+		free_strv(a->ret_policies, a->nret);
 		free(a->on_promote);
 		free(a->on_demote);
 	}

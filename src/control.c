@@ -31,6 +31,7 @@
 #include "log.h"
 #include "primary.h"
 #include "replica.h"
+#include "retention.h"
 #include "store.h"
 #include "util.h"
 #include "work.h"
@@ -75,6 +76,13 @@ struct cconn {
 	char			*paths[CAT_MAX_DISKS];
 	uint64_t		 point;
 	uint64_t		 blocks;
+	/* prune: the VMs left to do, and what to print */
+	char			**todo;
+	size_t			 ntodo, itodo;
+	struct wbuf		 text;
+	int			 failed;
+	char			 policy[512];
+	int			 local_time;
 };
 
 /* --- replies ------------------------------------------------------------- */
@@ -231,6 +239,11 @@ struct vm_view {
 	uint64_t	 progress;
 	uint64_t	 total;
 	uint64_t	 uncommitted;	/* failover not committed: its point */
+	int		 has_space;	/* replica: the next four are set */
+	uint64_t	 history_bytes;	/* undo data of the points */
+	uint64_t	 npoints;
+	uint64_t	 free_bytes;	/* storage file system */
+	uint64_t	 min_free;
 };
 
 static const char *
@@ -284,8 +297,8 @@ collect(struct daemon *d, const char *only, struct vm_view **out_views)
 		x->last = st.last;
 		x->progress = st.progress_bytes;
 		x->total = st.progress_total;
-		x->health = health_of(x->state, st.failures, x->lag_s,
-		    st.interval_ms);
+		x->health = st.nospace ? "critical" : health_of(x->state,
+		    st.failures, x->lag_s, st.interval_ms);
 	}
 	for (size_t i = 0; i < d->nrvms; i++) {
 		struct rvm_status st;
@@ -308,8 +321,23 @@ collect(struct daemon *d, const char *only, struct vm_view **out_views)
 			x->lag_s = 0;
 		x->error = st.error;
 		x->last.dirty_bytes = st.last_bytes;
+		/* The history's size and the room left for it. */
+		struct cat_point *pts = NULL;
+		size_t np = 0;
+		uint64_t total;
+		if (cat_point_list(d->cat, st.name, &pts, &np) == 0 &&
+		    store_space(rvm_store(d->rvms[i]), &x->free_bytes, &total,
+		    &x->min_free) == 0) {
+			x->has_space = 1;
+			x->npoints = np;
+			for (size_t k = 0; k < np; k++)
+				if (pts[k].seg != CAT_SEG_NONE)
+					x->history_bytes += pts[k].undo_bytes;
+		}
+		free(pts);
 		x->progress = st.received_bytes;
-		x->health = health_of(x->state, 0, x->lag_s, st.interval_ms);
+		x->health = st.nospace ? "critical" : health_of(x->state, 0,
+		    x->lag_s, st.interval_ms);
 	}
 	*out_views = v;
 	return n;
@@ -355,6 +383,12 @@ cmd_status(struct cconn *c)
 			if (x->uncommitted)
 				json_raw(&b, "\"uncommitted_point\":%" PRIu64
 				    ",", x->uncommitted);
+			if (x->has_space)
+				json_raw(&b, "\"points\":%" PRIu64 ","
+				    "\"history_bytes\":%" PRIu64 ","
+				    "\"storage_free_bytes\":%" PRIu64 ","
+				    "\"min_free_bytes\":%" PRIu64 ",", x->npoints,
+				    x->history_bytes, x->free_bytes, x->min_free);
 			json_raw(&b, "\"error\":");
 			if (x->error && x->error[0])
 				json_str(&b, x->error);
@@ -410,6 +444,15 @@ cmd_status(struct cconn *c)
 			out(c, "%-16s %-8s %4" PRIu64 " %-9s %-8s %-6s %-21s "
 			    "%-7s %s\n", x->name, x->role, x->generation,
 			    x->state, x->health, pt, when, lag, cyc);
+			if (x->has_space) {
+				util_format_bytes(x->history_bytes, bytes[0], 32);
+				util_format_bytes(x->free_bytes, bytes[1], 32);
+				util_format_bytes(x->min_free, bytes[2], 32);
+				out(c, "%16s history: %" PRIu64 " points, %s of "
+				    "undo data; storage: %s free%s%s\n", "",
+				    x->npoints, bytes[0], bytes[1], x->min_free ?
+				    ", min_free " : "", x->min_free ? bytes[2] : "");
+			}
 			if (x->uncommitted)
 				out(c, "%16s failover to point %" PRIu64 " not "
 				    "committed (replctl failover %s --commit)\n",
@@ -470,15 +513,17 @@ cmd_points(struct cconn *c)
 		json_raw(&b, "]");
 		send_wbuf(c, &b);
 	} else {
-		out(c, "%6s  %-20s  %-5s  %10s\n", "ID", "CREATED", "KIND",
-		    "BYTES");
+		char held[32];
+		out(c, "%6s  %-20s  %-5s  %10s  %10s\n", "ID", "CREATED",
+		    "KIND", "BYTES", "UNDO");
 		for (size_t i = 0; i < n; i++) {
 			util_format_time(pts[i].created_ms / 1000, when,
 			    sizeof(when));
 			util_format_bytes(pts[i].bytes, bytes, sizeof(bytes));
-			out(c, "%6" PRIu64 "  %-20s  %-5s  %10s\n", pts[i].id,
-			    when, pts[i].kind == CAT_KIND_APP ? "app" : "crash",
-			    bytes);
+			util_format_bytes(pts[i].undo_bytes, held, sizeof(held));
+			out(c, "%6" PRIu64 "  %-20s  %-5s  %10s  %10s\n",
+			    pts[i].id, when, pts[i].kind == CAT_KIND_APP ?
+			    "app" : "crash", bytes, held);
 		}
 	}
 	wb_free(&b);
@@ -845,6 +890,180 @@ cmd_forget(struct cconn *c)
 	work_submit(job_forget, forget_done, c);
 }
 
+/*
+ * prune [VM] [--dry-run]: apply each VM's retention policy (its [accept]
+ * entry's) and drop the points it does not keep, oldest first; print what
+ * is kept and why, what is dropped, and the space freed.
+ */
+static void prune_next(struct cconn *c);
+
+static void
+textf(struct cconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void
+textf(struct cconn *c, const char *fmt, ...)
+{
+	char tmp[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	va_end(ap);
+	wb_put_bytes(&c->text, tmp, n < (int)sizeof(tmp) ? (size_t)n :
+	    sizeof(tmp) - 1);
+}
+
+static void
+job_prune(void *arg)
+{
+	struct cconn *c = arg;
+	struct store *st = rvm_store(c->rvm);
+	const char *vm = c->todo[c->itodo];
+	struct ret_policy pol;
+	struct cat_point *pts = NULL;
+	size_t n = 0;
+	unsigned *why = NULL;
+	char err[512], when[32], bytes[32], reasons[RET_REASONS_STRLEN];
+	uint64_t freed = 0, dropped = 0, kept = 0;
+	int r;
+
+	if (ret_parse(c->policy, c->local_time, &pol, err, sizeof(err)) != 0) {
+		textf(c, "%s: bad retention policy: %s\n", vm, err);
+		c->failed = 1;
+		return;
+	}
+	if ((r = cat_point_list(c->ctl->d->cat, vm, &pts, &n)) != 0) {
+		textf(c, "%s: cannot list points: %s\n", vm, rd_strerror(r));
+		c->failed = 1;
+		return;
+	}
+	struct ret_point *rp = xcalloc(n + 1, sizeof(*rp));
+	why = xcalloc(n + 1, sizeof(*why));
+	for (size_t i = 0; i < n; i++)
+		rp[i] = (struct ret_point){ pts[i].id, pts[i].created_ms,
+		    pts[i].kind == CAT_KIND_APP };
+	ret_apply(&pol, rp, n, why);
+	uint64_t pinned = store_pinned_point(st);
+	for (size_t i = 0; i < n; i++)
+		if (pts[i].id == pinned)
+			why[i] |= RET_PINNED;
+	textf(c, "%s: policy %s%s, %zu points\n", vm, c->policy,
+	    c->local_time ? " (local time)" : "", n);
+	for (size_t i = 0; i < n; i++) {
+		util_format_time(pts[i].created_ms / 1000, when, sizeof(when));
+		util_format_bytes(pts[i].seg == CAT_SEG_NONE ? 0 :
+		    pts[i].undo_bytes, bytes, sizeof(bytes));
+		if (why[i]) {
+			ret_reasons(why[i] & ~RET_PINNED, reasons,
+			    sizeof(reasons));
+			textf(c, "  keep %6" PRIu64 "  %s  %-5s  %s%s%s\n",
+			    pts[i].id, when, pts[i].kind == CAT_KIND_APP ?
+			    "app" : "crash", reasons, (why[i] & RET_PINNED) ?
+			    (reasons[0] ? ",test-copy" : "test-copy") : "", "");
+			kept++;
+			continue;
+		}
+		if (c->o.dry_run) {
+			textf(c, "  drop %6" PRIu64 "  %s  %-5s  (dry run)\n",
+			    pts[i].id, when, pts[i].kind == CAT_KIND_APP ?
+			    "app" : "crash");
+			dropped++;
+			continue;
+		}
+		uint64_t f = 0;
+		if ((r = store_drop_point(st, pts[i].id, &f, err,
+		    sizeof(err))) != 0) {
+			textf(c, "  FAIL %6" PRIu64 "  %s\n", pts[i].id, err);
+			c->failed = 1;
+			continue;
+		}
+		util_format_bytes(f, bytes, sizeof(bytes));
+		textf(c, "  drop %6" PRIu64 "  %s  %-5s  %s freed\n",
+		    pts[i].id, when, pts[i].kind == CAT_KIND_APP ? "app" :
+		    "crash", bytes);
+		log_info("%s: point %" PRIu64 " dropped by prune (%s freed)",
+		    vm, pts[i].id, bytes);
+		freed += f;
+		dropped++;
+	}
+	util_format_bytes(freed, bytes, sizeof(bytes));
+	textf(c, "%s: %" PRIu64 " kept, %" PRIu64 " %s, %s freed\n", vm, kept,
+	    dropped, c->o.dry_run ? "to drop (dry run: nothing changed)" :
+	    "dropped", bytes);
+	free(rp);
+	free(why);
+	free(pts);
+}
+
+static void
+prune_done(void *arg)
+{
+	struct cconn *c = arg;
+	c->itodo++;
+	prune_next(c);
+}
+
+static void
+prune_next(struct cconn *c)
+{
+	struct daemon *d = c->ctl->d;
+	while (c->itodo < c->ntodo) {
+		const char *vm = c->todo[c->itodo];
+		struct rvm *rv = replica_find(d, vm);
+		if (rv == NULL || rvm_promoted(rv)) {
+			c->itodo++;		/* changed role meanwhile */
+			continue;
+		}
+		struct cat_rel rel;
+		store_rel(rvm_store(rv), &rel);
+		const struct cfg_accept *acc = config_match_accept(d->cfg,
+		    rel.peer, vm);
+		snprintf(c->policy, sizeof(c->policy), "%s", acc ?
+		    config_retention(acc, vm) : CONFIG_DEFAULT_RETENTION);
+		c->local_time = acc ? acc->retention_local : 0;
+		c->rvm = rv;
+		work_submit(job_prune, prune_done, c);
+		return;
+	}
+	c->busy = 0;
+	if (c->text.len > 0) {
+		wb_put_bytes(&c->text, "", 1);
+		out(c, "%s", (const char *)c->text.p);
+	}
+	finish(c, c->failed ? 1 : 0);
+}
+
+static void
+cmd_prune(struct cconn *c)
+{
+	struct daemon *d = c->ctl->d;
+	if (c->o.vm) {
+		struct rvm *rv = need_rvm(c, "prune");
+		if (rv == NULL)
+			return;
+		if (rvm_promoted(rv)) {
+			fail(c, 1, "prune %s: %s is primary on this host (its "
+			    "failover is not committed)", c->o.vm, c->o.vm);
+			return;
+		}
+	}
+	wb_init(&c->text);
+	c->todo = xcalloc(d->nrvms + 1, sizeof(char *));
+	for (size_t i = 0; i < d->nrvms; i++) {
+		struct rvm_status st;
+		if (rvm_promoted(d->rvms[i]))
+			continue;
+		rvm_status(d->rvms[i], &st);
+		if (c->o.vm == NULL || strcmp(c->o.vm, st.name) == 0)
+			c->todo[c->ntodo++] = xstrdup(st.name);
+	}
+	if (c->ntodo == 0) {
+		out(c, "no replicas on this host\n");
+		finish(c, 0);
+		return;
+	}
+	c->busy = 1;
+	prune_next(c);
+}
+
 static void
 cmd_reverse(struct cconn *c)
 {
@@ -853,13 +1072,6 @@ cmd_reverse(struct cconn *c)
 		progress_start(c);
 	failover_reverse(c->ctl->d, c->o.vm, c->o.to, c->o.name, c->o.wait,
 	    role_done, c);
-}
-
-static void
-cmd_unavailable(struct cconn *c)
-{
-	fail(c, 1, "this command is not available in this version of "
-	    "replicad");
 }
 
 /* --- dispatch ------------------------------------------------------------ */
@@ -880,7 +1092,7 @@ static const struct command commands[] = {
 	{ "resume",	2, cmd_resume },
 	{ "reverse",	2, cmd_reverse },
 	{ "resync",	2, cmd_resync },
-	{ "prune",	1, cmd_unavailable },
+	{ "prune",	1, cmd_prune },
 	{ "forget",	2, cmd_forget },
 };
 
@@ -988,6 +1200,10 @@ conn_free(struct cconn *c)
 	wb_free(&c->out);
 	if (c->progress_ev)
 		event_free(c->progress_ev);
+	for (size_t i = 0; i < c->ntodo; i++)
+		free(c->todo[i]);
+	free(c->todo);
+	wb_free(&c->text);
 	free((char *)c->o.vm);
 	free((char *)c->o.to);
 	free((char *)c->o.name);

@@ -166,6 +166,7 @@ struct pvm {
 	int			 draining;	/* ended sessions with a job */
 	int			 resync;	/* next cycle resynchronises */
 	int			 held;		/* no cycle (failover uncommitted) */
+	int			 nospace;	/* the replica is out of space */
 	struct cfg_vm		*owned_cfg;	/* cfg, when made from the catalog */
 	/* planned failover: the next cycle hands over */
 	char			*handover;	/* this host's listen HOST:PORT */
@@ -383,6 +384,7 @@ sess_fail(struct psess *s, int code, const char *fmt, ...)
 		log_warnx("%s: cycle failed: %s", vm->cfg->name, msg);
 	snprintf(vm->error, sizeof(vm->error), "%s", msg);
 	vm->failures++;
+	vm->nospace = code == RD_ERR_NOSPACE;
 	int promote_sent = s->promote_sent, handover = s->handover;
 	if (code == RD_ERR_FENCED && vm->confirm_fn) {
 		void (*fn)(void *, int) = vm->confirm_fn;
@@ -467,6 +469,7 @@ sess_done(struct psess *s)
 	vm->last_point = s->point;
 	vm->last_point_ms = s->created_ms;
 	vm->failures = 0;
+	vm->nospace = 0;
 	vm->error[0] = '\0';
 	vm->state = vm->paused ? PVM_PAUSED : PVM_IDLE;
 	log_info("%s: cycle %" PRIu64 " done: point %" PRIu64 ", %" PRIu64
@@ -1157,7 +1160,8 @@ on_nack(struct psess *s, const uint8_t *p, size_t len)
 		sess_fail(s, r, "bad NACK from the replica");
 		return;
 	}
-	sess_fail(s, n.code == WIRE_NACK_FENCED ? RD_ERR_FENCED : RD_ERR_PEER,
+	sess_fail(s, n.code == WIRE_NACK_FENCED ? RD_ERR_FENCED :
+	    n.code == WIRE_NACK_NOSPACE ? RD_ERR_NOSPACE : RD_ERR_PEER,
 	    "replica refused: %s: %s", wire_nack_name(n.code), n.reason);
 }
 
@@ -1610,6 +1614,7 @@ pvm_status(const struct pvm *vm, struct pvm_status *st)
 	st->last_point_ms = vm->last_point_ms;
 	st->interval_ms = vm->cfg->interval_ms;
 	st->failures = vm->failures;
+	st->nospace = vm->nospace;
 	st->error = vm->error;
 	st->last = vm->last;
 	if (vm->sess) {

@@ -67,6 +67,7 @@ struct rvm {
 	uint64_t	 received;
 	uint64_t	 last_bytes;
 	int		 promoted;	/* primary here, failover uncommitted */
+	int		 nospace;	/* the last cycle was refused for space */
 	int		 blocked;	/* a role change: no session now */
 	void		(*idle_fn)(void *);	/* told when no session */
 	void		*idle_arg;
@@ -197,6 +198,7 @@ rvm_status(struct rvm *vm, struct rvm_status *out)
 	out->error = vm->error;
 	out->received_bytes = vm->received;
 	out->last_bytes = vm->last_bytes;
+	out->nospace = vm->nospace;
 }
 
 /*
@@ -893,6 +895,8 @@ stage_done(void *arg)
 	if (s->state == RS_CLOSING)
 		return;		/* refused meanwhile: no ACK after a NACK */
 	if (s->job_rc != 0) {
+		if (vm && s->nack_code == WIRE_NACK_NOSPACE)
+			vm->nospace = 1;
 		sess_refuse(s, s->nack_code, "%s", s->err);
 		return;
 	}
@@ -906,6 +910,7 @@ stage_done(void *arg)
 		    s->cycle.cycle, s->point.id, s->point.bytes,
 		    s->point.undo_bytes);
 		vm->error[0] = '\0';
+		vm->nospace = 0;
 		vm->last_bytes = s->point.bytes;
 		vm->received = 0;
 		wb_reset(&s->out);
@@ -1158,6 +1163,7 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 			    "primary of %s (failover not committed)", h->vm);
 		return;
 	}
+	store_set_space(vm->st, acc->min_free_bytes, acc->min_free_pct);
 	if (strcmp(rel.storage, acc->storage) != 0) {
 		sess_refuse(s, WIRE_NACK_DENIED, "%s is stored in %s, but the "
 		    "[accept %s] entry names %s", h->vm, rel.storage, acc->name,

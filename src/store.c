@@ -33,6 +33,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -87,6 +88,8 @@ struct store {
 	int		 lock_fd;	/* flock on STORAGE/VM/.lock */
 	struct digest	 zero_digest;
 	int		 test_busy;	/* a test copy is being built */
+	uint64_t	 min_free_bytes; /* [accept] min_free */
+	unsigned	 min_free_pct;
 	int		 unfinished;	/* a complete cycle failed to apply:
 					   roll it forward before anything */
 	/* the cycle being received */
@@ -310,6 +313,8 @@ static int apply_index(struct store *st, const struct stage_index *ix,
 static int recover_rewind(struct store *st, char *err, size_t errsz);
 static void close_digest_fds(struct store *st);
 static void remove_unreferenced(struct store *st);
+static int make_room(struct store *st, uint64_t need, char *err,
+    size_t errsz);
 
 /* Finish a complete staged cycle or abandon an incomplete one. */
 static int
@@ -852,6 +857,91 @@ store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 out:
 	pthread_mutex_unlock(&st->lock);
 	free(pts);
+	return r;
+}
+
+/* --- space ---------------------------------------------------------------- */
+
+void
+store_set_space(struct store *st, uint64_t min_free_bytes,
+    unsigned min_free_pct)
+{
+	pthread_mutex_lock(&st->rel_lock);
+	st->min_free_bytes = min_free_bytes;
+	st->min_free_pct = min_free_pct;
+	pthread_mutex_unlock(&st->rel_lock);
+}
+
+int
+store_space(struct store *st, uint64_t *avail, uint64_t *total,
+    uint64_t *keep)
+{
+	struct statvfs sv;
+	if (statvfs(st->dir, &sv) != 0)
+		return RD_ERR_SYSTEM;
+	*avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	*total = (uint64_t)sv.f_blocks * sv.f_frsize;
+	pthread_mutex_lock(&st->rel_lock);
+	*keep = st->min_free_pct ? *total / 100 * st->min_free_pct :
+	    st->min_free_bytes;
+	pthread_mutex_unlock(&st->rel_lock);
+	return 0;
+}
+
+/*
+ * Before a cycle is applied: if what it needs (about its raw size: the
+ * undo data of what it overwrites and the new blocks of the images) would
+ * leave less than min_free, drop the oldest points, one at a time, each
+ * logged; if there is none left to drop, refuse the cycle (NOSPACE) and
+ * let the primary keep its changes and try again later.
+ */
+static int
+make_room(struct store *st, uint64_t need, char *err, size_t errsz)
+{
+	uint64_t avail, total, keep, freed;
+	struct cat_point *pts = NULL;
+	size_t n = 0;
+	char a[32], b[32], c[32];
+	int r;
+
+	for (;;) {
+		if (store_space(st, &avail, &total, &keep) != 0 || keep == 0)
+			return 0;
+		if (avail >= need && avail - need >= keep)
+			return 0;
+		free(pts);
+		pts = NULL;
+		if ((r = cat_point_list(st->cat, st->rel.vm, &pts, &n)) != 0)
+			break;
+		uint64_t pinned = store_pinned_point(st), victim = 0;
+		for (size_t i = 0; i + 1 < n && victim == 0; i++)
+			if (pts[i].id != pinned)
+				victim = pts[i].id;
+		util_format_bytes(avail, a, sizeof(a));
+		util_format_bytes(need, b, sizeof(b));
+		util_format_bytes(keep, c, sizeof(c));
+		if (victim == 0) {
+			snprintf(err, errsz, "no space: %s free on the storage "
+			    "of %s, the cycle needs about %s and min_free keeps "
+			    "%s; no older point is left to drop", a, st->rel.vm,
+			    b, c);
+			free(pts);
+			return RD_ERR_NOSPACE;
+		}
+		char why[512];
+		if ((r = store_drop_point(st, victim, &freed, why,
+		    sizeof(why))) != 0) {
+			snprintf(err, errsz, "no space, and dropping point %"
+			    PRIu64 " failed: %s", victim, why);
+			free(pts);
+			return RD_ERR_NOSPACE;
+		}
+		log_warnx("%s: point %" PRIu64 " dropped to keep min_free (%s "
+		    "free, the cycle needs about %s, min_free %s)", st->rel.vm,
+		    victim, a, b, c);
+	}
+	free(pts);
+	snprintf(err, errsz, "cannot list points: %s", rd_strerror(r));
 	return r;
 }
 
@@ -1630,6 +1720,10 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 
 	if (!st->active)
 		return RD_ERR_STATE;
+	if ((r = make_room(st, st->raw_bytes, err, errsz)) != 0) {
+		store_cycle_abort(st);
+		return r;
+	}
 	for (int i = 0; i < CAT_MAX_DISKS; i++)
 		if (st->dig_fd[i] >= 0 && fsync(st->dig_fd[i]) != 0)
 			log_warn("%s: fsync of the digests of disk %d", st->rel.vm,

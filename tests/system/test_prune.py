@@ -130,3 +130,51 @@ def test_crash_after_merge(env):
 
 def test_crash_after_drop_record(env):
     _crash_during_forget(env, "replica-after-drop-record")
+
+
+def test_prune_policy_dry_run_and_pinned(env):
+    """prune with last=3: --dry-run lists what it would drop and changes
+    nothing; prune drops the rest, oldest first; every remaining point
+    rebuilds exactly; the point of an open test copy is kept."""
+    pri, rep, disks, kept = history(env, 8, extra_accept="retention = last=3\n")
+    ids = points(rep)
+    files = undo_files(rep)
+    r = rep.ok("prune", VM, "--dry-run")
+    check("policy last=3" in r.out and "dry run" in r.out, "dry run said %r" % r.out)
+    for pt in ids[:5]:
+        check(("drop %6d" % pt) in r.out, "dry run does not list point %d as dropped: %r" % (pt, r.out))
+    for pt in ids[5:]:
+        check(("keep %6d" % pt) in r.out, "dry run does not keep %d: %r" % (pt, r.out))
+    check(points(rep) == ids and undo_files(rep) == files, "--dry-run changed something")
+    # A test copy of point 2 keeps it through the prune.
+    rep.ok("failover", VM, "--test", "--point", str(ids[1]))
+    r = rep.ok("prune", VM)
+    check("test-copy" in r.out and ("keep %6d" % ids[1]) in r.out, "prune output %r" % r.out)
+    check(points(rep) == [ids[1]] + ids[5:], "points after prune %r" % points(rep))
+    rep.ok("failover", VM, "--test", "--cleanup")
+    check_all(rep, disks, kept, "after prune")
+    r = rep.ok("prune")                     # every VM: now point 2 goes
+    check(points(rep) == ids[5:], "points after the second prune %r" % points(rep))
+    check_all(rep, disks, kept, "after the second prune")
+    r = rep.ok("prune", VM)
+    check(points(rep) == ids[5:] and "0 dropped" in r.out, "a third prune changed %r" % r.out)
+    # Bad input.
+    r = rep.ctl("prune", "nosuch")
+    check(r.rc == 1, "prune of an unknown VM: %r" % r)
+    r = pri.ctl("prune", VM)
+    check(r.rc == 1 and "primary" in r.err, "prune on the primary: %r" % r)
+    r = pri.ok("prune")
+    check("no replicas" in r.out, "prune on a host with no replica: %r" % r)
+    pri.stop()
+    rep.stop()
+
+
+def test_prune_vm_override_and_within(env):
+    """retention.VM overrides the entry's policy; within keeps everything
+    younger than the duration (all points here)."""
+    pri, rep, disks, kept = history(env, 5, extra_accept="retention = last=1\nretention.web01 = within=1h\n")
+    ids = points(rep)
+    r = rep.ok("prune", VM)
+    check("policy within=1h" in r.out and points(rep) == ids, "within=1h dropped something: %r" % r.out)
+    pri.stop()
+    rep.stop()

@@ -66,3 +66,69 @@ def test_replica_file_system_full(env):
                 p.kill()
                 p.wait()
         subprocess.run(["umount", "-l", storage])
+
+
+def test_min_free_drops_oldest_then_refuses(env):
+    """min_free: the oldest points go first (each logged), every point that
+    remains stays exact; when no point is left to drop the cycle is refused
+    (critical health on both sides, nothing damaged); room again, it goes on."""
+    storage = env.path("small")
+    mount_tmpfs(storage, "72m")
+    try:
+        disk = env.make_disk(env.path("src", "d.img"), 16 << 20)
+        rep = env.replica(extra="min_free = 24M\n")
+        text = open(rep.conf).read().replace(rep.storage, storage)
+        open(rep.conf, "w").write(text)
+        rep.storage = storage
+        rep.start()
+        pri = env.primary({"web01": [disk]}, rep.port).start()
+        pri.ok("sync", "web01", "--wait")
+        image = os.path.join(storage, "web01", "d.img")
+        kept = {}
+        for rnd in range(8):
+            with open(disk, "r+b") as f:     # 6 MiB of new data each time
+                f.seek((rnd % 2) * (8 << 20))
+                f.write(env.rng.randbytes(6 << 20))
+            pt = int(pri.ok("sync", "web01", "--wait").out.split()[1])
+            kept[pt] = env.path("kept", "p%d" % pt)
+            os.makedirs(env.path("kept"), exist_ok=True)
+            subprocess.run(["cp", disk, kept[pt]], check=True)
+            assert_same(disk, image, "round %d" % rnd)
+        log = rep.log_text()
+        check("dropped to keep min_free" in log, "no point was dropped for min_free")
+        pts = [p["id"] for p in json.loads(rep.ok("points", "web01", "--json").out)]
+        check(len(pts) < 9 and pts[-1] == max(kept), "points %r" % pts)
+        for p in pts:
+            if p not in kept:
+                continue
+            rep.ok("failover", "web01", "--test", "--point", str(p))
+            assert_same(kept[p], os.path.join(storage, "web01", "test", "d.img"), "point %d" % p)
+            rep.ok("failover", "web01", "--test", "--cleanup")
+        rep.ok("verify", "web01")
+
+        # A cycle bigger than what min_free allows, even with no history.
+        before = file_digest(image)
+        with open(disk, "r+b") as f:
+            f.write(env.rng.randbytes(16 << 20))
+        r = pri.ctl("sync", "web01", "--wait")
+        check(r.rc == 1 and "space" in r.err, "sync past min_free: %r" % r)
+        sp = json.loads(pri.ok("status", "web01", "--json").out)["vms"][0]
+        sr = json.loads(rep.ok("status", "web01", "--json").out)["vms"][0]
+        check(sp["health"] == "critical" and sr["health"] == "critical",
+              "health after the refusal: primary %r, replica %r" % (sp, sr))
+        check(file_digest(image) == before, "the image changed after a refused cycle")
+        left = [p["id"] for p in json.loads(rep.ok("points", "web01", "--json").out)]
+        check(left == [pts[-1]], "points after the refusal %r (all but the newest dropped)" % left)
+        rep.ok("verify", "web01")
+
+        # Room again: the primary kept its changes and replication goes on.
+        subprocess.run(["mount", "-o", "remount,size=400m", storage], check=True)
+        pri.ok("sync", "web01", "--wait")
+        assert_same(disk, image, "after space returned")
+        sp = json.loads(pri.ok("status", "web01", "--json").out)["vms"][0]
+        check(sp["health"] == "normal", "primary health after recovery %r" % sp)
+        rep.ok("verify", "web01")
+        pri.stop()
+        rep.stop()
+    finally:
+        subprocess.run(["umount", "-l", storage])
