@@ -178,3 +178,60 @@ def test_prune_vm_override_and_within(env):
     check("policy within=1h" in r.out and points(rep) == ids, "within=1h dropped something: %r" % r.out)
     pri.stop()
     rep.stop()
+
+
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+
+
+def test_prune_time_buckets(env):
+    """Points cut at chosen times (the primary runs under libfaketime):
+    last=1,hourly=3,daily=3 keeps exactly the newest of the right hours and
+    days; then daily=5 (a per-VM override) drops a point in the middle;
+    after each prune every remaining point rebuilds exactly."""
+    import calendar
+    import time as _time
+    check(os.path.exists(FAKETIME), "libfaketime is missing (tools/install-deps installs it)")
+    day = 86400
+    now = int(_time.time())
+    base = (now // day + 2) * day + 600          # 00:10 UTC, two days ahead
+    offsets = [0, 3600, 5400, 7200, day + 3600, day + 7200, 2 * day + 3600, 8 * day,
+               8 * day + 3600, 15 * day]
+    tsfile = env.path("faketime")
+    disks = [env.make_disk(env.path("src", "sda.img"), 8 << 20)]
+    rep = env.replica(extra="retention = last=1,hourly=3,daily=3\n").start()
+    pri = env.primary({VM: disks}, rep.port)
+    with open(tsfile, "w") as f:
+        f.write(_time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(base)))
+    pri.start(env_extra={"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": tsfile,
+                         "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1", "TZ": "UTC"})
+    kept = {}
+    for off in offsets:
+        with open(tsfile, "w") as f:
+            f.write(_time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(base + off)))
+        random_write(env.rng, disks[0], max_len=256 << 10)
+        pt = point_of(pri.ok("sync", VM, "--wait"))
+        kept[pt] = snapshot(disks, env.path("kept"), "p%d" % pt)
+    pts = json.loads(rep.ok("points", VM, "--json").out)
+    ids = [p["id"] for p in pts]
+    got = [calendar.timegm(_time.strptime(p["created"], "%Y-%m-%dT%H:%M:%SZ")) - base for p in pts]
+    check(got == offsets, "points were not cut at the fake times: %r" % got)
+    r = rep.ok("prune", VM)
+    want = ids[6:]                                # P7 (day 2), P8, P9 (day 8), P10 (day 15)
+    check(points(rep) == want, "after last=1,hourly=3,daily=3: %r, want %r\n%s" % (points(rep), want, r.out))
+    for line, reasons in ((ids[9], "newest,last,hourly,daily"), (ids[8], "hourly,daily"),
+                          (ids[7], "hourly"), (ids[6], "daily")):
+        check(("keep %6d" % line) in r.out and reasons in r.out.split("keep %6d" % line)[1].split("\n")[0],
+              "point %d should be kept for %s: %r" % (line, reasons, r.out))
+    check_all(rep, disks, kept, "after the bucket prune")
+    # A per-VM override, then prune again: P8 (same day as P9) goes.
+    rep.stop()
+    text = open(rep.conf).read().replace("retention = last=1,hourly=3,daily=3\n",
+                                         "retention = last=1,hourly=3,daily=3\nretention.web01 = daily=5\n")
+    open(rep.conf, "w").write(text)
+    rep.start()
+    r = rep.ok("prune", VM)
+    check("policy daily=5" in r.out and points(rep) == [ids[6], ids[8], ids[9]],
+          "after daily=5: %r\n%s" % (points(rep), r.out))
+    check_all(rep, disks, kept, "after the daily=5 prune")
+    pri.stop()
+    rep.stop()

@@ -432,6 +432,44 @@ test_rel_put_trim(void **state)
 	cat_close(cat);
 }
 
+/* Schema 3: dropping a point and giving its neighbour a new segment is
+ * one transaction; a missing point changes nothing. */
+static void
+test_point_drop(void **state)
+{
+	struct fixture *f = *state;
+	struct catalog *cat = open_cat(f);
+	struct cat_rel rel;
+	struct cat_point p;
+
+	make_rel(&rel, "web01", 1);
+	assert_int_equal(cat_rel_put(cat, &rel), 0);
+	for (uint64_t c = 1; c <= 4; c++)
+		commit_ok(cat, "web01", c, c);
+	assert_int_equal(cat_point_get(cat, "web01", 3, &p), 0);
+	assert_int_equal(p.seg, 0);
+	assert_int_equal(cat_point_drop(cat, "web01", 2, 3, 1, 777), 0);
+	assert_int_equal(cat_point_get(cat, "web01", 2, &p), RD_ERR_NOT_FOUND);
+	assert_int_equal(cat_point_get(cat, "web01", 3, &p), 0);
+	assert_int_equal(p.seg, 1);
+	assert_int_equal(p.undo_bytes, 777);
+	/* The oldest, with no segment left for the next one. */
+	assert_int_equal(cat_point_drop(cat, "web01", 1, 3, CAT_SEG_NONE, 0), 0);
+	assert_int_equal(cat_point_get(cat, "web01", 3, &p), 0);
+	assert_int_equal(p.seg, CAT_SEG_NONE);
+	/* Missing point or neighbour: nothing changes. */
+	assert_int_equal(cat_point_drop(cat, "web01", 9, 3, 5, 1),
+	    RD_ERR_NOT_FOUND);
+	assert_int_equal(cat_point_drop(cat, "web01", 3, 9, 5, 1),
+	    RD_ERR_NOT_FOUND);
+	assert_int_equal(cat_point_get(cat, "web01", 3, &p), 0);
+	assert_int_equal(p.seg, CAT_SEG_NONE);
+	assert_int_equal(count_points(f, "web01"), 2);
+	/* Ids are not given out again. */
+	commit_ok(cat, "web01", 5, 5);
+	cat_close(cat);
+}
+
 static void
 test_point_commit_sequence(void **state)
 {
@@ -980,6 +1018,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_rel_replace, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_rel_put_trim, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_point_drop, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_point_commit_sequence,
 		    setup, teardown),
