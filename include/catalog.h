@@ -103,7 +103,8 @@ int	cat_rel_list(struct catalog *cat, struct cat_rel **out, size_t *n);
  * Record a new recovery point for vm in one transaction: assigns p->id
  * (previous newest + 1), inserts the point and its disk sizes, and updates
  * the relationship (last_cycle, last_point, last_point_created_ms, disk
- * sizes from p->sizes).  RD_ERR_NOT_FOUND if the relationship is missing,
+ * sizes from p->sizes, and its generation raised to p->generation: a
+ * replica remembers the highest generation it accepted).  RD_ERR_NOT_FOUND if the relationship is missing,
  * RD_ERR_EXISTS if a point for p->cycle exists.
  */
 int	cat_point_commit(struct catalog *cat, const char *vm,

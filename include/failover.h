@@ -66,6 +66,9 @@ void	failover_demote(struct daemon *d, const struct wire_hello *h,
 	    const char *identity, const struct cfg_accept *acc,
 	    failover_done_fn done, void *arg);
 
+/* A role change of vm is under way (control refuses store jobs). */
+int	failover_busy(const char *vm);
+
 /* The [vm] of a VM that is primary here by a failover and has no [vm]
  * section: its disks are STORAGE/VM/DISK, its replica rel->peer. */
 struct cfg_vm *failover_cfg(const struct config *cfg,

@@ -47,6 +47,9 @@ void	rvm_block(struct rvm *vm, int blocked);
 /* The VM is primary here by an unplanned failover not yet committed:
  * the store stays open for another choice of point or the commit. */
 int	rvm_promoted(const struct rvm *vm);
+/* Control jobs using the store (a role change waits for none). */
+void	rvm_use(struct rvm *vm, int delta);
+int	rvm_in_use(const struct rvm *vm);
 void	rvm_set_promoted(struct rvm *vm, int promoted);
 void	rvm_status(struct rvm *vm, struct rvm_status *st);
 struct store *rvm_store(struct rvm *vm);

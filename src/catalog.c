@@ -194,7 +194,8 @@ static const char *const cat_sql[ST_COUNT] = {
 	    "FROM relationships WHERE vm = ?1",
 	[ST_REL_SET_POINT] = "UPDATE relationships SET last_cycle = ?2, "
 	    "last_point = ?3, last_point_created_ms = ?4, "
-	    "max_point = max(max_point, ?3) WHERE vm = ?1",
+	    "max_point = max(max_point, ?3), "
+	    "generation = max(generation, ?5) WHERE vm = ?1",
 	[ST_RDISK_LIST] = "SELECT idx, name, size FROM rel_disks "
 	    "WHERE vm = ?1 ORDER BY idx",
 	[ST_RDISK_CLEAR] = "DELETE FROM rel_disks WHERE vm = ?1",
@@ -1005,7 +1006,8 @@ cat_point_commit(struct catalog *cat, const char *vm, struct cat_point *p)
 	if (bind_text(st, 1, vm) != SQLITE_OK ||
 	    bind_u64(st, 2, p->cycle) != SQLITE_OK ||
 	    bind_u64(st, 3, id) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 4, p->created_ms) != SQLITE_OK) {
+	    sqlite3_bind_int64(st, 4, p->created_ms) != SQLITE_OK ||
+	    bind_u64(st, 5, p->generation) != SQLITE_OK) {
 		r = cat_dberr(cat, vm, "update relationship");
 		cat_release(st);
 		goto out;

@@ -700,6 +700,33 @@ static void cmd_resume(struct cconn *c) { pause_or_resume(c, 0); }
 
 /* --- jobs on a replica's store ------------------------------------------- */
 
+/*
+ * A control job on a replica's store: refused while a role change of the
+ * VM is under way, and counted on the VM meanwhile so that no role change
+ * starts under it (failover.c).  Its done() calls store_job_end().
+ */
+static int
+store_job(struct cconn *c, struct rvm *rv, work_fn job, work_fn done)
+{
+	if (failover_busy(c->o.vm ? c->o.vm : "")) {
+		fail(c, 1, "%s: a role change of it is under way; try again",
+		    c->o.vm);
+		return -1;
+	}
+	c->rvm = rv;
+	c->busy = 1;
+	rvm_use(rv, 1);
+	work_submit(job, done, c);
+	return 0;
+}
+
+static void
+store_job_end(struct cconn *c)
+{
+	rvm_use(c->rvm, -1);
+	c->busy = 0;
+}
+
 static void
 job_test(void *arg)
 {
@@ -716,7 +743,7 @@ static void
 test_done(void *arg)
 {
 	struct cconn *c = arg;
-	c->busy = 0;
+	store_job_end(c);
 	if (c->rc != 0) {
 		fail(c, 1, "failover %s --test%s: %s", c->o.vm, c->o.cleanup ?
 		    " --cleanup" : "", c->err);
@@ -753,7 +780,7 @@ static void
 verify_done(void *arg)
 {
 	struct cconn *c = arg;
-	c->busy = 0;
+	store_job_end(c);
 	if (c->rc != 0) {
 		log_warnx("%s: verify failed: %s", c->o.vm, c->err);
 		fail(c, 1, "verify %s: %s", c->o.vm, c->err);
@@ -817,8 +844,7 @@ cmd_failover(struct cconn *c)
 	if ((c->rvm = need_rvm(c, "test failover")) == NULL)
 		return;
 	c->point = 0;
-	c->busy = 1;
-	work_submit(job_test, test_done, c);
+	store_job(c, c->rvm, job_test, test_done);
 }
 
 static void
@@ -841,8 +867,7 @@ cmd_verify(struct cconn *c)
 			return;
 		}
 	}
-	c->busy = 1;
-	work_submit(job_verify, verify_done, c);
+	store_job(c, c->rvm, job_verify, verify_done);
 }
 
 static void
@@ -858,7 +883,7 @@ forget_done(void *arg)
 {
 	struct cconn *c = arg;
 	char b[32];
-	c->busy = 0;
+	store_job_end(c);
 	if (c->rc != 0) {
 		fail(c, 1, "forget %s --point %" PRIu64 ": %s", c->o.vm,
 		    c->o.point, c->err);
@@ -886,8 +911,7 @@ cmd_forget(struct cconn *c)
 		fail(c, 2, "forget %s: --point is required", c->o.vm);
 		return;
 	}
-	c->busy = 1;
-	work_submit(job_forget, forget_done, c);
+	store_job(c, c->rvm, job_forget, forget_done);
 }
 
 /*
@@ -997,6 +1021,7 @@ static void
 prune_done(void *arg)
 {
 	struct cconn *c = arg;
+	rvm_use(c->rvm, -1);
 	c->itodo++;
 	prune_next(c);
 }
@@ -1019,7 +1044,15 @@ prune_next(struct cconn *c)
 		snprintf(c->policy, sizeof(c->policy), "%s", acc ?
 		    config_retention(acc, vm) : CONFIG_DEFAULT_RETENTION);
 		c->local_time = acc ? acc->retention_local : 0;
+		if (failover_busy(vm)) {
+			textf(c, "%s: a role change of it is under way; not "
+			    "pruned\n", vm);
+			c->failed = 1;
+			c->itodo++;
+			continue;
+		}
 		c->rvm = rv;
+		rvm_use(rv, 1);
 		work_submit(job_prune, prune_done, c);
 		return;
 	}

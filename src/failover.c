@@ -64,7 +64,80 @@ struct fo {
 	const struct cfg_accept	*acc;
 	struct wire_hello	 hello;
 	struct wire_promote	 promote;
+	int			 claimed;	/* holds the VM's role change */
+	int			 promoted;	/* the new role is recorded */
 };
+
+/*
+ * One role change at a time per VM: every change claims the VM's name
+ * until it ends, and a second one (another command, a HELLO asking for a
+ * demotion) is refused as busy meanwhile.  Control jobs that use a
+ * replica's store (test failover, verify, forget, prune) are refused too,
+ * and a role change waits for none of them: it is refused while one runs.
+ */
+struct claim {
+	char		 vm[NAME_MAX_LEN + 1];
+	struct claim	*next;
+};
+static struct claim *claims;
+
+int
+failover_busy(const char *vm)
+{
+	for (struct claim *c = claims; c; c = c->next)
+		if (strcmp(c->vm, vm) == 0)
+			return 1;
+	return 0;
+}
+
+static int
+fo_claim(struct fo *f)
+{
+	if (failover_busy(f->vm))
+		return RD_ERR_BUSY;
+	struct claim *c = xcalloc(1, sizeof(*c));
+	snprintf(c->vm, sizeof(c->vm), "%s", f->vm);
+	c->next = claims;
+	claims = c;
+	f->claimed = 1;
+	return 0;
+}
+
+static void
+fo_free(struct fo *f)
+{
+	if (f->claimed) {
+		for (struct claim **c = &claims; *c; c = &(*c)->next)
+			if (strcmp((*c)->vm, f->vm) == 0) {
+				struct claim *dead = *c;
+				*c = dead->next;
+				free(dead);
+				break;
+			}
+	}
+	free(f);
+}
+
+static int fo_claim(struct fo *f);
+static void fo_finish(struct fo *f, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Claim the VM for a role change, or finish f as busy (1 returned). */
+static int
+fo_busy(struct fo *f, struct rvm *rv)
+{
+	if (rv && rvm_in_use(rv)) {
+		fo_finish(f, RD_ERR_BUSY, "%s: a test failover, verify or prune "
+		    "of it is running; try again when it is done", f->vm);
+		return 1;
+	}
+	if (fo_claim(f) != 0) {
+		fo_finish(f, RD_ERR_BUSY, "%s: another role change of it is "
+		    "under way", f->vm);
+		return 1;
+	}
+	return 0;
+}
 
 static struct fo *
 fo_new(struct daemon *d, const char *vm, failover_done_fn done, void *arg)
@@ -95,7 +168,7 @@ fo_finish(struct fo *f, int rc, const char *fmt, ...)
 		log_warnx("%s", msg);
 	if (f->done)
 		f->done(f->arg, rc, msg);
-	free(f);
+	fo_free(f);
 }
 
 /* The VM's relationship for a job; on failure f->rc and f->msg say why. */
@@ -264,7 +337,7 @@ job_pending_hook(void *arg)
 static void
 pending_hook_done(void *arg)
 {
-	free(arg);
+	fo_free(arg);
 }
 
 static void arm_confirm(struct daemon *d, struct pvm *vm);
@@ -288,7 +361,7 @@ confirmed(void *arg, int still_ours)
 {
 	struct fo *f = arg;
 	if (still_ours < 0) {
-		free(f);	/* the marker stays for the next start */
+		fo_free(f);	/* the marker stays for the next start */
 		return;
 	}
 	if (still_ours) {
@@ -298,7 +371,7 @@ confirmed(void *arg, int still_ours)
 	log_info("%s: the cut-off handover happened: the new primary makes "
 	    "this host its replica", f->vm);
 	marker_clear_kind(f->d, f->vm, HANDOVER);
-	free(f);
+	fo_free(f);
 }
 
 static void
@@ -384,12 +457,28 @@ job_promote_unplanned(void *arg)
 		f->rc = RD_ERR_STATE;
 		return;
 	}
-	if ((r = store_rewind(st, f->point, 0, f->msg, sizeof(f->msg))) != 0) {
-		f->rc = r;
-		return;
-	}
 	if ((r = fo_rel(f, &rel)) != 0)
 		return;
+	if (f->point != 0) {
+		struct cat_point p;
+		if (cat_point_get(f->d->cat, f->vm, f->point, &p) != 0) {
+			snprintf(f->msg, sizeof(f->msg), "%s has no point %"
+			    PRIu64, f->vm, f->point);
+			f->rc = RD_ERR_NOT_FOUND;
+			return;
+		}
+	} else if (rel.last_point == 0) {
+		snprintf(f->msg, sizeof(f->msg), "%s has no recovery point yet",
+		    f->vm);
+		f->rc = RD_ERR_NOT_FOUND;
+		return;
+	}
+	/*
+	 * The role and generation first, images still at the newest point
+	 * (uncommitted, at_point): from here a crash or a failed rewind
+	 * leaves a primary whose images are at a point its journal names,
+	 * never a replica rewound behind its newest point's label.
+	 */
 	rel.role = CAT_ROLE_PRIMARY;
 	rel.generation++;
 	/* The old primary's identity: reverse expects it by default. */
@@ -398,8 +487,7 @@ job_promote_unplanned(void *arg)
 	rel.peer[0] = '\0';
 	rel.fenced[0] = '\0';
 	rel.resync = 0;
-	if (rel.at_point == 0)
-		rel.at_point = rel.last_point;	/* uncommitted, at the newest */
+	rel.at_point = rel.last_point;
 	marker_set(f->d, f->vm);
 	if ((r = cat_rel_put(f->d->cat, &rel)) != 0) {
 		marker_clear(f->d, f->vm);
@@ -408,6 +496,10 @@ job_promote_unplanned(void *arg)
 		return;
 	}
 	store_reload_rel(st);
+	f->promoted = 1;
+	if ((r = store_rewind(st, f->point, 0, f->msg, sizeof(f->msg))) != 0)
+		f->rc = r;	/* primary all the same, at the point it reached */
+	store_rel(st, &rel);
 	f->rel = rel;
 	if (run_role_hook(f, &rel, 1, rel.at_point) != 0)
 		f->hook_failed = 1;
@@ -419,12 +511,21 @@ promote_unplanned_done(void *arg)
 {
 	struct fo *f = arg;
 	rvm_block(f->rvm, 0);
-	if (f->rc != 0) {
+	if (!f->promoted) {
 		fo_finish(f, f->rc, "%s: failover refused: %s", f->vm, f->msg);
 		return;
 	}
 	rvm_set_promoted(f->rvm, 1);
 	start_primary(f->d, &f->rel);
+	if (f->rc != 0) {
+		fo_finish(f, f->rc, "%s: this host is now the primary "
+		    "(generation %" PRIu64 "), but moving to point %" PRIu64
+		    " failed: %s; the disks hold point %" PRIu64 " (replctl "
+		    "failover %s --point ID tries again, --commit keeps it)",
+		    f->vm, f->rel.generation, f->point, f->msg,
+		    f->rel.at_point, f->vm);
+		return;
+	}
 	fo_finish(f, f->hook_failed ? RD_ERR_PEER : 0, "%s: failed over to "
 	    "point %" PRIu64 ", generation %" PRIu64 "; this host is now the "
 	    "primary%s%s (replctl failover %s --commit makes it final)",
@@ -500,6 +601,8 @@ failover_unplanned(struct daemon *d, const char *vm, uint64_t point,
 
 	f->point = point;
 	f->rvm = replica_find(d, vm);
+	if (fo_busy(f, f->rvm))
+		return;
 	if (f->rvm == NULL) {
 		if (pv)
 			fo_finish(f, RD_ERR_STATE, "%s is the primary on this "
@@ -565,6 +668,8 @@ failover_commit(struct daemon *d, const char *vm, failover_done_fn done,
 {
 	struct fo *f = fo_new(d, vm, done, arg);
 	f->rvm = replica_find(d, vm);
+	if (fo_busy(f, f->rvm))
+		return;
 	if (f->rvm == NULL || !rvm_promoted(f->rvm)) {
 		fo_finish(f, RD_ERR_STATE, "%s: no failover to commit on this "
 		    "host", vm);
@@ -634,6 +739,7 @@ record_replica(struct fo *f, struct cat_rel *rel, uint64_t generation,
 	p = xasprintf("%s/tracker/%s", f->d->cfg->state_dir, rel->vm);
 	util_rm_rf(p);
 	free(p);
+	marker_clear_kind(f->d, rel->vm, HANDOVER);
 	if ((r = cat_rel_put_trim(f->d->cat, rel, 0)) != 0)
 		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
 	return r;
@@ -738,6 +844,8 @@ failover_demote(struct daemon *d, const struct wire_hello *h,
 	f->hello = *h;
 	f->acc = acc;
 	snprintf(f->identity, sizeof(f->identity), "%s", identity);
+	if (fo_busy(f, replica_find(d, h->vm)))
+		return;
 	if (cat_rel_get(d->cat, h->vm, &rel) != 0 ||
 	    rel.block_size != h->block_size || rel.ndisks != h->ndisks) {
 		fo_finish(f, RD_ERR_STATE, "%s: the new primary's block size or "
@@ -808,28 +916,75 @@ restore_done(void *arg)
 	    "the primary: %s", f->vm, f->msg);
 }
 
-/* Write the tracker's digests as the new replica's .digests (verify). */
+/*
+ * The old primary's disks become a replica at the final cycle: hash them
+ * into the new replica's .digests (for verify), and tell whether they are
+ * still exactly what the tracker recorded at that cycle.  If the guest
+ * wrote after the cut (no on_demote hook stopped it), they are not, and
+ * the first cycle from the new primary must compare (P1).  1 if clean.
+ */
 static int
-maps_to_digests(struct fo *f, const struct cat_rel *rel)
+disks_to_digests(struct fo *f, const struct cat_rel *rel)
 {
-	int r = 0;
-	for (uint16_t i = 0; i < rel->ndisks && r == 0; i++) {
+	size_t n;
+	char **paths = disk_paths(f->d, rel, &n);
+	uint32_t bs = rel->block_size;
+	size_t chunk = (4u << 20) < bs ? bs : (4u << 20);
+	uint8_t *buf = xmalloc(chunk);
+	int clean = 1;
+
+	for (size_t i = 0; i < n; i++) {
 		struct blockmap bm;
+		struct wbuf dig;
 		char *map = xasprintf("%s/tracker/%s/%s.map",
 		    f->d->cfg->state_dir, rel->vm, rel->disks[i].name);
 		char *dir = xasprintf("%s/%s/.digests", rel->storage, rel->vm);
 		char *dst = xasprintf("%s/%s", dir, rel->disks[i].name);
-		if (bm_load(map, &bm) == 0) {
-			if ((r = util_mkdir_p(dir, 0700)) == 0)
-				r = util_write_atomic(dst, bm.d,
-				    bm.nblocks * sizeof(struct digest));
-			bm_free(&bm);
+		int have = bm_load(map, &bm) == 0;
+		int fd = open(paths[i], O_RDONLY | O_CLOEXEC);
+		struct stat sb;
+		wb_init(&dig);
+		if (fd < 0 || fstat(fd, &sb) != 0) {
+			clean = 0;
+		} else {
+			uint64_t size = (uint64_t)sb.st_size;
+			if (!have || bm.disk_size != size ||
+			    bm.cycle != rel->last_cycle)
+				clean = 0;
+			for (uint64_t off = 0; off < size; off += chunk) {
+				size_t k = size - off < chunk ?
+				    (size_t)(size - off) : chunk;
+				if (util_pread_full(fd, buf, k, (off_t)off) != 0) {
+					clean = 0;
+					break;
+				}
+				size_t nb = (k + bs - 1) / bs;
+				struct digest *d = (struct digest *)wb_reserve(&dig,
+				    nb * sizeof(*d));
+				digest_blocks(buf, k, bs, d);
+				if (have && clean && memcmp(d, &bm.d[off / bs],
+				    nb * sizeof(*d)) != 0)
+					clean = 0;
+				dig.len += nb * sizeof(*d);
+			}
+			if (util_mkdir_p(dir, 0700) != 0 ||
+			    util_write_atomic(dst, dig.p, dig.len) != 0)
+				log_warnx("%s: cannot write %s; verify fails until "
+				    "the next resync", rel->vm, dst);
 		}
+		if (fd >= 0)
+			close(fd);
+		if (have)
+			bm_free(&bm);
+		wb_free(&dig);
 		free(map);
 		free(dir);
 		free(dst);
+		free(paths[i]);
 	}
-	return r;
+	free(paths);
+	free(buf);
+	return clean;
 }
 
 static void
@@ -842,11 +997,25 @@ job_planned_demote(void *arg)
 	if ((r = fo_rel(f, &rel)) != 0)
 		return;
 	fault_point("primary-after-promoted");
+	if (rel.role != CAT_ROLE_PRIMARY ||
+	    rel.generation != f->rel.generation) {
+		/* Changed since the handover began (it cannot, one role
+		 * change at a time): record nothing over it. */
+		snprintf(f->msg, sizeof(f->msg), "the relationship changed "
+		    "during the handover (now %s at generation %" PRIu64 ")",
+		    rel.role == CAT_ROLE_PRIMARY ? "primary" : "replica",
+		    rel.generation);
+		f->rc = RD_ERR_STATE;
+		return;
+	}
 	uint64_t gen = rel.generation + 1, cycle = rel.last_cycle;
 	snprintf(rel.storage, sizeof(rel.storage), "%s", f->acc->storage);
-	if (maps_to_digests(f, &rel) != 0)
-		log_warnx("%s: cannot write the digests for verify; verify "
-		    "will fail until the next resync", f->vm);
+	if (!disks_to_digests(f, &rel)) {
+		log_warnx("%s: the disks changed after the final cycle (was the "
+		    "guest stopped?): the new primary's first cycle compares "
+		    "them", f->vm);
+		cycle = 0;
+	}
 	f->rc = record_replica(f, &rel, gen, f->acc->name, f->acc->storage,
 	    cycle);
 	if (f->rc == 0)
@@ -933,6 +1102,8 @@ failover_planned(struct daemon *d, const char *vm, failover_done_fn done,
 	struct fo *f = fo_new(d, vm, done, arg);
 	struct pvm *pv = daemon_find_pvm(d, vm);
 
+	if (fo_busy(f, NULL))
+		return;
 	if (pv == NULL) {
 		fo_finish(f, RD_ERR_NOT_FOUND, replica_find(d, vm) ?
 		    "%s is a replica on this host: a planned failover runs on "
@@ -1069,7 +1240,7 @@ promote_hook_done(void *arg)
 		log_info("%s: this host is now the primary (generation %" PRIu64
 		    "), replicating to %s", f->vm, f->rel.generation,
 		    f->rel.peer);
-	free(f);
+	fo_free(f);
 }
 
 static void
@@ -1092,7 +1263,7 @@ promote_planned_done(void *arg)
 	if (f->rc != 0) {
 		rvm_block(f->rvm, 0);
 		done(darg, f->rc, f->msg);
-		free(f);
+		fo_free(f);
 		return;
 	}
 	/* PROMOTED goes out; the session lets go of the VM. */
@@ -1112,6 +1283,14 @@ failover_promote_planned(struct daemon *d, struct rvm *vm,
 	f->rvm = vm;
 	f->promote = *m;
 	snprintf(f->identity, sizeof(f->identity), "%s", identity);
+	if (rvm_in_use(vm) || fo_claim(f) != 0) {
+		failover_done_fn dn = f->done;
+		f->done = NULL;
+		fo_finish(f, RD_ERR_BUSY, "busy");
+		dn(arg, RD_ERR_BUSY, "a test failover, verify, prune or role "
+		    "change of the VM is running here");
+		return;
+	}
 	rvm_block(vm, 1);
 	work_submit(job_promote_planned, promote_planned_done, f);
 }
@@ -1283,6 +1462,8 @@ failover_reverse(struct daemon *d, const char *vm, const char *to,
 
 	f->wait = wait;
 	f->pvm = daemon_find_pvm(d, vm);
+	if (fo_busy(f, replica_find(d, vm)))
+		return;
 	if (f->pvm == NULL) {
 		fo_finish(f, RD_ERR_NOT_FOUND, replica_find(d, vm) ? "%s is a "
 		    "replica on this host: reverse runs on its new primary" :

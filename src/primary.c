@@ -60,6 +60,7 @@
 #define ACK_TIMEOUT_S	3600		/* the replica applies the cycle */
 #define SEND_TIMEOUT_S	120
 #define BACKOFF_MAX_MS	(60 * 1000)
+#define SIGS_MAX	(16u << 20)	/* queued SIG bytes before reads stop */
 
 struct waiter {
 	pvm_waiter_fn	 fn;
@@ -716,7 +717,7 @@ resync_deltas(struct psess *s)
 	int r;
 
 	rb_init(&b, s->sigs_job.p, s->sigs_job.len);
-	while (rb_left(&b) > 0) {
+	while (rb_left(&b) > 0 && s->out.len < BATCH_OUT) {
 		uint32_t flen;
 		const uint8_t *fp;
 		struct wire_chunk sig;
@@ -769,7 +770,10 @@ resync_deltas(struct psess *s)
 		s->nframes++;
 		s->raw_bytes += m.length;
 	}
-	wb_reset(&s->sigs_job);
+	/* What is left waits for the next job (a batch's worth each). */
+	size_t used = b.off;
+	memmove(s->sigs_job.p, s->sigs_job.p + used, s->sigs_job.len - used);
+	s->sigs_job.len -= used;
 	return 0;
 }
 
@@ -782,7 +786,7 @@ resync_produce(struct psess *s)
 		return r;
 	if (!s->sums_done && (r = resync_sums(s)) != 0)
 		return r;
-	if (s->sums_done && s->job_final) {
+	if (s->sums_done && s->job_final && s->sigs_job.len == 0) {
 		struct wire_end e = { .cycle = s->cycle, .nframes = s->nframes,
 		    .raw_bytes = s->raw_bytes };
 		wire_digest_final(&s->dig, &e.digest);
@@ -875,6 +879,7 @@ job_produce(void *arg)
 }
 
 static void maybe_produce(struct psess *s);
+static void on_read(struct bufferevent *bev, void *arg);
 
 /* Back in the loop after a job: 0 if the session ended meanwhile or the
  * job failed (then it is dealt with), 1 to go on. */
@@ -910,6 +915,18 @@ produce_done(void *arg)
 	if (s->bytes_sent > (8u << 20))
 		fault_point("primary-mid-send");
 	evbuffer_add_buffer(bufferevent_get_output(s->bev), s->batch);
+	if (s->resync && !s->scan_done &&
+	    s->sigs_loop.len + s->sigs_job.len < SIGS_MAX &&
+	    !(bufferevent_get_enabled(s->bev) & EV_READ)) {
+		/* The SIG queue drained: read on, first what is buffered. */
+		struct pvm *vm = s->vm;
+		bufferevent_enable(s->bev, EV_READ);
+		if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0) {
+			on_read(s->bev, s);
+			if (vm->sess != s)
+				return;
+		}
+	}
 	if (s->scan_done) {
 		s->st = PS_WAIT_ACK;
 		bufferevent_set_timeouts(s->bev, &tv, &wtv);
@@ -928,11 +945,10 @@ maybe_produce(struct psess *s)
 	if (s->resync && s->begun) {
 		/* Work only when there is some: SUMS to send, SIGs to
 		 * answer, or END to send once SIGEND came. */
-		if (s->sums_done && s->sigs_loop.len == 0 && !s->sigend)
+		if (s->sums_done && s->sigs_loop.len == 0 &&
+		    s->sigs_job.len == 0 && !s->sigend)
 			return;		/* on_read comes back here */
-		struct wbuf t = s->sigs_job;
-		s->sigs_job = s->sigs_loop;
-		s->sigs_loop = t;
+		wb_put_bytes(&s->sigs_job, s->sigs_loop.p, s->sigs_loop.len);
 		wb_reset(&s->sigs_loop);
 		s->job_final = s->sigend;	/* no SIG can follow */
 	}
@@ -1216,6 +1232,10 @@ on_sig(struct psess *s, uint8_t type, const uint8_t *p, size_t len)
 	s->sigs_in++;
 	wb_put_u32(&s->sigs_loop, (uint32_t)len);
 	wb_put_bytes(&s->sigs_loop, p, len);
+	/* Bounded: a replica that asks faster than the deltas go out waits
+	 * (TCP) until the queue drains. */
+	if (s->sigs_loop.len + s->sigs_job.len >= SIGS_MAX)
+		bufferevent_disable(s->bev, EV_READ);
 	maybe_produce(s);
 }
 
@@ -1555,6 +1575,8 @@ void
 pvm_retire(struct pvm *vm, void (*fn)(void *), void *arg)
 {
 	evtimer_del(vm->timer);
+	if (vm->handover)
+		handover_end(vm, RD_ERR_STATE, "the VM is changing roles");
 	vm->retire_fn = fn;
 	vm->retire_arg = arg;
 	if (vm->sess) {

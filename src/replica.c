@@ -54,6 +54,7 @@
 #define IN_HIGH		(2 * WIRE_MAX_FRAME + (8u << 20))
 #define HELLO_TIMEOUT_S	30
 #define IDLE_TIMEOUT_S	600
+#define LINGER_S	2		/* reading after a NACK's FIN */
 
 struct rvm {
 	struct daemon	*d;
@@ -68,6 +69,7 @@ struct rvm {
 	uint64_t	 last_bytes;
 	int		 promoted;	/* primary here, failover uncommitted */
 	int		 nospace;	/* the last cycle was refused for space */
+	int		 users;		/* control jobs using the store */
 	int		 blocked;	/* a role change: no session now */
 	void		(*idle_fn)(void *);	/* told when no session */
 	void		*idle_arg;
@@ -114,6 +116,7 @@ struct rsess {
 	int			 committed;
 	struct sess_op		*op;	/* a role change the session waits for */
 	uint64_t		 acked;		/* cycle ACKed in this session */
+	int			 half_closed;	/* NACK sent, then FIN */
 	struct wbuf		 out;
 	/* a resynchronising cycle (wire.h): touched by jobs only */
 	int			 resync;
@@ -159,8 +162,10 @@ static void sess_end(struct rsess *s);
 static void welcome(struct rsess *s, struct rvm *vm);
 static void submit_batch(struct rsess *s);
 static void skip_empty_disks(struct rsess *s);
+static void start_demotion(struct rsess *s, const struct cfg_accept *acc);
 static void idle_later(struct rvm *vm);
 static void on_closing_write(struct bufferevent *bev, void *arg);
+static void on_closing_read(struct bufferevent *bev, void *arg);
 static void on_closing_event(struct bufferevent *bev, short what, void *arg);
 static void sess_refuse(struct rsess *s, uint16_t code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -249,6 +254,18 @@ rvm_add(struct daemon *d, const struct cat_rel *rel, char *err, size_t errsz)
 	d->rvms = xreallocarray(d->rvms, d->nrvms + 1, sizeof(*d->rvms));
 	d->rvms[d->nrvms++] = vm;
 	return vm;
+}
+
+void
+rvm_use(struct rvm *vm, int delta)
+{
+	vm->users += delta;
+}
+
+int
+rvm_in_use(const struct rvm *vm)
+{
+	return vm->users > 0;
 }
 
 int
@@ -416,8 +433,31 @@ static void
 on_closing_write(struct bufferevent *bev, void *arg)
 {
 	struct rsess *s = arg;
-	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-		sess_end(s);
+
+	if (evbuffer_get_length(bufferevent_get_output(bev)) != 0 ||
+	    s->half_closed)
+		return;
+	/*
+	 * The NACK is out.  Closing now, with the peer's frames still
+	 * arriving unread, would reset the connection, and the peer might
+	 * never read why: send close_notify and FIN instead, and read on
+	 * (throwing it away) until the peer closes, or briefly.
+	 */
+	s->half_closed = 1;
+	SSL *ssl = bufferevent_openssl_get_ssl(bev);
+	if (ssl)
+		SSL_shutdown(ssl);
+	shutdown(bufferevent_getfd(bev), SHUT_WR);
+	struct timeval tv = { LINGER_S, 0 };
+	bufferevent_set_timeouts(bev, &tv, NULL);
+}
+
+/* What a refused peer still sends is read and thrown away. */
+static void
+on_closing_read(struct bufferevent *bev, void *arg)
+{
+	struct evbuffer *in = bufferevent_get_input(bev);
+	evbuffer_drain(in, evbuffer_get_length(in));
 }
 
 /* The peer left, or the NACK could not be sent in time. */
@@ -454,11 +494,14 @@ sess_refuse(struct rsess *s, uint16_t code, const char *fmt, ...)
 	wb_reset(&s->out);
 	wire_put_nack(&s->out, code, msg);
 	netio_send(s->bev, &s->out);
-	bufferevent_disable(s->bev, EV_READ);
 	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
-	bufferevent_setcb(s->bev, NULL, on_closing_write, on_closing_event, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, 0);
+	bufferevent_setcb(s->bev, on_closing_read, on_closing_write,
+	    on_closing_event, s);
+	bufferevent_enable(s->bev, EV_READ);
+	on_closing_read(s->bev, s);
 	struct timeval tv = { 5, 0 };
-	bufferevent_set_timeouts(s->bev, NULL, &tv);
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
 }
 
 /* --- stage jobs (worker) -------------------------------------------------- */
@@ -969,12 +1012,42 @@ demotion_done(void *arg, int rc, const char *msg)
 	d = s->srv->d;
 	struct rvm *vm = replica_find(d, s->hello.vm);
 	if (rc != 0 || vm == NULL) {
-		sess_refuse(s, WIRE_NACK_DENIED, "%s", msg ? msg :
+		sess_refuse(s, rc == RD_ERR_BUSY ? WIRE_NACK_BUSY :
+		    WIRE_NACK_DENIED, "%s", msg ? msg :
 		    "cannot become the replica");
 		return;
 	}
 	welcome(s, vm);
 	sess_read(s->bev, s);
+}
+
+/*
+ * Only the host this one replicates the VM to may take it over (F1): the
+ * identity its [vm] section expects of the replica, or the peer a
+ * failover recorded.  A generation may not leap (it grows by one per
+ * failover).
+ */
+static void
+maybe_demote(struct rsess *s, const struct cfg_accept *acc,
+    const struct cat_rel *rel)
+{
+	const struct cfg_vm *cv = config_find_vm(s->srv->d->cfg, s->hello.vm);
+	const char *expect = cv ? cv->replica_name : rel->peer_name;
+	if (expect == NULL || expect[0] == '\0' ||
+	    strcasecmp(expect, s->identity) != 0) {
+		sess_refuse(s, WIRE_NACK_DENIED, "%s is primary here and "
+		    "replicates to %s, not to %s: %s may not take it over",
+		    s->hello.vm, expect && expect[0] ? expect : "no host",
+		    s->identity, s->identity);
+		return;
+	}
+	if (s->hello.generation - rel->generation > 1000) {
+		sess_refuse(s, WIRE_NACK_PROTOCOL, "generation %" PRIu64 " is "
+		    "too far above this host's %" PRIu64, s->hello.generation,
+		    rel->generation);
+		return;
+	}
+	start_demotion(s, acc);
 }
 
 /*
@@ -1015,11 +1088,13 @@ promotion_done(void *arg, int rc, const char *msg)
 		s->vm->owner = NULL;
 	s->vm = NULL;
 	netio_send(s->bev, &s->out);
-	bufferevent_disable(s->bev, EV_READ);
 	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
-	bufferevent_setcb(s->bev, NULL, on_closing_write, on_closing_event, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, 0);
+	bufferevent_setcb(s->bev, on_closing_read, on_closing_write,
+	    on_closing_event, s);
+	bufferevent_enable(s->bev, EV_READ);
 	struct timeval tv = { 5, 0 };
-	bufferevent_set_timeouts(s->bev, NULL, &tv);
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
 }
 
 /* Planned failover: the primary hands the VM over to this host. */
@@ -1073,6 +1148,11 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 		    rd_strerror(r));
 		return;
 	}
+	if (h->generation > (UINT64_C(1) << 62)) {
+		sess_refuse(s, WIRE_NACK_PROTOCOL, "generation %" PRIu64 " is "
+		    "out of range", h->generation);
+		return;
+	}
 	acc = config_match_accept(d->cfg, s->identity, h->vm);
 	if (acc == NULL) {
 		sess_refuse(s, WIRE_NACK_DENIED, "host %s may not replicate VM "
@@ -1092,7 +1172,7 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 				sess_refuse(s, WIRE_NACK_DENIED, "this host is "
 				    "the primary of %s", h->vm);
 			else
-				start_demotion(s, acc);
+				maybe_demote(s, acc, &rel);
 			return;
 		}
 		if (r == RD_ERR_NOT_FOUND) {

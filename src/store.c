@@ -822,22 +822,27 @@ store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 		r = RD_ERR_CORRUPT;
 		goto out;
 	}
-	/* Segments first: an undo segment newer than the newest recorded
-	 * point would be taken for an interrupted cycle's and applied. */
-	for (size_t k = (size_t)i + 1; k < n; k++) {
+	/*
+	 * The newer points' segments are renamed aside first (an undo
+	 * segment newer than the newest recorded point would be taken for
+	 * an interrupted cycle's and applied), then the catalog changes,
+	 * then they go.  A crash between: the next open renames back those
+	 * whose point is still recorded and removes the others.
+	 */
+	for (size_t k = (size_t)i + 1; k < n && r == 0; k++) {
 		char *p = seg_path(st, &pts[k]);
-		if (unlink(p) != 0 && errno != ENOENT) {
-			snprintf(err, errsz, "cannot remove %s: %s", p,
+		char *q = xasprintf("%s.dropped", p);
+		if (rename(p, q) != 0 && errno != ENOENT) {
+			snprintf(err, errsz, "cannot rename %s: %s", p,
 			    strerror(errno));
 			r = RD_ERR_SYSTEM;
 		}
 		free(p);
+		free(q);
 	}
+	util_fsync_dir(st->undo_dir);
 	if (r != 0)
 		goto out;
-	if (util_rm_rf(st->redo_dir) != 0 || util_mkdir_p(st->redo_dir, 0700) != 0)
-		log_warn("%s: cannot empty %s", rel.vm, st->redo_dir);
-	util_fsync_dir(st->undo_dir);
 	rel.at_point = 0;
 	rel.step_to = 0;
 	rel.last_point = pts[i].id;
@@ -852,6 +857,11 @@ store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 	pthread_mutex_lock(&st->rel_lock);
 	st->rel = rel;
 	pthread_mutex_unlock(&st->rel_lock);
+	fault_point("replica-commit-after-record");
+	remove_unreferenced(st);
+	if (util_rm_rf(st->redo_dir) != 0 ||
+	    util_mkdir_p(st->redo_dir, 0700) != 0)
+		log_warn("%s: cannot empty %s", rel.vm, st->redo_dir);
 	if (out)
 		*out = rel;
 out:
@@ -1106,19 +1116,34 @@ remove_unreferenced(struct store *st)
 		char *end;
 		unsigned long long c = strtoull(de->d_name, &end, 10);
 		unsigned long v = 0;
-		if (end == de->d_name || c > st->rel.last_cycle)
+		if (end == de->d_name)
 			continue;
 		if (*end == '.' && isdigit((unsigned char)end[1]))
 			v = strtoul(end + 1, &end, 10);
-		if (strcmp(end, ".undo") != 0 && strcmp(end, ".undo.tmp") != 0)
+		int dropped = strcmp(end, ".undo.dropped") == 0;
+		if (strcmp(end, ".undo") != 0 && strcmp(end, ".undo.tmp") != 0 &&
+		    !dropped)
 			continue;
+		if (!dropped && c > st->rel.last_cycle)
+			continue;	/* an unrecorded cycle's: recover()'s */
 		int used = 0;
 		for (size_t i = 0; i < n && !used; i++)
 			used = pts[i].cycle == c && pts[i].seg == v &&
-			    strcmp(end, ".undo") == 0;
-		if (used)
+			    strcmp(end, ".undo.tmp") != 0;
+		if (used && !dropped)
 			continue;
 		char *p = xasprintf("%s/%s", st->undo_dir, de->d_name);
+		if (used) {
+			/* Set aside by a commit that did not happen. */
+			char *live = xstrdup(p);
+			live[strlen(live) - strlen(".dropped")] = '\0';
+			if (rename(p, live) != 0)
+				log_warn("%s: cannot rename %s back", st->rel.vm,
+				    p);
+			free(live);
+			free(p);
+			continue;
+		}
 		log_info("%s: removing %s, which no point uses", st->rel.vm, p);
 		unlink(p);
 		free(p);
@@ -1874,6 +1899,12 @@ store_test_failover(struct store *st, uint64_t id, uint64_t *point,
 		return r;
 	pthread_mutex_lock(&st->lock);
 	newest = st->rel.last_point;
+	if (st->rel.at_point != 0 || st->rel.step_to != 0) {
+		snprintf(err, errsz, "%s was failed over (not committed): its "
+		    "images are not the newest point", st->rel.vm);
+		r = RD_ERR_STATE;
+		goto unlock;
+	}
 	if (st->test_busy || store_test_exists(st)) {
 		snprintf(err, errsz, "a test copy exists in %s; remove it with "
 		    "failover %s --test --cleanup", st->test_dir, st->rel.vm);
@@ -2081,6 +2112,11 @@ store_verify(struct store *st, uint64_t *blocks, char *err, size_t errsz)
 {
 	int r;
 
+	if (st->rel.at_point != 0 || st->rel.step_to != 0) {
+		snprintf(err, errsz, "%s was failed over (not committed): its "
+		    "images are not the newest point", st->rel.vm);
+		return RD_ERR_STATE;
+	}
 	if ((r = finish_unfinished(st, err, errsz)) != 0)
 		return r;
 	for (int attempt = 0; attempt < 5; attempt++)

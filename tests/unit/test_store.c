@@ -1163,8 +1163,19 @@ test_rewind_moves(void **state)
 	rewind_ok(f, 1, 0, 1, &h.m[0]);
 	rewind_ok(f, 5, 0, 5, &h.m[4]);
 
-	/* The undo segments were left alone: test failover still rebuilds
+	/* While the images are rewound (not committed), test copies are
+	 * refused; committed at the newest point, nothing is dropped, and
+	 * the undo segments were left alone: test failover still rebuilds
 	 * every point from the newest. */
+	{
+		char err[512] = "";
+		uint64_t pt;
+		char *paths[CAT_MAX_DISKS];
+		assert_int_equal(store_test_failover(f->st, h.id[0], &pt, paths,
+		    err, sizeof(err)), RD_ERR_STATE);
+		assert_int_equal(store_rewind_commit(f->st, NULL, err,
+		    sizeof(err)), 0);
+	}
 	for (int k = 0; k < NPTS; k++) {
 		char err[512] = "";
 		assert_test_copy(f, h.id[k], h.id[k], &h.m[k]);
