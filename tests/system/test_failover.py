@@ -295,3 +295,37 @@ def test_unplanned_refusals(env):
     h.same("replication unharmed by the refusals")
     h.a.stop()
     h.b.stop()
+
+
+def test_only_the_peer_may_take_over(env):
+    """A host this primary accepts for other VMs ("other") sends a HELLO
+    for web01 at a higher generation: refused, the primary stays primary,
+    runs no hook and keeps its tracker state; the real replica still can."""
+    import wireproto as wp
+    h = Hosts(env)
+    h.a.stop()
+    text = open(h.a.conf).read() + "\n[accept other]\nvms = *\nstorage = %s\n" % env.path("a", "other")
+    open(h.a.conf, "w").write(text)
+    h.a.start()
+    point_of(h.a.ok("sync", VM, "--wait"))
+    tracker = os.path.join(h.a.state, "tracker", VM)
+    before = sorted(os.listdir(tracker))
+    ctx = wp.tls_context(os.path.join(env.pki, "other.pem"), os.path.join(env.pki, "other.key"),
+                         os.path.join(env.pki, "ca.pem"))
+    c = wp.tls_connect(h.pa, ctx, server_hostname="primary")
+    disks = [(os.path.basename(d), os.path.getsize(d)) for d in h.disks]
+    c.send(wp.hello(VM, disks, generation=2))
+    fr = c.recv_frame(10)
+    check(fr is not None and fr[0] == wp.NACK, "a stranger's takeover HELLO got %s" % wp.describe(fr))
+    code, reason = wp.decode_nack(fr[1])
+    check(code == wp.NACK_DENIED and "may not take it over" in reason, "NACK %r" % ((code, reason),))
+    c.close()
+    st = status(h.a)
+    check(st["role"] == "primary" and st["generation"] == 1, "a after the stranger: %r" % st)
+    check(h.hooks() == [], "a hook ran: %r" % h.hooks())
+    check(sorted(os.listdir(tracker)) == before, "the tracker state changed")
+    random_write(env.rng, h.disks[0])
+    point_of(h.a.ok("sync", VM, "--wait"))
+    h.same("replication after the stranger")
+    h.a.stop()
+    h.b.stop()
