@@ -329,3 +329,34 @@ def test_only_the_peer_may_take_over(env):
     h.same("replication after the stranger")
     h.a.stop()
     h.b.stop()
+
+
+def test_one_role_change_at_a_time(env):
+    """While a failover of a VM runs (its on_promote takes 2 s), a second
+    role change, a test failover or a prune of it is refused as busy;
+    afterwards each works."""
+    import subprocess
+    import harness
+    h = Hosts(env, hooks=False)
+    for _ in range(2):
+        random_write(env.rng, h.disks[0])
+        point_of(h.a.ok("sync", VM, "--wait"))
+    h.a.kill9()
+    h.b.stop()
+    text = open(h.b.conf).read() + "on_promote = sleep 2\n"
+    open(h.b.conf, "w").write(text)
+    h.b.start()
+    first = subprocess.Popen([harness.REPLCTL, "-s", h.b.socket, "failover", VM], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: "unplanned failover" in h.b.log_text(), 10, what="the failover to start")
+    for args in (("failover", VM, "--commit"), ("failover", VM, "--point", "1"),
+                 ("failover", VM, "--test"), ("prune", VM), ("verify", VM)):
+        r = h.b.ctl(*args)
+        said = r.out + r.err        # prune reports on stdout
+        check(r.rc == 1 and ("under way" in said or "primary" in said or "role change" in said),
+              "%s during a failover: %r" % (" ".join(args), r))
+    out, err = first.communicate(30)
+    check(first.returncode == 0, "the first failover: %r %r" % (out, err))
+    h.b.ok("failover", VM, "--commit")
+    check(status(h.b)["role"] == "primary", "b after the commit: %r" % status(h.b))
+    h.b.stop()
