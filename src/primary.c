@@ -772,7 +772,9 @@ resync_deltas(struct psess *s)
 	}
 	/* What is left waits for the next job (a batch's worth each). */
 	size_t used = b.off;
-	memmove(s->sigs_job.p, s->sigs_job.p + used, s->sigs_job.len - used);
+	if (used > 0 && used < s->sigs_job.len)
+		memmove(s->sigs_job.p, s->sigs_job.p + used,
+		    s->sigs_job.len - used);
 	s->sigs_job.len -= used;
 	return 0;
 }
