@@ -24,6 +24,7 @@
 
 #include "config.h"
 #include "err.h"
+#include "retention.h"
 #include "xmalloc.h"
 
 #define CFG_RAW_MAX		4096	/* bytes of a line we look at */
@@ -31,7 +32,6 @@
 #define CFG_MIN_BLOCK_SIZE	(4U * 1024)
 #define CFG_MAX_BLOCK_SIZE	(4U * 1024 * 1024)
 #define CFG_MAX_ZSTD_LEVEL	19
-#define CFG_MAX_KEEP		1000000	/* retention counts */
 #define CFG_SOCK_MAX	(sizeof(((struct sockaddr_un *)0)->sun_path))
 
 #define NAME_RULES	"1 to 64 of A-Z a-z 0-9 _ . + -, not starting " \
@@ -431,87 +431,18 @@ set_storage(struct cfg_parse *p, const char *v)
  * hourly, daily, weekly, monthly, yearly, or within=DURATION.  Stored
  * without the blanks around the commas.
  */
-/* Check a retention policy; *norm receives its normal form. */
+/* Check a retention policy (retention.c); *norm receives its normal form. */
 static int
 check_retention(struct cfg_parse *p, const char *v, char **norm)
 {
-	static const char *const kinds[] = { "last", "hourly", "daily",
-	    "weekly", "monthly", "yearly", "within" };
-	char *copy = xstrdup(v), *out = xmalloc(strlen(v) + 1);
-	char *item, *next, *val;
-	char done[2][7] = { { 0 } };
-	size_t olen = 0, k;
-	int app, r;
+	struct ret_policy pol;
+	char err[256], buf[RET_POLICY_STRLEN];
 
-	for (item = copy; item != NULL; item = next) {
-		if ((next = strchr(item, ',')) != NULL)
-			*next++ = '\0';
-		item += strspn(item, " \t");
-		for (size_t n = strlen(item); n > 0 &&
-		    (item[n - 1] == ' ' || item[n - 1] == '\t'); n--)
-			item[n - 1] = '\0';
-		if (*item == '\0') {
-			r = KEY_ERROR(p, "empty rule in '%s'", v);
-			goto out;
-		}
-		const char *rule = item;
-		app = strncmp(item, "app:", 4) == 0;
-		if (app)
-			item += 4;
-		if ((val = strchr(item, '=')) == NULL) {
-			r = KEY_ERROR(p, "invalid rule '%s' (expected "
-			    "KIND=COUNT or within=DURATION)", rule);
-			goto out;
-		}
-		*val++ = '\0';
-		for (k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++)
-			if (strcmp(item, kinds[k]) == 0)
-				break;
-		if (k == sizeof(kinds) / sizeof(kinds[0]) ||
-		    (app && strcmp(item, "within") == 0)) {
-			r = KEY_ERROR(p, "unknown rule '%s%s' (expected [app:]"
-			    "last, hourly, daily, weekly, monthly, yearly or "
-			    "within)", app ? "app:" : "", item);
-			goto out;
-		}
-		if (done[app][k]) {
-			r = KEY_ERROR(p, "rule '%s%s' given twice",
-			    app ? "app:" : "", item);
-			goto out;
-		}
-		done[app][k] = 1;
-		if (strcmp(item, "within") == 0) {
-			uint64_t ms;
-			if (util_parse_duration_ms(val, &ms) != 0 || ms == 0) {
-				r = KEY_ERROR(p, "invalid duration '%s' in "
-				    "within=", val);
-				goto out;
-			}
-		} else {
-			long n = 0;
-			size_t i;
-			for (i = 0; isdigit((unsigned char)val[i]) &&
-			    n <= CFG_MAX_KEEP; i++)
-				n = n * 10 + (val[i] - '0');
-			if (i == 0 || val[i] != '\0' || n < 1 ||
-			    n > CFG_MAX_KEEP) {
-				r = KEY_ERROR(p, "invalid count '%s' in %s%s= "
-				    "(1 to %d)", val, app ? "app:" : "", item,
-				    CFG_MAX_KEEP);
-				goto out;
-			}
-		}
-		olen += (size_t)snprintf(out + olen, strlen(v) + 1 - olen,
-		    "%s%s%s=%s", olen > 0 ? "," : "", app ? "app:" : "",
-		    item, val);
-	}
-	*norm = out;
-	out = NULL;
-	r = 0;
-out:
-	free(copy);
-	free(out);
-	return r;
+	if (ret_parse(v, 0, &pol, err, sizeof(err)) != 0)
+		return KEY_ERROR(p, "%s", err);
+	ret_format(&pol, buf, sizeof(buf));
+	*norm = xstrdup(buf);
+	return 0;
 }
 
 static int

@@ -174,8 +174,9 @@ test_full(void **state)
 	assert_string_equal(a->vms[0], "web*");
 	assert_string_equal(a->vms[1], "db[0-9]");
 	assert_string_equal(a->storage, "/srv/replicas");
+	/* The normal form: rules in a fixed order, app: ones last. */
 	assert_string_equal(a->retention, "last=24,hourly=48,daily=30,"
-	    "weekly=8,monthly=12,yearly=2,app:daily=7,within=2d");
+	    "weekly=8,monthly=12,yearly=2,within=2d,app:daily=7");
 
 	assert_ptr_equal(config_find_vm(cfg, "db01"), &cfg->vms[1]);
 	assert_ptr_equal(config_find_vm(cfg, "web01"), &cfg->vms[0]);
