@@ -915,12 +915,12 @@ make_room(struct store *st, uint64_t need, char *err, size_t errsz)
 	int r;
 
 	for (;;) {
+		free(pts);
+		pts = NULL;
 		if (store_space(st, &avail, &total, &keep) != 0 || keep == 0)
 			return 0;
 		if (avail >= need && avail - need >= keep)
 			return 0;
-		free(pts);
-		pts = NULL;
 		if ((r = cat_point_list(st->cat, st->rel.vm, &pts, &n)) != 0)
 			break;
 		uint64_t pinned = store_pinned_point(st), victim = 0;
