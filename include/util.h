@@ -28,6 +28,10 @@ int	util_disk_name_valid(const char *s);
 /* pread/pwrite the whole range, retrying short transfers and EINTR.
  * Returns 0, RD_ERR_SYSTEM (errno set) or RD_ERR_TRUNCATED (EOF). */
 int	util_pread_full(int fd, void *buf, size_t len, off_t off);
+/* The same, but the file's holes (SEEK_HOLE) are zero-filled without a
+ * read: a sparse image's holes cost neither the kernel's zeroing of page
+ * cache pages nor a copy. */
+int	util_pread_holes(int fd, void *buf, size_t len, off_t off);
 int	util_pwrite_full(int fd, const void *buf, size_t len, off_t off);
 int	util_write_full(int fd, const void *buf, size_t len);
 /* fsync the directory that holds path (for renames and creates). */

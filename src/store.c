@@ -1169,26 +1169,24 @@ int
 store_read(struct store *st, uint16_t disk, uint64_t off, size_t len,
     uint8_t *buf, char *err, size_t errsz)
 {
+	struct stat sb;
 	if (disk >= st->rel.ndisks)
 		return RD_ERR_RANGE;
-	ssize_t n;
-	size_t got = 0;
-	while (got < len) {
-		n = pread(st->img[disk], buf + got, len - got,
-		    (off_t)(off + got));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			snprintf(err, errsz, "cannot read the replica of %s: %s",
-			    st->rel.disks[disk].name, strerror(errno));
-			return RD_ERR_SYSTEM;
-		}
-		if (n == 0)
-			break;
-		got += (size_t)n;
-	}
-	memset(buf + got, 0, len - got);	/* past the end: zeros */
+	if (fstat(st->img[disk], &sb) != 0)
+		goto fail;
+	/* Past the end: zeros.  Holes: zeros, without reading them. */
+	uint64_t size = (uint64_t)sb.st_size;
+	size_t have = off >= size ? 0 : size - off < len ? (size_t)(size - off) :
+	    len;
+	if (have > 0 && util_pread_holes(st->img[disk], buf, have,
+	    (off_t)off) != 0)
+		goto fail;
+	memset(buf + have, 0, len - have);
 	return 0;
+fail:
+	snprintf(err, errsz, "cannot read the replica of %s: %s",
+	    st->rel.disks[disk].name, strerror(errno));
+	return RD_ERR_SYSTEM;
 }
 
 int

@@ -253,7 +253,7 @@ trk_read_range(struct tracker *t, uint16_t disk, uint64_t off, size_t len,
 	if (off % bs != 0 || off > d->size || len > d->size - off ||
 	    (len % bs != 0 && off + len != d->size))
 		return RD_ERR_RANGE;
-	int r = util_pread_full(d->fd, buf, len, (off_t)off);
+	int r = util_pread_holes(d->fd, buf, len, (off_t)off);
 	if (r == RD_ERR_TRUNCATED) {
 		snprintf(err, errsz, "disk %s shrank while being read",
 		    d->path);
@@ -320,7 +320,7 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 			return 0;
 		size_t want = d->size - t->cur_off < chunk ?
 		    (size_t)(d->size - t->cur_off) : chunk;
-		r = util_pread_full(d->fd, t->buf, want, (off_t)t->cur_off);
+		r = util_pread_holes(d->fd, t->buf, want, (off_t)t->cur_off);
 		if (r == RD_ERR_TRUNCATED) {
 			snprintf(err, errsz, "disk %s shrank while being read",
 			    d->path);

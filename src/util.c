@@ -151,6 +151,47 @@ util_pread_full(int fd, void *buf, size_t len, off_t off)
 }
 
 int
+util_pread_holes(int fd, void *buf, size_t len, off_t off)
+{
+	uint8_t *p = buf;
+	off_t end = off + (off_t)len;
+
+	while (off < end) {
+		off_t data = lseek(fd, off, SEEK_DATA);
+		if (data < 0 && errno == ENXIO) {
+			/* Past the last data: a hole to the end of the file,
+			 * unless the range runs past the end itself. */
+			struct stat sb;
+			if (fstat(fd, &sb) != 0)
+				return RD_ERR_SYSTEM;
+			if (sb.st_size < end)
+				return RD_ERR_TRUNCATED;
+			memset(p, 0, (size_t)(end - off));
+			return 0;
+		}
+		if (data < 0)		/* no SEEK_DATA here: read it all */
+			return util_pread_full(fd, p, (size_t)(end - off), off);
+		if (data > off) {
+			off_t h = data < end ? data : end;
+			memset(p, 0, (size_t)(h - off));
+			p += h - off;
+			off = h;
+			continue;
+		}
+		off_t hole = lseek(fd, off, SEEK_HOLE);
+		if (hole < 0 || hole <= off)
+			hole = end;
+		off_t n = (hole < end ? hole : end) - off;
+		int r = util_pread_full(fd, p, (size_t)n, off);
+		if (r != 0)
+			return r;
+		p += n;
+		off += n;
+	}
+	return 0;
+}
+
+int
 util_pwrite_full(int fd, const void *buf, size_t len, off_t off)
 {
 	const uint8_t *p = buf;

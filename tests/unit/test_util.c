@@ -7,7 +7,9 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -316,6 +318,56 @@ test_format_time(void **state)
 	assert_string_equal(buf, "2026-11-27T20:31:00Z");
 }
 
+/* Holes read as zeros without a read; data as pread gives it; a range
+ * past the end is TRUNCATED, like util_pread_full(). */
+static void
+test_pread_holes(void **state)
+{
+	char path[] = "/tmp/test_util_holes.XXXXXX";
+	int fd = mkstemp(path);
+	const size_t size = 3u << 20;
+	uint8_t *want = calloc(1, size), *got = malloc(size);
+	assert_true(fd >= 0 && want != NULL && got != NULL);
+	unlink(path);
+	assert_int_equal(ftruncate(fd, (off_t)size), 0);
+	/* Data at 64K..200K, at 1M+5 (odd), and in the last block. */
+	const struct { size_t off, len; } runs[] = {
+		{ 64u << 10, 136u << 10 }, { (1u << 20) + 5, 9000 },
+		{ size - 4096, 4096 },
+	};
+	for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
+		for (size_t k = 0; k < runs[i].len; k++)
+			want[runs[i].off + k] = (uint8_t)(k * 7 + i + 1);
+		assert_int_equal(util_pwrite_full(fd, want + runs[i].off,
+		    runs[i].len, (off_t)runs[i].off), 0);
+	}
+	assert_int_equal(fsync(fd), 0);
+	const struct { size_t off, len; } reads[] = {
+		{ 0, size }, { 0, 64u << 10 }, { 60u << 10, 8u << 10 },
+		{ 100u << 10, 1u << 20 }, { (1u << 20) + 4, 2 },
+		{ size - 5000, 5000 }, { size - 1, 1 }, { 300u << 10, 4096 },
+	};
+	for (size_t i = 0; i < sizeof(reads) / sizeof(reads[0]); i++) {
+		memset(got, 0xAA, size);
+		assert_int_equal(util_pread_holes(fd, got, reads[i].len,
+		    (off_t)reads[i].off), 0);
+		assert_memory_equal(got, want + reads[i].off, reads[i].len);
+	}
+	assert_int_equal(util_pread_holes(fd, got, 8192, (off_t)size - 4096),
+	    RD_ERR_TRUNCATED);
+	assert_int_equal(util_pread_holes(fd, got, 1, (off_t)size),
+	    RD_ERR_TRUNCATED);
+	/* A file with no data at all. */
+	assert_int_equal(ftruncate(fd, 0), 0);
+	assert_int_equal(ftruncate(fd, 1 << 20), 0);
+	memset(got, 0xAA, 1 << 20);
+	assert_int_equal(util_pread_holes(fd, got, 1 << 20, 0), 0);
+	assert_true(util_is_zero(got, 1 << 20));
+	close(fd);
+	free(want);
+	free(got);
+}
+
 int
 main(void)
 {
@@ -329,6 +381,7 @@ main(void)
 		cmocka_unit_test(test_is_zero),
 		cmocka_unit_test(test_format_bytes),
 		cmocka_unit_test(test_format_time),
+		cmocka_unit_test(test_pread_holes),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
