@@ -13,7 +13,7 @@
 #include "log.h"
 #include "tls.h"
 
-#define REPLICAD_VERSION "0.1.0"
+#define REPLICAD_VERSION "0.3.0"
 
 static void
 usage(FILE *f)
