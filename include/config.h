@@ -57,6 +57,7 @@ struct cfg_accept {
 	char		*retention;	/* default "last=24" */
 	char		**ret_vms;	/* retention.VM = POLICY overrides */
 	char		**ret_policies;
+	int		*ret_lines;	/* where each was set */
 	size_t		 nret;
 	int		 retention_local; /* buckets in local time, not UTC */
 	uint64_t	 min_free_bytes; /* 0: none (or a percentage) */

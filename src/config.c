@@ -469,6 +469,8 @@ set_vm_retention(struct cfg_parse *p, const char *vm, const char *v)
 	a->ret_vms = xreallocarray(a->ret_vms, a->nret + 1, sizeof(char *));
 	a->ret_policies = xreallocarray(a->ret_policies, a->nret + 1,
 	    sizeof(char *));
+	a->ret_lines = xreallocarray(a->ret_lines, a->nret + 1, sizeof(int));
+	a->ret_lines[a->nret] = p->lineno;
 	a->ret_vms[a->nret] = xstrdup(vm);
 	a->ret_policies[a->nret++] = norm;
 	return 0;
@@ -851,6 +853,21 @@ cfg_check_and_fill(struct cfg_parse *p)
 			a->storage = path_join(cfg->state_dir, "replicas");
 		if (a->retention == NULL)
 			a->retention = xstrdup(CONFIG_DEFAULT_RETENTION);
+		/* A policy for a VM this entry never sends is a typo. */
+		for (size_t k = 0; k < a->nret; k++) {
+			int match = 0;
+			for (size_t v = 0; v < a->nvms && !match; v++)
+				match = fnmatch(a->vms[v], a->ret_vms[k], 0) == 0;
+			if (!match) {
+				char label[HOST_MAX_LEN + 16], key[NAME_MAX_LEN + 16];
+				snprintf(label, sizeof(label), "accept %s", a->name);
+				snprintf(key, sizeof(key), "retention.%s",
+				    a->ret_vms[k]);
+				return cfg_error(p, a->ret_lines[k], label, key,
+				    "VM %s is not among this entry's vms",
+				    a->ret_vms[k]);
+			}
+		}
 	}
 	return 0;
 }
@@ -957,6 +974,7 @@ config_free(struct config *cfg)
 		free(a->retention);
 		free_strv(a->ret_vms, a->nret);
 		free_strv(a->ret_policies, a->nret);
+		free(a->ret_lines);
 		free(a->on_promote);
 		free(a->on_demote);
 	}

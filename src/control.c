@@ -986,9 +986,15 @@ job_prune(void *arg)
 			continue;
 		}
 		if (c->o.dry_run) {
-			textf(c, "  drop %6" PRIu64 "  %s  %-5s  (dry run)\n",
-			    pts[i].id, when, pts[i].kind == CAT_KIND_APP ?
-			    "app" : "crash");
+			/* About its own undo data: a merge keeps part of it
+			 * when a newer point needs the same blocks. */
+			uint64_t est = pts[i].seg == CAT_SEG_NONE ? 0 :
+			    pts[i].undo_bytes;
+			util_format_bytes(est, bytes, sizeof(bytes));
+			textf(c, "  drop %6" PRIu64 "  %s  %-5s  up to %s "
+			    "(dry run)\n", pts[i].id, when, pts[i].kind ==
+			    CAT_KIND_APP ? "app" : "crash", bytes);
+			freed += est;
 			dropped++;
 			continue;
 		}
@@ -1009,9 +1015,9 @@ job_prune(void *arg)
 		dropped++;
 	}
 	util_format_bytes(freed, bytes, sizeof(bytes));
-	textf(c, "%s: %" PRIu64 " kept, %" PRIu64 " %s, %s freed\n", vm, kept,
-	    dropped, c->o.dry_run ? "to drop (dry run: nothing changed)" :
-	    "dropped", bytes);
+	textf(c, "%s: %" PRIu64 " kept, %" PRIu64 " %s, %s%s freed\n", vm,
+	    kept, dropped, c->o.dry_run ? "to drop (dry run: nothing changed)" :
+	    "dropped", c->o.dry_run ? "up to " : "", bytes);
 	free(rp);
 	free(why);
 	free(pts);

@@ -829,8 +829,9 @@ store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 	 * then they go.  A crash between: the next open renames back those
 	 * whose point is still recorded and removes the others.
 	 */
-	for (size_t k = (size_t)i + 1; k < n && r == 0; k++) {
-		char *p = seg_path(st, &pts[k]);
+	size_t moved = (size_t)i + 1;
+	for (; moved < n && r == 0; moved++) {
+		char *p = seg_path(st, &pts[moved]);
 		char *q = xasprintf("%s.dropped", p);
 		if (rename(p, q) != 0 && errno != ENOENT) {
 			snprintf(err, errsz, "cannot rename %s: %s", p,
@@ -839,6 +840,16 @@ store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 		}
 		free(p);
 		free(q);
+	}
+	if (r != 0) {
+		/* Put back what was set aside: nothing was committed. */
+		for (size_t k = (size_t)i + 1; k + 1 < moved; k++) {
+			char *p = seg_path(st, &pts[k]);
+			char *q = xasprintf("%s.dropped", p);
+			rename(q, p);
+			free(p);
+			free(q);
+		}
 	}
 	util_fsync_dir(st->undo_dir);
 	if (r != 0)
@@ -899,60 +910,64 @@ store_space(struct store *st, uint64_t *avail, uint64_t *total,
 }
 
 /*
- * Before a cycle is applied: if what it needs (about its raw size: the
- * undo data of what it overwrites and the new blocks of the images) would
- * leave less than min_free, drop the oldest points, one at a time, each
- * logged; if there is none left to drop, refuse the cycle (NOSPACE) and
- * let the primary keep its changes and try again later.
+ * Before a cycle is applied: if what it needs (up to twice its raw size:
+ * the undo data of what it overwrites and the new blocks of the images)
+ * would leave less than min_free, drop the oldest points, one at a time,
+ * each logged, counting the bytes each drop frees (some file systems,
+ * btrfs, show freed space only later).  If dropping every point but the
+ * newest (and a test copy's) could not make room, drop none and refuse
+ * the cycle (NOSPACE): the primary keeps its changes and tries again.
  */
 static int
 make_room(struct store *st, uint64_t need, char *err, size_t errsz)
 {
-	uint64_t avail, total, keep, freed;
+	uint64_t avail, total, keep, freed, droppable = 0;
 	struct cat_point *pts = NULL;
 	size_t n = 0;
 	char a[32], b[32], c[32];
 	int r;
 
-	for (;;) {
+	if (store_space(st, &avail, &total, &keep) != 0 || keep == 0)
+		return 0;
+	if (avail >= need && avail - need >= keep)
+		return 0;
+	if ((r = cat_point_list(st->cat, st->rel.vm, &pts, &n)) != 0) {
+		snprintf(err, errsz, "cannot list points: %s", rd_strerror(r));
+		return r;
+	}
+	uint64_t pinned = store_pinned_point(st);
+	for (size_t i = 0; i + 1 < n; i++)
+		if (pts[i].id != pinned && pts[i].seg != CAT_SEG_NONE)
+			droppable += pts[i].undo_bytes;
+	util_format_bytes(avail, a, sizeof(a));
+	util_format_bytes(need, b, sizeof(b));
+	util_format_bytes(keep, c, sizeof(c));
+	if (pinned == UINT64_MAX || avail + droppable < need + keep) {
+		snprintf(err, errsz, "no space: %s free on the storage of %s, "
+		    "the cycle needs about %s and min_free keeps %s; dropping "
+		    "the older points would not make room, so none was dropped",
+		    a, st->rel.vm, b, c);
 		free(pts);
-		pts = NULL;
-		if (store_space(st, &avail, &total, &keep) != 0 || keep == 0)
-			return 0;
-		if (avail >= need && avail - need >= keep)
-			return 0;
-		if ((r = cat_point_list(st->cat, st->rel.vm, &pts, &n)) != 0)
-			break;
-		uint64_t pinned = store_pinned_point(st), victim = 0;
-		for (size_t i = 0; i + 1 < n && victim == 0; i++)
-			if (pts[i].id != pinned)
-				victim = pts[i].id;
-		util_format_bytes(avail, a, sizeof(a));
-		util_format_bytes(need, b, sizeof(b));
-		util_format_bytes(keep, c, sizeof(c));
-		if (victim == 0) {
-			snprintf(err, errsz, "no space: %s free on the storage "
-			    "of %s, the cycle needs about %s and min_free keeps "
-			    "%s; no older point is left to drop", a, st->rel.vm,
-			    b, c);
-			free(pts);
-			return RD_ERR_NOSPACE;
-		}
+		return RD_ERR_NOSPACE;
+	}
+	for (size_t i = 0; i + 1 < n && avail < need + keep; i++) {
+		if (pts[i].id == pinned)
+			continue;
 		char why[512];
-		if ((r = store_drop_point(st, victim, &freed, why,
+		if ((r = store_drop_point(st, pts[i].id, &freed, why,
 		    sizeof(why))) != 0) {
 			snprintf(err, errsz, "no space, and dropping point %"
-			    PRIu64 " failed: %s", victim, why);
+			    PRIu64 " failed: %s", pts[i].id, why);
 			free(pts);
 			return RD_ERR_NOSPACE;
 		}
+		avail += freed;
 		log_warnx("%s: point %" PRIu64 " dropped to keep min_free (%s "
-		    "free, the cycle needs about %s, min_free %s)", st->rel.vm,
-		    victim, a, b, c);
+		    "free before, the cycle needs about %s, min_free %s)",
+		    st->rel.vm, pts[i].id, a, b, c);
 	}
 	free(pts);
-	snprintf(err, errsz, "cannot list points: %s", rd_strerror(r));
-	return r;
+	return 0;
 }
 
 /* --- dropping points (prune, forget) ------------------------------------- */
@@ -988,7 +1003,10 @@ test_point(struct store *st)
 uint64_t
 store_pinned_point(struct store *st)
 {
-	return store_test_exists(st) ? test_point(st) : 0;
+	if (!store_test_exists(st))
+		return 0;
+	uint64_t id = test_point(st);
+	return id ? id : UINT64_MAX;	/* a copy of an unknown point */
 }
 
 int
@@ -1033,7 +1051,15 @@ store_drop_point(struct store *st, uint64_t id, uint64_t *freed, char *err,
 		r = RD_ERR_STATE;
 		goto out;
 	}
-	if (store_pinned_point(st) == id) {
+	uint64_t pin = store_pinned_point(st);
+	if (pin == UINT64_MAX) {
+		snprintf(err, errsz, "a test copy of %s is open and the point "
+		    "it was made of is not known; remove it first (failover %s "
+		    "--test --cleanup)", st->rel.vm, st->rel.vm);
+		r = RD_ERR_BUSY;
+		goto out;
+	}
+	if (pin == id) {
 		snprintf(err, errsz, "point %" PRIu64 " has an open test copy; "
 		    "remove it first (failover %s --test --cleanup)", id,
 		    st->rel.vm);
@@ -1743,7 +1769,7 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 
 	if (!st->active)
 		return RD_ERR_STATE;
-	if ((r = make_room(st, st->raw_bytes, err, errsz)) != 0) {
+	if ((r = make_room(st, 2 * st->raw_bytes, err, errsz)) != 0) {
 		store_cycle_abort(st);
 		return r;
 	}
@@ -1979,8 +2005,13 @@ unlock:
 	char *pf = xasprintf("%s/.point", st->test_dir);
 	char num[32];
 	int nlen = snprintf(num, sizeof(num), "%" PRIu64 "\n", id);
-	if (util_write_atomic(pf, num, (size_t)nlen) != 0)
-		log_warn("%s: cannot write %s", st->rel.vm, pf);
+	if (util_write_atomic(pf, num, (size_t)nlen) != 0) {
+		/* Without it the point could be pruned under the copy. */
+		snprintf(err, errsz, "cannot write %s: %s", pf, strerror(errno));
+		free(pf);
+		r = RD_ERR_SYSTEM;
+		goto out;
+	}
 	free(pf);
 	util_fsync_dir(st->test_dir);
 	*point = id;

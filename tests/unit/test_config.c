@@ -617,6 +617,24 @@ static const struct bad_case bad_cases[] = {
 	    "[accept p1]", "[accept] entries need listen in [daemon]" },
 	{ "bad retention", DAEMON REPLICA "retention = forever\n", 8,
 	    "retention", "invalid rule 'forever'" },
+	{ "retention of a VM the entry does not send", DAEMON REPLICA
+	    "vms = web*\nretention.db01 = last=3\n", 9, "retention.db01",
+	    "VM db01 is not among this entry's vms" },
+	{ "retention of a VM, bad policy", DAEMON REPLICA
+	    "retention.web01 = last=0\n", 8, "retention.web01",
+	    "invalid count '0'" },
+	{ "retention of a VM, bad name", DAEMON REPLICA
+	    "retention.../x = last=1\n", 8, "retention.../x",
+	    "invalid VM name" },
+	{ "retention of a VM twice", DAEMON REPLICA
+	    "retention.web01 = last=1\nretention.web01 = last=2\n", 9,
+	    "retention.web01", "duplicate key" },
+	{ "retention_time junk", DAEMON REPLICA "retention_time = mars\n", 8,
+	    "retention_time", "invalid value 'mars'" },
+	{ "min_free junk", DAEMON REPLICA "min_free = lots\n", 8, "min_free",
+	    "invalid size 'lots'" },
+	{ "min_free percent too high", DAEMON REPLICA "min_free = 95%\n", 8,
+	    "min_free", "invalid percentage '95%'" },
 	{ "retention unknown kind", DAEMON REPLICA "retention = minutely=5\n",
 	    8, "retention", "unknown rule 'minutely'" },
 	{ "retention zero", DAEMON REPLICA "retention = last=0\n", 8,
