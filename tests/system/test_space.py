@@ -179,6 +179,10 @@ def test_min_free_on_btrfs(env):
             pri.stop()
             rep.stop()
         finally:
-            subprocess.run(["umount", mnt])
+            for p in env.procs:         # nothing may hold the mount
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            subprocess.run(["umount", "-l", mnt])
     finally:
         subprocess.run(["losetup", "-d", dev])
