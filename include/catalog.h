@@ -127,6 +127,11 @@ int	cat_point_list(struct catalog *cat, const char *vm,
 int	cat_point_drop(struct catalog *cat, const char *vm, uint64_t id,
 	    uint64_t next, uint32_t next_seg, uint64_t next_undo_bytes);
 
+/* How many points vm has and the bytes of their undo segments (one
+ * query: cheap enough for the loop thread). */
+int	cat_point_stats(struct catalog *cat, const char *vm, uint64_t *count,
+	    uint64_t *undo_bytes);
+
 /* Append an event (level "info", "warning", "error") to the event log. */
 int	cat_event_add(struct catalog *cat, const char *vm, const char *level,
 	    const char *message);

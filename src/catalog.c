@@ -132,6 +132,7 @@ static const char *const cat_migrations[] = {
 	"PRAGMA user_version = 3;",
 };
 
+_Static_assert(CAT_SEG_NONE == 4294967295u, "ST_POINT_STATS spells it out");
 _Static_assert(sizeof(cat_migrations) / sizeof(cat_migrations[0]) ==
     CAT_SCHEMA_VERSION, "one migration step per schema version");
 
@@ -160,6 +161,7 @@ enum cat_stmt {
 	ST_POINT_DROP_AFTER,
 	ST_POINT_DROP,
 	ST_POINT_SET_SEG,
+	ST_POINT_STATS,
 	ST_COUNT
 };
 
@@ -214,6 +216,9 @@ static const char *const cat_sql[ST_COUNT] = {
 	[ST_POINT_ADD] = "INSERT INTO points (vm, " POINT_COLS ") "
 	    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
 	[ST_POINT_DROP] = "DELETE FROM points WHERE vm = ?1 AND id = ?2",
+	[ST_POINT_STATS] = "SELECT count(*), coalesce(sum(CASE WHEN seg = "
+	    "4294967295 THEN 0 ELSE undo_bytes END), 0) FROM points "
+	    "WHERE vm = ?1",
 	[ST_POINT_SET_SEG] = "UPDATE points SET seg = ?3, undo_bytes = ?4 "
 	    "WHERE vm = ?1 AND id = ?2",
 	[ST_PDISK_LIST] = "SELECT idx, size FROM point_disks "
@@ -1183,6 +1188,33 @@ cat_point_drop(struct catalog *cat, const char *vm, uint64_t id,
 	}
 	r = 0;
 out:
+	r = cat_end(cat, r);
+	pthread_mutex_unlock(&cat->lock);
+	return r;
+}
+
+int
+cat_point_stats(struct catalog *cat, const char *vm, uint64_t *count,
+    uint64_t *undo_bytes)
+{
+	sqlite3_stmt *st = cat->st[ST_POINT_STATS];
+	int rc, r;
+
+	pthread_mutex_lock(&cat->lock);
+	if ((r = cat_begin(cat, 0)) != 0)
+		goto out;
+	if (bind_text(st, 1, vm) != SQLITE_OK) {
+		r = cat_dberr(cat, vm, "point stats");
+		goto out;
+	}
+	if ((rc = sqlite3_step(st)) != SQLITE_ROW) {
+		r = cat_dberr(cat, vm, "point stats");
+		goto out;
+	}
+	if (col_u64(st, 0, count) != 0 || col_u64(st, 1, undo_bytes) != 0)
+		r = cat_corrupt(vm, "points", "undo_bytes");
+out:
+	cat_release(st);
 	r = cat_end(cat, r);
 	pthread_mutex_unlock(&cat->lock);
 	return r;

@@ -201,16 +201,20 @@ json_str(struct wbuf *b, const char *s)
 	wb_put_bytes(b, "\"", 1);
 }
 
+/* Append formatted text (JSON, prune's report) to b. */
 static void
-json_raw(struct wbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+bufprintf(struct wbuf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void
-json_raw(struct wbuf *b, const char *fmt, ...)
+bufprintf(struct wbuf *b, const char *fmt, ...)
 {
-	char tmp[512];
+	char tmp[1024];
 	va_list ap;
 	va_start(ap, fmt);
 	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
 	va_end(ap);
+	if (n < 0)
+		return;
 	wb_put_bytes(b, tmp, n < (int)sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
 }
 
@@ -322,19 +326,11 @@ collect(struct daemon *d, const char *only, struct vm_view **out_views)
 		x->error = st.error;
 		x->last.dirty_bytes = st.last_bytes;
 		/* The history's size and the room left for it. */
-		struct cat_point *pts = NULL;
-		size_t np = 0;
 		uint64_t total;
-		if (cat_point_list(d->cat, st.name, &pts, &np) == 0 &&
-		    store_space(rvm_store(d->rvms[i]), &x->free_bytes, &total,
-		    &x->min_free) == 0) {
+		if (cat_point_stats(d->cat, st.name, &x->npoints,
+		    &x->history_bytes) == 0 && store_space(rvm_store(d->rvms[i]),
+		    &x->free_bytes, &total, &x->min_free) == 0)
 			x->has_space = 1;
-			x->npoints = np;
-			for (size_t k = 0; k < np; k++)
-				if (pts[k].seg != CAT_SEG_NONE)
-					x->history_bytes += pts[k].undo_bytes;
-		}
-		free(pts);
 		x->progress = st.received_bytes;
 		x->health = st.nospace ? "critical" : health_of(x->state, 0,
 		    x->lag_s, st.interval_ms);
@@ -358,43 +354,43 @@ cmd_status(struct cconn *c)
 	}
 	wb_init(&b);
 	if (c->o.json) {
-		json_raw(&b, "{\"vms\":[");
+		bufprintf(&b, "{\"vms\":[");
 		for (size_t i = 0; i < n; i++) {
 			struct vm_view *x = &v[i];
-			json_raw(&b, "%s{\"name\":", i ? "," : "");
+			bufprintf(&b, "%s{\"name\":", i ? "," : "");
 			json_str(&b, x->name);
-			json_raw(&b, ",\"role\":\"%s\",\"peer\":", x->role);
+			bufprintf(&b, ",\"role\":\"%s\",\"peer\":", x->role);
 			json_str(&b, x->peer);
-			json_raw(&b, ",\"generation\":%" PRIu64 ",\"state\":"
+			bufprintf(&b, ",\"generation\":%" PRIu64 ",\"state\":"
 			    "\"%s\",\"health\":\"%s\",", x->generation,
 			    x->state, x->health);
 			if (x->last_point) {
 				util_format_time(x->last_point_ms / 1000, when,
 				    sizeof(when));
-				json_raw(&b, "\"last_point\":%" PRIu64 ","
+				bufprintf(&b, "\"last_point\":%" PRIu64 ","
 				    "\"last_point_created\":\"%s\","
 				    "\"lag_seconds\":%" PRId64 ",",
 				    x->last_point, when, x->lag_s);
 			} else {
-				json_raw(&b, "\"last_point\":null,"
+				bufprintf(&b, "\"last_point\":null,"
 				    "\"last_point_created\":null,"
 				    "\"lag_seconds\":null,");
 			}
 			if (x->uncommitted)
-				json_raw(&b, "\"uncommitted_point\":%" PRIu64
+				bufprintf(&b, "\"uncommitted_point\":%" PRIu64
 				    ",", x->uncommitted);
 			if (x->has_space)
-				json_raw(&b, "\"points\":%" PRIu64 ","
+				bufprintf(&b, "\"points\":%" PRIu64 ","
 				    "\"history_bytes\":%" PRIu64 ","
 				    "\"storage_free_bytes\":%" PRIu64 ","
 				    "\"min_free_bytes\":%" PRIu64 ",", x->npoints,
 				    x->history_bytes, x->free_bytes, x->min_free);
-			json_raw(&b, "\"error\":");
+			bufprintf(&b, "\"error\":");
 			if (x->error && x->error[0])
 				json_str(&b, x->error);
 			else
-				json_raw(&b, "null");
-			json_raw(&b, ",\"last_cycle\":{\"cycle\":%" PRIu64 ","
+				bufprintf(&b, "null");
+			bufprintf(&b, ",\"last_cycle\":{\"cycle\":%" PRIu64 ","
 			    "\"duration_ms\":%" PRIu64 ",\"dirty_bytes\":%"
 			    PRIu64 ",\"bytes_read\":%" PRIu64 ","
 			    "\"bytes_sent\":%" PRIu64 "},\"progress\":{"
@@ -403,7 +399,7 @@ cmd_status(struct cconn *c)
 			    x->last.dirty_bytes, x->last.bytes_read,
 			    x->last.bytes_sent, x->progress, x->total);
 		}
-		json_raw(&b, "]}");
+		bufprintf(&b, "]}");
 		send_wbuf(c, &b);
 	} else if (n == 0) {
 		out(c, "no VMs\n");
@@ -498,11 +494,11 @@ cmd_points(struct cconn *c)
 	}
 	wb_init(&b);
 	if (c->o.json) {
-		json_raw(&b, "[");
+		bufprintf(&b, "[");
 		for (size_t i = 0; i < n; i++) {
 			util_format_time(pts[i].created_ms / 1000, when,
 			    sizeof(when));
-			json_raw(&b, "%s{\"id\":%" PRIu64 ",\"created\":\"%s\","
+			bufprintf(&b, "%s{\"id\":%" PRIu64 ",\"created\":\"%s\","
 			    "\"kind\":\"%s\",\"bytes\":%" PRIu64 ","
 			    "\"undo_bytes\":%" PRIu64 ",\"cycle\":%" PRIu64
 			    ",\"generation\":%" PRIu64 "}", i ? "," : "",
@@ -510,7 +506,7 @@ cmd_points(struct cconn *c)
 			    "app" : "crash", pts[i].bytes, pts[i].undo_bytes,
 			    pts[i].cycle, pts[i].generation);
 		}
-		json_raw(&b, "]");
+		bufprintf(&b, "]");
 		send_wbuf(c, &b);
 	} else {
 		char held[32];
@@ -922,20 +918,6 @@ cmd_forget(struct cconn *c)
 static void prune_next(struct cconn *c);
 
 static void
-textf(struct cconn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void
-textf(struct cconn *c, const char *fmt, ...)
-{
-	char tmp[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-	va_end(ap);
-	wb_put_bytes(&c->text, tmp, n < (int)sizeof(tmp) ? (size_t)n :
-	    sizeof(tmp) - 1);
-}
-
-static void
 job_prune(void *arg)
 {
 	struct cconn *c = arg;
@@ -950,12 +932,12 @@ job_prune(void *arg)
 	int r;
 
 	if (ret_parse(c->policy, c->local_time, &pol, err, sizeof(err)) != 0) {
-		textf(c, "%s: bad retention policy: %s\n", vm, err);
+		bufprintf(&c->text, "%s: bad retention policy: %s\n", vm, err);
 		c->failed = 1;
 		return;
 	}
 	if ((r = cat_point_list(c->ctl->d->cat, vm, &pts, &n)) != 0) {
-		textf(c, "%s: cannot list points: %s\n", vm, rd_strerror(r));
+		bufprintf(&c->text, "%s: cannot list points: %s\n", vm, rd_strerror(r));
 		c->failed = 1;
 		return;
 	}
@@ -969,7 +951,7 @@ job_prune(void *arg)
 	for (size_t i = 0; i < n; i++)
 		if (pts[i].id == pinned)
 			why[i] |= RET_PINNED;
-	textf(c, "%s: policy %s%s, %zu points\n", vm, c->policy,
+	bufprintf(&c->text, "%s: policy %s%s, %zu points\n", vm, c->policy,
 	    c->local_time ? " (local time)" : "", n);
 	for (size_t i = 0; i < n; i++) {
 		util_format_time(pts[i].created_ms / 1000, when, sizeof(when));
@@ -978,7 +960,7 @@ job_prune(void *arg)
 		if (why[i]) {
 			ret_reasons(why[i] & ~RET_PINNED, reasons,
 			    sizeof(reasons));
-			textf(c, "  keep %6" PRIu64 "  %s  %-5s  %s%s%s\n",
+			bufprintf(&c->text, "  keep %6" PRIu64 "  %s  %-5s  %s%s%s\n",
 			    pts[i].id, when, pts[i].kind == CAT_KIND_APP ?
 			    "app" : "crash", reasons, (why[i] & RET_PINNED) ?
 			    (reasons[0] ? ",test-copy" : "test-copy") : "", "");
@@ -991,7 +973,7 @@ job_prune(void *arg)
 			uint64_t est = pts[i].seg == CAT_SEG_NONE ? 0 :
 			    pts[i].undo_bytes;
 			util_format_bytes(est, bytes, sizeof(bytes));
-			textf(c, "  drop %6" PRIu64 "  %s  %-5s  up to %s "
+			bufprintf(&c->text, "  drop %6" PRIu64 "  %s  %-5s  up to %s "
 			    "(dry run)\n", pts[i].id, when, pts[i].kind ==
 			    CAT_KIND_APP ? "app" : "crash", bytes);
 			freed += est;
@@ -1001,12 +983,12 @@ job_prune(void *arg)
 		uint64_t f = 0;
 		if ((r = store_drop_point(st, pts[i].id, &f, err,
 		    sizeof(err))) != 0) {
-			textf(c, "  FAIL %6" PRIu64 "  %s\n", pts[i].id, err);
+			bufprintf(&c->text, "  FAIL %6" PRIu64 "  %s\n", pts[i].id, err);
 			c->failed = 1;
 			continue;
 		}
 		util_format_bytes(f, bytes, sizeof(bytes));
-		textf(c, "  drop %6" PRIu64 "  %s  %-5s  %s freed\n",
+		bufprintf(&c->text, "  drop %6" PRIu64 "  %s  %-5s  %s freed\n",
 		    pts[i].id, when, pts[i].kind == CAT_KIND_APP ? "app" :
 		    "crash", bytes);
 		log_info("%s: point %" PRIu64 " dropped by prune (%s freed)",
@@ -1015,7 +997,7 @@ job_prune(void *arg)
 		dropped++;
 	}
 	util_format_bytes(freed, bytes, sizeof(bytes));
-	textf(c, "%s: %" PRIu64 " kept, %" PRIu64 " %s, %s%s freed\n", vm,
+	bufprintf(&c->text, "%s: %" PRIu64 " kept, %" PRIu64 " %s, %s%s freed\n", vm,
 	    kept, dropped, c->o.dry_run ? "to drop (dry run: nothing changed)" :
 	    "dropped", c->o.dry_run ? "up to " : "", bytes);
 	free(rp);
@@ -1051,7 +1033,7 @@ prune_next(struct cconn *c)
 		    config_retention(acc, vm) : CONFIG_DEFAULT_RETENTION);
 		c->local_time = acc ? acc->retention_local : 0;
 		if (failover_busy(vm)) {
-			textf(c, "%s: a role change of it is under way; not "
+			bufprintf(&c->text, "%s: a role change of it is under way; not "
 			    "pruned\n", vm);
 			c->failed = 1;
 			c->itodo++;

@@ -465,6 +465,15 @@ test_point_drop(void **state)
 	assert_int_equal(cat_point_get(cat, "web01", 3, &p), 0);
 	assert_int_equal(p.seg, CAT_SEG_NONE);
 	assert_int_equal(count_points(f, "web01"), 2);
+	/* Stats: point 3 has no segment now; point 4's undo bytes count. */
+	uint64_t cnt = 0, undo = 0;
+	assert_int_equal(cat_point_get(cat, "web01", 4, &p), 0);
+	assert_int_equal(cat_point_stats(cat, "web01", &cnt, &undo), 0);
+	assert_int_equal(cnt, 2);
+	assert_int_equal(undo, p.undo_bytes);
+	assert_int_equal(cat_point_stats(cat, "nosuch", &cnt, &undo), 0);
+	assert_int_equal(cnt, 0);
+	assert_int_equal(undo, 0);
 	/* Ids are not given out again. */
 	commit_ok(cat, "web01", 5, 5);
 	cat_close(cat);
