@@ -10,7 +10,7 @@ CC      ?= cc
 BUILD   := build
 
 PKGS    := libevent libevent_openssl libevent_pthreads openssl libzstd \
-           libxxhash inih sqlite3
+           libxxhash inih sqlite3 libnbd jansson
 # CFLAGS / LDFLAGS are the user's (e.g. CFLAGS="-O1 -g -fsanitize=address");
 # the project's own flags are added to them.
 CFLAGS  ?= -O2 -g
@@ -24,7 +24,8 @@ LDLIBS  += $(PKG_LIBS) -lrsync -pthread
 # Objects shared by both programs.
 COMMON_OBJS  := err log xmalloc buf util wire ctl config retention
 # The daemon: catalog, worker pool, TLS, tracker, both roles, control socket.
-REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work tls netio blockmap tracker undo delta store \
+REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work tls netio blockmap tracker trk_scan \
+                 trk_reflink qmp trk_qemu undo delta store \
                  replica primary failover control daemon
 REPLCTL_OBJS  := $(COMMON_OBJS)
 

@@ -21,6 +21,8 @@
 #define CONFIG_DEFAULT_INTERVAL_MS	(5 * 60 * 1000)
 #define CONFIG_DEFAULT_BLOCK_SIZE	(64 * 1024)
 #define CONFIG_DEFAULT_RETENTION	"last=24"
+#define CONFIG_DEFAULT_SNAPSHOT_TIMEOUT_S	60
+#define CFG_MAX_DISKS		64	/* disks per VM (the wire's bound) */
 
 enum cfg_tracker {
 	TRACKER_SCAN = 0,
@@ -28,10 +30,19 @@ enum cfg_tracker {
 	TRACKER_QEMU,
 };
 
+/* A lag threshold: a duration, or a multiple of the interval. */
+struct cfg_lag {
+	uint64_t	 ms;		/* 0: factor_pct applies */
+	uint32_t	 factor_pct;	/* 200 = twice the interval */
+};
+
 struct cfg_vm {
 	char		 name[NAME_MAX_LEN + 1];
-	char		**disks;	/* absolute paths, in file order */
+	char		**disks;	/* absolute paths, in file order (tracker
+					   qemu: QEMU block node names) */
 	char		**disk_names;	/* base names, unique, util_disk_name_valid */
+	int		*disk_lines;	/* where each was set (NULL if made
+					   from the catalog) */
 	size_t		 ndisks;	/* >= 1 */
 	char		*replica;	/* "HOST:PORT" as written */
 	char		 replica_host[HOST_MAX_LEN + 1];
@@ -40,10 +51,16 @@ struct cfg_vm {
 					   certificate; default replica_host */
 	uint64_t	 interval_ms;	/* 0 = only on `replctl sync` */
 	enum cfg_tracker tracker;
+	char		*qmp;		/* tracker qemu: QMP socket path */
 	uint32_t	 block_size;	/* power of two, 4K..4M */
 	int		 compress_level; /* 0 = none, else zstd level 1..19 */
 	char		*pre_snapshot;	/* NULL if unset */
 	char		*post_snapshot;
+	unsigned	 snapshot_timeout_s; /* for pre/post_snapshot */
+	uint64_t	 app_interval_ms; /* 0: freeze at every cut; else only
+					   when the last app point is older */
+	struct cfg_lag	 lag_warning;	/* health turns warning past it */
+	struct cfg_lag	 lag_critical;
 	char		*on_promote;	/* hooks of failover; NULL if unset */
 	char		*on_demote;
 	int		 line;		/* line of the section header */
@@ -97,8 +114,13 @@ int	config_load(const char *path, struct config **out, char *err,
 void	config_free(struct config *cfg);
 /* The retention policy of vm under the [accept] entry a. */
 const char *config_retention(const struct cfg_accept *a, const char *vm);
+/* Every field of vm to its default (zero, or the documented default). */
+void	cfg_vm_defaults(struct cfg_vm *vm);
 /* Free a struct cfg_vm allocated on its own (every field, then vm). */
 void	cfg_vm_free(struct cfg_vm *vm);
+
+/* A lag threshold in milliseconds for interval_ms (0: no threshold). */
+uint64_t config_lag_ms(const struct cfg_lag *l, uint64_t interval_ms);
 
 /* The [vm] section named name, or NULL. */
 const struct cfg_vm *config_find_vm(const struct config *cfg,

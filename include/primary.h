@@ -41,6 +41,9 @@ struct pvm_status {
 	uint64_t	 last_point;	/* 0: none yet */
 	int64_t		 last_point_ms;
 	uint64_t	 interval_ms;
+	uint64_t	 lag_warn_ms;	/* health thresholds (0: none) */
+	uint64_t	 lag_crit_ms;
+	const char	*tracker;	/* scan, reflink, qemu */
 	unsigned	 failures;	/* consecutive failed cycles */
 	int		 nospace;	/* the replica refused: no space */
 	const char	*error;		/* last failure, "" if none */

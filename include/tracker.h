@@ -1,12 +1,15 @@
 /*
  * tracker.h — change tracking for the disks of one VM on the primary.
  *
- * This version implements the scan tracker: the digest of every block as
- * of the last acknowledged cycle is kept in STATE_DIR/tracker/VM/DISK.map
- * (blockmap.c); a cycle reads each disk once and reports the blocks whose
- * digest changed.  New digests are kept aside until the replica's ACK
- * (trk_commit); a failed cycle (trk_abort) keeps the old ones, so its
- * blocks are found again by the next cycle (invariant P1).
+ * The digest of every block as of the last acknowledged cycle is kept in
+ * STATE_DIR/tracker/VM/DISK.map (blockmap.c).  At each cycle's cut a
+ * backend (trk_backend.h: scan, reflink or qemu) fixes a view of the
+ * disks and the ranges that may have changed since; the tracker reads
+ * those ranges from the view and reports the blocks whose digest
+ * changed.  New digests are kept aside until the replica's ACK
+ * (trk_commit); a failed cycle (trk_abort) keeps the old ones and the
+ * backend reports its ranges again, so its blocks are found again by the
+ * next cycle (invariant P1).
  *
  * Only one thread uses a tracker at a time (the owner's worker job).
  */
@@ -47,23 +50,35 @@ struct trk_stats {
 int	trk_open(const char *state_dir, const struct cfg_vm *vm,
 	    struct tracker **out);
 void	trk_close(struct tracker *t);
+/* "scan", "reflink" or "qemu". */
+const char *trk_name(const struct tracker *t);
+/* The cut gives a point-in-time view: post_snapshot may run right after
+ * trk_begin(), before anything is read. */
+int	trk_frozen(const struct tracker *t);
+/* Can vm use its tracker on this host (replicad --check, VM start)? */
+int	trk_check(const struct cfg_vm *vm, const char *state_dir, char *err,
+	    size_t errsz);
+/* The disks' current sizes, without a cut. */
+int	trk_sizes(struct tracker *t, uint64_t *sizes, char *err,
+	    size_t errsz);
 /* The cycle the saved state describes: the lowest over the disks, 0 if
  * any disk is unknown. */
 uint64_t trk_cycle(const struct tracker *t);
 
 /*
- * Begin a cycle: open every disk and take its size into sizes[].  Every
+ * Begin cycle `cycle`: take the cut and each disk's size into sizes[].  Every
  * block of a disk counts as changed when full is set, when the disk's
  * state is unknown, or when its state describes another cycle than
  * replica_cycle, the last one the replica applied (P1).  Fails with a message in err
  * (and RD_ERR_NOT_FOUND, RD_ERR_SYSTEM or RD_ERR_SHRUNK) if a disk is
  * missing, unreadable, or smaller than at the last acknowledged cycle.
  */
-int	trk_begin(struct tracker *t, uint64_t replica_cycle, int full,
-	    uint64_t *sizes, char *err, size_t errsz);
+int	trk_begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle,
+	    int full, uint64_t *sizes, char *err, size_t errsz);
 /*
- * Read on from where the last call stopped: one chunk (4 MiB, or the rest
- * of a disk; nothing if max_read is 0), calling emit for each changed
+ * Read on from where the last call stopped: at most max_read bytes (4 MiB
+ * at most; at least one block) of the ranges the cut reported, calling
+ * emit for each changed
  * block in disk and offset order.  The blocks' data stay valid until the
  * next call.  Returns
  * 1 when every disk has been read, 0 if there is more, or a negative
@@ -81,8 +96,8 @@ int	trk_proven(const struct tracker *t, uint64_t replica_cycle);
  * trk_read_range() calls, which must cover every block before
  * trk_commit().
  */
-int	trk_begin_resync(struct tracker *t, uint64_t *sizes, char *err,
-	    size_t errsz);
+int	trk_begin_resync(struct tracker *t, uint64_t cycle, uint64_t *sizes,
+	    char *err, size_t errsz);
 /*
  * Read [off, off + len) of disk into buf and note its blocks' digests in
  * the new state (a later read of the same range replaces them).  off is a

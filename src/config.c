@@ -219,38 +219,76 @@ set_log_level(struct cfg_parse *p, const char *v)
 
 /* [vm NAME] */
 
+/* Checked once the section is read: what a disk names depends on the
+ * tracker (a file or device path; a QEMU block node for qemu). */
 static int
 set_disk(struct cfg_parse *p, const char *v)
 {
 	struct cfg_vm *vm = cur_vm(p);
-	const char *name;
 
-	if (v[0] != '/')
-		return KEY_ERROR(p, "path '%s' is not absolute", v);
-	name = strrchr(v, '/') + 1;
-	if (strcmp(name, "test") == 0)
-		return KEY_ERROR(p, "disk name 'test' is reserved (test "
-		    "failover copies live in STORAGE/VM/test/)");
-	if (util_disk_name_valid(name) != 0)
-		return KEY_ERROR(p, "invalid disk name '%s' in '%s' (the file "
-		    "name must be " NAME_RULES ")", name, v);
-	for (size_t i = 0; i < vm->ndisks; i++)
-		if (strcmp(vm->disk_names[i], name) == 0)
-			return KEY_ERROR(p, "duplicate disk name '%s' (%s "
-			    "and %s)", name, vm->disks[i], v);
-	for (size_t j = 0; j + 1 < p->cfg->nvms; j++) {
-		const struct cfg_vm *o = &p->cfg->vms[j];
-		for (size_t i = 0; i < o->ndisks; i++)
-			if (strcmp(o->disks[i], v) == 0)
-				return KEY_ERROR(p, "%s is already a disk of "
-				    "[vm %s]", v, o->name);
-	}
+	if (vm->ndisks == CFG_MAX_DISKS)
+		return KEY_ERROR(p, "too many disks (at most %d per VM)",
+		    CFG_MAX_DISKS);
 	vm->disks = xreallocarray(vm->disks, vm->ndisks + 1, sizeof(char *));
 	vm->disk_names = xreallocarray(vm->disk_names, vm->ndisks + 1,
 	    sizeof(char *));
+	vm->disk_lines = xreallocarray(vm->disk_lines, vm->ndisks + 1,
+	    sizeof(int));
 	vm->disks[vm->ndisks] = xstrdup(v);
-	vm->disk_names[vm->ndisks] = xstrdup(name);
+	vm->disk_names[vm->ndisks] = NULL;
+	vm->disk_lines[vm->ndisks] = p->lineno;
 	vm->ndisks++;
+	return 0;
+}
+
+static int
+check_disks(struct cfg_parse *p, size_t vmi, const char *label)
+{
+	struct cfg_vm *vm = &p->cfg->vms[vmi];
+
+	for (size_t k = 0; k < vm->ndisks; k++) {
+		const char *v = vm->disks[k];
+		const char *name = v;
+		int line = vm->disk_lines[k];
+
+		if (vm->tracker == TRACKER_QEMU) {
+			if (util_disk_name_valid(v) != 0)
+				return cfg_error(p, line, label, "disk",
+				    "invalid QEMU node name '%s' (with tracker "
+				    "qemu, disk names a block node: " NAME_RULES
+				    ", not 'test')", v);
+		} else {
+			if (v[0] != '/')
+				return cfg_error(p, line, label, "disk",
+				    "path '%s' is not absolute", v);
+			name = strrchr(v, '/') + 1;
+			if (strcmp(name, "test") == 0)
+				return cfg_error(p, line, label, "disk",
+				    "disk name 'test' is reserved (test "
+				    "failover copies live in STORAGE/VM/test/)");
+			if (util_disk_name_valid(name) != 0)
+				return cfg_error(p, line, label, "disk",
+				    "invalid disk name '%s' in '%s' (the file "
+				    "name must be " NAME_RULES ")", name, v);
+			for (size_t j = 0; j < vmi; j++) {
+				const struct cfg_vm *o = &p->cfg->vms[j];
+				if (o->tracker == TRACKER_QEMU)
+					continue;
+				for (size_t i = 0; i < o->ndisks; i++)
+					if (strcmp(o->disks[i], v) == 0)
+						return cfg_error(p, line, label,
+						    "disk", "%s is already a "
+						    "disk of [vm %s]", v,
+						    o->name);
+			}
+		}
+		for (size_t i = 0; i < k; i++)
+			if (strcmp(vm->disk_names[i], name) == 0)
+				return cfg_error(p, line, label, "disk",
+				    "duplicate disk name '%s' (%s and %s)",
+				    name, vm->disks[i], v);
+		vm->disk_names[k] = xstrdup(name);
+	}
 	return 0;
 }
 
@@ -294,9 +332,14 @@ set_tracker(struct cfg_parse *p, const char *v)
 		cur_vm(p)->tracker = TRACKER_SCAN;
 		return 0;
 	}
-	if (strcmp(v, "reflink") == 0 || strcmp(v, "qemu") == 0)
-		return KEY_ERROR(p, "tracker '%s' is not supported by this "
-		    "version (use scan)", v);
+	if (strcmp(v, "reflink") == 0) {
+		cur_vm(p)->tracker = TRACKER_REFLINK;
+		return 0;
+	}
+	if (strcmp(v, "qemu") == 0) {
+		cur_vm(p)->tracker = TRACKER_QEMU;
+		return 0;
+	}
 	return KEY_ERROR(p, "invalid tracker '%s' (expected scan, reflink or "
 	    "qemu)", v);
 }
@@ -362,6 +405,84 @@ set_post_snapshot(struct cfg_parse *p, const char *v)
 {
 	cur_vm(p)->post_snapshot = xstrdup(v);
 	return 0;
+}
+
+static int
+set_qmp(struct cfg_parse *p, const char *v)
+{
+	if (v[0] != '/')
+		return KEY_ERROR(p, "path '%s' is not absolute", v);
+	cur_vm(p)->qmp = xstrdup(v);
+	return 0;
+}
+
+static int
+set_app_interval(struct cfg_parse *p, const char *v)
+{
+	uint64_t ms;
+
+	if (util_parse_duration_ms(v, &ms) != 0)
+		return KEY_ERROR(p, "invalid duration '%s' (e.g. 30s, 5m, 1h)",
+		    v);
+	if (ms > CFG_MAX_INTERVAL_MS)
+		return KEY_ERROR(p, "app_interval '%s' too long (at most 365d)",
+		    v);
+	cur_vm(p)->app_interval_ms = ms;
+	return 0;
+}
+
+static int
+set_snapshot_timeout(struct cfg_parse *p, const char *v)
+{
+	uint64_t ms;
+
+	if (util_parse_duration_ms(v, &ms) != 0)
+		return KEY_ERROR(p, "invalid duration '%s' (e.g. 30s, 5m)", v);
+	if (ms < 1000 || ms > 3600 * 1000)
+		return KEY_ERROR(p, "snapshot_timeout '%s' out of range (1s to "
+		    "1h)", v);
+	cur_vm(p)->snapshot_timeout_s = (unsigned)((ms + 999) / 1000);
+	return 0;
+}
+
+/* "2x" (times the interval, 1 to 1000, one decimal allowed) or a
+ * duration. */
+static int
+set_lag(struct cfg_parse *p, const char *v, struct cfg_lag *out)
+{
+	size_t n = strlen(v);
+	uint64_t ms;
+
+	if (n >= 2 && (v[n - 1] == 'x' || v[n - 1] == 'X')) {
+		char *end;
+		errno = 0;
+		double f = strtod(v, &end);
+		if (errno != 0 || end != v + n - 1 || !(f >= 1.0) || f > 1000.0)
+			return KEY_ERROR(p, "invalid lag threshold '%s' "
+			    "(e.g. 2x the interval, or a duration: 30s)", v);
+		out->factor_pct = (uint32_t)(f * 100.0 + 0.5);
+		out->ms = 0;
+		return 0;
+	}
+	if (util_parse_duration_ms(v, &ms) != 0 || ms == 0 ||
+	    ms > CFG_MAX_INTERVAL_MS)
+		return KEY_ERROR(p, "invalid lag threshold '%s' (e.g. 2x the "
+		    "interval, or a duration: 30s)", v);
+	out->ms = ms;
+	out->factor_pct = 0;
+	return 0;
+}
+
+static int
+set_lag_warning(struct cfg_parse *p, const char *v)
+{
+	return set_lag(p, v, &cur_vm(p)->lag_warning);
+}
+
+static int
+set_lag_critical(struct cfg_parse *p, const char *v)
+{
+	return set_lag(p, v, &cur_vm(p)->lag_critical);
 }
 
 static int
@@ -514,6 +635,27 @@ set_min_free(struct cfg_parse *p, const char *v)
 	return 0;
 }
 
+void
+cfg_vm_defaults(struct cfg_vm *vm)
+{
+	memset(vm, 0, sizeof(*vm));
+	vm->interval_ms = CONFIG_DEFAULT_INTERVAL_MS;
+	vm->tracker = TRACKER_SCAN;
+	vm->block_size = CONFIG_DEFAULT_BLOCK_SIZE;
+	vm->snapshot_timeout_s = CONFIG_DEFAULT_SNAPSHOT_TIMEOUT_S;
+	vm->lag_warning.factor_pct = 200;
+	vm->lag_critical.factor_pct = 400;
+	vm->compress_level = 1;
+}
+
+uint64_t
+config_lag_ms(const struct cfg_lag *l, uint64_t interval_ms)
+{
+	if (l->ms)
+		return l->ms;
+	return interval_ms * l->factor_pct / 100;
+}
+
 const char *
 config_retention(const struct cfg_accept *a, const char *vm)
 {
@@ -540,6 +682,11 @@ static const struct cfg_key cfg_keys[] = {
 	{ SEC_VM, "compress", set_compress, 0 },
 	{ SEC_VM, "pre_snapshot", set_pre_snapshot, 0 },
 	{ SEC_VM, "post_snapshot", set_post_snapshot, 0 },
+	{ SEC_VM, "qmp", set_qmp, 0 },
+	{ SEC_VM, "app_interval", set_app_interval, 0 },
+	{ SEC_VM, "snapshot_timeout", set_snapshot_timeout, 0 },
+	{ SEC_VM, "lag_warning", set_lag_warning, 0 },
+	{ SEC_VM, "lag_critical", set_lag_critical, 0 },
 	{ SEC_VM, "on_promote", set_vm_on_promote, 0 },
 	{ SEC_VM, "on_demote", set_vm_on_demote, 0 },
 	{ SEC_ACCEPT, "on_promote", set_acc_on_promote, 0 },
@@ -644,11 +791,8 @@ cfg_section(struct cfg_parse *p, char *text)
 		    sizeof(*cfg->vms));
 		struct cfg_vm *vm = &cfg->vms[cfg->nvms++];
 		memset(vm, 0, sizeof(*vm));
+		cfg_vm_defaults(vm);
 		snprintf(vm->name, sizeof(vm->name), "%s", name);
-		vm->interval_ms = CONFIG_DEFAULT_INTERVAL_MS;
-		vm->tracker = TRACKER_SCAN;
-		vm->block_size = CONFIG_DEFAULT_BLOCK_SIZE;
-		vm->compress_level = 1;
 		vm->line = p->lineno;
 		p->sec = SEC_VM;
 	} else if (strcmp(text, "accept") == 0) {
@@ -789,6 +933,7 @@ cfg_check_and_fill(struct cfg_parse *p)
 	static const char *const tls_names[] = { "tls_cert", "tls_key",
 	    "tls_ca" };
 	char *tls[3];
+	int r;
 
 	if (p->daemon_line == 0)
 		return cfg_error(p, 0, NULL, NULL, "missing [daemon] section "
@@ -818,6 +963,15 @@ cfg_check_and_fill(struct cfg_parse *p)
 		if (vm->replica == NULL)
 			return cfg_error(p, vm->line, label, "replica",
 			    "missing (required)");
+		if (vm->tracker == TRACKER_QEMU && vm->qmp == NULL)
+			return cfg_error(p, vm->line, label, "qmp",
+			    "missing (required with tracker qemu: the path of "
+			    "the guest's QMP socket)");
+		if (vm->tracker != TRACKER_QEMU && vm->qmp != NULL)
+			return cfg_error(p, vm->line, label, "qmp",
+			    "only used with tracker qemu");
+		if ((r = check_disks(p, i, label)) != 0)
+			return r;
 	}
 	tls[0] = cfg->tls_cert;
 	tls[1] = cfg->tls_key;
@@ -938,6 +1092,8 @@ vm_fields_free(struct cfg_vm *vm)
 {
 	free_strv(vm->disks, vm->ndisks);
 	free_strv(vm->disk_names, vm->ndisks);
+	free(vm->disk_lines);
+	free(vm->qmp);
 	free(vm->replica);
 	free(vm->replica_name);
 	free(vm->pre_snapshot);

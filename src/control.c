@@ -238,6 +238,8 @@ struct vm_view {
 	uint64_t	 last_point;
 	int64_t		 last_point_ms;
 	int64_t		 lag_s;		/* -1: no point */
+	int64_t		 lag_ms;	/* -1: no point */
+	const char	*tracker;	/* primary: its tracker */
 	const char	*error;
 	struct cycle_stats last;
 	uint64_t	 progress;
@@ -250,16 +252,17 @@ struct vm_view {
 	uint64_t	 min_free;
 };
 
+/* lag_ms < 0: no point yet; a threshold of 0: none. */
 static const char *
-health_of(const char *state, unsigned failures, int64_t lag_s,
-    uint64_t interval_ms)
+health_of(const char *state, unsigned failures, int64_t lag_ms,
+    uint64_t warn_ms, uint64_t crit_ms)
 {
 	if (strcmp(state, "fenced") == 0 || failures >= 3)
 		return "critical";
-	if (interval_ms > 0 && lag_s >= 0) {
-		if ((uint64_t)lag_s * 1000 > 4 * interval_ms)
+	if (lag_ms >= 0) {
+		if (crit_ms > 0 && (uint64_t)lag_ms > crit_ms)
 			return "critical";
-		if ((uint64_t)lag_s * 1000 > 2 * interval_ms)
+		if (warn_ms > 0 && (uint64_t)lag_ms > warn_ms)
 			return "warning";
 	}
 	if (strcmp(state, "error") == 0)
@@ -267,12 +270,23 @@ health_of(const char *state, unsigned failures, int64_t lag_s,
 	return "normal";
 }
 
+/* The age of the newest acknowledged point (clocks a little apart
+ * never make it negative). */
+static void
+set_lag(struct vm_view *x, uint64_t point, int64_t point_ms, int64_t now_ms)
+{
+	x->lag_ms = point ? now_ms - point_ms : -1;
+	if (point && x->lag_ms < 0)
+		x->lag_ms = 0;
+	x->lag_s = x->lag_ms < 0 ? -1 : x->lag_ms / 1000;
+}
+
 static size_t
 collect(struct daemon *d, const char *only, struct vm_view **out_views)
 {
 	struct vm_view *v = xcalloc(d->npvms + d->nrvms + 1, sizeof(*v));
 	size_t n = 0;
-	int64_t now_s = (int64_t)(util_now_ms() / 1000);
+	int64_t now_ms = (int64_t)util_now_ms();
 
 	for (size_t i = 0; i < d->npvms; i++) {
 		struct pvm_status st;
@@ -294,15 +308,14 @@ collect(struct daemon *d, const char *only, struct vm_view **out_views)
 		x->generation = st.generation;
 		x->last_point = st.last_point;
 		x->last_point_ms = st.last_point_ms;
-		x->lag_s = st.last_point ? now_s - st.last_point_ms / 1000 : -1;
-		if (x->lag_s < -1)
-			x->lag_s = 0;
+		set_lag(x, st.last_point, st.last_point_ms, now_ms);
 		x->error = st.error;
 		x->last = st.last;
 		x->progress = st.progress_bytes;
 		x->total = st.progress_total;
 		x->health = st.nospace ? "critical" : health_of(x->state,
-		    st.failures, x->lag_s, st.interval_ms);
+		    st.failures, x->lag_ms, st.lag_warn_ms, st.lag_crit_ms);
+		x->tracker = st.tracker;
 	}
 	for (size_t i = 0; i < d->nrvms; i++) {
 		struct rvm_status st;
@@ -320,9 +333,7 @@ collect(struct daemon *d, const char *only, struct vm_view **out_views)
 		x->generation = st.generation;
 		x->last_point = st.last_point;
 		x->last_point_ms = st.last_point_ms;
-		x->lag_s = st.last_point ? now_s - st.last_point_ms / 1000 : -1;
-		if (x->lag_s < -1)
-			x->lag_s = 0;
+		set_lag(x, st.last_point, st.last_point_ms, now_ms);
 		x->error = st.error;
 		x->last.dirty_bytes = st.last_bytes;
 		/* The history's size and the room left for it. */
@@ -333,7 +344,7 @@ collect(struct daemon *d, const char *only, struct vm_view **out_views)
 			x->has_space = 1;
 		x->progress = st.received_bytes;
 		x->health = st.nospace ? "critical" : health_of(x->state, 0,
-		    x->lag_s, st.interval_ms);
+		    x->lag_ms, 2 * st.interval_ms, 4 * st.interval_ms);
 	}
 	*out_views = v;
 	return n;
@@ -369,13 +380,16 @@ cmd_status(struct cconn *c)
 				    sizeof(when));
 				bufprintf(&b, "\"last_point\":%" PRIu64 ","
 				    "\"last_point_created\":\"%s\","
-				    "\"lag_seconds\":%" PRId64 ",",
-				    x->last_point, when, x->lag_s);
+				    "\"lag_seconds\":%" PRId64 ",\"lag_ms\":%"
+				    PRId64 ",", x->last_point, when, x->lag_s,
+				    x->lag_ms);
 			} else {
 				bufprintf(&b, "\"last_point\":null,"
 				    "\"last_point_created\":null,"
-				    "\"lag_seconds\":null,");
+				    "\"lag_seconds\":null,\"lag_ms\":null,");
 			}
+			if (x->tracker)
+				bufprintf(&b, "\"tracker\":\"%s\",", x->tracker);
 			if (x->uncommitted)
 				bufprintf(&b, "\"uncommitted_point\":%" PRIu64
 				    ",", x->uncommitted);

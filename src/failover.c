@@ -188,8 +188,9 @@ fo_rel(struct fo *f, struct cat_rel *rel)
 struct cfg_vm *
 failover_cfg(const struct config *cfg, const struct cat_rel *rel)
 {
-	struct cfg_vm *v = xcalloc(1, sizeof(*v));
+	struct cfg_vm *v = xmalloc(sizeof(*v));
 
+	cfg_vm_defaults(v);
 	snprintf(v->name, sizeof(v->name), "%s", rel->vm);
 	v->ndisks = rel->ndisks;
 	v->disks = xcalloc(rel->ndisks, sizeof(char *));

@@ -168,6 +168,8 @@ struct pvm {
 	int			 resync;	/* next cycle resynchronises */
 	int			 held;		/* no cycle (failover uncommitted) */
 	int			 nospace;	/* the replica is out of space */
+	int64_t			 last_app_ms;	/* cut of the newest app point */
+	char			*app_path;	/* where it is kept */
 	struct cfg_vm		*owned_cfg;	/* cfg, when made from the catalog */
 	/* planned failover: the next cycle hands over */
 	char			*handover;	/* this host's listen HOST:PORT */
@@ -180,6 +182,13 @@ struct pvm {
 	/* an interrupted handover: told whether the replica is still ours */
 	void			(*confirm_fn)(void *, int);
 	void			*confirm_arg;
+};
+
+/* The tracker's check at the VM's start (a worker may block on it). */
+struct check_job {
+	struct pvm	*vm;
+	int		 rc;
+	char		 err[512];
 };
 
 struct fence_job {
@@ -468,6 +477,8 @@ sess_done(struct psess *s)
 	vm->last.bytes_sent = s->bytes_sent;
 	vm->last_cycle = s->cycle;
 	vm->last_point = s->point;
+	if (s->kind == 1)
+		vm->last_app_ms = s->created_ms;
 	vm->last_point_ms = s->created_ms;
 	vm->failures = 0;
 	vm->nospace = 0;
@@ -629,12 +640,51 @@ run_hook(struct pvm *vm, const char *which, const char *cmd, uint64_t cycle,
 	env[2] = xasprintf("REPLICAD_DISKS=%s", disks);
 	env[3] = xasprintf("REPLICAD_CYCLE=%" PRIu64, cycle);
 	env[4] = NULL;
-	int r = hook_run(vm->cfg->name, which, cmd, env, HOOK_TIMEOUT_S, why,
+	int r = hook_run(vm->cfg->name, which, cmd, env,
+	    vm->cfg->snapshot_timeout_s, why,
 	    whysz);
 	for (int i = 0; i < 4; i++)
 		free(env[i]);
 	free(disks);
 	return r;
+}
+
+/*
+ * Freeze for this cut?  At every cut, unless app_interval says how often
+ * an application-consistent point is wanted: then only once the newest
+ * one is that old (a failed freeze is tried again at the next cut).
+ */
+static int
+want_app(const struct pvm *vm, int64_t now_ms)
+{
+	uint64_t every = vm->cfg->app_interval_ms;
+	return every == 0 || vm->last_app_ms <= 0 ||
+	    now_ms - vm->last_app_ms >= (int64_t)every;
+}
+
+/* The cut time of the newest app point survives restarts (losing it
+ * only means an early freeze). */
+static void
+load_app_time(struct pvm *vm)
+{
+	uint8_t *data = NULL;
+	size_t len = 0;
+	if (util_read_file(vm->app_path, 64, &data, &len) == 0) {
+		char txt[65];
+		memcpy(txt, data, len);
+		txt[len] = '\0';
+		vm->last_app_ms = strtoll(txt, NULL, 10);
+	}
+	free(data);
+}
+
+static void
+save_app_time(struct pvm *vm, int64_t ms)
+{
+	char txt[32];
+	int n = snprintf(txt, sizeof(txt), "%" PRId64 "\n", ms);
+	if (util_write_atomic(vm->app_path, txt, (size_t)n) != 0)
+		log_warn("%s: cannot write %s", vm->cfg->name, vm->app_path);
 }
 
 /* The thaw runs whatever happened to the cycle. */
@@ -808,7 +858,7 @@ job_produce(void *arg)
 	s->job_rc = 0;
 	wb_reset(&s->out);
 	if (!s->begun) {
-		if (vm->cfg->pre_snapshot) {
+		if (vm->cfg->pre_snapshot && want_app(vm, s->created_ms)) {
 			char why[512];
 			s->thaw_due = vm->cfg->post_snapshot != NULL;
 			if (run_hook(vm, "pre_snapshot", vm->cfg->pre_snapshot,
@@ -820,13 +870,16 @@ job_produce(void *arg)
 				    s->cycle, why);
 		}
 		if (s->resync)
-			r = trk_begin_resync(vm->trk, s->sizes, s->err,
+			r = trk_begin_resync(vm->trk, s->cycle, s->sizes, s->err,
 			    sizeof(s->err));
 		else
-			r = trk_begin(vm->trk, s->replica_cycle, 0, s->sizes,
-			    s->err, sizeof(s->err));
-		if (r != 0) {
+			r = trk_begin(vm->trk, s->cycle, s->replica_cycle, 0,
+			    s->sizes, s->err, sizeof(s->err));
+		/* A point-in-time view is fixed: the guest may run on (the
+		 * thaw runs whether or not the cut worked). */
+		if (r != 0 || trk_frozen(vm->trk))
 			thaw(s);
+		if (r != 0) {
 			s->job_rc = r;
 			return;
 		}
@@ -986,6 +1039,8 @@ job_commit(void *arg)
 			rel.resync = 0;
 		r = cat_rel_put(vm->d->cat, &rel);
 	}
+	if (s->kind == 1)
+		save_app_time(vm, s->created_ms);
 	if (r != 0)
 		log_warnx("%s: cannot record cycle %" PRIu64 " in the catalog: "
 		    "%s", vm->cfg->name, s->cycle, rd_strerror(r));
@@ -1362,18 +1417,13 @@ job_prepare(void *arg)
 			cat_rel_put(vm->d->cat, &rel);
 		}
 	}
-	for (size_t i = 0; i < vm->cfg->ndisks; i++) {
-		struct stat sb;
-		if (stat(vm->cfg->disks[i], &sb) != 0) {
-			snprintf(s->err, sizeof(s->err), "disk %s: %s",
-			    vm->cfg->disks[i], strerror(errno));
-			s->job_rc = RD_ERR_NOT_FOUND;
-			return;
-		}
-		s->sizes[i] = (uint64_t)sb.st_size;
+	int r = trk_sizes(vm->trk, s->sizes, s->err, sizeof(s->err));
+	if (r != 0) {
+		s->job_rc = r;
+		return;
 	}
 	snprintf(port, sizeof(port), "%u", vm->cfg->replica_port);
-	int r = getaddrinfo(vm->cfg->replica_host, port, &hints, &res);
+	r = getaddrinfo(vm->cfg->replica_host, port, &hints, &res);
 	if (r != 0 || res == NULL) {
 		snprintf(s->err, sizeof(s->err), "cannot resolve %s: %s",
 		    vm->cfg->replica_host, gai_strerror(r));
@@ -1465,6 +1515,36 @@ start_cycle(struct pvm *vm)
 
 /* --- public -------------------------------------------------------------- */
 
+static void
+job_check(void *arg)
+{
+	struct check_job *cj = arg;
+	cj->rc = trk_check(cj->vm->cfg, cj->vm->d->cfg->state_dir, cj->err,
+	    sizeof(cj->err));
+}
+
+static void
+check_done(void *arg)
+{
+	struct check_job *cj = arg;
+	struct pvm *vm = cj->vm;
+	if (cj->rc != 0) {
+		/* Said once, plainly; each cycle fails with the reason until
+		 * the operator acts. */
+		log_warnx("%s: tracker %s cannot work here: %s", vm->cfg->name,
+		    trk_name(vm->trk), cj->err);
+		if (vm->sess == NULL && vm->state == PVM_IDLE) {
+			vm->state = PVM_ERROR;
+			snprintf(vm->error, sizeof(vm->error), "%s", cj->err);
+		}
+	}
+	free(cj);
+	vm->draining--;
+	if (vm->draining == 0 && vm->sess == NULL)
+		plan_next(vm);
+	maybe_retired(vm);
+}
+
 struct pvm *
 pvm_new(struct daemon *d, const struct cfg_vm *cfg)
 {
@@ -1479,6 +1559,9 @@ pvm_new(struct daemon *d, const struct cfg_vm *cfg)
 	if ((r = trk_open(d->cfg->state_dir, cfg, &vm->trk)) != 0)
 		fatalx("%s: cannot open the tracker state: %s", cfg->name,
 		    rd_strerror(r));
+	vm->app_path = xasprintf("%s/tracker/%s/app-point", d->cfg->state_dir,
+	    cfg->name);
+	load_app_time(vm);
 	r = cat_rel_get(d->cat, cfg->name, &rel);
 	if (r == RD_ERR_NOT_FOUND) {
 		memset(&rel, 0, sizeof(rel));
@@ -1527,6 +1610,12 @@ pvm_new(struct daemon *d, const struct cfg_vm *cfg)
 	/* A first cycle soon after start, then every interval. */
 	if (cfg->interval_ms && cfg->replica)
 		schedule(vm, 1000);
+	if (cfg->tracker != TRACKER_SCAN) {
+		struct check_job *cj = xcalloc(1, sizeof(*cj));
+		cj->vm = vm;
+		vm->draining++;
+		work_submit(job_check, check_done, cj);
+	}
 	return vm;
 }
 
@@ -1622,6 +1711,7 @@ pvm_free(struct pvm *vm)
 	if (vm->owned_cfg)
 		cfg_vm_free(vm->owned_cfg);
 	free(vm->handover);
+	free(vm->app_path);
 	free(vm);
 }
 
@@ -1637,6 +1727,11 @@ pvm_status(const struct pvm *vm, struct pvm_status *st)
 	st->last_point = vm->last_point;
 	st->last_point_ms = vm->last_point_ms;
 	st->interval_ms = vm->cfg->interval_ms;
+	st->lag_warn_ms = config_lag_ms(&vm->cfg->lag_warning,
+	    vm->cfg->interval_ms);
+	st->lag_crit_ms = config_lag_ms(&vm->cfg->lag_critical,
+	    vm->cfg->interval_ms);
+	st->tracker = trk_name(vm->trk);
 	st->failures = vm->failures;
 	st->nospace = vm->nospace;
 	st->error = vm->error;

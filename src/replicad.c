@@ -12,6 +12,7 @@
 #include "err.h"
 #include "log.h"
 #include "tls.h"
+#include "tracker.h"
 
 #define REPLICAD_VERSION "0.3.0"
 
@@ -54,6 +55,20 @@ check(struct config *cfg)
 		}
 		SSL_CTX_free(ctx);
 	}
+	/* Can each VM's tracker work here (reflinks, QEMU reachable)? */
+	int rc = 0;
+	for (size_t i = 0; i < cfg->nvms; i++) {
+		const struct cfg_vm *vm = &cfg->vms[i];
+		if (trk_check(vm, cfg->state_dir, err, sizeof(err)) != 0) {
+			fprintf(stderr, "replicad: %s:%d: [vm %s] tracker %s: "
+			    "%s\n", cfg->path, vm->line, vm->name,
+			    vm->tracker == TRACKER_QEMU ? "qemu" : "reflink",
+			    err);
+			rc = 1;
+		}
+	}
+	if (rc != 0)
+		return rc;
 	printf("%s: configuration OK (%zu VMs, %zu accept entries%s)\n",
 	    cfg->path, cfg->nvms, cfg->naccepts, cfg->listen ?
 	    ", listening" : "");

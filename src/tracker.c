@@ -1,35 +1,37 @@
 /*
- * tracker.c — the scan tracker: one sequential read of each disk per
- * cycle, shipping the blocks whose XXH3-128 digest changed.
+ * tracker.c — what every change tracker shares: the block digests of the
+ * last acknowledged cycle, the comparison of what a cycle reads with
+ * them, and their commit after the replica's ACK.  The backends
+ * (trk_scan.c, trk_reflink.c, trk_qemu.c) supply the cut, the ranges that
+ * may have changed, and the reads; see trk_backend.h.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "blockmap.h"
 #include "err.h"
 #include "log.h"
+#include "trk_backend.h"
 #include "tracker.h"
 #include "util.h"
 #include "xmalloc.h"
 
-#define TRK_CHUNK	(4u << 20)	/* bytes per read(2) */
+#define TRK_CHUNK	(4u << 20)	/* bytes read per trk_scan() call */
 
 enum { BEGIN_SCAN, BEGIN_FULL, BEGIN_RESYNC };
 
 struct trk_disk {
-	char		*path;
+	char		*name;
+	char		*path;		/* as configured, for messages */
 	char		*map_path;
-	int		 fd;
 	int		 known;		/* map loaded and valid */
-	int		 whole;		/* this cycle sends every block */
+	int		 whole;		/* this cycle reads and sends every block */
 	struct blockmap	 map;		/* as of the acknowledged cycle */
 	struct blockmap	 next;		/* being filled by this cycle */
-	uint64_t	 size;		/* at this cycle's begin */
+	uint64_t	 size;		/* at this cycle's cut */
+	size_t		 ext;		/* scan cursor: extent of dirty[] */
 };
 
 struct tracker {
@@ -38,7 +40,10 @@ struct tracker {
 	uint32_t	 block_size;
 	size_t		 ndisks;
 	struct trk_disk	*disks;
-	int		 active;
+	struct trk_dirty *dirty;	/* what the cut reported, per disk */
+	const struct trk_backend *be;
+	void		*bs;		/* the backend's state */
+	int		 active;	/* a cut is held */
 	size_t		 cur_disk;	/* scan cursor */
 	uint64_t	 cur_off;
 	uint8_t		*buf;		/* TRK_CHUNK bytes */
@@ -46,10 +51,93 @@ struct tracker {
 	struct trk_stats stats;
 };
 
+/* --- dirty ranges --------------------------------------------------------- */
+
+void
+trk_dirty_add(struct trk_dirty *d, uint64_t off, uint64_t len)
+{
+	if (len == 0)
+		return;
+	if (d->n > 0) {
+		struct trk_extent *last = &d->ext[d->n - 1];
+		if (off >= last->off && off <= last->off + last->len) {
+			if (off + len > last->off + last->len)
+				last->len = off + len - last->off;
+			return;
+		}
+	}
+	if (d->n == d->cap) {
+		d->cap = d->cap ? 2 * d->cap : 64;
+		d->ext = xreallocarray(d->ext, d->cap, sizeof(*d->ext));
+	}
+	d->ext[d->n].off = off;
+	d->ext[d->n].len = len;
+	d->n++;
+}
+
+void
+trk_dirty_reset(struct trk_dirty *d)
+{
+	d->n = 0;
+	d->all = 0;
+}
+
+void
+trk_dirty_free(struct trk_dirty *d)
+{
+	free(d->ext);
+	memset(d, 0, sizeof(*d));
+}
+
+static int
+ext_cmp(const void *a, const void *b)
+{
+	const struct trk_extent *x = a, *y = b;
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* Whole blocks, within the disk, sorted, merged. */
+static void
+dirty_normalize(struct trk_dirty *d, uint32_t bs, uint64_t size)
+{
+	size_t n = d->n;
+	qsort(d->ext, n, sizeof(*d->ext), ext_cmp);
+	d->n = 0;
+	for (size_t i = 0; i < n; i++) {
+		uint64_t off = d->ext[i].off, end = off + d->ext[i].len;
+		if (end < off || end > size)
+			end = size;		/* overflow or past the end */
+		if (off >= end)
+			continue;
+		off -= off % bs;
+		if (end % bs != 0)
+			end = end - end % bs + bs < end ? size :
+			    end - end % bs + bs;
+		if (end > size)
+			end = size;
+		/* In place: the output never passes the input. */
+		trk_dirty_add(d, off, end - off);
+	}
+}
+
+const struct trk_backend *
+trk_backend_of(enum cfg_tracker kind)
+{
+	switch (kind) {
+	case TRACKER_REFLINK:	return &trk_backend_reflink;
+	case TRACKER_QEMU:	return &trk_backend_qemu;
+	case TRACKER_SCAN:	break;
+	}
+	return &trk_backend_scan;
+}
+
+/* --- life ------------------------------------------------------------------ */
+
 int
 trk_open(const char *state_dir, const struct cfg_vm *vm, struct tracker **out)
 {
 	struct tracker *t = xcalloc(1, sizeof(*t));
+	char err[512];
 	int r;
 
 	t->vm = xstrdup(vm->name);
@@ -57,6 +145,8 @@ trk_open(const char *state_dir, const struct cfg_vm *vm, struct tracker **out)
 	t->block_size = vm->block_size;
 	t->ndisks = vm->ndisks;
 	t->disks = xcalloc(vm->ndisks, sizeof(*t->disks));
+	t->dirty = xcalloc(vm->ndisks, sizeof(*t->dirty));
+	t->be = trk_backend_of(vm->tracker);
 	if ((r = util_mkdir_p(t->dir, 0700)) != 0) {
 		log_warn("%s: cannot create %s", vm->name, t->dir);
 		trk_close(t);
@@ -64,7 +154,7 @@ trk_open(const char *state_dir, const struct cfg_vm *vm, struct tracker **out)
 	}
 	for (size_t i = 0; i < vm->ndisks; i++) {
 		struct trk_disk *d = &t->disks[i];
-		d->fd = -1;
+		d->name = xstrdup(vm->disk_names[i]);
 		d->path = xstrdup(vm->disks[i]);
 		d->map_path = xasprintf("%s/%s.map", t->dir, vm->disk_names[i]);
 		r = bm_load(d->map_path, &d->map);
@@ -84,6 +174,11 @@ trk_open(const char *state_dir, const struct cfg_vm *vm, struct tracker **out)
 		if (!d->known)
 			bm_init(&d->map, vm->block_size, 0);
 	}
+	if ((r = t->be->open(vm, t->dir, &t->bs, err, sizeof(err))) != 0) {
+		log_warnx("%s: tracker %s: %s", vm->name, t->be->name, err);
+		trk_close(t);
+		return r;
+	}
 	t->buf = xmalloc(TRK_CHUNK < vm->block_size ? vm->block_size :
 	    TRK_CHUNK);
 	uint8_t *zero = xcalloc(1, vm->block_size);
@@ -94,14 +189,11 @@ trk_open(const char *state_dir, const struct cfg_vm *vm, struct tracker **out)
 }
 
 static void
-close_disks(struct tracker *t)
+drop_cut(struct tracker *t)
 {
 	for (size_t i = 0; i < t->ndisks; i++) {
-		struct trk_disk *d = &t->disks[i];
-		if (d->fd >= 0)
-			close(d->fd);
-		d->fd = -1;
-		bm_free(&d->next);
+		bm_free(&t->disks[i].next);
+		trk_dirty_reset(&t->dirty[i]);
 	}
 	t->active = 0;
 }
@@ -111,17 +203,50 @@ trk_close(struct tracker *t)
 {
 	if (t == NULL)
 		return;
-	close_disks(t);
+	if (t->active && t->be && t->bs)
+		t->be->abort(t->bs);
+	drop_cut(t);
+	if (t->be && t->bs)
+		t->be->close(t->bs);
 	for (size_t i = 0; i < t->ndisks; i++) {
 		bm_free(&t->disks[i].map);
+		trk_dirty_free(&t->dirty[i]);
+		free(t->disks[i].name);
 		free(t->disks[i].path);
 		free(t->disks[i].map_path);
 	}
 	free(t->disks);
+	free(t->dirty);
 	free(t->buf);
 	free(t->dir);
 	free(t->vm);
 	free(t);
+}
+
+const char *
+trk_name(const struct tracker *t)
+{
+	return t->be->name;
+}
+
+int
+trk_frozen(const struct tracker *t)
+{
+	return t->be->frozen;
+}
+
+int
+trk_check(const struct cfg_vm *vm, const char *state_dir, char *err,
+    size_t errsz)
+{
+	const struct trk_backend *be = trk_backend_of(vm->tracker);
+	return be->check ? be->check(vm, state_dir, err, errsz) : 0;
+}
+
+int
+trk_sizes(struct tracker *t, uint64_t *sizes, char *err, size_t errsz)
+{
+	return t->be->sizes(t->bs, sizes, err, errsz);
 }
 
 uint64_t
@@ -137,9 +262,6 @@ trk_cycle(const struct tracker *t)
 	return t->ndisks ? c : 0;
 }
 
-static int begin(struct tracker *t, uint64_t replica_cycle, int mode,
-    uint64_t *sizes, char *err, size_t errsz);
-
 int
 trk_proven(const struct tracker *t, uint64_t replica_cycle)
 {
@@ -149,66 +271,46 @@ trk_proven(const struct tracker *t, uint64_t replica_cycle)
 	return 1;
 }
 
-int
-trk_begin(struct tracker *t, uint64_t replica_cycle, int full,
-    uint64_t *sizes, char *err, size_t errsz)
-{
-	return begin(t, replica_cycle, full ? BEGIN_FULL : BEGIN_SCAN, sizes,
-	    err, errsz);
-}
-
-int
-trk_begin_resync(struct tracker *t, uint64_t *sizes, char *err, size_t errsz)
-{
-	return begin(t, 0, BEGIN_RESYNC, sizes, err, errsz);
-}
+/* --- the cut ---------------------------------------------------------------- */
 
 static int
-begin(struct tracker *t, uint64_t replica_cycle, int mode, uint64_t *sizes,
-    char *err, size_t errsz)
+begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle, int mode,
+    uint64_t *sizes, char *err, size_t errsz)
 {
-	int full = mode != BEGIN_SCAN;
-	int r = 0;
+	uint64_t since[CFG_MAX_DISKS];
+	uint32_t bs = t->block_size;
+	int r;
 
-	close_disks(t);
+	if (t->active) {
+		t->be->abort(t->bs);
+		drop_cut(t);
+	}
 	memset(&t->stats, 0, sizeof(t->stats));
 	for (size_t i = 0; i < t->ndisks; i++) {
 		struct trk_disk *d = &t->disks[i];
-		struct stat st;
+		trk_dirty_reset(&t->dirty[i]);
+		/* What the backend compares against: the cut whose digests
+		 * the map holds. */
+		since[i] = d->known ? d->map.cycle : 0;
+	}
+	if ((r = t->be->cut(t->bs, cycle, since, sizes, t->dirty, err,
+	    errsz)) != 0)
+		return r;
+	for (size_t i = 0; i < t->ndisks; i++) {
+		struct trk_disk *d = &t->disks[i];
+		struct trk_dirty *dy = &t->dirty[i];
 
-		/* O_NONBLOCK: a FIFO in a disk's place must not hang us. */
-		d->fd = open(d->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-		if (d->fd < 0) {
-			r = errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
-			snprintf(err, errsz, "disk %s: %s", d->path,
-			    strerror(errno));
-			goto out;
-		}
-		if (fstat(d->fd, &st) != 0) {
-			r = RD_ERR_SYSTEM;
-			snprintf(err, errsz, "disk %s: %s", d->path,
-			    strerror(errno));
-			goto out;
-		}
-		if (S_ISBLK(st.st_mode)) {
-			off_t end = lseek(d->fd, 0, SEEK_END);
-			d->size = end < 0 ? 0 : (uint64_t)end;
-		} else if (S_ISREG(st.st_mode)) {
-			d->size = (uint64_t)st.st_size;
-		} else {
-			r = RD_ERR_INVALID;
-			snprintf(err, errsz, "disk %s: not a regular file or "
-			    "block device", d->path);
-			goto out;
-		}
+		d->size = sizes[i];
+		d->ext = 0;
 		if (d->known && d->size < d->map.disk_size) {
-			r = RD_ERR_SHRUNK;
 			snprintf(err, errsz, "disk %s shrank from %llu to %llu "
 			    "bytes; shrinking a replicated disk is not "
 			    "supported", d->path,
 			    (unsigned long long)d->map.disk_size,
 			    (unsigned long long)d->size);
-			goto out;
+			t->be->abort(t->bs);
+			drop_cut(t);
+			return RD_ERR_SHRUNK;
 		}
 		/*
 		 * The map proves what the replica holds only if it describes
@@ -216,28 +318,72 @@ begin(struct tracker *t, uint64_t replica_cycle, int mode, uint64_t *sizes,
 		 * ahead (its ACK was lost), a block may have changed in that
 		 * cycle and changed back since: send the whole disk.
 		 */
-		d->whole = full || !d->known || d->map.cycle != replica_cycle;
+		d->whole = mode != BEGIN_SCAN || !d->known ||
+		    d->map.cycle != replica_cycle;
 		if (d->whole && d->known && mode == BEGIN_SCAN)
 			log_info("%s: %s: tracker state is at cycle %llu, the "
 			    "replica at %llu: sending the whole disk", t->vm,
 			    d->path, (unsigned long long)d->map.cycle,
 			    (unsigned long long)replica_cycle);
-		posix_fadvise(d->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+		if (d->whole) {
+			dy->all = 1;
+		} else if (!dy->all) {
+			/* A grown disk: its new blocks, and the old last block
+			 * (its length changed), count as written. */
+			if (d->size != d->map.disk_size) {
+				uint64_t from = d->map.disk_size -
+				    d->map.disk_size % bs;
+				trk_dirty_add(dy, from, d->size - from);
+			}
+			dirty_normalize(dy, bs, d->size);
+		}
 		if (mode == BEGIN_RESYNC) {
 			/* Every block is read and noted by trk_read_range(). */
-			bm_init(&d->next, t->block_size, d->size);
+			bm_init(&d->next, bs, d->size);
 		} else {
 			bm_copy(&d->next, &d->map);
 			bm_resize(&d->next, d->size);
 		}
-		sizes[i] = d->size;
 	}
 	t->active = 1;
 	t->cur_disk = 0;
 	t->cur_off = 0;
-out:
-	if (r != 0)
-		close_disks(t);
+	return 0;
+}
+
+int
+trk_begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle, int full,
+    uint64_t *sizes, char *err, size_t errsz)
+{
+	return begin(t, cycle, replica_cycle, full ? BEGIN_FULL : BEGIN_SCAN,
+	    sizes, err, errsz);
+}
+
+int
+trk_begin_resync(struct tracker *t, uint64_t cycle, uint64_t *sizes,
+    char *err, size_t errsz)
+{
+	return begin(t, cycle, 0, BEGIN_RESYNC, sizes, err, errsz);
+}
+
+/* --- reading ------------------------------------------------------------------ */
+
+static int
+view_read(struct tracker *t, size_t disk, uint8_t *buf, size_t len,
+    uint64_t off, char *err, size_t errsz)
+{
+	int r = t->be->read(t->bs, disk, buf, len, off, err, errsz);
+	if (r == RD_ERR_TRUNCATED) {
+		snprintf(err, errsz, "disk %s shrank while being read",
+		    t->disks[disk].path);
+		return RD_ERR_SHRUNK;
+	} else if (r == RD_ERR_SYSTEM) {
+		snprintf(err, errsz, "disk %s: read at %llu: %s",
+		    t->disks[disk].path, (unsigned long long)off,
+		    strerror(errno));
+	}
+	if (r == 0)
+		t->stats.bytes_read += len;
 	return r;
 }
 
@@ -246,6 +392,7 @@ trk_read_range(struct tracker *t, uint16_t disk, uint64_t off, size_t len,
     uint8_t *buf, char *err, size_t errsz)
 {
 	uint32_t bs = t->block_size;
+	int r;
 
 	if (!t->active || disk >= t->ndisks)
 		return RD_ERR_STATE;
@@ -253,17 +400,8 @@ trk_read_range(struct tracker *t, uint16_t disk, uint64_t off, size_t len,
 	if (off % bs != 0 || off > d->size || len > d->size - off ||
 	    (len % bs != 0 && off + len != d->size))
 		return RD_ERR_RANGE;
-	int r = util_pread_holes(d->fd, buf, len, (off_t)off);
-	if (r == RD_ERR_TRUNCATED) {
-		snprintf(err, errsz, "disk %s shrank while being read",
-		    d->path);
-		return RD_ERR_SHRUNK;
-	} else if (r != 0) {
-		snprintf(err, errsz, "disk %s: read at %llu: %s", d->path,
-		    (unsigned long long)off, strerror(errno));
+	if ((r = view_read(t, disk, buf, len, off, err, errsz)) != 0)
 		return r;
-	}
-	t->stats.bytes_read += len;
 	for (size_t o = 0; o < len; o += bs) {
 		size_t n = len - o < bs ? len - o : bs;
 		struct digest *dg = &d->next.d[(off + o) / bs];
@@ -296,60 +434,84 @@ trk_add_dirty(struct tracker *t, uint64_t bytes)
 	t->stats.dirty_bytes += bytes;
 }
 
+/*
+ * The next range of the current disk to read, at most max bytes, from
+ * the scan cursor on; 0 when the disk has nothing more.
+ */
+static size_t
+next_range(struct tracker *t, size_t max, uint64_t *off)
+{
+	struct trk_disk *d = &t->disks[t->cur_disk];
+	struct trk_dirty *dy = &t->dirty[t->cur_disk];
+	uint64_t start, end;
+
+	if (dy->all) {
+		start = t->cur_off;
+		end = d->size;
+	} else {
+		while (d->ext < dy->n && dy->ext[d->ext].off +
+		    dy->ext[d->ext].len <= t->cur_off)
+			d->ext++;
+		if (d->ext == dy->n)
+			return 0;
+		start = dy->ext[d->ext].off > t->cur_off ?
+		    dy->ext[d->ext].off : t->cur_off;
+		end = dy->ext[d->ext].off + dy->ext[d->ext].len;
+	}
+	if (start >= end)
+		return 0;
+	*off = start;
+	return end - start < max ? (size_t)(end - start) : max;
+}
+
 int
 trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
     char *err, size_t errsz)
 {
-	size_t done = 0;
 	uint32_t bs = t->block_size;
 	size_t chunk = TRK_CHUNK < bs ? bs : TRK_CHUNK;
+	size_t pos = 0;		/* bytes of t->buf used by this call */
 	int r;
 
 	if (!t->active)
 		return RD_ERR_STATE;
+	if (max_read < chunk)
+		chunk = max_read < bs ? bs : max_read - max_read % bs;
+	/* Emitted blocks point into t->buf: valid until the next call. */
 	while (t->cur_disk < t->ndisks) {
 		struct trk_disk *d = &t->disks[t->cur_disk];
-		if (t->cur_off >= d->size) {
+		uint64_t off = 0;
+		/* Whole blocks only: a read ends on a block boundary or at
+		 * the disk's end. */
+		size_t room = pos < chunk ? chunk - pos : 0;
+		room -= room % bs;
+		size_t want = room ? next_range(t, room, &off) : 0;
+		if (want == 0) {
+			if (room == 0)
+				return 0;
 			t->cur_disk++;
 			t->cur_off = 0;
 			continue;
 		}
-		/* One read per call: emitted blocks point into t->buf and
-		 * stay valid until the next call. */
-		if (done > 0 || done >= max_read)
-			return 0;
-		size_t want = d->size - t->cur_off < chunk ?
-		    (size_t)(d->size - t->cur_off) : chunk;
-		r = util_pread_holes(d->fd, t->buf, want, (off_t)t->cur_off);
-		if (r == RD_ERR_TRUNCATED) {
-			snprintf(err, errsz, "disk %s shrank while being read",
-			    d->path);
-			return RD_ERR_SHRUNK;
-		} else if (r != 0) {
-			snprintf(err, errsz, "disk %s: read at %llu: %s",
-			    d->path, (unsigned long long)t->cur_off,
-			    strerror(errno));
+		uint8_t *p = t->buf + pos;
+		if ((r = view_read(t, t->cur_disk, p, want, off, err,
+		    errsz)) != 0)
 			return r;
-		}
-		t->stats.bytes_read += want;
-		done += want;
+		pos += want;
 		for (size_t o = 0; o < want; o += bs) {
 			struct trk_block blk;
-			uint64_t idx = (t->cur_off + o) / bs;
+			uint64_t idx = (off + o) / bs;
 			blk.disk = (uint16_t)t->cur_disk;
-			blk.offset = t->cur_off + o;
+			blk.offset = off + o;
 			blk.len = (uint32_t)(want - o < bs ? want - o : bs);
-			blk.data = t->buf + o;
+			blk.data = p + o;
 			blk.zero = util_is_zero(blk.data, blk.len);
 			if (blk.zero && blk.len == bs)
 				blk.hash = t->zero_digest;
 			else
 				digest_block(blk.data, blk.len, &blk.hash);
 			int changed = d->whole ||
-			    idx >= d->map.nblocks ||
-			    !digest_equal(&d->map.d[idx], &blk.hash) ||
-			    (idx == d->map.nblocks - 1 &&
-			     d->map.disk_size != d->size);
+			    !digest_equal(&d->next.d[idx], &blk.hash);
 			d->next.d[idx] = blk.hash;
 			if (!changed)
 				continue;
@@ -359,7 +521,7 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 				return r;
 			}
 		}
-		t->cur_off += want;
+		t->cur_off = off + want;
 	}
 	return 1;
 }
@@ -370,10 +532,12 @@ trk_stats(const struct tracker *t, struct trk_stats *st)
 	*st = t->stats;
 }
 
+/* --- the end of a cycle ------------------------------------------------------- */
+
 int
 trk_commit(struct tracker *t, uint64_t cycle, char *err, size_t errsz)
 {
-	int r = 0;
+	int r = 0, saved = 1;
 
 	if (!t->active)
 		return RD_ERR_STATE;
@@ -385,6 +549,7 @@ trk_commit(struct tracker *t, uint64_t cycle, char *err, size_t errsz)
 			    d->map_path, strerror(errno));
 			/* The saved maps are older than the replica: that only
 			 * makes the next cycle send more. */
+			saved = 0;
 			break;
 		}
 		bm_free(&d->map);
@@ -393,12 +558,24 @@ trk_commit(struct tracker *t, uint64_t cycle, char *err, size_t errsz)
 		d->next.nblocks = 0;
 		d->known = 1;
 	}
-	close_disks(t);
+	if (saved) {
+		/* Only now may the backend forget what the cut reported: the
+		 * digests of the new base are on disk. */
+		if ((r = t->be->commit(t->bs, cycle, err, errsz)) != 0)
+			log_warnx("%s: tracker %s: %s; the next cycle reads the "
+			    "whole disks", t->vm, t->be->name, err);
+		r = 0;
+	} else {
+		t->be->abort(t->bs);
+	}
+	drop_cut(t);
 	return r;
 }
 
 void
 trk_abort(struct tracker *t)
 {
-	close_disks(t);
+	if (t->active)
+		t->be->abort(t->bs);
+	drop_cut(t);
 }

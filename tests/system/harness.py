@@ -333,3 +333,61 @@ class LogMark:
         except TestFailure:
             raise TestFailure("%s log has no line with %r; new lines:\n%s"
                               % (self.d.name, substrings, self.new()[-3000:]))
+
+
+# --- file systems on loop devices (reflink and space tests) -----------------
+
+class LoopFs:
+    """A file system of type fstype made on a loop device over a sparse
+    file inside the test's directory, mounted at env.path(name).  Use as a
+    context manager: on exit every process the test started is ended (a
+    process must not hold the mount) and the mount and device go."""
+
+    def __init__(self, env, name, fstype, size):
+        import shutil
+        self.env = env
+        mkfs = {"xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
+                "btrfs": ["mkfs.btrfs", "-q", "-f"]}[fstype]
+        check(shutil.which(mkfs[0]) is not None,
+              "%s missing (tools/install-deps installs it)" % mkfs[0])
+        self.img = env.path(name + ".fs")
+        self.mnt = env.path(name)
+        os.makedirs(self.mnt)
+        with open(self.img, "wb") as f:
+            f.truncate(size)
+        self.dev = subprocess.run(["losetup", "-f", "--show", self.img], check=True,
+                                  capture_output=True, text=True).stdout.strip()
+        try:
+            subprocess.run(mkfs + [self.dev], check=True, capture_output=True)
+            subprocess.run(["mount", self.dev, self.mnt], check=True)
+        except Exception:
+            subprocess.run(["losetup", "-d", self.dev])
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.env.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        subprocess.run(["umount", "-l", self.mnt])
+        subprocess.run(["losetup", "-d", self.dev])
+        return False
+
+
+def vm_status(d, vm):
+    """The VM's entry in `status --json`."""
+    for v in json.loads(d.ok("status", "--json").out)["vms"]:
+        if v["name"] == vm:
+            return v
+    raise TestFailure("%s has no VM %s in status" % (d.name, vm))
+
+
+def set_vm_keys(d, vm, text):
+    """Add key lines to the [vm VM] section of d's configuration."""
+    conf = open(d.conf).read()
+    head = "[vm %s]\n" % vm
+    check(head in conf, "no [vm %s] in %s" % (vm, d.conf))
+    open(d.conf, "w").write(conf.replace(head, head + text, 1))

@@ -1,8 +1,9 @@
 """pre_snapshot / post_snapshot hooks around the read of a cycle."""
 import json
 import os
+import time
 
-from harness import assert_same, check
+from harness import assert_same, check, set_vm_keys
 
 
 def start(env, pre, post):
@@ -50,3 +51,47 @@ def test_thaw_runs_when_cycle_fails(env):
     rep.start()
     pri.ok("sync", "web01", "--wait")
     check(open(log).read().split() == ["thawed"], "thaw log %r" % open(log).read())
+
+
+def test_hanging_freeze_times_out(env):
+    """A freeze that hangs is killed after snapshot_timeout: the point is
+    crash-consistent, the thaw still runs, the cycle goes on."""
+    log = env.path("hooks.log")
+    pri, rep, disk = start(env, "sleep 60", "echo thawed >> %s" % log)
+    pri.stop()
+    set_vm_keys(pri, "web01", "snapshot_timeout = 1s\n")
+    pri.start()
+    t0 = time.monotonic()
+    pri.ok("sync", "web01", "--wait")
+    check(time.monotonic() - t0 < 10, "the hung freeze held the cycle %.1fs" % (time.monotonic() - t0))
+    check(open(log).read().split() == ["thawed"], "thaw log %r" % open(log).read())
+    pts = json.loads(rep.ok("points", "web01", "--json").out)
+    check(pts[-1]["kind"] == "crash", "point after a hung freeze is %r" % pts[-1])
+    check("will be a crash-consistent point" in pri.log_text(), "the reason was not logged")
+    assert_same(disk, os.path.join(rep.storage, "web01", "h.img"))
+
+
+def test_app_interval(env):
+    """app_interval: the freeze runs only when the newest app point is that
+    old; the other cuts are crash points without hooks; the time of the
+    last app point survives a restart."""
+    log = env.path("hooks.log")
+    pri, rep, disk = start(env, "echo freeze >> %s" % log, "echo thaw >> %s" % log)
+    pri.stop()
+    set_vm_keys(pri, "web01", "app_interval = 4s\n")
+    pri.start()
+    t0 = time.monotonic()
+    pri.ok("sync", "web01", "--wait")
+    pri.ok("sync", "web01", "--wait")
+    pri.stop()
+    pri.start()
+    pri.ok("sync", "web01", "--wait")
+    check(time.monotonic() - t0 < 3.5, "too slow to test app_interval = 4s")
+    kinds = [p["kind"] for p in json.loads(rep.ok("points", "web01", "--json").out)]
+    check(kinds == ["app", "crash", "crash"], "kinds %r" % kinds)
+    check(open(log).read().split() == ["freeze", "thaw"], "hooks %r" % open(log).read())
+    time.sleep(max(0, 4.2 - (time.monotonic() - t0)))
+    pri.ok("sync", "web01", "--wait")
+    kinds = [p["kind"] for p in json.loads(rep.ok("points", "web01", "--json").out)]
+    check(kinds == ["app", "crash", "crash", "app"], "kinds %r" % kinds)
+    check(open(log).read().split() == ["freeze", "thaw"] * 2, "hooks %r" % open(log).read())

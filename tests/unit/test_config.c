@@ -185,6 +185,45 @@ test_full(void **state)
 	config_free(cfg);
 }
 
+/* The keys of the trackers, consistency hooks and lag health. */
+static void
+test_tracker_keys(void **state)
+{
+	struct config *cfg = load_ok(DAEMON
+	    "[vm web01]\n"
+	    "disk = virtio0\n"			/* before tracker: a node */
+	    "tracker = qemu\n"
+	    "disk = libvirt-2-format\n"
+	    "qmp = /run/libvirt/qemu/web01.qmp\n"
+	    "replica = b:7000\n"
+	    "interval = 1s\n"
+	    "app_interval = 1h\n"
+	    "snapshot_timeout = 90s\n"
+	    "lag_warning = 2.5x\n"
+	    "lag_critical = 30s\n"
+	    "[vm db01]\n"
+	    "tracker = reflink\n"
+	    "disk = /xfs/db01.raw\n"
+	    "replica = b:7000\n");
+	const struct cfg_vm *vm = &cfg->vms[0];
+
+	assert_int_equal(vm->tracker, TRACKER_QEMU);
+	assert_int_equal(vm->ndisks, 2);
+	assert_string_equal(vm->disks[0], "virtio0");
+	assert_string_equal(vm->disk_names[0], "virtio0");
+	assert_string_equal(vm->disk_names[1], "libvirt-2-format");
+	assert_string_equal(vm->qmp, "/run/libvirt/qemu/web01.qmp");
+	assert_int_equal(vm->interval_ms, 1000);
+	assert_int_equal(vm->app_interval_ms, 3600000);
+	assert_int_equal(vm->snapshot_timeout_s, 90);
+	assert_int_equal(config_lag_ms(&vm->lag_warning, 1000), 2500);
+	assert_int_equal(config_lag_ms(&vm->lag_critical, 1000), 30000);
+	vm = &cfg->vms[1];
+	assert_int_equal(vm->tracker, TRACKER_REFLINK);
+	assert_string_equal(vm->disk_names[0], "db01.raw");
+	config_free(cfg);
+}
+
 static void
 test_defaults(void **state)
 {
@@ -215,6 +254,11 @@ test_defaults(void **state)
 	assert_string_equal(vm->replica_name, "backup");
 	assert_null(vm->pre_snapshot);
 	assert_null(vm->post_snapshot);
+	assert_null(vm->qmp);
+	assert_int_equal(vm->snapshot_timeout_s, 60);
+	assert_int_equal(vm->app_interval_ms, 0);
+	assert_int_equal(config_lag_ms(&vm->lag_warning, 300000), 600000);
+	assert_int_equal(config_lag_ms(&vm->lag_critical, 300000), 1200000);
 	assert_int_equal(vm->line, 2);
 	assert_int_equal(a->nvms, 1);
 	assert_string_equal(a->vms[0], "*");
@@ -539,10 +583,40 @@ static const struct bad_case bad_cases[] = {
 	    "invalid compression 'lz4'" },
 	{ "bad tracker", DAEMON VM "tracker = magic\n", 9, "tracker",
 	    "invalid tracker 'magic'" },
-	{ "tracker reflink", DAEMON VM "tracker = reflink\n", 9, "tracker",
-	    "tracker 'reflink' is not supported by this version" },
-	{ "tracker qemu", DAEMON VM "tracker = qemu\n", 9, "tracker",
-	    "tracker 'qemu' is not supported by this version" },
+	{ "bad tracker", DAEMON VM "tracker = lvm\n", 9, "tracker",
+	    "invalid tracker 'lvm'" },
+	{ "qemu without qmp", DAEMON "[vm web01]\ntracker = qemu\n"
+	    "disk = drive0\nreplica = b:1\n", 6, "qmp",
+	    "missing (required with tracker qemu" },
+	{ "qmp without qemu", DAEMON VM "qmp = /run/q.sock\n", 6, "qmp",
+	    "only used with tracker qemu" },
+	{ "qmp relative", DAEMON VM "tracker = qemu\nqmp = q.sock\n", 10, "qmp",
+	    "not absolute" },
+	{ "qemu node is a path", DAEMON "[vm web01]\nqmp = /q\n"
+	    "disk = /img/a.raw\ntracker = qemu\nreplica = b:1\n", 8, "disk",
+	    "invalid QEMU node name '/img/a.raw'" },
+	{ "qemu node test", DAEMON "[vm web01]\nqmp = /q\n"
+	    "disk = test\ntracker = qemu\nreplica = b:1\n", 8, "disk",
+	    "invalid QEMU node name 'test'" },
+	{ "qemu nodes twice", DAEMON "[vm web01]\nqmp = /q\ntracker = qemu\n"
+	    "disk = d0\ndisk = d0\nreplica = b:1\n", 10, "disk",
+	    "duplicate disk name 'd0'" },
+	{ "disk path after tracker line", DAEMON "[vm web01]\ntracker = reflink\n"
+	    "replica = b:1\ndisk = img/a.raw\n", 9, "disk", "not absolute" },
+	{ "bad app_interval", DAEMON VM "app_interval = often\n", 9,
+	    "app_interval", "invalid duration 'often'" },
+	{ "snapshot_timeout zero", DAEMON VM "snapshot_timeout = 0\n", 9,
+	    "snapshot_timeout", "out of range" },
+	{ "snapshot_timeout long", DAEMON VM "snapshot_timeout = 2h\n", 9,
+	    "snapshot_timeout", "out of range" },
+	{ "lag factor below one", DAEMON VM "lag_warning = 0.5x\n", 9,
+	    "lag_warning", "invalid lag threshold '0.5x'" },
+	{ "lag factor garbage", DAEMON VM "lag_critical = 2xx\n", 9,
+	    "lag_critical", "invalid lag threshold" },
+	{ "lag zero", DAEMON VM "lag_critical = 0\n", 9, "lag_critical",
+	    "invalid lag threshold" },
+	{ "lag factor x only", DAEMON VM "lag_warning = x\n", 9, "lag_warning",
+	    "invalid lag threshold" },
 	{ "bad log level", DAEMON "log_level = verbose\n" VM, 6, "log_level",
 	    "invalid log level 'verbose'" },
 	{ "listen without port", DAEMON "listen = backup\n", 6, "listen",
@@ -706,6 +780,7 @@ main(void)
 	static const struct CMUnitTest fixed[] = {
 		cmocka_unit_test(test_full),
 		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_tracker_keys),
 		cmocka_unit_test(test_values),
 		cmocka_unit_test(test_comments),
 		cmocka_unit_test(test_role_hooks),

@@ -228,7 +228,7 @@ run_cycle(struct tracker *t, uint64_t replica_cycle, int full,
 	int r;
 
 	err[0] = '\0';
-	if ((r = trk_begin(t, replica_cycle, full, sizes ? sizes : sz, err,
+	if ((r = trk_begin(t, replica_cycle + 1, replica_cycle, full, sizes ? sizes : sz, err,
 	    errsz)) != 0)
 		return r;
 	for (int calls = 0;; calls++) {
@@ -619,7 +619,7 @@ test_disk_shrank(void **state)
 
 	set_size(f->paths[1], DISK1_SIZE - 1);
 	coll_init(&c, f);
-	assert_int_equal(trk_begin(t, 1, 0, sizes, err, sizeof(err)),
+	assert_int_equal(trk_begin(t, 2, 1, 0, sizes, err, sizeof(err)),
 	    RD_ERR_SHRUNK);
 	assert_non_null(strstr(err, f->paths[1]));
 	assert_non_null(strstr(err, "shrank"));
@@ -650,7 +650,7 @@ test_missing_disk(void **state)
 
 	assert_int_equal(unlink(f->paths[1]), 0);
 	err[0] = '\0';
-	assert_int_equal(trk_begin(t, 0, 0, sizes, err, sizeof(err)),
+	assert_int_equal(trk_begin(t, 1, 0, 0, sizes, err, sizeof(err)),
 	    RD_ERR_NOT_FOUND);
 	assert_non_null(strstr(err, f->paths[1]));
 	trk_close(t);
@@ -658,7 +658,7 @@ test_missing_disk(void **state)
 	/* A directory is not a disk. */
 	assert_int_equal(mkdir(f->paths[1], 0700), 0);
 	t = open_trk(f);
-	assert_int_not_equal(trk_begin(t, 0, 0, sizes, err, sizeof(err)), 0);
+	assert_int_not_equal(trk_begin(t, 1, 0, 0, sizes, err, sizeof(err)), 0);
 	trk_close(t);
 }
 
@@ -876,7 +876,7 @@ test_small_blocks_many_chunks(void **state)
 	make_disk(f->paths[0], (9u << 20) + 100, 5, none, 0);
 	t = open_trk(f);
 	coll_init(&c, f);
-	assert_int_equal(trk_begin(t, 0, 0, (uint64_t[NDISKS]){ 0 }, err,
+	assert_int_equal(trk_begin(t, 1, 0, 0, (uint64_t[NDISKS]){ 0 }, err,
 	    sizeof(err)), 0);
 	while ((r = trk_scan(t, 1, collect, &c, err, sizeof(err))) == 0)
 		calls++;

@@ -1,0 +1,121 @@
+/*
+ * trk_backend.h — what a change tracker plugs into tracker.c.
+ *
+ * tracker.c owns what every tracker shares: the digest of every block as
+ * of the last acknowledged cycle (blockmap.c, STATE_DIR/tracker/VM/
+ * DISK.map), the comparison of what is read with it, the emission of the
+ * blocks that differ, and the commit of the new digests after the
+ * replica's ACK (invariant P1).  A backend supplies only:
+ *
+ *   - the cut: the disks' sizes and a point-in-time view to read from
+ *     (scan: the live files; reflink: FICLONE copies; qemu: an NBD export
+ *     of a fleecing node);
+ *   - for each disk, the byte ranges that may have changed since the cut
+ *     of the cycle the disk's saved digests describe, or "all" when it
+ *     cannot tell (no earlier cut, lost state, a disk replaced);
+ *   - reads from the view;
+ *   - commit (the replica holds the cycle: the cut becomes the base of
+ *     the next comparison) and abort (the cycle failed: the next cut must
+ *     report again every range this one reported).
+ *
+ * Because every block read is compared with its saved digest, a backend
+ * that reports too much costs reads, never correctness; a backend that
+ * reports too little loses writes.  When in doubt, report "all".
+ *
+ * Every function runs on a worker thread, one at a time per tracker
+ * (blocking I/O is fine).  Errors: a negative rd_err with one line in err.
+ */
+#ifndef REPLICAD_TRK_BACKEND_H
+#define REPLICAD_TRK_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+/* A byte range of a disk. */
+struct trk_extent {
+	uint64_t	off;
+	uint64_t	len;
+};
+
+/* The ranges a cut reports for one disk. */
+struct trk_dirty {
+	int			 all;	/* every byte may have changed */
+	struct trk_extent	*ext;	/* sorted by off, not overlapping */
+	size_t			 n;
+	size_t			 cap;
+};
+
+/* Append [off, off + len) (ranges must come in increasing order; an
+ * adjacent or overlapping range is merged into the last one). */
+void	trk_dirty_add(struct trk_dirty *d, uint64_t off, uint64_t len);
+void	trk_dirty_reset(struct trk_dirty *d);	/* empty, all = 0 */
+void	trk_dirty_free(struct trk_dirty *d);
+
+struct trk_backend {
+	const char	*name;
+	/* The view stays fixed from the cut on, whatever the guest writes:
+	 * the thaw (post_snapshot) may run right after cut(). */
+	int		 frozen;
+	/*
+	 * Make the backend's state for vm (its disks' paths or node names
+	 * are vm->disks, the tracker's directory is dir, which exists).
+	 * Only cheap, local work here: failures to reach anything (QEMU)
+	 * belong to cut().  *state is passed to every other call.
+	 */
+	int	(*open)(const struct cfg_vm *vm, const char *dir, void **state,
+		    char *err, size_t errsz);
+	void	(*close)(void *state);
+	/*
+	 * The disks' current sizes, without a cut (for HELLO).  sizes has
+	 * vm->ndisks entries.
+	 */
+	int	(*sizes)(void *state, uint64_t *sizes, char *err, size_t errsz);
+	/*
+	 * Take the cut of cycle `cycle`.  since[i] is the cycle whose cut
+	 * disk i's saved digests describe (0: none; then report all).  Fill
+	 * sizes[i] (the size at the cut) and dirty[i] (reset by the caller):
+	 * every range written since that cycle's cut, or all = 1.  On
+	 * failure nothing of the cut may remain (as if abort() ran).
+	 */
+	int	(*cut)(void *state, uint64_t cycle, const uint64_t *since,
+		    uint64_t *sizes, struct trk_dirty *dirty, char *err,
+		    size_t errsz);
+	/*
+	 * Read len bytes at off of disk's view (off + len <= its size at
+	 * the cut).  RD_ERR_TRUNCATED if the view ended early (the disk
+	 * shrank), RD_ERR_SYSTEM with errno, or another rd_err with err.
+	 */
+	int	(*read)(void *state, size_t disk, uint8_t *buf, size_t len,
+		    uint64_t off, char *err, size_t errsz);
+	/*
+	 * The replica durably holds cycle `cycle` and the tracker saved its
+	 * digests: the cut becomes the base of the next comparison (the
+	 * next cut gets since[i] == cycle).  A failure here is logged by
+	 * the caller and must leave the backend reporting "all" (or the
+	 * old base's ranges plus everything since) at the next cut.
+	 */
+	int	(*commit)(void *state, uint64_t cycle, char *err, size_t errsz);
+	/*
+	 * The cycle failed (or the daemon stops mid-cycle): drop the view;
+	 * the next cut must report every range this one reported, plus
+	 * whatever was written since.
+	 */
+	void	(*abort)(void *state);
+	/*
+	 * replicad --check and the VM's start: can vm use this tracker here
+	 * (file system supports reflinks, QMP socket reachable...)?  0, or
+	 * an rd_err with a plain sentence in err.  May be NULL.
+	 */
+	int	(*check)(const struct cfg_vm *vm, const char *state_dir,
+		    char *err, size_t errsz);
+};
+
+extern const struct trk_backend trk_backend_scan;
+extern const struct trk_backend trk_backend_reflink;
+extern const struct trk_backend trk_backend_qemu;
+
+const struct trk_backend *trk_backend_of(enum cfg_tracker kind);
+
+#endif

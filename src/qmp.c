@@ -1,0 +1,4 @@
+/*
+ * qmp.c — a small blocking QMP client (see qmp.h).
+ */
+#include "qmp.h"

@@ -1,0 +1,547 @@
+/*
+ * trk_reflink.c — the reflink backend, for images on XFS (reflink=1) or
+ * btrfs.
+ *
+ * The cut of cycle C is an FICLONE copy of each image, CUTDIR/VM.DISK.new,
+ * where CUTDIR is .replicad/ beside the image (a clone must stay on the
+ * image's file system).  A clone is atomic, so the view is point-in-time
+ * per file even while the guest writes; the cuts of a VM's disks are
+ * taken one right after the other (a pre_snapshot hook that pauses the
+ * guest makes them one instant).  The base of the comparison is the cut
+ * of the cycle the tracker's digests describe, VM.DISK.N: the blocks that
+ * may have changed are the ranges whose physical placement differs
+ * between the two cuts (FS_IOC_FIEMAP after the data is written back,
+ * clipped to the file size; addresses are compared, not the SHARED flag,
+ * which says nothing about which file changed).  The guest's writes to
+ * the image cannot land in place in extents a cut still shares: the file
+ * system copies them elsewhere, so an unchanged address means unchanged
+ * data.  Unchanged data is never read.
+ *
+ * Commit renames VM.DISK.new to VM.DISK.C (the new base), then removes
+ * VM.DISK.N.  A base that is missing or does not match the digests (a
+ * crash between the two, someone removing files) makes the disk report
+ * "all": the whole cut is read and compared with the digests, never
+ * assumed clean.  A defragmented or rewritten image moves its extents:
+ * its ranges are read and compared, only true changes travel.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "err.h"
+#include "log.h"
+#include "trk_backend.h"
+#include "trk_files.h"
+#include "util.h"
+#include "xmalloc.h"
+
+#define FIEMAP_BATCH	1024	/* extents per FS_IOC_FIEMAP call */
+
+/* Flags whose extents carry no usable address: always "changed". */
+#define FE_UNSAFE	(FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC | \
+			 FIEMAP_EXTENT_DATA_INLINE | FIEMAP_EXTENT_DATA_TAIL | \
+			 FIEMAP_EXTENT_NOT_ALIGNED)
+
+struct rdisk {
+	char		*path;		/* the image */
+	char		*cutdir;	/* .replicad/ beside it */
+	char		*prefix;	/* "VM.DISK." */
+	int		 fd;		/* the new cut, open while held */
+	uint64_t	 base;		/* cycle of the base in use, 0: none */
+};
+
+struct reflink {
+	char		*vm;
+	size_t		 ndisks;
+	struct rdisk	*d;
+};
+
+struct fmap {
+	struct fiemap_extent	*e;
+	size_t			 n;
+};
+
+static char *
+cut_path(const struct rdisk *d, const char *what)
+{
+	return xasprintf("%s/%s%s", d->cutdir, d->prefix, what);
+}
+
+static char *
+base_path(const struct rdisk *d, uint64_t cycle)
+{
+	return xasprintf("%s/%s%" PRIu64, d->cutdir, d->prefix, cycle);
+}
+
+static int
+rl_open(const struct cfg_vm *vm, const char *dir, void **state, char *err,
+    size_t errsz)
+{
+	struct reflink *rl = xcalloc(1, sizeof(*rl));
+
+	rl->vm = xstrdup(vm->name);
+	rl->ndisks = vm->ndisks;
+	rl->d = xcalloc(vm->ndisks, sizeof(*rl->d));
+	for (size_t i = 0; i < vm->ndisks; i++) {
+		struct rdisk *d = &rl->d[i];
+		const char *slash = strrchr(vm->disks[i], '/');
+		d->path = xstrdup(vm->disks[i]);
+		d->cutdir = xasprintf("%.*s/.replicad",
+		    (int)(slash - vm->disks[i]), vm->disks[i]);
+		d->prefix = xasprintf("%s.%s.", vm->name, vm->disk_names[i]);
+		d->fd = -1;
+	}
+	*state = rl;
+	return 0;
+}
+
+static void
+rl_abort(void *state)
+{
+	struct reflink *rl = state;
+	for (size_t i = 0; i < rl->ndisks; i++) {
+		struct rdisk *d = &rl->d[i];
+		if (d->fd < 0)
+			continue;
+		close(d->fd);
+		d->fd = -1;
+		char *p = cut_path(d, "new");
+		if (unlink(p) != 0 && errno != ENOENT)
+			log_warn("%s: cannot remove %s", rl->vm, p);
+		free(p);
+	}
+}
+
+static void
+rl_close(void *state)
+{
+	struct reflink *rl = state;
+	rl_abort(rl);
+	for (size_t i = 0; i < rl->ndisks; i++) {
+		free(rl->d[i].path);
+		free(rl->d[i].cutdir);
+		free(rl->d[i].prefix);
+	}
+	free(rl->d);
+	free(rl->vm);
+	free(rl);
+}
+
+static int
+rl_sizes(void *state, uint64_t *sizes, char *err, size_t errsz)
+{
+	struct reflink *rl = state;
+	for (size_t i = 0; i < rl->ndisks; i++) {
+		int r = trk_file_sizes(&rl->d[i].path, 1, &sizes[i], err, errsz);
+		if (r != 0)
+			return r;
+	}
+	return 0;
+}
+
+/* Remove what earlier runs left: cuts other than keep (0: keep none). */
+static void
+remove_stale(const char *vm, const struct rdisk *d, uint64_t keep)
+{
+	DIR *dir = opendir(d->cutdir);
+	struct dirent *de;
+	size_t plen = strlen(d->prefix);
+
+	if (dir == NULL)
+		return;
+	while ((de = readdir(dir)) != NULL) {
+		if (strncmp(de->d_name, d->prefix, plen) != 0)
+			continue;
+		const char *rest = de->d_name + plen;
+		char *end;
+		errno = 0;
+		unsigned long long c = strtoull(rest, &end, 10);
+		if (strcmp(rest, "new") != 0 &&
+		    (*rest < '0' || *rest > '9' || *end != '\0' || errno != 0))
+			continue;	/* not ours */
+		if (strcmp(rest, "new") != 0 && keep != 0 && c == keep)
+			continue;
+		if (unlinkat(dirfd(dir), de->d_name, 0) != 0)
+			log_warn("%s: cannot remove %s/%s", vm, d->cutdir,
+			    de->d_name);
+	}
+	closedir(dir);
+}
+
+/* Every extent of fd within [0, size), written back first. */
+static int
+get_map(int fd, uint64_t size, struct fmap *m)
+{
+	size_t bytes = sizeof(struct fiemap) +
+	    FIEMAP_BATCH * sizeof(struct fiemap_extent);
+	struct fiemap *fm = xmalloc(bytes);
+	uint64_t pos = 0;
+	int r = 0;
+
+	m->e = NULL;
+	m->n = 0;
+	size_t cap = 0;
+	while (pos < size) {
+		memset(fm, 0, sizeof(*fm));
+		fm->fm_start = pos;
+		fm->fm_length = size - pos;
+		fm->fm_flags = FIEMAP_FLAG_SYNC;
+		fm->fm_extent_count = FIEMAP_BATCH;
+		if (ioctl(fd, FS_IOC_FIEMAP, fm) != 0) {
+			r = RD_ERR_SYSTEM;
+			break;
+		}
+		if (fm->fm_mapped_extents == 0)
+			break;
+		int last = 0;
+		for (uint32_t k = 0; k < fm->fm_mapped_extents; k++) {
+			struct fiemap_extent *e = &fm->fm_extents[k];
+			if (e->fe_logical >= size || e->fe_length == 0 ||
+			    e->fe_logical + e->fe_length < e->fe_logical) {
+				last = 1;
+				break;
+			}
+			if (m->n > 0 && e->fe_logical < m->e[m->n - 1].fe_logical +
+			    m->e[m->n - 1].fe_length) {
+				/* Overlap: the map is not what we think. */
+				errno = EPROTO;
+				r = RD_ERR_SYSTEM;
+				break;
+			}
+			if (m->n == cap) {
+				cap = cap ? 2 * cap : 256;
+				m->e = xreallocarray(m->e, cap, sizeof(*m->e));
+			}
+			m->e[m->n++] = *e;
+			if (e->fe_flags & FIEMAP_EXTENT_LAST)
+				last = 1;
+		}
+		if (r != 0 || last)
+			break;
+		struct fiemap_extent *le = &m->e[m->n - 1];
+		pos = le->fe_logical + le->fe_length;
+	}
+	free(fm);
+	return r;
+}
+
+/* The extent of m covering pos (from *k on), or NULL; *next: where the
+ * answer may change. */
+static const struct fiemap_extent *
+extent_at(const struct fmap *m, size_t *k, uint64_t pos, uint64_t *next)
+{
+	while (*k < m->n && m->e[*k].fe_logical + m->e[*k].fe_length <= pos)
+		(*k)++;
+	if (*k == m->n) {
+		*next = UINT64_MAX;
+		return NULL;
+	}
+	const struct fiemap_extent *e = &m->e[*k];
+	if (e->fe_logical > pos) {
+		*next = e->fe_logical;
+		return NULL;
+	}
+	*next = e->fe_logical + e->fe_length;
+	return e;
+}
+
+/* Does [pos, ...) hold the same data in both cuts, by placement? */
+static int
+same_place(const struct fiemap_extent *a, const struct fiemap_extent *b,
+    uint64_t pos)
+{
+	if (a == NULL || b == NULL)
+		return a == b;			/* both holes */
+	if ((a->fe_flags | b->fe_flags) & FE_UNSAFE)
+		return 0;
+	if ((a->fe_flags ^ b->fe_flags) &
+	    (FIEMAP_EXTENT_UNWRITTEN | FIEMAP_EXTENT_ENCODED))
+		return 0;
+	if (a->fe_flags & FIEMAP_EXTENT_ENCODED) {
+		/* A compressed extent has one address for all its bytes:
+		 * the same reference, at the same place, of the same length. */
+		return a->fe_physical == b->fe_physical &&
+		    a->fe_logical == b->fe_logical &&
+		    a->fe_length == b->fe_length;
+	}
+	return a->fe_physical + (pos - a->fe_logical) ==
+	    b->fe_physical + (pos - b->fe_logical);
+}
+
+/* The ranges of [0, size) whose placement differs between base and cut. */
+static void
+compare_maps(const struct fmap *base, const struct fmap *cut, uint64_t size,
+    struct trk_dirty *dirty)
+{
+	size_t ka = 0, kb = 0;
+	uint64_t pos = 0;
+
+	while (pos < size) {
+		uint64_t na, nb;
+		const struct fiemap_extent *a = extent_at(base, &ka, pos, &na);
+		const struct fiemap_extent *b = extent_at(cut, &kb, pos, &nb);
+		uint64_t end = na < nb ? na : nb;
+		if (end > size)
+			end = size;
+		if (!same_place(a, b, pos))
+			trk_dirty_add(dirty, pos, end - pos);
+		pos = end;
+	}
+}
+
+static int
+clone_image(struct reflink *rl, struct rdisk *d, uint64_t *size, char *err,
+    size_t errsz)
+{
+	int src, r;
+	char *newp = cut_path(d, "new");
+
+	if ((r = trk_file_open(d->path, &src, err, errsz)) != 0)
+		goto out;
+	struct stat st;
+	if (fstat(src, &st) != 0 || !S_ISREG(st.st_mode)) {
+		snprintf(err, errsz, "disk %s: not a regular file (tracker "
+		    "reflink clones image files)", d->path);
+		r = RD_ERR_INVALID;
+		close(src);
+		goto out;
+	}
+	unlink(newp);
+	d->fd = open(newp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (d->fd < 0) {
+		snprintf(err, errsz, "cannot create %s: %s", newp,
+		    strerror(errno));
+		r = RD_ERR_SYSTEM;
+		close(src);
+		goto out;
+	}
+	if (ioctl(d->fd, FICLONE, src) != 0) {
+		int e = errno;
+		if (e == EOPNOTSUPP || e == EXDEV || e == EINVAL || e == ENOTTY)
+			snprintf(err, errsz, "the file system of %s cannot make "
+			    "reflinks (FICLONE: %s); tracker reflink needs XFS "
+			    "with reflink=1 or btrfs, use tracker = scan",
+			    d->path, strerror(e));
+		else
+			snprintf(err, errsz, "cannot clone %s: %s", d->path,
+			    strerror(e));
+		r = e == ENOSPC ? RD_ERR_NOSPACE : RD_ERR_SYSTEM;
+		close(src);
+		goto out;
+	}
+	close(src);
+	/* The clone's own size is the one of the instant it was taken. */
+	if (fstat(d->fd, &st) != 0) {
+		snprintf(err, errsz, "%s: %s", newp, strerror(errno));
+		r = RD_ERR_SYSTEM;
+		goto out;
+	}
+	*size = (uint64_t)st.st_size;
+out:
+	free(newp);
+	return r;
+}
+
+static int
+dirty_since(struct reflink *rl, struct rdisk *d, uint64_t since,
+    uint64_t size, struct trk_dirty *dirty, char *err, size_t errsz)
+{
+	struct fmap a = { NULL, 0 }, b = { NULL, 0 };
+	char *bp = since ? base_path(d, since) : NULL;
+	int bfd = bp ? open(bp, O_RDONLY | O_CLOEXEC) : -1;
+	struct stat st;
+	int r = 0;
+
+	if (bfd < 0) {
+		if (since != 0)
+			log_warnx("%s: %s: no cut of cycle %" PRIu64 " to "
+			    "compare with (%s): comparing the whole disk",
+			    rl->vm, d->path, since, strerror(errno));
+		dirty->all = 1;
+		goto out;
+	}
+	if (fstat(bfd, &st) != 0 || (uint64_t)st.st_size > size) {
+		/* A shrunk disk: tracker.c says so; nothing to compare. */
+		dirty->all = 1;
+		goto out;
+	}
+	if (get_map(bfd, (uint64_t)st.st_size, &a) != 0 ||
+	    get_map(d->fd, size, &b) != 0) {
+		snprintf(err, errsz, "disk %s: FIEMAP: %s", d->path,
+		    strerror(errno));
+		r = RD_ERR_SYSTEM;
+		goto out;
+	}
+	compare_maps(&a, &b, size, dirty);
+	d->base = since;
+out:
+	if (bfd >= 0)
+		close(bfd);
+	free(bp);
+	free(a.e);
+	free(b.e);
+	return r;
+}
+
+static int
+rl_cut(void *state, uint64_t cycle, const uint64_t *since, uint64_t *sizes,
+    struct trk_dirty *dirty, char *err, size_t errsz)
+{
+	struct reflink *rl = state;
+	int r = 0;
+
+	for (size_t i = 0; i < rl->ndisks; i++) {
+		struct rdisk *d = &rl->d[i];
+		remove_stale(rl->vm, d, since[i]);
+		if (util_mkdir_p(d->cutdir, 0700) != 0) {
+			snprintf(err, errsz, "cannot create %s: %s", d->cutdir,
+			    strerror(errno));
+			r = RD_ERR_SYSTEM;
+			goto fail;
+		}
+	}
+	/* The clones first, one right after the other: the cut. */
+	for (size_t i = 0; i < rl->ndisks; i++)
+		if ((r = clone_image(rl, &rl->d[i], &sizes[i], err,
+		    errsz)) != 0)
+			goto fail;
+	for (size_t i = 0; i < rl->ndisks; i++) {
+		struct rdisk *d = &rl->d[i];
+		d->base = 0;
+		if ((r = dirty_since(rl, d, since[i], sizes[i], &dirty[i], err,
+		    errsz)) != 0)
+			goto fail;
+		posix_fadvise(d->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+	}
+	return 0;
+fail:
+	rl_abort(rl);
+	return r;
+}
+
+static int
+rl_read(void *state, size_t disk, uint8_t *buf, size_t len, uint64_t off,
+    char *err, size_t errsz)
+{
+	struct reflink *rl = state;
+	return util_pread_holes(rl->d[disk].fd, buf, len, (off_t)off);
+}
+
+static int
+rl_commit(void *state, uint64_t cycle, char *err, size_t errsz)
+{
+	struct reflink *rl = state;
+	int r = 0;
+
+	for (size_t i = 0; i < rl->ndisks; i++) {
+		struct rdisk *d = &rl->d[i];
+		char *newp = cut_path(d, "new"), *bp = base_path(d, cycle);
+		if (d->fd >= 0)
+			close(d->fd);
+		d->fd = -1;
+		/* The new base first: a crash before the old one is gone
+		 * leaves both, and the digests say which is in force. */
+		if (rename(newp, bp) != 0 || util_fsync_dir(d->cutdir) != 0) {
+			if (r == 0)
+				snprintf(err, errsz, "cannot keep the cut %s: %s",
+				    bp, strerror(errno));
+			r = RD_ERR_SYSTEM;
+			unlink(newp);
+		} else if (d->base != 0 && d->base != cycle) {
+			char *old = base_path(d, d->base);
+			if (unlink(old) != 0 && errno != ENOENT)
+				log_warn("%s: cannot remove %s", rl->vm, old);
+			free(old);
+		}
+		d->base = cycle;
+		free(newp);
+		free(bp);
+	}
+	return r;
+}
+
+/*
+ * Can the file system of each image make reflinks?  Tried on two small
+ * files in the cut directory (the image itself is not touched).
+ */
+static int
+rl_check(const struct cfg_vm *vm, const char *state_dir, char *err,
+    size_t errsz)
+{
+	void *state;
+	int r = 0;
+
+	rl_open(vm, NULL, &state, err, errsz);
+	struct reflink *rl = state;
+	for (size_t i = 0; i < rl->ndisks && r == 0; i++) {
+		struct rdisk *d = &rl->d[i];
+		struct stat st;
+		if (stat(d->path, &st) != 0) {
+			snprintf(err, errsz, "disk %s: %s", d->path,
+			    strerror(errno));
+			r = errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
+			break;
+		}
+		if (!S_ISREG(st.st_mode)) {
+			snprintf(err, errsz, "disk %s: not a regular file "
+			    "(tracker reflink clones image files)", d->path);
+			r = RD_ERR_INVALID;
+			break;
+		}
+		if (util_mkdir_p(d->cutdir, 0700) != 0) {
+			snprintf(err, errsz, "cannot create %s: %s", d->cutdir,
+			    strerror(errno));
+			r = RD_ERR_SYSTEM;
+			break;
+		}
+		char *a = cut_path(d, "check-a"), *b = cut_path(d, "check-b");
+		char block[4096];
+		memset(block, 0x5a, sizeof(block));
+		int fa = open(a, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		int fb = open(b, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fa < 0 || fb < 0 ||
+		    util_pwrite_full(fa, block, sizeof(block), 0) != 0) {
+			snprintf(err, errsz, "cannot write in %s: %s", d->cutdir,
+			    strerror(errno));
+			r = RD_ERR_SYSTEM;
+		} else if (ioctl(fb, FICLONE, fa) != 0) {
+			snprintf(err, errsz, "the file system of %s cannot make "
+			    "reflinks (FICLONE: %s); tracker reflink needs XFS "
+			    "with reflink=1 or btrfs, use tracker = scan",
+			    d->path, strerror(errno));
+			r = RD_ERR_UNSUPPORTED;
+		}
+		if (fa >= 0)
+			close(fa);
+		if (fb >= 0)
+			close(fb);
+		unlink(a);
+		unlink(b);
+		free(a);
+		free(b);
+	}
+	rl_close(rl);
+	return r;
+}
+
+const struct trk_backend trk_backend_reflink = {
+	.name = "reflink",
+	.frozen = 1,
+	.open = rl_open,
+	.close = rl_close,
+	.sizes = rl_sizes,
+	.cut = rl_cut,
+	.read = rl_read,
+	.commit = rl_commit,
+	.abort = rl_abort,
+	.check = rl_check,
+};
