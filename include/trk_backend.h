@@ -110,6 +110,11 @@ struct trk_backend {
 	 */
 	int	(*check)(const struct cfg_vm *vm, const char *state_dir,
 		    char *err, size_t errsz);
+	/*
+	 * The host stops being vm's primary (a failover): remove what the
+	 * backend keeps outside the tracker's directory.  May be NULL.
+	 */
+	void	(*forget)(const struct cfg_vm *vm);
 };
 
 extern const struct trk_backend trk_backend_scan;

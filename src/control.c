@@ -439,12 +439,17 @@ cmd_status(struct cconn *c)
 			util_format_bytes(x->last.dirty_bytes, bytes[0], 32);
 			util_format_bytes(x->last.bytes_read, bytes[1], 32);
 			util_format_bytes(x->last.bytes_sent, bytes[2], 32);
-			char cyc[128];
+			char cyc[160], dur[32];
+			if (x->last.duration_ms < 1000)
+				snprintf(dur, sizeof(dur), "%" PRIu64 "ms",
+				    x->last.duration_ms);
+			else
+				snprintf(dur, sizeof(dur), "%.1fs",
+				    (double)x->last.duration_ms / 1000);
 			if (strcmp(x->role, "primary") == 0 && x->last.cycle)
-				snprintf(cyc, sizeof(cyc), "%.1fs, %s changed, "
-				    "%s read, %s sent",
-				    (double)x->last.duration_ms / 1000,
-				    bytes[0], bytes[1], bytes[2]);
+				snprintf(cyc, sizeof(cyc), "%s, %s changed, "
+				    "%s read (%s), %s sent", dur, bytes[0],
+				    bytes[1], x->tracker, bytes[2]);
 			else if (strcmp(x->role, "replica") == 0 &&
 			    x->last_point)
 				snprintf(cyc, sizeof(cyc), "%s changed",

@@ -36,6 +36,7 @@
 #include "primary.h"
 #include "replica.h"
 #include "store.h"
+#include "tracker.h"
 #include "util.h"
 #include "work.h"
 #include "xmalloc.h"
@@ -737,9 +738,14 @@ record_replica(struct fo *f, struct cat_rel *rel, uint64_t generation,
 		util_rm_rf(p);
 		free(p);
 	}
-	p = xasprintf("%s/tracker/%s", f->d->cfg->state_dir, rel->vm);
-	util_rm_rf(p);
-	free(p);
+	const struct cfg_vm *cv = config_find_vm(f->d->cfg, rel->vm);
+	if (cv != NULL) {
+		trk_forget(f->d->cfg->state_dir, cv);
+	} else {
+		p = xasprintf("%s/tracker/%s", f->d->cfg->state_dir, rel->vm);
+		util_rm_rf(p);
+		free(p);
+	}
 	marker_clear_kind(f->d, rel->vm, HANDOVER);
 	if ((r = cat_rel_put_trim(f->d->cat, rel, 0)) != 0)
 		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
@@ -1112,6 +1118,13 @@ failover_planned(struct daemon *d, const char *vm, failover_done_fn done,
 		return;
 	}
 	const struct cfg_vm *cv = pvm_cfg(pv);
+	if (cv->tracker == TRACKER_QEMU) {
+		fo_finish(f, RD_ERR_STATE, "%s: tracker qemu names QEMU block "
+		    "nodes, which this host cannot receive into: a planned "
+		    "failover is not possible (stop the guest, then fail over "
+		    "on the replica with replctl failover %s)", vm, vm);
+		return;
+	}
 	if (!pvm_has_replica(pv)) {
 		fo_finish(f, RD_ERR_STATE, "%s has no replica to hand over to "
 		    "(replctl reverse %s --to HOST:PORT first)", vm, vm);

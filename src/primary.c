@@ -169,6 +169,7 @@ struct pvm {
 	int			 held;		/* no cycle (failover uncommitted) */
 	int			 nospace;	/* the replica is out of space */
 	int64_t			 last_app_ms;	/* cut of the newest app point */
+	uint64_t		 started_ms;	/* monotonic start of the last cycle */
 	char			*app_path;	/* where it is kept */
 	struct cfg_vm		*owned_cfg;	/* cfg, when made from the catalog */
 	/* planned failover: the next cycle hands over */
@@ -264,7 +265,11 @@ plan_next(struct pvm *vm)
 		if (!vm->paused)
 			schedule(vm, ms);
 	} else if (vm->cfg->interval_ms && !vm->paused) {
-		schedule(vm, vm->cfg->interval_ms);
+		/* Cycles start every interval (never overlapping): a cycle
+		 * that took longer is followed at once. */
+		uint64_t since = util_mono_ms() - vm->started_ms;
+		schedule(vm, since < vm->cfg->interval_ms ?
+		    vm->cfg->interval_ms - since : 0);
 	}
 }
 
@@ -1494,6 +1499,7 @@ start_cycle(struct pvm *vm)
 	s->cctx = ZSTD_createCCtx();
 	s->cctx2 = ZSTD_createCCtx();
 	s->started_ms = util_mono_ms();
+	vm->started_ms = s->started_ms;
 	wb_init(&s->hdr);
 	wb_init(&s->out);
 	wb_init(&s->sigs_loop);

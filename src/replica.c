@@ -1041,6 +1041,14 @@ maybe_demote(struct rsess *s, const struct cfg_accept *acc,
 		    s->identity, s->identity);
 		return;
 	}
+	if (cv && cv->tracker == TRACKER_QEMU) {
+		sess_refuse(s, WIRE_NACK_DENIED, "%s is primary here with "
+		    "tracker qemu (QEMU block nodes, not files): this host "
+		    "cannot become its replica; remove its [vm] section to "
+		    "receive it into %s/%s", s->hello.vm, acc->storage,
+		    s->hello.vm);
+		return;
+	}
 	if (s->hello.generation - rel->generation > 1000) {
 		sess_refuse(s, WIRE_NACK_PROTOCOL, "generation %" PRIu64 " is "
 		    "too far above this host's %" PRIu64, s->hello.generation,

@@ -243,6 +243,17 @@ trk_check(const struct cfg_vm *vm, const char *state_dir, char *err,
 	return be->check ? be->check(vm, state_dir, err, errsz) : 0;
 }
 
+void
+trk_forget(const char *state_dir, const struct cfg_vm *vm)
+{
+	const struct trk_backend *be = trk_backend_of(vm->tracker);
+	char *dir = xasprintf("%s/tracker/%s", state_dir, vm->name);
+	util_rm_rf(dir);
+	free(dir);
+	if (be->forget)
+		be->forget(vm);
+}
+
 int
 trk_sizes(struct tracker *t, uint64_t *sizes, char *err, size_t errsz)
 {

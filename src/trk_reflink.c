@@ -2,13 +2,13 @@
  * trk_reflink.c — the reflink backend, for images on XFS (reflink=1) or
  * btrfs.
  *
- * The cut of cycle C is an FICLONE copy of each image, CUTDIR/VM.DISK.new,
- * where CUTDIR is .replicad/ beside the image (a clone must stay on the
- * image's file system).  A clone is atomic, so the view is point-in-time
+ * The cut of cycle C is an FICLONE copy of each image, CUTDIR/DISK.new,
+ * where CUTDIR is .replicad/VM/ beside the image (a clone must stay on the
+ * image's file system; names cannot hold '/', so no two VMs share one).  A clone is atomic, so the view is point-in-time
  * per file even while the guest writes; the cuts of a VM's disks are
  * taken one right after the other (a pre_snapshot hook that pauses the
  * guest makes them one instant).  The base of the comparison is the cut
- * of the cycle the tracker's digests describe, VM.DISK.N: the blocks that
+ * of the cycle the tracker's digests describe, DISK.N: the blocks that
  * may have changed are the ranges whose physical placement differs
  * between the two cuts (FS_IOC_FIEMAP after the data is written back,
  * clipped to the file size; addresses are compared, not the SHARED flag,
@@ -17,8 +17,7 @@
  * system copies them elsewhere, so an unchanged address means unchanged
  * data.  Unchanged data is never read.
  *
- * Commit renames VM.DISK.new to VM.DISK.C (the new base), then removes
- * VM.DISK.N.  A base that is missing or does not match the digests (a
+ * Commit renames DISK.new to DISK.C (the new base), then removes DISK.N.  A base that is missing or does not match the digests (a
  * crash between the two, someone removing files) makes the disk report
  * "all": the whole cut is read and compared with the digests, never
  * assumed clean.  A defragmented or rewritten image moves its extents:
@@ -53,8 +52,8 @@
 
 struct rdisk {
 	char		*path;		/* the image */
-	char		*cutdir;	/* .replicad/ beside it */
-	char		*prefix;	/* "VM.DISK." */
+	char		*cutdir;	/* .replicad/VM/ beside it */
+	char		*prefix;	/* "DISK." */
 	int		 fd;		/* the new cut, open while held */
 	uint64_t	 base;		/* cycle of the base in use, 0: none */
 };
@@ -95,9 +94,9 @@ rl_open(const struct cfg_vm *vm, const char *dir, void **state, char *err,
 		struct rdisk *d = &rl->d[i];
 		const char *slash = strrchr(vm->disks[i], '/');
 		d->path = xstrdup(vm->disks[i]);
-		d->cutdir = xasprintf("%.*s/.replicad",
-		    (int)(slash - vm->disks[i]), vm->disks[i]);
-		d->prefix = xasprintf("%s.%s.", vm->name, vm->disk_names[i]);
+		d->cutdir = xasprintf("%.*s/.replicad/%s",
+		    (int)(slash - vm->disks[i]), vm->disks[i], vm->name);
+		d->prefix = xasprintf("%s.", vm->disk_names[i]);
 		d->fd = -1;
 	}
 	*state = rl;
@@ -210,25 +209,43 @@ get_map(int fd, uint64_t size, struct fmap *m)
 				last = 1;
 				break;
 			}
-			if (m->n > 0 && e->fe_logical < m->e[m->n - 1].fe_logical +
-			    m->e[m->n - 1].fe_length) {
-				/* Overlap: the map is not what we think. */
-				errno = EPROTO;
-				r = RD_ERR_SYSTEM;
-				break;
+			struct fiemap_extent x = *e;
+			uint64_t prev = m->n == 0 ? 0 : m->e[m->n - 1].fe_logical +
+			    m->e[m->n - 1].fe_length;
+			if (x.fe_logical < prev) {
+				/* Reported twice (across calls): keep the rest
+				 * only, and never trust its address. */
+				if (x.fe_logical + x.fe_length <= prev)
+					continue;
+				x.fe_length -= prev - x.fe_logical;
+				x.fe_logical = prev;
+				x.fe_flags |= FIEMAP_EXTENT_UNKNOWN;
 			}
 			if (m->n == cap) {
 				cap = cap ? 2 * cap : 256;
 				m->e = xreallocarray(m->e, cap, sizeof(*m->e));
 			}
-			m->e[m->n++] = *e;
+			m->e[m->n++] = x;
 			if (e->fe_flags & FIEMAP_EXTENT_LAST)
 				last = 1;
 		}
 		if (r != 0 || last)
 			break;
-		struct fiemap_extent *le = &m->e[m->n - 1];
-		pos = le->fe_logical + le->fe_length;
+		uint64_t end = m->n == 0 ? 0 : m->e[m->n - 1].fe_logical +
+		    m->e[m->n - 1].fe_length;
+		if (end <= pos) {
+			/* No progress: whatever the rest holds, it is read and
+			 * compared (an unknown address is never "the same"). */
+			if (m->n == cap) {
+				cap = cap ? 2 * cap : 256;
+				m->e = xreallocarray(m->e, cap, sizeof(*m->e));
+			}
+			m->e[m->n++] = (struct fiemap_extent){ .fe_logical = pos,
+			    .fe_length = size - pos,
+			    .fe_flags = FIEMAP_EXTENT_UNKNOWN };
+			break;
+		}
+		pos = end;
 	}
 	free(fm);
 	return r;
@@ -533,6 +550,22 @@ rl_check(const struct cfg_vm *vm, const char *state_dir, char *err,
 	return r;
 }
 
+/* The cuts beside the images go with the primary role. */
+static void
+rl_forget(const struct cfg_vm *vm)
+{
+	void *state;
+	char err[256];
+
+	rl_open(vm, NULL, &state, err, sizeof(err));
+	struct reflink *rl = state;
+	for (size_t i = 0; i < rl->ndisks; i++) {
+		remove_stale(rl->vm, &rl->d[i], 0);
+		rmdir(rl->d[i].cutdir);		/* if nothing else is left */
+	}
+	rl_close(rl);
+}
+
 const struct trk_backend trk_backend_reflink = {
 	.name = "reflink",
 	.frozen = 1,
@@ -544,4 +577,5 @@ const struct trk_backend trk_backend_reflink = {
 	.commit = rl_commit,
 	.abort = rl_abort,
 	.check = rl_check,
+	.forget = rl_forget,
 };

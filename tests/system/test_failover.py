@@ -29,12 +29,13 @@ class Hosts:
     listens and accepts the other, each has failover hooks that log."""
 
     def __init__(self, env, sizes=(24 << 20, (8 << 20) + 4096), hooks=True, a_listen=True,
-                 a_accept=True):
+                 a_accept=True, disk_dir=None, vm_extra=""):
         self.env = env
+        disk_dir = disk_dir or env.path("src")
         self.pa, self.pb = free_port(), free_port()
         self.hooklog = env.path("hooks.log")
-        self.disks = [env.make_disk(env.path("src", "sda.img"), sizes[0]),
-                      env.make_disk(env.path("src", "sdb.img"), sizes[1], "sparse")]
+        self.disks = [env.make_disk(os.path.join(disk_dir, "sda.img"), sizes[0]),
+                      env.make_disk(os.path.join(disk_dir, "sdb.img"), sizes[1], "sparse")]
         self.a_storage = env.path("a", "storage")
         self.b_storage = env.path("b", "storage")
         hook = ""
@@ -48,7 +49,8 @@ class Hosts:
         vm = "[vm %s]\n" % VM
         for d in self.disks:
             vm += "disk = %s\n" % d
-        vm += "replica = 127.0.0.1:%d\nreplica_name = replica\ninterval = 0\n%s\n" % (self.pb, hook_a)
+        vm += "replica = 127.0.0.1:%d\nreplica_name = replica\ninterval = 0\n%s%s\n" % (
+            self.pb, hook_a, vm_extra)
         acc_a = ("[accept replica]\nvms = *\nstorage = %s\n\n" % self.a_storage) \
             if a_accept and a_listen else ""
         self.a = Daemon(env, "a", "primary", ("listen = 127.0.0.1:%d\n" % self.pa) if a_listen else "",
@@ -360,3 +362,21 @@ def test_one_role_change_at_a_time(env):
     h.b.ok("failover", VM, "--commit")
     check(status(h.b)["role"] == "primary", "b after the commit: %r" % status(h.b))
     h.b.stop()
+
+
+def test_planned_failover_refused_for_qemu_tracker(env):
+    """tracker qemu names QEMU block nodes: this host could not receive into
+    them, so a planned failover is refused before anything stops."""
+    h = Hosts(env, hooks=False)
+    h.a.stop()
+    text = open(h.a.conf).read()
+    for d in h.disks:
+        text = text.replace("disk = %s\n" % d, "disk = node%d\n" % h.disks.index(d))
+    text = text.replace("interval = 0\n", "interval = 0\ntracker = qemu\nqmp = %s\n"
+                        % env.path("no-such.qmp"))
+    open(h.a.conf, "w").write(text)
+    h.a.start()
+    r = h.a.ctl("failover", VM, "--planned")
+    check(r.rc == 1 and "tracker qemu" in r.err and "planned failover is not possible" in r.err,
+          "planned failover with tracker qemu: %r" % r)
+    check(status(h.a)["role"] == "primary" and status(h.a)["generation"] == 1, "host a changed")

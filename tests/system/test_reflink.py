@@ -83,8 +83,8 @@ def rounds(env, fstype):
         lc = vm_status(pri, "web01")["last_cycle"]
         check(lc["bytes_read"] == 0 and lc["dirty_bytes"] == 0, "idle cycle: %r" % lc)
         # only the base cut of each disk stays beside the images
-        cuts = sorted(os.listdir(os.path.join(fs.mnt, "images", ".replicad")))
-        check(len(cuts) == 2 and all(c.startswith("web01.d") for c in cuts), "cuts: %r" % cuts)
+        cuts = sorted(os.listdir(os.path.join(fs.mnt, "images", ".replicad", "web01")))
+        check(len(cuts) == 2 and all(c.startswith("d") for c in cuts), "cuts: %r" % cuts)
         rep.ok("verify", "web01")
 
 
@@ -224,7 +224,7 @@ def test_lost_base_and_rewritten_image(env):
         d = disks[0]
         pri.ok("sync", "web01", "--wait")
         total = os.path.getsize(d)
-        cutdir = os.path.join(fs.mnt, "images", ".replicad")
+        cutdir = os.path.join(fs.mnt, "images", ".replicad", "web01")
         # the base cut is gone: the whole disk is compared, not assumed clean
         for f in os.listdir(cutdir):
             os.unlink(os.path.join(cutdir, f))
@@ -270,7 +270,7 @@ def test_crash_mid_cycle(env):
             pri.start()
             pri.ok("sync", "web01", "--wait")
             assert_same(d, os.path.join(rep.storage, "web01", "d0.img"), "round %d" % rnd)
-        cuts = os.listdir(os.path.join(fs.mnt, "images", ".replicad"))
+        cuts = os.listdir(os.path.join(fs.mnt, "images", ".replicad", "web01"))
         check(len(cuts) == 1, "cuts left behind: %r" % cuts)
 
 
@@ -299,7 +299,8 @@ def test_no_reflink_said_plainly(env):
         check(open(log).read().split() == ["freeze", "thaw"], "hooks: %r" % open(log).read())
         pts = rep.ctl("points", "web01", "--json")
         check(pts.rc != 0 or json.loads(pts.out) == [], "a point was made: %r" % pts)
-        check(os.listdir(os.path.join(mnt, ".replicad")) == [], "files left beside the image")
+        check(os.listdir(os.path.join(mnt, ".replicad", "web01")) == [],
+              "files left beside the image")
         check(pri.alive(), "the daemon died")
         pri.stop()
         rep.stop()
@@ -309,3 +310,44 @@ def test_no_reflink_said_plainly(env):
                 p.kill()
                 p.wait()
         subprocess.run(["umount", "-l", mnt])
+
+
+def test_planned_failover_and_back(env):
+    """A reflink primary hands over and comes back: its cuts go with the
+    primary role, and back as primary it compares the whole disk once
+    against the digests (reads all, sends only what changed)."""
+    from test_failover import Hosts, VM
+    with LoopFs(env, "fs", "xfs", 512 * MiB) as fs:
+        h = Hosts(env, hooks=False, disk_dir=os.path.join(fs.mnt, "images"),
+                  vm_extra="tracker = reflink\n")
+        cutdir = os.path.join(fs.mnt, "images", ".replicad", VM)
+        write_random(env, h.disks[0], os.path.getsize(h.disks[0]), 4, set())
+        h.a.ok("sync", VM, "--wait")
+        check(len(os.listdir(cutdir)) == 2, "cuts: %r" % os.listdir(cutdir))
+        h.a.ok("failover", VM, "--planned")
+        h.same("after the handover")
+        check(not os.path.exists(cutdir), "cuts left on the host that became the replica: %r"
+              % (os.path.exists(cutdir) and os.listdir(cutdir)))
+        for d in h.b_disks():
+            write_random(env, d, os.path.getsize(d), 3, set())
+        h.b.ok("sync", VM, "--wait")
+        h.same("after replicating back")
+        h.b.ok("failover", VM, "--planned")
+        h.same("after failing back")
+        write_random(env, h.disks[1], os.path.getsize(h.disks[1]), 2, set())
+        mark = LogMark(h.a)
+        h.a.ok("sync", VM, "--wait")
+        h.same("after the first reflink cycle back")
+        lc = vm_status(h.a, VM)["last_cycle"]
+        total = sum(os.path.getsize(d) for d in h.disks)
+        check(lc["bytes_read"] == total and lc["dirty_bytes"] < total // 8,
+              "first cycle back: %r (disks %d bytes)" % (lc, total))
+        check("resynchronising" not in mark.new(), "the first cycle back was a resync")
+        write_random(env, h.disks[0], os.path.getsize(h.disks[0]), 2, set())
+        h.a.ok("sync", VM, "--wait")
+        h.same("after a second cycle")
+        lc = vm_status(h.a, VM)["last_cycle"]
+        check(lc["bytes_read"] < total // 4, "the second cycle read %r" % lc)
+        h.b.ok("verify", VM)
+        h.a.stop()
+        h.b.stop()
