@@ -101,6 +101,8 @@ static void
 dirty_normalize(struct trk_dirty *d, uint32_t bs, uint64_t size)
 {
 	size_t n = d->n;
+	if (n == 0)
+		return;
 	qsort(d->ext, n, sizeof(*d->ext), ext_cmp);
 	d->n = 0;
 	for (size_t i = 0; i < n; i++) {
