@@ -114,8 +114,9 @@ demo: deps
 
 bench: deps
 	$(Q)$(MAKE) --no-print-directory all
-	$(Q)tools/bench
+	$(Q)KEEP=1 tools/bench
 	$(Q)tools/bench-history
+	$(Q)tools/bench-trackers
 
 install: all
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8

@@ -115,6 +115,10 @@ int	trk_range_digest(const struct tracker *t, uint16_t disk, uint64_t off,
 void	trk_add_dirty(struct tracker *t, uint64_t bytes);
 /* The replica acknowledged the cycle: make the new digests the state. */
 int	trk_commit(struct tracker *t, uint64_t cycle, char *err, size_t errsz);
+/* After trk_commit(), off the cycle's path: let the backend remove what
+ * the old base left.  trk_tidy_due() says whether there is anything. */
+int	trk_tidy_due(const struct tracker *t);
+void	trk_tidy(struct tracker *t);
 /* The cycle failed: forget what this cycle read. */
 void	trk_abort(struct tracker *t);
 

@@ -74,7 +74,8 @@ struct trk_backend {
 	int	(*sizes)(void *state, uint64_t *sizes, char *err, size_t errsz);
 	/*
 	 * Take the cut of cycle `cycle`.  since[i] is the cycle whose cut
-	 * disk i's saved digests describe (0: none; then report all).  Fill
+	 * disk i's saved digests describe (0: none, or the tracker reads
+	 * the whole disk anyway: report all, and give a view of all of it).  Fill
 	 * sizes[i] (the size at the cut) and dirty[i] (reset by the caller):
 	 * every range written since that cycle's cut, or all = 1.  On
 	 * failure nothing of the cut may remain (as if abort() ran).
@@ -97,6 +98,12 @@ struct trk_backend {
 	 * old base's ranges plus everything since) at the next cut.
 	 */
 	int	(*commit)(void *state, uint64_t cycle, char *err, size_t errsz);
+	/*
+	 * After a commit, once the cycle's requester has its answer: remove
+	 * what the old base left (it may be slow, e.g. the unlink of a
+	 * clone).  Never runs during a cut.  May be NULL.
+	 */
+	void	(*tidy)(void *state);
 	/*
 	 * The cycle failed (or the daemon stops mid-cycle): drop the view;
 	 * the next cut must report every range this one reported, plus

@@ -472,6 +472,22 @@ fenced_done_quiet(void *arg)
 }
 
 static void
+job_tidy(void *arg)
+{
+	struct pvm *vm = arg;
+	trk_tidy(vm->trk);
+}
+
+static void
+tidy_done(void *arg)
+{
+	struct pvm *vm = arg;
+	if (--vm->draining == 0 && vm->sess == NULL)
+		plan_next(vm);
+	maybe_retired(vm);
+}
+
+static void
 sess_done(struct psess *s)
 {
 	struct pvm *vm = s->vm;
@@ -496,6 +512,12 @@ sess_done(struct psess *s)
 	uint64_t point = s->point;
 	sess_end(s);
 	tell_waiters(&vm->cur, point, NULL);
+	if (trk_tidy_due(vm->trk)) {
+		/* The tracker's clean-up runs after the answer, before the
+		 * next cycle (draining holds that back). */
+		vm->draining++;
+		work_submit(job_tidy, tidy_done, vm);
+	}
 	plan_next(vm);
 }
 

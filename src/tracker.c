@@ -44,6 +44,7 @@ struct tracker {
 	const struct trk_backend *be;
 	void		*bs;		/* the backend's state */
 	int		 active;	/* a cut is held */
+	int		 tidy_due;	/* committed; the backend may tidy */
 	size_t		 cur_disk;	/* scan cursor */
 	uint64_t	 cur_off;
 	uint8_t		*buf;		/* TRK_CHUNK bytes */
@@ -302,9 +303,23 @@ begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle, int mode,
 	for (size_t i = 0; i < t->ndisks; i++) {
 		struct trk_disk *d = &t->disks[i];
 		trk_dirty_reset(&t->dirty[i]);
+		/*
+		 * The map proves what the replica holds only if it describes
+		 * the very cycle the replica applied last.  If the replica is
+		 * ahead (its ACK was lost), a block may have changed in that
+		 * cycle and changed back since: send the whole disk.
+		 */
+		d->whole = mode != BEGIN_SCAN || !d->known ||
+		    d->map.cycle != replica_cycle;
+		if (d->whole && d->known && mode == BEGIN_SCAN)
+			log_info("%s: %s: tracker state is at cycle %llu, the "
+			    "replica at %llu: sending the whole disk", t->vm,
+			    d->path, (unsigned long long)d->map.cycle,
+			    (unsigned long long)replica_cycle);
 		/* What the backend compares against: the cut whose digests
-		 * the map holds. */
-		since[i] = d->known ? d->map.cycle : 0;
+		 * the map holds, when they count; 0 when the whole disk is
+		 * read anyway (the backend then gives a view of all of it). */
+		since[i] = d->whole ? 0 : d->map.cycle;
 	}
 	if ((r = t->be->cut(t->bs, cycle, since, sizes, t->dirty, err,
 	    errsz)) != 0)
@@ -325,19 +340,6 @@ begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle, int mode,
 			drop_cut(t);
 			return RD_ERR_SHRUNK;
 		}
-		/*
-		 * The map proves what the replica holds only if it describes
-		 * the very cycle the replica applied last.  If the replica is
-		 * ahead (its ACK was lost), a block may have changed in that
-		 * cycle and changed back since: send the whole disk.
-		 */
-		d->whole = mode != BEGIN_SCAN || !d->known ||
-		    d->map.cycle != replica_cycle;
-		if (d->whole && d->known && mode == BEGIN_SCAN)
-			log_info("%s: %s: tracker state is at cycle %llu, the "
-			    "replica at %llu: sending the whole disk", t->vm,
-			    d->path, (unsigned long long)d->map.cycle,
-			    (unsigned long long)replica_cycle);
 		if (d->whole) {
 			dy->all = 1;
 		} else if (!dy->all) {
@@ -577,12 +579,27 @@ trk_commit(struct tracker *t, uint64_t cycle, char *err, size_t errsz)
 		if ((r = t->be->commit(t->bs, cycle, err, errsz)) != 0)
 			log_warnx("%s: tracker %s: %s; the next cycle reads the "
 			    "whole disks", t->vm, t->be->name, err);
+		t->tidy_due = t->be->tidy != NULL;
 		r = 0;
 	} else {
 		t->be->abort(t->bs);
 	}
 	drop_cut(t);
 	return r;
+}
+
+int
+trk_tidy_due(const struct tracker *t)
+{
+	return t->tidy_due;
+}
+
+void
+trk_tidy(struct tracker *t)
+{
+	if (t->tidy_due && !t->active)
+		t->be->tidy(t->bs);
+	t->tidy_due = 0;
 }
 
 void

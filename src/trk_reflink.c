@@ -55,7 +55,9 @@ struct rdisk {
 	char		*cutdir;	/* .replicad/VM/ beside it */
 	char		*prefix;	/* "DISK." */
 	int		 fd;		/* the new cut, open while held */
+	int		 quiet;		/* nothing changed: the base is the cut */
 	uint64_t	 base;		/* cycle of the base in use, 0: none */
+	uint64_t	 stale;		/* an old base for tidy() to remove */
 };
 
 struct reflink {
@@ -109,6 +111,7 @@ rl_abort(void *state)
 	struct reflink *rl = state;
 	for (size_t i = 0; i < rl->ndisks; i++) {
 		struct rdisk *d = &rl->d[i];
+		d->quiet = 0;
 		if (d->fd < 0)
 			continue;
 		close(d->fd);
@@ -409,12 +412,61 @@ out:
 	return r;
 }
 
+/*
+ * An idle disk: the image's own extents (written back first) are still
+ * exactly those of the base cut, so nothing reached the file system since
+ * that cut, and the base is this cut too: no clone is needed.  This is
+ * the comparison of two cuts with the image in the new cut's place; what
+ * the guest writes afterwards lands elsewhere (the base still shares the
+ * extents) and is found by the next cut.  1 if idle, else 0.
+ */
+static int
+idle_since(struct rdisk *d, uint64_t since, uint64_t *size)
+{
+	struct fmap a = { NULL, 0 }, b = { NULL, 0 };
+	struct trk_dirty dy = { 0 };
+	struct stat sa, sb;
+	char *bp = base_path(d, since);
+	int fa = open(d->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	int fb = open(bp, O_RDONLY | O_CLOEXEC);
+	int idle = 0;
+
+	if (fa >= 0 && fb >= 0 && fstat(fa, &sa) == 0 && fstat(fb, &sb) == 0 &&
+	    S_ISREG(sa.st_mode) && sa.st_size == sb.st_size &&
+	    get_map(fa, (uint64_t)sa.st_size, &a) == 0 &&
+	    get_map(fb, (uint64_t)sb.st_size, &b) == 0) {
+		compare_maps(&b, &a, (uint64_t)sa.st_size, &dy);
+		idle = dy.n == 0;
+		*size = (uint64_t)sa.st_size;
+	}
+	if (fa >= 0)
+		close(fa);
+	if (fb >= 0)
+		close(fb);
+	free(bp);
+	free(a.e);
+	free(b.e);
+	trk_dirty_free(&dy);
+	return idle;
+}
+
 static int
 rl_cut(void *state, uint64_t cycle, const uint64_t *since, uint64_t *sizes,
     struct trk_dirty *dirty, char *err, size_t errsz)
 {
 	struct reflink *rl = state;
-	int r = 0;
+	int r = 0, idle = 1;
+
+	for (size_t i = 0; i < rl->ndisks && idle; i++)
+		idle = since[i] != 0 && idle_since(&rl->d[i], since[i],
+		    &sizes[i]);
+	if (idle) {
+		for (size_t i = 0; i < rl->ndisks; i++) {
+			rl->d[i].quiet = 1;
+			rl->d[i].base = since[i];
+		}
+		return 0;
+	}
 
 	for (size_t i = 0; i < rl->ndisks; i++) {
 		struct rdisk *d = &rl->d[i];
@@ -450,7 +502,29 @@ rl_read(void *state, size_t disk, uint8_t *buf, size_t len, uint64_t off,
     char *err, size_t errsz)
 {
 	struct reflink *rl = state;
-	return util_pread_holes(rl->d[disk].fd, buf, len, (off_t)off);
+	int r = util_pread_holes(rl->d[disk].fd, buf, len, (off_t)off);
+	/* The cut's pages duplicate the image's and are never read again:
+	 * drop them now rather than at the unlink of the cut, which would
+	 * then take the time on the next cycle's path. */
+	posix_fadvise(rl->d[disk].fd, (off_t)off, (off_t)len,
+	    POSIX_FADV_DONTNEED);
+	return r;
+}
+
+static void
+rl_tidy(void *state)
+{
+	struct reflink *rl = state;
+	for (size_t i = 0; i < rl->ndisks; i++) {
+		struct rdisk *d = &rl->d[i];
+		if (d->stale == 0)
+			continue;
+		char *old = base_path(d, d->stale);
+		if (unlink(old) != 0 && errno != ENOENT)
+			log_warn("%s: cannot remove %s", rl->vm, old);
+		free(old);
+		d->stale = 0;
+	}
 }
 
 static int
@@ -461,10 +535,16 @@ rl_commit(void *state, uint64_t cycle, char *err, size_t errsz)
 
 	for (size_t i = 0; i < rl->ndisks; i++) {
 		struct rdisk *d = &rl->d[i];
-		char *newp = cut_path(d, "new"), *bp = base_path(d, cycle);
+		/* Idle: the base is this cycle's cut, only its name moves. */
+		int quiet = d->quiet;
+		char *newp = quiet ? base_path(d, d->base) : cut_path(d, "new");
+		char *bp = base_path(d, cycle);
 		if (d->fd >= 0)
 			close(d->fd);
 		d->fd = -1;
+		d->quiet = 0;
+		if (quiet)
+			d->base = 0;
 		/* The new base first: a crash before the old one is gone
 		 * leaves both, and the digests say which is in force. */
 		if (rename(newp, bp) != 0 || util_fsync_dir(d->cutdir) != 0) {
@@ -472,12 +552,12 @@ rl_commit(void *state, uint64_t cycle, char *err, size_t errsz)
 				snprintf(err, errsz, "cannot keep the cut %s: %s",
 				    bp, strerror(errno));
 			r = RD_ERR_SYSTEM;
-			unlink(newp);
+			if (!quiet)
+				unlink(newp);
 		} else if (d->base != 0 && d->base != cycle) {
-			char *old = base_path(d, d->base);
-			if (unlink(old) != 0 && errno != ENOENT)
-				log_warn("%s: cannot remove %s", rl->vm, old);
-			free(old);
+			/* Removed by tidy() once the requester has its answer
+			 * (or by the next cut's remove_stale()). */
+			d->stale = d->base;
 		}
 		d->base = cycle;
 		free(newp);
@@ -575,6 +655,7 @@ const struct trk_backend trk_backend_reflink = {
 	.cut = rl_cut,
 	.read = rl_read,
 	.commit = rl_commit,
+	.tidy = rl_tidy,
 	.abort = rl_abort,
 	.check = rl_check,
 	.forget = rl_forget,
