@@ -12,6 +12,18 @@
 #define HOOK_ROLE_TIMEOUT_S	300	/* on_demote may shut a guest down */
 
 /*
+ * Run argv (argv[0] looked up in PATH) in a process group of its own,
+ * with the daemon's environment plus extra (NULL-terminated "NAME=value"
+ * strings, may be NULL), stdin /dev/null, stdout and stderr captured
+ * into out (at most outsz - 1 bytes, control characters made spaces,
+ * trailing blanks cut).  After timeout_ms the group is killed and
+ * *timed_out set.  *status is waitpid()'s.  0 once the program ran (look
+ * at *status), RD_ERR_SYSTEM with errno if it could not start.
+ */
+int	hook_spawn(char *const argv[], char *const extra[], unsigned timeout_ms,
+	    char *out, size_t outsz, int *status, int *timed_out);
+
+/*
  * Run `/bin/sh -c cmd` with the daemon's environment plus env (NULL-
  * terminated "NAME=value" strings).  Waits at most timeout_s seconds,
  * then kills the hook's process group.  Returns 0 if the hook exited 0;

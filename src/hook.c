@@ -38,20 +38,20 @@ merge_env(char *const extra[])
 }
 
 int
-hook_run(const char *vm, const char *which, const char *cmd,
-    char *const extra[], unsigned timeout_s, char *why, size_t whysz)
+hook_spawn(char *const argv[], char *const extra[], unsigned timeout_ms,
+    char *out, size_t outsz, int *status, int *timed_out)
 {
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
-	int pipefd[2], status = 0, r = 0, timed_out = 0;
-	char out[4096];
+	int pipefd[2];
 	size_t outlen = 0;
 	pid_t pid;
 
-	if (pipe2(pipefd, O_CLOEXEC) != 0) {
-		snprintf(why, whysz, "pipe: %s", strerror(errno));
+	*status = 0;
+	*timed_out = 0;
+	out[0] = '\0';
+	if (pipe2(pipefd, O_CLOEXEC) != 0)
 		return RD_ERR_SYSTEM;
-	}
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, pipefd[1], STDOUT_FILENO);
 	posix_spawn_file_actions_adddup2(&fa, pipefd[1], STDERR_FILENO);
@@ -69,31 +69,28 @@ hook_run(const char *vm, const char *which, const char *cmd,
 	sigaddset(&dflt, SIGINT);
 	posix_spawnattr_setsigmask(&attr, &none);
 	posix_spawnattr_setsigdefault(&attr, &dflt);
-	char *argv[] = { "/bin/sh", "-c", (char *)cmd, NULL };
 	char **env = merge_env(extra);
-	int e = posix_spawn(&pid, "/bin/sh", &fa, &attr, argv, env);
+	int e = posix_spawnp(&pid, argv[0], &fa, &attr, argv, env);
 	free(env);
 	posix_spawn_file_actions_destroy(&fa);
 	posix_spawnattr_destroy(&attr);
 	close(pipefd[1]);
 	if (e != 0) {
 		close(pipefd[0]);
-		snprintf(why, whysz, "cannot start: %s", strerror(e));
+		errno = e;
 		return RD_ERR_SYSTEM;
 	}
 
-	uint64_t deadline = util_mono_ms() + (uint64_t)timeout_s * 1000;
+	uint64_t deadline = util_mono_ms() + timeout_ms;
 	for (;;) {
 		uint64_t now = util_mono_ms();
 		if (now >= deadline) {
-			timed_out = 1;
+			*timed_out = 1;
 			kill(-pid, SIGKILL);
 			break;
 		}
 		struct pollfd p = { .fd = pipefd[0], .events = POLLIN };
 		int n = poll(&p, 1, (int)(deadline - now));
-		if (n < 0 && errno == EINTR)
-			continue;
 		if (n <= 0)
 			continue;
 		char buf[1024];
@@ -101,22 +98,38 @@ hook_run(const char *vm, const char *which, const char *cmd,
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k <= 0)
-			break;		/* every writer closed: the hook is done */
-		size_t room = sizeof(out) - 1 - outlen;
+			break;		/* every writer closed: it is done */
+		size_t room = outsz - 1 - outlen;
 		size_t take = (size_t)k < room ? (size_t)k : room;
 		memcpy(out + outlen, buf, take);
 		outlen += take;
 	}
 	close(pipefd[0]);
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+	while (waitpid(pid, status, 0) < 0 && errno == EINTR)
 		;
 	out[outlen] = '\0';
 	while (outlen > 0 && (out[outlen - 1] == '\n' || out[outlen - 1] == ' '))
 		out[--outlen] = '\0';
 	for (size_t i = 0; i < outlen; i++)
-		if (out[i] == '\n' || (unsigned char)out[i] < 0x20)
+		if ((unsigned char)out[i] < 0x20)
 			out[i] = ' ';
+	return 0;
+}
 
+int
+hook_run(const char *vm, const char *which, const char *cmd,
+    char *const extra[], unsigned timeout_s, char *why, size_t whysz)
+{
+	char out[4096];
+	int status, timed_out, r = 0;
+	char *argv[] = { "/bin/sh", "-c", (char *)cmd, NULL };
+
+	if (hook_spawn(argv, extra, timeout_s * 1000, out, sizeof(out),
+	    &status, &timed_out) != 0) {
+		snprintf(why, whysz, "cannot start: %s", strerror(errno));
+		return RD_ERR_SYSTEM;
+	}
+	size_t outlen = strlen(out);
 	if (timed_out) {
 		snprintf(why, whysz, "%s hook killed after %u s", which,
 		    timeout_s);

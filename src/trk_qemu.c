@@ -47,11 +47,10 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -61,6 +60,7 @@
 #include <libnbd.h>
 
 #include "err.h"
+#include "hook.h"
 #include "log.h"
 #include "qmp.h"
 #include "trk_backend.h"
@@ -73,8 +73,8 @@
 #define STATUS_CHUNK	(1ull << 31)	/* bytes per block status request */
 #define READ_CHUNK	(1u << 20)	/* bytes per NBD read request */
 #define QEMU_IMG_TIMEOUT_MS 30000
+#define FLEECE_ROOM	(1ull << 30)	/* free space a view needs, at most */
 
-extern char **environ;
 
 struct qdisk {
 	char		*node;		/* QEMU block node */
@@ -558,76 +558,18 @@ bases_clean(struct qemu *s, int *zero, char *err, size_t errsz)
 static int
 qemu_img_create(const char *path, uint64_t size, char *err, size_t errsz)
 {
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t attr;
 	char sizebuf[32], out[256];
-	size_t outlen = 0;
-	int pipefd[2], status = 0, e;
-	pid_t pid;
+	int status, timed_out;
 
 	snprintf(sizebuf, sizeof(sizebuf), "%" PRIu64, size);
 	char *argv[] = { "qemu-img", "create", "-q", "-f", "qcow2",
 	    (char *)path, sizebuf, NULL };
-	if (pipe2(pipefd, O_CLOEXEC) != 0) {
-		snprintf(err, errsz, "pipe: %s", strerror(errno));
-		return RD_ERR_SYSTEM;
-	}
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_adddup2(&fa, pipefd[1], STDOUT_FILENO);
-	posix_spawn_file_actions_adddup2(&fa, pipefd[1], STDERR_FILENO);
-	posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null",
-	    O_RDONLY, 0);
-	posix_spawnattr_init(&attr);
-	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK |
-	    POSIX_SPAWN_SETSIGDEF);
-	sigset_t none, dflt;
-	sigemptyset(&none);
-	sigemptyset(&dflt);
-	sigaddset(&dflt, SIGPIPE);
-	posix_spawnattr_setsigmask(&attr, &none);
-	posix_spawnattr_setsigdefault(&attr, &dflt);
-	e = posix_spawnp(&pid, "qemu-img", &fa, &attr, argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	posix_spawnattr_destroy(&attr);
-	close(pipefd[1]);
-	if (e != 0) {
-		close(pipefd[0]);
+	if (hook_spawn(argv, NULL, QEMU_IMG_TIMEOUT_MS, out, sizeof(out),
+	    &status, &timed_out) != 0) {
 		snprintf(err, errsz, "cannot run qemu-img (package "
-		    "qemu-utils): %s", strerror(e));
+		    "qemu-utils): %s", strerror(errno));
 		return RD_ERR_SYSTEM;
 	}
-	uint64_t deadline = util_mono_ms() + QEMU_IMG_TIMEOUT_MS;
-	int timed_out = 0;
-	for (;;) {
-		uint64_t now = util_mono_ms();
-		struct pollfd p = { .fd = pipefd[0], .events = POLLIN };
-		if (now >= deadline) {
-			timed_out = 1;
-			kill(pid, SIGKILL);
-			break;
-		}
-		int n = poll(&p, 1, (int)(deadline - now));
-		if (n <= 0)
-			continue;
-		ssize_t k = read(pipefd[0], out + outlen, sizeof(out) - 1 -
-		    outlen);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			break;
-		outlen += (size_t)k;
-		if (outlen == sizeof(out) - 1)
-			break;
-	}
-	close(pipefd[0]);
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
-	out[outlen] = '\0';
-	for (size_t i = 0; i < outlen; i++)
-		if ((unsigned char)out[i] < 0x20)
-			out[i] = ' ';
-	while (outlen > 0 && out[outlen - 1] == ' ')
-		out[--outlen] = '\0';
 	if (!timed_out && WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		return 0;
 	if (timed_out)
@@ -635,7 +577,7 @@ qemu_img_create(const char *path, uint64_t size, char *err, size_t errsz)
 		    path, QEMU_IMG_TIMEOUT_MS / 1000);
 	else
 		snprintf(err, errsz, "qemu-img create %s failed%s%s", path,
-		    outlen ? ": " : "", out);
+		    out[0] ? ": " : "", out);
 	return RD_ERR_SYSTEM;
 }
 
@@ -838,11 +780,54 @@ export_open(struct qemu *s, struct qdisk *d, int bitmap, char *err,
  * connections.  On failure, everything made is gone again, but the
  * bitmap actions stay (the caller undoes them).
  */
+/*
+ * QEMU 7.2 fails a guest write whose old cluster cannot be copied into
+ * the overlay: never start a view without room for what a guest may
+ * write during the read (at least FLEECE_ROOM, or all of the disks if
+ * they are smaller).
+ */
+static int
+room_for_view(struct qemu *s, char *err, size_t errsz)
+{
+	struct statvfs sv;
+	uint64_t need = 0, have;
+	char *dir = xstrdup(s->nbd_path);
+
+	*strrchr(dir, '/') = '\0';
+	for (size_t i = 0; i < s->ndisks; i++)
+		need += s->disks[i].size;
+	if (need > FLEECE_ROOM)
+		need = FLEECE_ROOM;
+	if (statvfs(dir, &sv) != 0) {
+		snprintf(err, errsz, "%s: %s", dir, strerror(errno));
+		free(dir);
+		return RD_ERR_SYSTEM;
+	}
+	have = (uint64_t)sv.f_bavail * sv.f_frsize;
+	if (have < need) {
+		char h[32], n[32];
+		util_format_bytes(have, h, sizeof(h));
+		util_format_bytes(need, n, sizeof(n));
+		snprintf(err, errsz, "only %s free in %s: the point-in-time "
+		    "view needs room for what the guest writes during the "
+		    "read (at least %s); no cut until there is", h, dir, n);
+		free(dir);
+		return RD_ERR_NOSPACE;
+	}
+	free(dir);
+	return 0;
+}
+
 static int
 view_create(struct qemu *s, char *err, size_t errsz)
 {
 	json_t *actions = json_array();
 	int r;
+
+	if ((r = room_for_view(s, err, errsz)) != 0) {
+		json_decref(actions);
+		return r;
+	}
 
 	for (size_t i = 0; i < s->ndisks; i++) {
 		struct qdisk *d = &s->disks[i];
