@@ -52,6 +52,7 @@ int	trk_open(const char *state_dir, const struct cfg_vm *vm,
 void	trk_close(struct tracker *t);
 /* "scan", "reflink" or "qemu". */
 const char *trk_name(const struct tracker *t);
+const char *trk_backend_name(enum cfg_tracker kind);
 /* The cut gives a point-in-time view: post_snapshot may run right after
  * trk_begin(), before anything is read. */
 int	trk_frozen(const struct tracker *t);

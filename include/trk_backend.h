@@ -33,6 +33,9 @@
 
 #include "config.h"
 
+/* The largest disk replicated (its digests alone take 16 bytes a block). */
+#define TRK_MAX_DISK_SIZE	(UINT64_C(64) << 40)
+
 /* A byte range of a disk. */
 struct trk_extent {
 	uint64_t	off;

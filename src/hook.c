@@ -105,8 +105,19 @@ hook_spawn(char *const argv[], char *const extra[], unsigned timeout_ms,
 		outlen += take;
 	}
 	close(pipefd[0]);
-	while (waitpid(pid, status, 0) < 0 && errno == EINTR)
-		;
+	/* Its output closed, but it may still run (it closed or passed on
+	 * its stdout): the deadline holds until it exits. */
+	for (;;) {
+		pid_t w = waitpid(pid, status, *timed_out ? 0 : WNOHANG);
+		if (w == pid || (w < 0 && errno != EINTR))
+			break;
+		if (w == 0 && util_mono_ms() >= deadline) {
+			*timed_out = 1;
+			kill(-pid, SIGKILL);
+		} else if (w == 0) {
+			usleep(10000);
+		}
+	}
 	out[outlen] = '\0';
 	while (outlen > 0 && (out[outlen - 1] == '\n' || out[outlen - 1] == ' '))
 		out[--outlen] = '\0';

@@ -96,6 +96,7 @@ struct psess {
 	int			 begun;
 	int			 scan_done;
 	int			 thaw_due;	/* pre_snapshot ran, post not yet */
+	int			 aborted;	/* the tracker forgot the cut */
 	uint8_t			 kind;		/* 1 = application-consistent */
 	uint64_t		 sizes[WIRE_MAX_DISKS];
 	uint64_t		 total;
@@ -205,7 +206,7 @@ static void maybe_retired(struct pvm *vm);
 static void handover_end(struct pvm *vm, int rc, const char *msg);
 static void job_fenced(void *arg);
 static void fenced_done(void *arg);
-static void job_thaw(void *arg);
+static void job_end_cut(void *arg);
 static void plan_next(struct pvm *vm);
 static void sess_fail(struct psess *s, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -336,18 +337,18 @@ sess_end(struct psess *s)
 		bufferevent_free(s->bev);
 		s->bev = NULL;
 	}
-	if (!s->dead && (s->job_running || s->thaw_due)) {
+	int abort_due = s->st != PS_COMMIT && !s->aborted;
+	if (!s->dead && (s->job_running || s->thaw_due || abort_due)) {
 		s->dead = 1;
 		vm->draining++;
 	}
 	if (s->job_running)
 		return;
-	if (s->st != PS_COMMIT)
-		trk_abort(vm->trk);
-	if (s->thaw_due) {
-		/* Cut off mid-read: thaw in a job, which ends s again. */
+	if (abort_due || s->thaw_due) {
+		/* The tracker's abort (QMP calls, unlinks) and the thaw may
+		 * block: a job does them, then ends s again. */
 		s->job_running = 1;
-		work_submit(job_thaw, thaw_done, s);
+		work_submit(job_end_cut, thaw_done, s);
 		return;
 	}
 	int was_dead = s->dead;
@@ -363,11 +364,33 @@ sess_end(struct psess *s)
  * that still uses it.
  */
 static void
+job_close_tracker(void *arg)
+{
+	struct pvm *vm = arg;
+	trk_close(vm->trk);
+	vm->trk = NULL;
+}
+
+static void
+close_tracker_done(void *arg)
+{
+	struct pvm *vm = arg;
+	vm->draining--;
+	maybe_retired(vm);
+}
+
+static void
 on_retire(evutil_socket_t fd, short what, void *arg)
 {
 	struct pvm *vm = arg;
 	if (vm->retire_fn == NULL || vm->sess != NULL || vm->draining > 0)
 		return;
+	if (vm->trk != NULL) {
+		/* Closing a tracker may block (QMP): a job, alone on it. */
+		vm->draining++;
+		work_submit(job_close_tracker, close_tracker_done, vm);
+		return;
+	}
 	void (*fn)(void *) = vm->retire_fn;
 	vm->retire_fn = NULL;
 	fn(vm->retire_arg);
@@ -726,10 +749,16 @@ thaw(struct psess *s)
 	    why, sizeof(why));
 }
 
+/* A session ended before its commit: the tracker forgets the cut (its
+ * blocks are found again), and the guest is thawed if it was frozen. */
 static void
-job_thaw(void *arg)
+job_end_cut(void *arg)
 {
-	thaw(arg);
+	struct psess *s = arg;
+	if (s->st != PS_COMMIT && !s->aborted)
+		trk_abort(s->vm->trk);
+	s->aborted = 1;
+	thaw(s);
 }
 
 /* --- resynchronising (worker) ---------------------------------------------- */
@@ -1560,7 +1589,7 @@ check_done(void *arg)
 		/* Said once, plainly; each cycle fails with the reason until
 		 * the operator acts. */
 		log_warnx("%s: tracker %s cannot work here: %s", vm->cfg->name,
-		    trk_name(vm->trk), cj->err);
+		    trk_backend_name(vm->cfg->tracker), cj->err);
 		if (vm->sess == NULL && vm->state == PVM_IDLE) {
 			vm->state = PVM_ERROR;
 			snprintf(vm->error, sizeof(vm->error), "%s", cj->err);
@@ -1759,7 +1788,7 @@ pvm_status(const struct pvm *vm, struct pvm_status *st)
 	    vm->cfg->interval_ms);
 	st->lag_crit_ms = config_lag_ms(&vm->cfg->lag_critical,
 	    vm->cfg->interval_ms);
-	st->tracker = trk_name(vm->trk);
+	st->tracker = trk_backend_name(vm->cfg->tracker);
 	st->failures = vm->failures;
 	st->nospace = vm->nospace;
 	st->error = vm->error;

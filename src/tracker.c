@@ -232,6 +232,12 @@ trk_name(const struct tracker *t)
 	return t->be->name;
 }
 
+const char *
+trk_backend_name(enum cfg_tracker kind)
+{
+	return trk_backend_of(kind)->name;
+}
+
 int
 trk_frozen(const struct tracker *t)
 {
@@ -257,10 +263,25 @@ trk_forget(const char *state_dir, const struct cfg_vm *vm)
 		be->forget(vm);
 }
 
+/* A size from a file system or from QEMU: not beyond what we can hold. */
+static int
+size_ok(const struct tracker *t, size_t i, uint64_t size, char *err,
+    size_t errsz)
+{
+	if (size <= TRK_MAX_DISK_SIZE)
+		return 0;
+	snprintf(err, errsz, "disk %s reports %llu bytes, more than the 64 TiB "
+	    "replicad supports", t->disks[i].path, (unsigned long long)size);
+	return RD_ERR_TOO_LARGE;
+}
+
 int
 trk_sizes(struct tracker *t, uint64_t *sizes, char *err, size_t errsz)
 {
-	return t->be->sizes(t->bs, sizes, err, errsz);
+	int r = t->be->sizes(t->bs, sizes, err, errsz);
+	for (size_t i = 0; r == 0 && i < t->ndisks; i++)
+		r = size_ok(t, i, sizes[i], err, errsz);
+	return r;
 }
 
 uint64_t
@@ -330,6 +351,11 @@ begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle, int mode,
 
 		d->size = sizes[i];
 		d->ext = 0;
+		if ((r = size_ok(t, i, d->size, err, errsz)) != 0) {
+			t->be->abort(t->bs);
+			drop_cut(t);
+			return r;
+		}
 		if (d->known && d->size < d->map.disk_size) {
 			snprintf(err, errsz, "disk %s shrank from %llu to %llu "
 			    "bytes; shrinking a replicated disk is not "

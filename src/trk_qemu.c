@@ -434,17 +434,25 @@ disk_prepare(struct qemu *s, struct qdisk *d, json_t *node, uint64_t since,
 		 * the later cuts recorded.  Fold them back. */
 		uint64_t *from = xcalloc(n, sizeof(*from));
 		size_t nfrom = 0;
-		int recorded = 0;
+		int recorded = 0, unusable = 0;
 		for (size_t i = 0; i < n; i++) {
-			if (bms[i].cycle <= since || bms[i].inconsistent ||
-			    bms[i].busy)
+			if (bms[i].cycle <= since)
 				continue;
+			if (bms[i].inconsistent || bms[i].busy) {
+				/* What it holds cannot be taken back. */
+				unusable = 1;
+				continue;
+			}
 			from[nfrom++] = bms[i].cycle;
 			recorded |= bms[i].recording;
 		}
 		json_t *actions = json_array();
 		merge_actions(actions, d->node, since, from, nfrom);
-		if (!recorded)
+		if (unusable) {
+			why = "stopped recording, and a later bitmap is "
+			    "inconsistent or in use";
+			recorded = 0;
+		} else if (!recorded)
 			why = "stopped recording (replicad stopped during a "
 			    "cycle?)";
 		else if (transaction(s, actions, err, sizeof(err)) != 0) {
@@ -1158,6 +1166,84 @@ qemu_sizes(void *state, uint64_t *sizes, char *err, size_t errsz)
 	return r;
 }
 
+/*
+ * Is each disk's node still where the guest writes?  An external
+ * snapshot puts a new node above it (the old one becomes its backing
+ * file), a block job may be about to switch the guest to another node:
+ * the bitmaps of the old node would then count nothing while the guest
+ * writes elsewhere.  A node's parents may only be BlockBackends (the
+ * guest's device) and replicad's own view.
+ */
+static int
+nodes_on_top(struct qemu *s, char *err, size_t errsz)
+{
+	json_t *g = NULL, *nodes, *edges, *e;
+	size_t i;
+	int r;
+
+	if ((r = q_call(s, "x-debug-query-block-graph", NULL, &g, err,
+	    errsz)) != 0)
+		return r;
+	nodes = json_object_get(g, "nodes");
+	edges = json_object_get(g, "edges");
+	if (!json_is_array(nodes) || !json_is_array(edges)) {
+		json_decref(g);
+		snprintf(err, errsz, "QMP: x-debug-query-block-graph did not "
+		    "return nodes and edges");
+		return RD_ERR_INVALID;
+	}
+	for (size_t k = 0; k < s->ndisks && r == 0; k++) {
+		const struct qdisk *d = &s->disks[k];
+		json_int_t id = -1;
+		json_t *n;
+		json_array_foreach(nodes, i, n) {
+			const char *type = json_string_value(json_object_get(n,
+			    "type"));
+			const char *name = json_string_value(json_object_get(n,
+			    "name"));
+			if (type && name && strcmp(type, "block-driver") == 0 &&
+			    strcmp(name, d->node) == 0)
+				id = json_integer_value(json_object_get(n, "id"));
+		}
+		json_array_foreach(edges, i, e) {
+			if (id < 0 || json_integer_value(json_object_get(e,
+			    "child")) != id)
+				continue;
+			json_int_t pid = json_integer_value(json_object_get(e,
+			    "parent"));
+			const char *ptype = NULL, *pname = NULL;
+			size_t j;
+			json_array_foreach(nodes, j, n) {
+				if (json_integer_value(json_object_get(n, "id")) ==
+				    pid) {
+					ptype = json_string_value(json_object_get(n,
+					    "type"));
+					pname = json_string_value(json_object_get(n,
+					    "name"));
+				}
+			}
+			if (ptype && strcmp(ptype, "block-backend") == 0)
+				continue;
+			if (pname && strncmp(pname, FLEECE_PREFIX,
+			    strlen(FLEECE_PREFIX)) == 0)
+				continue;
+			const char *how = json_string_value(json_object_get(e,
+			    "name"));
+			snprintf(err, errsz, "node %s is no longer where the "
+			    "guest writes: %s %.64s holds it (%s)%s; name the "
+			    "guest's new node in `disk`", d->node,
+			    ptype && strcmp(ptype, "block-job") == 0 ?
+			    "block job" : "node", pname ? pname : "?",
+			    how ? how : "?", ptype && strcmp(ptype,
+			    "block-job") == 0 ? "" : " (an external snapshot?)");
+			r = RD_ERR_STATE;
+			break;
+		}
+	}
+	json_decref(g);
+	return r;
+}
+
 /* Nodes, sizes, drivers and bases; 1 in *idle when no base counts a
  * write. */
 static int
@@ -1187,6 +1273,10 @@ cut_prepare(struct qemu *s, const uint64_t *since, int *idle, char *err,
 		}
 		if ((r = query_nodes(s, &nodes, err, errsz)) != 0)
 			return r;
+	}
+	if ((r = nodes_on_top(s, err, errsz)) != 0) {
+		json_decref(nodes);
+		return r;
 	}
 	*idle = 1;
 	for (size_t i = 0; i < s->ndisks; i++) {

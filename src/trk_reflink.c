@@ -600,7 +600,12 @@ rl_check(const struct cfg_vm *vm, const char *state_dir, char *err,
 			r = RD_ERR_SYSTEM;
 			break;
 		}
-		char *a = cut_path(d, "check-a"), *b = cut_path(d, "check-b");
+		/* Names of this process alone: the VM's start and a manual
+		 * --check may run at once. */
+		char ta[32], tb[32];
+		snprintf(ta, sizeof(ta), "check-a-%ld", (long)getpid());
+		snprintf(tb, sizeof(tb), "check-b-%ld", (long)getpid());
+		char *a = cut_path(d, ta), *b = cut_path(d, tb);
 		char block[4096];
 		memset(block, 0x5a, sizeof(block));
 		int fa = open(a, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

@@ -646,3 +646,59 @@ def test_qemu_no_room_for_the_view(env):
     finally:
         subprocess.run(["umount", "-l", tdir])
         q.proc.kill()
+
+
+def test_qemu_external_snapshot_is_not_missed(env):
+    """An external snapshot (virsh snapshot-create --disk-only) puts a new
+    node above the configured one: the guest writes there, and the old
+    node's bitmap would count nothing.  The cycle must fail plainly, not
+    report an empty change; naming the new node brings everything over."""
+    if skip_without_qemu():
+        return
+    size = 16 * MB
+    q, pri, rep = setup(env, [("a.img", size, "raw", "drive0", "drv0")])
+    try:
+        sync(pri)
+        q.qmp.cmd("blockdev-snapshot-sync", device="drv0", **{
+            "snapshot-file": env.path("snap.qcow2"), "snapshot-node-name": "snap0",
+            "format": "qcow2"})
+        q.write("drv0", 2 * MB, b"\x22" * 65536)          # the guest's write
+        r = pri.ctl("sync", "web01", "--wait", timeout=60)
+        check(r.rc == 1 and "node drive0 is no longer where the guest writes" in r.err
+              and "snap0" in r.err, "sync after an external snapshot: %r" % r)
+        check(json.loads(pri.ok("status", "web01", "--json").out)["vms"][0]["health"] != "normal",
+              "health stays normal while nothing is replicated")
+        with open(os.path.join(rep.storage, "web01", "drive0"), "rb") as f:
+            f.seek(2 * MB)
+            check(f.read(4) != b"\x22" * 4, "the write arrived through the old node?")
+        check(pri.alive(), "the daemon died")
+    finally:
+        q.proc.kill()
+
+
+def test_qemu_absurd_disk_size(env):
+    """A size QEMU reports is checked before anything is allocated for it
+    (a null-co node of 100 TiB): a clear error, the daemon lives on."""
+    if skip_without_qemu():
+        return
+    sock = env.path("big.qmp")
+    qlog = open(env.path("big.log"), "ab")
+    proc = subprocess.Popen([QEMU, "-machine", "none", "-nodefaults", "-display", "none",
+                             "-blockdev", "driver=null-co,size=%d,node-name=big" % (100 << 40),
+                             "-qmp", "unix:%s,server=on,wait=off" % sock], stdout=qlog, stderr=qlog)
+    env.procs.append(proc)
+    try:
+        wait_for(lambda: os.path.exists(sock), 10, what="QEMU's QMP socket")
+        rep = env.replica().start()
+        pri = env.primary({"web01": ["big"]}, rep.port)
+        text = open(pri.conf).read().replace(
+            "[vm web01]\n", "[vm web01]\ntracker = qemu\nqmp = %s\n" % sock)
+        open(pri.conf, "w").write(text)
+        pri.start()
+        r = pri.ctl("sync", "web01", "--wait", timeout=60)
+        check(r.rc == 1 and "more than the 64 TiB replicad supports" in r.err,
+              "sync of a 100 TiB node: %r" % r)
+        check(pri.alive(), "the daemon died")
+    finally:
+        proc.kill()
+        qlog.close()
