@@ -78,7 +78,9 @@ struct trk_backend {
 	/*
 	 * Take the cut of cycle `cycle`.  since[i] is the cycle whose cut
 	 * disk i's saved digests describe (0: none, or the tracker reads
-	 * the whole disk anyway: report all, and give a view of all of it).  Fill
+	 * the whole disk anyway: report all, and give a view of all of it).
+	 * On entry sizes[i] is the disk's size at that cut (when since[i]
+	 * is not 0): a base of another size cannot be compared with.  Fill
 	 * sizes[i] (the size at the cut) and dirty[i] (reset by the caller):
 	 * every range written since that cycle's cut, or all = 1.  On
 	 * failure nothing of the cut may remain (as if abort() ran).

@@ -341,6 +341,7 @@ begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle, int mode,
 		 * the map holds, when they count; 0 when the whole disk is
 		 * read anyway (the backend then gives a view of all of it). */
 		since[i] = d->whole ? 0 : d->map.cycle;
+		sizes[i] = d->whole ? 0 : d->map.disk_size;
 	}
 	if ((r = t->be->cut(t->bs, cycle, since, sizes, t->dirty, err,
 	    errsz)) != 0)
@@ -587,7 +588,8 @@ trk_commit(struct tracker *t, uint64_t cycle, char *err, size_t errsz)
 		d->next.cycle = cycle;
 		if ((r = bm_save(d->map_path, &d->next)) != 0) {
 			snprintf(err, errsz, "cannot save tracker state %s: %s",
-			    d->map_path, strerror(errno));
+			    d->map_path, r == RD_ERR_SYSTEM ? strerror(errno) :
+			    rd_strerror(r));
 			/* The saved maps are older than the replica: that only
 			 * makes the next cycle send more. */
 			saved = 0;
@@ -603,8 +605,8 @@ trk_commit(struct tracker *t, uint64_t cycle, char *err, size_t errsz)
 		/* Only now may the backend forget what the cut reported: the
 		 * digests of the new base are on disk. */
 		if ((r = t->be->commit(t->bs, cycle, err, errsz)) != 0)
-			log_warnx("%s: tracker %s: %s; the next cycle reads the "
-			    "whole disks", t->vm, t->be->name, err);
+			log_warnx("%s: tracker %s: %s; the next cycle may "
+			    "read more than changed", t->vm, t->be->name, err);
 		t->tidy_due = t->be->tidy != NULL;
 		r = 0;
 	} else {

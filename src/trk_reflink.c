@@ -373,7 +373,8 @@ out:
 
 static int
 dirty_since(struct reflink *rl, struct rdisk *d, uint64_t since,
-    uint64_t size, struct trk_dirty *dirty, char *err, size_t errsz)
+    uint64_t since_size, uint64_t size, struct trk_dirty *dirty, char *err,
+    size_t errsz)
 {
 	struct fmap a = { NULL, 0 }, b = { NULL, 0 };
 	char *bp = since ? base_path(d, since) : NULL;
@@ -389,7 +390,15 @@ dirty_since(struct reflink *rl, struct rdisk *d, uint64_t since,
 		dirty->all = 1;
 		goto out;
 	}
-	if (fstat(bfd, &st) != 0 || (uint64_t)st.st_size > size) {
+	if (fstat(bfd, &st) != 0 || (uint64_t)st.st_size != since_size) {
+		/* Not the cut the digests describe (someone changed it). */
+		log_warnx("%s: %s: the cut of cycle %" PRIu64 " is not the one "
+		    "the digests describe: comparing the whole disk", rl->vm,
+		    d->path, since);
+		dirty->all = 1;
+		goto out;
+	}
+	if ((uint64_t)st.st_size > size) {
 		/* A shrunk disk: tracker.c says so; nothing to compare. */
 		dirty->all = 1;
 		goto out;
@@ -421,7 +430,8 @@ out:
  * extents) and is found by the next cut.  1 if idle, else 0.
  */
 static int
-idle_since(struct rdisk *d, uint64_t since, uint64_t *size)
+idle_since(struct rdisk *d, uint64_t since, uint64_t since_size,
+    uint64_t *size)
 {
 	struct fmap a = { NULL, 0 }, b = { NULL, 0 };
 	struct trk_dirty dy = { 0 };
@@ -433,6 +443,7 @@ idle_since(struct rdisk *d, uint64_t since, uint64_t *size)
 
 	if (fa >= 0 && fb >= 0 && fstat(fa, &sa) == 0 && fstat(fb, &sb) == 0 &&
 	    S_ISREG(sa.st_mode) && sa.st_size == sb.st_size &&
+	    (uint64_t)sb.st_size == since_size &&
 	    get_map(fa, (uint64_t)sa.st_size, &a) == 0 &&
 	    get_map(fb, (uint64_t)sb.st_size, &b) == 0) {
 		compare_maps(&b, &a, (uint64_t)sa.st_size, &dy);
@@ -455,11 +466,13 @@ rl_cut(void *state, uint64_t cycle, const uint64_t *since, uint64_t *sizes,
     struct trk_dirty *dirty, char *err, size_t errsz)
 {
 	struct reflink *rl = state;
+	uint64_t since_size[CFG_MAX_DISKS];
 	int r = 0, idle = 1;
 
+	memcpy(since_size, sizes, rl->ndisks * sizeof(*sizes));
 	for (size_t i = 0; i < rl->ndisks && idle; i++)
 		idle = since[i] != 0 && idle_since(&rl->d[i], since[i],
-		    &sizes[i]);
+		    since_size[i], &sizes[i]);
 	if (idle) {
 		for (size_t i = 0; i < rl->ndisks; i++) {
 			rl->d[i].quiet = 1;
@@ -486,8 +499,8 @@ rl_cut(void *state, uint64_t cycle, const uint64_t *since, uint64_t *sizes,
 	for (size_t i = 0; i < rl->ndisks; i++) {
 		struct rdisk *d = &rl->d[i];
 		d->base = 0;
-		if ((r = dirty_since(rl, d, since[i], sizes[i], &dirty[i], err,
-		    errsz)) != 0)
+		if ((r = dirty_since(rl, d, since[i], since_size[i], sizes[i],
+		    &dirty[i], err, errsz)) != 0)
 			goto fail;
 		posix_fadvise(d->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	}

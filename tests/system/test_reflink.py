@@ -235,6 +235,17 @@ def test_lost_base_and_rewritten_image(env):
         lc = vm_status(pri, "web01")["last_cycle"]
         check(lc["bytes_read"] == total, "read %d of %d after losing the base" % (lc["bytes_read"], total))
         assert_same(d, os.path.join(rep.storage, "web01", "d0.img"))
+        # a base cut someone cut short, and the guest punches a hole past
+        # that length: both show no extent there, yet the digests say data
+        pri.ok("sync", "web01", "--wait")
+        base = [f for f in os.listdir(cutdir) if not f.endswith(".new")]
+        check(len(base) == 1, "cuts: %r" % base)
+        os.truncate(os.path.join(cutdir, base[0]), MiB)
+        subprocess.run(["fallocate", "-p", "-o", str(8 * MiB), "-l", str(BS), d], check=True)
+        mark = LogMark(pri)
+        pri.ok("sync", "web01", "--wait")
+        mark.wait("is not the one the digests describe", "comparing the whole disk")
+        assert_same(d, os.path.join(rep.storage, "web01", "d0.img"), "after a hole punched")
         # a copy put in the image's place (every extent moves): read all,
         # send only what differs
         subprocess.run(["cp", "--reflink=never", "--sparse=always", d, d + ".tmp"], check=True)
