@@ -62,6 +62,9 @@ int	trk_check(const struct cfg_vm *vm, const char *state_dir, char *err,
 /* This host stops being vm's primary: remove the tracker's state
  * (STATE_DIR/tracker/VM and what the backend keeps elsewhere). */
 void	trk_forget(const char *state_dir, const struct cfg_vm *vm);
+/* Remove the clones a reflink tracker may have left beside vm's images
+ * (vm now uses another tracker). */
+void	trk_forget_clones(const struct cfg_vm *vm);
 /* The disks' current sizes, without a cut. */
 int	trk_sizes(struct tracker *t, uint64_t *sizes, char *err,
 	    size_t errsz);

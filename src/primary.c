@@ -1576,7 +1576,12 @@ static void
 job_check(void *arg)
 {
 	struct check_job *cj = arg;
-	cj->rc = trk_check(cj->vm->cfg, cj->vm->d->cfg->state_dir, cj->err,
+	const struct cfg_vm *cfg = cj->vm->cfg;
+	/* Clones of an earlier reflink configuration would pin the old
+	 * extents of the images for good. */
+	if (cfg->tracker == TRACKER_SCAN)
+		trk_forget_clones(cfg);
+	cj->rc = trk_check(cfg, cj->vm->d->cfg->state_dir, cj->err,
 	    sizeof(cj->err));
 }
 
@@ -1667,7 +1672,7 @@ pvm_new(struct daemon *d, const struct cfg_vm *cfg)
 	/* A first cycle soon after start, then every interval. */
 	if (cfg->interval_ms && cfg->replica)
 		schedule(vm, 1000);
-	if (cfg->tracker != TRACKER_SCAN) {
+	{
 		struct check_job *cj = xcalloc(1, sizeof(*cj));
 		cj->vm = vm;
 		vm->draining++;

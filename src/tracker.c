@@ -275,6 +275,12 @@ size_ok(const struct tracker *t, size_t i, uint64_t size, char *err,
 	return RD_ERR_TOO_LARGE;
 }
 
+void
+trk_forget_clones(const struct cfg_vm *vm)
+{
+	trk_backend_reflink.forget(vm);
+}
+
 int
 trk_sizes(struct tracker *t, uint64_t *sizes, char *err, size_t errsz)
 {

@@ -362,3 +362,24 @@ def test_planned_failover_and_back(env):
         h.b.ok("verify", VM)
         h.a.stop()
         h.b.stop()
+
+
+def test_tracker_changed_back_to_scan(env):
+    """A VM moved from reflink to scan: the clone left beside the image
+    (which would pin the image's old extents for good) is removed at the
+    next start, and replication goes on."""
+    with LoopFs(env, "fs", "xfs", 512 * MiB) as fs:
+        pri, rep, disks = rig(env, fs, [8 * MiB])
+        pri.ok("sync", "web01", "--wait")
+        cutdir = os.path.join(fs.mnt, "images", ".replicad", "web01")
+        check(len(os.listdir(cutdir)) == 1, "cuts: %r" % os.listdir(cutdir))
+        pri.stop()
+        text = open(pri.conf).read().replace("tracker = reflink\n", "")
+        open(pri.conf, "w").write(text)
+        pri.start()
+        write_random(env, disks[0], os.path.getsize(disks[0]), 3, set())
+        pri.ok("sync", "web01", "--wait")
+        assert_same(disks[0], os.path.join(rep.storage, "web01", "d0.img"))
+        check(not os.path.exists(cutdir), "the clone stayed beside the image")
+        pri.stop()
+        rep.stop()
