@@ -1,7 +1,7 @@
 /*
  * blockmap.h — per-block digests of one disk, and their state file.
  *
- * The primary's scan tracker keeps, for each disk, the digest of every
+ * The primary's tracker (any kind) keeps, for each disk, the digest of every
  * block as of the last cycle the replica acknowledged.  The file format
  * is documented at the top of blockmap.c.
  */

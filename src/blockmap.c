@@ -1,5 +1,5 @@
 /*
- * blockmap.c — the scan tracker's state file.
+ * blockmap.c — the tracker's state file (every tracker keeps one per disk).
  *
  * Format version 1, all integers big-endian:
  *
