@@ -59,6 +59,7 @@
 #define REPLY_TIMEOUT_S	120		/* WELCOME */
 #define ACK_TIMEOUT_S	3600		/* the replica applies the cycle */
 #define SEND_TIMEOUT_S	120
+#define USER_TIMEOUT_S	30		/* unacknowledged TCP data */
 #define BACKOFF_MAX_MS	(60 * 1000)
 #define SIGS_MAX	(16u << 20)	/* queued SIG bytes before reads stop */
 
@@ -171,6 +172,9 @@ struct pvm {
 	int			 nospace;	/* the replica is out of space */
 	int64_t			 last_app_ms;	/* cut of the newest app point */
 	uint64_t		 started_ms;	/* monotonic start of the last cycle */
+	/* Short intervals: the session of the last acknowledged cycle, kept
+	 * open for the next one (the replica is at vm->last_cycle on it). */
+	struct bufferevent	*keep;
 	char			*app_path;	/* where it is kept */
 	struct cfg_vm		*owned_cfg;	/* cfg, when made from the catalog */
 	/* planned failover: the next cycle hands over */
@@ -208,6 +212,10 @@ static void job_fenced(void *arg);
 static void fenced_done(void *arg);
 static void job_end_cut(void *arg);
 static void plan_next(struct pvm *vm);
+static void begin_sending(struct psess *s, uint64_t replica_cycle);
+static void keep_drop(struct pvm *vm);
+static void keep_session(struct psess *s);
+static int reuse_session(struct psess *s);
 static void sess_fail(struct psess *s, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -533,6 +541,7 @@ sess_done(struct psess *s)
 	    " ms", vm->cfg->name, s->cycle, s->point, vm->last.dirty_bytes,
 	    vm->last.bytes_read, vm->last.bytes_sent, vm->last.duration_ms);
 	uint64_t point = s->point;
+	keep_session(s);
 	sess_end(s);
 	tell_waiters(&vm->cur, point, NULL);
 	if (trk_tidy_due(vm->trk)) {
@@ -1229,6 +1238,15 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 	 */
 	s->resync = s->want_resync || (!trk_proven(vm->trk, w.last_cycle) &&
 	    (w.last_cycle > 0 || (w.flags & WIRE_WELCOME_DATA)));
+	begin_sending(s, w.last_cycle);
+}
+
+/* The replica is at replica_cycle: start cycle base + 1. */
+static void
+begin_sending(struct psess *s, uint64_t replica_cycle)
+{
+	struct pvm *vm = s->vm;
+
 	if (s->resync) {
 		s->unit = wire_sum_unit(vm->cfg->block_size);
 		s->chunk = wire_chunk_len(vm->cfg->block_size);
@@ -1236,18 +1254,18 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 		s->zbuf = xmalloc(ZSTD_compressBound(WIRE_MAX_DELTA));
 		log_info("%s: resynchronising with the replica (%s)",
 		    vm->cfg->name, s->want_resync ? "requested" :
-		    w.last_cycle > 0 ? "the tracker state does not describe "
+		    replica_cycle > 0 ? "the tracker state does not describe "
 		    "the replica's last cycle" : "the replica holds a copy");
 	}
 	uint64_t base = vm->last_cycle;
-	if (w.last_cycle > base)
-		base = w.last_cycle;
+	if (replica_cycle > base)
+		base = replica_cycle;
 	if (trk_cycle(vm->trk) > base)
 		base = trk_cycle(vm->trk);
 	if (base >= UINT64_MAX - 1) {
 		/* No cycle id is left above it (and 0 means "none"). */
 		sess_fail(s, RD_ERR_PEER, "the replica reports last cycle %"
-		    PRIu64 ", which leaves no cycle id", w.last_cycle);
+		    PRIu64 ", which leaves no cycle id", replica_cycle);
 		return;
 	}
 	s->cycle = base + 1;
@@ -1435,6 +1453,12 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		    &one, sizeof(one));
 		setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY,
 		    &one, sizeof(one));
+		/* A replica that stops acknowledging what it was sent (a cut
+		 * network, a kept session to a host that went away) ends the
+		 * session soon, not after the ACK timeout. */
+		unsigned int ms = USER_TIMEOUT_S * 1000;
+		setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_USER_TIMEOUT,
+		    &ms, sizeof(ms));
 		send_hello(s);
 		return;
 	}
@@ -1566,8 +1590,95 @@ start_cycle(struct pvm *vm)
 		tail = &(*tail)->next;
 	*tail = vm->next;
 	vm->next = NULL;
+	if (reuse_session(s))
+		return;
 	s->job_running = 1;
 	work_submit(job_prepare, prepare_done, s);
+}
+
+/* --- a session kept between cycles ------------------------------------------ */
+
+#define KEEP_MAX_INTERVAL_MS	(60 * 1000)
+
+static void
+keep_drop(struct pvm *vm)
+{
+	if (vm->keep == NULL)
+		return;
+	bufferevent_free(vm->keep);
+	vm->keep = NULL;
+}
+
+/* Nothing is due from the replica between cycles: anything that comes
+ * (a close, an error, unexpected bytes) ends the kept session. */
+static void
+keep_read(struct bufferevent *bev, void *arg)
+{
+	struct pvm *vm = arg;
+	log_debug("%s: the replica sent data between cycles; closing the "
+	    "session", vm->cfg->name);
+	keep_drop(vm);
+}
+
+static void
+keep_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct pvm *vm = arg;
+	log_debug("%s: the kept session to %s ended", vm->cfg->name,
+	    vm->cfg->replica);
+	keep_drop(vm);
+}
+
+/*
+ * After an acknowledged cycle with a short interval, the session stays
+ * open: the next cycle needs no connection, handshake or HELLO, only
+ * CYCLE .. END and the ACK.  The replica ends it on any role change of
+ * the VM, so a kept session never outlives its generation (F1).
+ */
+static void
+keep_session(struct psess *s)
+{
+	struct pvm *vm = s->vm;
+	uint64_t every = vm->cfg->interval_ms;
+
+	keep_drop(vm);
+	if (every == 0 || every > KEEP_MAX_INTERVAL_MS || s->bev == NULL ||
+	    s->handover || vm->retire_fn || vm->held || vm->d->stopping ||
+	    evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
+		return;
+	vm->keep = s->bev;
+	s->bev = NULL;
+	bufferevent_setcb(vm->keep, keep_read, NULL, keep_event, vm);
+	/* Idle at most two intervals, then the next cycle reconnects. */
+	struct timeval tv = { (time_t)(2 * every / 1000) + 1, 0 };
+	bufferevent_set_timeouts(vm->keep, &tv, NULL);
+	bufferevent_enable(vm->keep, EV_READ);
+}
+
+/* Start the cycle on the kept session, if it can: 1 if it did. */
+static int
+reuse_session(struct psess *s)
+{
+	struct pvm *vm = s->vm;
+	struct bufferevent *bev = vm->keep;
+
+	if (bev == NULL)
+		return 0;
+	vm->keep = NULL;
+	/* A resync, a handover, a tracker that cannot prove the replica's
+	 * state: the full way, with HELLO and WELCOME. */
+	if (s->want_resync || s->handover || !trk_proven(vm->trk,
+	    vm->last_cycle)) {
+		bufferevent_free(bev);
+		return 0;
+	}
+	s->bev = bev;
+	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+	s->replica_cycle = vm->last_cycle;
+	s->resync = 0;
+	log_debug("%s: cycle on the kept session", vm->cfg->name);
+	begin_sending(s, vm->last_cycle);
+	return 1;
 }
 
 /* --- public -------------------------------------------------------------- */
@@ -1718,8 +1829,10 @@ void
 pvm_hold(struct pvm *vm, int hold)
 {
 	vm->held = hold;
-	if (hold)
+	if (hold) {
 		evtimer_del(vm->timer);
+		keep_drop(vm);
+	}
 	else
 		plan_next(vm);
 }
@@ -1728,6 +1841,7 @@ void
 pvm_retire(struct pvm *vm, void (*fn)(void *), void *arg)
 {
 	evtimer_del(vm->timer);
+	keep_drop(vm);
 	if (vm->handover)
 		handover_end(vm, RD_ERR_STATE, "the VM is changing roles");
 	vm->retire_fn = fn;
@@ -1894,6 +2008,7 @@ void
 pvm_stop(struct pvm *vm)
 {
 	evtimer_del(vm->timer);
+	keep_drop(vm);
 	if (vm->sess) {
 		struct psess *s = vm->sess;
 		log_info("%s: abandoning cycle %" PRIu64 " (shutting down)",

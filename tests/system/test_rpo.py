@@ -107,3 +107,62 @@ def test_one_second_interval(env):
         pri.ok("sync", "web01", "--wait")
         assert_same(disk, os.path.join(rep.storage, "web01", "d0.img"))
         print("  %d points, %d writer steps, worst lag %d ms" % (len(pts), w.n, worst))
+
+
+def one_second_pair(env, fs):
+    disk = os.path.join(fs.mnt, "images", "d0.img")
+    env.make_disk(disk, 4 * MiB)
+    rep = env.replica().start()
+    pri = env.primary({"web01": [disk]}, rep.port)
+    set_vm_keys(pri, "web01", "tracker = reflink\n")
+    conf = open(pri.conf).read().replace("interval = 0\n", "interval = 1s\n")
+    open(pri.conf, "w").write(conf)
+    pri.start()
+    return pri, rep, disk
+
+
+def points(rep):
+    r = rep.ctl("points", "web01", "--json")
+    return json.loads(r.out) if r.rc == 0 else []
+
+
+def test_kept_session(env):
+    """At interval = 1s the session stays open between cycles: many points,
+    few sessions.  A replica killed and restarted is reconnected to, and
+    the copy catches up."""
+    from harness import wait_for
+    with LoopFs(env, "fs", "xfs", 512 * MiB) as fs:
+        pri, rep, disk = one_second_pair(env, fs)
+        wait_for(lambda: len(points(rep)) >= 8, 20, what="8 points")
+        sessions = rep.log_text().count("session from primary")
+        check(sessions <= 2, "%d sessions for %d cycles" % (sessions, len(points(rep))))
+        rep.kill9()
+        with open(disk, "r+b") as f:
+            f.write(env.rng.randbytes(65536))
+        rep.start()
+        n = len(points(rep))
+        wait_for(lambda: len(points(rep)) >= n + 3, 20, what="cycles after the replica's restart")
+        pri.ok("sync", "web01", "--wait")
+        assert_same(disk, os.path.join(rep.storage, "web01", "d0.img"))
+        pri.stop()
+        rep.stop()
+
+
+def test_kept_session_and_failover(env):
+    """An unplanned failover on the replica while the primary keeps a
+    session: the replica ends it, the old primary is fenced at its next
+    cycle, and the promoted copy does not change."""
+    from harness import wait_for
+    with LoopFs(env, "fs", "xfs", 512 * MiB) as fs:
+        pri, rep, disk = one_second_pair(env, fs)
+        wait_for(lambda: len(points(rep)) >= 3, 20, what="3 points")
+        rep.ok("failover", "web01")
+        promoted = os.path.join(rep.storage, "web01", "d0.img")
+        before = open(promoted, "rb").read()
+        with open(disk, "r+b") as f:
+            f.write(env.rng.randbytes(65536))
+        wait_for(lambda: vm_status(pri, "web01")["state"] == "fenced", 20,
+                 what="the old primary to be fenced")
+        check(open(promoted, "rb").read() == before, "the promoted copy changed")
+        pri.stop()
+        rep.stop()
