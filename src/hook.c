@@ -32,7 +32,8 @@ merge_env(char *const extra[])
 	while (extra && extra[k])
 		k++;
 	char **env = xcalloc(n + k + 1, sizeof(*env));
-	memcpy(env, extra, k * sizeof(*env));
+	if (k > 0)
+		memcpy(env, extra, k * sizeof(*env));
 	memcpy(env + k, environ, n * sizeof(*env));
 	return env;
 }
