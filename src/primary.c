@@ -275,7 +275,12 @@ plan_next(struct pvm *vm)
 			schedule(vm, ms);
 	} else if (vm->cfg->interval_ms && !vm->paused) {
 		/* Cycles start every interval (never overlapping): a cycle
-		 * that took longer is followed at once. */
+		 * that took longer is followed at once.  The first one comes
+		 * a second after the start. */
+		if (vm->started_ms == 0) {
+			schedule(vm, 1000);
+			return;
+		}
 		uint64_t since = util_mono_ms() - vm->started_ms;
 		schedule(vm, since < vm->cfg->interval_ms ?
 		    vm->cfg->interval_ms - since : 0);

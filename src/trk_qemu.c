@@ -423,7 +423,8 @@ disk_prepare(struct qemu *s, struct qdisk *d, json_t *node, uint64_t since,
 	if (since == 0 || since >= cycle)
 		why = NULL;
 	else if (base == NULL)
-		why = "is missing (QEMU restarted?)";
+		why = "is missing (QEMU restarted, or a commit did not "
+		    "finish)";
 	else if (base->inconsistent)
 		why = "is inconsistent (QEMU stopped without saving it)";
 	else if (base->busy)
