@@ -59,7 +59,8 @@
 #define REPLY_TIMEOUT_S	120		/* WELCOME */
 #define ACK_TIMEOUT_S	3600		/* the replica applies the cycle */
 #define SEND_TIMEOUT_S	120
-#define USER_TIMEOUT_S	30		/* unacknowledged TCP data */
+#define USER_TIMEOUT_S	SEND_TIMEOUT_S	/* unacknowledged TCP data (a slow
+					   replica shows a zero window) */
 #define BACKOFF_MAX_MS	(60 * 1000)
 #define SIGS_MAX	(16u << 20)	/* queued SIG bytes before reads stop */
 

@@ -535,6 +535,16 @@ stage_cycle(struct rsess *s, const uint8_t *p, size_t len)
 		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_RANGE, "CYCLE "
 		    "has %u disks, HELLO had %u", s->cycle.ndisks,
 		    s->hello.ndisks);
+	/* A session outlives no role change (the replica ends it), but a
+	 * cycle is checked against the relationship all the same (F1). */
+	struct cat_rel rel;
+	store_rel(s->vm->st, &rel);
+	if (rel.role != CAT_ROLE_REPLICA || s->hello.generation <
+	    rel.generation)
+		return job_fail(s, WIRE_NACK_FENCED, RD_ERR_FENCED, "cycle at "
+		    "generation %" PRIu64 ", this host is %s at generation %"
+		    PRIu64, s->hello.generation, rel.role == CAT_ROLE_REPLICA ?
+		    "the replica" : "the primary", rel.generation);
 	memset(&c, 0, sizeof(c));
 	c.cycle = s->cycle.cycle;
 	c.created_ms = (int64_t)s->cycle.created_ms;

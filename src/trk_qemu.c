@@ -50,6 +50,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -80,6 +81,8 @@ struct qdisk {
 	char		*node;		/* QEMU block node */
 	char		*overlay;	/* DIR/NODE.fleece */
 	char		*empty;		/* DIR/NODE.empty: what overlay starts as */
+	char		*device_mark;	/* DIR/NODE.device: a device wrote
+					   through the node at some cut */
 	char		 id[32];	/* FLEECE_PREFIX + index */
 	int		 qcow2;		/* can hold persistent bitmaps */
 	uint64_t	 size;		/* at the cut */
@@ -1114,6 +1117,8 @@ qemu_open(const struct cfg_vm *vm, const char *dir, void **state, char *err,
 		d->node = xstrdup(vm->disks[i]);
 		d->overlay = xasprintf("%s/%s.fleece", dir, vm->disk_names[i]);
 		d->empty = xasprintf("%s/%s.empty", dir, vm->disk_names[i]);
+		d->device_mark = xasprintf("%s/%s.device", dir,
+		    vm->disk_names[i]);
 		snprintf(d->id, sizeof(d->id), FLEECE_PREFIX "%zu", i);
 	}
 	*state = s;
@@ -1140,6 +1145,7 @@ qemu_close(void *state)
 		free(s->disks[i].node);
 		free(s->disks[i].overlay);
 		free(s->disks[i].empty);
+		free(s->disks[i].device_mark);
 	}
 	free(s->disks);
 	free(s->nbd_path);
@@ -1167,78 +1173,166 @@ qemu_sizes(void *state, uint64_t *sizes, char *err, size_t errsz)
 	return r;
 }
 
+/* Drivers that pass every write down their "file" child unchanged. */
+static int
+filter_driver(const char *drv)
+{
+	static const char *const filters[] = { "throttle", "copy-on-read",
+	    "preallocate", "compress", "blkdebug", "blklogwrites",
+	    "copy-before-write", NULL };
+	for (size_t i = 0; drv != NULL && filters[i] != NULL; i++)
+		if (strcmp(drv, filters[i]) == 0)
+			return 1;
+	return 0;
+}
+
+static json_t *
+graph_node(json_t *nodes, json_int_t id)
+{
+	size_t i;
+	json_t *n;
+	json_array_foreach(nodes, i, n)
+		if (json_integer_value(json_object_get(n, "id")) == id)
+			return n;
+	return NULL;
+}
+
 /*
- * Is each disk's node still where the guest writes?  An external
- * snapshot puts a new node above it (the old one becomes its backing
- * file), a block job may be about to switch the guest to another node:
- * the bitmaps of the old node would then count nothing while the guest
- * writes elsewhere.  A node's parents may only be BlockBackends (the
- * guest's device) and replicad's own view.
+ * Is disk d's node still where the guest writes?  Going up from it in
+ * QEMU's block graph, through filters (throttle, copy-on-read...) only,
+ * there may be BlockBackends (the guest's device) and replicad's own
+ * view, nothing else: an external snapshot puts a node above it (its
+ * backing file), a block job may move the guest elsewhere, and a node
+ * beneath a format node is not the guest's disk.  *backends: how many
+ * BlockBackends write through it.
  */
 static int
-nodes_on_top(struct qemu *s, char *err, size_t errsz)
+node_on_top(struct qemu *s, const struct qdisk *d, json_t *g, json_t *named,
+    int *backends, char *err, size_t errsz)
 {
-	json_t *g = NULL, *nodes, *edges, *e;
-	size_t i;
+	json_t *nodes = json_object_get(g, "nodes");
+	json_t *edges = json_object_get(g, "edges");
+	json_int_t todo[64];
+	size_t ntodo = 0, i, j;
+	json_t *n, *e;
+
+	*backends = 0;
+	json_array_foreach(nodes, i, n) {
+		const char *type = json_string_value(json_object_get(n, "type"));
+		const char *name = json_string_value(json_object_get(n, "name"));
+		if (type && name && strcmp(type, "block-driver") == 0 &&
+		    strcmp(name, d->node) == 0)
+			todo[ntodo++] = json_integer_value(json_object_get(n,
+			    "id"));
+		if (ntodo > 0)
+			break;
+	}
+	for (size_t k = 0; k < ntodo; k++) {
+		json_array_foreach(edges, j, e) {
+			if (json_integer_value(json_object_get(e, "child")) !=
+			    todo[k])
+				continue;
+			json_t *p = graph_node(nodes, json_integer_value(
+			    json_object_get(e, "parent")));
+			const char *ptype = json_string_value(json_object_get(p,
+			    "type"));
+			const char *pname = json_string_value(json_object_get(p,
+			    "name"));
+			const char *edge = json_string_value(json_object_get(e,
+			    "name"));
+			if (ptype == NULL || pname == NULL || edge == NULL)
+				goto odd;
+			if (strncmp(pname, FLEECE_PREFIX,
+			    strlen(FLEECE_PREFIX)) == 0)
+				continue;		/* our view */
+			if (strcmp(ptype, "block-backend") == 0) {
+				(*backends)++;
+				continue;
+			}
+			if (strcmp(ptype, "block-job") == 0) {
+				snprintf(err, errsz, "node %s is held by a block "
+				    "job (%.64s): the guest may be moved to another "
+				    "node; no cut until it is done (then name the "
+				    "guest's node in `disk`)", d->node, pname);
+				return RD_ERR_BUSY;
+			}
+			json_t *pn = find_node(named, pname);
+			const char *drv = pn ? json_string_value(
+			    json_object_get(pn, "drv")) : NULL;
+			if (drv != NULL && (strcmp(drv, "mirror_top") == 0 ||
+			    strcmp(drv, "commit_top") == 0)) {
+				snprintf(err, errsz, "node %s is held by a block "
+				    "job (%s): the guest may be moved to another "
+				    "node; no cut until it is done (then name the "
+				    "guest's node in `disk`)", d->node, drv);
+				return RD_ERR_BUSY;
+			}
+			if (strcmp(edge, "file") == 0 && filter_driver(drv)) {
+				if (ntodo == sizeof(todo) / sizeof(todo[0]))
+					goto odd;
+				todo[ntodo++] = json_integer_value(
+				    json_object_get(p, "id"));
+				continue;
+			}
+			snprintf(err, errsz, "node %s is no longer where the "
+			    "guest writes: node %.64s (%s) holds it as its %s"
+			    "%s; name the guest's top node in `disk`", d->node,
+			    pname, drv ? drv : "?", edge,
+			    strcmp(edge, "backing") == 0 ?
+			    " (an external snapshot?)" : "");
+			return RD_ERR_STATE;
+		}
+	}
+	return 0;
+ odd:
+	snprintf(err, errsz, "QMP: x-debug-query-block-graph around node %s "
+	    "is not what replicad understands", d->node);
+	return RD_ERR_INVALID;
+}
+
+/*
+ * Every disk's node is where the guest writes, and a node that had a
+ * device writing through it at an earlier cut still has one (a block
+ * mirror that moved the guest to another node leaves the old node with
+ * no parent, and its bitmaps would count nothing).  Whether a device was
+ * seen is kept in DIR/NODE.device.
+ */
+static int
+nodes_on_top(struct qemu *s, json_t *named, char *err, size_t errsz)
+{
+	json_t *g = NULL;
 	int r;
 
 	if ((r = q_call(s, "x-debug-query-block-graph", NULL, &g, err,
 	    errsz)) != 0)
 		return r;
-	nodes = json_object_get(g, "nodes");
-	edges = json_object_get(g, "edges");
-	if (!json_is_array(nodes) || !json_is_array(edges)) {
+	if (!json_is_array(json_object_get(g, "nodes")) ||
+	    !json_is_array(json_object_get(g, "edges"))) {
 		json_decref(g);
 		snprintf(err, errsz, "QMP: x-debug-query-block-graph did not "
 		    "return nodes and edges");
 		return RD_ERR_INVALID;
 	}
 	for (size_t k = 0; k < s->ndisks && r == 0; k++) {
-		const struct qdisk *d = &s->disks[k];
-		json_int_t id = -1;
-		json_t *n;
-		json_array_foreach(nodes, i, n) {
-			const char *type = json_string_value(json_object_get(n,
-			    "type"));
-			const char *name = json_string_value(json_object_get(n,
-			    "name"));
-			if (type && name && strcmp(type, "block-driver") == 0 &&
-			    strcmp(name, d->node) == 0)
-				id = json_integer_value(json_object_get(n, "id"));
-		}
-		json_array_foreach(edges, i, e) {
-			if (id < 0 || json_integer_value(json_object_get(e,
-			    "child")) != id)
-				continue;
-			json_int_t pid = json_integer_value(json_object_get(e,
-			    "parent"));
-			const char *ptype = NULL, *pname = NULL;
-			size_t j;
-			json_array_foreach(nodes, j, n) {
-				if (json_integer_value(json_object_get(n, "id")) ==
-				    pid) {
-					ptype = json_string_value(json_object_get(n,
-					    "type"));
-					pname = json_string_value(json_object_get(n,
-					    "name"));
-				}
-			}
-			if (ptype && strcmp(ptype, "block-backend") == 0)
-				continue;
-			if (pname && strncmp(pname, FLEECE_PREFIX,
-			    strlen(FLEECE_PREFIX)) == 0)
-				continue;
-			const char *how = json_string_value(json_object_get(e,
-			    "name"));
-			snprintf(err, errsz, "node %s is no longer where the "
-			    "guest writes: %s %.64s holds it (%s)%s; name the "
-			    "guest's new node in `disk`", d->node,
-			    ptype && strcmp(ptype, "block-job") == 0 ?
-			    "block job" : "node", pname ? pname : "?",
-			    how ? how : "?", ptype && strcmp(ptype,
-			    "block-job") == 0 ? "" : " (an external snapshot?)");
-			r = RD_ERR_STATE;
+		struct qdisk *d = &s->disks[k];
+		int backends;
+		struct stat sb;
+		if ((r = node_on_top(s, d, g, named, &backends, err,
+		    errsz)) != 0)
 			break;
+		int had = stat(d->device_mark, &sb) == 0;
+		if (backends > 0 && !had) {
+			int fd = open(d->device_mark, O_WRONLY | O_CREAT |
+			    O_CLOEXEC, 0600);
+			if (fd >= 0)
+				close(fd);
+		} else if (backends == 0 && had) {
+			snprintf(err, errsz, "no device writes through node %s "
+			    "any more (one did at an earlier cycle: a block "
+			    "mirror that moved the guest?); name the guest's "
+			    "node in `disk`, or remove %s if the device is gone "
+			    "on purpose", d->node, d->device_mark);
+			r = RD_ERR_STATE;
 		}
 	}
 	json_decref(g);
@@ -1275,7 +1369,7 @@ cut_prepare(struct qemu *s, const uint64_t *since, int *idle, char *err,
 		if ((r = query_nodes(s, &nodes, err, errsz)) != 0)
 			return r;
 	}
-	if ((r = nodes_on_top(s, err, errsz)) != 0) {
+	if ((r = nodes_on_top(s, nodes, err, errsz)) != 0) {
 		json_decref(nodes);
 		return r;
 	}

@@ -702,3 +702,89 @@ def test_qemu_absurd_disk_size(env):
     finally:
         proc.kill()
         qlog.close()
+
+
+def custom_qemu(env, args, name):
+    """QEMU with the given block/device arguments and two QMP sockets."""
+    q = Qemu(env, [], name=name)
+    full = [QEMU] + args
+    for s in (q.sock, q.tsock):
+        full += ["-qmp", "unix:%s,server=on,wait=off" % s]
+    with open(q.log, "ab") as logf:
+        q.proc = subprocess.Popen(full, stdout=logf, stderr=logf)
+    env.procs.append(q.proc)
+    wait_for(lambda: q.proc.poll() is not None or os.path.exists(q.tsock), 10,
+             what="QEMU's QMP socket")
+    check(q.proc.poll() is None, "QEMU exited at start: %s" % open(q.log).read()[-2000:])
+    q.qmp = QMP(q.tsock)
+    return q
+
+
+def custom_pair(env, q, nodes):
+    rep = env.replica().start()
+    pri = env.primary({"web01": nodes}, rep.port)
+    text = open(pri.conf).read().replace(
+        "[vm web01]\n", "[vm web01]\ntracker = qemu\nqmp = %s\n" % q.sock)
+    open(pri.conf, "w").write(text)
+    pri.start()
+    return pri, rep
+
+
+def test_qemu_filter_above_the_node(env):
+    """A throttle filter above the disk's node (as libvirt's I/O limits
+    make) is part of the guest's path: cycles go on through it."""
+    if skip_without_qemu():
+        return
+    img = make_image(env, "a.img", 8 * MB)
+    q = custom_qemu(env, ["-machine", "none", "-nodefaults", "-display", "none",
+                          "-object", "throttle-group,id=tg0,x-bps-total=1000000000",
+                          "-blockdev", "driver=file,filename=%s,node-name=f0" % img,
+                          "-blockdev", "driver=raw,file=f0,node-name=drive0",
+                          "-blockdev", "driver=throttle,node-name=thr0,file=drive0,"
+                          "throttle-group=tg0"], "thr")
+    try:
+        pri, rep = custom_pair(env, q, ["drive0"])
+        sync(pri)
+        q.write("thr0", 3 * MB, b"\x33" * 65536)
+        sync(pri)
+        assert_same(img, os.path.join(rep.storage, "web01", "drive0"), "through a filter")
+        check(last_cycle(pri)["bytes_read"] < MB, "read %r" % last_cycle(pri))
+    finally:
+        q.proc.kill()
+
+
+def test_qemu_mirror_moves_the_guest(env):
+    """A block mirror that moves the guest's device to another node leaves
+    the configured node with no device above it: its bitmaps would count
+    nothing, so the cycle fails plainly instead of making an empty point."""
+    if skip_without_qemu():
+        return
+    img = make_image(env, "a.img", 8 * MB)
+    tgt = env.path("src", "tgt.img")
+    shutil.copyfile(img, tgt)
+    q = custom_qemu(env, ["-machine", "pc", "-S", "-nodefaults", "-display", "none",
+                          "-blockdev", "driver=file,filename=%s,node-name=f0" % img,
+                          "-blockdev", "driver=raw,file=f0,node-name=drive0",
+                          "-device", "virtio-blk-pci,drive=drive0,id=vd0"], "mirror")
+    try:
+        pri, rep = custom_pair(env, q, ["drive0"])
+        sync(pri)
+        q.qmp.cmd("blockdev-add", driver="raw", **{"node-name": "tgt"},
+                  file={"driver": "file", "filename": tgt})
+        q.qmp.cmd("blockdev-mirror", device="drive0", target="tgt", sync="full",
+                  **{"job-id": "m0"})
+        wait_for(lambda: any(j["id"] == "m0" and j["status"] == "ready"
+                             for j in q.qmp.cmd("query-jobs")), 20, what="the mirror to be ready")
+        r = pri.ctl("sync", "web01", "--wait", timeout=60)
+        check(r.rc == 1 and "held by a block job" in r.err, "sync during the mirror: %r" % r)
+        q.qmp.cmd("job-complete", id="m0")
+        wait_for(lambda: not q.qmp.cmd("query-jobs"), 20, what="the mirror to finish")
+        out = q.hmp('qemu-io -d /machine/peripheral/vd0/virtio-backend "write -P 0x5a %d 65536"'
+                    % (2 * MB))
+        check(out == "", "write through the device: %r" % out)
+        r = pri.ctl("sync", "web01", "--wait", timeout=60)
+        check(r.rc == 1 and "no device writes through node drive0" in r.err,
+              "sync after the mirror moved the guest: %r" % r)
+        check(pri.alive(), "the daemon died")
+    finally:
+        q.proc.kill()
