@@ -62,16 +62,22 @@ class Steps(threading.Thread):
             os.close(fd)
 
 
+def one_second_pair(env, fs, size):
+    """A VM on fs with the reflink tracker and interval = 1s, running."""
+    disk = os.path.join(fs.mnt, "images", "d0.img")
+    env.make_disk(disk, size)
+    rep = env.replica().start()
+    pri = env.primary({"web01": [disk]}, rep.port)
+    set_vm_keys(pri, "web01", "tracker = reflink\n")
+    conf = open(pri.conf).read().replace("interval = 0\n", "interval = 1s\n")
+    open(pri.conf, "w").write(conf)
+    pri.start()
+    return pri, rep, disk
+
+
 def test_one_second_interval(env):
     with LoopFs(env, "fs", "xfs", 512 * MiB) as fs:
-        disk = os.path.join(fs.mnt, "images", "d0.img")
-        env.make_disk(disk, SIZE)
-        rep = env.replica().start()
-        pri = env.primary({"web01": [disk]}, rep.port)
-        set_vm_keys(pri, "web01", "tracker = reflink\n")
-        conf = open(pri.conf).read().replace("interval = 0\n", "interval = 1s\n")
-        open(pri.conf, "w").write(conf)
-        pri.start()
+        pri, rep, disk = one_second_pair(env, fs, SIZE)
         w = Steps(env, disk)
         w.start()
         worst = 0
@@ -109,18 +115,6 @@ def test_one_second_interval(env):
         print("  %d points, %d writer steps, worst lag %d ms" % (len(pts), w.n, worst))
 
 
-def one_second_pair(env, fs):
-    disk = os.path.join(fs.mnt, "images", "d0.img")
-    env.make_disk(disk, 4 * MiB)
-    rep = env.replica().start()
-    pri = env.primary({"web01": [disk]}, rep.port)
-    set_vm_keys(pri, "web01", "tracker = reflink\n")
-    conf = open(pri.conf).read().replace("interval = 0\n", "interval = 1s\n")
-    open(pri.conf, "w").write(conf)
-    pri.start()
-    return pri, rep, disk
-
-
 def points(rep):
     r = rep.ctl("points", "web01", "--json")
     return json.loads(r.out) if r.rc == 0 else []
@@ -132,7 +126,7 @@ def test_kept_session(env):
     the copy catches up."""
     from harness import wait_for
     with LoopFs(env, "fs", "xfs", 512 * MiB) as fs:
-        pri, rep, disk = one_second_pair(env, fs)
+        pri, rep, disk = one_second_pair(env, fs, 4 * MiB)
         wait_for(lambda: len(points(rep)) >= 8, 20, what="8 points")
         sessions = rep.log_text().count("session from primary")
         check(sessions <= 2, "%d sessions for %d cycles" % (sessions, len(points(rep))))
@@ -154,7 +148,7 @@ def test_kept_session_and_failover(env):
     cycle, and the promoted copy does not change."""
     from harness import wait_for
     with LoopFs(env, "fs", "xfs", 512 * MiB) as fs:
-        pri, rep, disk = one_second_pair(env, fs)
+        pri, rep, disk = one_second_pair(env, fs, 4 * MiB)
         wait_for(lambda: len(points(rep)) >= 3, 20, what="3 points")
         rep.ok("failover", "web01")
         promoted = os.path.join(rep.storage, "web01", "d0.img")
