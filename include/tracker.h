@@ -59,9 +59,11 @@ int	trk_frozen(const struct tracker *t);
 /* Can vm use its tracker on this host (replicad --check, VM start)? */
 int	trk_check(const struct cfg_vm *vm, const char *state_dir, char *err,
 	    size_t errsz);
-/* This host stops being vm's primary: remove the tracker's state
- * (STATE_DIR/tracker/VM and what the backend keeps elsewhere). */
-void	trk_forget(const char *state_dir, const struct cfg_vm *vm);
+/* This host stops being the primary of VM name: remove the tracker's
+ * state (STATE_DIR/tracker/VM), and what the backend of vm (its [vm]
+ * section, NULL if none) keeps elsewhere. */
+void	trk_forget(const char *state_dir, const char *name,
+	    const struct cfg_vm *vm);
 /* Remove the clones a reflink tracker may have left beside vm's images
  * (vm now uses another tracker). */
 void	trk_forget_clones(const struct cfg_vm *vm);

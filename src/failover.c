@@ -738,14 +738,8 @@ record_replica(struct fo *f, struct cat_rel *rel, uint64_t generation,
 		util_rm_rf(p);
 		free(p);
 	}
-	const struct cfg_vm *cv = config_find_vm(f->d->cfg, rel->vm);
-	if (cv != NULL) {
-		trk_forget(f->d->cfg->state_dir, cv);
-	} else {
-		p = xasprintf("%s/tracker/%s", f->d->cfg->state_dir, rel->vm);
-		util_rm_rf(p);
-		free(p);
-	}
+	trk_forget(f->d->cfg->state_dir, rel->vm, config_find_vm(f->d->cfg,
+	    rel->vm));
 	marker_clear_kind(f->d, rel->vm, HANDOVER);
 	if ((r = cat_rel_put_trim(f->d->cat, rel, 0)) != 0)
 		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));

@@ -253,14 +253,13 @@ trk_check(const struct cfg_vm *vm, const char *state_dir, char *err,
 }
 
 void
-trk_forget(const char *state_dir, const struct cfg_vm *vm)
+trk_forget(const char *state_dir, const char *name, const struct cfg_vm *vm)
 {
-	const struct trk_backend *be = trk_backend_of(vm->tracker);
-	char *dir = xasprintf("%s/tracker/%s", state_dir, vm->name);
+	char *dir = xasprintf("%s/tracker/%s", state_dir, name);
 	util_rm_rf(dir);
 	free(dir);
-	if (be->forget)
-		be->forget(vm);
+	if (vm != NULL && trk_backend_of(vm->tracker)->forget)
+		trk_backend_of(vm->tracker)->forget(vm);
 }
 
 /* A size from a file system or from QEMU: not beyond what we can hold. */
