@@ -22,10 +22,11 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 LDLIBS  += $(PKG_LIBS) -lrsync -pthread
 
 # Objects shared by both programs.
-COMMON_OBJS  := err log xmalloc buf util wire ctl config retention
-# The daemon: catalog, worker pool, TLS, tracker, both roles, control socket.
+COMMON_OBJS  := err log xmalloc buf util layout wire ctl config retention
+# The daemon: catalog, worker pool, TLS, tracker, the VM table and the
+# rules of roles, both roles, role changes, control socket.
 REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work tls netio blockmap tracker trk_scan \
-                 trk_reflink qmp trk_qemu undo delta store \
+                 trk_reflink qmp trk_qemu undo delta store role vmtab \
                  replica primary failover control daemon
 REPLCTL_OBJS  := $(COMMON_OBJS)
 

@@ -18,7 +18,7 @@
 
 #include "util.h"
 
-#define CAT_SCHEMA_VERSION	3
+#define CAT_SCHEMA_VERSION	4
 #define CAT_SEG_NONE		UINT32_MAX	/* no undo segment */
 #define CAT_MAX_DISKS		64
 
@@ -67,6 +67,10 @@ struct cat_rel {
 					   (0: committed, images at last_point) */
 	uint64_t	step_to;	/* a rewind step under way to this
 					   point (0: none); see store.c */
+	int		reassigned;	/* replica role: reassigned to peer
+					   (replctl reassign), which takes the
+					   generation at its next WELCOME;
+					   cleared by its first point */
 };
 
 /* One recovery point (replica role). */
@@ -103,8 +107,8 @@ int	cat_rel_list(struct catalog *cat, struct cat_rel **out, size_t *n);
  * Record a new recovery point for vm in one transaction: assigns p->id
  * (previous newest + 1), inserts the point and its disk sizes, and updates
  * the relationship (last_cycle, last_point, last_point_created_ms, disk
- * sizes from p->sizes, and its generation raised to p->generation: a
- * replica remembers the highest generation it accepted).  RD_ERR_NOT_FOUND if the relationship is missing,
+ * sizes from p->sizes, its generation raised to p->generation, and
+ * reassigned cleared: the new sender has sent its first cycle).  RD_ERR_NOT_FOUND if the relationship is missing,
  * RD_ERR_EXISTS if a point for p->cycle exists.
  */
 int	cat_point_commit(struct catalog *cat, const char *vm,

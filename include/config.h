@@ -63,6 +63,11 @@ struct cfg_vm {
 	struct cfg_lag	 lag_critical;
 	char		*on_promote;	/* hooks of failover; NULL if unset */
 	char		*on_demote;
+	char		**receive_into;	/* where this host receives the disks
+					   as the VM's replica (absolute, one
+					   per disk); NULL: see failover.c */
+	size_t		 nreceive;	/* 0 or ndisks */
+	int		 receive_line;
 	int		 line;		/* line of the section header */
 };
 

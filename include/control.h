@@ -6,12 +6,13 @@
 #ifndef REPLICAD_CONTROL_H
 #define REPLICAD_CONTROL_H
 
-struct daemon;
+struct control;
+struct svc;
 
 /* Create the socket (fatal if another replicad holds it). */
-void	control_init(struct daemon *d);
-/* Stop accepting, drop connections. */
-void	control_stop(struct daemon *d);
-void	control_fini(struct daemon *d);
+struct control *control_init(struct svc *svc);
+/* Stop accepting, drop connections that wait for a cycle. */
+void	control_stop(struct control *ctl);
+void	control_fini(struct control *ctl);
 
 #endif

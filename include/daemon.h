@@ -1,36 +1,14 @@
 /*
- * daemon.h — the state one replicad process owns, handed to each module:
- * configuration, event loop, catalog, TLS contexts, and the VMs in both
- * roles.  Created by daemon_init(), run by daemon_run().
+ * daemon.h — one replicad process: start-up, the event loop, an orderly
+ * shutdown.  daemon.c owns the shared services (svc.h) and calls each
+ * module's init in order and its fini in reverse; nothing else reaches
+ * into it.
  */
 #ifndef REPLICAD_DAEMON_H
 #define REPLICAD_DAEMON_H
 
-#include <stddef.h>
-#include <openssl/ssl.h>
-
-#include "catalog.h"
-#include "config.h"
-
-struct event_base;
-struct pvm;
-struct rvm;
-
-struct daemon {
-	struct config		*cfg;
-	struct event_base	*base;
-	struct catalog		*cat;
-	SSL_CTX			*client_ctx;	/* NULL if no [vm] */
-	SSL_CTX			*server_ctx;	/* NULL if no listen */
-	struct pvm		**pvms;		/* primary role */
-	size_t			 npvms;
-	struct rvm		**rvms;		/* replica role */
-	size_t			 nrvms;
-	int			 stopping;
-	int			 lock_fd;	/* flock on STATE_DIR/.lock */
-	struct replica_srv	*rsrv;
-	struct control		*ctl;
-};
+struct config;
+struct daemon;
 
 /* Set up everything from cfg (which the daemon then owns); fatal on
  * start-up errors. */
@@ -38,9 +16,5 @@ struct daemon *daemon_init(struct config *cfg);
 /* Run until SIGTERM or SIGINT; returns the exit code. */
 int	daemon_run(struct daemon *d);
 void	daemon_fini(struct daemon *d);
-/* The VMs of the primary role come and go with failovers. */
-void	daemon_add_pvm(struct daemon *d, struct pvm *vm);
-void	daemon_remove_pvm(struct daemon *d, struct pvm *vm);
-struct pvm *daemon_find_pvm(struct daemon *d, const char *name);
 
 #endif

@@ -1,21 +1,28 @@
 /*
- * primary.h — the primary role: one struct pvm per [vm] section.
+ * primary.h — the primary role: one struct pvm per VM this host is the
+ * primary of (from its [vm] section, or made from the catalog after a
+ * failover), attached to the VM's entry in the VM table (vmtab.h).
  *
  * Each VM runs cycles on its interval (or when asked): connect to the
  * replica over TLS, HELLO / WELCOME, then the tracker's changed blocks as
  * DATA frames, produced in batches on the worker pool while the loop
  * sends the previous batch; END; on ACK the tracker commits.  A failed
- * cycle is retried with backoff and its blocks are found again.
+ * cycle is retried with backoff and its blocks are found again.  No
+ * cycle starts while a role change holds the VM (except the handover
+ * cycle of a planned failover) or while a failover to this host is not
+ * committed.  The replica's answers are judged by role.h.
  */
 #ifndef REPLICAD_PRIMARY_H
 #define REPLICAD_PRIMARY_H
 
 #include <stdint.h>
 
+#include "catalog.h"
 #include "config.h"
 
-struct daemon;
 struct pvm;
+struct svc;
+struct vme;
 
 enum pvm_state {
 	PVM_IDLE,
@@ -64,11 +71,15 @@ typedef void (*pvm_waiter_fn)(void *arg, uint64_t point, const char *error);
  * but no answer came, so the outcome is unknown). */
 typedef void (*pvm_handover_fn)(void *arg, int rc, const char *error);
 
-struct pvm *pvm_new(struct daemon *d, const struct cfg_vm *cfg);
+/* The primary of e's VM, configured by cfg, in the state rel records
+ * (the catalog's relationship); attached to e. */
+struct pvm *pvm_new(struct svc *svc, struct vme *e, const struct cfg_vm *cfg,
+	    const struct cat_rel *rel);
 /* The same for a cfg the VM owns (cfg_vm_free() at pvm_free()): a VM
  * this host became the primary of by a failover.  Without a replica
  * (cfg->replica NULL) it runs no cycle. */
-struct pvm *pvm_new_owned(struct daemon *d, struct cfg_vm *cfg);
+struct pvm *pvm_new_owned(struct svc *svc, struct vme *e, struct cfg_vm *cfg,
+	    const struct cat_rel *rel);
 const struct cfg_vm *pvm_cfg(const struct pvm *vm);
 uint64_t pvm_generation(const struct pvm *vm);
 int	pvm_has_replica(const struct pvm *vm);
@@ -76,11 +87,10 @@ int	pvm_has_replica(const struct pvm *vm);
  * replica welcomes this host at its generation (it did not), fn(arg, 0)
  * if the replica fences it (it did), fn(arg, -1) if the VM goes first. */
 void	pvm_confirm(struct pvm *vm, void (*fn)(void *, int), void *arg);
-/* No cycles while held (an unplanned failover not yet committed). */
-void	pvm_hold(struct pvm *vm, int hold);
-/* Stop the VM's cycles for good (a role change): fn(arg) is called from
- * the loop once no session or job uses it; then pvm_free() it. */
-void	pvm_retire(struct pvm *vm, void (*fn)(void *), void *arg);
+/* After vt_when_idle() (a role change): detach vm from its entry, close
+ * its tracker in a worker job (it may talk to QEMU), free it, then call
+ * fn(arg) from the loop. */
+void	pvm_close(struct pvm *vm, void (*fn)(void *), void *arg);
 /*
  * Planned failover: run a cycle now (after the running one) and, once
  * the replica acknowledged it, ask the replica to become the primary at
@@ -88,6 +98,7 @@ void	pvm_retire(struct pvm *vm, void (*fn)(void *), void *arg);
  */
 int	pvm_handover(struct pvm *vm, const char *listen, pvm_handover_fn fn,
 	    void *arg);
+/* At shutdown: detach and free at once. */
 void	pvm_free(struct pvm *vm);
 const char *pvm_name(const struct pvm *vm);
 void	pvm_status(const struct pvm *vm, struct pvm_status *st);

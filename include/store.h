@@ -55,6 +55,9 @@ int	store_open(struct catalog *cat, const struct cat_rel *rel,
 int	store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 	    char *const *paths, struct store **out, char *err, size_t errsz);
 void	store_close(struct store *st);
+/* Close, and remove STORAGE/VM if store_open made it: a new replica
+ * whose relationship could not be recorded leaves nothing behind. */
+void	store_discard(struct store *st);
 /* The relationship as the store knows it (newest point, sizes); never
  * waits for an apply, so the loop thread may call it. */
 void	store_rel(struct store *st, struct cat_rel *out);

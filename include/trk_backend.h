@@ -63,12 +63,13 @@ struct trk_backend {
 	int		 frozen;
 	/*
 	 * Make the backend's state for vm (its disks' paths or node names
-	 * are vm->disks, the tracker's directory is dir, which exists).
+	 * are vm->disks; the tracker's directory under state_dir exists,
+	 * its files are named by layout.h).
 	 * Only cheap, local work here: failures to reach anything (QEMU)
 	 * belong to cut().  *state is passed to every other call.
 	 */
-	int	(*open)(const struct cfg_vm *vm, const char *dir, void **state,
-		    char *err, size_t errsz);
+	int	(*open)(const struct cfg_vm *vm, const char *state_dir,
+		    void **state, char *err, size_t errsz);
 	void	(*close)(void *state);
 	/*
 	 * The disks' current sizes, without a cut (for HELLO).  sizes has

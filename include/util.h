@@ -24,6 +24,9 @@ int	util_parse_hostport(const char *s, char *host, size_t hostsz,
 int	util_name_valid(const char *s);
 /* A disk name must also not be "test" (STORAGE/VM/test/ holds test copies). */
 int	util_disk_name_valid(const char *s);
+/* A host identity as a certificate names it: 1..HOST_MAX_LEN of
+ * [A-Za-z0-9._-].  0 or RD_ERR_NAME. */
+int	util_identity_valid(const char *s);
 
 /* pread/pwrite the whole range, retrying short transfers and EINTR.
  * Returns 0, RD_ERR_SYSTEM (errno set) or RD_ERR_TRUNCATED (EOF). */
@@ -48,10 +51,11 @@ int	util_read_file(const char *path, size_t maxlen, uint8_t **data,
 	    size_t *len);
 
 /*
- * Take an exclusive lock on DIR/.lock, held while *fd_out stays open:
+ * Take an exclusive lock on the file path (created 0600 if missing), held
+ * while *fd_out stays open:
  * RD_ERR_BUSY if another process holds it.
  */
-int	util_lock_dir(const char *dir, int *fd_out);
+int	util_lock_file(const char *path, int *fd_out);
 
 /* 1 if all len bytes are zero. */
 int	util_is_zero(const void *p, size_t len);

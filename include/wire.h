@@ -41,7 +41,11 @@
  *   u64  last_cycle   id of the newest cycle applied (0: none)
  *   u64  last_point   id of the newest recovery point (0: none)
  *   u8   flags        WIRE_WELCOME_DATA: the replica's disk files hold
- *                     data (a seed copy, or a former primary's disks)
+ *                     data (a seed copy, or a former primary's disks);
+ *                     WIRE_WELCOME_ADOPT: the replica's operator gave the
+ *                     VM to this primary (replctl reassign), which takes
+ *                     `generation` (never below its own) before it sends
+ *                     a cycle
  *
  * CYCLE (3), primary -> replica: a cycle begins
  *   u64  cycle        cycle id, > the replica's last_cycle
@@ -180,6 +184,7 @@ enum wire_encoding {
 #define WIRE_CYCLE_FULL		0x01
 #define WIRE_CYCLE_RESYNC	0x02
 #define WIRE_WELCOME_DATA	0x01
+#define WIRE_WELCOME_ADOPT	0x02
 
 enum wire_nack {
 	WIRE_NACK_PROTOCOL = 1,	/* malformed or unexpected frame */

@@ -22,6 +22,9 @@
  *   Schema version 3 adds points.seg: the version of the point's undo
  *   segment file (0: CYCLE.undo; n: CYCLE.n.undo after n merges;
  *   CAT_SEG_NONE: none, the oldest point's after a prune).
+ *   Schema version 4 adds relationships.reassigned (0, 1): a replica
+ *   reassigned to another sender (`replctl reassign`) whose first cycle
+ *   at the new generation is still to come.
  *   rel_disks      (vm, idx) -> name (unique per vm), size; idx 0..n-1
  *   points         (vm, id) -> cycle (unique per vm), created_ms, kind
  *                  (0 crash, 1 app), bytes, undo_bytes, generation
@@ -130,6 +133,10 @@ static const char *const cat_migrations[] = {
 	"ALTER TABLE points ADD COLUMN seg INTEGER NOT NULL DEFAULT 0 "
 	"  CHECK (seg BETWEEN 0 AND 4294967295);"
 	"PRAGMA user_version = 3;",
+	/* 3 -> 4: a replica reassigned to another sending host. */
+	"ALTER TABLE relationships ADD COLUMN reassigned INTEGER NOT NULL "
+	"  DEFAULT 0 CHECK (reassigned IN (0, 1));"
+	"PRAGMA user_version = 4;",
 };
 
 _Static_assert(CAT_SEG_NONE == 4294967295u, "ST_POINT_STATS spells it out");
@@ -167,7 +174,7 @@ enum cat_stmt {
 
 #define REL_COLS "vm, role, generation, peer, storage, block_size, " \
 	"last_cycle, last_point, last_point_created_ms, interval_ms, " \
-	"peer_name, fenced, resync, at_point, step_to"
+	"peer_name, fenced, resync, at_point, step_to, reassigned"
 #define POINT_COLS "id, cycle, created_ms, kind, bytes, undo_bytes, " \
 	"generation, seg"
 
@@ -180,7 +187,7 @@ static const char *const cat_sql[ST_COUNT] = {
 	[ST_REL_LIST] = "SELECT " REL_COLS " FROM relationships ORDER BY vm",
 	[ST_REL_PUT] = "INSERT INTO relationships (" REL_COLS ") "
 	    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, "
-	    "?14, ?15) "
+	    "?14, ?15, ?16) "
 	    "ON CONFLICT (vm) DO UPDATE SET role = excluded.role, "
 	    "generation = excluded.generation, peer = excluded.peer, "
 	    "storage = excluded.storage, block_size = excluded.block_size, "
@@ -190,14 +197,14 @@ static const char *const cat_sql[ST_COUNT] = {
 	    "interval_ms = excluded.interval_ms, "
 	    "peer_name = excluded.peer_name, fenced = excluded.fenced, "
 	    "resync = excluded.resync, at_point = excluded.at_point, "
-	    "step_to = excluded.step_to",
+	    "step_to = excluded.step_to, reassigned = excluded.reassigned",
 	[ST_REL_POINT_IDS] = "SELECT max(last_point, max_point), "
 	    "(SELECT max(id) FROM points WHERE vm = ?1) "
 	    "FROM relationships WHERE vm = ?1",
 	[ST_REL_SET_POINT] = "UPDATE relationships SET last_cycle = ?2, "
 	    "last_point = ?3, last_point_created_ms = ?4, "
 	    "max_point = max(max_point, ?3), "
-	    "generation = max(generation, ?5) WHERE vm = ?1",
+	    "generation = max(generation, ?5), reassigned = 0 WHERE vm = ?1",
 	[ST_RDISK_LIST] = "SELECT idx, name, size FROM rel_disks "
 	    "WHERE vm = ?1 ORDER BY idx",
 	[ST_RDISK_CLEAR] = "DELETE FROM rel_disks WHERE vm = ?1",
@@ -625,6 +632,11 @@ rel_from_row(sqlite3_stmt *st, struct cat_rel *rel)
 	if (col_u64(st, 14, &rel->step_to) != 0 ||
 	    (rel->step_to != 0 && rel->step_to > rel->last_point))
 		return cat_corrupt(rel->vm, "relationships", "step_to");
+	int64_t reassigned;
+	if (col_i64(st, 15, &reassigned) != 0 ||
+	    (reassigned != 0 && reassigned != 1))
+		return cat_corrupt(rel->vm, "relationships", "reassigned");
+	rel->reassigned = (int)reassigned;
 	return 0;
 }
 
@@ -774,7 +786,8 @@ cat_rel_put_trim(struct catalog *cat, const struct cat_rel *rel,
 	    bind_text(st, 12, rel->fenced) != SQLITE_OK ||
 	    sqlite3_bind_int(st, 13, rel->resync ? 1 : 0) != SQLITE_OK ||
 	    bind_u64(st, 14, rel->at_point) != SQLITE_OK ||
-	    bind_u64(st, 15, rel->step_to) != SQLITE_OK) {
+	    bind_u64(st, 15, rel->step_to) != SQLITE_OK ||
+	    sqlite3_bind_int(st, 16, rel->reassigned ? 1 : 0) != SQLITE_OK) {
 		r = cat_dberr(cat, rel->vm, "put relationship");
 		cat_release(st);
 		goto out;

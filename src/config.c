@@ -24,6 +24,7 @@
 
 #include "config.h"
 #include "err.h"
+#include "layout.h"
 #include "retention.h"
 #include "xmalloc.h"
 
@@ -65,7 +66,7 @@ struct cfg_parse {
 	enum cfg_section sec;
 	char		 label[300];	/* "vm web01", for messages */
 	const char	*key;		/* key being set, for messages */
-	int		 seen[32];	/* key lines in this section */
+	int		 seen[48];	/* key lines in this section */
 	int		 daemon_line;
 	int		 state_dir_line;
 	char		 raw[CFG_RAW_MAX];
@@ -117,21 +118,6 @@ static struct cfg_accept *
 cur_accept(struct cfg_parse *p)
 {
 	return &p->cfg->accepts[p->cfg->naccepts - 1];
-}
-
-/* A host identity as found in a certificate: hostname characters. */
-static int
-identity_valid(const char *s)
-{
-	size_t n = strlen(s);
-
-	if (n == 0 || n > HOST_MAX_LEN)
-		return 0;
-	for (size_t i = 0; i < n; i++)
-		if (!isalnum((unsigned char)s[i]) &&
-		    strchr(".-_", s[i]) == NULL)
-			return 0;
-	return 1;
 }
 
 /* Copy an absolute path into *dst; directories lose trailing slashes. */
@@ -292,6 +278,29 @@ check_disks(struct cfg_parse *p, size_t vmi, const char *label)
 	return 0;
 }
 
+/* Where this host receives the VM's disks once it is their replica
+ * (planned failover, reverse): one path per disk, in disk order. */
+static int
+set_receive_into(struct cfg_parse *p, const char *v)
+{
+	struct cfg_vm *vm = cur_vm(p);
+
+	if (vm->nreceive == CFG_MAX_DISKS)
+		return KEY_ERROR(p, "too many paths (at most %d per VM)",
+		    CFG_MAX_DISKS);
+	if (v[0] != '/')
+		return KEY_ERROR(p, "path '%s' is not absolute", v);
+	for (size_t i = 0; i < vm->nreceive; i++)
+		if (strcmp(vm->receive_into[i], v) == 0)
+			return KEY_ERROR(p, "%s is named twice", v);
+	if (vm->nreceive == 0)
+		vm->receive_line = p->lineno;
+	vm->receive_into = xreallocarray(vm->receive_into, vm->nreceive + 1,
+	    sizeof(char *));
+	vm->receive_into[vm->nreceive++] = xstrdup(v);
+	return 0;
+}
+
 static int
 set_replica(struct cfg_parse *p, const char *v)
 {
@@ -304,7 +313,7 @@ set_replica(struct cfg_parse *p, const char *v)
 static int
 set_replica_name(struct cfg_parse *p, const char *v)
 {
-	if (!identity_valid(v))
+	if (util_identity_valid(v) != 0)
 		return KEY_ERROR(p, "invalid host identity '%s' (" HOST_RULES
 		    ")", v);
 	cur_vm(p)->replica_name = xstrdup(v);
@@ -689,6 +698,7 @@ static const struct cfg_key cfg_keys[] = {
 	{ SEC_VM, "lag_critical", set_lag_critical, 0 },
 	{ SEC_VM, "on_promote", set_vm_on_promote, 0 },
 	{ SEC_VM, "on_demote", set_vm_on_demote, 0 },
+	{ SEC_VM, "receive_into", set_receive_into, 1 },
 	{ SEC_ACCEPT, "on_promote", set_acc_on_promote, 0 },
 	{ SEC_ACCEPT, "on_demote", set_acc_on_demote, 0 },
 	{ SEC_ACCEPT, "vms", set_vms, 0 },
@@ -799,7 +809,7 @@ cfg_section(struct cfg_parse *p, char *text)
 		if (*name == '\0')
 			return cfg_error(p, p->lineno, p->label, NULL,
 			    "missing name: expected [accept NAME]");
-		if (!identity_valid(name))
+		if (util_identity_valid(name) != 0)
 			return cfg_error(p, p->lineno, p->label, NULL,
 			    "invalid host identity '%s' (" HOST_RULES ")",
 			    name);
@@ -918,14 +928,6 @@ cfg_reader(char *str, int num, void *stream)
 	return str;
 }
 
-/* dir/name, without doubling the slash when dir is "/". */
-static char *
-path_join(const char *dir, const char *name)
-{
-	return xasprintf("%s%s%s", dir, strcmp(dir, "/") == 0 ? "" : "/",
-	    name);
-}
-
 static int
 cfg_check_and_fill(struct cfg_parse *p)
 {
@@ -972,6 +974,23 @@ cfg_check_and_fill(struct cfg_parse *p)
 			    "only used with tracker qemu");
 		if ((r = check_disks(p, i, label)) != 0)
 			return r;
+		if (vm->nreceive != 0 && vm->nreceive != vm->ndisks)
+			return cfg_error(p, vm->receive_line, label,
+			    "receive_into", "%zu paths for %zu disks (one per "
+			    "disk, in the order of the disk lines)",
+			    vm->nreceive, vm->ndisks);
+		for (size_t k = 0; k < vm->nreceive; k++)
+			for (size_t j = 0; j < cfg->nvms; j++)
+				for (size_t d = 0; j != i && d <
+				    cfg->vms[j].ndisks; d++)
+					if (strcmp(cfg->vms[j].disks[d],
+					    vm->receive_into[k]) == 0)
+						return cfg_error(p,
+						    vm->receive_line, label,
+						    "receive_into", "%s is a "
+						    "disk of [vm %s]",
+						    vm->receive_into[k],
+						    cfg->vms[j].name);
 	}
 	tls[0] = cfg->tls_cert;
 	tls[1] = cfg->tls_key;
@@ -983,8 +1002,7 @@ cfg_check_and_fill(struct cfg_parse *p)
 			    "sections or listen)");
 
 	if (cfg->control_socket == NULL) {
-		cfg->control_socket = path_join(cfg->state_dir,
-		    "control.sock");
+		cfg->control_socket = lay_control_socket(cfg->state_dir);
 		if (strlen(cfg->control_socket) >= CFG_SOCK_MAX)
 			return cfg_error(p, p->state_dir_line, "daemon",
 			    "state_dir", "default control_socket '%s' too "
@@ -1004,7 +1022,7 @@ cfg_check_and_fill(struct cfg_parse *p)
 			a->vms[a->nvms++] = xstrdup("*");
 		}
 		if (a->storage == NULL)
-			a->storage = path_join(cfg->state_dir, "replicas");
+			a->storage = lay_default_storage(cfg->state_dir);
 		if (a->retention == NULL)
 			a->retention = xstrdup(CONFIG_DEFAULT_RETENTION);
 		/* A policy for a VM this entry never sends is a typo. */
@@ -1100,6 +1118,7 @@ vm_fields_free(struct cfg_vm *vm)
 	free(vm->post_snapshot);
 	free(vm->on_promote);
 	free(vm->on_demote);
+	free_strv(vm->receive_into, vm->nreceive);
 }
 
 void

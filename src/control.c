@@ -23,9 +23,9 @@
 #include <event2/listener.h>
 
 #include "catalog.h"
+#include "config.h"
 #include "control.h"
 #include "ctl.h"
-#include "daemon.h"
 #include "err.h"
 #include "failover.h"
 #include "log.h"
@@ -33,14 +33,16 @@
 #include "replica.h"
 #include "retention.h"
 #include "store.h"
+#include "svc.h"
 #include "util.h"
+#include "vmtab.h"
 #include "work.h"
 #include "xmalloc.h"
 
 #define REQUEST_TIMEOUT_S	30
 
 struct control {
-	struct daemon		*d;
+	struct svc		*svc;
 	struct evconnlistener	*listener;
 	struct cconn		*conns;
 };
@@ -53,6 +55,7 @@ struct opts {
 	uint64_t	 point;
 	const char	*to;
 	const char	*name;
+	const char	*host;
 };
 
 struct cconn {
@@ -69,6 +72,7 @@ struct cconn {
 	uint64_t		 prog_bytes;	/* at the last report */
 	uint64_t		 prog_ms;
 	/* job state */
+	struct vme		*e;		/* the VM a store job uses */
 	struct rvm		*rvm;
 	struct opts		 o;
 	int			 rc;
@@ -226,6 +230,48 @@ send_wbuf(struct cconn *c, struct wbuf *b)
 	out(c, "%s", (const char *)b->p);
 }
 
+/* --- the VM a request names ------------------------------------------------ */
+
+static struct pvm *
+find_pvm(struct svc *svc, const char *name)
+{
+	struct vme *e = vt_find(svc->vt, name);
+	return e ? vt_pvm(e) : NULL;
+}
+
+/* The store of a replica, or of a failover not committed. */
+static struct rvm *
+find_rvm(struct svc *svc, const char *name)
+{
+	struct vme *e = vt_find(svc->vt, name);
+	return e ? vt_rvm(e) : NULL;
+}
+
+/* The VM is primary here by a failover that is not committed. */
+static int
+uncommitted(struct svc *svc, const char *name)
+{
+	struct vme *e = vt_find(svc->vt, name);
+	return e != NULL && vt_state(e) == ROLE_UNCOMMITTED;
+}
+
+/* Why a VM has no role object of the kind a command needs. */
+static void
+fail_no_vm(struct cconn *c, int replica_role, const char *what)
+{
+	struct vme *e = vt_find(c->ctl->svc->vt, c->o.vm);
+	if (e == NULL)
+		fail(c, 1, "no VM named %s on this host", c->o.vm);
+	else if (vt_note(e)[0] != '\0')
+		fail(c, 1, "%s: %s", c->o.vm, vt_note(e));
+	else if (replica_role)
+		fail(c, 1, "%s is a primary on this host; %s runs on its "
+		    "replica", c->o.vm, what);
+	else
+		fail(c, 1, "%s is a replica on this host; %s runs on its "
+		    "primary", c->o.vm, what);
+}
+
 /* --- status -------------------------------------------------------------- */
 
 struct vm_view {
@@ -281,70 +327,93 @@ set_lag(struct vm_view *x, uint64_t point, int64_t point_ms, int64_t now_ms)
 	x->lag_s = x->lag_ms < 0 ? -1 : x->lag_ms / 1000;
 }
 
-static size_t
-collect(struct daemon *d, const char *only, struct vm_view **out_views)
+static void
+view_primary(struct vme *e, struct vm_view *x, int64_t now_ms)
 {
-	struct vm_view *v = xcalloc(d->npvms + d->nrvms + 1, sizeof(*v));
+	struct pvm_status st;
+	pvm_status(vt_pvm(e), &st);
+	x->role = "primary";
+	x->peer = st.replica ? st.replica : "-";
+	x->state = st.resyncing && st.state == PVM_SYNCING ? "resyncing" :
+	    pvm_state_name(st.state);
+	if (vt_state(e) == ROLE_UNCOMMITTED && vt_rvm(e) != NULL) {
+		struct cat_rel rel;
+		store_rel(rvm_store(vt_rvm(e)), &rel);
+		x->uncommitted = rel.at_point;
+	}
+	x->generation = st.generation;
+	x->last_point = st.last_point;
+	x->last_point_ms = st.last_point_ms;
+	set_lag(x, st.last_point, st.last_point_ms, now_ms);
+	x->error = st.error;
+	x->last = st.last;
+	x->progress = st.progress_bytes;
+	x->total = st.progress_total;
+	x->health = st.nospace ? "critical" : health_of(x->state,
+	    st.failures, x->lag_ms, st.lag_warn_ms, st.lag_crit_ms);
+	x->tracker = st.tracker;
+}
+
+static void
+view_replica(struct svc *svc, struct vme *e, struct vm_view *x,
+    int64_t now_ms)
+{
+	struct rvm_status st;
+	rvm_status(vt_rvm(e), &st);
+	x->role = "replica";
+	x->peer = st.peer;
+	x->state = st.receiving ? "syncing" : st.error[0] ? "error" : "idle";
+	x->generation = st.generation;
+	x->last_point = st.last_point;
+	x->last_point_ms = st.last_point_ms;
+	set_lag(x, st.last_point, st.last_point_ms, now_ms);
+	x->error = st.error;
+	x->last.dirty_bytes = st.last_bytes;
+	/* The history's size and the room left for it. */
+	uint64_t total;
+	if (cat_point_stats(svc->cat, st.name, &x->npoints,
+	    &x->history_bytes) == 0 && store_space(rvm_store(vt_rvm(e)),
+	    &x->free_bytes, &total, &x->min_free) == 0)
+		x->has_space = 1;
+	x->progress = st.received_bytes;
+	x->health = st.nospace ? "critical" : health_of(x->state, 0,
+	    x->lag_ms, 2 * st.interval_ms, 4 * st.interval_ms);
+}
+
+/* A VM no role object serves here: what the catalog says, and why. */
+static void
+view_unserved(struct vme *e, struct vm_view *x)
+{
+	x->role = vt_state(e) == ROLE_REPLICA ? "replica" : "primary";
+	x->peer = vt_owner(e)[0] ? vt_owner(e) : "-";
+	x->state = "error";
+	x->health = "critical";
+	x->generation = vt_generation(e);
+	x->lag_ms = x->lag_s = -1;
+	x->error = vt_note(e);
+}
+
+/* Every VM of the table (or only one), in name order. */
+static size_t
+collect(struct svc *svc, const char *only, struct vm_view **out_views)
+{
+	struct vmtab *vt = svc->vt;
+	struct vm_view *v = xcalloc(vt_count(vt) + 1, sizeof(*v));
 	size_t n = 0;
 	int64_t now_ms = (int64_t)util_now_ms();
 
-	for (size_t i = 0; i < d->npvms; i++) {
-		struct pvm_status st;
-		pvm_status(d->pvms[i], &st);
-		if (only && strcmp(only, st.name) != 0)
+	for (size_t i = 0; i < vt_count(vt); i++) {
+		struct vme *e = vt_at(vt, i);
+		if (only && strcmp(only, vt_name(e)) != 0)
 			continue;
 		struct vm_view *x = &v[n++];
-		x->name = st.name;
-		x->role = "primary";
-		x->peer = st.replica ? st.replica : "-";
-		x->state = st.resyncing && st.state == PVM_SYNCING ? "resyncing" :
-		    pvm_state_name(st.state);
-		struct rvm *rv = replica_find(d, st.name);
-		if (rv && rvm_promoted(rv)) {
-			struct cat_rel rel;
-			store_rel(rvm_store(rv), &rel);
-			x->uncommitted = rel.at_point;
-		}
-		x->generation = st.generation;
-		x->last_point = st.last_point;
-		x->last_point_ms = st.last_point_ms;
-		set_lag(x, st.last_point, st.last_point_ms, now_ms);
-		x->error = st.error;
-		x->last = st.last;
-		x->progress = st.progress_bytes;
-		x->total = st.progress_total;
-		x->health = st.nospace ? "critical" : health_of(x->state,
-		    st.failures, x->lag_ms, st.lag_warn_ms, st.lag_crit_ms);
-		x->tracker = st.tracker;
-	}
-	for (size_t i = 0; i < d->nrvms; i++) {
-		struct rvm_status st;
-		if (rvm_promoted(d->rvms[i]))
-			continue;	/* shown as the primary it now is */
-		rvm_status(d->rvms[i], &st);
-		if (only && strcmp(only, st.name) != 0)
-			continue;
-		struct vm_view *x = &v[n++];
-		x->name = st.name;
-		x->role = "replica";
-		x->peer = st.peer;
-		x->state = st.receiving ? "syncing" : st.error[0] ? "error" :
-		    "idle";
-		x->generation = st.generation;
-		x->last_point = st.last_point;
-		x->last_point_ms = st.last_point_ms;
-		set_lag(x, st.last_point, st.last_point_ms, now_ms);
-		x->error = st.error;
-		x->last.dirty_bytes = st.last_bytes;
-		/* The history's size and the room left for it. */
-		uint64_t total;
-		if (cat_point_stats(d->cat, st.name, &x->npoints,
-		    &x->history_bytes) == 0 && store_space(rvm_store(d->rvms[i]),
-		    &x->free_bytes, &total, &x->min_free) == 0)
-			x->has_space = 1;
-		x->progress = st.received_bytes;
-		x->health = st.nospace ? "critical" : health_of(x->state, 0,
-		    x->lag_ms, 2 * st.interval_ms, 4 * st.interval_ms);
+		x->name = vt_name(e);
+		if (vt_state(e) != ROLE_REPLICA && vt_pvm(e) != NULL)
+			view_primary(e, x, now_ms);
+		else if (vt_state(e) == ROLE_REPLICA && vt_rvm(e) != NULL)
+			view_replica(svc, e, x, now_ms);
+		else
+			view_unserved(e, x);
 	}
 	*out_views = v;
 	return n;
@@ -354,7 +423,7 @@ static void
 cmd_status(struct cconn *c)
 {
 	struct vm_view *v;
-	size_t n = collect(c->ctl->d, c->o.vm, &v);
+	size_t n = collect(c->ctl->svc, c->o.vm, &v);
 	struct wbuf b;
 	char when[32], lag[32], bytes[4][32];
 
@@ -494,19 +563,21 @@ cmd_status(struct cconn *c)
 static void
 cmd_points(struct cconn *c)
 {
-	struct daemon *d = c->ctl->d;
+	struct svc *svc = c->ctl->svc;
 	struct cat_point *pts = NULL;
 	size_t n = 0;
 	char when[32], bytes[32];
 	struct wbuf b;
 	int r;
 
-	if (replica_find(d, c->o.vm) == NULL) {
+	/* Also on a primary whose failover is not committed: the points
+	 * to choose from. */
+	if (find_rvm(svc, c->o.vm) == NULL) {
 		fail(c, 1, "%s is not replicated to this host (points are kept "
 		    "on the replica)", c->o.vm);
 		return;
 	}
-	if ((r = cat_point_list(d->cat, c->o.vm, &pts, &n)) != 0) {
+	if ((r = cat_point_list(svc->cat, c->o.vm, &pts, &n)) != 0) {
 		fail(c, 1, "cannot list points of %s: %s", c->o.vm,
 		    rd_strerror(r));
 		return;
@@ -549,22 +620,11 @@ cmd_points(struct cconn *c)
 /* --- sync, pause, resume ------------------------------------------------- */
 
 static struct pvm *
-find_pvm(struct daemon *d, const char *name)
-{
-	return daemon_find_pvm(d, name);
-}
-
-static struct pvm *
 need_pvm(struct cconn *c, const char *what)
 {
-	struct pvm *vm = find_pvm(c->ctl->d, c->o.vm);
-	if (vm == NULL) {
-		if (replica_find(c->ctl->d, c->o.vm))
-			fail(c, 1, "%s is a replica on this host; %s runs on its "
-			    "primary", c->o.vm, what);
-		else
-			fail(c, 1, "no VM named %s on this host", c->o.vm);
-	}
+	struct pvm *vm = find_pvm(c->ctl->svc, c->o.vm);
+	if (vm == NULL)
+		fail_no_vm(c, 0, what);
 	return vm;
 }
 
@@ -576,7 +636,7 @@ static void
 on_progress(evutil_socket_t fd, short what, void *arg)
 {
 	struct cconn *c = arg;
-	struct pvm *vm = c->o.vm ? find_pvm(c->ctl->d, c->o.vm) : NULL;
+	struct pvm *vm = c->o.vm ? find_pvm(c->ctl->svc, c->o.vm) : NULL;
 	struct pvm_status st;
 	char done[32], total[32], rate[32];
 
@@ -613,7 +673,7 @@ progress_start(struct cconn *c)
 {
 	struct timeval tv = { 0, 500 * 1000 };
 	if (c->progress_ev == NULL)
-		c->progress_ev = event_new(c->ctl->d->base, -1, EV_PERSIST,
+		c->progress_ev = event_new(c->ctl->svc->base, -1, EV_PERSIST,
 		    on_progress, c);
 	c->prog_bytes = 0;
 	c->prog_ms = util_mono_ms();
@@ -723,14 +783,15 @@ static void cmd_resume(struct cconn *c) { pause_or_resume(c, 0); }
 static int
 store_job(struct cconn *c, struct rvm *rv, work_fn job, work_fn done)
 {
-	if (failover_busy(c->o.vm ? c->o.vm : "")) {
+	struct vme *e = vt_find(c->ctl->svc->vt, c->o.vm);
+	if (e == NULL || vt_use(e) != 0) {
 		fail(c, 1, "%s: a role change of it is under way; try again",
 		    c->o.vm);
 		return -1;
 	}
+	c->e = e;
 	c->rvm = rv;
 	c->busy = 1;
-	rvm_use(rv, 1);
 	work_submit(job, done, c);
 	return 0;
 }
@@ -738,7 +799,7 @@ store_job(struct cconn *c, struct rvm *rv, work_fn job, work_fn done)
 static void
 store_job_end(struct cconn *c)
 {
-	rvm_use(c->rvm, -1);
+	vt_unuse(c->e);
 	c->busy = 0;
 }
 
@@ -809,15 +870,9 @@ verify_done(void *arg)
 static struct rvm *
 need_rvm(struct cconn *c, const char *what)
 {
-	struct rvm *vm = replica_find(c->ctl->d, c->o.vm);
-	if (vm == NULL) {
-		if (find_pvm(c->ctl->d, c->o.vm))
-			fail(c, 1, "%s is a primary on this host; %s runs on its "
-			    "replica", c->o.vm, what);
-		else
-			fail(c, 1, "no replica of a VM named %s on this host",
-			    c->o.vm);
-	}
+	struct rvm *vm = find_rvm(c->ctl->svc, c->o.vm);
+	if (vm == NULL)
+		fail_no_vm(c, 1, what);
 	return vm;
 }
 
@@ -838,20 +893,19 @@ role_done(void *arg, int rc, const char *msg)
 static void
 cmd_failover(struct cconn *c)
 {
-	struct daemon *d = c->ctl->d;
+	struct svc *svc = c->ctl->svc;
 	if (!c->o.test) {
 		c->busy = 1;
 		if (c->o.planned)
-			failover_planned(d, c->o.vm, role_done, c);
+			failover_planned(svc, c->o.vm, role_done, c);
 		else if (c->o.commit)
-			failover_commit(d, c->o.vm, role_done, c);
+			failover_commit(svc, c->o.vm, role_done, c);
 		else
-			failover_unplanned(d, c->o.vm, c->o.has_point ?
+			failover_unplanned(svc, c->o.vm, c->o.has_point ?
 			    c->o.point : 0, role_done, c);
 		return;
 	}
-	struct rvm *rv = replica_find(d, c->o.vm);
-	if (rv && rvm_promoted(rv)) {
+	if (uncommitted(svc, c->o.vm)) {
 		fail(c, 1, "failover %s --test: %s is primary on this host (its "
 		    "failover is not committed)", c->o.vm, c->o.vm);
 		return;
@@ -867,7 +921,7 @@ cmd_verify(struct cconn *c)
 {
 	if ((c->rvm = need_rvm(c, "verify")) == NULL)
 		return;
-	if (rvm_promoted(c->rvm)) {
+	if (uncommitted(c->ctl->svc, c->o.vm)) {
 		fail(c, 1, "verify %s: %s is primary on this host (its failover "
 		    "is not committed)", c->o.vm, c->o.vm);
 		return;
@@ -917,7 +971,7 @@ cmd_forget(struct cconn *c)
 {
 	if ((c->rvm = need_rvm(c, "forget")) == NULL)
 		return;
-	if (rvm_promoted(c->rvm)) {
+	if (uncommitted(c->ctl->svc, c->o.vm)) {
 		fail(c, 1, "forget %s: %s is primary on this host (its failover "
 		    "is not committed)", c->o.vm, c->o.vm);
 		return;
@@ -955,7 +1009,7 @@ job_prune(void *arg)
 		c->failed = 1;
 		return;
 	}
-	if ((r = cat_point_list(c->ctl->d->cat, vm, &pts, &n)) != 0) {
+	if ((r = cat_point_list(c->ctl->svc->cat, vm, &pts, &n)) != 0) {
 		bufprintf(&c->text, "%s: cannot list points: %s\n", vm, rd_strerror(r));
 		c->failed = 1;
 		return;
@@ -1028,7 +1082,7 @@ static void
 prune_done(void *arg)
 {
 	struct cconn *c = arg;
-	rvm_use(c->rvm, -1);
+	vt_unuse(c->e);
 	c->itodo++;
 	prune_next(c);
 }
@@ -1036,30 +1090,31 @@ prune_done(void *arg)
 static void
 prune_next(struct cconn *c)
 {
-	struct daemon *d = c->ctl->d;
+	struct svc *svc = c->ctl->svc;
 	while (c->itodo < c->ntodo) {
 		const char *vm = c->todo[c->itodo];
-		struct rvm *rv = replica_find(d, vm);
-		if (rv == NULL || rvm_promoted(rv)) {
+		struct vme *e = vt_find(svc->vt, vm);
+		struct rvm *rv = e ? vt_rvm(e) : NULL;
+		if (rv == NULL || vt_state(e) != ROLE_REPLICA) {
 			c->itodo++;		/* changed role meanwhile */
 			continue;
 		}
 		struct cat_rel rel;
 		store_rel(rvm_store(rv), &rel);
-		const struct cfg_accept *acc = config_match_accept(d->cfg,
+		const struct cfg_accept *acc = config_match_accept(svc->cfg,
 		    rel.peer, vm);
 		snprintf(c->policy, sizeof(c->policy), "%s", acc ?
 		    config_retention(acc, vm) : CONFIG_DEFAULT_RETENTION);
 		c->local_time = acc ? acc->retention_local : 0;
-		if (failover_busy(vm)) {
+		if (vt_use(e) != 0) {
 			bufprintf(&c->text, "%s: a role change of it is under way; not "
 			    "pruned\n", vm);
 			c->failed = 1;
 			c->itodo++;
 			continue;
 		}
+		c->e = e;
 		c->rvm = rv;
-		rvm_use(rv, 1);
 		work_submit(job_prune, prune_done, c);
 		return;
 	}
@@ -1074,26 +1129,25 @@ prune_next(struct cconn *c)
 static void
 cmd_prune(struct cconn *c)
 {
-	struct daemon *d = c->ctl->d;
+	struct vmtab *vt = c->ctl->svc->vt;
 	if (c->o.vm) {
 		struct rvm *rv = need_rvm(c, "prune");
 		if (rv == NULL)
 			return;
-		if (rvm_promoted(rv)) {
+		if (uncommitted(c->ctl->svc, c->o.vm)) {
 			fail(c, 1, "prune %s: %s is primary on this host (its "
 			    "failover is not committed)", c->o.vm, c->o.vm);
 			return;
 		}
 	}
 	wb_init(&c->text);
-	c->todo = xcalloc(d->nrvms + 1, sizeof(char *));
-	for (size_t i = 0; i < d->nrvms; i++) {
-		struct rvm_status st;
-		if (rvm_promoted(d->rvms[i]))
+	c->todo = xcalloc(vt_count(vt) + 1, sizeof(char *));
+	for (size_t i = 0; i < vt_count(vt); i++) {
+		struct vme *e = vt_at(vt, i);
+		if (vt_state(e) != ROLE_REPLICA || vt_rvm(e) == NULL)
 			continue;
-		rvm_status(d->rvms[i], &st);
-		if (c->o.vm == NULL || strcmp(c->o.vm, st.name) == 0)
-			c->todo[c->ntodo++] = xstrdup(st.name);
+		if (c->o.vm == NULL || strcmp(c->o.vm, vt_name(e)) == 0)
+			c->todo[c->ntodo++] = xstrdup(vt_name(e));
 	}
 	if (c->ntodo == 0) {
 		out(c, "no replicas on this host\n");
@@ -1110,8 +1164,19 @@ cmd_reverse(struct cconn *c)
 	c->busy = 1;
 	if (c->o.wait)
 		progress_start(c);
-	failover_reverse(c->ctl->d, c->o.vm, c->o.to, c->o.name, c->o.wait,
+	failover_reverse(c->ctl->svc, c->o.vm, c->o.to, c->o.name, c->o.wait,
 	    role_done, c);
+}
+
+static void
+cmd_reassign(struct cconn *c)
+{
+	if (c->o.host == NULL) {
+		fail(c, 2, "reassign %s: --host NAME is required", c->o.vm);
+		return;
+	}
+	c->busy = 1;
+	failover_reassign(c->ctl->svc, c->o.vm, c->o.host, role_done, c);
 }
 
 /* --- dispatch ------------------------------------------------------------ */
@@ -1134,6 +1199,7 @@ static const struct command commands[] = {
 	{ "resync",	2, cmd_resync },
 	{ "prune",	1, cmd_prune },
 	{ "forget",	2, cmd_forget },
+	{ "reassign",	2, cmd_reassign },
 };
 
 static int
@@ -1188,6 +1254,14 @@ parse_opts(struct ctl_request *req, struct opts *o, char *msg, size_t msgsz)
 		} else if (strcmp(a, "--name") == 0 && i + 1 < req->argc) {
 			free((char *)o->name);
 			o->name = xstrdup(req->argv[++i]);
+		} else if (strcmp(a, "--host") == 0 && i + 1 < req->argc) {
+			if (util_identity_valid(req->argv[i + 1]) != 0) {
+				snprintf(msg, msgsz, "bad host name '%.64s'",
+				    req->argv[i + 1]);
+				return RD_ERR_INVALID;
+			}
+			free((char *)o->host);
+			o->host = xstrdup(req->argv[++i]);
 		} else {
 			snprintf(msg, msgsz, "unknown option '%.32s'", a);
 			return RD_ERR_INVALID;
@@ -1247,6 +1321,7 @@ conn_free(struct cconn *c)
 	free((char *)c->o.vm);
 	free((char *)c->o.to);
 	free((char *)c->o.name);
+	free((char *)c->o.host);
 	free(c);
 }
 
@@ -1323,7 +1398,7 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	struct cconn *c = xcalloc(1, sizeof(*c));
 	c->ctl = ctl;
 	wb_init(&c->out);
-	c->bev = bufferevent_socket_new(ctl->d->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->bev = bufferevent_socket_new(ctl->svc->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (c->bev == NULL) {
 		evutil_closesocket(fd);
 		free(c);
@@ -1338,15 +1413,14 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
-void
-control_init(struct daemon *d)
+struct control *
+control_init(struct svc *svc)
 {
 	struct control *ctl = xcalloc(1, sizeof(*ctl));
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	const char *path = d->cfg->control_socket;
+	const char *path = svc->cfg->control_socket;
 
-	ctl->d = d;
-	d->ctl = ctl;
+	ctl->svc = svc;
 	if (strlen(path) >= sizeof(sun.sun_path))
 		fatalx("control_socket %s: path too long", path);
 	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
@@ -1362,7 +1436,7 @@ control_init(struct daemon *d)
 		fatal("cannot remove stale %s", path);
 
 	mode_t old = umask(0077);
-	ctl->listener = evconnlistener_new_bind(d->base, on_accept, ctl,
+	ctl->listener = evconnlistener_new_bind(svc->base, on_accept, ctl,
 	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 16,
 	    (struct sockaddr *)&sun, sizeof(sun));
 	umask(old);
@@ -1370,18 +1444,18 @@ control_init(struct daemon *d)
 		fatal("cannot create control socket %s", path);
 	if (chmod(path, 0600) != 0)
 		fatal("chmod %s", path);
+	return ctl;
 }
 
 void
-control_stop(struct daemon *d)
+control_stop(struct control *ctl)
 {
-	struct control *ctl = d->ctl;
 	if (ctl == NULL)
 		return;
 	if (ctl->listener) {
 		evconnlistener_free(ctl->listener);
 		ctl->listener = NULL;
-		unlink(d->cfg->control_socket);
+		unlink(ctl->svc->cfg->control_socket);
 	}
 	struct cconn *c = ctl->conns, *next;
 	for (; c; c = next) {
@@ -1392,9 +1466,8 @@ control_stop(struct daemon *d)
 }
 
 void
-control_fini(struct daemon *d)
+control_fini(struct control *ctl)
 {
-	struct control *ctl = d->ctl;
 	if (ctl == NULL)
 		return;
 	while (ctl->conns) {
@@ -1402,5 +1475,4 @@ control_fini(struct daemon *d)
 		conn_free(ctl->conns);
 	}
 	free(ctl);
-	d->ctl = NULL;
 }

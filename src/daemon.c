@@ -1,5 +1,10 @@
 /*
  * daemon.c — start-up, the event loop, and an orderly shutdown.
+ *
+ * The modules come up in this order and go down in reverse: the catalog
+ * and TLS contexts, the worker pool, the control socket (it refuses a
+ * second replicad), the listener (replica.c), then failover.c, which
+ * gives every VM its entry in the VM table and its role objects.
  */
 #include <errno.h>
 #include <signal.h>
@@ -13,15 +18,19 @@
 #include <event2/thread.h>
 
 #include "catalog.h"
+#include "config.h"
 #include "control.h"
 #include "daemon.h"
 #include "err.h"
 #include "failover.h"
+#include "layout.h"
 #include "log.h"
 #include "primary.h"
 #include "replica.h"
+#include "svc.h"
 #include "tls.h"
 #include "util.h"
+#include "vmtab.h"
 #include "work.h"
 #include "xmalloc.h"
 
@@ -29,91 +38,64 @@
  * test-failover copy) must not hold up every other VM. */
 #define WORKERS	4
 
-static struct event *sig_term, *sig_int, *drain_timer;
+struct daemon {
+	struct svc		 svc;
+	struct config		*cfg;		/* owned; svc.cfg is it */
+	int			 lock_fd;	/* flock on STATE_DIR/.lock */
+	struct replica_srv	*rsrv;
+	struct control		*ctl;
+	struct event		*sig_term;
+	struct event		*sig_int;
+	struct event		*drain_timer;
+};
 
 struct daemon *
 daemon_init(struct config *cfg)
 {
 	struct daemon *d = xcalloc(1, sizeof(*d));
+	struct svc *svc = &d->svc;
 	char err[512];
 	int r;
 
 	d->cfg = cfg;
+	svc->cfg = cfg;
 	log_set_level(cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
 	if (util_mkdir_p(cfg->state_dir, 0700) != 0)
 		fatal("cannot create state_dir %s", cfg->state_dir);
 	/* Before anything touches the state: one replicad per state_dir. */
-	r = util_lock_dir(cfg->state_dir, &d->lock_fd);
+	char *lock = lay_lock(cfg->state_dir);
+	r = util_lock_file(lock, &d->lock_fd);
+	free(lock);
 	if (r == RD_ERR_BUSY)
 		fatalx("another replicad is running on %s", cfg->state_dir);
 	if (r != 0)
 		fatal("cannot lock %s", cfg->state_dir);
 
-	char *db = xasprintf("%s/catalog.db", cfg->state_dir);
-	if ((r = cat_open(db, &d->cat)) != 0)
+	char *db = lay_catalog(cfg->state_dir);
+	if ((r = cat_open(db, &svc->cat)) != 0)
 		fatalx("cannot open the catalog %s: %s", db, rd_strerror(r));
 	free(db);
 
 	/* Every host may become a primary (failover): a client context
 	 * whenever this host has a certificate. */
-	if (cfg->tls_cert && (d->client_ctx = tls_ctx_new(0, cfg->tls_cert,
+	if (cfg->tls_cert && (svc->client_ctx = tls_ctx_new(0, cfg->tls_cert,
 	    cfg->tls_key, cfg->tls_ca, err, sizeof(err))) == NULL)
 		fatalx("%s", err);
-	if (cfg->listen && (d->server_ctx = tls_ctx_new(1, cfg->tls_cert,
+	if (cfg->listen && (svc->server_ctx = tls_ctx_new(1, cfg->tls_cert,
 	    cfg->tls_key, cfg->tls_ca, err, sizeof(err))) == NULL)
 		fatalx("%s", err);
 
 	evthread_use_pthreads();
-	if ((d->base = event_base_new()) == NULL)
+	if ((svc->base = event_base_new()) == NULL)
 		fatalx("cannot create the event loop");
-	work_init(d->base, WORKERS);
+	work_init(svc->base, WORKERS);
+	svc->vt = vt_new(svc->base);
 
-	control_init(d);	/* first: it refuses a second replicad */
-	replica_init(d);
-	failover_init(d);
-	for (size_t i = 0; i < cfg->nvms; i++) {
-		struct rvm *rv = replica_find(d, cfg->vms[i].name);
-		if (daemon_find_pvm(d, cfg->vms[i].name) != NULL)
-			continue;	/* primary by a failover not committed */
-		if (rv != NULL) {
-			log_info("%s: this host is its replica (failover); the "
-			    "[vm %s] section names the disks it receives into",
-			    cfg->vms[i].name, cfg->vms[i].name);
-			continue;
-		}
-		daemon_add_pvm(d, pvm_new(d, &cfg->vms[i]));
-	}
-	failover_resume(d);
+	d->ctl = control_init(svc);	/* first: it refuses a second replicad */
+	d->rsrv = replica_init(svc);
+	failover_init(svc, d->rsrv);
 	return d;
-}
-
-void
-daemon_add_pvm(struct daemon *d, struct pvm *vm)
-{
-	d->pvms = xreallocarray(d->pvms, d->npvms + 1, sizeof(*d->pvms));
-	d->pvms[d->npvms++] = vm;
-}
-
-void
-daemon_remove_pvm(struct daemon *d, struct pvm *vm)
-{
-	for (size_t i = 0; i < d->npvms; i++)
-		if (d->pvms[i] == vm) {
-			memmove(&d->pvms[i], &d->pvms[i + 1],
-			    (d->npvms - i - 1) * sizeof(*d->pvms));
-			d->npvms--;
-			return;
-		}
-}
-
-struct pvm *
-daemon_find_pvm(struct daemon *d, const char *name)
-{
-	for (size_t i = 0; i < d->npvms; i++)
-		if (strcmp(pvm_name(d->pvms[i]), name) == 0)
-			return d->pvms[i];
-	return NULL;
 }
 
 static void
@@ -121,41 +103,52 @@ on_drain(evutil_socket_t fd, short what, void *arg)
 {
 	struct daemon *d = arg;
 	if (work_pending() == 0)
-		event_base_loopbreak(d->base);
+		event_base_loopbreak(d->svc.base);
 }
 
 static void
 on_signal(evutil_socket_t sig, short what, void *arg)
 {
 	struct daemon *d = arg;
+	struct vmtab *vt = d->svc.vt;
 	struct timeval tv = { 0, 20 * 1000 };
 
-	if (d->stopping)
+	if (d->svc.stopping)
 		return;
 	log_info("signal %d: shutting down", (int)sig);
-	d->stopping = 1;
+	d->svc.stopping = 1;
 	/* Cycles first, so that `sync --wait` clients hear why they end. */
-	for (size_t i = 0; i < d->npvms; i++)
-		pvm_stop(d->pvms[i]);
-	control_stop(d);
-	replica_stop(d);
+	for (size_t i = 0; i < vt_count(vt); i++)
+		if (vt_pvm(vt_at(vt, i)) != NULL)
+			pvm_stop(vt_pvm(vt_at(vt, i)));
+	control_stop(d->ctl);
+	replica_stop(d->rsrv);
 	/* Jobs in flight finish (an apply completes; a primary's cycle is
 	 * simply not committed), then the loop ends. */
-	drain_timer = event_new(d->base, -1, EV_PERSIST, on_drain, d);
-	event_add(drain_timer, &tv);
+	d->drain_timer = event_new(d->svc.base, -1, EV_PERSIST, on_drain, d);
+	event_add(d->drain_timer, &tv);
 }
 
 int
 daemon_run(struct daemon *d)
 {
-	sig_term = evsignal_new(d->base, SIGTERM, on_signal, d);
-	sig_int = evsignal_new(d->base, SIGINT, on_signal, d);
-	evsignal_add(sig_term, NULL);
-	evsignal_add(sig_int, NULL);
-	log_info("replicad ready: %zu primary VMs, %zu replica VMs%s%s",
-	    d->npvms, d->nrvms, d->cfg->listen ? ", listening on " : "",
+	struct vmtab *vt = d->svc.vt;
+	size_t np = 0, nr = 0;
+
+	d->sig_term = evsignal_new(d->svc.base, SIGTERM, on_signal, d);
+	d->sig_int = evsignal_new(d->svc.base, SIGINT, on_signal, d);
+	evsignal_add(d->sig_term, NULL);
+	evsignal_add(d->sig_int, NULL);
+	for (size_t i = 0; i < vt_count(vt); i++) {
+		if (vt_state(vt_at(vt, i)) == ROLE_REPLICA)
+			nr++;
+		else
+			np++;
+	}
+	log_info("replicad ready: %zu primary VMs, %zu replica VMs%s%s", np, nr,
+	    d->cfg->listen ? ", listening on " : "",
 	    d->cfg->listen ? d->cfg->listen : "");
-	if (event_base_dispatch(d->base) < 0)
+	if (event_base_dispatch(d->svc.base) < 0)
 		return 1;
 	return 0;
 }
@@ -163,20 +156,27 @@ daemon_run(struct daemon *d)
 void
 daemon_fini(struct daemon *d)
 {
+	struct vmtab *vt = d->svc.vt;
+
 	work_fini();
-	for (size_t i = 0; i < d->npvms; i++)
-		pvm_free(d->pvms[i]);
-	free(d->pvms);
-	control_fini(d);
-	replica_fini(d);
-	if (drain_timer)
-		event_free(drain_timer);
-	event_free(sig_term);
-	event_free(sig_int);
-	cat_close(d->cat);
-	SSL_CTX_free(d->client_ctx);
-	SSL_CTX_free(d->server_ctx);
-	event_base_free(d->base);
+	for (size_t i = 0; i < vt_count(vt); i++) {
+		struct vme *e = vt_at(vt, i);
+		if (vt_pvm(e) != NULL)
+			pvm_free(vt_pvm(e));
+		if (vt_rvm(e) != NULL)
+			replica_close(vt_rvm(e));
+	}
+	control_fini(d->ctl);
+	replica_fini(d->rsrv);
+	vt_free(vt);
+	if (d->drain_timer)
+		event_free(d->drain_timer);
+	event_free(d->sig_term);
+	event_free(d->sig_int);
+	cat_close(d->svc.cat);
+	SSL_CTX_free(d->svc.client_ctx);
+	SSL_CTX_free(d->svc.server_ctx);
+	event_base_free(d->svc.base);
 	config_free(d->cfg);
 	close(d->lock_fd);
 	free(d);

@@ -1,21 +1,27 @@
 /*
- * failover.c — role changes: unplanned and planned failover, commit,
- * reverse, and the replica side of both (failover.h).
+ * failover.c — role changes: start-up, unplanned and planned failover,
+ * commit, reverse, reassign, and the replica side of a planned failover
+ * and of a demotion (failover.h).
  *
- * Each change runs as a chain of steps: loop-thread steps stop or start
- * the VM's roles (struct pvm, struct rvm), worker jobs do what touches
+ * role.h decides whether a change may happen and what it makes of the
+ * relationship; this file carries it out.  Each change holds the VM in
+ * the VM table for its whole length (one change at a time, no store job
+ * meanwhile) and runs as a chain of steps: loop-thread steps swap the
+ * VM's role objects (struct pvm, struct rvm), worker jobs do what touches
  * disks, the catalog or a hook.  The catalog is the record: a role or
  * generation changes there in one transaction, so a crash leaves the old
- * role or the new one.
+ * role or the new one; the VM table's view follows each write.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netdb.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -27,17 +33,20 @@
 #include "blockmap.h"
 #include "catalog.h"
 #include "config.h"
-#include "daemon.h"
 #include "err.h"
 #include "failover.h"
 #include "fault.h"
 #include "hook.h"
+#include "layout.h"
 #include "log.h"
 #include "primary.h"
 #include "replica.h"
+#include "role.h"
 #include "store.h"
+#include "svc.h"
 #include "tracker.h"
 #include "util.h"
+#include "vmtab.h"
 #include "work.h"
 #include "xmalloc.h"
 
@@ -45,12 +54,11 @@
 
 /* One role change under way. */
 struct fo {
-	struct daemon		*d;
+	struct svc		*svc;
+	struct vme		*e;
 	char			 vm[NAME_MAX_LEN + 1];
 	failover_done_fn	 done;
 	void			*arg;
-	struct rvm		*rvm;
-	struct pvm		*pvm;
 	uint64_t		 point;
 	int			 wait;
 	int			 rc;
@@ -62,93 +70,42 @@ struct fo {
 	char			 name[HOST_MAX_LEN + 1];
 	char			 identity[HOST_MAX_LEN + 1];
 	char			 listen[HOST_MAX_LEN + 8];
+	char			 storage[sizeof(((struct cat_rel *)0)->storage)];
 	const struct cfg_accept	*acc;
 	struct wire_hello	 hello;
 	struct wire_promote	 promote;
-	int			 claimed;	/* holds the VM's role change */
+	int			 claimed;	/* holds the VM (vt_claim) */
 	int			 promoted;	/* the new role is recorded */
 };
 
-/*
- * One role change at a time per VM: every change claims the VM's name
- * until it ends, and a second one (another command, a HELLO asking for a
- * demotion) is refused as busy meanwhile.  Control jobs that use a
- * replica's store (test failover, verify, forget, prune) are refused too,
- * and a role change waits for none of them: it is refused while one runs.
- */
-struct claim {
-	char		 vm[NAME_MAX_LEN + 1];
-	struct claim	*next;
-};
-static struct claim *claims;
-
-int
-failover_busy(const char *vm)
+static struct fo *
+fo_new(struct svc *svc, struct vme *e, const char *vm, failover_done_fn done,
+    void *arg)
 {
-	for (struct claim *c = claims; c; c = c->next)
-		if (strcmp(c->vm, vm) == 0)
-			return 1;
-	return 0;
+	struct fo *f = xcalloc(1, sizeof(*f));
+	f->svc = svc;
+	f->e = e;
+	snprintf(f->vm, sizeof(f->vm), "%s", vm);
+	f->done = done;
+	f->arg = arg;
+	return f;
 }
 
-static int
-fo_claim(struct fo *f)
+/* Let go of the VM: its role objects carry on. */
+static void
+fo_release(struct fo *f)
 {
-	if (failover_busy(f->vm))
-		return RD_ERR_BUSY;
-	struct claim *c = xcalloc(1, sizeof(*c));
-	snprintf(c->vm, sizeof(c->vm), "%s", f->vm);
-	c->next = claims;
-	claims = c;
-	f->claimed = 1;
-	return 0;
+	if (f->claimed) {
+		f->claimed = 0;
+		vt_release(f->e);
+	}
 }
 
 static void
 fo_free(struct fo *f)
 {
-	if (f->claimed) {
-		for (struct claim **c = &claims; *c; c = &(*c)->next)
-			if (strcmp((*c)->vm, f->vm) == 0) {
-				struct claim *dead = *c;
-				*c = dead->next;
-				free(dead);
-				break;
-			}
-	}
+	fo_release(f);
 	free(f);
-}
-
-static int fo_claim(struct fo *f);
-static void fo_finish(struct fo *f, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* Claim the VM for a role change, or finish f as busy (1 returned). */
-static int
-fo_busy(struct fo *f, struct rvm *rv)
-{
-	if (rv && rvm_in_use(rv)) {
-		fo_finish(f, RD_ERR_BUSY, "%s: a test failover, verify or prune "
-		    "of it is running; try again when it is done", f->vm);
-		return 1;
-	}
-	if (fo_claim(f) != 0) {
-		fo_finish(f, RD_ERR_BUSY, "%s: another role change of it is "
-		    "under way", f->vm);
-		return 1;
-	}
-	return 0;
-}
-
-static struct fo *
-fo_new(struct daemon *d, const char *vm, failover_done_fn done, void *arg)
-{
-	struct fo *f = xcalloc(1, sizeof(*f));
-	f->d = d;
-	snprintf(f->vm, sizeof(f->vm), "%s", vm);
-	f->done = done;
-	f->arg = arg;
-	return f;
 }
 
 static void
@@ -172,11 +129,29 @@ fo_finish(struct fo *f, int rc, const char *fmt, ...)
 	fo_free(f);
 }
 
+/* Take the VM for the change, or finish f as busy (-1). */
+static int
+fo_claim(struct fo *f)
+{
+	if (vt_in_use(f->e)) {
+		fo_finish(f, RD_ERR_BUSY, "%s: a test failover, verify or prune "
+		    "of it is running; try again when it is done", f->vm);
+		return -1;
+	}
+	if (vt_claim(f->e) != 0) {
+		fo_finish(f, RD_ERR_BUSY, "%s: another role change of it is "
+		    "under way", f->vm);
+		return -1;
+	}
+	f->claimed = 1;
+	return 0;
+}
+
 /* The VM's relationship for a job; on failure f->rc and f->msg say why. */
 static int
 fo_rel(struct fo *f, struct cat_rel *rel)
 {
-	int r = cat_rel_get(f->d->cat, f->vm, rel);
+	int r = cat_rel_get(f->svc->cat, f->vm, rel);
 	if (r != 0) {
 		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
 		f->rc = r;
@@ -184,10 +159,149 @@ fo_rel(struct fo *f, struct cat_rel *rel)
 	return r;
 }
 
-/* --- the [vm] of a VM that is primary by failover ----------------------- */
+/* Write rel (a job); on failure f->rc and f->msg say why. */
+static int
+fo_put(struct fo *f, const struct cat_rel *rel)
+{
+	int r = cat_rel_put(f->svc->cat, rel);
+	if (r != 0) {
+		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
+		f->rc = r;
+	}
+	return r;
+}
 
-struct cfg_vm *
-failover_cfg(const struct config *cfg, const struct cat_rel *rel)
+/* The words for a command role_command() refused. */
+static void
+fo_refused(struct fo *f, const struct role_decision *d, const char *what)
+{
+	const char *vm = f->vm;
+	switch (d->why) {
+	case ROLE_WHY_NO_VM:
+		fo_finish(f, RD_ERR_NOT_FOUND, "no VM named %s on this host",
+		    vm);
+		break;
+	case ROLE_WHY_IS_PRIMARY:
+		fo_finish(f, RD_ERR_STATE, "%s is the primary on this host "
+		    "(generation %" PRIu64 "): %s runs on its replica%s%s%s",
+		    vm, d->generation, what, strcmp(what, "an unplanned "
+		    "failover") == 0 ? "; here use failover " : "",
+		    strcmp(what, "an unplanned failover") == 0 ? vm : "",
+		    strcmp(what, "an unplanned failover") == 0 ? " --planned" :
+		    "");
+		break;
+	case ROLE_WHY_IS_REPLICA:
+		fo_finish(f, RD_ERR_NOT_FOUND, "%s is a replica on this host: %s "
+		    "runs on its %sprimary", vm, what, strcmp(what, "reverse") ==
+		    0 ? "new " : "");
+		break;
+	case ROLE_WHY_BUSY:
+		fo_finish(f, RD_ERR_BUSY, "%s: another role change of it is "
+		    "under way", vm);
+		break;
+	case ROLE_WHY_NOTHING_TO_COMMIT:
+		fo_finish(f, RD_ERR_STATE, "%s: no failover to commit on this "
+		    "host", vm);
+		break;
+	case ROLE_WHY_UNCOMMITTED:
+		fo_finish(f, RD_ERR_STATE, "%s: its failover to this host is not "
+		    "committed (replctl failover %s --commit first)", vm, vm);
+		break;
+	case ROLE_WHY_FENCED:
+		fo_finish(f, RD_ERR_FENCED, "%s: fenced: this host is a stale "
+		    "primary", vm);
+		break;
+	case ROLE_WHY_NOT_ACCEPTED:
+		fo_finish(f, RD_ERR_STATE, "%s: no [accept %s] entry admits %s "
+		    "with the storage it is in: add one (vms matching %s, "
+		    "storage %s) first", vm, f->identity, vm, vm, f->storage);
+		break;
+	default:
+		fo_finish(f, RD_ERR_STATE, "%s: %s refused (generation %"
+		    PRIu64 ")", vm, what, d->generation);
+		break;
+	}
+}
+
+/* The VM's entry and role view; f finished (NULL returned) if none. */
+static struct vme *
+fo_entry(struct svc *svc, const char *vm, struct role_view *view)
+{
+	struct vme *e = vt_find(svc->vt, vm);
+	if (e != NULL)
+		vt_view(e, view);
+	else
+		role_view_of(NULL, view);
+	return e;
+}
+
+/* --- where the VM's files are on this host ----------------------------- */
+
+/*
+ * The files that hold the VM's disks on this host when it receives them
+ * (as their replica, or in the store of an uncommitted failover):
+ *   receive_into  of its [vm] section, when set;
+ *   disk          of its [vm] section, for the trackers that read files
+ *                 (scan, reflink), when their names are the relationship's;
+ *   STORAGE/VM/DISK otherwise (tracker qemu's disks are block nodes).
+ * NULL stands for STORAGE/VM/DISK; else an array borrowed from cfg.
+ */
+static char *const *
+received_files(const struct config *cfg, const struct cat_rel *rel)
+{
+	const struct cfg_vm *cv = config_find_vm(cfg, rel->vm);
+	if (cv == NULL || cv->ndisks != rel->ndisks)
+		return NULL;
+	for (size_t i = 0; i < cv->ndisks; i++)
+		if (strcmp(cv->disk_names[i], rel->disks[i].name) != 0)
+			return NULL;
+	if (cv->nreceive > 0)
+		return cv->receive_into;
+	if (cv->tracker == TRACKER_QEMU)
+		return NULL;
+	return cv->disks;
+}
+
+/* The same paths, allocated (STORAGE/VM/DISK spelt out with storage). */
+static char **
+disk_paths(const struct config *cfg, const struct cat_rel *rel,
+    const char *storage, size_t *n)
+{
+	char *const *files = received_files(cfg, rel);
+	char **v = xcalloc(rel->ndisks + 1, sizeof(char *));
+	for (uint16_t i = 0; i < rel->ndisks; i++)
+		v[i] = files ? xstrdup(files[i]) : xasprintf("%s/%s/%s",
+		    storage, rel->vm, rel->disks[i].name);
+	*n = rel->ndisks;
+	return v;
+}
+
+static void
+free_paths(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+/*
+ * STORAGE, once this host receives the VM from acc's host: a VM primary
+ * here by a failover keeps the storage its files are in; any other the
+ * [accept] entry's.
+ */
+static const char *
+replica_storage(const struct config *cfg, const struct cat_rel *rel,
+    const struct cfg_accept *acc)
+{
+	if (config_find_vm(cfg, rel->vm) == NULL && rel->storage[0] != '\0')
+		return rel->storage;
+	return acc->storage;
+}
+
+/* The [vm] of a VM that is primary here by a failover and has no [vm]
+ * section: its disks are STORAGE/VM/DISK, its replica rel->peer. */
+static struct cfg_vm *
+catalog_cfg(const struct config *cfg, const struct cat_rel *rel)
 {
 	struct cfg_vm *v = xmalloc(sizeof(*v));
 
@@ -221,91 +335,86 @@ failover_cfg(const struct config *cfg, const struct cat_rel *rel)
 	return v;
 }
 
-/* The pvm of a VM that became primary here. */
+/* The primary of a VM that is primary here (e has no pvm yet). */
 static struct pvm *
-start_primary(struct daemon *d, const struct cat_rel *rel)
+start_primary(struct svc *svc, struct vme *e, const struct cat_rel *rel)
 {
-	const struct cfg_vm *cv = config_find_vm(d->cfg, rel->vm);
-	struct pvm *vm = cv ? pvm_new(d, cv) :
-	    pvm_new_owned(d, failover_cfg(d->cfg, rel));
-	if (rel->at_point != 0)
-		pvm_hold(vm, 1);	/* no cycle before the commit */
-	daemon_add_pvm(d, vm);
-	return vm;
+	const struct cfg_vm *cv = config_find_vm(svc->cfg, rel->vm);
+	if (cv != NULL)
+		return pvm_new(svc, e, cv, rel);
+	return pvm_new_owned(svc, e, catalog_cfg(svc->cfg, rel), rel);
 }
+
+/* Open the VM's store and attach it to e; 0, or f->rc and f->msg. */
+static int
+open_replica(struct fo *f, const struct cat_rel *rel)
+{
+	char err[512];
+	if (replica_open(f->svc, f->e, rel, received_files(f->svc->cfg, rel),
+	    err, sizeof(err)) != NULL)
+		return 0;
+	snprintf(f->msg, sizeof(f->msg), "cannot open the replica of %s: %s",
+	    rel->vm, err);
+	vt_set_note(f->e, f->msg);
+	f->rc = RD_ERR_SYSTEM;
+	return f->rc;
+}
+
+/* --- hooks ----------------------------------------------------------------- */
 
 /* A hook for the VM: [vm]'s if this host has one, else the [accept]'s. */
 static const char *
-role_hook(struct daemon *d, const char *vm, const char *peer_identity,
+role_hook(const struct config *cfg, const char *vm, const char *peer_identity,
     int promote)
 {
-	const struct cfg_vm *cv = config_find_vm(d->cfg, vm);
+	const struct cfg_vm *cv = config_find_vm(cfg, vm);
 	if (cv)
 		return promote ? cv->on_promote : cv->on_demote;
-	const struct cfg_accept *acc = config_match_accept(d->cfg,
-	    peer_identity, vm);
+	const struct cfg_accept *acc = config_match_accept(cfg, peer_identity,
+	    vm);
 	if (acc)
 		return promote ? acc->on_promote : acc->on_demote;
 	return NULL;
 }
 
-/* Image paths of the VM on this host, for REPLICAD_DISKS. */
-static char **
-disk_paths(struct daemon *d, const struct cat_rel *rel, size_t *n)
-{
-	const struct cfg_vm *cv = config_find_vm(d->cfg, rel->vm);
-	char **v = xcalloc(rel->ndisks + 1, sizeof(char *));
-	for (uint16_t i = 0; i < rel->ndisks; i++)
-		v[i] = cv && cv->ndisks == rel->ndisks ? xstrdup(cv->disks[i]) :
-		    xasprintf("%s/%s/%s", rel->storage, rel->vm,
-		    rel->disks[i].name);
-	*n = rel->ndisks;
-	return v;
-}
-
+/* on_promote (promote) or on_demote with rel's disks on this host. */
 static int
 run_role_hook(struct fo *f, const struct cat_rel *rel, int promote,
     uint64_t point)
 {
-	const char *cmd = role_hook(f->d, rel->vm, promote ?
-	    rel->peer_name : f->identity[0] ? f->identity : rel->peer_name,
-	    promote);
+	const char *peer = promote || f->identity[0] == '\0' ? rel->peer_name :
+	    f->identity;
+	const char *cmd = role_hook(f->svc->cfg, rel->vm, peer, promote);
+	const char *storage = rel->storage[0] || f->storage[0] == '\0' ?
+	    rel->storage : f->storage;
 	size_t n;
 	if (cmd == NULL)
 		return 0;
-	char **paths = disk_paths(f->d, rel, &n);
+	char **paths = disk_paths(f->svc->cfg, rel, storage, &n);
 	int r = hook_run_role(rel->vm, promote ? "on_promote" : "on_demote",
 	    cmd, promote ? "primary" : "replica", rel->generation, point,
 	    paths, n, f->hookmsg, sizeof(f->hookmsg));
-	for (size_t i = 0; i < n; i++)
-		free(paths[i]);
-	free(paths);
+	free_paths(paths, n);
 	return r;
 }
 
 /*
  * on_promote must run once a promotion is recorded, even if the daemon
- * dies in between: a marker, STATE_DIR/hooks/VM.on_promote, is written
- * before the catalog changes and removed once the hook ran; start-up runs
- * the hook of a marker whose VM is primary, and drops the others.
+ * dies in between: a marker (layout.h) is written before the catalog
+ * changes and removed once the hook ran; start-up runs the hook of a
+ * marker whose VM is primary, and drops the others.
  *
- * Likewise STATE_DIR/hooks/VM.handover marks a planned failover under way
+ * Likewise the handover marker stands for a planned failover under way
  * on the old primary, from before on_demote until its end.  If it is cut
  * off, the next replica that welcomes this host at its old generation
  * shows that the handover did not happen: on_promote runs again here;
  * a replica that fences it shows that it did.
  */
-static char *
-marker_path(struct daemon *d, const char *vm, const char *kind)
-{
-	return xasprintf("%s/hooks/%s.%s", d->cfg->state_dir, vm, kind);
-}
-
 static void
-marker_set_kind(struct daemon *d, const char *vm, const char *kind)
+marker_set(struct svc *svc, const char *vm, enum lay_marker which)
 {
-	char *dir = xasprintf("%s/hooks", d->cfg->state_dir);
-	char *p = marker_path(d, vm, kind);
+	char *dir = lay_hooks_dir(svc->cfg->state_dir);
+	char *p = lay_marker(svc->cfg->state_dir, vm, which);
 	if (util_mkdir_p(dir, 0700) != 0 || util_write_atomic(p, "", 0) != 0)
 		log_warn("%s: cannot write %s", vm, p);
 	free(dir);
@@ -313,16 +422,21 @@ marker_set_kind(struct daemon *d, const char *vm, const char *kind)
 }
 
 static void
-marker_clear_kind(struct daemon *d, const char *vm, const char *kind)
+marker_clear(struct svc *svc, const char *vm, enum lay_marker which)
 {
-	char *p = marker_path(d, vm, kind);
+	char *p = lay_marker(svc->cfg->state_dir, vm, which);
 	unlink(p);
 	free(p);
 }
 
-#define marker_set(d, vm)	marker_set_kind(d, vm, "on_promote")
-#define marker_clear(d, vm)	marker_clear_kind(d, vm, "on_promote")
-#define HANDOVER		"handover"
+static int
+marker_exists(struct svc *svc, const char *vm, enum lay_marker which)
+{
+	char *p = lay_marker(svc->cfg->state_dir, vm, which);
+	int r = access(p, F_OK) == 0;
+	free(p);
+	return r;
+}
 
 static void
 job_pending_hook(void *arg)
@@ -333,7 +447,7 @@ job_pending_hook(void *arg)
 	if (run_role_hook(f, &f->rel, 1, f->rel.at_point ? f->rel.at_point :
 	    f->rel.last_point) != 0)
 		log_warnx("%s: on_promote failed: %s", f->vm, f->hookmsg);
-	marker_clear(f->d, f->vm);
+	marker_clear(f->svc, f->vm, LAY_MARK_PROMOTE);
 }
 
 static void
@@ -341,8 +455,6 @@ pending_hook_done(void *arg)
 {
 	fo_free(arg);
 }
-
-static void arm_confirm(struct daemon *d, struct pvm *vm);
 
 static void
 job_confirmed(void *arg)
@@ -355,7 +467,7 @@ job_confirmed(void *arg)
 			log_warnx("%s: on_promote failed: %s", f->vm,
 			    f->hookmsg);
 	}
-	marker_clear_kind(f->d, f->vm, HANDOVER);
+	marker_clear(f->svc, f->vm, LAY_MARK_HANDOVER);
 }
 
 static void
@@ -372,72 +484,152 @@ confirmed(void *arg, int still_ours)
 	}
 	log_info("%s: the cut-off handover happened: the new primary makes "
 	    "this host its replica", f->vm);
-	marker_clear_kind(f->d, f->vm, HANDOVER);
+	marker_clear(f->svc, f->vm, LAY_MARK_HANDOVER);
 	fo_free(f);
 }
 
 static void
-arm_confirm(struct daemon *d, struct pvm *vm)
+arm_confirm(struct svc *svc, struct vme *e)
 {
-	struct fo *f = fo_new(d, pvm_name(vm), NULL, NULL);
-	pvm_confirm(vm, confirmed, f);
-}
-
-void
-failover_resume(struct daemon *d)
-{
-	for (size_t i = 0; i < d->npvms; i++) {
-		const char *vm = pvm_name(d->pvms[i]);
-		char *p = marker_path(d, vm, HANDOVER);
-		if (access(p, F_OK) == 0) {
-			log_warnx("%s: a planned failover was cut off; the next "
-			    "cycle tells whether it happened", vm);
-			arm_confirm(d, d->pvms[i]);
-		}
-		free(p);
-	}
+	struct fo *f = fo_new(svc, e, vt_name(e), NULL, NULL);
+	pvm_confirm(vt_pvm(e), confirmed, f);
 }
 
 /* --- start-up ------------------------------------------------------------ */
 
+static const struct replica_events events;
+
+/* A [vm] primary: the catalog records the replica its section names,
+ * the only host that may take the VM over. */
+static void
+follow_vm_section(struct svc *svc, const struct cfg_vm *cv,
+    struct cat_rel *rel)
+{
+	int r;
+	if (strcmp(rel->peer, cv->replica) == 0 &&
+	    role_same_identity(rel->peer_name, cv->replica_name))
+		return;
+	if (rel->peer[0] != '\0')
+		log_info("%s: replica %s (%s) from its [vm] section; the "
+		    "catalog had %s (%s)", rel->vm, cv->replica,
+		    cv->replica_name, rel->peer, rel->peer_name[0] ?
+		    rel->peer_name : "no identity");
+	snprintf(rel->peer, sizeof(rel->peer), "%s", cv->replica);
+	snprintf(rel->peer_name, sizeof(rel->peer_name), "%s",
+	    cv->replica_name);
+	if ((r = cat_rel_put(svc->cat, rel)) != 0)
+		fatalx("%s: cannot record its replica: %s", rel->vm,
+		    rd_strerror(r));
+}
+
+static void
+start_vm(struct svc *svc, struct cat_rel *rel)
+{
+	const struct cfg_vm *cv = config_find_vm(svc->cfg, rel->vm);
+	enum role_start how = role_startup(rel, cv != NULL);
+	char err[512], note[768];
+	struct vme *e;
+
+	if (how == ROLE_START_PRIMARY)
+		follow_vm_section(svc, cv, rel);
+	e = vt_add(svc->vt, rel);
+	switch (how) {
+	case ROLE_START_REPLICA:
+	case ROLE_START_UNCOMMITTED:
+		if (replica_open(svc, e, rel, received_files(svc->cfg, rel),
+		    err, sizeof(err)) == NULL) {
+			log_warnx("%s: %s unavailable: %s", rel->vm,
+			    how == ROLE_START_REPLICA ? "replica" :
+			    "the failover's store", err);
+			vt_set_note(e, err);
+		} else if (how == ROLE_START_REPLICA && cv != NULL) {
+			log_info("%s: this host is its replica (failover); it "
+			    "receives into the files of [vm %s]", rel->vm,
+			    rel->vm);
+		}
+		if (how == ROLE_START_UNCOMMITTED)
+			start_primary(svc, e, rel);
+		break;
+	case ROLE_START_PRIMARY:
+	case ROLE_START_PRIMARY_CATALOG:
+		start_primary(svc, e, rel);
+		break;
+	case ROLE_START_NO_DISKS:
+		snprintf(note, sizeof(note), "primary here, but no [vm %s] "
+		    "section names its disks (it was removed): no cycles; %s "
+		    "may still take it over (replctl reverse there)", rel->vm,
+		    vt_owner(e)[0] ? vt_owner(e) : "its replica");
+		vt_set_note(e, note);
+		log_warnx("%s: %s", rel->vm, note);
+		break;
+	case ROLE_START_NEW:
+		break;
+	}
+}
+
+/* A [vm] section the catalog does not know: generation 1. */
+static void
+new_primary(struct svc *svc, const struct cfg_vm *cv)
+{
+	struct cat_rel rel;
+	int r;
+
+	memset(&rel, 0, sizeof(rel));
+	snprintf(rel.vm, sizeof(rel.vm), "%s", cv->name);
+	rel.role = CAT_ROLE_PRIMARY;
+	rel.generation = 1;
+	snprintf(rel.peer, sizeof(rel.peer), "%s", cv->replica);
+	snprintf(rel.peer_name, sizeof(rel.peer_name), "%s", cv->replica_name);
+	rel.block_size = cv->block_size;
+	rel.interval_ms = cv->interval_ms;
+	rel.ndisks = (uint16_t)cv->ndisks;
+	for (size_t i = 0; i < cv->ndisks; i++)
+		snprintf(rel.disks[i].name, sizeof(rel.disks[i].name), "%s",
+		    cv->disk_names[i]);
+	if ((r = cat_rel_put(svc->cat, &rel)) != 0)
+		fatalx("%s: cannot record the relationship: %s", cv->name,
+		    rd_strerror(r));
+	log_info("%s: new relationship, replica %s (%s)", cv->name,
+	    cv->replica, cv->replica_name);
+	start_primary(svc, vt_add(svc->vt, &rel), &rel);
+}
+
 void
-failover_init(struct daemon *d)
+failover_init(struct svc *svc, struct replica_srv *srv)
 {
 	struct cat_rel *rels = NULL;
 	size_t n = 0;
-	char err[512];
+	int r;
 
-	if (cat_rel_list(d->cat, &rels, &n) != 0)
-		fatalx("cannot list relationships");
+	replica_set_events(srv, &events, svc);
+	if ((r = cat_rel_list(svc->cat, &rels, &n)) != 0)
+		fatalx("cannot list relationships: %s", rd_strerror(r));
+	for (size_t i = 0; i < n; i++)
+		start_vm(svc, &rels[i]);
+	for (size_t i = 0; i < svc->cfg->nvms; i++)
+		if (vt_find(svc->vt, svc->cfg->vms[i].name) == NULL)
+			new_primary(svc, &svc->cfg->vms[i]);
 	for (size_t i = 0; i < n; i++) {
-		struct cat_rel *rel = &rels[i];
-		if (rel->role != CAT_ROLE_PRIMARY)
-			continue;
-		if (rel->at_point != 0) {
-			/* Uncommitted: the store stays open for another
-			 * point or the commit. */
-			struct rvm *rv = replica_add(d, rel, err, sizeof(err));
-			if (rv == NULL)
-				log_warnx("%s: the failover's store is "
-				    "unavailable: %s", rel->vm, err);
+		struct vme *e = vt_find(svc->vt, rels[i].vm);
+		enum role_state st = vt_state(e);
+		int primary = st == ROLE_PRIMARY || st == ROLE_UNCOMMITTED;
+		if (marker_exists(svc, rels[i].vm, LAY_MARK_PROMOTE)) {
+			if (!primary) {
+				marker_clear(svc, rels[i].vm, LAY_MARK_PROMOTE);
+			} else {
+				struct fo *f = fo_new(svc, e, rels[i].vm, NULL,
+				    NULL);
+				f->rel = rels[i];
+				work_submit(job_pending_hook, pending_hook_done,
+				    f);
+			}
 		}
-		if (config_find_vm(d->cfg, rel->vm) == NULL ||
-		    rel->at_point != 0)
-			start_primary(d, rel);
-	}
-	for (size_t i = 0; i < n; i++) {
-		char *p = marker_path(d, rels[i].vm, "on_promote");
-		int pending = access(p, F_OK) == 0;
-		free(p);
-		if (!pending)
-			continue;
-		if (rels[i].role != CAT_ROLE_PRIMARY) {
-			marker_clear(d, rels[i].vm);
-			continue;
+		if (st == ROLE_PRIMARY && vt_pvm(e) != NULL &&
+		    marker_exists(svc, rels[i].vm, LAY_MARK_HANDOVER)) {
+			log_warnx("%s: a planned failover was cut off; the next "
+			    "cycle tells whether it happened", rels[i].vm);
+			arm_confirm(svc, e);
 		}
-		struct fo *f = fo_new(d, rels[i].vm, NULL, NULL);
-		f->rel = rels[i];
-		work_submit(job_pending_hook, pending_hook_done, f);
 	}
 	free(rels);
 }
@@ -448,7 +640,7 @@ static void
 job_promote_unplanned(void *arg)
 {
 	struct fo *f = arg;
-	struct store *st = rvm_store(f->rvm);
+	struct store *st = rvm_store(vt_rvm(f->e));
 	struct cat_rel rel;
 	int r;
 
@@ -463,7 +655,7 @@ job_promote_unplanned(void *arg)
 		return;
 	if (f->point != 0) {
 		struct cat_point p;
-		if (cat_point_get(f->d->cat, f->vm, f->point, &p) != 0) {
+		if (cat_point_get(f->svc->cat, f->vm, f->point, &p) != 0) {
 			snprintf(f->msg, sizeof(f->msg), "%s has no point %"
 			    PRIu64, f->vm, f->point);
 			f->rc = RD_ERR_NOT_FOUND;
@@ -481,20 +673,10 @@ job_promote_unplanned(void *arg)
 	 * leaves a primary whose images are at a point its journal names,
 	 * never a replica rewound behind its newest point's label.
 	 */
-	rel.role = CAT_ROLE_PRIMARY;
-	rel.generation++;
-	/* The old primary's identity: reverse expects it by default. */
-	memcpy(rel.peer_name, rel.peer, sizeof(rel.peer_name) - 1);
-	rel.peer_name[sizeof(rel.peer_name) - 1] = '\0';
-	rel.peer[0] = '\0';
-	rel.fenced[0] = '\0';
-	rel.resync = 0;
-	rel.at_point = rel.last_point;
-	marker_set(f->d, f->vm);
-	if ((r = cat_rel_put(f->d->cat, &rel)) != 0) {
-		marker_clear(f->d, f->vm);
-		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
-		f->rc = r;
+	role_rel_unplanned(&rel);
+	marker_set(f->svc, f->vm, LAY_MARK_PROMOTE);
+	if ((r = fo_put(f, &rel)) != 0) {
+		marker_clear(f->svc, f->vm, LAY_MARK_PROMOTE);
 		return;
 	}
 	store_reload_rel(st);
@@ -505,20 +687,19 @@ job_promote_unplanned(void *arg)
 	f->rel = rel;
 	if (run_role_hook(f, &rel, 1, rel.at_point) != 0)
 		f->hook_failed = 1;
-	marker_clear(f->d, f->vm);
+	marker_clear(f->svc, f->vm, LAY_MARK_PROMOTE);
 }
 
 static void
 promote_unplanned_done(void *arg)
 {
 	struct fo *f = arg;
-	rvm_block(f->rvm, 0);
 	if (!f->promoted) {
 		fo_finish(f, f->rc, "%s: failover refused: %s", f->vm, f->msg);
 		return;
 	}
-	rvm_set_promoted(f->rvm, 1);
-	start_primary(f->d, &f->rel);
+	vt_set_rel(f->e, &f->rel);
+	start_primary(f->svc, f->e, &f->rel);
 	if (f->rc != 0) {
 		fo_finish(f, f->rc, "%s: this host is now the primary "
 		    "(generation %" PRIu64 "), but moving to point %" PRIu64
@@ -548,7 +729,7 @@ static void
 job_repick(void *arg)
 {
 	struct fo *f = arg;
-	struct store *st = rvm_store(f->rvm);
+	struct store *st = rvm_store(vt_rvm(f->e));
 	struct cat_rel rel;
 	int r;
 
@@ -588,6 +769,7 @@ repick_done(void *arg)
 		    f->vm, f->point, f->msg);
 		return;
 	}
+	vt_set_rel(f->e, &f->rel);
 	fo_finish(f, f->hook_failed ? RD_ERR_PEER : 0, "%s: now at point %"
 	    PRIu64 ", generation %" PRIu64 "%s%s (not committed)", f->vm,
 	    f->rel.at_point, f->rel.generation, f->hook_failed ?
@@ -595,30 +777,30 @@ repick_done(void *arg)
 }
 
 void
-failover_unplanned(struct daemon *d, const char *vm, uint64_t point,
+failover_unplanned(struct svc *svc, const char *vm, uint64_t point,
     failover_done_fn done, void *arg)
 {
-	struct fo *f = fo_new(d, vm, done, arg);
-	struct pvm *pv = daemon_find_pvm(d, vm);
+	struct role_view view;
+	struct vme *e = fo_entry(svc, vm, &view);
+	struct fo *f = fo_new(svc, e, vm, done, arg);
+	struct role_decision d = role_command(&view, ROLE_CMD_UNPLANNED, NULL,
+	    0);
 
 	f->point = point;
-	f->rvm = replica_find(d, vm);
-	if (fo_busy(f, f->rvm))
-		return;
-	if (f->rvm == NULL) {
-		if (pv)
-			fo_finish(f, RD_ERR_STATE, "%s is the primary on this "
-			    "host (generation %" PRIu64 "): an unplanned "
-			    "failover runs on its replica; here use failover "
-			    "%s --planned", vm, pvm_generation(pv), vm);
-		else
-			fo_finish(f, RD_ERR_NOT_FOUND, "no VM named %s on this "
-			    "host", vm);
+	if (d.verdict == ROLE_REFUSE) {
+		fo_refused(f, &d, "an unplanned failover");
 		return;
 	}
-	if (rvm_promoted(f->rvm)) {
+	if (vt_rvm(e) == NULL) {
+		fo_finish(f, RD_ERR_STATE, "%s: its replica is unavailable on "
+		    "this host: %s", vm, vt_note(e));
+		return;
+	}
+	if (fo_claim(f) != 0)
+		return;
+	if (d.verdict == ROLE_REPICK) {
 		struct cat_rel rel;
-		store_rel(rvm_store(f->rvm), &rel);
+		store_rel(rvm_store(vt_rvm(e)), &rel);
 		if (point == 0)
 			point = f->point = rel.last_point;
 		if (point == rel.at_point) {
@@ -633,7 +815,7 @@ failover_unplanned(struct daemon *d, const char *vm, uint64_t point,
 	}
 	log_info("%s: unplanned failover to %s requested", vm, point ?
 	    "a chosen point" : "the newest point");
-	rvm_when_idle(f->rvm, promote_unplanned_go, f);
+	vt_when_idle(e, promote_unplanned_go, f);
 }
 
 /* --- commit -------------------------------------------------------------- */
@@ -642,7 +824,7 @@ static void
 job_commit(void *arg)
 {
 	struct fo *f = arg;
-	f->rc = store_rewind_commit(rvm_store(f->rvm), &f->rel, f->msg,
+	f->rc = store_rewind_commit(rvm_store(vt_rvm(f->e)), &f->rel, f->msg,
 	    sizeof(f->msg));
 }
 
@@ -655,28 +837,33 @@ commit_done(void *arg)
 		    f->msg);
 		return;
 	}
-	replica_remove(f->d, f->rvm);
-	struct pvm *pv = daemon_find_pvm(f->d, f->vm);
-	if (pv)
-		pvm_hold(pv, 0);
+	replica_close(vt_rvm(f->e));
+	vt_set_rel(f->e, &f->rel);
 	fo_finish(f, 0, "%s: failover committed at point %" PRIu64 " "
 	    "(generation %" PRIu64 "); newer points dropped", f->vm,
 	    f->rel.last_point, f->rel.generation);
 }
 
 void
-failover_commit(struct daemon *d, const char *vm, failover_done_fn done,
+failover_commit(struct svc *svc, const char *vm, failover_done_fn done,
     void *arg)
 {
-	struct fo *f = fo_new(d, vm, done, arg);
-	f->rvm = replica_find(d, vm);
-	if (fo_busy(f, f->rvm))
-		return;
-	if (f->rvm == NULL || !rvm_promoted(f->rvm)) {
-		fo_finish(f, RD_ERR_STATE, "%s: no failover to commit on this "
-		    "host", vm);
+	struct role_view view;
+	struct vme *e = fo_entry(svc, vm, &view);
+	struct fo *f = fo_new(svc, e, vm, done, arg);
+	struct role_decision d = role_command(&view, ROLE_CMD_COMMIT, NULL, 0);
+
+	if (d.verdict == ROLE_REFUSE) {
+		fo_refused(f, &d, "commit");
 		return;
 	}
+	if (vt_rvm(e) == NULL) {
+		fo_finish(f, RD_ERR_STATE, "%s: the failover's store is "
+		    "unavailable on this host: %s", vm, vt_note(e));
+		return;
+	}
+	if (fo_claim(f) != 0)
+		return;
 	work_submit(job_commit, commit_done, f);
 }
 
@@ -684,10 +871,10 @@ failover_commit(struct daemon *d, const char *vm, failover_done_fn done,
 
 /* Current size of each of the VM's disk files on this host. */
 static int
-file_sizes(struct daemon *d, struct cat_rel *rel, char *err, size_t errsz)
+file_sizes(struct fo *f, struct cat_rel *rel)
 {
 	size_t n;
-	char **paths = disk_paths(d, rel, &n);
+	char **paths = disk_paths(f->svc->cfg, rel, rel->storage, &n);
 	int r = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct stat sb;
@@ -696,20 +883,19 @@ file_sizes(struct daemon *d, struct cat_rel *rel, char *err, size_t errsz)
 		else if (errno == ENOENT)
 			rel->disks[i].size = 0;
 		else if (r == 0) {
-			snprintf(err, errsz, "%s: %s", paths[i],
+			snprintf(f->msg, sizeof(f->msg), "%s: %s", paths[i],
 			    strerror(errno));
 			r = RD_ERR_SYSTEM;
 		}
-		free(paths[i]);
 	}
-	free(paths);
+	free_paths(paths, n);
 	return r;
 }
 
 /*
- * The catalog side of becoming the replica: a new history (points of an
- * earlier time as replica cannot be rebuilt from disks that were primary
- * since), undo and redo data gone, the tracker state gone.
+ * The catalog side of becoming the replica of identity: a new history
+ * (points of an earlier time as replica cannot be rebuilt from disks that
+ * were primary since), undo and redo data gone, the tracker state gone.
  */
 static int
 record_replica(struct fo *f, struct cat_rel *rel, uint64_t generation,
@@ -718,19 +904,8 @@ record_replica(struct fo *f, struct cat_rel *rel, uint64_t generation,
 	char *p;
 	int r;
 
-	rel->role = CAT_ROLE_REPLICA;
-	rel->generation = generation;
-	snprintf(rel->peer, sizeof(rel->peer), "%s", identity);
-	rel->peer_name[0] = '\0';
-	snprintf(rel->storage, sizeof(rel->storage), "%s", storage);
-	rel->last_cycle = last_cycle;
-	rel->last_point = 0;
-	rel->last_point_created_ms = 0;
-	rel->at_point = 0;
-	rel->step_to = 0;
-	rel->resync = 0;
-	rel->fenced[0] = '\0';
-	if ((r = file_sizes(f->d, rel, f->msg, sizeof(f->msg))) != 0)
+	role_rel_demote(rel, generation, identity, storage, last_cycle);
+	if ((r = file_sizes(f, rel)) != 0)
 		return r;
 	const char *sub[] = { ".undo", ".redo", ".staging" };
 	for (size_t i = 0; i < sizeof(sub) / sizeof(sub[0]); i++) {
@@ -738,13 +913,15 @@ record_replica(struct fo *f, struct cat_rel *rel, uint64_t generation,
 		util_rm_rf(p);
 		free(p);
 	}
-	trk_forget(f->d->cfg->state_dir, rel->vm, config_find_vm(f->d->cfg,
+	trk_forget(f->svc->cfg->state_dir, rel->vm, config_find_vm(f->svc->cfg,
 	    rel->vm));
-	marker_clear_kind(f->d, rel->vm, HANDOVER);
-	if ((r = cat_rel_put_trim(f->d->cat, rel, 0)) != 0)
+	marker_clear(f->svc, rel->vm, LAY_MARK_HANDOVER);
+	if ((r = cat_rel_put_trim(f->svc->cat, rel, 0)) != 0)
 		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
 	return r;
 }
+
+/* --- demotion: a HELLO from the new primary ---------------------------- */
 
 static void
 job_demote_hook(void *arg)
@@ -772,19 +949,14 @@ job_demote(void *arg)
 
 	if ((r = fo_rel(f, &rel)) != 0)
 		return;
-	/* Receiving into its own disks, or where a failover put them. */
-	const char *storage = config_find_vm(f->d->cfg, f->vm) ?
-	    f->acc->storage : rel.storage;
 	/*
 	 * Last cycle 0: what this host wrote after its last acknowledged
 	 * cycle is unknown to the new primary, so its first cycle compares
 	 * the disks (a resync) rather than trusting its tracker (P1).
 	 */
-	char store_dir[4096];
-	snprintf(store_dir, sizeof(store_dir), "%s", storage);
 	fault_point("demote-before-record");
 	if ((f->rc = record_replica(f, &rel, f->hello.generation, f->identity,
-	    store_dir, 0)) != 0)
+	    f->storage, 0)) != 0)
 		return;
 	f->rel = rel;
 }
@@ -793,11 +965,9 @@ static void
 demote_done(void *arg)
 {
 	struct fo *f = arg;
-	char err[512];
-	if (f->rc == 0 && replica_add(f->d, &f->rel, err, sizeof(err)) == NULL) {
-		snprintf(f->msg, sizeof(f->msg), "cannot open the replica of "
-		    "%s: %s", f->vm, err);
-		f->rc = RD_ERR_SYSTEM;
+	if (f->rc == 0) {
+		vt_set_rel(f->e, &f->rel);
+		open_replica(f, &f->rel);
 	}
 	if (f->rc != 0) {
 		fo_finish(f, f->rc, "%s: %s", f->vm, f->msg);
@@ -808,15 +978,20 @@ demote_done(void *arg)
 }
 
 static void
-demote_retired(void *arg)
+demote_closed(void *arg)
+{
+	work_submit(job_demote, demote_done, arg);
+}
+
+static void
+demote_idle(void *arg)
 {
 	struct fo *f = arg;
-	if (f->pvm) {
-		daemon_remove_pvm(f->d, f->pvm);
-		pvm_free(f->pvm);
-		f->pvm = NULL;
-	}
-	work_submit(job_demote, demote_done, f);
+	struct pvm *pv = vt_pvm(f->e);
+	if (pv != NULL)
+		pvm_close(pv, demote_closed, f);
+	else
+		demote_closed(f);
 }
 
 static void
@@ -827,27 +1002,22 @@ demote_hook_done(void *arg)
 		fo_finish(f, f->rc, "%s", f->msg);
 		return;
 	}
-	f->pvm = daemon_find_pvm(f->d, f->vm);
-	if (f->pvm)
-		pvm_retire(f->pvm, demote_retired, f);
-	else
-		demote_retired(f);
+	vt_when_idle(f->e, demote_idle, f);
 }
 
-void
-failover_demote(struct daemon *d, const struct wire_hello *h,
-    const char *identity, const struct cfg_accept *acc, failover_done_fn done,
-    void *arg)
+static void
+ev_demote(void *ctx, struct vme *e, const struct wire_hello *h,
+    const char *identity, const struct cfg_accept *acc,
+    replica_done_fn done, void *arg)
 {
-	struct fo *f = fo_new(d, h->vm, done, arg);
+	struct svc *svc = ctx;
+	struct fo *f = fo_new(svc, e, h->vm, done, arg);
 	struct cat_rel rel;
 
 	f->hello = *h;
 	f->acc = acc;
 	snprintf(f->identity, sizeof(f->identity), "%s", identity);
-	if (fo_busy(f, replica_find(d, h->vm)))
-		return;
-	if (cat_rel_get(d->cat, h->vm, &rel) != 0 ||
+	if (cat_rel_get(svc->cat, h->vm, &rel) != 0 ||
 	    rel.block_size != h->block_size || rel.ndisks != h->ndisks) {
 		fo_finish(f, RD_ERR_STATE, "%s: the new primary's block size or "
 		    "disks differ from this host's", h->vm);
@@ -860,18 +1030,16 @@ failover_demote(struct daemon *d, const struct wire_hello *h,
 			    h->disks[i].name);
 			return;
 		}
-	struct rvm *rv = replica_find(d, h->vm);
-	if (rv != NULL) {
-		fo_finish(f, RD_ERR_STATE, "%s: a failover on this host is not "
-		    "committed", h->vm);
+	snprintf(f->storage, sizeof(f->storage), "%s",
+	    replica_storage(svc->cfg, &rel, acc));
+	if (fo_claim(f) != 0)
 		return;
-	}
 	work_submit(job_demote_hook, demote_hook_done, f);
 }
 
 /* --- planned failover, primary side -------------------------------------- */
 
-static int probe(struct daemon *d, const char *to, const char *name,
+static int probe(struct svc *svc, const char *to, const char *name,
     char *err, size_t errsz);
 
 static void
@@ -884,20 +1052,21 @@ job_planned_demote_hook(void *arg)
 	if ((r = fo_rel(f, &rel)) != 0)
 		return;
 	/* Before anything stops: the replica answers, with its certificate. */
-	if ((r = probe(f->d, f->to, f->identity, f->msg, sizeof(f->msg))) != 0) {
+	if ((r = probe(f->svc, f->to, f->identity, f->msg,
+	    sizeof(f->msg))) != 0) {
 		f->rc = r;
 		return;
 	}
 	f->rel = rel;
 	rel.generation++;
-	marker_set_kind(f->d, f->vm, HANDOVER);
+	marker_set(f->svc, f->vm, LAY_MARK_HANDOVER);
 	if (run_role_hook(f, &rel, 0, rel.last_point) != 0) {
 		snprintf(f->msg, sizeof(f->msg), "on_demote failed: %s",
 		    f->hookmsg);
 		f->rc = RD_ERR_PEER;
 		/* Left as it was. */
 		run_role_hook(f, &f->rel, 1, f->rel.last_point);
-		marker_clear_kind(f->d, f->vm, HANDOVER);
+		marker_clear(f->svc, f->vm, LAY_MARK_HANDOVER);
 	}
 }
 
@@ -906,7 +1075,7 @@ job_restore_primary(void *arg)
 {
 	struct fo *f = arg;
 	run_role_hook(f, &f->rel, 1, f->rel.last_point);
-	marker_clear_kind(f->d, f->vm, HANDOVER);
+	marker_clear(f->svc, f->vm, LAY_MARK_HANDOVER);
 }
 
 static void
@@ -921,14 +1090,16 @@ restore_done(void *arg)
  * The old primary's disks become a replica at the final cycle: hash them
  * into the new replica's .digests (for verify), and tell whether they are
  * still exactly what the tracker recorded at that cycle.  If the guest
- * wrote after the cut (no on_demote hook stopped it), they are not, and
- * the first cycle from the new primary must compare (P1).  1 if clean.
+ * wrote after the cut (no on_demote hook stopped it), or the files are
+ * not the ones the tracker read (tracker qemu), they are not, and the
+ * first cycle from the new primary must compare (P1).  1 if clean.
  */
 static int
 disks_to_digests(struct fo *f, const struct cat_rel *rel)
 {
+	const char *sd = f->svc->cfg->state_dir;
 	size_t n;
-	char **paths = disk_paths(f->d, rel, &n);
+	char **paths = disk_paths(f->svc->cfg, rel, rel->storage, &n);
 	uint32_t bs = rel->block_size;
 	size_t chunk = (4u << 20) < bs ? bs : (4u << 20);
 	uint8_t *buf = xmalloc(chunk);
@@ -937,8 +1108,7 @@ disks_to_digests(struct fo *f, const struct cat_rel *rel)
 	for (size_t i = 0; i < n; i++) {
 		struct blockmap bm;
 		struct wbuf dig;
-		char *map = xasprintf("%s/tracker/%s/%s.map",
-		    f->d->cfg->state_dir, rel->vm, rel->disks[i].name);
+		char *map = lay_tracker_map(sd, rel->vm, rel->disks[i].name);
 		char *dir = xasprintf("%s/%s/.digests", rel->storage, rel->vm);
 		char *dst = xasprintf("%s/%s", dir, rel->disks[i].name);
 		int have = bm_load(map, &bm) == 0;
@@ -981,9 +1151,8 @@ disks_to_digests(struct fo *f, const struct cat_rel *rel)
 		free(map);
 		free(dir);
 		free(dst);
-		free(paths[i]);
 	}
-	free(paths);
+	free_paths(paths, n);
 	free(buf);
 	return clean;
 }
@@ -1010,17 +1179,15 @@ job_planned_demote(void *arg)
 		return;
 	}
 	uint64_t gen = rel.generation + 1, cycle = rel.last_cycle;
-	snprintf(rel.storage, sizeof(rel.storage), "%s", f->acc->storage);
+	snprintf(rel.storage, sizeof(rel.storage), "%s", f->storage);
 	if (!disks_to_digests(f, &rel)) {
-		log_warnx("%s: the disks changed after the final cycle (was the "
-		    "guest stopped?): the new primary's first cycle compares "
-		    "them", f->vm);
+		log_warnx("%s: the disks here are not those of the final cycle "
+		    "(was the guest stopped? are they the files the tracker "
+		    "read?): the new primary's first cycle compares them",
+		    f->vm);
 		cycle = 0;
 	}
-	f->rc = record_replica(f, &rel, gen, f->acc->name, f->acc->storage,
-	    cycle);
-	if (f->rc == 0)
-		marker_clear_kind(f->d, f->vm, HANDOVER);
+	f->rc = record_replica(f, &rel, gen, f->acc->name, f->storage, cycle);
 	f->rel = rel;
 }
 
@@ -1028,11 +1195,9 @@ static void
 planned_demote_done(void *arg)
 {
 	struct fo *f = arg;
-	char err[512];
-	if (f->rc == 0 && replica_add(f->d, &f->rel, err, sizeof(err)) == NULL) {
-		snprintf(f->msg, sizeof(f->msg), "cannot open the replica: %s",
-		    err);
-		f->rc = RD_ERR_SYSTEM;
+	if (f->rc == 0) {
+		vt_set_rel(f->e, &f->rel);
+		open_replica(f, &f->rel);
 	}
 	if (f->rc != 0) {
 		fo_finish(f, f->rc, "%s: handed over, but recording this host "
@@ -1044,13 +1209,16 @@ planned_demote_done(void *arg)
 }
 
 static void
-planned_retired(void *arg)
+planned_closed(void *arg)
+{
+	work_submit(job_planned_demote, planned_demote_done, arg);
+}
+
+static void
+planned_idle(void *arg)
 {
 	struct fo *f = arg;
-	daemon_remove_pvm(f->d, f->pvm);
-	pvm_free(f->pvm);
-	f->pvm = NULL;
-	work_submit(job_planned_demote, planned_demote_done, f);
+	pvm_close(vt_pvm(f->e), planned_closed, f);
 }
 
 static void
@@ -1058,7 +1226,7 @@ handed_over(void *arg, int rc, const char *error)
 {
 	struct fo *f = arg;
 	if (rc == 0) {
-		pvm_retire(f->pvm, planned_retired, f);
+		vt_when_idle(f->e, planned_idle, f);
 		return;
 	}
 	f->rc = rc;
@@ -1066,8 +1234,8 @@ handed_over(void *arg, int rc, const char *error)
 	if (rc == RD_ERR_STATE) {
 		/* PROMOTE went out and no answer came: the replica may have
 		 * taken over.  Starting the guest here could run it twice;
-		 * the next cycle tells (confirm_handover). */
-		arm_confirm(f->d, f->pvm);
+		 * the next cycle tells (confirmed()). */
+		arm_confirm(f->svc, f->e);
 		fo_finish(f, rc, "%s: the handover's outcome is unknown (%s); "
 		    "the next cycle tells: if the other host took over, this "
 		    "host becomes its replica, else on_promote runs here again",
@@ -1081,15 +1249,13 @@ static void
 planned_hook_done(void *arg)
 {
 	struct fo *f = arg;
-	int r;
+	struct pvm *pv = vt_pvm(f->e);
 	if (f->rc != 0) {
 		fo_finish(f, f->rc, "%s: planned failover refused, this host is "
 		    "still the primary: %s", f->vm, f->msg);
 		return;
 	}
-	f->pvm = daemon_find_pvm(f->d, f->vm);
-	if (f->pvm == NULL || (r = pvm_handover(f->pvm, f->listen, handed_over,
-	    f)) != 0) {
+	if (pv == NULL || pvm_handover(pv, f->listen, handed_over, f) != 0) {
 		snprintf(f->msg, sizeof(f->msg), "the VM cannot hand over now");
 		f->rc = RD_ERR_STATE;
 		work_submit(job_restore_primary, restore_done, f);
@@ -1097,40 +1263,37 @@ planned_hook_done(void *arg)
 }
 
 void
-failover_planned(struct daemon *d, const char *vm, failover_done_fn done,
+failover_planned(struct svc *svc, const char *vm, failover_done_fn done,
     void *arg)
 {
-	struct fo *f = fo_new(d, vm, done, arg);
-	struct pvm *pv = daemon_find_pvm(d, vm);
+	const struct config *cfg = svc->cfg;
+	struct role_view view;
+	struct vme *e = fo_entry(svc, vm, &view);
+	struct fo *f = fo_new(svc, e, vm, done, arg);
+	struct role_decision d = role_command(&view, ROLE_CMD_PLANNED, NULL, 0);
+	struct pvm *pv = e ? vt_pvm(e) : NULL;
 
-	if (fo_busy(f, NULL))
+	if (d.verdict == ROLE_REFUSE) {
+		fo_refused(f, &d, "a planned failover");
 		return;
+	}
 	if (pv == NULL) {
-		fo_finish(f, RD_ERR_NOT_FOUND, replica_find(d, vm) ?
-		    "%s is a replica on this host: a planned failover runs on "
-		    "its primary" : "no VM named %s on this host", vm);
+		fo_finish(f, RD_ERR_STATE, "%s: %s", vm, vt_note(e));
 		return;
 	}
 	const struct cfg_vm *cv = pvm_cfg(pv);
-	if (cv->tracker == TRACKER_QEMU) {
-		fo_finish(f, RD_ERR_STATE, "%s: tracker qemu names QEMU block "
-		    "nodes, which this host cannot receive into: a planned "
-		    "failover is not possible (stop the guest, then fail over "
-		    "on the replica with replctl failover %s)", vm, vm);
-		return;
-	}
 	if (!pvm_has_replica(pv)) {
 		fo_finish(f, RD_ERR_STATE, "%s has no replica to hand over to "
 		    "(replctl reverse %s --to HOST:PORT first)", vm, vm);
 		return;
 	}
-	if (d->cfg->listen == NULL || d->server_ctx == NULL) {
+	if (cfg->listen == NULL || svc->server_ctx == NULL) {
 		fo_finish(f, RD_ERR_STATE, "%s: this host has no `listen` in "
 		    "[daemon]: after a planned failover it must receive %s from "
 		    "%s", vm, vm, cv->replica);
 		return;
 	}
-	f->acc = config_match_accept(d->cfg, cv->replica_name, vm);
+	f->acc = config_match_accept(cfg, cv->replica_name, vm);
 	if (f->acc == NULL) {
 		fo_finish(f, RD_ERR_STATE, "%s: no [accept %s] entry whose vms "
 		    "match %s: after a planned failover this host must accept "
@@ -1153,9 +1316,18 @@ failover_planned(struct daemon *d, const char *vm, failover_done_fn done,
 		    ps.error, vm);
 		return;
 	}
-	snprintf(f->listen, sizeof(f->listen), "%s", d->cfg->listen);
+	struct cat_rel rel;
+	if (cat_rel_get(svc->cat, vm, &rel) != 0) {
+		fo_finish(f, RD_ERR_STATE, "%s: not in the catalog", vm);
+		return;
+	}
+	snprintf(f->storage, sizeof(f->storage), "%s",
+	    replica_storage(cfg, &rel, f->acc));
+	snprintf(f->listen, sizeof(f->listen), "%s", cfg->listen);
 	snprintf(f->identity, sizeof(f->identity), "%s", cv->replica_name);
 	snprintf(f->to, sizeof(f->to), "%s", cv->replica);
+	if (fo_claim(f) != 0)
+		return;
 	log_info("%s: planned failover to %s requested", vm, cv->replica);
 	work_submit(job_planned_demote_hook, planned_hook_done, f);
 }
@@ -1165,14 +1337,15 @@ failover_planned(struct daemon *d, const char *vm, failover_done_fn done,
 /* The replica's digests are the new primary's tracker state: the first
  * cycle back sends only what the guest writes from now on. */
 static int
-digests_to_maps(struct fo *f, struct store *st, const struct cat_rel *rel)
+digests_to_maps(struct fo *f, const struct cat_rel *rel)
 {
-	char *dir = xasprintf("%s/tracker/%s", f->d->cfg->state_dir, rel->vm);
+	const char *sd = f->svc->cfg->state_dir;
+	char *dir = lay_tracker_dir(sd, rel->vm);
 	int r = util_mkdir_p(dir, 0700);
 	for (uint16_t i = 0; i < rel->ndisks && r == 0; i++) {
 		char *dg = xasprintf("%s/%s/.digests/%s", rel->storage, rel->vm,
 		    rel->disks[i].name);
-		char *map = xasprintf("%s/%s.map", dir, rel->disks[i].name);
+		char *map = lay_tracker_map(sd, rel->vm, rel->disks[i].name);
 		uint8_t *data = NULL;
 		size_t len = 0;
 		struct blockmap bm;
@@ -1193,7 +1366,6 @@ digests_to_maps(struct fo *f, struct store *st, const struct cat_rel *rel)
 		free(map);
 	}
 	free(dir);
-	(void)st;
 	return r;
 }
 
@@ -1201,28 +1373,21 @@ static void
 job_promote_planned(void *arg)
 {
 	struct fo *f = arg;
-	struct store *st = rvm_store(f->rvm);
+	struct store *st = rvm_store(vt_rvm(f->e));
 	struct cat_rel rel;
 	int r;
 
 	store_rel(st, &rel);
-	if (digests_to_maps(f, st, &rel) != 0)
+	if (digests_to_maps(f, &rel) != 0)
 		log_warnx("%s: the replica's digests are not usable as tracker "
 		    "state; the first cycle back compares the disks", f->vm);
 	if ((r = fo_rel(f, &rel)) != 0)
 		return;
-	rel.role = CAT_ROLE_PRIMARY;
-	rel.generation = f->promote.generation;
-	snprintf(rel.peer, sizeof(rel.peer), "%s", f->promote.listen);
-	snprintf(rel.peer_name, sizeof(rel.peer_name), "%s", f->identity);
-	rel.resync = 0;
-	rel.fenced[0] = '\0';
-	rel.at_point = 0;
-	marker_set(f->d, f->vm);
-	if ((r = cat_rel_put(f->d->cat, &rel)) != 0) {
-		marker_clear(f->d, f->vm);
-		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
-		f->rc = r;
+	role_rel_promote_planned(&rel, f->promote.generation,
+	    f->promote.listen, f->identity);
+	marker_set(f->svc, f->vm, LAY_MARK_PROMOTE);
+	if ((r = fo_put(f, &rel)) != 0) {
+		marker_clear(f->svc, f->vm, LAY_MARK_PROMOTE);
 		return;
 	}
 	fault_point("replica-after-promote-record");
@@ -1235,7 +1400,7 @@ job_promote_hook(void *arg)
 	struct fo *f = arg;
 	if (run_role_hook(f, &f->rel, 1, f->rel.last_point) != 0)
 		f->hook_failed = 1;
-	marker_clear(f->d, f->vm);
+	marker_clear(f->svc, f->vm, LAY_MARK_PROMOTE);
 }
 
 static void
@@ -1255,9 +1420,8 @@ static void
 promote_planned_idle(void *arg)
 {
 	struct fo *f = arg;
-	replica_remove(f->d, f->rvm);
-	f->rvm = NULL;
-	start_primary(f->d, &f->rel);
+	replica_close(vt_rvm(f->e));
+	start_primary(f->svc, f->e, &f->rel);
 	work_submit(job_promote_hook, promote_hook_done, f);
 }
 
@@ -1269,45 +1433,50 @@ promote_planned_done(void *arg)
 	void *darg = f->arg;
 	f->done = NULL;
 	if (f->rc != 0) {
-		rvm_block(f->rvm, 0);
 		done(darg, f->rc, f->msg);
 		fo_free(f);
 		return;
 	}
+	vt_set_rel(f->e, &f->rel);
 	/* PROMOTED goes out; the session lets go of the VM. */
 	done(darg, 0, NULL);
-	rvm_when_idle(f->rvm, promote_planned_idle, f);
+	vt_when_idle(f->e, promote_planned_idle, f);
 }
 
-void
-failover_promote_planned(struct daemon *d, struct rvm *vm,
-    const char *identity, const struct wire_promote *m,
-    failover_done_fn done, void *arg)
+static void
+ev_promote(void *ctx, struct vme *e, const char *identity,
+    const struct wire_promote *m, replica_done_fn done, void *arg)
 {
-	struct fo *f = fo_new(d, "", done, arg);
-	struct cat_rel rel;
-	store_rel(rvm_store(vm), &rel);
-	snprintf(f->vm, sizeof(f->vm), "%s", rel.vm);
-	f->rvm = vm;
+	struct svc *svc = ctx;
+	struct fo *f = fo_new(svc, e, vt_name(e), NULL, NULL);
+
 	f->promote = *m;
 	snprintf(f->identity, sizeof(f->identity), "%s", identity);
-	if (rvm_in_use(vm) || fo_claim(f) != 0) {
-		failover_done_fn dn = f->done;
-		f->done = NULL;
-		fo_finish(f, RD_ERR_BUSY, "busy");
-		dn(arg, RD_ERR_BUSY, "a test failover, verify, prune or role "
+	if (vt_in_use(e) || vt_claim(e) != 0) {
+		log_warnx("%s: PROMOTE from %s refused: a test failover, "
+		    "verify, prune or role change of it is running", f->vm,
+		    identity);
+		fo_free(f);
+		done(arg, RD_ERR_BUSY, "a test failover, verify, prune or role "
 		    "change of the VM is running here");
 		return;
 	}
-	rvm_block(vm, 1);
+	f->claimed = 1;
+	f->done = done;
+	f->arg = arg;
 	work_submit(job_promote_planned, promote_planned_done, f);
 }
+
+static const struct replica_events events = {
+	.demote = ev_demote,
+	.promote = ev_promote,
+};
 
 /* --- reverse -------------------------------------------------------------- */
 
 /* Can this host reach HOST:PORT and does it show the right certificate? */
 static int
-probe(struct daemon *d, const char *to, const char *name, char *err,
+probe(struct svc *svc, const char *to, const char *name, char *err,
     size_t errsz)
 {
 	char host[HOST_MAX_LEN + 1], port[8];
@@ -1352,7 +1521,7 @@ probe(struct daemon *d, const char *to, const char *name, char *err,
 	struct timeval tv = { PROBE_TIMEOUT_MS / 1000, 0 };
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	if ((ssl = SSL_new(d->client_ctx)) == NULL) {
+	if ((ssl = SSL_new(svc->client_ctx)) == NULL) {
 		snprintf(err, errsz, "SSL_new failed");
 		goto fail;
 	}
@@ -1386,28 +1555,24 @@ static void
 job_reverse(void *arg)
 {
 	struct fo *f = arg;
+	struct rvm *rv = vt_rvm(f->e);
 	struct cat_rel rel;
 	int r;
 
-	if ((r = probe(f->d, f->to, f->name, f->msg, sizeof(f->msg))) != 0) {
+	if ((r = probe(f->svc, f->to, f->name, f->msg, sizeof(f->msg))) != 0) {
 		f->rc = r;
 		return;
 	}
-	if (f->rvm && (r = store_rewind_commit(rvm_store(f->rvm), NULL, f->msg,
+	if (rv != NULL && (r = store_rewind_commit(rvm_store(rv), NULL, f->msg,
 	    sizeof(f->msg))) != 0) {
 		f->rc = r;
 		return;
 	}
 	if ((r = fo_rel(f, &rel)) != 0)
 		return;
-	snprintf(rel.peer, sizeof(rel.peer), "%s", f->to);
-	snprintf(rel.peer_name, sizeof(rel.peer_name), "%s", f->name);
-	rel.resync = 1;
-	if ((r = cat_rel_put(f->d->cat, &rel)) != 0) {
-		snprintf(f->msg, sizeof(f->msg), "catalog: %s", rd_strerror(r));
-		f->rc = r;
+	role_rel_reverse(&rel, f->to, f->name);
+	if ((r = fo_put(f, &rel)) != 0)
 		return;
-	}
 	f->rel = rel;
 }
 
@@ -1425,12 +1590,12 @@ reverse_synced(void *arg, uint64_t point, const char *error)
 }
 
 static void
-reverse_retired(void *arg)
+reverse_closed(void *arg)
 {
 	struct fo *f = arg;
-	daemon_remove_pvm(f->d, f->pvm);
-	pvm_free(f->pvm);
-	struct pvm *pv = start_primary(f->d, &f->rel);
+	struct pvm *pv = start_primary(f->svc, f->e, &f->rel);
+	/* Cycles start once the VM is let go: now. */
+	fo_release(f);
 	if (f->wait) {
 		if (pvm_resync(pv, reverse_synced, f) != 0)
 			fo_finish(f, RD_ERR_STATE, "%s: cannot start the first "
@@ -1443,39 +1608,46 @@ reverse_retired(void *arg)
 }
 
 static void
+reverse_idle(void *arg)
+{
+	struct fo *f = arg;
+	struct rvm *rv = vt_rvm(f->e);
+	if (rv != NULL)
+		replica_close(rv);
+	pvm_close(vt_pvm(f->e), reverse_closed, f);
+}
+
+static void
 reverse_done(void *arg)
 {
 	struct fo *f = arg;
 	if (f->rc != 0) {
-		if (f->rvm)
-			rvm_block(f->rvm, 0);
 		fo_finish(f, f->rc, "%s: reverse refused, nothing changed: %s",
 		    f->vm, f->msg);
 		return;
 	}
-	if (f->rvm) {
-		replica_remove(f->d, f->rvm);
-		f->rvm = NULL;
-	}
-	pvm_retire(f->pvm, reverse_retired, f);
+	vt_set_rel(f->e, &f->rel);
+	vt_when_idle(f->e, reverse_idle, f);
 }
 
 void
-failover_reverse(struct daemon *d, const char *vm, const char *to,
+failover_reverse(struct svc *svc, const char *vm, const char *to,
     const char *name, int wait, failover_done_fn done, void *arg)
 {
-	struct fo *f = fo_new(d, vm, done, arg);
+	struct role_view view;
+	struct vme *e = fo_entry(svc, vm, &view);
+	struct fo *f = fo_new(svc, e, vm, done, arg);
+	struct role_decision d = role_command(&view, ROLE_CMD_REVERSE, NULL, 0);
 	char host[HOST_MAX_LEN + 1];
 	uint16_t port;
 
 	f->wait = wait;
-	f->pvm = daemon_find_pvm(d, vm);
-	if (fo_busy(f, replica_find(d, vm)))
+	if (d.verdict == ROLE_REFUSE) {
+		fo_refused(f, &d, "reverse");
 		return;
-	if (f->pvm == NULL) {
-		fo_finish(f, RD_ERR_NOT_FOUND, replica_find(d, vm) ? "%s is a "
-		    "replica on this host: reverse runs on its new primary" :
-		    "no VM named %s on this host", vm);
+	}
+	if (vt_pvm(e) == NULL) {
+		fo_finish(f, RD_ERR_STATE, "%s: %s", vm, vt_note(e));
 		return;
 	}
 	if (util_parse_hostport(to, host, sizeof(host), &port) != 0) {
@@ -1483,25 +1655,98 @@ failover_reverse(struct daemon *d, const char *vm, const char *to,
 		    to);
 		return;
 	}
-	const struct cfg_vm *cv = config_find_vm(d->cfg, vm);
+	const struct cfg_vm *cv = config_find_vm(svc->cfg, vm);
 	if (cv && strcmp(cv->replica, to) != 0) {
 		fo_finish(f, RD_ERR_STATE, "%s: its replica is set by [vm %s] "
-		    "in %s (replica = %s)", vm, vm, d->cfg->path, cv->replica);
+		    "in %s (replica = %s)", vm, vm, svc->cfg->path, cv->replica);
 		return;
 	}
 	snprintf(f->to, sizeof(f->to), "%s", to);
-	struct cat_rel rel;
-	if (cat_rel_get(d->cat, vm, &rel) != 0) {
-		fo_finish(f, RD_ERR_STATE, "%s: not in the catalog", vm);
-		return;
-	}
 	snprintf(f->name, sizeof(f->name), "%s", name ? name : cv ?
-	    cv->replica_name : rel.peer_name[0] ? rel.peer_name : host);
-	f->rvm = replica_find(d, vm);
-	if (f->rvm && !rvm_promoted(f->rvm))
-		f->rvm = NULL;
-	if (f->rvm)
-		rvm_block(f->rvm, 1);
+	    cv->replica_name : view.owner[0] ? view.owner : host);
+	if (fo_claim(f) != 0)
+		return;
 	log_info("%s: reverse to %s (%s) requested", vm, to, f->name);
 	work_submit(job_reverse, reverse_done, f);
+}
+
+/* --- reassign --------------------------------------------------------------- */
+
+static void
+job_reassign(void *arg)
+{
+	struct fo *f = arg;
+	struct cat_rel rel;
+	char why[1024];
+
+	if (fo_rel(f, &rel) != 0)
+		return;
+	snprintf(f->name, sizeof(f->name), "%.*s", (int)sizeof(f->name) - 1,
+	    rel.peer);
+	role_rel_reassign(&rel, f->identity);
+	if (fo_put(f, &rel) != 0)
+		return;
+	store_reload_rel(rvm_store(vt_rvm(f->e)));
+	snprintf(why, sizeof(why), "reassigned from %s to %s at generation %"
+	    PRIu64, f->name, f->identity, rel.generation);
+	cat_event_add(f->svc->cat, f->vm, "info", why);
+	f->rel = rel;
+}
+
+static void
+reassign_done(void *arg)
+{
+	struct fo *f = arg;
+	if (f->rc != 0) {
+		fo_finish(f, f->rc, "%s: reassign refused, nothing changed: %s",
+		    f->vm, f->msg);
+		return;
+	}
+	vt_set_rel(f->e, &f->rel);
+	fo_finish(f, 0, "%s: reassigned from %s to %s at generation %" PRIu64
+	    "; %s takes that generation at its next cycle, which compares the "
+	    "disks (only differences travel); %s is refused from now on",
+	    f->vm, f->name, f->identity, f->rel.generation, f->identity,
+	    f->name);
+}
+
+static void
+reassign_idle(void *arg)
+{
+	work_submit(job_reassign, reassign_done, arg);
+}
+
+void
+failover_reassign(struct svc *svc, const char *vm, const char *host,
+    failover_done_fn done, void *arg)
+{
+	struct role_view view;
+	struct vme *e = fo_entry(svc, vm, &view);
+	struct fo *f = fo_new(svc, e, vm, done, arg);
+	const struct cfg_accept *acc = config_match_accept(svc->cfg, host, vm);
+	struct cat_rel rel;
+	int accepted = 0;
+
+	snprintf(f->identity, sizeof(f->identity), "%s", acc ? acc->name :
+	    host);
+	if (e != NULL && vt_rvm(e) != NULL) {
+		store_rel(rvm_store(vt_rvm(e)), &rel);
+		snprintf(f->storage, sizeof(f->storage), "%s", rel.storage);
+		accepted = acc != NULL && strcmp(acc->storage, rel.storage) == 0;
+	}
+	struct role_decision d = role_command(&view, ROLE_CMD_REASSIGN,
+	    f->identity, accepted);
+	if (d.verdict == ROLE_REFUSE) {
+		fo_refused(f, &d, "reassign");
+		return;
+	}
+	if (vt_rvm(e) == NULL) {
+		fo_finish(f, RD_ERR_STATE, "%s: its replica is unavailable on "
+		    "this host: %s", vm, vt_note(e));
+		return;
+	}
+	if (fo_claim(f) != 0)
+		return;
+	log_info("%s: reassign to %s requested", vm, f->identity);
+	vt_when_idle(e, reassign_idle, f);
 }

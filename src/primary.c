@@ -37,17 +37,20 @@
 #include <zstd.h>
 
 #include "catalog.h"
-#include "daemon.h"
 #include "delta.h"
 #include "err.h"
 #include "fault.h"
 #include "hook.h"
+#include "layout.h"
 #include "log.h"
 #include "netio.h"
 #include "primary.h"
+#include "role.h"
+#include "svc.h"
 #include "tls.h"
 #include "tracker.h"
 #include "util.h"
+#include "vmtab.h"
 #include "wire.h"
 #include "work.h"
 #include "xmalloc.h"
@@ -145,13 +148,15 @@ struct psess {
 	int			 want_resync;	/* asked for before it started */
 	int			 handover;	/* PROMOTE follows the ACK */
 	int			 promote_sent;
+	struct wire_welcome	 welcome;	/* the replica's answer */
 	uint8_t			*cbuf;		/* a chunk */
 	struct wbuf		 dbuf;		/* a delta */
 	uint8_t			*zbuf;		/* a compressed delta */
 };
 
 struct pvm {
-	struct daemon		*d;
+	struct svc		*svc;
+	struct vme		*e;		/* its entry in the VM table */
 	const struct cfg_vm	*cfg;
 	struct tracker		*trk;
 	enum pvm_state		 state;
@@ -169,7 +174,6 @@ struct pvm {
 	struct waiter		*next;		/* want the cycle after it */
 	int			 draining;	/* ended sessions with a job */
 	int			 resync;	/* next cycle resynchronises */
-	int			 held;		/* no cycle (failover uncommitted) */
 	int			 nospace;	/* the replica is out of space */
 	int64_t			 last_app_ms;	/* cut of the newest app point */
 	uint64_t		 started_ms;	/* monotonic start of the last cycle */
@@ -182,10 +186,9 @@ struct pvm {
 	char			*handover;	/* this host's listen HOST:PORT */
 	pvm_handover_fn		 handover_fn;
 	void			*handover_arg;
-	/* retiring: told once no session or job uses the VM */
-	void			(*retire_fn)(void *);
-	void			*retire_arg;
-	struct event		*retire_ev;
+	/* closing (pvm_close): told once the tracker is closed */
+	void			(*close_fn)(void *);
+	void			*close_arg;
 	/* an interrupted handover: told whether the replica is still ours */
 	void			(*confirm_fn)(void *, int);
 	void			*confirm_arg;
@@ -201,13 +204,23 @@ struct check_job {
 struct fence_job {
 	struct pvm	*vm;
 	char		 why[512];	/* "" lifts the fence */
+	int		 recorded;	/* rel holds what the catalog has */
+	struct cat_rel	 rel;
+};
+
+/* A reassignment gives this host the replica's generation (WELCOME). */
+struct adopt_job {
+	struct psess	*s;
+	uint64_t	 generation;
+	int		 rc;
+	struct cat_rel	 rel;
 };
 
 static void start_cycle(struct pvm *vm);
 static int want_cycle(struct pvm *vm, pvm_waiter_fn fn, void *arg);
 static void listen_addr(struct psess *s, const char *listen, char *out,
     size_t outsz);
-static void maybe_retired(struct pvm *vm);
+static void poke(struct pvm *vm);
 static void handover_end(struct pvm *vm, int rc, const char *msg);
 static void job_fenced(void *arg);
 static void fenced_done(void *arg);
@@ -239,13 +252,26 @@ pvm_name(const struct pvm *vm)
 	return vm->cfg->name;
 }
 
+/*
+ * No cycle starts while a role change holds the VM (but the handover
+ * cycle of a planned failover), while a failover to this host is not
+ * committed, or without a replica.
+ */
+static int
+cycles_held(const struct pvm *vm)
+{
+	return (vt_claimed(vm->e) && vm->handover == NULL) ||
+	    vt_state(vm->e) == ROLE_UNCOMMITTED || vm->cfg->replica == NULL ||
+	    vm->close_fn != NULL;
+}
+
 /* --- scheduling ---------------------------------------------------------- */
 
 static void
 on_timer(evutil_socket_t fd, short what, void *arg)
 {
 	struct pvm *vm = arg;
-	if (vm->sess == NULL && !vm->d->stopping)
+	if (vm->sess == NULL && !vm->svc->stopping)
 		start_cycle(vm);
 }
 
@@ -261,8 +287,7 @@ schedule(struct pvm *vm, uint64_t ms)
 static void
 plan_next(struct pvm *vm)
 {
-	if (vm->d->stopping || vm->state == PVM_FENCED || vm->retire_fn ||
-	    vm->cfg->replica == NULL || vm->held)
+	if (vm->svc->stopping || vm->state == PVM_FENCED || cycles_held(vm))
 		return;
 	if (vm->next != NULL) {
 		schedule(vm, 0);
@@ -369,54 +394,16 @@ sess_end(struct psess *s)
 	sess_free(s);
 	if (was_dead && --vm->draining == 0 && vm->sess == NULL)
 		plan_next(vm);
-	maybe_retired(vm);
+	poke(vm);
 }
 
-/*
- * A retiring VM is told once nothing uses it any more, from a callback
- * of its own: the caller (which may free the VM) never runs inside code
- * that still uses it.
- */
+/* A session or a job ended: a role change waiting for the VM to be idle
+ * looks again (vmtab.h). */
 static void
-job_close_tracker(void *arg)
+poke(struct pvm *vm)
 {
-	struct pvm *vm = arg;
-	trk_close(vm->trk);
-	vm->trk = NULL;
-}
-
-static void
-close_tracker_done(void *arg)
-{
-	struct pvm *vm = arg;
-	vm->draining--;
-	maybe_retired(vm);
-}
-
-static void
-on_retire(evutil_socket_t fd, short what, void *arg)
-{
-	struct pvm *vm = arg;
-	if (vm->retire_fn == NULL || vm->sess != NULL || vm->draining > 0)
-		return;
-	if (vm->trk != NULL) {
-		/* Closing a tracker may block (QMP): a job, alone on it. */
-		vm->draining++;
-		work_submit(job_close_tracker, close_tracker_done, vm);
-		return;
-	}
-	void (*fn)(void *) = vm->retire_fn;
-	vm->retire_fn = NULL;
-	fn(vm->retire_arg);
-}
-
-static void
-maybe_retired(struct pvm *vm)
-{
-	if (vm->retire_fn == NULL || vm->sess != NULL || vm->draining > 0)
-		return;
-	struct timeval now = { 0, 0 };
-	evtimer_add(vm->retire_ev, &now);
+	if (vm->sess == NULL && vm->draining == 0)
+		vt_poke(vm->e);
 }
 
 static void
@@ -470,13 +457,14 @@ static void
 job_fenced(void *arg)
 {
 	struct fence_job *fj = arg;
-	struct cat_rel rel;
-	int r = cat_rel_get(fj->vm->d->cat, fj->vm->cfg->name, &rel);
+	struct catalog *cat = fj->vm->svc->cat;
+	int r = cat_rel_get(cat, fj->vm->cfg->name, &fj->rel);
 	if (r == 0) {
-		snprintf(rel.fenced, sizeof(rel.fenced), "%.*s",
-		    (int)sizeof(rel.fenced) - 1, fj->why);
-		r = cat_rel_put(fj->vm->d->cat, &rel);
+		snprintf(fj->rel.fenced, sizeof(fj->rel.fenced), "%.*s",
+		    (int)sizeof(fj->rel.fenced) - 1, fj->why);
+		r = cat_rel_put(cat, &fj->rel);
 	}
+	fj->recorded = r == 0;
 	if (r != 0)
 		log_warnx("%s: cannot record the fence: %s", fj->vm->cfg->name,
 		    rd_strerror(r));
@@ -487,12 +475,14 @@ fenced_done(void *arg)
 {
 	struct fence_job *fj = arg;
 	struct pvm *vm = fj->vm;
+	if (fj->recorded)
+		vt_set_rel(vm->e, &fj->rel);
 	free(fj);
 	log_warnx("%s: fenced: %s; no more cycles until an operator acts "
 	    "(replctl resume, or reverse from the new primary)", vm->cfg->name,
 	    vm->error);
 	vm->draining--;
-	maybe_retired(vm);
+	poke(vm);
 }
 
 /* The fence is lifted: try again now; if this host is still a stale
@@ -502,10 +492,12 @@ fenced_done_quiet(void *arg)
 {
 	struct fence_job *fj = arg;
 	struct pvm *vm = fj->vm;
+	if (fj->recorded)
+		vt_set_rel(vm->e, &fj->rel);
 	free(fj);
 	if (--vm->draining == 0 && vm->sess == NULL)
 		start_cycle(vm);
-	maybe_retired(vm);
+	poke(vm);
 }
 
 static void
@@ -521,7 +513,7 @@ tidy_done(void *arg)
 	struct pvm *vm = arg;
 	if (--vm->draining == 0 && vm->sess == NULL)
 		plan_next(vm);
-	maybe_retired(vm);
+	poke(vm);
 }
 
 static void
@@ -1064,7 +1056,7 @@ produce_done(void *arg)
 static void
 maybe_produce(struct psess *s)
 {
-	if (s->job_running || s->scan_done || s->vm->d->stopping)
+	if (s->job_running || s->scan_done || s->vm->svc->stopping)
 		return;
 	if (evbuffer_get_length(bufferevent_get_output(s->bev)) >= OUT_HIGH)
 		return;		/* the write callback comes back here */
@@ -1100,7 +1092,7 @@ job_commit(void *arg)
 		log_warnx("%s: %s; the next cycle sends the whole disk",
 		    vm->cfg->name, s->err);
 	fault_point("primary-after-commit");
-	if ((r = cat_rel_get(vm->d->cat, vm->cfg->name, &rel)) == 0) {
+	if ((r = cat_rel_get(vm->svc->cat, vm->cfg->name, &rel)) == 0) {
 		rel.last_cycle = s->cycle;
 		rel.last_point = s->point;
 		rel.last_point_created_ms = s->created_ms;
@@ -1108,7 +1100,7 @@ job_commit(void *arg)
 			rel.disks[i].size = s->sizes[i];
 		if (s->resync)
 			rel.resync = 0;
-		r = cat_rel_put(vm->d->cat, &rel);
+		r = cat_rel_put(vm->svc->cat, &rel);
 	}
 	if (s->kind == 1)
 		save_app_time(vm, s->created_ms);
@@ -1185,7 +1177,8 @@ on_promoted(struct psess *s, const uint8_t *p, size_t len)
 {
 	struct pvm *vm = s->vm;
 	uint64_t gen;
-	if (wire_get_promoted(p, len, &gen) != 0 || gen != vm->generation + 1) {
+	if (wire_get_promoted(p, len, &gen) != 0 ||
+	    role_promoted(vm->generation, gen).verdict != ROLE_HANDED_OVER) {
 		sess_fail(s, RD_ERR_PEER, "bad PROMOTED from the replica");
 		return;
 	}
@@ -1211,22 +1204,85 @@ handover_end(struct pvm *vm, int rc, const char *msg)
 
 /* --- frames from the replica --------------------------------------------- */
 
+static void welcomed(struct psess *s);
+
+static void
+job_adopt(void *arg)
+{
+	struct adopt_job *aj = arg;
+	struct pvm *vm = aj->s->vm;
+	aj->rc = cat_rel_get(vm->svc->cat, vm->cfg->name, &aj->rel);
+	if (aj->rc == 0) {
+		role_rel_adopt(&aj->rel, aj->generation);
+		aj->rc = cat_rel_put(vm->svc->cat, &aj->rel);
+	}
+}
+
+static void
+adopt_done(void *arg)
+{
+	struct adopt_job *aj = arg;
+	struct psess *s = aj->s;
+	struct pvm *vm = s->vm;
+	int rc = aj->rc;
+	uint64_t was = vm->generation;
+
+	if (rc == 0) {
+		vm->generation = aj->generation;
+		vt_set_rel(vm->e, &aj->rel);
+		log_info("%s: the replica %s reassigned %s to this host: "
+		    "generation %" PRIu64 " -> %" PRIu64, vm->cfg->name,
+		    vm->cfg->replica_name, vm->cfg->name, was, vm->generation);
+	}
+	free(aj);
+	if (!job_returned(s))
+		return;
+	if (rc != 0) {
+		sess_fail(s, rc, "cannot record generation %" PRIu64 " that "
+		    "the replica gave this host: %s", s->welcome.generation,
+		    rd_strerror(rc));
+		return;
+	}
+	welcomed(s);
+}
+
 static void
 on_welcome(struct psess *s, const uint8_t *p, size_t len)
 {
 	struct pvm *vm = s->vm;
-	struct wire_welcome w;
+	struct wire_welcome *w = &s->welcome;
 	int r;
 
-	if ((r = wire_get_welcome(p, len, &w)) != 0) {
+	if ((r = wire_get_welcome(p, len, w)) != 0) {
 		sess_fail(s, r, "bad WELCOME from the replica: %s",
 		    rd_strerror(r));
 		return;
 	}
-	if (w.generation > vm->generation) {
-		sess_fail(s, RD_ERR_FENCED, "the replica is at generation %"
-		    PRIu64 ", this host at %" PRIu64 ": this host is a stale "
-		    "primary", w.generation, vm->generation);
+	struct role_decision d = role_welcome(vm->generation, w->generation,
+	    (w->flags & WIRE_WELCOME_ADOPT) != 0);
+	switch (d.verdict) {
+	case ROLE_PROCEED:
+		break;
+	case ROLE_ADOPT: {
+		/* Recorded before any cycle goes out at the new generation. */
+		struct adopt_job *aj = xcalloc(1, sizeof(*aj));
+		aj->s = s;
+		aj->generation = d.generation;
+		s->job_running = 1;
+		bufferevent_disable(s->bev, EV_READ);
+		work_submit(job_adopt, adopt_done, aj);
+		return;
+	}
+	default:
+		if (d.why == ROLE_WHY_STALE)
+			sess_fail(s, RD_ERR_FENCED, "the replica is at "
+			    "generation %" PRIu64 ", this host at %" PRIu64 ": "
+			    "this host is a stale primary", w->generation,
+			    vm->generation);
+		else
+			sess_fail(s, RD_ERR_PEER, "the replica answered at "
+			    "generation %" PRIu64 ", this host is at %" PRIu64
+			    ": refused", w->generation, vm->generation);
 		return;
 	}
 	if (vm->confirm_fn) {
@@ -1236,6 +1292,17 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 		vm->confirm_fn = NULL;
 		fn(vm->confirm_arg, 1);
 	}
+	welcomed(s);
+}
+
+/* The replica takes the cycle: compare or send. */
+static void
+welcomed(struct psess *s)
+{
+	struct pvm *vm = s->vm;
+	struct wire_welcome w = s->welcome;
+
+	bufferevent_enable(s->bev, EV_READ);
 	s->replica_cycle = w.last_cycle;
 	/*
 	 * Where the tracker cannot prove what the replica holds, but the
@@ -1497,10 +1564,10 @@ job_prepare(void *arg)
 	if (s->want_resync) {
 		/* Asked for: a restart must not forget it. */
 		struct cat_rel rel;
-		if (cat_rel_get(vm->d->cat, vm->cfg->name, &rel) == 0 &&
+		if (cat_rel_get(vm->svc->cat, vm->cfg->name, &rel) == 0 &&
 		    !rel.resync) {
 			rel.resync = 1;
-			cat_rel_put(vm->d->cat, &rel);
+			cat_rel_put(vm->svc->cat, &rel);
 		}
 	}
 	int r = trk_sizes(vm->trk, s->sizes, s->err, sizeof(s->err));
@@ -1530,7 +1597,7 @@ prepare_done(void *arg)
 
 	if (!job_returned(s))
 		return;
-	ssl = SSL_new(vm->d->client_ctx);
+	ssl = SSL_new(vm->svc->client_ctx);
 	if (ssl == NULL) {
 		sess_fail(s, RD_ERR_INTERNAL, "SSL_new: %s", tls_last_error());
 		return;
@@ -1541,7 +1608,7 @@ prepare_done(void *arg)
 		SSL_set1_host(ssl, vm->cfg->replica_name);
 		SSL_set_tlsext_host_name(ssl, vm->cfg->replica_name);
 	}
-	s->bev = bufferevent_openssl_socket_new(vm->d->base, -1, ssl,
+	s->bev = bufferevent_openssl_socket_new(vm->svc->base, -1, ssl,
 	    BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL) {
 		SSL_free(ssl);
@@ -1566,9 +1633,8 @@ start_cycle(struct pvm *vm)
 {
 	struct psess *s;
 
-	if (vm->sess != NULL || vm->draining || vm->d->stopping ||
-	    vm->state == PVM_FENCED || vm->retire_fn || vm->cfg->replica == NULL ||
-	    vm->held)
+	if (vm->sess != NULL || vm->draining || vm->svc->stopping ||
+	    vm->state == PVM_FENCED || cycles_held(vm))
 		return;
 	if (vm->paused && vm->next == NULL)
 		return;
@@ -1649,7 +1715,7 @@ keep_session(struct psess *s)
 
 	keep_drop(vm);
 	if (every == 0 || every > KEEP_MAX_INTERVAL_MS || s->bev == NULL ||
-	    s->handover || vm->retire_fn || vm->held || vm->d->stopping ||
+	    s->handover || cycles_held(vm) || vm->svc->stopping ||
 	    evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
 		return;
 	vm->keep = s->bev;
@@ -1698,7 +1764,7 @@ job_check(void *arg)
 	 * extents of the images for good. */
 	if (cfg->tracker == TRACKER_SCAN)
 		trk_forget_clones(cfg);
-	cj->rc = trk_check(cfg, cj->vm->d->cfg->state_dir, cj->err,
+	cj->rc = trk_check(cfg, cj->vm->svc->cfg->state_dir, cj->err,
 	    sizeof(cj->err));
 }
 
@@ -1721,73 +1787,80 @@ check_done(void *arg)
 	vm->draining--;
 	if (vm->draining == 0 && vm->sess == NULL)
 		plan_next(vm);
-	maybe_retired(vm);
+	poke(vm);
 }
 
+/* What the VM table may ask of a primary (vmtab.h). */
+static void
+pvm_quiesce(void *obj)
+{
+	struct pvm *vm = obj;
+	evtimer_del(vm->timer);
+	keep_drop(vm);
+	if (vm->handover)
+		handover_end(vm, RD_ERR_STATE, "the VM is changing roles");
+	if (vm->sess) {
+		log_info("%s: abandoning cycle %" PRIu64 " (role change)",
+		    vm->cfg->name, vm->sess->cycle);
+		sess_end(vm->sess);
+	}
+	tell_waiters(&vm->cur, 0, "the VM is changing roles");
+	tell_waiters(&vm->next, 0, "the VM is changing roles");
+}
+
+static int
+pvm_in_use(void *obj)
+{
+	struct pvm *vm = obj;
+	return vm->sess != NULL || vm->draining > 0;
+}
+
+static void
+pvm_carry_on(void *obj)
+{
+	struct pvm *vm = obj;
+	if (vm->sess == NULL && vm->draining == 0)
+		plan_next(vm);
+}
+
+static const struct vt_ops pvm_ops = {
+	.quiesce = pvm_quiesce,
+	.in_use = pvm_in_use,
+	.resume = pvm_carry_on,
+};
+
 struct pvm *
-pvm_new(struct daemon *d, const struct cfg_vm *cfg)
+pvm_new(struct svc *svc, struct vme *e, const struct cfg_vm *cfg,
+    const struct cat_rel *rel)
 {
 	struct pvm *vm = xcalloc(1, sizeof(*vm));
-	struct cat_rel rel;
 	int r;
 
-	vm->d = d;
+	vm->svc = svc;
+	vm->e = e;
 	vm->cfg = cfg;
-	vm->timer = evtimer_new(d->base, on_timer, vm);
-	vm->retire_ev = evtimer_new(d->base, on_retire, vm);
-	if ((r = trk_open(d->cfg->state_dir, cfg, &vm->trk)) != 0)
+	vm->timer = evtimer_new(svc->base, on_timer, vm);
+	if ((r = trk_open(svc->cfg->state_dir, cfg, &vm->trk)) != 0)
 		fatalx("%s: cannot open the tracker state: %s", cfg->name,
 		    rd_strerror(r));
-	vm->app_path = xasprintf("%s/tracker/%s/app-point", d->cfg->state_dir,
-	    cfg->name);
+	vm->app_path = lay_app_point(svc->cfg->state_dir, cfg->name);
 	load_app_time(vm);
-	r = cat_rel_get(d->cat, cfg->name, &rel);
-	if (r == RD_ERR_NOT_FOUND) {
-		memset(&rel, 0, sizeof(rel));
-		snprintf(rel.vm, sizeof(rel.vm), "%s", cfg->name);
-		rel.role = CAT_ROLE_PRIMARY;
-		rel.generation = 1;
-		snprintf(rel.peer, sizeof(rel.peer), "%s", cfg->replica);
-		rel.block_size = cfg->block_size;
-		rel.interval_ms = cfg->interval_ms;
-		rel.ndisks = (uint16_t)cfg->ndisks;
-		for (size_t i = 0; i < cfg->ndisks; i++)
-			snprintf(rel.disks[i].name, sizeof(rel.disks[i].name),
-			    "%s", cfg->disk_names[i]);
-		if ((r = cat_rel_put(d->cat, &rel)) != 0)
-			fatalx("%s: cannot record the relationship: %s",
-			    cfg->name, rd_strerror(r));
-		log_info("%s: new relationship, replica %s", cfg->name,
-		    cfg->replica);
-	} else if (r != 0) {
-		fatalx("%s: cannot read the catalog: %s", cfg->name,
-		    rd_strerror(r));
-	}
-	vm->generation = rel.generation;
-	vm->resync = rel.resync;
-	if (rel.fenced[0] != '\0') {
+	vt_attach(e, VT_PRIMARY, vm, &pvm_ops);
+	vm->generation = rel->generation;
+	vm->resync = rel->resync;
+	vm->last_cycle = rel->last_cycle;
+	vm->last_point = rel->last_point;
+	vm->last_point_ms = rel->last_point_created_ms;
+	if (rel->fenced[0] != '\0') {
 		vm->state = PVM_FENCED;
-		snprintf(vm->error, sizeof(vm->error), "%s", rel.fenced);
+		snprintf(vm->error, sizeof(vm->error), "%s", rel->fenced);
 		log_warnx("%s: fenced: %s; not replicating until an operator "
-		    "acts", cfg->name, rel.fenced);
-		vm->last_cycle = rel.last_cycle;
-		vm->last_point = rel.last_point;
-		vm->last_point_ms = rel.last_point_created_ms;
-		return vm;
-	}
-	vm->last_cycle = rel.last_cycle;
-	vm->last_point = rel.last_point;
-	vm->last_point_ms = rel.last_point_created_ms;
-	if (rel.role != CAT_ROLE_PRIMARY) {
-		vm->state = PVM_ERROR;
-		snprintf(vm->error, sizeof(vm->error), "the catalog records "
-		    "this host as the replica of %s", cfg->name);
-		log_warnx("%s: %s; not replicating", cfg->name, vm->error);
+		    "acts", cfg->name, rel->fenced);
 		return vm;
 	}
 	vm->state = PVM_IDLE;
 	/* A first cycle soon after start, then every interval. */
-	if (cfg->interval_ms && cfg->replica)
+	if (cfg->interval_ms && !cycles_held(vm))
 		schedule(vm, 1000);
 	{
 		struct check_job *cj = xcalloc(1, sizeof(*cj));
@@ -1799,9 +1872,10 @@ pvm_new(struct daemon *d, const struct cfg_vm *cfg)
 }
 
 struct pvm *
-pvm_new_owned(struct daemon *d, struct cfg_vm *cfg)
+pvm_new_owned(struct svc *svc, struct vme *e, struct cfg_vm *cfg,
+    const struct cat_rel *rel)
 {
-	struct pvm *vm = pvm_new(d, cfg);
+	struct pvm *vm = pvm_new(svc, e, cfg, rel);
 	vm->owned_cfg = cfg;
 	return vm;
 }
@@ -1831,45 +1905,14 @@ pvm_confirm(struct pvm *vm, void (*fn)(void *, int), void *arg)
 	vm->confirm_arg = arg;
 }
 
-void
-pvm_hold(struct pvm *vm, int hold)
-{
-	vm->held = hold;
-	if (hold) {
-		evtimer_del(vm->timer);
-		keep_drop(vm);
-	}
-	else
-		plan_next(vm);
-}
-
-void
-pvm_retire(struct pvm *vm, void (*fn)(void *), void *arg)
-{
-	evtimer_del(vm->timer);
-	keep_drop(vm);
-	if (vm->handover)
-		handover_end(vm, RD_ERR_STATE, "the VM is changing roles");
-	vm->retire_fn = fn;
-	vm->retire_arg = arg;
-	if (vm->sess) {
-		log_info("%s: abandoning cycle %" PRIu64 " (role change)",
-		    vm->cfg->name, vm->sess->cycle);
-		sess_end(vm->sess);
-	}
-	tell_waiters(&vm->cur, 0, "the VM is changing roles");
-	tell_waiters(&vm->next, 0, "the VM is changing roles");
-	maybe_retired(vm);
-}
-
 int
 pvm_handover(struct pvm *vm, const char *listen, pvm_handover_fn fn,
     void *arg)
 {
 	if (vm->state == PVM_FENCED)
 		return RD_ERR_FENCED;
-	if (vm->cfg->replica == NULL || vm->handover || vm->retire_fn ||
-	    vm->d->stopping)
+	if (vm->cfg->replica == NULL || vm->handover || vm->close_fn ||
+	    vm->svc->stopping)
 		return RD_ERR_STATE;
 	vm->handover = xstrdup(listen);
 	vm->handover_fn = fn;
@@ -1879,15 +1922,12 @@ pvm_handover(struct pvm *vm, const char *listen, pvm_handover_fn fn,
 	return want_cycle(vm, NULL, NULL);
 }
 
-void
-pvm_free(struct pvm *vm)
+/* Free what pvm_new made, the tracker aside. */
+static void
+pvm_release(struct pvm *vm)
 {
-	if (vm == NULL)
-		return;
-	pvm_stop(vm);		/* also answers every waiter */
-	trk_close(vm->trk);
+	vt_detach(vm->e, VT_PRIMARY);
 	event_free(vm->timer);
-	event_free(vm->retire_ev);
 	if (vm->confirm_fn)
 		vm->confirm_fn(vm->confirm_arg, -1);	/* forget it */
 	if (vm->owned_cfg)
@@ -1895,6 +1935,47 @@ pvm_free(struct pvm *vm)
 	free(vm->handover);
 	free(vm->app_path);
 	free(vm);
+}
+
+/* Closing a tracker may block (QMP): a job, alone on it. */
+static void
+job_close_tracker(void *arg)
+{
+	struct pvm *vm = arg;
+	trk_close(vm->trk);
+	vm->trk = NULL;
+}
+
+static void
+close_tracker_done(void *arg)
+{
+	struct pvm *vm = arg;
+	void (*fn)(void *) = vm->close_fn;
+	void *fn_arg = vm->close_arg;
+	pvm_release(vm);
+	fn(fn_arg);
+}
+
+void
+pvm_close(struct pvm *vm, void (*fn)(void *), void *arg)
+{
+	if (pvm_in_use(vm) || vm->close_fn)
+		fatalx("%s: closed while in use", vm->cfg->name);
+	evtimer_del(vm->timer);
+	keep_drop(vm);
+	vm->close_fn = fn;
+	vm->close_arg = arg;
+	work_submit(job_close_tracker, close_tracker_done, vm);
+}
+
+void
+pvm_free(struct pvm *vm)
+{
+	if (vm == NULL)
+		return;
+	pvm_stop(vm);		/* also answers every waiter */
+	trk_close(vm->trk);
+	pvm_release(vm);
 }
 
 void
@@ -1946,7 +2027,7 @@ pvm_sync(struct pvm *vm, pvm_waiter_fn fn, void *arg)
 {
 	if (vm->state == PVM_FENCED)
 		return RD_ERR_FENCED;
-	if (vm->d->stopping)
+	if (vm->svc->stopping)
 		return RD_ERR_STATE;
 	return want_cycle(vm, fn, arg);
 }
@@ -1956,7 +2037,7 @@ pvm_resync(struct pvm *vm, pvm_waiter_fn fn, void *arg)
 {
 	if (vm->state == PVM_FENCED)
 		return RD_ERR_FENCED;
-	if (vm->d->stopping)
+	if (vm->svc->stopping)
 		return RD_ERR_STATE;
 	vm->resync = 1;
 	return pvm_sync(vm, fn, arg);
@@ -1991,7 +2072,7 @@ pvm_pause(struct pvm *vm)
 void
 pvm_resume(struct pvm *vm)
 {
-	if (vm->state == PVM_FENCED && !vm->d->stopping) {
+	if (vm->state == PVM_FENCED && !vm->svc->stopping) {
 		/* The operator says try again: if this host is still a stale
 		 * primary, the replica fences it again. */
 		log_info("%s: fence lifted by the operator", vm->cfg->name);

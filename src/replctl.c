@@ -46,6 +46,7 @@ enum opt {
 	OPT_POINT,
 	OPT_TO,
 	OPT_NAME,
+	OPT_HOST,
 	OPT_COUNT
 };
 #define F(o)	(1u << (o))
@@ -71,6 +72,7 @@ static const struct opt_def {
 	[OPT_POINT] =	{ "--point", check_id, "point ID" },
 	[OPT_TO] =	{ "--to", check_hostport, "address (want HOST:PORT)" },
 	[OPT_NAME] =	{ "--name", check_name, "certificate name" },
+	[OPT_HOST] =	{ "--host", check_name, "certificate name" },
 };
 
 struct cmdline {
@@ -126,6 +128,9 @@ static const struct subcommand {
 	{ "forget", VM_REQUIRED, F(OPT_POINT), F(OPT_POINT), NULL,
 	    "forget VM --point ID",
 	    "drop one recovery point, not the newest (replica)" },
+	{ "reassign", VM_REQUIRED, F(OPT_HOST), F(OPT_HOST), NULL,
+	    "reassign VM --host NAME",
+	    "take the VM from another sending host from now on (replica)" },
 	{ "pause", VM_REQUIRED, 0, 0, NULL,
 	    "pause VM",
 	    "stop scheduled cycles (primary)" },

@@ -31,17 +31,18 @@
 
 #include "catalog.h"
 #include "config.h"
-#include "daemon.h"
 #include "delta.h"
-#include "failover.h"
 #include "fault.h"
 #include "err.h"
 #include "log.h"
 #include "netio.h"
 #include "replica.h"
+#include "role.h"
 #include "store.h"
+#include "svc.h"
 #include "tls.h"
 #include "util.h"
+#include "vmtab.h"
 #include "wire.h"
 #include "work.h"
 #include "xmalloc.h"
@@ -57,23 +58,17 @@
 #define LINGER_S	2		/* reading after a NACK's FIN */
 
 struct rvm {
-	struct daemon	*d;
+	struct svc	*svc;
+	struct vme	*e;		/* its entry in the VM table */
 	char		 name[NAME_MAX_LEN + 1];
 	struct store	*st;
 	struct rsess	*owner;		/* the session sending a cycle */
 	struct rsess	*waiting;	/* takes over once owner is freed */
-	char		 peer[HOST_MAX_LEN + 8];
 	uint64_t	 interval_ms;
 	char		 error[512];
 	uint64_t	 received;
 	uint64_t	 last_bytes;
-	int		 promoted;	/* primary here, failover uncommitted */
 	int		 nospace;	/* the last cycle was refused for space */
-	int		 users;		/* control jobs using the store */
-	int		 blocked;	/* a role change: no session now */
-	void		(*idle_fn)(void *);	/* told when no session */
-	void		*idle_arg;
-	struct event	*idle_ev;
 };
 
 enum rsess_state {
@@ -94,6 +89,10 @@ struct rsess {
 	char			 identity[HOST_MAX_LEN + 1];
 	struct rvm		*vm;
 	struct wire_hello	 hello;
+	uint64_t		 gen;		/* the generation it was welcomed
+						   at (a reassigned sender's is
+						   the replica's, not HELLO's) */
+	int			 adopt;		/* WELCOME tells it to take gen */
 	/* the cycle being received: touched by jobs only while one runs */
 	struct wire_cycle	 cycle;
 	int			 cycle_open;	/* store_cycle_begin done */
@@ -143,10 +142,12 @@ struct rsess {
 };
 
 struct replica_srv {
-	struct daemon		*d;
+	struct svc		*svc;
 	struct evconnlistener	*listener;
 	struct rsess		*sessions;
 	int			 nsessions;
+	const struct replica_events *ev;
+	void			*ev_ctx;
 };
 
 /* A role change a session waits for; it may end before the change. */
@@ -156,14 +157,12 @@ struct sess_op {
 };
 
 static void sess_read(struct bufferevent *bev, void *arg);
-static struct rvm *rvm_add(struct daemon *d, const struct cat_rel *rel,
-    char *err, size_t errsz);
 static void sess_end(struct rsess *s);
 static void welcome(struct rsess *s, struct rvm *vm);
 static void submit_batch(struct rsess *s);
 static void skip_empty_disks(struct rsess *s);
-static void start_demotion(struct rsess *s, const struct cfg_accept *acc);
-static void idle_later(struct rvm *vm);
+static void start_demotion(struct rsess *s, struct vme *e,
+    const struct cfg_accept *acc);
 static void on_closing_write(struct bufferevent *bev, void *arg);
 static void on_closing_read(struct bufferevent *bev, void *arg);
 static void on_closing_event(struct bufferevent *bev, short what, void *arg);
@@ -171,15 +170,6 @@ static void sess_refuse(struct rsess *s, uint16_t code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* --- VMs ------------------------------------------------------------------ */
-
-struct rvm *
-replica_find(struct daemon *d, const char *name)
-{
-	for (size_t i = 0; i < d->nrvms; i++)
-		if (strcmp(d->rvms[i]->name, name) == 0)
-			return d->rvms[i];
-	return NULL;
-}
 
 struct store *
 rvm_store(struct rvm *vm)
@@ -194,7 +184,7 @@ rvm_status(struct rvm *vm, struct rvm_status *out)
 	store_rel(vm->st, &rel);
 	memset(out, 0, sizeof(*out));
 	out->name = vm->name;
-	out->peer = vm->peer;
+	out->peer = vt_owner(vm->e);
 	out->receiving = vm->owner != NULL && vm->owner->state == RS_CYCLE;
 	out->generation = rel.generation;
 	out->last_point = rel.last_point;
@@ -206,41 +196,43 @@ rvm_status(struct rvm *vm, struct rvm_status *out)
 	out->nospace = vm->nospace;
 }
 
-/*
- * A former primary receives into the disk files of its [vm] section; any
- * other replica into STORAGE/VM/DISK.
- */
-static char *const *
-own_disks(struct daemon *d, const struct cat_rel *rel)
+/* What the VM table may ask of a replica (vmtab.h): a role change ends
+ * the VM's sessions (and refuses new ones while it holds the VM). */
+static void
+rvm_quiesce(void *obj)
 {
-	const struct cfg_vm *cv = config_find_vm(d->cfg, rel->vm);
-	if (cv == NULL || cv->ndisks != rel->ndisks)
-		return NULL;
-	for (size_t i = 0; i < cv->ndisks; i++)
-		if (strcmp(cv->disk_names[i], rel->disks[i].name) != 0)
-			return NULL;
-	return cv->disks;
+	struct rvm *vm = obj;
+	if (vm->waiting)
+		sess_end(vm->waiting);
+	if (vm->owner)
+		sess_end(vm->owner);
 }
+
+static int
+rvm_in_use(void *obj)
+{
+	const struct rvm *vm = obj;
+	return vm->owner != NULL || vm->waiting != NULL;
+}
+
+static const struct vt_ops rvm_ops = {
+	.quiesce = rvm_quiesce,
+	.in_use = rvm_in_use,
+	.resume = NULL,
+};
 
 struct rvm *
-replica_add(struct daemon *d, const struct cat_rel *rel, char *err,
-    size_t errsz)
-{
-	return rvm_add(d, rel, err, errsz);
-}
-
-static struct rvm *
-rvm_add(struct daemon *d, const struct cat_rel *rel, char *err, size_t errsz)
+replica_open(struct svc *svc, struct vme *e, const struct cat_rel *rel,
+    char *const *paths, char *err, size_t errsz)
 {
 	struct rvm *vm = xcalloc(1, sizeof(*vm));
 	int r;
 
-	vm->d = d;
+	vm->svc = svc;
+	vm->e = e;
 	snprintf(vm->name, sizeof(vm->name), "%s", rel->vm);
-	snprintf(vm->peer, sizeof(vm->peer), "%s", rel->peer);
 	vm->interval_ms = rel->interval_ms;
-	vm->promoted = rel->role == CAT_ROLE_PRIMARY;
-	if ((r = store_open_paths(d->cat, rel, own_disks(d, rel), &vm->st, err,
+	if ((r = store_open_paths(svc->cat, rel, paths, &vm->st, err,
 	    errsz)) != 0) {
 		free(vm);
 		return NULL;
@@ -248,92 +240,20 @@ rvm_add(struct daemon *d, const struct cat_rel *rel, char *err, size_t errsz)
 	struct cat_rel now;
 	struct cat_point last;
 	store_rel(vm->st, &now);
-	if (now.last_point && cat_point_get(d->cat, now.vm, now.last_point,
+	if (now.last_point && cat_point_get(svc->cat, now.vm, now.last_point,
 	    &last) == 0)
 		vm->last_bytes = last.bytes;
-	d->rvms = xreallocarray(d->rvms, d->nrvms + 1, sizeof(*d->rvms));
-	d->rvms[d->nrvms++] = vm;
+	vt_attach(e, VT_REPLICA, vm, &rvm_ops);
 	return vm;
 }
 
 void
-rvm_use(struct rvm *vm, int delta)
+replica_close(struct rvm *vm)
 {
-	vm->users += delta;
-}
-
-int
-rvm_in_use(const struct rvm *vm)
-{
-	return vm->users > 0;
-}
-
-int
-rvm_promoted(const struct rvm *vm)
-{
-	return vm->promoted;
-}
-
-void
-rvm_set_promoted(struct rvm *vm, int promoted)
-{
-	vm->promoted = promoted;
-}
-
-void
-rvm_block(struct rvm *vm, int blocked)
-{
-	vm->blocked = blocked;
-}
-
-/* The role change waiting for the VM's session to go runs from a
- * callback of its own, never inside the session code that freed it. */
-static void
-on_idle(evutil_socket_t fd, short what, void *arg)
-{
-	struct rvm *vm = arg;
-	if (vm->owner != NULL || vm->idle_fn == NULL)
-		return;
-	void (*fn)(void *) = vm->idle_fn;
-	vm->idle_fn = NULL;
-	fn(vm->idle_arg);
-}
-
-static void
-idle_later(struct rvm *vm)
-{
-	struct timeval now = { 0, 0 };
-	if (vm->idle_ev == NULL)
-		vm->idle_ev = evtimer_new(vm->d->base, on_idle, vm);
-	evtimer_add(vm->idle_ev, &now);
-}
-
-void
-rvm_when_idle(struct rvm *vm, void (*fn)(void *), void *arg)
-{
-	vm->blocked = 1;
-	vm->idle_fn = fn;
-	vm->idle_arg = arg;
-	if (vm->owner == NULL) {
-		idle_later(vm);
-		return;
-	}
-	if (vm->waiting)
-		sess_end(vm->waiting);
-	sess_end(vm->owner);
-}
-
-void
-replica_remove(struct daemon *d, struct rvm *vm)
-{
-	for (size_t i = 0; i < d->nrvms; i++)
-		if (d->rvms[i] == vm) {
-			d->rvms[i] = d->rvms[--d->nrvms];
-			break;
-		}
+	if (rvm_in_use(vm))
+		fatalx("%s: replica closed while a session uses it", vm->name);
+	vt_detach(vm->e, VT_REPLICA);
 	store_close(vm->st);
-	if (vm->idle_ev)
-		event_free(vm->idle_ev);
 	free(vm);
 }
 
@@ -380,7 +300,7 @@ sess_free(struct rsess *s)
 	if (s->op)
 		s->op->s = NULL;	/* the role change goes on alone */
 	free(s);
-	if (next && vm->blocked) {
+	if (next && vt_claimed(vm->e)) {
 		sess_refuse(next, WIRE_NACK_BUSY, "%s is changing roles",
 		    vm->name);
 		next = NULL;
@@ -389,8 +309,8 @@ sess_free(struct rsess *s)
 		welcome(next, vm);
 		sess_read(next->bev, next);	/* what came meanwhile */
 	}
-	if (vm && vm->owner == NULL && vm->idle_fn)
-		idle_later(vm);
+	if (vm && vm->owner == NULL && vm->waiting == NULL)
+		vt_poke(vm->e);
 }
 
 static void
@@ -539,17 +459,17 @@ stage_cycle(struct rsess *s, const uint8_t *p, size_t len)
 	 * cycle is checked against the relationship all the same (F1). */
 	struct cat_rel rel;
 	store_rel(s->vm->st, &rel);
-	if (rel.role != CAT_ROLE_REPLICA || s->hello.generation <
-	    rel.generation)
+	if (rel.role != CAT_ROLE_REPLICA || (s->gen != rel.generation &&
+	    !(rel.reassigned && s->gen > rel.generation)))
 		return job_fail(s, WIRE_NACK_FENCED, RD_ERR_FENCED, "cycle at "
 		    "generation %" PRIu64 ", this host is %s at generation %"
-		    PRIu64, s->hello.generation, rel.role == CAT_ROLE_REPLICA ?
+		    PRIu64, s->gen, rel.role == CAT_ROLE_REPLICA ?
 		    "the replica" : "the primary", rel.generation);
 	memset(&c, 0, sizeof(c));
 	c.cycle = s->cycle.cycle;
 	c.created_ms = (int64_t)s->cycle.created_ms;
 	c.kind = s->cycle.kind;
-	c.generation = s->hello.generation;
+	c.generation = s->gen;
 	c.ndisks = s->cycle.ndisks;
 	memcpy(c.sizes, s->cycle.sizes, c.ndisks * sizeof(uint64_t));
 	char why[sizeof(s->err)];
@@ -965,6 +885,16 @@ stage_done(void *arg)
 		vm->error[0] = '\0';
 		vm->nospace = 0;
 		vm->last_bytes = s->point.bytes;
+		struct role_view view;
+		vt_view(vm->e, &view);
+		if (view.reassigned) {
+			/* The reassignment is done: the point cleared it
+			 * (and raised the generation to the sender's). */
+			struct cat_rel rel;
+			store_rel(vm->st, &rel);
+			vt_set_rel(vm->e, &rel);
+			s->adopt = 0;
+		}
 		vm->received = 0;
 		wb_reset(&s->out);
 		wire_put_ack(&s->out, &a);
@@ -1014,75 +944,45 @@ demotion_done(void *arg, int rc, const char *msg)
 {
 	struct sess_op *op = arg;
 	struct rsess *s = op->s;
-	struct daemon *d;
 	free(op);
 	if (s == NULL)
 		return;		/* the primary went away meanwhile */
 	s->op = NULL;
-	d = s->srv->d;
-	struct rvm *vm = replica_find(d, s->hello.vm);
+	struct vme *e = vt_find(s->srv->svc->vt, s->hello.vm);
+	struct rvm *vm = e ? vt_rvm(e) : NULL;
 	if (rc != 0 || vm == NULL) {
 		sess_refuse(s, rc == RD_ERR_BUSY ? WIRE_NACK_BUSY :
 		    WIRE_NACK_DENIED, "%s", msg ? msg :
 		    "cannot become the replica");
 		return;
 	}
+	s->gen = vt_generation(e);
 	welcome(s, vm);
 	sess_read(s->bev, s);
 }
 
 /*
- * Only the host this one replicates the VM to may take it over (F1): the
- * identity its [vm] section expects of the replica, or the peer a
- * failover recorded.  A generation may not leap (it grows by one per
- * failover).
+ * The primary of the VM with a generation one above this host's: a
+ * failover happened elsewhere and this host is asked to become its
+ * replica (reverse, or a planned failover finishing).  The session waits.
  */
 static void
-maybe_demote(struct rsess *s, const struct cfg_accept *acc,
-    const struct cat_rel *rel)
+start_demotion(struct rsess *s, struct vme *e, const struct cfg_accept *acc)
 {
-	const struct cfg_vm *cv = config_find_vm(s->srv->d->cfg, s->hello.vm);
-	const char *expect = cv ? cv->replica_name : rel->peer_name;
-	if (expect == NULL || expect[0] == '\0' ||
-	    strcasecmp(expect, s->identity) != 0) {
-		sess_refuse(s, WIRE_NACK_DENIED, "%s is primary here and "
-		    "replicates to %s, not to %s: %s may not take it over",
-		    s->hello.vm, expect && expect[0] ? expect : "no host",
-		    s->identity, s->identity);
-		return;
-	}
-	if (cv && cv->tracker == TRACKER_QEMU) {
-		sess_refuse(s, WIRE_NACK_DENIED, "%s is primary here with "
-		    "tracker qemu (QEMU block nodes, not files): this host "
-		    "cannot become its replica; remove its [vm] section to "
-		    "receive it into %s/%s", s->hello.vm, acc->storage,
-		    s->hello.vm);
-		return;
-	}
-	if (s->hello.generation - rel->generation > 1000) {
-		sess_refuse(s, WIRE_NACK_PROTOCOL, "generation %" PRIu64 " is "
-		    "too far above this host's %" PRIu64, s->hello.generation,
-		    rel->generation);
-		return;
-	}
-	start_demotion(s, acc);
-}
+	struct replica_srv *srv = s->srv;
 
-/*
- * A primary with a higher generation than this host's own: a failover
- * happened elsewhere and this host is asked to become its replica
- * (reverse, or a planned failover finishing).  The session waits.
- */
-static void
-start_demotion(struct rsess *s, const struct cfg_accept *acc)
-{
+	if (srv->ev == NULL) {
+		sess_refuse(s, WIRE_NACK_INTERNAL, "this host cannot change "
+		    "roles now");
+		return;
+	}
 	log_info("%s: %s (%s) is the primary at generation %" PRIu64 "; this "
 	    "host becomes its replica", s->hello.vm, s->identity, s->addr,
 	    s->hello.generation);
 	s->state = RS_WAITING;
 	bufferevent_disable(s->bev, EV_READ);
-	failover_demote(s->srv->d, &s->hello, s->identity, acc, demotion_done,
-	    op_new(s, s->hello.vm));
+	srv->ev->demote(srv->ev_ctx, e, &s->hello, s->identity, acc,
+	    demotion_done, op_new(s, s->hello.vm));
 }
 
 static void
@@ -1095,15 +995,17 @@ promotion_done(void *arg, int rc, const char *msg)
 		return;
 	s->op = NULL;
 	if (rc != 0) {
-		sess_refuse(s, WIRE_NACK_IO, "cannot take over: %s", msg);
+		sess_refuse(s, rc == RD_ERR_BUSY ? WIRE_NACK_BUSY : WIRE_NACK_IO,
+		    "cannot take over: %s", msg);
 		return;
 	}
 	wb_reset(&s->out);
-	wire_put_promoted(&s->out, s->hello.generation + 1);
+	wire_put_promoted(&s->out, s->gen + 1);
 	/* Sent, then closed: the session belongs to the old roles. */
 	s->state = RS_CLOSING;
-	if (s->vm && s->vm->owner == s)
-		s->vm->owner = NULL;
+	struct rvm *vm = s->vm;
+	if (vm && vm->owner == s)
+		vm->owner = NULL;
 	s->vm = NULL;
 	netio_send(s->bev, &s->out);
 	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
@@ -1113,13 +1015,17 @@ promotion_done(void *arg, int rc, const char *msg)
 	bufferevent_enable(s->bev, EV_READ);
 	struct timeval tv = { 5, 0 };
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	if (vm && vm->waiting == NULL)
+		vt_poke(vm->e);
 }
 
 /* Planned failover: the primary hands the VM over to this host. */
 static void
 on_promote(struct rsess *s, const uint8_t *p, size_t len)
 {
+	struct replica_srv *srv = s->srv;
 	struct wire_promote m;
+	struct role_view view;
 	struct cat_rel rel;
 	int r;
 
@@ -1129,14 +1035,20 @@ on_promote(struct rsess *s, const uint8_t *p, size_t len)
 		return;
 	}
 	store_rel(s->vm->st, &rel);
-	if (m.cycle != s->acked || m.cycle != rel.last_cycle ||
-	    m.generation != rel.generation + 1 ||
-	    s->hello.generation != rel.generation) {
-		sess_refuse(s, WIRE_NACK_PROTOCOL, "PROMOTE for cycle %" PRIu64
+	vt_view(s->vm->e, &view);
+	struct role_decision d = role_promote(&view, s->gen, s->acked,
+	    rel.last_cycle, m.cycle, m.generation);
+	if (d.verdict != ROLE_PROMOTE) {
+		sess_refuse(s, d.nack, "PROMOTE for cycle %" PRIu64
 		    " generation %" PRIu64 " does not follow a cycle this "
 		    "session acknowledged (cycle %" PRIu64 ", generation %"
-		    PRIu64 ")", m.cycle,
-		    m.generation, rel.last_cycle, rel.generation);
+		    PRIu64 ")%s", m.cycle, m.generation, rel.last_cycle,
+		    rel.generation, d.why == ROLE_WHY_BUSY ? ": busy" : "");
+		return;
+	}
+	if (srv->ev == NULL) {
+		sess_refuse(s, WIRE_NACK_INTERNAL, "this host cannot change "
+		    "roles now");
 		return;
 	}
 	log_info("%s: %s hands the VM over at generation %" PRIu64 "; it "
@@ -1144,21 +1056,82 @@ on_promote(struct rsess *s, const uint8_t *p, size_t len)
 	    m.listen);
 	s->state = RS_WAITING;
 	bufferevent_disable(s->bev, EV_READ);
-	failover_promote_planned(s->srv->d, s->vm, s->identity, &m,
+	srv->ev->promote(srv->ev_ctx, s->vm->e, s->identity, &m,
 	    promotion_done, op_new(s, s->vm->name));
 }
 
 /* --- HELLO ----------------------------------------------------------------- */
 
-static void
-on_hello(struct rsess *s, const uint8_t *p, size_t len)
+/*
+ * A new relationship, the sender's: its store first (directory, images),
+ * then the catalog, so that a HELLO refused or failing on the way leaves
+ * nothing behind.  0, or the session is refused.
+ */
+static int
+create_replica(struct rsess *s, const struct cfg_accept *acc, uint64_t gen)
 {
-	struct daemon *d = s->srv->d;
+	struct svc *svc = s->srv->svc;
 	struct wire_hello *h = &s->hello;
-	const struct cfg_accept *acc;
 	struct cat_rel rel;
 	struct rvm *vm;
 	char err[512];
+	int r;
+
+	role_rel_create(&rel, h->vm, s->identity, gen, acc->storage);
+	rel.block_size = h->block_size;
+	rel.interval_ms = h->interval_ms;
+	rel.ndisks = h->ndisks;
+	for (uint16_t i = 0; i < h->ndisks; i++) {
+		snprintf(rel.disks[i].name, sizeof(rel.disks[i].name), "%s",
+		    h->disks[i].name);
+		/* A copy placed here beforehand (seeding) is kept, up to the
+		 * primary's disk size, and compared by the first cycle. */
+		struct stat sb;
+		char *img = xasprintf("%s/%s/%s", acc->storage, h->vm,
+		    h->disks[i].name);
+		if (stat(img, &sb) == 0 && S_ISREG(sb.st_mode) &&
+		    sb.st_size > 0) {
+			uint64_t n = (uint64_t)sb.st_size;
+			rel.disks[i].size = n < h->disks[i].size ? n :
+			    h->disks[i].size;
+			log_info("%s: %s holds %" PRIu64 " bytes: seeding from "
+			    "it", h->vm, img, n);
+		}
+		free(img);
+	}
+	struct vme *e = vt_add(svc->vt, &rel);
+	if ((vm = replica_open(svc, e, &rel, NULL, err, sizeof(err))) == NULL) {
+		vt_remove(e);
+		sess_refuse(s, WIRE_NACK_IO, "cannot make the replica of %s: %s",
+		    h->vm, err);
+		return -1;
+	}
+	if ((r = cat_rel_put(svc->cat, &rel)) != 0) {
+		vt_detach(e, VT_REPLICA);
+		store_discard(vm->st);
+		free(vm);
+		vt_remove(e);
+		sess_refuse(s, WIRE_NACK_INTERNAL, "cannot record the "
+		    "relationship: %s", rd_strerror(r));
+		return -1;
+	}
+	log_info("%s: new replica relationship from %s at generation %" PRIu64
+	    ", %u disks, storage %s", h->vm, s->identity, gen, h->ndisks,
+	    acc->storage);
+	return 0;
+}
+
+static void
+on_hello(struct rsess *s, const uint8_t *p, size_t len)
+{
+	struct svc *svc = s->srv->svc;
+	struct wire_hello *h = &s->hello;
+	const struct cfg_accept *acc;
+	struct role_view view;
+	struct cat_rel rel;
+	struct rvm *vm;
+	struct vme *e;
+	char why[768];
 	int r;
 
 	if ((r = wire_get_hello(p, len, h)) != 0) {
@@ -1166,112 +1139,43 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 		    rd_strerror(r));
 		return;
 	}
-	if (h->generation > (UINT64_C(1) << 62)) {
-		sess_refuse(s, WIRE_NACK_PROTOCOL, "generation %" PRIu64 " is "
-		    "out of range", h->generation);
+	acc = config_match_accept(svc->cfg, s->identity, h->vm);
+	e = vt_find(svc->vt, h->vm);
+	if (e != NULL)
+		vt_view(e, &view);
+	else
+		role_view_of(NULL, &view);
+	struct role_decision d = role_hello(&view, s->identity, h->generation,
+	    acc != NULL);
+	switch (d.verdict) {
+	case ROLE_REFUSE:
+		role_refusal(&view, h->vm, s->identity, h->generation, &d, why,
+		    sizeof(why));
+		sess_refuse(s, d.nack, "%s", why);
 		return;
-	}
-	acc = config_match_accept(d->cfg, s->identity, h->vm);
-	if (acc == NULL) {
-		sess_refuse(s, WIRE_NACK_DENIED, "host %s may not replicate VM "
-		    "%s here (no matching [accept] entry)", s->identity, h->vm);
+	case ROLE_DEMOTE:
+		start_demotion(s, e, acc);
 		return;
+	case ROLE_CREATE:
+		if (create_replica(s, acc, d.generation) != 0)
+			return;
+		e = vt_find(svc->vt, h->vm);
+		break;
+	default:		/* ROLE_WELCOME, ROLE_WELCOME_ADOPT */
+		break;
 	}
-	vm = replica_find(d, h->vm);
-	if (vm == NULL) {
-		r = cat_rel_get(d->cat, h->vm, &rel);
-		if (r == 0 && rel.role == CAT_ROLE_PRIMARY) {
-			if (h->generation < rel.generation)
-				sess_refuse(s, WIRE_NACK_FENCED, "generation %"
-				    PRIu64 " is below this host's %" PRIu64 " for "
-				    "%s: %s has been failed over", h->generation,
-				    rel.generation, h->vm, h->vm);
-			else if (h->generation == rel.generation)
-				sess_refuse(s, WIRE_NACK_DENIED, "this host is "
-				    "the primary of %s", h->vm);
-			else
-				maybe_demote(s, acc, &rel);
-			return;
-		}
-		if (r == RD_ERR_NOT_FOUND) {
-			memset(&rel, 0, sizeof(rel));
-			snprintf(rel.vm, sizeof(rel.vm), "%s", h->vm);
-			rel.role = CAT_ROLE_REPLICA;
-			rel.generation = h->generation;
-			snprintf(rel.peer, sizeof(rel.peer), "%s", s->identity);
-			snprintf(rel.storage, sizeof(rel.storage), "%s",
-			    acc->storage);
-			rel.block_size = h->block_size;
-			rel.interval_ms = h->interval_ms;
-			rel.ndisks = h->ndisks;
-			for (uint16_t i = 0; i < h->ndisks; i++) {
-				snprintf(rel.disks[i].name,
-				    sizeof(rel.disks[i].name), "%s",
-				    h->disks[i].name);
-				/* A copy placed here beforehand (seeding) is
-				 * kept, up to the primary's disk size, and
-				 * compared by the first cycle. */
-				struct stat sb;
-				char *img = xasprintf("%s/%s/%s", acc->storage,
-				    h->vm, h->disks[i].name);
-				if (stat(img, &sb) == 0 && S_ISREG(sb.st_mode) &&
-				    sb.st_size > 0) {
-					uint64_t n = (uint64_t)sb.st_size;
-					rel.disks[i].size = n < h->disks[i].size ?
-					    n : h->disks[i].size;
-					log_info("%s: %s holds %" PRIu64 " bytes: "
-					    "seeding from it", h->vm, img, n);
-				}
-				free(img);
-			}
-			if ((r = cat_rel_put(d->cat, &rel)) != 0) {
-				sess_refuse(s, WIRE_NACK_INTERNAL, "cannot "
-				    "record the relationship: %s",
-				    rd_strerror(r));
-				return;
-			}
-			log_info("%s: new replica relationship from %s, %u "
-			    "disks, storage %s", h->vm, s->identity,
-			    h->ndisks, acc->storage);
-		} else if (r != 0) {
-			sess_refuse(s, WIRE_NACK_INTERNAL, "catalog: %s",
-			    rd_strerror(r));
-			return;
-		}
-		if ((vm = rvm_add(d, &rel, err, sizeof(err))) == NULL) {
-			sess_refuse(s, WIRE_NACK_IO, "cannot open the replica "
-			    "of %s: %s", h->vm, err);
-			return;
-		}
+	if ((vm = vt_rvm(e)) == NULL) {
+		sess_refuse(s, WIRE_NACK_IO, "the replica of %s is unavailable "
+		    "on this host%s%s", h->vm, vt_note(e)[0] ? ": " : "",
+		    vt_note(e));
+		return;
 	}
 	store_rel(vm->st, &rel);
-	if (vm->blocked) {
-		sess_refuse(s, WIRE_NACK_BUSY, "%s is changing roles on this "
-		    "host", h->vm);
-		return;
-	}
-	if (vm->promoted) {
-		if (h->generation < rel.generation)
-			sess_refuse(s, WIRE_NACK_FENCED, "generation %" PRIu64
-			    " is below this host's %" PRIu64 " for %s: %s has "
-			    "been failed over", h->generation, rel.generation,
-			    h->vm, h->vm);
-		else
-			sess_refuse(s, WIRE_NACK_DENIED, "this host is the "
-			    "primary of %s (failover not committed)", h->vm);
-		return;
-	}
 	store_set_space(vm->st, acc->min_free_bytes, acc->min_free_pct);
 	if (strcmp(rel.storage, acc->storage) != 0) {
 		sess_refuse(s, WIRE_NACK_DENIED, "%s is stored in %s, but the "
 		    "[accept %s] entry names %s", h->vm, rel.storage, acc->name,
 		    acc->storage);
-		return;
-	}
-	if (h->generation < rel.generation) {
-		sess_refuse(s, WIRE_NACK_FENCED, "generation %" PRIu64 " is "
-		    "below this host's %" PRIu64 " for %s", h->generation,
-		    rel.generation, h->vm);
 		return;
 	}
 	if (h->block_size != rel.block_size || h->ndisks != rel.ndisks) {
@@ -1287,6 +1191,8 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 			    rel.disks[i].name, h->disks[i].name);
 			return;
 		}
+	s->gen = d.generation;
+	s->adopt = d.verdict == ROLE_WELCOME_ADOPT;
 	if (vm->owner != NULL) {
 		/*
 		 * A primary runs one cycle at a time: a new session from the
@@ -1294,7 +1200,7 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 		 * the network cut it without a reset).  Close it and go on
 		 * once its cycle is abandoned.  Anyone else waits its turn.
 		 */
-		if (strcasecmp(vm->owner->identity, s->identity) != 0 ||
+		if (!role_same_identity(vm->owner->identity, s->identity) ||
 		    vm->waiting != NULL) {
 			sess_refuse(s, WIRE_NACK_BUSY, "another session is "
 			    "replicating %s", h->vm);
@@ -1323,11 +1229,11 @@ welcome(struct rsess *s, struct rvm *vm)
 	s->vm = vm;
 	vm->owner = s;
 	vm->interval_ms = h->interval_ms;
-	snprintf(vm->peer, sizeof(vm->peer), "%s", s->identity);
 	struct wire_welcome w = { .version = WIRE_VERSION,
-	    .generation = rel.generation, .last_cycle = rel.last_cycle,
+	    .generation = s->gen, .last_cycle = rel.last_cycle,
 	    .last_point = rel.last_point,
-	    .flags = store_has_data(vm->st) ? WIRE_WELCOME_DATA : 0 };
+	    .flags = (store_has_data(vm->st) ? WIRE_WELCOME_DATA : 0) |
+	    (s->adopt ? WIRE_WELCOME_ADOPT : 0) };
 	wb_reset(&s->out);
 	wire_put_welcome(&s->out, &w);
 	netio_send(s->bev, &s->out);
@@ -1337,6 +1243,10 @@ welcome(struct rsess *s, struct rvm *vm)
 	struct timeval tv = { IDLE_TIMEOUT_S, 0 };
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 	bufferevent_enable(s->bev, EV_READ);
+	if (s->adopt)
+		log_info("%s: %s (%s) sends it from now on (reassigned); it "
+		    "takes generation %" PRIu64, h->vm, s->identity, s->addr,
+		    s->gen);
 	log_debug("%s: session from %s (%s)", h->vm, s->identity, s->addr);
 }
 
@@ -1460,7 +1370,7 @@ sess_event(struct bufferevent *bev, short what, void *arg)
 		/* The identity is the first name an [accept] entry knows. */
 		snprintf(s->identity, sizeof(s->identity), "%s", names[0]);
 		for (int i = 0; i < n; i++) {
-			const struct config *cfg = s->srv->d->cfg;
+			const struct config *cfg = s->srv->svc->cfg;
 			int known = 0;
 			for (size_t k = 0; k < cfg->naccepts; k++)
 				if (strcasecmp(cfg->accepts[k].name,
@@ -1512,13 +1422,13 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	SSL *ssl;
 
 	netio_addr_str(sa, addr, sizeof(addr));
-	if (srv->d->stopping || srv->nsessions >= MAX_SESSIONS) {
-		log_warnx("%s: connection refused: %s", addr, srv->d->stopping ?
+	if (srv->svc->stopping || srv->nsessions >= MAX_SESSIONS) {
+		log_warnx("%s: connection refused: %s", addr, srv->svc->stopping ?
 		    "shutting down" : "too many sessions");
 		evutil_closesocket(fd);
 		return;
 	}
-	if ((ssl = SSL_new(srv->d->server_ctx)) == NULL) {
+	if ((ssl = SSL_new(srv->svc->server_ctx)) == NULL) {
 		log_warnx("%s: SSL_new: %s", addr, tls_last_error());
 		evutil_closesocket(fd);
 		return;
@@ -1529,11 +1439,11 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	s->state = RS_HANDSHAKE;
 	s->batch = evbuffer_new();
 	s->pending = evbuffer_new();
-	s->flush_ev = evtimer_new(srv->d->base, on_flush, s);
+	s->flush_ev = evtimer_new(srv->svc->base, on_flush, s);
 	wb_init(&s->out);
 	wb_init(&s->tmp);
 	wb_init(&s->sigout);
-	s->bev = bufferevent_openssl_socket_new(srv->d->base, fd, ssl,
+	s->bev = bufferevent_openssl_socket_new(srv->svc->base, fd, ssl,
 	    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL) {
 		SSL_free(ssl);
@@ -1566,50 +1476,45 @@ on_accept_error(struct evconnlistener *l, void *arg)
 
 /* --- init / fini ---------------------------------------------------------- */
 
-void
-replica_init(struct daemon *d)
+struct replica_srv *
+replica_init(struct svc *svc)
 {
 	struct replica_srv *srv = xcalloc(1, sizeof(*srv));
-	struct cat_rel *rels = NULL;
-	size_t n = 0;
-	char err[512];
+	const struct config *cfg = svc->cfg;
 	int r;
 
-	srv->d = d;
-	d->rsrv = srv;
-	if ((r = cat_rel_list(d->cat, &rels, &n)) != 0)
-		fatalx("cannot list relationships: %s", rd_strerror(r));
-	for (size_t i = 0; i < n; i++) {
-		if (rels[i].role != CAT_ROLE_REPLICA)
-			continue;
-		if (rvm_add(d, &rels[i], err, sizeof(err)) == NULL)
-			log_warnx("%s: replica unavailable: %s", rels[i].vm,
-			    err);
-	}
-	free(rels);
-	if (d->cfg->listen == NULL)
-		return;
+	srv->svc = svc;
+	if (cfg->listen == NULL)
+		return srv;
 
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
 	    .ai_flags = AI_PASSIVE }, *res = NULL;
 	char port[8];
-	snprintf(port, sizeof(port), "%u", d->cfg->listen_port);
-	if ((r = getaddrinfo(d->cfg->listen_host, port, &hints, &res)) != 0)
-		fatalx("listen %s: %s", d->cfg->listen, gai_strerror(r));
-	srv->listener = evconnlistener_new_bind(d->base, on_accept, srv,
+	snprintf(port, sizeof(port), "%u", cfg->listen_port);
+	if ((r = getaddrinfo(cfg->listen_host, port, &hints, &res)) != 0)
+		fatalx("listen %s: %s", cfg->listen, gai_strerror(r));
+	srv->listener = evconnlistener_new_bind(svc->base, on_accept, srv,
 	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
 	    64, res->ai_addr, (int)res->ai_addrlen);
 	freeaddrinfo(res);
 	if (srv->listener == NULL)
-		fatal("cannot listen on %s", d->cfg->listen);
+		fatal("cannot listen on %s", cfg->listen);
 	evconnlistener_set_error_cb(srv->listener, on_accept_error);
-	log_info("listening on %s", d->cfg->listen);
+	log_info("listening on %s", cfg->listen);
+	return srv;
 }
 
 void
-replica_stop(struct daemon *d)
+replica_set_events(struct replica_srv *srv, const struct replica_events *ev,
+    void *ctx)
 {
-	struct replica_srv *srv = d->rsrv;
+	srv->ev = ev;
+	srv->ev_ctx = ctx;
+}
+
+void
+replica_stop(struct replica_srv *srv)
+{
 	if (srv == NULL)
 		return;
 	if (srv->listener) {
@@ -1628,17 +1533,7 @@ replica_stop(struct daemon *d)
 }
 
 void
-replica_fini(struct daemon *d)
+replica_fini(struct replica_srv *srv)
 {
-	for (size_t i = 0; i < d->nrvms; i++) {
-		store_close(d->rvms[i]->st);
-		if (d->rvms[i]->idle_ev)
-			event_free(d->rvms[i]->idle_ev);
-		free(d->rvms[i]);
-	}
-	free(d->rvms);
-	d->rvms = NULL;
-	d->nrvms = 0;
-	free(d->rsrv);
-	d->rsrv = NULL;
+	free(srv);
 }

@@ -78,6 +78,7 @@ struct store {
 	struct catalog	*cat;
 	struct cat_rel	 rel;		/* the newest point's view */
 	char		*dir;
+	int		 created;	/* store_open made dir */
 	char		*staging;
 	char		*undo_dir;
 	char		*digest_dir;
@@ -404,6 +405,8 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 	st->digest_dir = xasprintf("%s/.digests", st->dir);
 	st->test_dir = xasprintf("%s/test", st->dir);
 	st->redo_dir = xasprintf("%s/.redo", st->dir);
+	struct stat sb;
+	st->created = lstat(st->dir, &sb) != 0 && errno == ENOENT;
 	wb_init(&st->recs);
 	uint8_t *zero = xcalloc(1, rel->block_size);
 	digest_block(zero, rel->block_size, &st->zero_digest);
@@ -421,7 +424,10 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 	}
 	/* Two daemons must never share a replica (a storage path given to
 	 * two state dirs): recovery alone would wreck the other's cycle. */
-	if ((r = util_lock_dir(st->dir, &st->lock_fd)) != 0) {
+	char *lock = xasprintf("%s/.lock", st->dir);
+	r = util_lock_file(lock, &st->lock_fd);
+	free(lock);
+	if (r != 0) {
 		snprintf(err, errsz, "%s is in use by another replicad",
 		    st->dir);
 		goto fail;
@@ -436,8 +442,18 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 	*out = st;
 	return 0;
 fail:
-	store_close(st);
+	store_discard(st);
 	return r;
+}
+
+void
+store_discard(struct store *st)
+{
+	char *dir = st->created ? xstrdup(st->dir) : NULL;
+	store_close(st);
+	if (dir != NULL)
+		util_rm_rf(dir);
+	free(dir);
 }
 
 void
@@ -1734,6 +1750,7 @@ apply_index(struct store *st, const struct stage_index *ix,
 	st->rel.last_point_created_ms = ix->c.created_ms;
 	st->rel.generation = ix->c.generation > st->rel.generation ?
 	    ix->c.generation : st->rel.generation;
+	st->rel.reassigned = 0;
 	for (uint16_t i = 0; i < ix->c.ndisks; i++)
 		st->rel.disks[i].size = ix->c.sizes[i];
 	pthread_mutex_unlock(&st->rel_lock);

@@ -12,6 +12,7 @@
 
 #include "blockmap.h"
 #include "err.h"
+#include "layout.h"
 #include "log.h"
 #include "trk_backend.h"
 #include "tracker.h"
@@ -144,7 +145,7 @@ trk_open(const char *state_dir, const struct cfg_vm *vm, struct tracker **out)
 	int r;
 
 	t->vm = xstrdup(vm->name);
-	t->dir = xasprintf("%s/tracker/%s", state_dir, vm->name);
+	t->dir = lay_tracker_dir(state_dir, vm->name);
 	t->block_size = vm->block_size;
 	t->ndisks = vm->ndisks;
 	t->disks = xcalloc(vm->ndisks, sizeof(*t->disks));
@@ -159,7 +160,8 @@ trk_open(const char *state_dir, const struct cfg_vm *vm, struct tracker **out)
 		struct trk_disk *d = &t->disks[i];
 		d->name = xstrdup(vm->disk_names[i]);
 		d->path = xstrdup(vm->disks[i]);
-		d->map_path = xasprintf("%s/%s.map", t->dir, vm->disk_names[i]);
+		d->map_path = lay_tracker_map(state_dir, vm->name,
+		    vm->disk_names[i]);
 		r = bm_load(d->map_path, &d->map);
 		if (r == 0 && d->map.block_size != vm->block_size) {
 			log_warnx("%s: %s: block size changed from %u to %u; "
@@ -177,7 +179,7 @@ trk_open(const char *state_dir, const struct cfg_vm *vm, struct tracker **out)
 		if (!d->known)
 			bm_init(&d->map, vm->block_size, 0);
 	}
-	if ((r = t->be->open(vm, t->dir, &t->bs, err, sizeof(err))) != 0) {
+	if ((r = t->be->open(vm, state_dir, &t->bs, err, sizeof(err))) != 0) {
 		log_warnx("%s: tracker %s: %s", vm->name, t->be->name, err);
 		trk_close(t);
 		return r;
@@ -255,7 +257,7 @@ trk_check(const struct cfg_vm *vm, const char *state_dir, char *err,
 void
 trk_forget(const char *state_dir, const char *name, const struct cfg_vm *vm)
 {
-	char *dir = xasprintf("%s/tracker/%s", state_dir, name);
+	char *dir = lay_tracker_dir(state_dir, name);
 	util_rm_rf(dir);
 	free(dir);
 	if (vm != NULL && trk_backend_of(vm->tracker)->forget)

@@ -62,6 +62,7 @@
 
 #include "err.h"
 #include "hook.h"
+#include "layout.h"
 #include "log.h"
 #include "qmp.h"
 #include "trk_backend.h"
@@ -1101,24 +1102,26 @@ read_dirty(struct qdisk *d, struct trk_dirty *dirty, char *err,
 /* --- the backend -------------------------------------------------------------- */
 
 static int
-qemu_open(const struct cfg_vm *vm, const char *dir, void **state, char *err,
-    size_t errsz)
+qemu_open(const struct cfg_vm *vm, const char *state_dir, void **state,
+    char *err, size_t errsz)
 {
 	struct qemu *s = xcalloc(1, sizeof(*s));
 
 	s->vm = xstrdup(vm->name);
 	s->qmp_path = xstrdup(vm->qmp);
-	s->nbd_path = xasprintf("%s/nbd.sock", dir);
+	s->nbd_path = lay_qemu_socket(state_dir, vm->name);
 	s->ndisks = vm->ndisks;
 	s->disks = xcalloc(vm->ndisks, sizeof(*s->disks));
 	s->stale = 1;
 	for (size_t i = 0; i < vm->ndisks; i++) {
 		struct qdisk *d = &s->disks[i];
 		d->node = xstrdup(vm->disks[i]);
-		d->overlay = xasprintf("%s/%s.fleece", dir, vm->disk_names[i]);
-		d->empty = xasprintf("%s/%s.empty", dir, vm->disk_names[i]);
-		d->device_mark = xasprintf("%s/%s.device", dir,
-		    vm->disk_names[i]);
+		d->overlay = lay_qemu_file(state_dir, vm->name,
+		    vm->disk_names[i], LAY_QEMU_FLEECE);
+		d->empty = lay_qemu_file(state_dir, vm->name, vm->disk_names[i],
+		    LAY_QEMU_EMPTY);
+		d->device_mark = lay_qemu_file(state_dir, vm->name,
+		    vm->disk_names[i], LAY_QEMU_DEVICE);
 		snprintf(d->id, sizeof(d->id), FLEECE_PREFIX "%zu", i);
 	}
 	*state = s;
@@ -1560,8 +1563,7 @@ qemu_check(const struct cfg_vm *vm, const char *state_dir, char *err,
 	char why[512];
 	int r;
 
-	char *nbd_path = xasprintf("%s/tracker/%s/nbd.sock", state_dir,
-	    vm->name);
+	char *nbd_path = lay_qemu_socket(state_dir, vm->name);
 	if (strlen(nbd_path) >= sizeof(sun.sun_path)) {
 		snprintf(err, errsz, "NBD socket path %s is longer than %zu "
 		    "bytes: choose a shorter state_dir", nbd_path,

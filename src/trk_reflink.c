@@ -84,8 +84,8 @@ base_path(const struct rdisk *d, uint64_t cycle)
 }
 
 static int
-rl_open(const struct cfg_vm *vm, const char *dir, void **state, char *err,
-    size_t errsz)
+rl_open(const struct cfg_vm *vm, const char *state_dir, void **state,
+    char *err, size_t errsz)
 {
 	struct reflink *rl = xcalloc(1, sizeof(*rl));
 

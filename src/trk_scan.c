@@ -84,8 +84,8 @@ trk_file_sizes(char *const *paths, size_t n, uint64_t *sizes, char *err,
 }
 
 static int
-scan_open(const struct cfg_vm *vm, const char *dir, void **state, char *err,
-    size_t errsz)
+scan_open(const struct cfg_vm *vm, const char *state_dir, void **state,
+    char *err, size_t errsz)
 {
 	struct scan *s = xcalloc(1, sizeof(*s));
 	s->ndisks = vm->ndisks;

@@ -123,6 +123,20 @@ util_name_valid(const char *s)
 }
 
 int
+util_identity_valid(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > HOST_MAX_LEN)
+		return RD_ERR_NAME;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) &&
+		    strchr(".-_", s[i]) == NULL)
+			return RD_ERR_NAME;
+	return 0;
+}
+
+int
 util_disk_name_valid(const char *s)
 {
 	if (util_name_valid(s) != 0 || strcmp(s, "test") == 0)
@@ -428,13 +442,11 @@ util_format_bytes(uint64_t b, char *buf, size_t bufsz)
 }
 
 int
-util_lock_dir(const char *dir, int *fd_out)
+util_lock_file(const char *path, int *fd_out)
 {
-	char *path = xasprintf("%s/.lock", dir);
 	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	int r = 0;
 
-	free(path);
 	if (fd < 0)
 		return RD_ERR_SYSTEM;
 	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {

@@ -297,7 +297,7 @@ wire_get_welcome(const uint8_t *p, size_t len, struct wire_welcome *m)
 	    (r = rb_get_u64(&rb, &m->last_point)) != 0 ||
 	    (r = rb_get_u8(&rb, &m->flags)) != 0)
 		goto out;
-	if ((m->flags & ~WIRE_WELCOME_DATA) != 0) {
+	if ((m->flags & ~(WIRE_WELCOME_DATA | WIRE_WELCOME_ADOPT)) != 0) {
 		r = RD_ERR_INVALID;
 		goto out;
 	}

@@ -362,21 +362,3 @@ def test_one_role_change_at_a_time(env):
     h.b.ok("failover", VM, "--commit")
     check(status(h.b)["role"] == "primary", "b after the commit: %r" % status(h.b))
     h.b.stop()
-
-
-def test_planned_failover_refused_for_qemu_tracker(env):
-    """tracker qemu names QEMU block nodes: this host could not receive into
-    them, so a planned failover is refused before anything stops."""
-    h = Hosts(env, hooks=False)
-    h.a.stop()
-    text = open(h.a.conf).read()
-    for d in h.disks:
-        text = text.replace("disk = %s\n" % d, "disk = node%d\n" % h.disks.index(d))
-    text = text.replace("interval = 0\n", "interval = 0\ntracker = qemu\nqmp = %s\n"
-                        % env.path("no-such.qmp"))
-    open(h.a.conf, "w").write(text)
-    h.a.start()
-    r = h.a.ctl("failover", VM, "--planned")
-    check(r.rc == 1 and "tracker qemu" in r.err and "planned failover is not possible" in r.err,
-          "planned failover with tracker qemu: %r" % r)
-    check(status(h.a)["role"] == "primary" and status(h.a)["generation"] == 1, "host a changed")

@@ -403,6 +403,19 @@ test_small_frames_roundtrip(void **state)
 	assert_int_equal(decode_exact(dec_welcome, p, len, &wd), 0);
 	assert_int_equal(wd.flags, 0);
 
+	/* Both flags decode; a flag this version does not know does not. */
+	wb_reset(&b);
+	w.flags = WIRE_WELCOME_DATA | WIRE_WELCOME_ADOPT;
+	wire_put_welcome(&b, &w);
+	p = frame_payload(&b, 0, WIRE_WELCOME, &len);
+	assert_int_equal(decode_exact(dec_welcome, p, len, &wd), 0);
+	assert_int_equal(wd.flags, WIRE_WELCOME_DATA | WIRE_WELCOME_ADOPT);
+	wb_reset(&b);
+	w.flags = 0x04;
+	wire_put_welcome(&b, &w);
+	p = frame_payload(&b, 0, WIRE_WELCOME, &len);
+	assert_int_equal(wire_get_welcome(p, len, &wd), RD_ERR_INVALID);
+
 	wb_reset(&b);
 	wire_put_ack(&b, &a);
 	p = frame_payload(&b, 0, WIRE_ACK, &len);
@@ -744,9 +757,12 @@ test_welcome_hostile(void **state)
 		{ "flags 0", 1, 0, 0 },
 		{ "data", 1, WIRE_WELCOME_DATA, 0 },
 		{ "flags byte missing", 0, 0, RD_ERR_TRUNCATED },
-		{ "flag 0x02", 1, 0x02, RD_ERR_INVALID },
+		{ "adopt", 1, WIRE_WELCOME_ADOPT, 0 },
+		{ "data and adopt", 1, WIRE_WELCOME_DATA | WIRE_WELCOME_ADOPT,
+		    0 },
+		{ "flag 0x04", 1, 0x04, RD_ERR_INVALID },
 		{ "flag 0x80", 1, 0x80, RD_ERR_INVALID },
-		{ "data and 0x02", 1, WIRE_WELCOME_DATA | 0x02,
+		{ "data and 0x04", 1, WIRE_WELCOME_DATA | 0x04,
 		    RD_ERR_INVALID },
 		{ "all flags", 1, 0xff, RD_ERR_INVALID },
 	};
