@@ -76,6 +76,8 @@ unit: $(UNIT_BINS) replctl
 	$(Q)fail=0; for t in $(UNIT_BINS); do \
 	    echo "== $$t"; $$t || fail=1; done; \
 	echo "== replctl usage"; sh tests/unit/replctl_usage.sh ./replctl || fail=1; \
+	echo "== module graph and STATE_DIR layout"; \
+	python3 tests/lint/modgraph.py || fail=1; \
 	exit $$fail
 
 systest: replicad replctl

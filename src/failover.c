@@ -285,6 +285,44 @@ free_paths(char **v, size_t n)
 }
 
 /*
+ * Can this host receive the VM into its files (receive_into or its disk
+ * files; STORAGE/VM is made as needed)?  Checked before a role change
+ * stops anything: 0, or a message in err.
+ */
+static int
+receivable(const struct config *cfg, const struct cat_rel *rel, char *err,
+    size_t errsz)
+{
+	char *const *files = received_files(cfg, rel);
+	for (uint16_t i = 0; files != NULL && i < rel->ndisks; i++) {
+		char *dir = xstrdup(files[i]);
+		char *slash = strrchr(dir, '/');
+		const char *why = NULL;
+		struct stat sb;
+		*(slash == dir ? slash + 1 : slash) = '\0';
+		if (stat(dir, &sb) != 0)
+			why = strerror(errno);
+		else if (!S_ISDIR(sb.st_mode))
+			why = "not a directory";
+		else if (access(dir, W_OK) != 0)
+			why = strerror(errno);
+		if (why != NULL)
+			snprintf(err, errsz, "%s cannot be received into %s: "
+			    "directory %s: %s", rel->vm, files[i], dir, why);
+		free(dir);
+		if (why != NULL)
+			return RD_ERR_SYSTEM;
+		if (stat(files[i], &sb) == 0 && !S_ISREG(sb.st_mode) &&
+		    !S_ISBLK(sb.st_mode)) {
+			snprintf(err, errsz, "%s cannot be received into %s: not "
+			    "a file or block device", rel->vm, files[i]);
+			return RD_ERR_SYSTEM;
+		}
+	}
+	return 0;
+}
+
+/*
  * STORAGE, once this host receives the VM from acc's host: a VM primary
  * here by a failover keeps the storage its files are in; any other the
  * [accept] entry's.
@@ -1032,6 +1070,11 @@ ev_demote(void *ctx, struct vme *e, const struct wire_hello *h,
 		}
 	snprintf(f->storage, sizeof(f->storage), "%s",
 	    replica_storage(svc->cfg, &rel, acc));
+	if (receivable(svc->cfg, &rel, f->msg, sizeof(f->msg)) != 0) {
+		fo_finish(f, RD_ERR_STATE, "this host cannot become the replica "
+		    "of %s: %s", h->vm, f->msg);
+		return;
+	}
 	if (fo_claim(f) != 0)
 		return;
 	work_submit(job_demote_hook, demote_hook_done, f);
@@ -1323,6 +1366,11 @@ failover_planned(struct svc *svc, const char *vm, failover_done_fn done,
 	}
 	snprintf(f->storage, sizeof(f->storage), "%s",
 	    replica_storage(cfg, &rel, f->acc));
+	if (receivable(cfg, &rel, f->msg, sizeof(f->msg)) != 0) {
+		fo_finish(f, RD_ERR_STATE, "%s: after a planned failover this "
+		    "host must receive it, but %s", vm, f->msg);
+		return;
+	}
 	snprintf(f->listen, sizeof(f->listen), "%s", cfg->listen);
 	snprintf(f->identity, sizeof(f->identity), "%s", cv->replica_name);
 	snprintf(f->to, sizeof(f->to), "%s", cv->replica);

@@ -57,9 +57,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			    config_find_vm(cfg, vm->name) != vm ||
 			    util_name_valid(vm->name) != 0)
 				abort();
+			/* A path, or with tracker qemu a block node. */
 			for (size_t j = 0; j < vm->ndisks; j++)
 				if (util_disk_name_valid(vm->disk_names[j]) !=
-				    0 || vm->disks[j][0] != '/')
+				    0 || (vm->tracker != TRACKER_QEMU &&
+				    vm->disks[j][0] != '/'))
+					abort();
+			if (vm->nreceive != 0 && vm->nreceive != vm->ndisks)
+				abort();
+			for (size_t j = 0; j < vm->nreceive; j++)
+				if (vm->receive_into[j][0] != '/')
 					abort();
 		}
 		for (size_t i = 0; i < cfg->naccepts; i++) {

@@ -28,6 +28,11 @@ class TestFailure(AssertionError):
     pass
 
 
+class Skip(Exception):
+    """A test that cannot run here (a tool is missing): counted as
+    skipped in the summary, never as passed."""
+
+
 def check(cond, msg):
     if not cond:
         raise TestFailure(msg)

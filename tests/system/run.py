@@ -5,7 +5,8 @@
 
 Each test gets a fresh temporary directory and a seed derived from the
 run's seed; both are printed so a failure can be reproduced with
---seed N -k NAME.  The last line is "N passed, N failed".
+--seed N -k NAME.  The last line is "N passed, N failed, N skipped" (a
+test skips only when a tool it needs is missing, and says which).
 """
 import argparse
 import importlib.util
@@ -47,27 +48,32 @@ def main():
         return 0
     print("system tests: %d, seed %d (reproduce: tests/system/run.py --seed %d -k NAME)"
           % (len(tests), seed, seed), flush=True)
-    passed = failed = 0
+    passed = failed = skipped = 0
     for name, fn in tests:
         tseed = (seed * 1000003 + sum(map(ord, name))) % (1 << 31)
         env = harness.Env(name.replace(".", "-"), tseed, keep=a.keep)
         t0 = time.monotonic()
-        ok = False
+        ok = skip = False
         try:
             fn(env)
             ok = True
+        except harness.Skip as e:
+            ok = skip = True
+            print("skip %s: %s" % (name, e), flush=True)
         except Exception as e:  # noqa: BLE001 - report every failure
             print("FAIL %s (seed %d, dir %s): %s" % (name, tseed, env.dir, e), flush=True)
             if not isinstance(e, harness.TestFailure):
                 traceback.print_exc()
         finally:
             env.cleanup(ok)
-        if ok:
+        if skip:
+            skipped += 1
+        elif ok:
             passed += 1
             print("ok   %s (%.1fs)" % (name, time.monotonic() - t0), flush=True)
         else:
             failed += 1
-    print("%d passed, %d failed" % (passed, failed))
+    print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
     return 1 if failed else 0
 
 

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import threading
 
-from harness import REPLICAD, LogMark, TestFailure, assert_same, check, wait_for
+from harness import REPLICAD, LogMark, Skip, TestFailure, assert_same, check, wait_for
 
 MB = 1 << 20
 BS = 64 << 10
@@ -167,8 +167,7 @@ class Qemu:
 
 def skip_without_qemu():
     if QEMU is None or QEMU_IMG is None:
-        print("     skipped: qemu-system-x86_64 or qemu-img is not installed")
-        return True
+        raise Skip("qemu-system-x86_64 or qemu-img is not installed (tools/install-deps)")
     return False
 
 

@@ -69,6 +69,11 @@ expect_usage -s "$SOCK" reverse web01 --to nohost
 expect_usage -s "$SOCK" reverse web01 --to host:0
 expect_usage -s "$SOCK" reverse web01 --to host:99999
 expect_usage -s "$SOCK" reverse web01 --to ::1:873
+expect_usage -s "$SOCK" reassign web01
+expect_usage -s "$SOCK" reassign --host kvm2
+expect_usage -s "$SOCK" reassign web01 --host 'kvm2/x'
+expect_usage -s "$SOCK" reassign web01 --host ''
+expect_usage -s "$SOCK" reassign web01 --host kvm2 --wait
 expect_usage -s "$SOCK" reverse web01 --to host:1 --name
 expect_usage -s "$SOCK" reverse web01 --to host:1 --name 'a b'
 expect_usage -s "$SOCK" reverse web01 --to host:1 --name ''
@@ -82,12 +87,14 @@ expect 2 'cleanup' -s "$SOCK" failover web01 --cleanup
 expect 2 'missing --point' -s "$SOCK" forget web01
 expect 2 'missing --to' -s "$SOCK" reverse web01
 expect 2 'invalid address' -s "$SOCK" reverse web01 --to bad
+expect 2 'missing --host' -s "$SOCK" reassign web01
 expect 2 'unknown command' -s "$SOCK" frobnicate
 
 # Well-formed command lines get as far as the (missing) daemon.
 expect 3 'cannot reach' -s /nonexistent/sock status
 expect 3 'cannot reach' -s "$SOCK" status web01 --json
 expect 3 'cannot reach' -s "$SOCK" status --json web01
+expect 3 'cannot reach' -s "$SOCK" reassign web01 --host kvm2.example.com
 expect 3 'cannot reach' -s "$SOCK" failover --test web01 --point=0042
 expect 3 'cannot reach' -s "$SOCK" failover web01 --test --cleanup
 expect 3 'cannot reach' -s "$SOCK" failover web01 --planned

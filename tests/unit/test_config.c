@@ -195,6 +195,8 @@ test_tracker_keys(void **state)
 	    "tracker = qemu\n"
 	    "disk = libvirt-2-format\n"
 	    "qmp = /run/libvirt/qemu/web01.qmp\n"
+	    "receive_into = /var/lib/replicad/web01-vda.raw\n"
+	    "receive_into = /var/lib/replicad/web01-vdb.raw\n"
 	    "replica = b:7000\n"
 	    "interval = 1s\n"
 	    "app_interval = 1h\n"
@@ -218,7 +220,12 @@ test_tracker_keys(void **state)
 	assert_int_equal(vm->snapshot_timeout_s, 90);
 	assert_int_equal(config_lag_ms(&vm->lag_warning, 1000), 2500);
 	assert_int_equal(config_lag_ms(&vm->lag_critical, 1000), 30000);
+	assert_int_equal(vm->nreceive, 2);
+	assert_string_equal(vm->receive_into[0], "/var/lib/replicad/web01-vda.raw");
+	assert_string_equal(vm->receive_into[1], "/var/lib/replicad/web01-vdb.raw");
 	vm = &cfg->vms[1];
+	assert_int_equal(vm->nreceive, 0);
+	assert_null(vm->receive_into);
 	assert_int_equal(vm->tracker, TRACKER_REFLINK);
 	assert_string_equal(vm->disk_names[0], "db01.raw");
 	config_free(cfg);
@@ -601,6 +608,17 @@ static const struct bad_case bad_cases[] = {
 	{ "qemu nodes twice", DAEMON "[vm web01]\nqmp = /q\ntracker = qemu\n"
 	    "disk = d0\ndisk = d0\nreplica = b:1\n", 10, "disk",
 	    "duplicate disk name 'd0'" },
+	{ "receive_into relative", DAEMON VM "receive_into = a.raw\n", 9,
+	    "receive_into", "not absolute" },
+	{ "receive_into twice", DAEMON "[vm web01]\ndisk = /a/x\ndisk = /a/y\n"
+	    "receive_into = /r/x\nreceive_into = /r/x\nreplica = b:1\n", 10,
+	    "receive_into", "/r/x is named twice" },
+	{ "receive_into one short", DAEMON "[vm web01]\ndisk = /a/x\n"
+	    "disk = /a/y\nreceive_into = /r/x\nreplica = b:1\n", 9,
+	    "receive_into", "1 paths for 2 disks" },
+	{ "receive_into another VM's disk", DAEMON VM "[vm db01]\n"
+	    "disk = /b/db\nreplica = b:1\nreceive_into = /img/web01.raw\n",
+	    12, "receive_into", "/img/web01.raw is a disk of [vm web01]" },
 	{ "disk path after tracker line", DAEMON "[vm web01]\ntracker = reflink\n"
 	    "replica = b:1\ndisk = img/a.raw\n", 9, "disk", "not absolute" },
 	{ "bad app_interval", DAEMON VM "app_interval = often\n", 9,

@@ -829,8 +829,10 @@ model_planned(struct model *m, int s, int crash)
 	struct role_view vs, vt;
 
 	role_view_of(&x->rel, &vs);
+	/* (a primary without a replica cannot hand over: pvm_has_replica) */
 	if (role_command(&vs, ROLE_CMD_PLANNED, NULL, 0).verdict !=
-	    ROLE_HANDOVER || t < 0 || t == s || !m->h[t].has)
+	    ROLE_HANDOVER || x->rel.peer[0] == '\0' || t < 0 || t == s ||
+	    !m->h[t].has)
 		return;
 	struct host *y = &m->h[t];
 	role_view_of(&y->rel, &vt);
@@ -866,8 +868,11 @@ model_step(struct model *m)
 	role_view_of(x->has ? &x->rel : NULL, &v);
 	switch (rnd(m, 12)) {
 	case 0: case 1: case 2:		/* a cycle */
+		/* (a primary by an unplanned failover has no replica
+		 * until reverse: rel.peer is empty) */
 		if (x->has && v.state == ROLE_PRIMARY && !v.fenced && !x->lost &&
-		    target_of(x) >= 0 && target_of(x) != a)
+		    x->rel.peer[0] != '\0' && target_of(x) >= 0 &&
+		    target_of(x) != a)
 			model_hello(m, a, target_of(x), x->rel.generation, 1);
 		snprintf(event, sizeof(event), "a cycle of %s", idn[a]);
 		break;
@@ -883,6 +888,7 @@ model_step(struct model *m)
 		 * sending to or could not reach). */
 		if (x->has && !x->lost && v.state == ROLE_REPLICA &&
 		    host_of(v.owner) >= 0 && m->h[host_of(v.owner)].lost &&
+		    m->h[host_of(v.owner)].rel.peer[0] != '\0' &&
 		    target_of(&m->h[host_of(v.owner)]) == a &&
 		    m->h[host_of(v.owner)].rel.generation == v.generation &&
 		    role_command(&v, ROLE_CMD_UNPLANNED, NULL, 0).verdict ==
