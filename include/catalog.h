@@ -108,7 +108,8 @@ int	cat_rel_list(struct catalog *cat, struct cat_rel **out, size_t *n);
  * (previous newest + 1), inserts the point and its disk sizes, and updates
  * the relationship (last_cycle, last_point, last_point_created_ms, disk
  * sizes from p->sizes, its generation raised to p->generation, and
- * reassigned cleared: the new sender has sent its first cycle).  RD_ERR_NOT_FOUND if the relationship is missing,
+ * reassigned cleared if p->generation is not below it: the new sender's
+ * first cycle; a cycle of the old sender finished at start-up is not).  RD_ERR_NOT_FOUND if the relationship is missing,
  * RD_ERR_EXISTS if a point for p->cycle exists.
  */
 int	cat_point_commit(struct catalog *cat, const char *vm,

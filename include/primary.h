@@ -72,7 +72,8 @@ typedef void (*pvm_waiter_fn)(void *arg, uint64_t point, const char *error);
 typedef void (*pvm_handover_fn)(void *arg, int rc, const char *error);
 
 /* The primary of e's VM, configured by cfg, in the state rel records
- * (the catalog's relationship); attached to e. */
+ * (the catalog's relationship); attached to e.  NULL (logged) if its
+ * tracker state cannot be opened. */
 struct pvm *pvm_new(struct svc *svc, struct vme *e, const struct cfg_vm *cfg,
 	    const struct cat_rel *rel);
 /* The same for a cfg the VM owns (cfg_vm_free() at pvm_free()): a VM
@@ -87,6 +88,7 @@ int	pvm_has_replica(const struct pvm *vm);
  * replica welcomes this host at its generation (it did not), fn(arg, 0)
  * if the replica fences it (it did), fn(arg, -1) if the VM goes first. */
 void	pvm_confirm(struct pvm *vm, void (*fn)(void *, int), void *arg);
+int	pvm_confirm_pending(const struct pvm *vm);
 /* After vt_when_idle() (a role change): detach vm from its entry, close
  * its tracker in a worker job (it may talk to QEMU), free it, then call
  * fn(arg) from the loop. */
@@ -107,7 +109,8 @@ const char *pvm_state_name(enum pvm_state s);
 /*
  * Start a cycle now (or right after the running one, so that it covers
  * every write made before the request).  fn (may be NULL) is called when
- * that cycle ends.  Returns 0, or RD_ERR_FENCED with nothing started.
+ * that cycle ends.  Returns 0, or with nothing started RD_ERR_FENCED,
+ * RD_ERR_BUSY (a role change holds the VM) or RD_ERR_STATE (stopping).
  */
 int	pvm_sync(struct pvm *vm, pvm_waiter_fn fn, void *arg);
 /* The same, comparing the whole disks with the replica (librsync): only

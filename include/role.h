@@ -21,7 +21,8 @@
  * a PROMOTE or PROMOTED carries exactly the generation + 1.  The one
  * exception is the operator's: a replica reassigned to a sender takes
  * that sender's generation if it is higher (its failovers went on
- * elsewhere), else tells it to take the replica's (WELCOME_ADOPT).
+ * elsewhere), else tells it to take the replica's (WELCOME_ADOPT, which
+ * also makes it compare the disks: the copy here is another host's).
  */
 #ifndef REPLICAD_ROLE_H
 #define REPLICAD_ROLE_H
@@ -59,8 +60,9 @@ struct role_view {
 enum role_verdict {
 	ROLE_REFUSE,		/* refuse: why, and the NACK to send */
 	ROLE_WELCOME,		/* replica: serve the session */
-	ROLE_WELCOME_ADOPT,	/* replica: serve it, and tell the sender to
-				   take this host's generation */
+	ROLE_WELCOME_ADOPT,	/* replica: serve it (reassigned): the sender
+				   compares the disks first, and takes the
+				   generation if it is above its own */
 	ROLE_CREATE,		/* replica: a new relationship, the sender's */
 	ROLE_DEMOTE,		/* primary: become the sender's replica */
 	ROLE_PROMOTE,		/* replica: become the primary */

@@ -20,8 +20,9 @@ SSL_CTX	*tls_ctx_new(int server, const char *cert, const char *key,
 	    const char *ca, char *err, size_t errsz);
 
 /*
- * The verified peer's identities: the DNS subjectAltNames and the subject
- * CN, at most TLS_MAX_NAMES, each a newly allocated string the caller
+ * The verified peer's identities: its DNS subjectAltNames, or, in a
+ * certificate that has none, its subject CN; at most TLS_MAX_NAMES, each
+ * a newly allocated string the caller
  * frees (tls_names_free()).  Names with characters outside the host name
  * set are skipped.  Returns the count (0 if the peer is not verified).
  */

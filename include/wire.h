@@ -45,7 +45,8 @@
  *                     WIRE_WELCOME_ADOPT: the replica's operator gave the
  *                     VM to this primary (replctl reassign), which takes
  *                     `generation` (never below its own) before it sends
- *                     a cycle
+ *                     a cycle, and whose first cycle is a resync (the
+ *                     replica refuses any other until one is applied)
  *
  * CYCLE (3), primary -> replica: a cycle begins
  *   u64  cycle        cycle id, > the replica's last_cycle

@@ -204,7 +204,9 @@ static const char *const cat_sql[ST_COUNT] = {
 	[ST_REL_SET_POINT] = "UPDATE relationships SET last_cycle = ?2, "
 	    "last_point = ?3, last_point_created_ms = ?4, "
 	    "max_point = max(max_point, ?3), "
-	    "generation = max(generation, ?5), reassigned = 0 WHERE vm = ?1",
+	    "generation = max(generation, ?5), "
+	    "reassigned = CASE WHEN ?5 >= generation THEN 0 ELSE reassigned END "
+	    "WHERE vm = ?1",
 	[ST_RDISK_LIST] = "SELECT idx, name, size FROM rel_disks "
 	    "WHERE vm = ?1 ORDER BY idx",
 	[ST_RDISK_CLEAR] = "DELETE FROM rel_disks WHERE vm = ?1",

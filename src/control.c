@@ -701,6 +701,22 @@ sync_finished(void *arg, uint64_t point, const char *error)
 	finish(c, point ? 0 : 1);
 }
 
+/* Why pvm_sync() or pvm_resync() started nothing. */
+static const char *
+sync_refusal(int r)
+{
+	switch (r) {
+	case RD_ERR_FENCED:
+		return "fenced: this host is a stale primary";
+	case RD_ERR_BUSY:
+		return "a role change of it is under way; try again when it is "
+		    "done";
+	case RD_ERR_STATE:
+		return "replicad is shutting down";
+	}
+	return rd_strerror(r);
+}
+
 static void
 cmd_sync(struct cconn *c)
 {
@@ -716,14 +732,12 @@ cmd_sync(struct cconn *c)
 			progress_stop(c);
 			c->busy = 0;
 			c->waiting = NULL;
-			fail(c, 1, "%s: %s", c->o.vm, r == RD_ERR_FENCED ?
-			    "fenced: this host is a stale primary" :
-			    rd_strerror(r));
+			fail(c, 1, "%s: %s", c->o.vm, sync_refusal(r));
 		}
 		return;
 	}
 	if ((r = pvm_sync(vm, NULL, NULL)) != 0) {
-		fail(c, 1, "%s: %s", c->o.vm, rd_strerror(r));
+		fail(c, 1, "%s: %s", c->o.vm, sync_refusal(r));
 		return;
 	}
 	out(c, "cycle of %s requested\n", c->o.vm);
@@ -746,8 +760,7 @@ cmd_resync(struct cconn *c)
 		progress_stop(c);
 		c->busy = 0;
 		c->waiting = NULL;
-		fail(c, 1, "%s: %s", c->o.vm, r == RD_ERR_FENCED ?
-		    "fenced: this host is a stale primary" : rd_strerror(r));
+		fail(c, 1, "%s: %s", c->o.vm, sync_refusal(r));
 		return;
 	}
 	if (!c->o.wait) {

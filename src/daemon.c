@@ -47,6 +47,7 @@ struct daemon {
 	struct event		*sig_term;
 	struct event		*sig_int;
 	struct event		*drain_timer;
+	uint64_t		 stop_ms;	/* when SIGTERM came */
 };
 
 struct daemon *
@@ -98,12 +99,27 @@ daemon_init(struct config *cfg)
 	return d;
 }
 
+/* How long a role change under way may go on after SIGTERM: one that
+ * waits between steps (no job queued) is given the time to end. */
+#define DRAIN_ROLE_MS	(30 * 1000)
+
 static void
 on_drain(evutil_socket_t fd, short what, void *arg)
 {
 	struct daemon *d = arg;
-	if (work_pending() == 0)
-		event_base_loopbreak(d->svc.base);
+	struct vmtab *vt = d->svc.vt;
+	size_t claimed = 0;
+
+	if (work_pending() != 0)
+		return;
+	for (size_t i = 0; i < vt_count(vt); i++)
+		claimed += vt_claimed(vt_at(vt, i)) ? 1 : 0;
+	if (claimed > 0 && util_mono_ms() - d->stop_ms < DRAIN_ROLE_MS)
+		return;
+	if (claimed > 0)
+		log_warnx("%zu role changes still under way: abandoned (the "
+		    "catalog holds the old role or the new one)", claimed);
+	event_base_loopbreak(d->svc.base);
 }
 
 static void
@@ -117,6 +133,7 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 		return;
 	log_info("signal %d: shutting down", (int)sig);
 	d->svc.stopping = 1;
+	d->stop_ms = util_mono_ms();
 	/* Cycles first, so that `sync --wait` clients hear why they end. */
 	for (size_t i = 0; i < vt_count(vt); i++)
 		if (vt_pvm(vt_at(vt, i)) != NULL)

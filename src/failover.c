@@ -223,6 +223,28 @@ fo_refused(struct fo *f, const struct role_decision *d, const char *what)
 	}
 }
 
+/*
+ * Can an operator's command go on?  role.c decided d; the VM must have
+ * the role object the command works on (VT_REPLICA: its store).  0, or
+ * f is finished with the reason.
+ */
+static int
+fo_usable(struct fo *f, const struct role_decision *d, const char *what,
+    enum vt_slot need)
+{
+	if (d->verdict == ROLE_REFUSE) {
+		fo_refused(f, d, what);
+		return -1;
+	}
+	if ((need == VT_REPLICA ? (void *)vt_rvm(f->e) :
+	    (void *)vt_pvm(f->e)) == NULL) {
+		fo_finish(f, RD_ERR_STATE, "%s: %s", f->vm, vt_note(f->e)[0] ?
+		    vt_note(f->e) : "not available on this host");
+		return -1;
+	}
+	return 0;
+}
+
 /* The VM's entry and role view; f finished (NULL returned) if none. */
 static struct vme *
 fo_entry(struct svc *svc, const char *vm, struct role_view *view)
@@ -373,14 +395,18 @@ catalog_cfg(const struct config *cfg, const struct cat_rel *rel)
 	return v;
 }
 
-/* The primary of a VM that is primary here (e has no pvm yet). */
+/* The primary of a VM that is primary here (e has no pvm yet); NULL,
+ * with a note on e, if its tracker state cannot be opened. */
 static struct pvm *
 start_primary(struct svc *svc, struct vme *e, const struct cat_rel *rel)
 {
 	const struct cfg_vm *cv = config_find_vm(svc->cfg, rel->vm);
-	if (cv != NULL)
-		return pvm_new(svc, e, cv, rel);
-	return pvm_new_owned(svc, e, catalog_cfg(svc->cfg, rel), rel);
+	struct pvm *pv = cv != NULL ? pvm_new(svc, e, cv, rel) :
+	    pvm_new_owned(svc, e, catalog_cfg(svc->cfg, rel), rel);
+	if (pv == NULL)
+		vt_set_note(e, "primary here, but its tracker state cannot be "
+		    "opened (see the log); restart replicad once it can");
+	return pv;
 }
 
 /* Open the VM's store and attach it to e; 0, or f->rc and f->msg. */
@@ -585,12 +611,14 @@ start_vm(struct svc *svc, struct cat_rel *rel)
 			    "receives into the files of [vm %s]", rel->vm,
 			    rel->vm);
 		}
-		if (how == ROLE_START_UNCOMMITTED)
-			start_primary(svc, e, rel);
+		if (how == ROLE_START_UNCOMMITTED &&
+		    start_primary(svc, e, rel) == NULL)
+			fatalx("%s: cannot start as its primary", rel->vm);
 		break;
 	case ROLE_START_PRIMARY:
 	case ROLE_START_PRIMARY_CATALOG:
-		start_primary(svc, e, rel);
+		if (start_primary(svc, e, rel) == NULL)
+			fatalx("%s: cannot start as its primary", rel->vm);
 		break;
 	case ROLE_START_NO_DISKS:
 		snprintf(note, sizeof(note), "primary here, but no [vm %s] "
@@ -629,7 +657,8 @@ new_primary(struct svc *svc, const struct cfg_vm *cv)
 		    rd_strerror(r));
 	log_info("%s: new relationship, replica %s (%s)", cv->name,
 	    cv->replica, cv->replica_name);
-	start_primary(svc, vt_add(svc->vt, &rel), &rel);
+	if (start_primary(svc, vt_add(svc->vt, &rel), &rel) == NULL)
+		fatalx("%s: cannot start as its primary", cv->name);
 }
 
 void
@@ -737,7 +766,7 @@ promote_unplanned_done(void *arg)
 		return;
 	}
 	vt_set_rel(f->e, &f->rel);
-	start_primary(f->svc, f->e, &f->rel);
+	start_primary(f->svc, f->e, &f->rel);	/* a note says if not */
 	if (f->rc != 0) {
 		fo_finish(f, f->rc, "%s: this host is now the primary "
 		    "(generation %" PRIu64 "), but moving to point %" PRIu64
@@ -825,16 +854,8 @@ failover_unplanned(struct svc *svc, const char *vm, uint64_t point,
 	    0);
 
 	f->point = point;
-	if (d.verdict == ROLE_REFUSE) {
-		fo_refused(f, &d, "an unplanned failover");
-		return;
-	}
-	if (vt_rvm(e) == NULL) {
-		fo_finish(f, RD_ERR_STATE, "%s: its replica is unavailable on "
-		    "this host: %s", vm, vt_note(e));
-		return;
-	}
-	if (fo_claim(f) != 0)
+	if (fo_usable(f, &d, "an unplanned failover", VT_REPLICA) != 0 ||
+	    fo_claim(f) != 0)
 		return;
 	if (d.verdict == ROLE_REPICK) {
 		struct cat_rel rel;
@@ -891,16 +912,7 @@ failover_commit(struct svc *svc, const char *vm, failover_done_fn done,
 	struct fo *f = fo_new(svc, e, vm, done, arg);
 	struct role_decision d = role_command(&view, ROLE_CMD_COMMIT, NULL, 0);
 
-	if (d.verdict == ROLE_REFUSE) {
-		fo_refused(f, &d, "commit");
-		return;
-	}
-	if (vt_rvm(e) == NULL) {
-		fo_finish(f, RD_ERR_STATE, "%s: the failover's store is "
-		    "unavailable on this host: %s", vm, vt_note(e));
-		return;
-	}
-	if (fo_claim(f) != 0)
+	if (fo_usable(f, &d, "commit", VT_REPLICA) != 0 || fo_claim(f) != 0)
 		return;
 	work_submit(job_commit, commit_done, f);
 }
@@ -999,6 +1011,28 @@ job_demote(void *arg)
 	f->rel = rel;
 }
 
+/*
+ * Becoming the replica failed after the primary was closed: if the
+ * catalog still says primary, the VM is served as one again (its next
+ * cycle tells where it stands); else the note says why nothing serves it.
+ */
+static void
+restart_primary(struct fo *f)
+{
+	struct cat_rel rel;
+	if (vt_pvm(f->e) != NULL || vt_rvm(f->e) != NULL ||
+	    cat_rel_get(f->svc->cat, f->vm, &rel) != 0) {
+		if (vt_pvm(f->e) == NULL && vt_rvm(f->e) == NULL)
+			vt_set_note(f->e, f->msg);
+		return;
+	}
+	vt_set_rel(f->e, &rel);
+	if (rel.role == CAT_ROLE_PRIMARY)
+		start_primary(f->svc, f->e, &rel);
+	else
+		vt_set_note(f->e, f->msg);
+}
+
 static void
 demote_done(void *arg)
 {
@@ -1006,6 +1040,8 @@ demote_done(void *arg)
 	if (f->rc == 0) {
 		vt_set_rel(f->e, &f->rel);
 		open_replica(f, &f->rel);
+	} else {
+		restart_primary(f);
 	}
 	if (f->rc != 0) {
 		fo_finish(f, f->rc, "%s: %s", f->vm, f->msg);
@@ -1241,6 +1277,8 @@ planned_demote_done(void *arg)
 	if (f->rc == 0) {
 		vt_set_rel(f->e, &f->rel);
 		open_replica(f, &f->rel);
+	} else {
+		restart_primary(f);
 	}
 	if (f->rc != 0) {
 		fo_finish(f, f->rc, "%s: handed over, but recording this host "
@@ -1316,15 +1354,15 @@ failover_planned(struct svc *svc, const char *vm, failover_done_fn done,
 	struct role_decision d = role_command(&view, ROLE_CMD_PLANNED, NULL, 0);
 	struct pvm *pv = e ? vt_pvm(e) : NULL;
 
-	if (d.verdict == ROLE_REFUSE) {
-		fo_refused(f, &d, "a planned failover");
+	if (fo_usable(f, &d, "a planned failover", VT_PRIMARY) != 0)
 		return;
-	}
-	if (pv == NULL) {
-		fo_finish(f, RD_ERR_STATE, "%s: %s", vm, vt_note(e));
-		return;
-	}
 	const struct cfg_vm *cv = pvm_cfg(pv);
+	if (pvm_confirm_pending(pv)) {
+		fo_finish(f, RD_ERR_STATE, "%s: whether the last planned "
+		    "failover happened is not known yet: the next cycle tells "
+		    "(replctl sync %s --wait); try again after it", vm, vm);
+		return;
+	}
 	if (!pvm_has_replica(pv)) {
 		fo_finish(f, RD_ERR_STATE, "%s has no replica to hand over to "
 		    "(replctl reverse %s --to HOST:PORT first)", vm, vm);
@@ -1599,6 +1637,16 @@ fail:
 	return RD_ERR_PEER;
 }
 
+/* Before anything stops: the new replica answers, with its certificate. */
+static void
+job_reverse_probe(void *arg)
+{
+	struct fo *f = arg;
+	f->rc = probe(f->svc, f->to, f->name, f->msg, sizeof(f->msg));
+}
+
+/* The VM is idle (no cycle writes its relationship meanwhile): commit an
+ * uncommitted failover, record the new replica. */
 static void
 job_reverse(void *arg)
 {
@@ -1607,15 +1655,13 @@ job_reverse(void *arg)
 	struct cat_rel rel;
 	int r;
 
-	if ((r = probe(f->svc, f->to, f->name, f->msg, sizeof(f->msg))) != 0) {
-		f->rc = r;
-		return;
-	}
 	if (rv != NULL && (r = store_rewind_commit(rvm_store(rv), NULL, f->msg,
 	    sizeof(f->msg))) != 0) {
 		f->rc = r;
 		return;
 	}
+	if (rv != NULL)
+		f->promoted = 1;	/* committed, whatever follows */
 	if ((r = fo_rel(f, &rel)) != 0)
 		return;
 	role_rel_reverse(&rel, f->to, f->name);
@@ -1644,6 +1690,11 @@ reverse_closed(void *arg)
 	struct pvm *pv = start_primary(f->svc, f->e, &f->rel);
 	/* Cycles start once the VM is let go: now. */
 	fo_release(f);
+	if (pv == NULL) {
+		fo_finish(f, RD_ERR_SYSTEM, "%s: replicating to %s is recorded, "
+		    "but %s", f->vm, f->to, vt_note(f->e));
+		return;
+	}
 	if (f->wait) {
 		if (pvm_resync(pv, reverse_synced, f) != 0)
 			fo_finish(f, RD_ERR_STATE, "%s: cannot start the first "
@@ -1656,17 +1707,41 @@ reverse_closed(void *arg)
 }
 
 static void
-reverse_idle(void *arg)
+reverse_recorded(void *arg)
 {
 	struct fo *f = arg;
 	struct rvm *rv = vt_rvm(f->e);
+	struct cat_rel rel;
+
+	if (f->rc != 0) {
+		if (f->promoted && rv != NULL) {
+			/* The commit went through: the store says so. */
+			store_rel(rvm_store(rv), &rel);
+			vt_set_rel(f->e, &rel);
+			replica_close(rv);
+			fo_finish(f, f->rc, "%s: the failover is committed, but "
+			    "recording %s as its replica failed: %s", f->vm,
+			    f->to, f->msg);
+			return;
+		}
+		fo_finish(f, f->rc, "%s: reverse refused, nothing changed: %s",
+		    f->vm, f->msg);
+		return;
+	}
+	vt_set_rel(f->e, &f->rel);
 	if (rv != NULL)
 		replica_close(rv);
 	pvm_close(vt_pvm(f->e), reverse_closed, f);
 }
 
 static void
-reverse_done(void *arg)
+reverse_idle(void *arg)
+{
+	work_submit(job_reverse, reverse_recorded, arg);
+}
+
+static void
+reverse_probed(void *arg)
 {
 	struct fo *f = arg;
 	if (f->rc != 0) {
@@ -1674,7 +1749,6 @@ reverse_done(void *arg)
 		    f->vm, f->msg);
 		return;
 	}
-	vt_set_rel(f->e, &f->rel);
 	vt_when_idle(f->e, reverse_idle, f);
 }
 
@@ -1690,14 +1764,8 @@ failover_reverse(struct svc *svc, const char *vm, const char *to,
 	uint16_t port;
 
 	f->wait = wait;
-	if (d.verdict == ROLE_REFUSE) {
-		fo_refused(f, &d, "reverse");
+	if (fo_usable(f, &d, "reverse", VT_PRIMARY) != 0)
 		return;
-	}
-	if (vt_pvm(e) == NULL) {
-		fo_finish(f, RD_ERR_STATE, "%s: %s", vm, vt_note(e));
-		return;
-	}
 	if (util_parse_hostport(to, host, sizeof(host), &port) != 0) {
 		fo_finish(f, RD_ERR_INVALID, "%s: --to %s is not HOST:PORT", vm,
 		    to);
@@ -1715,7 +1783,7 @@ failover_reverse(struct svc *svc, const char *vm, const char *to,
 	if (fo_claim(f) != 0)
 		return;
 	log_info("%s: reverse to %s (%s) requested", vm, to, f->name);
-	work_submit(job_reverse, reverse_done, f);
+	work_submit(job_reverse_probe, reverse_probed, f);
 }
 
 /* --- reassign --------------------------------------------------------------- */
@@ -1784,16 +1852,7 @@ failover_reassign(struct svc *svc, const char *vm, const char *host,
 	}
 	struct role_decision d = role_command(&view, ROLE_CMD_REASSIGN,
 	    f->identity, accepted);
-	if (d.verdict == ROLE_REFUSE) {
-		fo_refused(f, &d, "reassign");
-		return;
-	}
-	if (vt_rvm(e) == NULL) {
-		fo_finish(f, RD_ERR_STATE, "%s: its replica is unavailable on "
-		    "this host: %s", vm, vt_note(e));
-		return;
-	}
-	if (fo_claim(f) != 0)
+	if (fo_usable(f, &d, "reassign", VT_REPLICA) != 0 || fo_claim(f) != 0)
 		return;
 	log_info("%s: reassign to %s requested", vm, f->identity);
 	vt_when_idle(e, reassign_idle, f);

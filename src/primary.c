@@ -79,6 +79,7 @@ enum psess_state {
 	PS_PREPARE,
 	PS_CONNECT,
 	PS_HELLO,
+	PS_ADOPT,		/* WELCOME said: take its generation (a job) */
 	PS_SEND,
 	PS_WAIT_ACK,
 	PS_COMMIT,
@@ -447,6 +448,10 @@ sess_fail(struct psess *s, int code, const char *fmt, ...)
 	sess_end(s);
 	if (handover)
 		handover_end(vm, promote_sent ? RD_ERR_STATE : code, msg);
+	else if (vm->handover && vm->state == PVM_FENCED)
+		/* The handover waited for this cycle; no cycle follows a
+		 * fence, so it ends here, before it began. */
+		handover_end(vm, RD_ERR_FENCED, msg);
 	tell_waiters(&vm->cur, 0, msg);
 	if (vm->state == PVM_FENCED)
 		tell_waiters(&vm->next, 0, msg);
@@ -1244,6 +1249,11 @@ adopt_done(void *arg)
 		return;
 	}
 	welcomed(s);
+	/* What the replica sent during the job (nothing is due): judged
+	 * now, as on_read() would have. */
+	if (vm->sess == s && s->bev != NULL &&
+	    evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
+		on_read(s->bev, s);
 }
 
 static void
@@ -1268,6 +1278,7 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 		struct adopt_job *aj = xcalloc(1, sizeof(*aj));
 		aj->s = s;
 		aj->generation = d.generation;
+		s->st = PS_ADOPT;	/* no frame is read until it is done */
 		s->job_running = 1;
 		bufferevent_disable(s->bev, EV_READ);
 		work_submit(job_adopt, adopt_done, aj);
@@ -1308,8 +1319,11 @@ welcomed(struct psess *s)
 	 * Where the tracker cannot prove what the replica holds, but the
 	 * replica holds something (a seed, a former primary's disks, a
 	 * cycle whose ACK was lost), compare instead of sending it all.
+	 * A replica reassigned to this host holds another host's copy: its
+	 * cycle numbers say nothing of this tracker's, so compare too.
 	 */
-	s->resync = s->want_resync || (!trk_proven(vm->trk, w.last_cycle) &&
+	s->resync = s->want_resync || (w.flags & WIRE_WELCOME_ADOPT) ||
+	    (!trk_proven(vm->trk, w.last_cycle) &&
 	    (w.last_cycle > 0 || (w.flags & WIRE_WELCOME_DATA)));
 	begin_sending(s, w.last_cycle);
 }
@@ -1450,7 +1464,7 @@ on_read(struct bufferevent *bev, void *arg)
 	struct pvm *vm = s->vm;		/* s may be freed by a handler */
 	struct evbuffer *in = bufferevent_get_input(bev);
 
-	while (vm->sess == s && s->st != PS_COMMIT) {
+	while (vm->sess == s && s->st != PS_COMMIT && s->st != PS_ADOPT) {
 		if (s->st == PS_PROMOTE && evbuffer_get_length(in) == 0)
 			return;
 		uint8_t type;
@@ -1839,10 +1853,13 @@ pvm_new(struct svc *svc, struct vme *e, const struct cfg_vm *cfg,
 	vm->svc = svc;
 	vm->e = e;
 	vm->cfg = cfg;
-	vm->timer = evtimer_new(svc->base, on_timer, vm);
-	if ((r = trk_open(svc->cfg->state_dir, cfg, &vm->trk)) != 0)
-		fatalx("%s: cannot open the tracker state: %s", cfg->name,
+	if ((r = trk_open(svc->cfg->state_dir, cfg, &vm->trk)) != 0) {
+		log_warnx("%s: cannot open the tracker state: %s", cfg->name,
 		    rd_strerror(r));
+		free(vm);
+		return NULL;
+	}
+	vm->timer = evtimer_new(svc->base, on_timer, vm);
 	vm->app_path = lay_app_point(svc->cfg->state_dir, cfg->name);
 	load_app_time(vm);
 	vt_attach(e, VT_PRIMARY, vm, &pvm_ops);
@@ -1876,7 +1893,10 @@ pvm_new_owned(struct svc *svc, struct vme *e, struct cfg_vm *cfg,
     const struct cat_rel *rel)
 {
 	struct pvm *vm = pvm_new(svc, e, cfg, rel);
-	vm->owned_cfg = cfg;
+	if (vm == NULL)
+		cfg_vm_free(cfg);
+	else
+		vm->owned_cfg = cfg;
 	return vm;
 }
 
@@ -1901,8 +1921,16 @@ pvm_has_replica(const struct pvm *vm)
 void
 pvm_confirm(struct pvm *vm, void (*fn)(void *, int), void *arg)
 {
+	if (vm->confirm_fn)
+		vm->confirm_fn(vm->confirm_arg, -1);	/* forget it */
 	vm->confirm_fn = fn;
 	vm->confirm_arg = arg;
+}
+
+int
+pvm_confirm_pending(const struct pvm *vm)
+{
+	return vm->confirm_fn != NULL;
 }
 
 int
@@ -1917,6 +1945,8 @@ pvm_handover(struct pvm *vm, const char *listen, pvm_handover_fn fn,
 	vm->handover = xstrdup(listen);
 	vm->handover_fn = fn;
 	vm->handover_arg = arg;
+	log_info("%s: the next cycle hands the VM over%s", vm->cfg->name,
+	    vm->sess ? " (after the running one)" : "");
 	/* A cycle that starts after this call: every write made before
 	 * the guest was stopped travels in it. */
 	return want_cycle(vm, NULL, NULL);
@@ -1926,6 +1956,11 @@ pvm_handover(struct pvm *vm, const char *listen, pvm_handover_fn fn,
 static void
 pvm_release(struct pvm *vm)
 {
+	/* Nobody waits on a VM that goes (sync refuses meanwhile). */
+	tell_waiters(&vm->cur, 0, "the VM changed roles");
+	tell_waiters(&vm->next, 0, "the VM changed roles");
+	if (vm->handover)
+		handover_end(vm, RD_ERR_BUSY, "the VM changed roles");
 	vt_detach(vm->e, VT_PRIMARY);
 	event_free(vm->timer);
 	if (vm->confirm_fn)
@@ -2022,25 +2057,37 @@ want_cycle(struct pvm *vm, pvm_waiter_fn fn, void *arg)
 	return 0;
 }
 
-int
-pvm_sync(struct pvm *vm, pvm_waiter_fn fn, void *arg)
+/* Why a cycle cannot be asked for now (0: it can). */
+static int
+sync_refused(const struct pvm *vm)
 {
 	if (vm->state == PVM_FENCED)
 		return RD_ERR_FENCED;
 	if (vm->svc->stopping)
 		return RD_ERR_STATE;
-	return want_cycle(vm, fn, arg);
+	/* A role change holds the VM (its own handover cycle aside): no
+	 * cycle would start, and the VM may not be this host's after it. */
+	if (vm->close_fn != NULL || (vt_claimed(vm->e) &&
+	    vm->handover == NULL))
+		return RD_ERR_BUSY;
+	return 0;
+}
+
+int
+pvm_sync(struct pvm *vm, pvm_waiter_fn fn, void *arg)
+{
+	int r = sync_refused(vm);
+	return r != 0 ? r : want_cycle(vm, fn, arg);
 }
 
 int
 pvm_resync(struct pvm *vm, pvm_waiter_fn fn, void *arg)
 {
-	if (vm->state == PVM_FENCED)
-		return RD_ERR_FENCED;
-	if (vm->svc->stopping)
-		return RD_ERR_STATE;
+	int r = sync_refused(vm);
+	if (r != 0)
+		return r;
 	vm->resync = 1;
-	return pvm_sync(vm, fn, arg);
+	return want_cycle(vm, fn, arg);
 }
 
 void
@@ -2094,14 +2141,22 @@ pvm_resume(struct pvm *vm)
 void
 pvm_stop(struct pvm *vm)
 {
+	int promote_sent = 0;
+
 	evtimer_del(vm->timer);
 	keep_drop(vm);
 	if (vm->sess) {
 		struct psess *s = vm->sess;
+		promote_sent = s->promote_sent;
 		log_info("%s: abandoning cycle %" PRIu64 " (shutting down)",
 		    vm->cfg->name, s->cycle);
 		sess_end(s);
 	}
+	/* A handover abandoned before PROMOTE did not happen; after it,
+	 * nobody knows (RD_ERR_STATE: the next cycle tells). */
+	if (vm->handover)
+		handover_end(vm, promote_sent ? RD_ERR_STATE : RD_ERR_BUSY,
+		    "replicad is shutting down");
 	tell_waiters(&vm->cur, 0, "replicad is shutting down");
 	tell_waiters(&vm->next, 0, "replicad is shutting down");
 }

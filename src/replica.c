@@ -301,6 +301,7 @@ sess_free(struct rsess *s)
 		s->op->s = NULL;	/* the role change goes on alone */
 	free(s);
 	if (next && vt_claimed(vm->e)) {
+		next->vm = NULL;	/* it never had the VM */
 		sess_refuse(next, WIRE_NACK_BUSY, "%s is changing roles",
 		    vm->name);
 		next = NULL;
@@ -465,6 +466,11 @@ stage_cycle(struct rsess *s, const uint8_t *p, size_t len)
 		    "generation %" PRIu64 ", this host is %s at generation %"
 		    PRIu64, s->gen, rel.role == CAT_ROLE_REPLICA ?
 		    "the replica" : "the primary", rel.generation);
+	/* The copy here is another host's: its first cycle compares. */
+	if (rel.reassigned && !(s->cycle.flags & WIRE_CYCLE_RESYNC))
+		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_STATE, "%s was "
+		    "reassigned to %s: its first cycle must compare the disks "
+		    "(a resync)", s->vm->name, s->identity);
 	memset(&c, 0, sizeof(c));
 	c.cycle = s->cycle.cycle;
 	c.created_ms = (int64_t)s->cycle.created_ms;
@@ -1039,11 +1045,20 @@ on_promote(struct rsess *s, const uint8_t *p, size_t len)
 	struct role_decision d = role_promote(&view, s->gen, s->acked,
 	    rel.last_cycle, m.cycle, m.generation);
 	if (d.verdict != ROLE_PROMOTE) {
-		sess_refuse(s, d.nack, "PROMOTE for cycle %" PRIu64
-		    " generation %" PRIu64 " does not follow a cycle this "
-		    "session acknowledged (cycle %" PRIu64 ", generation %"
-		    PRIu64 ")%s", m.cycle, m.generation, rel.last_cycle,
-		    rel.generation, d.why == ROLE_WHY_BUSY ? ": busy" : "");
+		if (d.why == ROLE_WHY_LEAP || d.why == ROLE_WHY_STALE)
+			sess_refuse(s, d.nack, "PROMOTE to generation %" PRIu64
+			    ": this host is at %" PRIu64 ", and a planned "
+			    "failover raises it by exactly one", m.generation,
+			    rel.generation);
+		else if (d.why == ROLE_WHY_BUSY)
+			sess_refuse(s, d.nack, "PROMOTE: a role change, test "
+			    "failover, verify or prune of %s is running here",
+			    s->vm->name);
+		else
+			sess_refuse(s, d.nack, "PROMOTE for cycle %" PRIu64
+			    " does not follow a cycle this session acknowledged "
+			    "(newest cycle %" PRIu64 ")", m.cycle,
+			    rel.last_cycle);
 		return;
 	}
 	if (srv->ev == NULL) {

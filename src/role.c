@@ -83,7 +83,8 @@ role_hello(const struct role_view *v, const char *identity,
 
 	if (!accepted)
 		return refuse(ROLE_WHY_NOT_ACCEPTED, WIRE_NACK_DENIED, gen, 1);
-	/* Who first: another host learns nothing of the VM's generation. */
+	/* Who first: another host learns who the VM belongs to, not its
+	 * generation, and no generation it claims changes anything. */
 	if (v->state != ROLE_NONE && !role_same_identity(identity, v->owner))
 		return refuse(ROLE_WHY_NOT_OWNER, WIRE_NACK_DENIED, gen, 1);
 	if (!in_range(g))
@@ -93,16 +94,15 @@ role_hello(const struct role_view *v, const char *identity,
 		return decide(ROLE_CREATE, g);
 	case ROLE_REPLICA:
 		if (v->reassigned) {
-			/* The operator gave the VM to this sender: below,
-			 * it takes this host's generation; above (its
-			 * failovers went on elsewhere), this host takes its
-			 * generation with the first point. */
+			/* The operator gave the VM to this sender, which
+			 * compares the disks first (the copy here is another
+			 * host's): below, it takes this host's generation;
+			 * above (its failovers went on elsewhere), this host
+			 * takes its generation with the first point. */
 			if (v->busy)
 				return refuse(ROLE_WHY_BUSY, WIRE_NACK_BUSY,
 				    gen, 0);
-			if (g > gen)
-				return decide(ROLE_WELCOME, g);
-			return decide(ROLE_WELCOME_ADOPT, gen);
+			return decide(ROLE_WELCOME_ADOPT, g > gen ? g : gen);
 		}
 		if (g < gen)
 			return refuse(ROLE_WHY_STALE, WIRE_NACK_FENCED, gen, 1);

@@ -1748,9 +1748,10 @@ apply_index(struct store *st, const struct stage_index *ix,
 	st->rel.last_cycle = ix->c.cycle;
 	st->rel.last_point = out->id;
 	st->rel.last_point_created_ms = ix->c.created_ms;
+	if (ix->c.generation >= st->rel.generation)
+		st->rel.reassigned = 0;	/* the new sender's first point */
 	st->rel.generation = ix->c.generation > st->rel.generation ?
 	    ix->c.generation : st->rel.generation;
-	st->rel.reassigned = 0;
 	for (uint16_t i = 0; i < ix->c.ndisks; i++)
 		st->rel.disks[i].size = ix->c.sizes[i];
 	pthread_mutex_unlock(&st->rel_lock);

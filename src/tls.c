@@ -105,7 +105,7 @@ add_name(char *names[TLS_MAX_NAMES], int n, const char *s, size_t len)
 int
 tls_peer_names(SSL *ssl, char *names[TLS_MAX_NAMES])
 {
-	int n = 0;
+	int n = 0, dns = 0;
 	X509 *x = SSL_get0_peer_certificate(ssl);
 	if (x == NULL || SSL_get_verify_result(ssl) != X509_V_OK)
 		return 0;
@@ -116,12 +116,19 @@ tls_peer_names(SSL *ssl, char *names[TLS_MAX_NAMES])
 		const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
 		if (g->type != GEN_DNS)
 			continue;
+		dns++;
 		const unsigned char *p = ASN1_STRING_get0_data(g->d.dNSName);
 		int len = ASN1_STRING_length(g->d.dNSName);
 		if (len > 0 && memchr(p, '\0', (size_t)len) == NULL)
 			n = add_name(names, n, (const char *)p, (size_t)len);
 	}
 	GENERAL_NAMES_free(sans);
+	/* The common name counts only in a certificate with no DNS name
+	 * (RFC 6125 6.4.4, as OpenSSL's host check does): a CA that copies
+	 * the CN of a request as it is must not let a host claim another's
+	 * identity through it. */
+	if (dns > 0)
+		return n;
 
 	X509_NAME *subj = X509_get_subject_name(x);
 	int idx = X509_NAME_get_index_by_NID(subj, NID_commonName, -1);

@@ -651,13 +651,14 @@ def test_promote_refused(env):
         return w["last_cycle"], w["generation"]
 
     follow = "does not follow a cycle this session acknowledged"
+    leap = "a planned failover raises it by exactly one"
     # generation 1 (the replica's) is refused by the decoder (>= 2)
     case("PROMOTE with the replica's generation (not + 1)",
          lambda p, w: wp.promote(rel(w)[0], rel(w)[1], listen), "bad PROMOTE")
     case("PROMOTE with the replica's generation + 2",
-         lambda p, w: wp.promote(rel(w)[0], rel(w)[1] + 2, listen), follow)
+         lambda p, w: wp.promote(rel(w)[0], rel(w)[1] + 2, listen), leap)
     case("PROMOTE with generation 2^64 - 1",
-         lambda p, w: wp.promote(rel(w)[0], (1 << 64) - 1, listen), follow)
+         lambda p, w: wp.promote(rel(w)[0], (1 << 64) - 1, listen), leap)
     case("PROMOTE for the cycle after the replica's last",
          lambda p, w: wp.promote(rel(w)[0] + 1, rel(w)[1] + 1, listen), follow)
     case("PROMOTE for the cycle before the replica's last",

@@ -256,3 +256,66 @@ def test_reassign_to_another_sending_host(env):
     s.a.stop()
     s.b.stop()
     s.rep.stop()
+
+
+def test_reassigned_first_cycle_compares(env):
+    """The new host's tracker already counts cycles (it replicated its
+    web01 elsewhere), as many as the replica holds: after the reassign its
+    first cycle still compares the disks (the copy is another host's), and
+    the replica ends up equal to the new host's disk."""
+    s = Site(env)
+    r2 = env.replica(name="replica2", accept="other").start()
+    b = env.primary({VM: [s.b_disk]}, r2.port, name="b2", cert="other").start()
+    point_of(b.ok("sync", VM, "--wait"))         # b's tracker: cycle 1, like a's
+    b.stop()
+    text = open(b.conf).read().replace("127.0.0.1:%d" % r2.port, "127.0.0.1:%d" % s.rep.port)
+    open(b.conf, "w").write(text)
+    b.start()
+    s.rep.ok("reassign", VM, "--host", "other")
+    mark = LogMark(b)
+    point_of(b.ok("sync", VM, "--wait"))
+    mark.wait("resynchronising with the replica")
+    assert_same(s.b_disk, s.image(), "the replica after the reassigned host's first cycle")
+    s.rep.ok("verify", VM)
+    random_write(env.rng, s.b_disk, max_len=64 << 10)
+    point_of(b.ok("sync", VM, "--wait"))
+    assert_same(s.b_disk, s.image(), "the cycle after")
+    for d in (b, s.a, r2, s.rep):
+        d.stop()
+
+
+def test_common_name_does_not_count_beside_dns_names(env):
+    """A certificate whose DNS name is "evilhost" and whose common name is
+    "primary" (a CA that copies the requested CN as it is) is evilhost:
+    refused, not taken for the host that owns web01."""
+    import subprocess
+    s = Site(env)
+    d = env.path("evil")
+    os.makedirs(d)
+    subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", os.path.join(d, "evil.key"), "-out", os.path.join(d, "evil.csr"),
+                    "-subj", "/CN=primary"], check=True, capture_output=True)
+    with open(os.path.join(d, "evil.ext"), "w") as f:
+        f.write("subjectAltName=DNS:evilhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", os.path.join(d, "evil.csr"),
+                    "-CA", os.path.join(env.pki, "ca.pem"), "-CAkey", os.path.join(env.pki, "ca.key"),
+                    "-CAcreateserial", "-CAserial", os.path.join(d, "ca.srl"),
+                    "-out", os.path.join(d, "evil.pem"), "-days", "30",
+                    "-extfile", os.path.join(d, "evil.ext")], check=True, capture_output=True)
+    before = replica_state(s.rep, VM)
+    ctx = wp.tls_context(os.path.join(d, "evil.pem"), os.path.join(d, "evil.key"),
+                         os.path.join(env.pki, "ca.pem"))
+    c = wp.tls_connect(s.rep.port, ctx)
+    try:
+        c.send(wp.hello(VM, [("sda.img", 4 << 20)], generation=1))
+        fr = c.recv_frame(15)
+        check(fr is not None and fr[0] == wp.NACK, "HELLO from CN=primary, DNS=evilhost got %s"
+              % wp.describe(fr))
+        code, reason = wp.decode_nack(fr[1])
+        check(code == wp.NACK_DENIED and "host evilhost may not" in reason, "NACK %r" % ((code, reason),))
+    finally:
+        c.close()
+    wait_state_unchanged(s.rep, VM, before, "the CN=primary certificate")
+    s.legit_sync("after the CN=primary certificate")
+    s.a.stop()
+    s.rep.stop()

@@ -146,11 +146,11 @@ static const struct hello_rule {
 	{ YES, REPLICA,     IS_OWNER, ABOVE,      ALL,  REFUSED(PROTOCOL, LEAP), 0 },
 	{ YES, REPLICA,     IS_OWNER, EQUAL,      YES,  REFUSED(BUSY, BUSY), 0 },
 	{ YES, REPLICA,     IS_OWNER, EQUAL,      NO,   DECIDED(ROLE_WELCOME), AS_HERE },
-	/* Reassigned by the operator: a new owner below this generation is
-	 * told to take it; one above (its failovers went on elsewhere)
-	 * brings its own. */
+	/* Reassigned by the operator: the new owner compares the disks
+	 * first (ADOPT); below this generation it is told to take it, above
+	 * (its failovers went on elsewhere) it brings its own. */
 	{ YES, REASSIGNED,  IS_OWNER, ALL,        YES,  REFUSED(BUSY, BUSY), 0 },
-	{ YES, REASSIGNED,  IS_OWNER, ABOVE,      NO,   DECIDED(ROLE_WELCOME), AS_SENT },
+	{ YES, REASSIGNED,  IS_OWNER, ABOVE,      NO,   DECIDED(ROLE_WELCOME_ADOPT), AS_SENT },
 	{ YES, REASSIGNED,  IS_OWNER, ALL,        NO,   DECIDED(ROLE_WELCOME_ADOPT), AS_HERE },
 	/* Primary: its replica may take it over one generation up (a
 	 * failover there), never at its own or a leap above. */

@@ -1,0 +1,232 @@
+"""Role changes that meet other work: a sync asked for while a role
+change holds the VM, a planned failover whose turn comes behind a cycle
+that gets fenced, SIGTERM while the handover cycle waits on the network,
+and a planned failover retried while the outcome of a cut-off one is
+still unknown.  The network is held where needed by a relay of the
+test's own (Relay), never by sleeping.
+"""
+import os
+import socket
+import subprocess
+import threading
+
+import harness
+from harness import LogMark, check, free_port, wait_for
+from test_failover import VM, Hosts, point_of, status
+from test_failover_crash import expect_fault_death, history, start_with_fault
+from workload import random_write
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 to port.  hold(n) holds the n-th
+    connection from now: accepted, but nothing relayed until release()."""
+
+    def __init__(self, port):
+        self.target = port
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.count = 0
+        self.hold_at = None
+        self.held = 0
+        self.go = threading.Event()
+        self.go.set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self, nth=1):
+        with self.lock:
+            self.hold_at = self.count + nth
+            self.go.clear()
+
+    def release(self):
+        self.go.set()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.count += 1
+                held = self.count == self.hold_at
+            threading.Thread(target=self._relay, args=(c, held), daemon=True).start()
+
+    def _relay(self, c, held):
+        if held:
+            with self.lock:
+                self.held += 1
+            self.go.wait()
+        try:
+            u = socket.create_connection(("127.0.0.1", self.target))
+        except OSError:
+            c.close()
+            return
+
+        def pump(a, b):
+            try:
+                while True:
+                    d = a.recv(65536)
+                    if not d:
+                        break
+                    b.sendall(d)
+            except OSError:
+                pass
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        threading.Thread(target=pump, args=(u, c), daemon=True).start()
+        pump(c, u)
+
+    def close(self):
+        self.go.set()
+        self.sock.close()
+
+
+def via_relay(h):
+    """Host a reaches host b through a Relay (the same identity)."""
+    relay = Relay(h.pb)
+    h.a.stop()
+    text = open(h.a.conf).read().replace("replica = 127.0.0.1:%d\n" % h.pb,
+                                         "replica = 127.0.0.1:%d\n" % relay.port)
+    open(h.a.conf, "w").write(text)
+    h.a.start()
+    return relay
+
+
+def replctl(d, *args):
+    return subprocess.Popen([harness.REPLCTL, "-s", d.socket] + list(args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sync_refused_while_a_role_change_holds_the_vm(env):
+    """A cycle runs (its pre_snapshot hook waits for the test); reverse is
+    asked for and waits for it; a `sync --wait` meanwhile is refused at
+    once (the VM may not be this host's afterwards), the reverse then
+    goes through, and the daemon stops cleanly."""
+    started, go, hook = env.path("started"), env.path("go"), env.path("hold.sh")
+    with open(hook, "w") as f:
+        f.write("touch %s\nuntil [ -e %s ]; do sleep 0.05; done\n" % (started, go))
+    h = Hosts(env, hooks=False, vm_extra="pre_snapshot = sh %s\n" % hook)
+    with open(go, "w"):
+        pass
+    point_of(h.a.ok("sync", VM, "--wait"))
+    os.unlink(go)
+    os.unlink(started)
+    h.a.ok("sync", VM)
+    wait_for(lambda: os.path.exists(started), 30, what="the cycle's hook to start")
+    mark = LogMark(h.a)
+    rev = replctl(h.a, "reverse", VM, "--to", "127.0.0.1:%d" % h.pb, "--name", "replica")
+    mark.wait("reverse to", "requested")
+    r = h.a.ctl("sync", VM, "--wait", timeout=30)
+    check(r.rc == 1 and "role change" in r.err, "sync during the reverse: %r" % r)
+    r = h.a.ctl("resync", VM, "--wait", timeout=30)
+    check(r.rc == 1 and "role change" in r.err, "resync during the reverse: %r" % r)
+    with open(go, "w"):
+        pass
+    out, err = rev.communicate(timeout=60)
+    check(rev.returncode == 0, "reverse: %r %r" % (out, err))
+    point_of(h.a.ok("sync", VM, "--wait"))
+    h.same("after the reverse")
+    h.a.stop()
+    h.b.stop()
+
+
+def test_planned_failover_behind_a_fenced_cycle(env):
+    """A planned failover waits for the running cycle, which is fenced (the
+    replica failed over meanwhile): the planned failover ends at once,
+    refused and restored, instead of holding the VM for ever."""
+    h = Hosts(env)
+    relay = via_relay(h)
+    try:
+        history(h, 1)
+        relay.hold()
+        h.a.ok("sync", VM)                      # its connection is held
+        wait_for(lambda: relay.held == 1, 30, what="the cycle's connection to be held")
+        h.b.ok("failover", VM)                  # the replica takes over meanwhile
+        h.b.ok("failover", VM, "--commit")
+        mark = LogMark(h.a)
+        planned = replctl(h.a, "failover", VM, "--planned")
+        mark.wait("the next cycle hands the VM over (after the running one)")
+        relay.release()
+        out, err = planned.communicate(timeout=60)
+        check(planned.returncode == 1 and "fenced" in err, "planned failover: %r %r" % (out, err))
+        sa = status(h.a)
+        check(sa["state"] == "fenced" and sa["role"] == "primary", "host a: %r" % sa)
+        r = h.a.ctl("failover", VM, "--planned")     # no role change left behind
+        check(r.rc == 1 and "fenced" in r.err and "under way" not in r.err, "again: %r" % r)
+        h.a.stop()
+        h.b.stop()
+    finally:
+        relay.close()
+
+
+def test_sigterm_during_the_handover_cycle(env):
+    """SIGTERM while the handover cycle waits on the network: replicad
+    exits 0, the operator hears why, the planned failover did not happen
+    and the guest is started again (on_promote); after a restart the VM
+    replicates as before."""
+    h = Hosts(env)
+    relay = via_relay(h)
+    try:
+        history(h, 1)
+        relay.hold(2)                           # the probe passes, the cycle waits
+        mark = LogMark(h.a)
+        planned = replctl(h.a, "failover", VM, "--planned")
+        mark.wait("the next cycle hands the VM over")
+        wait_for(lambda: relay.held == 1, 30, what="the handover cycle's connection to be held")
+        h.a.stop()                              # SIGTERM; must exit 0
+        out, err = planned.communicate(timeout=60)
+        check(planned.returncode == 1 and "shutting down" in err and "still the primary" in err,
+              "planned failover at SIGTERM: %r %r" % (out, err))
+        hooks = h.hooks()
+        check(hooks[-2:] == [["demote", VM, "replica", "2"], ["a", "promote", VM, "primary", "1",
+                                                              hooks[-1][-1]]],
+              "on_demote then on_promote on a, at generation 1: %r" % hooks)
+        relay.release()
+        h.a.start()
+        check(status(h.a)["role"] == "primary" and status(h.a)["generation"] == 1, "a: %r" % status(h.a))
+        check(status(h.b)["role"] == "replica" and status(h.b)["generation"] == 1, "b: %r" % status(h.b))
+        random_write(env.rng, h.disks[0])
+        point_of(h.a.ok("sync", VM, "--wait"))
+        h.same("after the restart")
+        h.a.stop()
+        h.b.stop()
+    finally:
+        relay.close()
+
+
+def test_planned_failover_retried_before_the_outcome_is_known(env):
+    """A planned failover cut off before PROMOTE leaves its outcome to the
+    next cycle; a second planned failover asked for before that cycle is
+    refused (else the first's answer would start the guest in the middle
+    of the second).  After `sync --wait` the outcome is known, on_promote
+    ran on a (once: the guest runs again), and the second planned failover
+    goes through."""
+    h = Hosts(env)
+    history(h, 1)
+    start_with_fault(h.a, "primary-before-promote")
+    r = h.a.ctl("failover", VM, "--planned")
+    check(r.rc != 0, "the cut-off failover succeeded: %r" % r)
+    expect_fault_death(h.a, "primary-before-promote")
+    h.a.start()
+    r = h.a.ctl("failover", VM, "--planned")
+    check(r.rc == 1 and "not known yet" in r.err, "planned failover before the outcome is known: %r" % r)
+    mark = LogMark(h.a)
+    point_of(h.a.ok("sync", VM, "--wait"))
+    mark.wait("the cut-off handover did not happen")
+    wait_for(lambda: any(x[:2] == ["a", "promote"] for x in h.hooks()), 30,
+             what="on_promote to run again on a")
+    h.a.ok("failover", VM, "--planned")
+    wait_for(lambda: any(x[:2] == ["b", "promote"] for x in h.hooks()), 30, what="on_promote on b")
+    check(status(h.b)["role"] == "primary" and status(h.b)["generation"] == 2, "b: %r" % status(h.b))
+    promotes_a = [x for x in h.hooks() if x[:2] == ["a", "promote"]]
+    check(len(promotes_a) == 1, "on_promote on a ran %d times: %r" % (len(promotes_a), h.hooks()))
+    h.same("after the second planned failover")
+    h.a.stop()
+    h.b.stop()
