@@ -119,7 +119,8 @@ int	pvm_resync(struct pvm *vm, pvm_waiter_fn fn, void *arg);
 /* Forget a waiter whose requester went away. */
 void	pvm_cancel_waiter(struct pvm *vm, void *arg);
 void	pvm_pause(struct pvm *vm);
-void	pvm_resume(struct pvm *vm);
+/* RD_ERR_BUSY (nothing done) while a role change holds the VM. */
+int	pvm_resume(struct pvm *vm);
 /* Abandon the running cycle (shutdown); the tracker keeps its state. */
 void	pvm_stop(struct pvm *vm);
 

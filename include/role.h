@@ -18,8 +18,10 @@
  * refuses a cycle from below its generation (FENCED) and any message that
  * would make a generation leap (PROTOCOL): a replica welcomes only its
  * own generation, a primary steps down only to its own generation + 1,
- * a PROMOTE or PROMOTED carries exactly the generation + 1.  The one
- * exception is the operator's: a replica reassigned to a sender takes
+ * a PROMOTE or PROMOTED carries exactly the generation + 1.  Two
+ * exceptions: a primary that no cycle ever left (its generation is a
+ * placeholder, as a new relationship's would be) steps down for its
+ * replica at any higher generation; and a replica reassigned to a sender takes
  * that sender's generation if it is higher (its failovers went on
  * elsewhere), else tells it to take the replica's (WELCOME_ADOPT, which
  * also makes it compare the disks: the copy here is another host's).
@@ -54,6 +56,7 @@ struct role_view {
 					   takes the generation at its next
 					   WELCOME */
 	int		 fenced;	/* primary: refused as a stale one */
+	int		 fresh;		/* primary: no cycle ever left it */
 	int		 busy;		/* a role change holds the VM */
 };
 

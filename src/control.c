@@ -777,8 +777,10 @@ pause_or_resume(struct cconn *c, int pause)
 		return;
 	if (pause)
 		pvm_pause(vm);
-	else
-		pvm_resume(vm);
+	else if (pvm_resume(vm) != 0) {
+		fail(c, 1, "%s: %s", c->o.vm, sync_refusal(RD_ERR_BUSY));
+		return;
+	}
 	out(c, "%s %s\n", c->o.vm, pause ? "paused" : "resumed");
 	finish(c, 0);
 }

@@ -543,6 +543,10 @@ confirmed(void *arg, int still_ours)
 		return;
 	}
 	if (still_ours) {
+		/* The guest starts again here: no role change meanwhile
+		 * (a planned failover now would stop it half-started). */
+		if (vt_claim(f->e) == 0)
+			f->claimed = 1;
 		work_submit(job_confirmed, pending_hook_done, f);
 		return;
 	}
@@ -687,6 +691,9 @@ failover_init(struct svc *svc, struct replica_srv *srv)
 				struct fo *f = fo_new(svc, e, rels[i].vm, NULL,
 				    NULL);
 				f->rel = rels[i];
+				/* No role change until the hook ran. */
+				if (vt_claim(e) == 0)
+					f->claimed = 1;
 				work_submit(job_pending_hook, pending_hook_done,
 				    f);
 			}
@@ -1307,11 +1314,24 @@ handed_over(void *arg, int rc, const char *error)
 {
 	struct fo *f = arg;
 	if (rc == 0) {
+		/* The handover ran at the primary's generation, which a
+		 * reassignment on the replica may have raised since. */
+		f->rel.generation = pvm_generation(vt_pvm(f->e));
 		vt_when_idle(f->e, planned_idle, f);
 		return;
 	}
 	f->rc = rc;
 	snprintf(f->msg, sizeof(f->msg), "%s", error ? error : "failed");
+	if (rc == RD_ERR_FENCED) {
+		/* The other host is the primary: this one is stale, and its
+		 * guest, stopped by on_demote, stays stopped. */
+		marker_clear(f->svc, f->vm, LAY_MARK_HANDOVER);
+		fo_finish(f, rc, "%s: planned failover refused: this host is a "
+		    "stale primary (%s); the guest stays stopped here; the "
+		    "other host's reverse makes this host its replica", f->vm,
+		    f->msg);
+		return;
+	}
 	if (rc == RD_ERR_STATE) {
 		/* PROMOTE went out and no answer came: the replica may have
 		 * taken over.  Starting the guest here could run it twice;
@@ -1701,7 +1721,12 @@ reverse_closed(void *arg)
 			    "cycle", f->vm);
 		return;
 	}
-	pvm_resync(pv, NULL, NULL);
+	int r = pvm_resync(pv, NULL, NULL);
+	if (r != 0) {
+		fo_finish(f, r, "%s: replicating to %s is recorded, but no cycle "
+		    "can start: %s", f->vm, f->to, rd_strerror(r));
+		return;
+	}
 	fo_finish(f, 0, "%s: replicating to %s (resynchronising first)", f->vm,
 	    f->to);
 }

@@ -150,6 +150,8 @@ struct psess {
 	int			 handover;	/* PROMOTE follows the ACK */
 	int			 promote_sent;
 	struct wire_welcome	 welcome;	/* the replica's answer */
+	struct cat_rel		 rel;		/* as job_commit recorded it */
+	int			 rel_ok;
 	uint8_t			*cbuf;		/* a chunk */
 	struct wbuf		 dbuf;		/* a delta */
 	uint8_t			*zbuf;		/* a compressed delta */
@@ -1107,6 +1109,10 @@ job_commit(void *arg)
 			rel.resync = 0;
 		r = cat_rel_put(vm->svc->cat, &rel);
 	}
+	if (r == 0) {
+		s->rel = rel;
+		s->rel_ok = 1;
+	}
 	if (s->kind == 1)
 		save_app_time(vm, s->created_ms);
 	if (r != 0)
@@ -1122,6 +1128,8 @@ commit_done(void *arg)
 	s->job_running = 0;
 	if (s->resync && s->want_resync)
 		vm->resync = 0;
+	if (s->rel_ok)
+		vt_set_rel(vm->e, &s->rel);	/* a cycle left: not fresh */
 	if (s->dead) {
 		sess_end(s);
 		return;
@@ -1341,6 +1349,8 @@ begin_sending(struct psess *s, uint64_t replica_cycle)
 		s->zbuf = xmalloc(ZSTD_compressBound(WIRE_MAX_DELTA));
 		log_info("%s: resynchronising with the replica (%s)",
 		    vm->cfg->name, s->want_resync ? "requested" :
+		    (s->welcome.flags & WIRE_WELCOME_ADOPT) ? "it was reassigned "
+		    "to this host: its copy is another host's" :
 		    replica_cycle > 0 ? "the tracker state does not describe "
 		    "the replica's last cycle" : "the replica holds a copy");
 	}
@@ -2116,9 +2126,13 @@ pvm_pause(struct pvm *vm)
 		vm->state = PVM_PAUSED;
 }
 
-void
+int
 pvm_resume(struct pvm *vm)
 {
+	/* Lifting a fence writes the relationship: not under a role
+	 * change, which writes it too. */
+	if (vm->close_fn != NULL || vt_claimed(vm->e))
+		return RD_ERR_BUSY;
 	if (vm->state == PVM_FENCED && !vm->svc->stopping) {
 		/* The operator says try again: if this host is still a stale
 		 * primary, the replica fences it again. */
@@ -2136,6 +2150,7 @@ pvm_resume(struct pvm *vm)
 		vm->state = PVM_IDLE;
 	if (vm->sess == NULL && vm->state != PVM_FENCED)
 		schedule(vm, 0);
+	return 0;
 }
 
 void

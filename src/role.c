@@ -51,6 +51,8 @@ role_view_of(const struct cat_rel *rel, struct role_view *v)
 	role_owner(rel, v->owner, sizeof(v->owner));
 	v->reassigned = rel->role == CAT_ROLE_REPLICA && rel->reassigned;
 	v->fenced = rel->role == CAT_ROLE_PRIMARY && rel->fenced[0] != '\0';
+	v->fresh = rel->role == CAT_ROLE_PRIMARY && rel->at_point == 0 &&
+	    rel->last_cycle == 0 && rel->last_point == 0;
 }
 
 static struct role_decision
@@ -117,7 +119,10 @@ role_hello(const struct role_view *v, const char *identity,
 		if (g == gen)
 			return refuse(ROLE_WHY_SAME_GEN, WIRE_NACK_DENIED, gen,
 			    1);
-		if (g > gen + 1)
+		/* A primary no cycle ever left has no history a leap could
+		 * cut short: its generation is a placeholder, as a new
+		 * relationship's would be. */
+		if (g > gen + 1 && !v->fresh)
 			return refuse(ROLE_WHY_LEAP, WIRE_NACK_PROTOCOL, gen, 1);
 		if (v->busy)
 			return refuse(ROLE_WHY_BUSY, WIRE_NACK_BUSY, gen, 0);
@@ -209,6 +214,8 @@ role_command(const struct role_view *v, enum role_cmd cmd,
 	case ROLE_CMD_REVERSE:
 		if (v->state == ROLE_REPLICA)
 			return refuse(ROLE_WHY_IS_REPLICA, 0, gen, 0);
+		if (v->fenced)
+			return refuse(ROLE_WHY_FENCED, 0, gen, 0);
 		return decide(ROLE_REVERSE, gen);
 	case ROLE_CMD_REASSIGN:
 		if (v->state != ROLE_REPLICA)

@@ -82,7 +82,7 @@ class Pair:
         self.q.proc.kill()
 
 
-def test_qemu_planned_failover_into_receive_into(env):
+def test_qemu_planned_into_receive_into(env):
     """A planned failover of a qemu-tracked VM: the final cycle reads
     through QEMU, host b takes over at generation 2, host a becomes its
     replica receiving into the receive_into files; the first cycle back

@@ -34,6 +34,7 @@ class Relay:
         self.held = 0
         self.go = threading.Event()
         self.go.set()
+        self.errors = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def hold(self, nth=1):
@@ -60,9 +61,15 @@ class Relay:
             with self.lock:
                 self.held += 1
             self.go.wait()
-        try:
-            u = socket.create_connection(("127.0.0.1", self.target))
-        except OSError:
+        u = None
+        for _ in range(3):              # a busy machine may refuse once
+            try:
+                u = socket.create_connection(("127.0.0.1", self.target), timeout=30)
+                u.settimeout(None)
+                break
+            except OSError as e:
+                self.errors.append("connect to %d: %s" % (self.target, e))
+        if u is None:
             c.close()
             return
 
@@ -127,6 +134,8 @@ def test_sync_refused_while_a_role_change_holds_the_vm(env):
     check(r.rc == 1 and "role change" in r.err, "sync during the reverse: %r" % r)
     r = h.a.ctl("resync", VM, "--wait", timeout=30)
     check(r.rc == 1 and "role change" in r.err, "resync during the reverse: %r" % r)
+    r = h.a.ctl("resume", VM, timeout=30)
+    check(r.rc == 1 and "role change" in r.err, "resume during the reverse: %r" % r)
     with open(go, "w"):
         pass
     out, err = rev.communicate(timeout=60)
@@ -137,10 +146,11 @@ def test_sync_refused_while_a_role_change_holds_the_vm(env):
     h.b.stop()
 
 
-def test_planned_failover_behind_a_fenced_cycle(env):
+def test_planned_behind_a_fenced_cycle(env):
     """A planned failover waits for the running cycle, which is fenced (the
     replica failed over meanwhile): the planned failover ends at once,
-    refused and restored, instead of holding the VM for ever."""
+    refused, instead of holding the VM for ever; the guest that on_demote
+    stopped stays stopped (the other host is the primary)."""
     h = Hosts(env)
     relay = via_relay(h)
     try:
@@ -155,7 +165,10 @@ def test_planned_failover_behind_a_fenced_cycle(env):
         mark.wait("the next cycle hands the VM over (after the running one)")
         relay.release()
         out, err = planned.communicate(timeout=60)
-        check(planned.returncode == 1 and "fenced" in err, "planned failover: %r %r" % (out, err))
+        check(planned.returncode == 1 and "fenced" in err and "stale primary" in err
+              and "stays stopped" in err, "planned failover: %r %r" % (out, err))
+        hooks = h.hooks()
+        check(hooks[-1] == ["demote", VM, "replica", "2"], "a hook ran after on_demote: %r" % hooks)
         sa = status(h.a)
         check(sa["state"] == "fenced" and sa["role"] == "primary", "host a: %r" % sa)
         r = h.a.ctl("failover", VM, "--planned")     # no role change left behind
@@ -166,7 +179,7 @@ def test_planned_failover_behind_a_fenced_cycle(env):
         relay.close()
 
 
-def test_sigterm_during_the_handover_cycle(env):
+def test_sigterm_during_handover(env):
     """SIGTERM while the handover cycle waits on the network: replicad
     exits 0, the operator hears why, the planned failover did not happen
     and the guest is started again (on_promote); after a restart the VM
@@ -178,7 +191,10 @@ def test_sigterm_during_the_handover_cycle(env):
         relay.hold(2)                           # the probe passes, the cycle waits
         mark = LogMark(h.a)
         planned = replctl(h.a, "failover", VM, "--planned")
-        mark.wait("the next cycle hands the VM over")
+        try:
+            mark.wait("the next cycle hands the VM over")
+        except harness.TestFailure as e:
+            raise harness.TestFailure("%s (relay: %r)" % (e, relay.errors))
         wait_for(lambda: relay.held == 1, 30, what="the handover cycle's connection to be held")
         h.a.stop()                              # SIGTERM; must exit 0
         out, err = planned.communicate(timeout=60)
@@ -201,14 +217,25 @@ def test_sigterm_during_the_handover_cycle(env):
         relay.close()
 
 
-def test_planned_failover_retried_before_the_outcome_is_known(env):
+def test_planned_retried_before_outcome_known(env):
     """A planned failover cut off before PROMOTE leaves its outcome to the
     next cycle; a second planned failover asked for before that cycle is
-    refused (else the first's answer would start the guest in the middle
-    of the second).  After `sync --wait` the outcome is known, on_promote
-    ran on a (once: the guest runs again), and the second planned failover
-    goes through."""
+    refused, and so is one asked for while the on_promote that the answer
+    runs (the guest starts again here) has not ended: else the guest
+    would start here after the other host took it over.  Then the second
+    planned failover goes through, and on_promote ran once on a."""
     h = Hosts(env)
+    started, go, hook = env.path("started"), env.path("go"), env.path("promote.sh")
+    with open(hook, "w") as f:
+        f.write("touch %s\nuntil [ -e %s ]; do sleep 0.05; done\n"
+                "echo a promote $REPLICAD_VM $REPLICAD_ROLE $REPLICAD_GENERATION $REPLICAD_POINT >> %s\n"
+                % (started, go, h.hooklog))
+    h.a.stop()
+    text = open(h.a.conf).read()
+    i = text.index("on_promote = ")
+    text = text[:i] + "on_promote = sh %s\n" % hook + text[text.index("\n", i) + 1:]
+    open(h.a.conf, "w").write(text)
+    h.a.start()
     history(h, 1)
     start_with_fault(h.a, "primary-before-promote")
     r = h.a.ctl("failover", VM, "--planned")
@@ -220,9 +247,19 @@ def test_planned_failover_retried_before_the_outcome_is_known(env):
     mark = LogMark(h.a)
     point_of(h.a.ok("sync", VM, "--wait"))
     mark.wait("the cut-off handover did not happen")
+    wait_for(lambda: os.path.exists(started), 30, what="on_promote to start on a")
+    r = h.a.ctl("failover", VM, "--planned")
+    check(r.rc == 1 and "under way" in r.err, "planned failover while on_promote runs: %r" % r)
+    with open(go, "w"):
+        pass
     wait_for(lambda: any(x[:2] == ["a", "promote"] for x in h.hooks()), 30,
-             what="on_promote to run again on a")
-    h.a.ok("failover", VM, "--planned")
+             what="on_promote to end on a")
+
+    def handed_over():
+        r = h.a.ctl("failover", VM, "--planned")
+        check(r.rc == 0 or "under way" in r.err, "planned failover: %r" % r)
+        return r.rc == 0
+    wait_for(handed_over, 30, 0.2, what="the planned failover once on_promote is done")
     wait_for(lambda: any(x[:2] == ["b", "promote"] for x in h.hooks()), 30, what="on_promote on b")
     check(status(h.b)["role"] == "primary" and status(h.b)["generation"] == 2, "b: %r" % status(h.b))
     promotes_a = [x for x in h.hooks() if x[:2] == ["a", "promote"]]

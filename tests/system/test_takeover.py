@@ -12,7 +12,7 @@ import shutil
 import sqlite3
 
 import wireproto as wp
-from harness import LogMark, assert_same, check, replica_state, wait_for, wait_state_unchanged
+from harness import LogMark, assert_same, check, free_port, replica_state, wait_for, wait_state_unchanged
 from workload import random_write
 
 VM = "web01"
@@ -319,3 +319,61 @@ def test_common_name_does_not_count_beside_dns_names(env):
     s.legit_sync("after the CN=primary certificate")
     s.a.stop()
     s.rep.stop()
+
+
+def b_listening(env, s, b):
+    """Host b (cert "other") also listens and accepts its replica, so that
+    it can hand over or be taken over."""
+    port = free_port()
+    b.stop() if b.alive() else None
+    text = open(b.conf).read().replace("[daemon]\n", "[daemon]\nlisten = 127.0.0.1:%d\n" % port, 1)
+    text += "\n[accept replica]\nvms = *\nstorage = %s\n" % env.path("b", "st")
+    open(b.conf, "w").write(text)
+    b.start()
+    return port
+
+
+def test_planned_failover_right_after_reassign(env):
+    """The host a replica was just reassigned to hands the VM over to that
+    replica at once: its final cycle is the one that takes the replica's
+    generation (and compares the disks); the handover is recorded at the
+    generation above it, on both hosts."""
+    s = Site(env)
+    r2 = env.replica(name="replica2", accept="other").start()
+    b = env.primary({VM: [s.b_disk]}, r2.port, name="b2", cert="other")
+    b_listening(env, s, b)
+    point_of(b.ok("sync", VM, "--wait"))         # b has a history of its own
+    b.stop()
+    text = open(b.conf).read().replace("127.0.0.1:%d" % r2.port, "127.0.0.1:%d" % s.rep.port)
+    open(b.conf, "w").write(text)
+    b.start()
+    s.rep.ok("reassign", VM, "--host", "other")
+    r = b.ok("failover", VM, "--planned")
+    check("handed over" in r.out and "generation 3" in r.out, "planned failover: %r" % r.out)
+    sb, sr = status(b), status(s.rep)
+    check(sb["role"] == "replica" and sb["generation"] == 3, "host b: %r" % sb)
+    check(sr["role"] == "primary" and sr["generation"] == 3, "the former replica: %r" % sr)
+    assert_same(s.b_disk, s.image(), "the former replica's disk after the handover")
+    for d in (b, s.a, r2, s.rep):
+        d.stop()
+
+
+def test_reverse_to_a_primary_that_never_replicated(env):
+    """The replica is reassigned to host b, which has not sent a cycle yet,
+    then fails over itself (generation 3) and reverses to b: b, a primary
+    that no cycle ever left, becomes its replica although 3 is more than
+    one above its generation 1 (it has no history a leap could cut)."""
+    s = Site(env)
+    b = env.primary({VM: [s.b_disk]}, s.rep.port, name="b2", cert="other")
+    pb = b_listening(env, s, b)
+    s.rep.ok("reassign", VM, "--host", "other")
+    s.a.stop()
+    s.rep.ok("failover", VM)
+    s.rep.ok("failover", VM, "--commit")
+    check(status(s.rep)["generation"] == 3, "the replica after its failover: %r" % status(s.rep))
+    s.rep.ok("reverse", VM, "--to", "127.0.0.1:%d" % pb, "--name", "other", "--wait")
+    sb = status(b)
+    check(sb["role"] == "replica" and sb["generation"] == 3 and sb["peer"] == "replica", "host b: %r" % sb)
+    assert_same(s.image(), s.b_disk, "host b after the reverse")
+    for d in (b, s.rep):
+        d.stop()

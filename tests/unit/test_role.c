@@ -54,11 +54,12 @@ enum st {			/* the relationship on this host */
 	S_REASSIGNED,		/* a replica reassigned to OWNER */
 	S_PRIMARY,
 	S_FENCED,		/* a primary refused as a stale one */
+	S_FRESH,		/* a primary no cycle ever left */
 	S_UNCOMMITTED,		/* primary by an unplanned failover */
 	S_COUNT
 };
 static const char *const st_name[] = { "none", "replica", "reassigned",
-    "primary", "fenced", "uncommitted" };
+    "primary", "fenced", "fresh", "uncommitted" };
 
 enum gk {			/* the generation a message carries */
 	GK_ZERO,		/* 0 */
@@ -81,8 +82,9 @@ static const uint64_t gk_value[] = { 0, G - 1, G, G + 1, G + 2,
 #define NONE		BIT(S_NONE)
 #define REPLICA		BIT(S_REPLICA)
 #define REASSIGNED	BIT(S_REASSIGNED)
-#define PRIMARY		(BIT(S_PRIMARY) | BIT(S_FENCED))
+#define PRIMARY		(BIT(S_PRIMARY) | BIT(S_FENCED) | BIT(S_FRESH))
 #define FENCED		BIT(S_FENCED)
+#define FRESH		BIT(S_FRESH)
 #define UNCOMMITTED	BIT(S_UNCOMMITTED)
 #define SOME		(ALL & ~NONE)
 /* who sends */
@@ -112,6 +114,7 @@ view_of(enum st s, int busy, struct role_view *v)
 		snprintf(v->owner, sizeof(v->owner), "%s", OWNER);
 	v->reassigned = s == S_REASSIGNED;
 	v->fenced = s == S_FENCED;
+	v->fresh = s == S_FRESH;
 	v->busy = busy;
 }
 
@@ -156,6 +159,10 @@ static const struct hello_rule {
 	 * failover there), never at its own or a leap above. */
 	{ YES, PRIMARY,     IS_OWNER, BELOW,      ALL,  REFUSED(FENCED, STALE), 0 },
 	{ YES, PRIMARY,     IS_OWNER, EQUAL,      ALL,  REFUSED(DENIED, SAME_GEN), 0 },
+	/* (a primary no cycle ever left has no history to cut short: its
+	 * replica may take it over from any generation above) */
+	{ YES, FRESH,       IS_OWNER, LEAP,       YES,  REFUSED(BUSY, BUSY), 0 },
+	{ YES, FRESH,       IS_OWNER, LEAP,       NO,   DECIDED(ROLE_DEMOTE), AS_SENT },
 	{ YES, PRIMARY,     IS_OWNER, LEAP,       ALL,  REFUSED(PROTOCOL, LEAP), 0 },
 	{ YES, PRIMARY,     IS_OWNER, NEXT,       YES,  REFUSED(BUSY, BUSY), 0 },
 	{ YES, PRIMARY,     IS_OWNER, NEXT,       NO,   DECIDED(ROLE_DEMOTE), AS_SENT },
@@ -395,8 +402,9 @@ static const struct cmd_rule {
 	{ C(PLANNED),     UNCOMMITTED,   NO,  ALL,            ROLE_REFUSE, ROLE_WHY_UNCOMMITTED, 0 },
 	{ C(PLANNED),     FENCED,        NO,  ALL,            ROLE_REFUSE, ROLE_WHY_FENCED, 0 },
 	{ C(PLANNED),     PRIMARY,       NO,  ALL,            ROLE_HANDOVER, ROLE_WHY_NONE, AS_NEXT },
-	/* Reverse: on a primary, committed or not. */
+	/* Reverse: on a primary, committed or not, that is not stale. */
 	{ C(REVERSE),     REPLICA | REASSIGNED, NO, ALL,      ROLE_REFUSE, ROLE_WHY_IS_REPLICA, 0 },
+	{ C(REVERSE),     FENCED,        NO,  ALL,            ROLE_REFUSE, ROLE_WHY_FENCED, 0 },
 	{ C(REVERSE),     PRIMARY | UNCOMMITTED, NO, ALL,     ROLE_REVERSE, ROLE_WHY_NONE, AS_HERE },
 	/* Reassign: on a replica, to another host an [accept] entry admits
 	 * with the storage the VM is in; one generation up. */
@@ -784,9 +792,13 @@ model_hello(struct model *m, int s, int t, uint64_t g, int honest)
 		if (target_of(y) != s)
 			model_fail("%s: %s demoted by %s, its replica is %d",
 			    event, idn[t], idn[s], target_of(y));
-		if (d.generation != before + 1)
-			model_fail("%s: demoted from %" PRIu64 " to %" PRIu64,
-			    event, before, d.generation);
+		{
+			struct role_view vy;
+			role_view_of(&y->rel, &vy);
+			if (d.generation != before + 1 && !vy.fresh)
+				model_fail("%s: demoted from %" PRIu64 " to %"
+				    PRIu64, event, before, d.generation);
+		}
 		role_rel_demote(&y->rel, d.generation, idn[s], "/r", 0);
 		y->grant = s;
 		y->fresh = 0;
@@ -817,6 +829,10 @@ model_hello(struct model *m, int s, int t, uint64_t g, int honest)
 		g = d.generation;	/* the session's generation */
 	}
 	model_write(m, s, t, g, event);
+	if (honest) {			/* the ACK: job_commit() */
+		x->rel.last_cycle = y->rel.last_cycle;
+		x->rel.last_point = y->rel.last_point;
+	}
 }
 
 /* A planned failover of s to its replica; crash: s dies before it
