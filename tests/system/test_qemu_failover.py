@@ -4,28 +4,14 @@ are block nodes, not files: planned failover receives into the files
 them or into the [accept] entry's storage, and a primary whose [vm]
 section was removed runs no cycle and can still be taken over.
 """
-import json
 import os
 
-from harness import Daemon, LogMark, assert_same, check, free_port, wait_for
+from harness import Daemon, LogMark, assert_same, check, free_port
+from test_failover import VM, point_of, status
 from test_qemu import MB, Qemu, make_image, random_writes, skip_without_qemu
 from workload import random_write
 
-VM = "web01"
 SIZE = 8 * MB
-
-
-def status(daemon, vm=VM):
-    for v in json.loads(daemon.ok("status", "--json").out)["vms"]:
-        if v["name"] == vm:
-            return v
-    return None
-
-
-def point_of(r):
-    words = r.out.split()
-    check(len(words) == 2 and words[0] == "point", "sync printed %r" % r.out)
-    return int(words[1])
 
 
 class Pair:

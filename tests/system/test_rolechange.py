@@ -11,7 +11,7 @@ import subprocess
 import threading
 
 import harness
-from harness import LogMark, check, free_port, wait_for
+from harness import LogMark, check, wait_for
 from test_failover import VM, Hosts, point_of, status
 from test_failover_crash import expect_fault_death, history, start_with_fault
 from workload import random_write

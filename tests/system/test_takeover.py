@@ -12,23 +12,9 @@ import shutil
 import sqlite3
 
 import wireproto as wp
-from harness import LogMark, assert_same, check, free_port, replica_state, wait_for, wait_state_unchanged
+from harness import LogMark, assert_same, check, free_port, replica_state, wait_state_unchanged
+from test_failover import VM, point_of, status
 from workload import random_write
-
-VM = "web01"
-
-
-def status(daemon, vm=VM):
-    for v in json.loads(daemon.ok("status", "--json").out)["vms"]:
-        if v["name"] == vm:
-            return v
-    return None
-
-
-def point_of(result):
-    words = result.out.split()
-    check(len(words) == 2 and words[0] == "point", "sync --wait printed %r" % result.out)
-    return int(words[1])
 
 
 class Site:
