@@ -6,6 +6,7 @@ still unknown.  The network is held where needed by a relay of the
 test's own (Relay), never by sleeping.
 """
 import os
+import selectors
 import socket
 import subprocess
 import threading
@@ -19,7 +20,9 @@ from workload import random_write
 
 class Relay:
     """A TCP relay on 127.0.0.1 to port.  hold(n) holds the n-th
-    connection from now: accepted, but nothing relayed until release()."""
+    connection from now: accepted, but nothing relayed until release().
+    One thread polls every socket (no thread per connection, no socket
+    closed while another thread waits on it)."""
 
     def __init__(self, port):
         self.target = port
@@ -32,67 +35,117 @@ class Relay:
         self.count = 0
         self.hold_at = None
         self.held = 0
-        self.go = threading.Event()
-        self.go.set()
+        self.releasing = threading.Event()
+        self.releasing.set()
+        self.stopping = threading.Event()
         self.errors = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.events = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
 
     def hold(self, nth=1):
         with self.lock:
             self.hold_at = self.count + nth
-            self.go.clear()
+            self.releasing.clear()
 
     def release(self):
-        self.go.set()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.count += 1
-                held = self.count == self.hold_at
-            threading.Thread(target=self._relay, args=(c, held), daemon=True).start()
-
-    def _relay(self, c, held):
-        if held:
-            with self.lock:
-                self.held += 1
-            self.go.wait()
-        u = None
-        for _ in range(3):              # a busy machine may refuse once
-            try:
-                u = socket.create_connection(("127.0.0.1", self.target), timeout=30)
-                u.settimeout(None)
-                break
-            except OSError as e:
-                self.errors.append("connect to %d: %s" % (self.target, e))
-        if u is None:
-            c.close()
-            return
-
-        def pump(a, b):
-            try:
-                while True:
-                    d = a.recv(65536)
-                    if not d:
-                        break
-                    b.sendall(d)
-            except OSError:
-                pass
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        threading.Thread(target=pump, args=(u, c), daemon=True).start()
-        pump(c, u)
+        self.releasing.set()
 
     def close(self):
-        self.go.set()
-        self.sock.close()
+        self.stopping.set()
+        self.releasing.set()
+        self.thread.join(30)
+
+    def _run(self):
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ, None)
+        self.pairs = {}                 # socket -> its other end
+        self.out = {}                   # socket -> bytes still to send it
+        waiting = []                    # held client sockets
+        try:
+            while not self.stopping.is_set():
+                if waiting and self.releasing.is_set():
+                    for c in waiting:
+                        self._open(sel, c)
+                    waiting = []
+                for key, mask in sel.select(0.05):
+                    x = key.fileobj
+                    if x is self.sock:
+                        c, _ = self.sock.accept()
+                        with self.lock:
+                            self.count += 1
+                            held = self.count == self.hold_at
+                            self.events.append("connection %d%s" % (self.count, " held" if held else ""))
+                        if held:
+                            self.held += 1
+                            waiting.append(c)
+                        else:
+                            self._open(sel, c)
+                    elif x in self.pairs:
+                        self._step(sel, x, mask)
+        except Exception as e:  # noqa: BLE001 - kept for the failure message
+            self.errors.append("relay: %r" % e)
+        finally:
+            for x in list(self.pairs) + waiting + [self.sock]:
+                x.close()
+            sel.close()
+
+    def _watch(self, sel, x):
+        """Read x unless its other end has too much to send; write x while
+        something waits for it."""
+        y = self.pairs[x]
+        mask = (selectors.EVENT_READ if len(self.out[y]) < (1 << 20) else 0) | \
+            (selectors.EVENT_WRITE if self.out[x] else 0)
+        if mask:
+            sel.modify(x, mask) if x in sel.get_map() else sel.register(x, mask)
+        elif x in sel.get_map():
+            sel.unregister(x)
+
+    def _step(self, sel, x, mask):
+        y = self.pairs[x]
+        try:
+            if mask & selectors.EVENT_WRITE:
+                n = x.send(self.out[x])
+                self.out[x] = self.out[x][n:]
+            if mask & selectors.EVENT_READ:
+                d = x.recv(65536)
+                if not d:
+                    raise ConnectionError("closed")
+                self.out[y] += d
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            # One side ended: what it sent goes on to the other, then both
+            # go (a NACK just before a close must arrive).
+            try:
+                y.setblocking(True)
+                y.settimeout(10)
+                y.sendall(self.out[y])
+            except OSError:
+                pass
+            for z in (x, y):
+                if z in sel.get_map():
+                    sel.unregister(z)
+                self.pairs.pop(z, None)
+                self.out.pop(z, None)
+                z.close()
+            return
+        self._watch(sel, x)
+        self._watch(sel, y)
+
+    def _open(self, sel, c):
+        try:
+            u = socket.create_connection(("127.0.0.1", self.target), timeout=30)
+        except OSError as e:
+            self.errors.append("connect to %d: %s" % (self.target, e))
+            c.close()
+            return
+        for x in (c, u):
+            x.setblocking(False)
+            self.out[x] = b""
+        self.pairs[c], self.pairs[u] = u, c
+        self._watch(sel, c)
+        self._watch(sel, u)
 
 
 def via_relay(h):
@@ -194,7 +247,7 @@ def test_sigterm_during_handover(env):
         try:
             mark.wait("the next cycle hands the VM over")
         except harness.TestFailure as e:
-            raise harness.TestFailure("%s (relay: %r)" % (e, relay.errors))
+            raise harness.TestFailure("%s (relay: %r %r)" % (e, relay.events, relay.errors))
         wait_for(lambda: relay.held == 1, 30, what="the handover cycle's connection to be held")
         h.a.stop()                              # SIGTERM; must exit 0
         out, err = planned.communicate(timeout=60)
