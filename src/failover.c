@@ -1040,17 +1040,25 @@ restart_primary(struct fo *f)
 		vt_set_note(f->e, f->msg);
 }
 
-static void
-demote_done(void *arg)
+/* The demotion's record is written (f->rc 0): open the store; or it is
+ * not: serve the VM again.  f->rc after it. */
+static int
+became_replica(struct fo *f)
 {
-	struct fo *f = arg;
 	if (f->rc == 0) {
 		vt_set_rel(f->e, &f->rel);
 		open_replica(f, &f->rel);
 	} else {
 		restart_primary(f);
 	}
-	if (f->rc != 0) {
+	return f->rc;
+}
+
+static void
+demote_done(void *arg)
+{
+	struct fo *f = arg;
+	if (became_replica(f) != 0) {
 		fo_finish(f, f->rc, "%s: %s", f->vm, f->msg);
 		return;
 	}
@@ -1281,13 +1289,7 @@ static void
 planned_demote_done(void *arg)
 {
 	struct fo *f = arg;
-	if (f->rc == 0) {
-		vt_set_rel(f->e, &f->rel);
-		open_replica(f, &f->rel);
-	} else {
-		restart_primary(f);
-	}
-	if (f->rc != 0) {
+	if (became_replica(f) != 0) {
 		fo_finish(f, f->rc, "%s: handed over, but recording this host "
 		    "as the replica failed: %s", f->vm, f->msg);
 		return;

@@ -166,7 +166,6 @@ struct pvm {
 	int			 paused;
 	char			 error[512];
 	unsigned		 failures;
-	uint64_t		 generation;
 	uint64_t		 last_cycle;
 	uint64_t		 last_point;
 	int64_t			 last_point_ms;
@@ -1138,7 +1137,7 @@ commit_done(void *arg)
 		/* Planned failover: the replica holds everything; now it
 		 * takes over at the next generation. */
 		struct wire_promote m = { .cycle = s->cycle,
-		    .generation = vm->generation + 1 };
+		    .generation = vt_generation(vm->e) + 1 };
 		listen_addr(s, vm->handover, m.listen, sizeof(m.listen));
 		fault_point("primary-before-promote");
 		vm->last_cycle = s->cycle;
@@ -1191,7 +1190,7 @@ on_promoted(struct psess *s, const uint8_t *p, size_t len)
 	struct pvm *vm = s->vm;
 	uint64_t gen;
 	if (wire_get_promoted(p, len, &gen) != 0 ||
-	    role_promoted(vm->generation, gen).verdict != ROLE_HANDED_OVER) {
+	    role_promoted(vt_generation(vm->e), gen).verdict != ROLE_HANDED_OVER) {
 		sess_fail(s, RD_ERR_PEER, "bad PROMOTED from the replica");
 		return;
 	}
@@ -1238,14 +1237,14 @@ adopt_done(void *arg)
 	struct psess *s = aj->s;
 	struct pvm *vm = s->vm;
 	int rc = aj->rc;
-	uint64_t was = vm->generation;
+	uint64_t was = vt_generation(vm->e);
 
 	if (rc == 0) {
-		vm->generation = aj->generation;
 		vt_set_rel(vm->e, &aj->rel);
 		log_info("%s: the replica %s reassigned %s to this host: "
 		    "generation %" PRIu64 " -> %" PRIu64, vm->cfg->name,
-		    vm->cfg->replica_name, vm->cfg->name, was, vm->generation);
+		    vm->cfg->replica_name, vm->cfg->name, was,
+		    vt_generation(vm->e));
 	}
 	free(aj);
 	if (!job_returned(s))
@@ -1276,7 +1275,7 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 		    rd_strerror(r));
 		return;
 	}
-	struct role_decision d = role_welcome(vm->generation, w->generation,
+	struct role_decision d = role_welcome(vt_generation(vm->e), w->generation,
 	    (w->flags & WIRE_WELCOME_ADOPT) != 0);
 	switch (d.verdict) {
 	case ROLE_PROCEED:
@@ -1297,11 +1296,11 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 			sess_fail(s, RD_ERR_FENCED, "the replica is at "
 			    "generation %" PRIu64 ", this host at %" PRIu64 ": "
 			    "this host is a stale primary", w->generation,
-			    vm->generation);
+			    vt_generation(vm->e));
 		else
 			sess_fail(s, RD_ERR_PEER, "the replica answered at "
 			    "generation %" PRIu64 ", this host is at %" PRIu64
-			    ": refused", w->generation, vm->generation);
+			    ": refused", w->generation, vt_generation(vm->e));
 		return;
 	}
 	if (vm->confirm_fn) {
@@ -1523,7 +1522,7 @@ send_hello(struct psess *s)
 {
 	struct pvm *vm = s->vm;
 	struct wire_hello h = { .version = WIRE_VERSION,
-	    .generation = vm->generation, .block_size = vm->cfg->block_size,
+	    .generation = vt_generation(vm->e), .block_size = vm->cfg->block_size,
 	    .interval_ms = vm->cfg->interval_ms,
 	    .ndisks = (uint16_t)vm->cfg->ndisks };
 	snprintf(h.vm, sizeof(h.vm), "%s", vm->cfg->name);
@@ -1814,22 +1813,37 @@ check_done(void *arg)
 	poke(vm);
 }
 
+/*
+ * Stop the VM's cycles now (a role change, shutdown): the running one is
+ * abandoned (the tracker finds its blocks again), a handover waiting for
+ * it ends (before PROMOTE it did not happen; after, nobody knows:
+ * RD_ERR_STATE, the next cycle tells), and every waiter hears why.
+ */
+static void
+abandon(struct pvm *vm, const char *why)
+{
+	int promote_sent = 0;
+
+	evtimer_del(vm->timer);
+	keep_drop(vm);
+	if (vm->sess) {
+		promote_sent = vm->sess->promote_sent;
+		log_info("%s: abandoning cycle %" PRIu64 " (%s)",
+		    vm->cfg->name, vm->sess->cycle, why);
+		sess_end(vm->sess);
+	}
+	if (vm->handover)
+		handover_end(vm, promote_sent ? RD_ERR_STATE : RD_ERR_BUSY,
+		    why);
+	tell_waiters(&vm->cur, 0, why);
+	tell_waiters(&vm->next, 0, why);
+}
+
 /* What the VM table may ask of a primary (vmtab.h). */
 static void
 pvm_quiesce(void *obj)
 {
-	struct pvm *vm = obj;
-	evtimer_del(vm->timer);
-	keep_drop(vm);
-	if (vm->handover)
-		handover_end(vm, RD_ERR_STATE, "the VM is changing roles");
-	if (vm->sess) {
-		log_info("%s: abandoning cycle %" PRIu64 " (role change)",
-		    vm->cfg->name, vm->sess->cycle);
-		sess_end(vm->sess);
-	}
-	tell_waiters(&vm->cur, 0, "the VM is changing roles");
-	tell_waiters(&vm->next, 0, "the VM is changing roles");
+	abandon(obj, "the VM is changing roles");
 }
 
 static int
@@ -1873,7 +1887,6 @@ pvm_new(struct svc *svc, struct vme *e, const struct cfg_vm *cfg,
 	vm->app_path = lay_app_point(svc->cfg->state_dir, cfg->name);
 	load_app_time(vm);
 	vt_attach(e, VT_PRIMARY, vm, &pvm_ops);
-	vm->generation = rel->generation;
 	vm->resync = rel->resync;
 	vm->last_cycle = rel->last_cycle;
 	vm->last_point = rel->last_point;
@@ -1919,7 +1932,7 @@ pvm_cfg(const struct pvm *vm)
 uint64_t
 pvm_generation(const struct pvm *vm)
 {
-	return vm->generation;
+	return vt_generation(vm->e);
 }
 
 int
@@ -2031,7 +2044,7 @@ pvm_status(const struct pvm *vm, struct pvm_status *st)
 	st->replica = vm->cfg->replica;
 	st->state = vm->paused && vm->state == PVM_IDLE ? PVM_PAUSED :
 	    vm->state;
-	st->generation = vm->generation;
+	st->generation = vt_generation(vm->e);
 	st->last_point = vm->last_point;
 	st->last_point_ms = vm->last_point_ms;
 	st->interval_ms = vm->cfg->interval_ms;
@@ -2156,22 +2169,5 @@ pvm_resume(struct pvm *vm)
 void
 pvm_stop(struct pvm *vm)
 {
-	int promote_sent = 0;
-
-	evtimer_del(vm->timer);
-	keep_drop(vm);
-	if (vm->sess) {
-		struct psess *s = vm->sess;
-		promote_sent = s->promote_sent;
-		log_info("%s: abandoning cycle %" PRIu64 " (shutting down)",
-		    vm->cfg->name, s->cycle);
-		sess_end(s);
-	}
-	/* A handover abandoned before PROMOTE did not happen; after it,
-	 * nobody knows (RD_ERR_STATE: the next cycle tells). */
-	if (vm->handover)
-		handover_end(vm, promote_sent ? RD_ERR_STATE : RD_ERR_BUSY,
-		    "replicad is shutting down");
-	tell_waiters(&vm->cur, 0, "replicad is shutting down");
-	tell_waiters(&vm->next, 0, "replicad is shutting down");
+	abandon(vm, "replicad is shutting down");
 }
