@@ -25,7 +25,7 @@ LDLIBS  += $(PKG_LIBS) -lrsync -pthread
 COMMON_OBJS  := err log xmalloc buf util layout wire ctl config retention
 # The daemon: catalog, worker pool, TLS, tracker, the VM table and the
 # rules of roles, both roles, role changes, control socket.
-REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work tls netio blockmap tracker trk_scan \
+REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work tls netio gate blockmap tracker trk_scan \
                  trk_reflink qmp trk_qemu undo delta store role vmtab \
                  replica primary failover control daemon
 REPLCTL_OBJS  := $(COMMON_OBJS)

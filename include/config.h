@@ -22,6 +22,7 @@
 #define CONFIG_DEFAULT_BLOCK_SIZE	(64 * 1024)
 #define CONFIG_DEFAULT_RETENTION	"last=24"
 #define CONFIG_DEFAULT_SNAPSHOT_TIMEOUT_S	60
+#define CONFIG_DEFAULT_HANDSHAKE_TIMEOUT_S	15
 #define CFG_MAX_DISKS		64	/* disks per VM (the wire's bound) */
 
 enum cfg_tracker {
@@ -102,6 +103,7 @@ struct config {
 	char		*tls_ca;
 	int		 tls_line[3];	/* lines of tls_cert, tls_key, tls_ca */
 	enum log_level	 log_level;
+	unsigned	 handshake_timeout_s; /* accept to a valid HELLO */
 	struct cfg_vm	*vms;
 	size_t		 nvms;
 	struct cfg_accept *accepts;

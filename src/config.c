@@ -203,6 +203,20 @@ set_log_level(struct cfg_parse *p, const char *v)
 	return 0;
 }
 
+static int
+set_handshake_timeout(struct cfg_parse *p, const char *v)
+{
+	uint64_t ms;
+
+	if (util_parse_duration_ms(v, &ms) != 0)
+		return KEY_ERROR(p, "invalid duration '%s' (e.g. 15s)", v);
+	if (ms < 1000 || ms > 600 * 1000)
+		return KEY_ERROR(p, "handshake_timeout '%s' out of range (1s to "
+		    "10m)", v);
+	p->cfg->handshake_timeout_s = (unsigned)((ms + 999) / 1000);
+	return 0;
+}
+
 /* [vm NAME] */
 
 /* Checked once the section is read: what a disk names depends on the
@@ -682,6 +696,7 @@ static const struct cfg_key cfg_keys[] = {
 	{ SEC_DAEMON, "tls_key", set_tls_key, 0 },
 	{ SEC_DAEMON, "tls_ca", set_tls_ca, 0 },
 	{ SEC_DAEMON, "log_level", set_log_level, 0 },
+	{ SEC_DAEMON, "handshake_timeout", set_handshake_timeout, 0 },
 	{ SEC_VM, "disk", set_disk, 1 },
 	{ SEC_VM, "replica", set_replica, 0 },
 	{ SEC_VM, "replica_name", set_replica_name, 0 },
@@ -1056,6 +1071,7 @@ config_load(const char *path, struct config **out, char *err, size_t errsz)
 		err[0] = '\0';
 	cfg->path = xstrdup(path);
 	cfg->log_level = LOG_LVL_INFO;
+	cfg->handshake_timeout_s = CONFIG_DEFAULT_HANDSHAKE_TIMEOUT_S;
 	p->cfg = cfg;
 	p->err = err;
 	p->errsz = errsz;

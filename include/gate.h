@@ -1,0 +1,89 @@
+/*
+ * gate.h — admission of the replica's incoming connections.
+ *
+ * A connection is unauthenticated from accept until its TLS handshake
+ * has verified the peer's certificate.  Unauthenticated connections are
+ * counted per source (an IPv4 address, an IPv6 /64) and in total;
+ * authenticated sessions have a budget of their own, so that a flood of
+ * strangers never keeps a known primary out.
+ *
+ * When an unauthenticated budget is full, the oldest connection of that
+ * budget gives way to the new one.  An honest handshake takes a few
+ * round trips, so the oldest is almost always an idle or dribbling
+ * stranger; refusing the newest instead would let a thousand idle
+ * connections lock every primary out for as long as they stay open.
+ *
+ * Connections dropped before authentication are counted by reason; a
+ * few per interval are logged one by one, the rest in one summary line.
+ *
+ * Pure bookkeeping: no sockets, no timers, no logging.
+ */
+#ifndef REPLICAD_GATE_H
+#define REPLICAD_GATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define GATE_PER_SOURCE		8	/* unauthenticated, per source */
+#define GATE_UNAUTH		256	/* unauthenticated, in total */
+#define GATE_AUTH		1024	/* authenticated sessions */
+#define GATE_LOG_BURST		5	/* drops logged in full per interval */
+
+struct gate;
+struct gate_conn;
+
+struct gate_limits {
+	unsigned	per_source;
+	unsigned	unauth;
+	unsigned	auth;
+};
+
+/* Why a connection was dropped or refused before authentication. */
+enum gate_why {
+	GATE_EVICTED,		/* made room for a newer connection */
+	GATE_DEADLINE,		/* no valid HELLO within the deadline */
+	GATE_TLS,		/* the TLS handshake failed */
+	GATE_AUTH_FULL,		/* the authenticated budget is full */
+	GATE_STOPPING,		/* the daemon is shutting down */
+	GATE_NWHY
+};
+
+struct gate_counters {
+	unsigned	unauth;			/* now */
+	unsigned	auth;
+	uint64_t	dropped[GATE_NWHY];	/* since gate_new() */
+};
+
+/* limits NULL: the defaults above.  The caller frees with gate_free(). */
+struct gate	*gate_new(const struct gate_limits *lim);
+void		 gate_free(struct gate *g);
+
+/*
+ * Admit a connection from sa on behalf of owner (never refused).  If a
+ * budget was full, *victim is the owner of the connection that must give
+ * way: the caller closes it, which calls gate_leave() for it.  Else
+ * *victim is NULL.  The entry is the caller's until gate_leave().
+ */
+struct gate_conn *gate_enter(struct gate *g, const struct sockaddr *sa,
+	    void *owner, void **victim);
+/* c verified its peer: 0, or -1 if the authenticated budget is full (c
+ * stays unauthenticated; the caller closes it). */
+int		 gate_authenticated(struct gate *g, struct gate_conn *c);
+void		 gate_leave(struct gate *g, struct gate_conn *c);
+
+/* Count a drop of a connection from sa; 1 if the caller should log it
+ * in full, 0 if the interval's summary covers it. */
+int		 gate_note(struct gate *g, const struct sockaddr *sa,
+		    enum gate_why why);
+/*
+ * End the interval: if some drop of it was not logged in full, write a
+ * summary line into buf ("dropped 1000 connections from 3 sources before
+ * authentication in 60 s (...)") and return 1; else return 0.
+ */
+int		 gate_summary(struct gate *g, unsigned interval_s, char *buf,
+		    size_t bufsz);
+void		 gate_counters(const struct gate *g, struct gate_counters *out);
+const char	*gate_why_str(enum gate_why why);
+
+#endif

@@ -1,0 +1,236 @@
+/*
+ * gate.c — admission bookkeeping of incoming connections (gate.h).
+ *
+ * The unauthenticated connections form one list in accept order; the
+ * budgets are small (hundreds), so a source's count is a walk of it.
+ */
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gate.h"
+#include "xmalloc.h"
+
+#define GATE_SOURCES_SEEN	1024	/* distinct sources per summary */
+
+/* A source: an IPv4 address, or the /64 of an IPv6 one. */
+struct gate_src {
+	uint8_t		 b[9];		/* family tag, then 4 or 8 bytes */
+};
+
+struct gate_conn {
+	struct gate_conn *prev, *next;	/* unauthenticated, oldest first */
+	struct gate_src	 src;
+	void		*owner;
+	int		 authed;
+};
+
+struct gate {
+	struct gate_limits lim;
+	struct gate_conn *head, *tail;
+	unsigned	 nunauth, nauth;
+	uint64_t	 total[GATE_NWHY];
+	/* this interval */
+	uint64_t	 count[GATE_NWHY];
+	uint64_t	 ndrops, nlogged;
+	struct gate_src	*seen;
+	unsigned	 nseen;
+	int		 seen_overflow;
+};
+
+static void
+src_of(const struct sockaddr *sa, struct gate_src *k)
+{
+	memset(k, 0, sizeof(*k));
+	if (sa == NULL)
+		return;
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *s4 = (const void *)sa;
+		k->b[0] = 4;
+		memcpy(k->b + 1, &s4->sin_addr, 4);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const void *)sa;
+		if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+			k->b[0] = 4;
+			memcpy(k->b + 1, s6->sin6_addr.s6_addr + 12, 4);
+		} else {
+			k->b[0] = 6;
+			memcpy(k->b + 1, s6->sin6_addr.s6_addr, 8);
+		}
+	}
+}
+
+static int
+src_eq(const struct gate_src *a, const struct gate_src *b)
+{
+	return memcmp(a->b, b->b, sizeof(a->b)) == 0;
+}
+
+struct gate *
+gate_new(const struct gate_limits *lim)
+{
+	struct gate *g = xcalloc(1, sizeof(*g));
+	static const struct gate_limits def = { GATE_PER_SOURCE, GATE_UNAUTH,
+	    GATE_AUTH };
+
+	g->lim = lim ? *lim : def;
+	g->seen = xcalloc(GATE_SOURCES_SEEN, sizeof(*g->seen));
+	return g;
+}
+
+void
+gate_free(struct gate *g)
+{
+	if (g == NULL)
+		return;
+	/* Entries belong to their callers, who leave before this. */
+	free(g->seen);
+	free(g);
+}
+
+static void
+unlink_conn(struct gate *g, struct gate_conn *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		g->head = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	else
+		g->tail = c->prev;
+	c->prev = c->next = NULL;
+	g->nunauth--;
+}
+
+struct gate_conn *
+gate_enter(struct gate *g, const struct sockaddr *sa, void *owner,
+    void **victim)
+{
+	struct gate_conn *c = xcalloc(1, sizeof(*c)), *oldest = NULL;
+	unsigned same = 0;
+
+	src_of(sa, &c->src);
+	c->owner = owner;
+	for (struct gate_conn *o = g->head; o; o = o->next)
+		if (src_eq(&o->src, &c->src) && same++ == 0)
+			oldest = o;
+	*victim = NULL;
+	if (same >= g->lim.per_source)
+		*victim = oldest->owner;
+	else if (g->nunauth >= g->lim.unauth && g->head)
+		*victim = g->head->owner;
+
+	c->prev = g->tail;
+	if (g->tail)
+		g->tail->next = c;
+	else
+		g->head = c;
+	g->tail = c;
+	g->nunauth++;
+	return c;
+}
+
+int
+gate_authenticated(struct gate *g, struct gate_conn *c)
+{
+	if (c->authed)
+		return 0;
+	if (g->nauth >= g->lim.auth)
+		return -1;
+	unlink_conn(g, c);
+	c->authed = 1;
+	g->nauth++;
+	return 0;
+}
+
+void
+gate_leave(struct gate *g, struct gate_conn *c)
+{
+	if (c == NULL)
+		return;
+	if (c->authed)
+		g->nauth--;
+	else
+		unlink_conn(g, c);
+	free(c);
+}
+
+int
+gate_note(struct gate *g, const struct sockaddr *sa, enum gate_why why)
+{
+	struct gate_src k;
+	unsigned i;
+
+	g->total[why]++;
+	g->count[why]++;
+	g->ndrops++;
+	src_of(sa, &k);
+	for (i = 0; i < g->nseen; i++)
+		if (src_eq(&g->seen[i], &k))
+			break;
+	if (i == g->nseen) {
+		if (g->nseen < GATE_SOURCES_SEEN)
+			g->seen[g->nseen++] = k;
+		else
+			g->seen_overflow = 1;
+	}
+	if (g->nlogged >= GATE_LOG_BURST)
+		return 0;
+	g->nlogged++;
+	return 1;
+}
+
+const char *
+gate_why_str(enum gate_why why)
+{
+	static const char *const s[GATE_NWHY] = {
+		[GATE_EVICTED] = "made room for newer ones",
+		[GATE_DEADLINE] = "handshake deadline",
+		[GATE_TLS] = "TLS handshake failed",
+		[GATE_AUTH_FULL] = "too many sessions",
+		[GATE_STOPPING] = "shutting down",
+	};
+	return why < GATE_NWHY ? s[why] : "?";
+}
+
+int
+gate_summary(struct gate *g, unsigned interval_s, char *buf, size_t bufsz)
+{
+	int r = 0;
+
+	if (g->ndrops > g->nlogged) {
+		size_t n = (size_t)snprintf(buf, bufsz, "dropped %llu "
+		    "connections from %u%s sources before authentication in "
+		    "%u s, %llu of them logged above (",
+		    (unsigned long long)g->ndrops, g->nseen,
+		    g->seen_overflow ? "+" : "", interval_s,
+		    (unsigned long long)g->nlogged);
+		const char *sep = "";
+		for (int w = 0; w < GATE_NWHY && n < bufsz; w++) {
+			if (g->count[w] == 0)
+				continue;
+			n += (size_t)snprintf(buf + n, bufsz - n, "%s%llu %s",
+			    sep, (unsigned long long)g->count[w],
+			    gate_why_str((enum gate_why)w));
+			sep = ", ";
+		}
+		if (n < bufsz)
+			snprintf(buf + n, bufsz - n, ")");
+		r = 1;
+	}
+	memset(g->count, 0, sizeof(g->count));
+	g->ndrops = g->nlogged = 0;
+	g->nseen = 0;
+	g->seen_overflow = 0;
+	return r;
+}
+
+void
+gate_counters(const struct gate *g, struct gate_counters *out)
+{
+	out->unauth = g->nunauth;
+	out->auth = g->nauth;
+	memcpy(out->dropped, g->total, sizeof(out->dropped));
+}
