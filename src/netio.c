@@ -72,9 +72,9 @@ netio_error(struct bufferevent *bev, short what, char *buf, size_t bufsz)
 
 	/* libevent files SSL_ERROR_SYSCALL and friends as "library 0"
 	 * errors: the real reason is then in errno. */
-	if (e != 0 && ERR_GET_LIB(e) != 0)
-		tls_error_string(e, buf, bufsz);
-	else if ((what & BEV_EVENT_ERROR) && err != 0)
+	if (tls_why(bufferevent_openssl_get_ssl(bev), e, buf, bufsz))
+		return;
+	if ((what & BEV_EVENT_ERROR) && err != 0)
 		snprintf(buf, bufsz, "%s", evutil_socket_error_to_string(err));
 	else
 		snprintf(buf, bufsz, "connection closed");

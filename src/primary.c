@@ -1620,16 +1620,11 @@ prepare_done(void *arg)
 
 	if (!job_returned(s))
 		return;
-	ssl = SSL_new(vm->svc->client_ctx);
+	/* The replica's certificate must name replica_name (tls.h). */
+	ssl = tls_ssl_new(vm->svc->client_ctx, vm->cfg->replica_name);
 	if (ssl == NULL) {
 		sess_fail(s, RD_ERR_INTERNAL, "SSL_new: %s", tls_last_error());
 		return;
-	}
-	/* The replica's certificate must name replica_name. */
-	X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
-	if (X509_VERIFY_PARAM_set1_ip_asc(vp, vm->cfg->replica_name) != 1) {
-		SSL_set1_host(ssl, vm->cfg->replica_name);
-		SSL_set_tlsext_host_name(ssl, vm->cfg->replica_name);
 	}
 	s->bev = bufferevent_openssl_socket_new(vm->svc->base, -1, ssl,
 	    BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);

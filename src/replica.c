@@ -34,6 +34,7 @@
 #include "delta.h"
 #include "fault.h"
 #include "err.h"
+#include "gate.h"
 #include "log.h"
 #include "netio.h"
 #include "replica.h"
@@ -47,15 +48,15 @@
 #include "work.h"
 #include "xmalloc.h"
 
-#define MAX_SESSIONS	64
 #define BATCH_BYTES	(8u << 20)	/* frames handed to one stage job */
 #define HELLO_MAX	(WIRE_FRAME_HDR + 4096 + WIRE_MAX_DISKS * \
 			    (NAME_MAX_LEN + 16))
 #define FLUSH_US	20000		/* a pause that stages a partial batch */
 #define IN_HIGH		(2 * WIRE_MAX_FRAME + (8u << 20))
-#define HELLO_TIMEOUT_S	30
 #define IDLE_TIMEOUT_S	600
+#define REFUSE_S	5		/* a NACK's whole way out */
 #define LINGER_S	2		/* reading after a NACK's FIN */
+#define REPORT_S	60		/* drops are summed up this often */
 
 struct rvm {
 	struct svc	*svc;
@@ -86,6 +87,9 @@ struct rsess {
 	struct bufferevent	*bev;
 	enum rsess_state	 state;
 	char			 addr[64];
+	struct sockaddr_storage	 sa;
+	struct gate_conn	*gc;		/* its place in the budgets */
+	struct event		*deadline_ev;	/* handshake, then refusal */
 	char			 identity[HOST_MAX_LEN + 1];
 	struct rvm		*vm;
 	struct wire_hello	 hello;
@@ -145,7 +149,8 @@ struct replica_srv {
 	struct svc		*svc;
 	struct evconnlistener	*listener;
 	struct rsess		*sessions;
-	int			 nsessions;
+	struct gate		*gate;
+	struct event		*report_ev;	/* the drop summary */
 	const struct replica_events *ev;
 	void			*ev_ctx;
 };
@@ -268,7 +273,7 @@ sess_free(struct rsess *s)
 			*p = s->next;
 			break;
 		}
-	srv->nsessions--;
+	gate_leave(srv->gate, s->gc);
 	struct rvm *vm = s->vm;
 	struct rsess *next = NULL;
 	if (vm && vm->waiting == s)
@@ -286,6 +291,8 @@ sess_free(struct rsess *s)
 		evbuffer_free(s->pending);
 	if (s->flush_ev)
 		event_free(s->flush_ev);
+	if (s->deadline_ev)
+		event_free(s->deadline_ev);
 	ZSTD_freeDCtx(s->dctx);
 	wire_digest_free(&s->dig);
 	free(s->block);
@@ -370,7 +377,7 @@ on_closing_write(struct bufferevent *bev, void *arg)
 		SSL_shutdown(ssl);
 	shutdown(bufferevent_getfd(bev), SHUT_WR);
 	struct timeval tv = { LINGER_S, 0 };
-	bufferevent_set_timeouts(bev, &tv, NULL);
+	evtimer_add(s->deadline_ev, &tv);
 }
 
 /* What a refused peer still sends is read and thrown away. */
@@ -421,8 +428,10 @@ sess_refuse(struct rsess *s, uint16_t code, const char *fmt, ...)
 	    on_closing_event, s);
 	bufferevent_enable(s->bev, EV_READ);
 	on_closing_read(s->bev, s);
-	struct timeval tv = { 5, 0 };
-	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	/* Absolute: a peer that keeps sending does not keep the slot. */
+	bufferevent_set_timeouts(s->bev, NULL, NULL);
+	struct timeval tv = { REFUSE_S, 0 };
+	evtimer_add(s->deadline_ev, &tv);
 }
 
 /* --- stage jobs (worker) -------------------------------------------------- */
@@ -1154,6 +1163,7 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 		    rd_strerror(r));
 		return;
 	}
+	evtimer_del(s->deadline_ev);	/* a refusal sets its own */
 	acc = config_match_accept(svc->cfg, s->identity, h->vm);
 	e = vt_find(svc->vt, h->vm);
 	if (e != NULL)
@@ -1367,10 +1377,40 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 	submit_batch(s);
 }
 
+/*
+ * A connection dropped before it authenticated: counted, and logged in
+ * full only while the interval's burst lasts (the summary covers the
+ * rest: a flood must not fill the log).
+ */
+static void
+drop_stranger(struct rsess *s, enum gate_why why, const char *detail)
+{
+	if (gate_note(s->srv->gate, (struct sockaddr *)&s->sa, why))
+		log_warnx("%s: connection dropped: %s", s->addr, detail);
+	sess_end(s);
+}
+
+/* The identity is the first of its names an [accept] entry knows. */
+static void
+set_identity(struct rsess *s, char *const *names, int n)
+{
+	const struct config *cfg = s->srv->svc->cfg;
+
+	snprintf(s->identity, sizeof(s->identity), "%s", names[0]);
+	for (int i = 0; i < n; i++)
+		for (size_t k = 0; k < cfg->naccepts; k++)
+			if (strcasecmp(cfg->accepts[k].name, names[i]) == 0) {
+				snprintf(s->identity, sizeof(s->identity), "%s",
+				    names[i]);
+				return;
+			}
+}
+
 static void
 sess_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct rsess *s = arg;
+	char detail[512];
 
 	if (what & BEV_EVENT_CONNECTED) {
 		char *names[TLS_MAX_NAMES];
@@ -1382,22 +1422,14 @@ sess_event(struct bufferevent *bev, short what, void *arg)
 			sess_end(s);
 			return;
 		}
-		/* The identity is the first name an [accept] entry knows. */
-		snprintf(s->identity, sizeof(s->identity), "%s", names[0]);
-		for (int i = 0; i < n; i++) {
-			const struct config *cfg = s->srv->svc->cfg;
-			int known = 0;
-			for (size_t k = 0; k < cfg->naccepts; k++)
-				if (strcasecmp(cfg->accepts[k].name,
-				    names[i]) == 0)
-					known = 1;
-			if (known) {
-				snprintf(s->identity, sizeof(s->identity), "%s",
-				    names[i]);
-				break;
-			}
-		}
+		set_identity(s, names, n);
 		tls_names_free(names, n);
+		if (gate_authenticated(s->srv->gate, s->gc) != 0) {
+			snprintf(detail, sizeof(detail), "%s: too many sessions "
+			    "(%u)", s->identity, GATE_AUTH);
+			drop_stranger(s, GATE_AUTH_FULL, detail);
+			return;
+		}
 		s->state = RS_HELLO;
 		return;
 	}
@@ -1408,9 +1440,12 @@ sess_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (s->state == RS_HANDSHAKE) {
-		char detail[256];
-		netio_error(bev, what, detail, sizeof(detail));
-		log_warnx("%s: TLS handshake failed: %s", s->addr, detail);
+		char why[400];
+		netio_error(bev, what, why, sizeof(why));
+		snprintf(detail, sizeof(detail), "TLS handshake failed: %s",
+		    why);
+		drop_stranger(s, GATE_TLS, detail);
+		return;
 	} else if (s->state == RS_HELLO) {
 		log_warnx("%s (%s): closed the connection before a complete "
 		    "HELLO (%zu bytes of it received)", s->identity, s->addr,
@@ -1427,6 +1462,42 @@ sess_event(struct bufferevent *bev, short what, void *arg)
 	sess_end(s);
 }
 
+/*
+ * The one-shot timer of a session: from accept to a valid HELLO (not
+ * moved by traffic, so dribbling bytes keeps no slot), then from a
+ * refusal to the close.
+ */
+static void
+on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct rsess *s = arg;
+	char detail[256];
+
+	if (s->state == RS_CLOSING) {
+		sess_end(s);
+		return;
+	}
+	if (s->state == RS_HANDSHAKE) {
+		snprintf(detail, sizeof(detail), "no TLS handshake within %u s",
+		    s->srv->svc->cfg->handshake_timeout_s);
+		drop_stranger(s, GATE_DEADLINE, detail);
+		return;
+	}
+	log_warnx("%s (%s): session closed: no complete HELLO within %u s "
+	    "(%zu bytes of it received)", s->identity, s->addr,
+	    s->srv->svc->cfg->handshake_timeout_s, s->bev ?
+	    evbuffer_get_length(bufferevent_get_input(s->bev)) : 0);
+	sess_end(s);
+}
+
+/* Make room for a newcomer: the oldest stranger goes (gate.h). */
+static void
+evict(struct rsess *s)
+{
+	drop_stranger(s, GATE_EVICTED, "too many unauthenticated "
+	    "connections: the oldest makes room for a new one");
+}
+
 static void
 on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
     int salen, void *arg)
@@ -1435,15 +1506,16 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	struct rsess *s;
 	char addr[64];
 	SSL *ssl;
+	void *victim;
 
 	netio_addr_str(sa, addr, sizeof(addr));
-	if (srv->svc->stopping || srv->nsessions >= MAX_SESSIONS) {
-		log_warnx("%s: connection refused: %s", addr, srv->svc->stopping ?
-		    "shutting down" : "too many sessions");
+	if (srv->svc->stopping) {
+		if (gate_note(srv->gate, sa, GATE_STOPPING))
+			log_warnx("%s: connection refused: shutting down", addr);
 		evutil_closesocket(fd);
 		return;
 	}
-	if ((ssl = SSL_new(srv->svc->server_ctx)) == NULL) {
+	if ((ssl = tls_ssl_new(srv->svc->server_ctx, NULL)) == NULL) {
 		log_warnx("%s: SSL_new: %s", addr, tls_last_error());
 		evutil_closesocket(fd);
 		return;
@@ -1451,10 +1523,13 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	s = xcalloc(1, sizeof(*s));
 	s->srv = srv;
 	snprintf(s->addr, sizeof(s->addr), "%s", addr);
+	if ((size_t)salen <= sizeof(s->sa))
+		memcpy(&s->sa, sa, (size_t)salen);
 	s->state = RS_HANDSHAKE;
 	s->batch = evbuffer_new();
 	s->pending = evbuffer_new();
 	s->flush_ev = evtimer_new(srv->svc->base, on_flush, s);
+	s->deadline_ev = evtimer_new(srv->svc->base, on_deadline, s);
 	wb_init(&s->out);
 	wb_init(&s->tmp);
 	wb_init(&s->sigout);
@@ -1466,21 +1541,35 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 		evbuffer_free(s->batch);
 		evbuffer_free(s->pending);
 		event_free(s->flush_ev);
+		event_free(s->deadline_ev);
 		free(s);
 		return;
 	}
 	s->next = srv->sessions;
 	srv->sessions = s;
-	srv->nsessions++;
+	s->gc = gate_enter(srv->gate, sa, s, &victim);
+	if (victim)
+		evict(victim);
 	int one = 1;
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	bufferevent_setcb(s->bev, sess_read, NULL, sess_event, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, IN_HIGH);
 	bufferevent_set_max_single_read(s->bev, 64u << 10);
-	struct timeval tv = { HELLO_TIMEOUT_S, 0 };
-	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	struct timeval tv = { srv->svc->cfg->handshake_timeout_s, 0 };
+	evtimer_add(s->deadline_ev, &tv);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
+/* Every REPORT_S: one line for the drops not logged one by one. */
+static void
+on_report(evutil_socket_t fd, short what, void *arg)
+{
+	struct replica_srv *srv = arg;
+	char line[512];
+
+	if (gate_summary(srv->gate, REPORT_S, line, sizeof(line)))
+		log_warnx("%s", line);
 }
 
 static void
@@ -1499,6 +1588,7 @@ replica_init(struct svc *svc)
 	int r;
 
 	srv->svc = svc;
+	srv->gate = gate_new(NULL);
 	if (cfg->listen == NULL)
 		return srv;
 
@@ -1515,6 +1605,9 @@ replica_init(struct svc *svc)
 	if (srv->listener == NULL)
 		fatal("cannot listen on %s", cfg->listen);
 	evconnlistener_set_error_cb(srv->listener, on_accept_error);
+	srv->report_ev = event_new(svc->base, -1, EV_PERSIST, on_report, srv);
+	struct timeval tv = { REPORT_S, 0 };
+	event_add(srv->report_ev, &tv);
 	log_info("listening on %s", cfg->listen);
 	return srv;
 }
@@ -1536,6 +1629,11 @@ replica_stop(struct replica_srv *srv)
 		evconnlistener_free(srv->listener);
 		srv->listener = NULL;
 	}
+	if (srv->report_ev) {
+		on_report(-1, 0, srv);
+		event_free(srv->report_ev);
+		srv->report_ev = NULL;
+	}
 	struct rsess *s = srv->sessions, *next;
 	for (; s; s = next) {
 		next = s->next;
@@ -1550,5 +1648,8 @@ replica_stop(struct replica_srv *srv)
 void
 replica_fini(struct replica_srv *srv)
 {
+	if (srv == NULL)
+		return;
+	gate_free(srv->gate);
 	free(srv);
 }
