@@ -214,15 +214,49 @@ index_decode(const uint8_t *p, size_t len, struct stage_index *ix)
 
 /* --- open, close, recovery ---------------------------------------------- */
 
+/*
+ * Files under STORAGE/VM are opened with O_NOFOLLOW: nothing replicad
+ * makes there is a symbolic link, and one planted there would have a
+ * cycle write wherever it points.  Why an open failed, in words.
+ */
+static const char *
+open_error(void)
+{
+	if (errno == ELOOP)
+		return "it is a symbolic link (refused: the replica's storage "
+		    "never holds one)";
+	return strerror(errno);
+}
+
+/* The directories of STORAGE/VM must be real ones, for the same reason. */
+static int
+check_dirs(struct store *st, char *err, size_t errsz)
+{
+	const char *dirs[] = { st->staging, st->undo_dir, st->digest_dir,
+	    st->redo_dir, st->test_dir };
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		struct stat sb;
+		if (lstat(dirs[i], &sb) == 0 && S_ISLNK(sb.st_mode)) {
+			snprintf(err, errsz, "%s is a symbolic link (refused: "
+			    "the replica's storage never holds one)", dirs[i]);
+			return RD_ERR_INVALID;
+		}
+	}
+	return 0;
+}
+
 static int
 open_images(struct store *st, char *const *paths, char *err, size_t errsz)
 {
 	for (uint16_t i = 0; i < st->rel.ndisks; i++) {
+		/* A former primary's own disks may be links (LVM names);
+		 * images under STORAGE/VM never are. */
 		char *p = paths ? xstrdup(paths[i]) : disk_path(st, st->dir, i);
-		st->img[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		st->img[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC |
+		    (paths ? 0 : O_NOFOLLOW), 0600);
 		if (st->img[i] < 0) {
 			snprintf(err, errsz, "cannot open %s: %s", p,
-			    strerror(errno));
+			    open_error());
 			free(p);
 			return RD_ERR_SYSTEM;
 		}
@@ -456,7 +490,8 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 		    st->dir);
 		goto fail;
 	}
-	if ((r = open_images(st, paths, err, errsz)) != 0)
+	if ((r = check_dirs(st, err, errsz)) != 0 ||
+	    (r = open_images(st, paths, err, errsz)) != 0)
 		goto fail;
 	if ((r = recover(st, err, errsz)) != 0)
 		goto fail;
@@ -1264,10 +1299,11 @@ store_put_digests(struct store *st, uint16_t disk, uint64_t off,
 		return RD_ERR_RANGE;
 	if (st->dig_fd[disk] < 0) {
 		char *p = disk_path(st, st->digest_dir, disk);
-		st->dig_fd[disk] = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+		st->dig_fd[disk] = open(p, O_WRONLY | O_CREAT | O_CLOEXEC |
+		    O_NOFOLLOW, 0600);
 		if (st->dig_fd[disk] < 0) {
 			snprintf(err, errsz, "cannot open %s: %s", p,
-			    strerror(errno));
+			    open_error());
 			free(p);
 			return RD_ERR_SYSTEM;
 		}
@@ -1290,7 +1326,7 @@ store_get_digests(struct store *st, uint16_t disk, uint64_t off,
 	if (disk >= st->rel.ndisks || off % bs != 0)
 		return RD_ERR_RANGE;
 	char *p = disk_path(st, st->digest_dir, disk);
-	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	free(p);
 	if (fd < 0)
 		return 0;		/* none recorded: all unknown */
@@ -1373,10 +1409,11 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 		}
 	}
 	char *data = xasprintf("%s/data", st->staging);
-	st->data_fd = open(data, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	st->data_fd = open(data, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC |
+	    O_NOFOLLOW, 0600);
 	if (st->data_fd < 0) {
 		snprintf(err, errsz, "cannot create %s: %s", data,
-		    strerror(errno));
+		    open_error());
 		free(data);
 		return RD_ERR_SYSTEM;
 	}
@@ -1514,7 +1551,8 @@ write_digests(struct store *st, const struct stage_index *ix)
 		fds[i] = -1;
 	for (uint16_t i = 0; i < ix->c.ndisks; i++) {
 		char *p = disk_path(st, st->digest_dir, i);
-		fds[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		fds[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+		    0600);
 		free(p);
 		if (fds[i] < 0 || ftruncate(fds[i], (off_t)(nblocks_of(
 		    ix->c.sizes[i], bs) * DIGEST_LEN)) != 0) {
@@ -1723,7 +1761,7 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 		}
 
 	data_path = xasprintf("%s/data", st->staging);
-	data_fd = open(data_path, O_RDONLY | O_CLOEXEC);
+	data_fd = open(data_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	buf = xmalloc(IO_CHUNK);
 	may_roll_back = 1;
 	if ((r = check_staged(st, ix, data_fd, buf, recovering, err,
@@ -1737,7 +1775,7 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 		    ix->old_sizes, &w)) != 0) {
 			r = io_code(r);
 			snprintf(err, errsz, "cannot create undo segment %s: %s",
-			    upath, strerror(errno));
+			    upath, open_error());
 			goto out;
 		}
 		for (uint64_t k = 0; k < ix->nrec; k++) {
@@ -2070,8 +2108,8 @@ store_test_failover(struct store *st, uint64_t id, uint64_t *point,
 	st->test_busy = mine = 1;	/* until the copy is done or removed */
 	for (uint16_t i = 0; i < nd; i++) {
 		paths[i] = disk_path(st, st->test_dir, i);
-		fds[i] = open(paths[i], O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
-		    0600);
+		fds[i] = open(paths[i], O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC |
+		    O_NOFOLLOW, 0600);
 		if (fds[i] < 0 || (r = copy_image(st->img[i], fds[i],
 		    st->rel.disks[i].size)) != 0) {
 			snprintf(err, errsz, "cannot copy %s: %s",
@@ -2195,7 +2233,7 @@ verify_pass(struct store *st, uint64_t *blocks, char *err, size_t errsz)
 	*blocks = 0;
 	for (uint16_t i = 0; i < st->rel.ndisks && r == 0; i++) {
 		char *dp = disk_path(st, st->digest_dir, i);
-		dfd = open(dp, O_RDONLY | O_CLOEXEC);
+		dfd = open(dp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 		free(dp);
 		for (uint64_t off = 0; r == 0; off += chunk) {
 			pthread_mutex_lock(&st->lock);
