@@ -268,7 +268,8 @@ def enospc_campaign(env, rounds, counts=None):
                 st = vm_status(rig.pri, VM)
                 check(st["health"] == "critical" or "space" not in (st["error"] or ""),
                       "%s: primary status %r" % (what, st))
-            os.unlink(ballast) if os.path.exists(ballast) else None
+            if os.path.exists(ballast):
+                os.unlink(ballast)
             exact(rig, what, None if pt else pending)
             rig.converge(what, full=False)
             counts["rounds"] = counts.get("rounds", 0) + 1
