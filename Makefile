@@ -80,7 +80,12 @@ unit: $(UNIT_BINS) replctl
 	python3 tests/lint/modgraph.py || fail=1; \
 	exit $$fail
 
-systest: replicad replctl
+# The storage-fault tests' LD_PRELOAD shim (tests/fault/ioshim.c).
+$(BUILD)/ioshim.so: tests/fault/ioshim.c | $(BUILD)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -std=c11 -Wall -Wextra -fPIC -shared -o $@ $< -ldl -pthread
+
+systest: replicad replctl $(BUILD)/ioshim.so
 	$(Q)python3 tests/system/run.py
 
 mancheck:

@@ -17,7 +17,11 @@
  * to the newest point's sizes); after it, store_recover() rolls forward.
  * Blocks that lie wholly past a disk's size at the newest point go
  * straight into the image while they arrive: no point contains them, and
- * abandoning the cycle cuts them off again.
+ * abandoning the cycle cuts them off again.  So a roll-back removes the
+ * index first (its cut would leave an index describing blocks that are
+ * gone), and recovery checks those blocks against their hashes before it
+ * rolls a cycle forward.  Nothing here is ever a symbolic link: every
+ * file is opened with O_NOFOLLOW.
  *
  * Threads: cycle functions run in the owner's worker job; test failover
  * and verify may run in another worker at the same time: the store's

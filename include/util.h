@@ -44,7 +44,12 @@ int	util_fsync_dir(const char *dir);
 int	util_mkdir_p(const char *path, mode_t mode);
 /* Remove a directory tree (no symlinks followed). */
 int	util_rm_rf(const char *path);
-/* Write data to path atomically: tmp file, fsync, rename, fsync dir. */
+/*
+ * These three are for files replicad makes itself: a symbolic link in
+ * their place is refused (ELOOP), never followed.
+ *
+ * Write data to path atomically: tmp file, fsync, rename, fsync dir.
+ */
 int	util_write_atomic(const char *path, const void *data, size_t len);
 /* Read a whole file (at most maxlen bytes) into a new buffer. */
 int	util_read_file(const char *path, size_t maxlen, uint8_t **data,

@@ -214,15 +214,49 @@ index_decode(const uint8_t *p, size_t len, struct stage_index *ix)
 
 /* --- open, close, recovery ---------------------------------------------- */
 
+/*
+ * Files under STORAGE/VM are opened with O_NOFOLLOW: nothing replicad
+ * makes there is a symbolic link, and one planted there would have a
+ * cycle write wherever it points.  Why an open failed, in words.
+ */
+static const char *
+open_error(void)
+{
+	if (errno == ELOOP)
+		return "it is a symbolic link (refused: the replica's storage "
+		    "never holds one)";
+	return strerror(errno);
+}
+
+/* The directories of STORAGE/VM must be real ones, for the same reason. */
+static int
+check_dirs(struct store *st, char *err, size_t errsz)
+{
+	const char *dirs[] = { st->staging, st->undo_dir, st->digest_dir,
+	    st->redo_dir, st->test_dir };
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		struct stat sb;
+		if (lstat(dirs[i], &sb) == 0 && S_ISLNK(sb.st_mode)) {
+			snprintf(err, errsz, "%s is a symbolic link (refused: "
+			    "the replica's storage never holds one)", dirs[i]);
+			return RD_ERR_INVALID;
+		}
+	}
+	return 0;
+}
+
 static int
 open_images(struct store *st, char *const *paths, char *err, size_t errsz)
 {
 	for (uint16_t i = 0; i < st->rel.ndisks; i++) {
+		/* A former primary's own disks may be links (LVM names);
+		 * images under STORAGE/VM never are. */
 		char *p = paths ? xstrdup(paths[i]) : disk_path(st, st->dir, i);
-		st->img[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		st->img[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC |
+		    (paths ? 0 : O_NOFOLLOW), 0600);
 		if (st->img[i] < 0) {
 			snprintf(err, errsz, "cannot open %s: %s", p,
-			    strerror(errno));
+			    open_error());
 			free(p);
 			return RD_ERR_SYSTEM;
 		}
@@ -231,20 +265,41 @@ open_images(struct store *st, char *const *paths, char *err, size_t errsz)
 	return 0;
 }
 
-/* Cut every image back to its size at the newest point. */
+/*
+ * Cut every image back to its size at the newest point.  Synced even
+ * when the size is right already: an earlier cut whose fsync failed left
+ * the size on disk unknown.
+ */
 static int
 trim_images(struct store *st)
 {
+	int r = 0, saved = 0;
+
 	for (uint16_t i = 0; i < st->rel.ndisks; i++) {
 		struct stat sb;
-		if (fstat(st->img[i], &sb) != 0)
-			return RD_ERR_SYSTEM;
-		if ((uint64_t)sb.st_size > st->rel.disks[i].size &&
-		    (ftruncate(st->img[i], (off_t)st->rel.disks[i].size) != 0 ||
-		     fsync(st->img[i]) != 0))
-			return RD_ERR_SYSTEM;
+		if (fstat(st->img[i], &sb) != 0 ||
+		    ((uint64_t)sb.st_size > st->rel.disks[i].size &&
+		    ftruncate(st->img[i], (off_t)st->rel.disks[i].size) != 0) ||
+		    fsync(st->img[i]) != 0) {
+			/* The others still go back: the first error stands. */
+			if (r == 0)
+				saved = errno;
+			r = RD_ERR_SYSTEM;
+		}
 	}
-	return 0;
+	if (r != 0)
+		errno = saved;
+	return r;
+}
+
+/* An I/O failure's code: out of space (or quota) is NOSPACE, so that it
+ * is reported as the staging's is; errno is the failed call's. */
+static int
+io_code(int r)
+{
+	if (r == RD_ERR_SYSTEM && (errno == ENOSPC || errno == EDQUOT))
+		return RD_ERR_NOSPACE;
+	return r;
 }
 
 /*
@@ -310,7 +365,8 @@ remove_staging(struct store *st)
 }
 
 static int apply_index(struct store *st, const struct stage_index *ix,
-    struct cat_point *out, int *rolled_back, char *err, size_t errsz);
+    int recovering, struct cat_point *out, int *rolled_back, char *err,
+    size_t errsz);
 static int recover_rewind(struct store *st, char *err, size_t errsz);
 static void close_digest_fds(struct store *st);
 static void remove_unreferenced(struct store *st);
@@ -347,7 +403,7 @@ recover(struct store *st, char *err, size_t errsz)
 		log_info("%s: finishing cycle %" PRIu64 " staged before a "
 		    "restart", st->rel.vm, ix.c.cycle);
 		int rolled_back;
-		r = apply_index(st, &ix, &pt, &rolled_back, err, errsz);
+		r = apply_index(st, &ix, 1, &pt, &rolled_back, err, errsz);
 		if (r == 0)
 			log_info("%s: cycle %" PRIu64 " recovered as point %"
 			    PRIu64, st->rel.vm, ix.c.cycle, pt.id);
@@ -363,9 +419,11 @@ recover(struct store *st, char *err, size_t errsz)
 		pthread_mutex_lock(&st->lock);
 		if ((r = roll_back_orphans(st, err, errsz)) == 0) {
 			remove_staging(st);
-			if ((r = trim_images(st)) != 0)
+			if ((r = trim_images(st)) != 0) {
+				r = io_code(r);
 				snprintf(err, errsz, "cannot trim images: %s",
 				    strerror(errno));
+			}
 		}
 		pthread_mutex_unlock(&st->lock);
 	}
@@ -432,7 +490,8 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 		    st->dir);
 		goto fail;
 	}
-	if ((r = open_images(st, paths, err, errsz)) != 0)
+	if ((r = check_dirs(st, err, errsz)) != 0 ||
+	    (r = open_images(st, paths, err, errsz)) != 0)
 		goto fail;
 	if ((r = recover(st, err, errsz)) != 0)
 		goto fail;
@@ -512,11 +571,11 @@ finish_unfinished(struct store *st, char *err, size_t errsz)
 	int r = 0;
 
 	pthread_mutex_lock(&st->fix_lock);
-	if (st->unfinished && recover(st, why, sizeof(why)) != 0) {
+	if (st->unfinished && (r = recover(st, why, sizeof(why))) != 0) {
 		snprintf(err, errsz, "the replica of %s could not finish applying "
-		    "a cycle (%s); it refuses new work until that succeeds",
-		    st->rel.vm, why);
-		r = RD_ERR_STATE;
+		    "or rolling back a cycle (%s); it refuses new work until "
+		    "that succeeds", st->rel.vm, why);
+		r = r == RD_ERR_NOSPACE ? r : RD_ERR_STATE;
 	} else {
 		st->unfinished = 0;
 	}
@@ -1240,10 +1299,11 @@ store_put_digests(struct store *st, uint16_t disk, uint64_t off,
 		return RD_ERR_RANGE;
 	if (st->dig_fd[disk] < 0) {
 		char *p = disk_path(st, st->digest_dir, disk);
-		st->dig_fd[disk] = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+		st->dig_fd[disk] = open(p, O_WRONLY | O_CREAT | O_CLOEXEC |
+		    O_NOFOLLOW, 0600);
 		if (st->dig_fd[disk] < 0) {
 			snprintf(err, errsz, "cannot open %s: %s", p,
-			    strerror(errno));
+			    open_error());
 			free(p);
 			return RD_ERR_SYSTEM;
 		}
@@ -1266,7 +1326,7 @@ store_get_digests(struct store *st, uint16_t disk, uint64_t off,
 	if (disk >= st->rel.ndisks || off % bs != 0)
 		return RD_ERR_RANGE;
 	char *p = disk_path(st, st->digest_dir, disk);
-	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	free(p);
 	if (fd < 0)
 		return 0;		/* none recorded: all unknown */
@@ -1349,10 +1409,11 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 		}
 	}
 	char *data = xasprintf("%s/data", st->staging);
-	st->data_fd = open(data, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	st->data_fd = open(data, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC |
+	    O_NOFOLLOW, 0600);
 	if (st->data_fd < 0) {
 		snprintf(err, errsz, "cannot create %s: %s", data,
-		    strerror(errno));
+		    open_error());
 		free(data);
 		return RD_ERR_SYSTEM;
 	}
@@ -1447,10 +1508,17 @@ store_cycle_abort(struct store *st)
 	st->active = 0;
 	remove_staging(st);
 	pthread_mutex_lock(&st->lock);
-	if (trim_images(st) != 0)
+	int r = trim_images(st);
+	pthread_mutex_unlock(&st->lock);
+	if (r != 0) {
+		/* Blocks past the old sizes may remain: cut them before
+		 * anything else uses the images. */
 		log_warn("%s: cannot cut images back after an abandoned cycle",
 		    st->rel.vm);
-	pthread_mutex_unlock(&st->lock);
+		pthread_mutex_lock(&st->fix_lock);
+		st->unfinished = 1;
+		pthread_mutex_unlock(&st->fix_lock);
+	}
 }
 
 /* --- applying ------------------------------------------------------------ */
@@ -1483,7 +1551,8 @@ write_digests(struct store *st, const struct stage_index *ix)
 		fds[i] = -1;
 	for (uint16_t i = 0; i < ix->c.ndisks; i++) {
 		char *p = disk_path(st, st->digest_dir, i);
-		fds[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		fds[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+		    0600);
 		free(p);
 		if (fds[i] < 0 || ftruncate(fds[i], (off_t)(nblocks_of(
 		    ix->c.sizes[i], bs) * DIGEST_LEN)) != 0) {
@@ -1547,19 +1616,42 @@ out:
 }
 
 /*
- * Apply a complete staged cycle: undo segment (unless a complete one
- * exists from an interrupted attempt), image writes, sizes, fsync,
- * digests, catalog, staging removal.  Idempotent from any crash point.
+ * Every staged block still matches its hash (checked before the image
+ * is touched: staging may have been damaged while the host was down).
+ * With direct, so does every block the cycle wrote straight into the
+ * images past their old sizes: a cycle finished at recovery must not
+ * trust them (a roll-back or an I/O error may have lost them since the
+ * index was written); a mismatch drops the cycle, and the primary sends
+ * it again.
  */
-/* Every staged block still matches its hash (checked before the image
- * is touched: staging may have been damaged while the host was down). */
 static int
-check_staged(const struct stage_index *ix, int data_fd, uint8_t *buf,
-    char *err, size_t errsz)
+check_staged(struct store *st, const struct stage_index *ix, int data_fd,
+    uint8_t *buf, int direct, char *err, size_t errsz)
 {
 	for (uint64_t k = 0; k < ix->nrec; k++) {
 		const struct stage_rec *rec = &ix->recs[k];
 		struct digest d;
+		if (rec->where == WHERE_DIRECT && direct) {
+			if (rec->len > IO_CHUNK || util_pread_full(
+			    st->img[rec->disk], buf, rec->len,
+			    (off_t)rec->off) != 0) {
+				snprintf(err, errsz, "%s lost the blocks cycle %"
+				    PRIu64 " wrote past its old size (offset %"
+				    PRIu64 ")", st->rel.disks[rec->disk].name,
+				    ix->c.cycle, rec->off);
+				return RD_ERR_CORRUPT;
+			}
+			digest_block(buf, rec->len, &d);
+			if (!digest_equal(&d, &rec->hash)) {
+				snprintf(err, errsz, "the block at offset %"
+				    PRIu64 " of %s, written past its old size by "
+				    "cycle %" PRIu64 ", no longer matches its "
+				    "hash", rec->off,
+				    st->rel.disks[rec->disk].name, ix->c.cycle);
+				return RD_ERR_HASH;
+			}
+			continue;
+		}
 		if (rec->where != WHERE_STAGED)
 			continue;
 		if (data_fd < 0 || rec->len > IO_CHUNK || util_pread_full(
@@ -1580,10 +1672,33 @@ check_staged(const struct stage_index *ix, int data_fd, uint8_t *buf,
 }
 
 /*
+ * The staged cycle is no longer one to finish: its index goes, durably.
+ * A roll-back does this first, because it cuts off the blocks the cycle
+ * wrote straight past the old sizes: an index left behind would have
+ * recovery "finish" the cycle without them (a point whose grown region
+ * is wrong).  Once it is gone, recovery redoes an interrupted or failed
+ * roll-back from the undo segment (roll_back_orphans, trim_images).
+ */
+static int
+drop_index(struct store *st)
+{
+	char *ix = xasprintf("%s/index", st->staging);
+	int r = 0;
+	if (unlink(ix) != 0 && errno != ENOENT)
+		r = RD_ERR_SYSTEM;
+	if (r == 0)
+		r = util_fsync_dir(st->staging);
+	free(ix);
+	return r;
+}
+
+/*
  * Take the images back to the newest point after a failed apply: the
  * complete undo segment restores what was overwritten (and the sizes);
  * without one nothing below the old sizes was touched.  Then the cycle
- * is dropped.  Called with st->lock held.
+ * is dropped.  Called with st->lock held.  If this fails, the images are
+ * between two points until recover() (the caller marks the store
+ * unfinished) or the next start rolls back again.
  */
 static int
 rollback(struct store *st, const struct stage_index *ix, const char *upath)
@@ -1591,6 +1706,8 @@ rollback(struct store *st, const struct stage_index *ix, const char *upath)
 	struct stat sb;
 	int r;
 
+	if ((r = drop_index(st)) != 0)
+		return r;	/* still to be finished: the images untouched */
 	if (stat(upath, &sb) == 0)
 		r = undo_apply(upath, st->img, ix->c.ndisks, NULL);
 	else
@@ -1609,8 +1726,15 @@ rollback(struct store *st, const struct stage_index *ix, const char *upath)
 	return 0;
 }
 
+/*
+ * Apply a complete staged cycle: undo segment (unless a complete one
+ * exists from an interrupted attempt), image writes, sizes, fsync,
+ * digests, catalog, staging removal.  Idempotent from any crash point.
+ * recovering: the cycle was staged before a restart or a failure, so
+ * the blocks it wrote into the images are checked first.
+ */
 static int
-apply_index(struct store *st, const struct stage_index *ix,
+apply_index(struct store *st, const struct stage_index *ix, int recovering,
     struct cat_point *out, int *rolled_back, char *err, size_t errsz)
 {
 	char *upath = undo_path(st, ix->c.cycle), *data_path = NULL;
@@ -1637,10 +1761,11 @@ apply_index(struct store *st, const struct stage_index *ix,
 		}
 
 	data_path = xasprintf("%s/data", st->staging);
-	data_fd = open(data_path, O_RDONLY | O_CLOEXEC);
+	data_fd = open(data_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	buf = xmalloc(IO_CHUNK);
 	may_roll_back = 1;
-	if ((r = check_staged(ix, data_fd, buf, err, errsz)) != 0)
+	if ((r = check_staged(st, ix, data_fd, buf, recovering, err,
+	    errsz)) != 0)
 		goto out;
 
 	/* 1. undo: the old content of everything the cycle overwrites */
@@ -1648,8 +1773,9 @@ apply_index(struct store *st, const struct stage_index *ix,
 		struct undo_writer *w;
 		if ((r = undo_create(upath, ix->c.cycle, ix->c.ndisks,
 		    ix->old_sizes, &w)) != 0) {
+			r = io_code(r);
 			snprintf(err, errsz, "cannot create undo segment %s: %s",
-			    upath, strerror(errno));
+			    upath, open_error());
 			goto out;
 		}
 		for (uint64_t k = 0; k < ix->nrec; k++) {
@@ -1661,12 +1787,14 @@ apply_index(struct store *st, const struct stage_index *ix,
 				break;
 		}
 		if (r != 0) {
+			r = io_code(r);
 			snprintf(err, errsz, "cannot save undo data: %s",
 			    strerror(errno));
 			undo_discard(w);
 			goto out;
 		}
 		if ((r = undo_finish(w, &undo_bytes)) != 0) {
+			r = io_code(r);
 			snprintf(err, errsz, "cannot write undo segment %s: %s",
 			    upath, strerror(errno));
 			goto out;
@@ -1703,13 +1831,14 @@ apply_index(struct store *st, const struct stage_index *ix,
 			    "%s", ix->c.cycle, st->rel.disks[rec->disk].name,
 			    r == RD_ERR_SYSTEM ? strerror(errno) :
 			    rd_strerror(r));
+			r = io_code(r);
 			goto out;
 		}
 	}
 	for (uint16_t i = 0; i < ix->c.ndisks; i++) {
 		if (ftruncate(st->img[i], (off_t)ix->c.sizes[i]) != 0 ||
 		    fsync(st->img[i]) != 0) {
-			r = RD_ERR_SYSTEM;
+			r = io_code(RD_ERR_SYSTEM);
 			snprintf(err, errsz, "cannot sync %s: %s",
 			    st->rel.disks[i].name, strerror(errno));
 			goto out;
@@ -1720,6 +1849,7 @@ apply_index(struct store *st, const struct stage_index *ix,
 	 * failure is finished later (rolled forward), not rolled back. */
 	may_roll_back = 0;
 	if ((r = write_digests(st, ix)) != 0) {
+		r = io_code(r);
 		snprintf(err, errsz, "cannot write digests: %s",
 		    strerror(errno));
 		goto out;
@@ -1764,8 +1894,10 @@ out:
 		if (rollback(st, ix, upath) == 0)
 			*rolled_back = 1;
 		else
-			log_warn("%s: cannot roll back cycle %" PRIu64 " (%s)",
-			    st->rel.vm, ix->c.cycle, why);
+			log_warn("%s: cannot roll back cycle %" PRIu64 " (%s); "
+			    "it is done again before anything else uses the "
+			    "replica, or at the next start", st->rel.vm,
+			    ix->c.cycle, why);
 	}
 	pthread_mutex_unlock(&st->lock);
 	if (data_fd >= 0)
@@ -1805,9 +1937,9 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 	}
 	for (uint16_t i = 0; i < st->cur.ndisks; i++)
 		if (fdatasync(st->img[i]) != 0) {
+			r = io_code(RD_ERR_SYSTEM);
 			snprintf(err, errsz, "cannot sync %s: %s",
 			    st->rel.disks[i].name, strerror(errno));
-			r = RD_ERR_SYSTEM;
 			store_cycle_abort(st);
 			return r;
 		}
@@ -1834,7 +1966,7 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 	}
 	uint64_t t1 = util_mono_ms();
 	int rolled_back;
-	r = apply_index(st, &ix, out, &rolled_back, err, errsz);
+	r = apply_index(st, &ix, 0, out, &rolled_back, err, errsz);
 	log_debug("%s: cycle %" PRIu64 ": %" PRIu64 " ms to make the staged "
 	    "cycle durable, %" PRIu64 " ms to apply it", st->rel.vm,
 	    ix.c.cycle, t1 - t0, util_mono_ms() - t1);
@@ -1976,8 +2108,8 @@ store_test_failover(struct store *st, uint64_t id, uint64_t *point,
 	st->test_busy = mine = 1;	/* until the copy is done or removed */
 	for (uint16_t i = 0; i < nd; i++) {
 		paths[i] = disk_path(st, st->test_dir, i);
-		fds[i] = open(paths[i], O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
-		    0600);
+		fds[i] = open(paths[i], O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC |
+		    O_NOFOLLOW, 0600);
 		if (fds[i] < 0 || (r = copy_image(st->img[i], fds[i],
 		    st->rel.disks[i].size)) != 0) {
 			snprintf(err, errsz, "cannot copy %s: %s",
@@ -2101,7 +2233,7 @@ verify_pass(struct store *st, uint64_t *blocks, char *err, size_t errsz)
 	*blocks = 0;
 	for (uint16_t i = 0; i < st->rel.ndisks && r == 0; i++) {
 		char *dp = disk_path(st, st->digest_dir, i);
-		dfd = open(dp, O_RDONLY | O_CLOEXEC);
+		dfd = open(dp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 		free(dp);
 		for (uint64_t off = 0; r == 0; off += chunk) {
 			pthread_mutex_lock(&st->lock);

@@ -22,7 +22,8 @@
  *     16     XXH3-128 of every byte of the file before this field
  *
  * A segment is written as NAME.tmp and renamed into place only once
- * complete and fsynced, so a segment under its final name is whole.  It
+ * complete and fsynced, so a segment under its final name is whole.
+ * Segments are never symbolic links: every open refuses one.  It
  * is read twice when applied: once to check it, once to write.
  */
 #include <errno.h>
@@ -91,7 +92,8 @@ undo_create(const char *path, uint64_t cycle, uint16_t ndisks,
 	w = xcalloc(1, sizeof(*w));
 	w->path = xstrdup(path);
 	w->tmp = xasprintf("%s.tmp", path);
-	w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC |
+	    O_NOFOLLOW, 0600);
 	if (w->fd < 0) {
 		int saved = errno;
 		free(w->path);
@@ -456,7 +458,7 @@ int
 undo_apply(const char *path, const int *fds, uint16_t ndisks,
     uint64_t *old_sizes)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
 	off_t end = lseek(fd, 0, SEEK_END);
@@ -487,7 +489,7 @@ undo_invert(const char *path, const int *fds, uint16_t ndisks, uint64_t cycle,
 			return RD_ERR_SYSTEM;
 		now[i] = (uint64_t)sb.st_size;
 	}
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
 	off_t end = lseek(fd, 0, SEEK_END);
@@ -642,8 +644,8 @@ undo_merge(const char *newer, const char *older, uint64_t cycle,
 	off_t nend = -1, oend = -1;
 	uint16_t nd = 0;
 
-	if ((nfd = open(newer, O_RDONLY | O_CLOEXEC)) < 0 ||
-	    (ofd = open(older, O_RDONLY | O_CLOEXEC)) < 0) {
+	if ((nfd = open(newer, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0 ||
+	    (ofd = open(older, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
 		r = errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
 		goto out;
 	}

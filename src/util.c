@@ -326,7 +326,8 @@ util_write_atomic(const char *path, const void *data, size_t len)
 	char *tmp = xasprintf("%s.tmp", path);
 	int fd = -1, r;
 
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+	    0600);
 	if (fd < 0) {
 		r = RD_ERR_SYSTEM;
 		goto out;
@@ -363,7 +364,7 @@ util_read_file(const char *path, size_t maxlen, uint8_t **data, size_t *len)
 	int fd, r;
 	uint8_t *p = NULL;
 
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
 		return errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
 	if (fstat(fd, &st) != 0) {
 		r = RD_ERR_SYSTEM;
@@ -444,7 +445,7 @@ util_format_bytes(uint64_t b, char *buf, size_t bufsz)
 int
 util_lock_file(const char *path, int *fd_out)
 {
-	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	int r = 0;
 
 	if (fd < 0)

@@ -352,7 +352,8 @@ class LoopFs:
         import shutil
         self.env = env
         mkfs = {"xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
-                "btrfs": ["mkfs.btrfs", "-q", "-f"]}[fstype]
+                "btrfs": ["mkfs.btrfs", "-q", "-f"],
+                "ext4": ["mkfs.ext4", "-q", "-F", "-m", "0"]}[fstype]
         check(shutil.which(mkfs[0]) is not None,
               "%s missing (tools/install-deps installs it)" % mkfs[0])
         self.img = env.path(name + ".fs")

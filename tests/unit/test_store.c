@@ -1047,12 +1047,12 @@ test_refusals(void **state)
 
 /*
  * A write error while applying (a full replica file system; here the
- * file size limit makes the image write at block 6 fail): the cycle is
- * complete on disk, so the store must not use the half-written images
- * for anything else, and must roll the cycle forward once it can.
+ * file size limit makes the image write at block 6 fail, and the
+ * roll-back's too): the store must not use the half-written images for
+ * anything else, and must finish rolling the cycle back once it can.
  */
 static void
-test_apply_error_rolled_forward(void **state)
+test_apply_error_rolled_back(void **state)
 {
 	struct fixture *f = *state;
 	struct model m1 = { 0 }, cur = { 0 };
@@ -1102,19 +1102,19 @@ test_apply_error_rolled_forward(void **state)
 	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
 	signal(SIGXFSZ, SIG_DFL);
 
-	/* The primary retries cycle 2: the store first rolls the complete
-	 * cycle 2 forward, so the retry is no longer new. */
-	fill_cycle(&sc, &try1);
-	err[0] = '\0';
-	assert_int_equal(store_cycle_begin(f->st, &sc, err, sizeof(err)),
-	    RD_ERR_RANGE);
-	assert_non_null(strstr(err, "cycle 2"));
-	model_apply(&cur, &try1);
-	assert_images(f, &cur);
-	assert_point(f, 2, &try1);
-	assert_staging_empty(f);
+	/* The roll-back failed after the index was gone: the store
+	 * finishes rolling back from the undo segment before anything uses
+	 * the images, so the primary's retry of cycle 2 is new again. */
 	if (store_verify(f->st, &blocks, err, sizeof(err)) != 0)
-		fail_msg("verify after roll forward: %s", err);
+		fail_msg("verify after the roll-back: %s", err);
+	assert_images(f, &m1);
+	assert_no_point(f, 2, 1);
+	assert_staging_empty(f);
+	assert_undo(f, 2, 0);
+	run_cycle(f->st, &try1, &cur, &pt);
+	assert_int_equal(pt.cycle, 2);
+	assert_images(f, &cur);
+	assert_staging_empty(f);
 	assert_test_copy(f, 1, 1, &m1);
 	assert_int_equal(store_test_cleanup(f->st, err, sizeof(err)), 0);
 
@@ -1979,7 +1979,7 @@ main(int argc, char **argv)
 		T(test_verify),
 		T(test_abort),
 		T(test_refusals),
-		T(test_apply_error_rolled_forward),
+		T(test_apply_error_rolled_back),
 		T(test_crash_after_index),
 		T(test_crash_after_undo),
 		T(test_crash_mid_apply),
