@@ -49,7 +49,7 @@ SILENT = ("blackhole",)
 TICK = 0.01                      # seconds; the throttle's and the stall's unit
 HIGH_WATER = 1 << 20             # stop reading a side while this much waits for the other
 MAX_UP = 4 << 20                 # offsets: up to this far into the primary's stream
-MAX_DOWN = 8 << 10               # and the replica's (handshake, WELCOME, ACK, signatures)
+MAX_DOWN = 4 << 10               # and the replica's: about 3 KiB a cycle (TLS, WELCOME, ACK)
 
 
 def plan(seed, n, kinds=KINDS):
@@ -61,6 +61,8 @@ def plan(seed, n, kinds=KINDS):
     far = MAX_UP if dirn == "up" else MAX_DOWN
     # log-uniform: as many faults in the first KiB as in the last MiB
     offset = int(2 ** rng.uniform(0, far.bit_length() - 1))
+    if dirn == "down" and rng.random() < 0.5:
+        offset = rng.randrange(2 << 10, 3 << 10)    # past the handshake: WELCOME, the ACK
     p = {"kind": kind}
     if kind in ("cut", "rst", "halfclose", "blackhole"):
         p.update(dir=dirn, offset=offset)

@@ -95,7 +95,11 @@ class NetCampaign:
                              self.rep.log_text()[-2500:]))
 
     def state(self, d):
-        return json.loads(d.ok("status", VM, "--json").out)["vms"][0]
+        """The VM's state on d ("none" on a replica before its first cycle)."""
+        for v in json.loads(d.ok("status", "--json").out)["vms"]:
+            if v["name"] == VM:
+                return v
+        return {"state": "none"}
 
     def settle(self, what):
         """Nothing of this attempt is left in flight: the primary idle, no
@@ -242,7 +246,7 @@ def network_campaign(env, cycles, kinds=SHORT_KINDS, verbose=False):
 
 
 def test_network_short(env):
-    network_campaign(env, 30, verbose=bool(os.environ.get("REPLICAD_TEST_VERBOSE")))
+    network_campaign(env, 40, verbose=bool(os.environ.get("REPLICAD_TEST_VERBOSE")))
 
 
 # --- the kill -9 campaign -----------------------------------------------------------
@@ -401,7 +405,7 @@ def kill_campaign(env, rounds, verbose=False):
 
 
 def test_kill9_short(env):
-    kill_campaign(env, 8, verbose=bool(os.environ.get("REPLICAD_TEST_VERBOSE")))
+    kill_campaign(env, 12, verbose=bool(os.environ.get("REPLICAD_TEST_VERBOSE")))
 
 
 # --- the proxy itself ---------------------------------------------------------------
