@@ -134,7 +134,7 @@ class FaultProxy:
         self.records = []               # one dict per connection, in order
         self.errors = []
         self._lock = threading.Lock()
-        self._cut_all = False
+        self._cut_all = None            # an Event to set once done
         self._stop = threading.Event()
         self._conns = {}                # socket -> _Conn
         self._tick = 0
@@ -153,9 +153,13 @@ class FaultProxy:
             self.thread.join(30)
 
     def cut_all(self):
-        """Reset every open connection (a fault that never ends, ended)."""
+        """Reset every open connection (a fault that never ends, ended);
+        returns once the proxy's thread has done it."""
+        done = threading.Event()
         with self._lock:
-            self._cut_all = True
+            self._cut_all = done
+        if self.thread and self.thread.is_alive():
+            done.wait(60)
 
     def open_connections(self):
         with self._lock:
@@ -254,11 +258,12 @@ class FaultProxy:
     def _on_tick(self):
         self._tick += 1
         with self._lock:
-            cut, self._cut_all = self._cut_all, False
-        for c in set(self._conns.values()):
-            if cut:
+            cut, self._cut_all = self._cut_all, None
+        if cut:
+            for c in set(self._conns.values()):
                 self._end(c, "cut by the test", rst=True)
-                continue
+            cut.set()
+        for c in set(self._conns.values()):
             for pipe in c.pipes():
                 pipe.budget = pipe.rate or 0
                 if pipe.hold_until is not None and self._tick >= pipe.hold_until:
