@@ -39,7 +39,7 @@ else
 Q := @
 endif
 
-.PHONY: all deps check unit systest mancheck fuzz-regress demo bench install clean
+.PHONY: all deps check unit systest soak mancheck fuzz-regress demo bench install clean
 all: replicad replctl
 
 $(BUILD)/%.o: src/%.c | $(BUILD)
@@ -87,6 +87,18 @@ $(BUILD)/ioshim.so: tests/fault/ioshim.c | $(BUILD)
 
 systest: replicad replctl $(BUILD)/ioshim.so
 	$(Q)python3 tests/system/run.py
+
+# The long fault campaigns: SOAK_SEED (default random), SOAK_SECONDS (default:
+# until 1,000 cycles through the fault proxy and 200 kill -9s); then the
+# storage campaign, where tests/soak/storage.py exists.
+SOAK_SEED    ?=
+SOAK_SECONDS ?=
+soak: replicad replctl
+	$(Q)python3 tests/soak/run.py $(if $(SOAK_SEED),--seed $(SOAK_SEED)) \
+	    $(if $(SOAK_SECONDS),--seconds $(SOAK_SECONDS))
+	$(Q)if test -f tests/soak/storage.py; then python3 tests/soak/storage.py \
+	    $(if $(SOAK_SEED),--seed $(SOAK_SEED)) $(if $(SOAK_SECONDS),--seconds $(SOAK_SECONDS)) \
+	    || exit 1; fi
 
 mancheck:
 	$(Q)mandoc -Tlint -Wwarning man/*.[0-9] && echo "man pages: mandoc -Tlint clean"

@@ -50,12 +50,36 @@ def wait_for(cond, timeout=30.0, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
+_ports = None
+
+
 def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port nothing listens on now.  Parallel runs (run.py -j) give each
+    worker its own range in REPLICAD_TEST_PORTS=LOW-HIGH, below the
+    kernel's ephemeral range: two workers never pick the same port, nor
+    does bind(0) elsewhere."""
+    global _ports
+    rng = os.environ.get("REPLICAD_TEST_PORTS")
+    if not rng:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        return port
+    lo, hi = map(int, rng.split("-"))
+    if _ports is None:
+        _ports = lo + os.getpid() % (hi - lo + 1)    # a test run after another starts elsewhere
+    for _ in range(hi - lo + 1):
+        port, _ports = _ports, lo + (_ports + 1 - lo) % (hi - lo + 1)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise TestFailure("no free port in REPLICAD_TEST_PORTS=%s" % rng)
 
 
 def file_digest(path, size=None):
@@ -198,8 +222,19 @@ class Env:
         """A CA and certificates (cached per run: key generation is slow)."""
         key = (label, tuple(names))
         if key not in Env._pki_cache:
-            d = tempfile.mkdtemp(prefix="replicad-pki-%s-" % label)
-            subprocess.run([MKCERTS, d] + names, check=True)
+            shared = os.environ.get("REPLICAD_TEST_PKI")     # run.py -j: one per run
+            if shared:
+                import fcntl
+                d = os.path.join(shared, "-".join((label,) + tuple(names)))
+                with open(os.path.join(shared, "lock"), "w") as lk:
+                    fcntl.flock(lk, fcntl.LOCK_EX)
+                    if not os.path.exists(os.path.join(d, "done")):
+                        os.makedirs(d, exist_ok=True)
+                        subprocess.run([MKCERTS, d] + names, check=True)
+                        open(os.path.join(d, "done"), "w").close()
+            else:
+                d = tempfile.mkdtemp(prefix="replicad-pki-%s-" % label)
+                subprocess.run([MKCERTS, d] + names, check=True)
             Env._pki_cache[key] = d
         return Env._pki_cache[key]
 

@@ -11,6 +11,9 @@ import time
 from harness import (LoopFs, LogMark, assert_same, check, set_vm_keys, vm_status,
                      REPLICAD)
 
+# Loop devices and mounts: run.py -j runs these alone.
+SERIAL = True
+
 MiB = 1 << 20
 BS = 64 << 10
 

@@ -10,6 +10,9 @@ import json
 
 from harness import LoopFs, assert_same, check, set_vm_keys, vm_status
 
+# Loop devices and mounts: run.py -j runs these alone.
+SERIAL = True
+
 MiB = 1 << 20
 BS = 64 << 10
 SIZE = 16 * MiB
