@@ -46,6 +46,7 @@ enum gate_why {
 	GATE_TLS,		/* the TLS handshake failed */
 	GATE_AUTH_FULL,		/* the authenticated budget is full */
 	GATE_STOPPING,		/* the daemon is shutting down */
+	GATE_NOT_ACCEPTED,	/* a certificate no [accept] entry names */
 	GATE_NWHY
 };
 

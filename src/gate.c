@@ -191,6 +191,7 @@ gate_why_str(enum gate_why why)
 		[GATE_TLS] = "TLS handshake failed",
 		[GATE_AUTH_FULL] = "too many sessions",
 		[GATE_STOPPING] = "shutting down",
+		[GATE_NOT_ACCEPTED] = "certificate not accepted",
 	};
 	return why < GATE_NWHY ? s[why] : "?";
 }

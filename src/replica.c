@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -57,6 +58,7 @@
 #define REFUSE_S	5		/* a NACK's whole way out */
 #define LINGER_S	2		/* reading after a NACK's FIN */
 #define REPORT_S	60		/* drops are summed up this often */
+#define NOFILE_WANT	(GATE_UNAUTH + GATE_AUTH + 1024) /* descriptors */
 
 struct rvm {
 	struct svc	*svc;
@@ -90,6 +92,7 @@ struct rsess {
 	struct sockaddr_storage	 sa;
 	struct gate_conn	*gc;		/* its place in the budgets */
 	struct event		*deadline_ev;	/* handshake, then refusal */
+	int			 known;		/* an [accept] entry names it */
 	char			 identity[HOST_MAX_LEN + 1];
 	struct rvm		*vm;
 	struct wire_hello	 hello;
@@ -148,6 +151,7 @@ struct rsess {
 struct replica_srv {
 	struct svc		*svc;
 	struct evconnlistener	*listener;
+	struct event		*pause_ev;	/* accepting again after EMFILE */
 	struct rsess		*sessions;
 	struct gate		*gate;
 	struct event		*report_ev;	/* the drop summary */
@@ -409,9 +413,13 @@ sess_refuse(struct rsess *s, uint16_t code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	log_warnx("%s%s%s (%s): session refused: %s", s->vm ? s->vm->name : "",
-	    s->vm ? ": " : "", s->identity[0] ? s->identity : "unauthenticated",
-	    s->addr, msg);
+	/* A host no [accept] entry names is still a stranger: its refusals
+	 * are counted, not each logged (a flood must not fill the log). */
+	if (s->known || gate_note(s->srv->gate, (struct sockaddr *)&s->sa,
+	    GATE_NOT_ACCEPTED))
+		log_warnx("%s%s%s (%s): session refused: %s", s->vm ?
+		    s->vm->name : "", s->vm ? ": " : "", s->identity[0] ?
+		    s->identity : "unauthenticated", s->addr, msg);
 	if (s->vm && s->vm->owner == s)
 		snprintf(s->vm->error, sizeof(s->vm->error), "%s", msg);
 	if (s->bev == NULL || s->state == RS_CLOSING) {
@@ -1390,7 +1398,8 @@ drop_stranger(struct rsess *s, enum gate_why why, const char *detail)
 	sess_end(s);
 }
 
-/* The identity is the first of its names an [accept] entry knows. */
+/* The identity is the first of its names an [accept] entry knows
+ * (s->known), else its first name. */
 static void
 set_identity(struct rsess *s, char *const *names, int n)
 {
@@ -1402,6 +1411,7 @@ set_identity(struct rsess *s, char *const *names, int n)
 			if (strcasecmp(cfg->accepts[k].name, names[i]) == 0) {
 				snprintf(s->identity, sizeof(s->identity), "%s",
 				    names[i]);
+				s->known = 1;
 				return;
 			}
 }
@@ -1417,14 +1427,19 @@ sess_event(struct bufferevent *bev, short what, void *arg)
 		SSL *ssl = bufferevent_openssl_get_ssl(bev);
 		int n = tls_peer_names(ssl, names);
 		if (n == 0) {
-			log_warnx("%s: session refused: the client certificate "
-			    "names no usable identity", s->addr);
-			sess_end(s);
+			drop_stranger(s, GATE_NOT_ACCEPTED, "session refused: "
+			    "the client certificate names no usable identity");
 			return;
 		}
 		set_identity(s, names, n);
 		tls_names_free(names, n);
-		if (gate_authenticated(s->srv->gate, s->gc) != 0) {
+		/*
+		 * A certificate of the CA that no [accept] entry names can
+		 * never be welcomed: it stays in the strangers' budget (per
+		 * source, oldest gives way) and hears its NACK from there,
+		 * so that it cannot hold the sessions' slots.
+		 */
+		if (s->known && gate_authenticated(s->srv->gate, s->gc) != 0) {
 			snprintf(detail, sizeof(detail), "%s: too many sessions "
 			    "(%u)", s->identity, GATE_AUTH);
 			drop_stranger(s, GATE_AUTH_FULL, detail);
@@ -1445,6 +1460,10 @@ sess_event(struct bufferevent *bev, short what, void *arg)
 		snprintf(detail, sizeof(detail), "TLS handshake failed: %s",
 		    why);
 		drop_stranger(s, GATE_TLS, detail);
+		return;
+	} else if (s->state == RS_HELLO && !s->known) {
+		drop_stranger(s, GATE_NOT_ACCEPTED, "closed the connection "
+		    "before a complete HELLO");
 		return;
 	} else if (s->state == RS_HELLO) {
 		log_warnx("%s (%s): closed the connection before a complete "
@@ -1471,7 +1490,7 @@ static void
 on_deadline(evutil_socket_t fd, short what, void *arg)
 {
 	struct rsess *s = arg;
-	char detail[256];
+	char detail[HOST_MAX_LEN + 64];
 
 	if (s->state == RS_CLOSING) {
 		sess_end(s);
@@ -1480,6 +1499,12 @@ on_deadline(evutil_socket_t fd, short what, void *arg)
 	if (s->state == RS_HANDSHAKE) {
 		snprintf(detail, sizeof(detail), "no TLS handshake within %u s",
 		    s->srv->svc->cfg->handshake_timeout_s);
+		drop_stranger(s, GATE_DEADLINE, detail);
+		return;
+	}
+	if (!s->known) {
+		snprintf(detail, sizeof(detail), "%s: no complete HELLO within "
+		    "%u s", s->identity, s->srv->svc->cfg->handshake_timeout_s);
 		drop_stranger(s, GATE_DEADLINE, detail);
 		return;
 	}
@@ -1572,10 +1597,37 @@ on_report(evutil_socket_t fd, short what, void *arg)
 		log_warnx("%s", line);
 }
 
+#define ACCEPT_PAUSE_MS	500	/* out of descriptors: accept again after */
+
+/*
+ * accept() failed.  Out of descriptors (or memory), the pending
+ * connection stays queued and the listener would fire again at once, on
+ * every turn of the loop: pause it instead, and say so once per pause.
+ */
 static void
 on_accept_error(struct evconnlistener *l, void *arg)
 {
-	log_warn("accept");
+	struct replica_srv *srv = arg;
+	int err = EVUTIL_SOCKET_ERROR();
+
+	if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
+		log_warn("accept");
+		return;
+	}
+	log_warnx("accept: %s: not accepting connections for %d ms",
+	    evutil_socket_error_to_string(err), ACCEPT_PAUSE_MS);
+	evconnlistener_disable(l);
+	struct timeval tv = { 0, ACCEPT_PAUSE_MS * 1000 };
+	evtimer_add(srv->pause_ev, &tv);
+}
+
+static void
+on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+	struct replica_srv *srv = arg;
+
+	if (srv->listener)
+		evconnlistener_enable(srv->listener);
 }
 
 /* --- init / fini ---------------------------------------------------------- */
@@ -1591,6 +1643,16 @@ replica_init(struct svc *svc)
 	srv->gate = gate_new(NULL);
 	if (cfg->listen == NULL)
 		return srv;
+	/* The budgets (gate.h) need more descriptors than the usual soft
+	 * limit of 1024: take what the hard limit allows. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < NOFILE_WANT &&
+	    rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max < NOFILE_WANT ? rl.rlim_max :
+		    NOFILE_WANT;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			log_warn("setrlimit(RLIMIT_NOFILE)");
+	}
 
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
 	    .ai_flags = AI_PASSIVE }, *res = NULL;
@@ -1605,6 +1667,7 @@ replica_init(struct svc *svc)
 	if (srv->listener == NULL)
 		fatal("cannot listen on %s", cfg->listen);
 	evconnlistener_set_error_cb(srv->listener, on_accept_error);
+	srv->pause_ev = evtimer_new(svc->base, on_accept_resume, srv);
 	srv->report_ev = event_new(svc->base, -1, EV_PERSIST, on_report, srv);
 	struct timeval tv = { REPORT_S, 0 };
 	event_add(srv->report_ev, &tv);
@@ -1628,6 +1691,10 @@ replica_stop(struct replica_srv *srv)
 	if (srv->listener) {
 		evconnlistener_free(srv->listener);
 		srv->listener = NULL;
+	}
+	if (srv->pause_ev) {
+		event_free(srv->pause_ev);
+		srv->pause_ev = NULL;
 	}
 	if (srv->report_ev) {
 		on_report(-1, 0, srv);

@@ -1,0 +1,75 @@
+"""Adversarial review of the connection gate (rev-gate PoCs)."""
+import os
+import socket
+import ssl
+import subprocess
+import time
+
+from harness import LogMark, check
+from test_flood import pair, sync_ok, VM
+
+
+def tls_client(env, cert, port, src="127.0.0.1"):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(os.path.join(env.pki, "ca.pem"))
+    ctx.load_cert_chain(os.path.join(env.pki, cert + ".pem"), os.path.join(env.pki, cert + ".key"))
+    s = socket.socket()
+    s.bind((src, 0))
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    t = ctx.wrap_socket(s, server_hostname="replica")
+    return t
+
+
+
+def test_revgate_auth_exhaustion(env):
+    """A host with any certificate of the CA (here "other", in no [accept]
+    entry) holds all 1024 authenticated slots without ever sending HELLO:
+    the real primary is dropped as "too many sessions"."""
+    rep, pri, disk = pair(env)
+    sync_ok(env, pri, disk, rep, "first sync")
+    pri.stop()
+    mark = LogMark(rep)
+    held = []
+    try:
+        for i in range(1030):
+            try:
+                held.append(tls_client(env, "other", rep.port, "127.0.1.%d" % (1 + i % 250)))
+            except OSError:
+                pass
+        time.sleep(1)
+        pri.start()
+        r = pri.ctl("sync", VM, "--wait", timeout=60)
+        log = mark.new()
+        check(r.rc == 0, "sync failed while another certificate held 1030 "
+              "connections: %r\n%s" % (r, log[-1500:]))
+        check(len(log.splitlines()) < 60, "%d log lines" % len(log.splitlines()))
+    finally:
+        for t in held:
+            t.close()
+
+
+def test_revgate_emfile_spin(env):
+    """At a limit of 1024 descriptors (prlimit after the start, as a
+    LimitNOFILE=1024 would), authenticated sessions of 1024 descriptors, authenticated sessions
+    (budget 1024) + strangers (256) exceed it: accept() fails with EMFILE,
+    libevent calls the error callback on every loop turn, log_warn each
+    time, with 100% CPU."""
+    rep, pri, disk = pair(env)
+    pri.stop()
+    subprocess.run(["prlimit", "--pid", str(rep.proc.pid), "--nofile=1024:1024"], check=True)
+    mark = LogMark(rep)
+    held = []
+    try:
+        for i in range(1100):
+            try:
+                held.append(tls_client(env, "primary", rep.port, "127.0.1.%d" % (1 + i % 250)))
+            except (OSError, ssl.SSLError):
+                pass
+        n = mark.new().count("accept: ")
+        print("held %d; accept error lines: %d" % (len(held), n))
+        check(n < 100, "accept errors flood the log: %d lines" % n)
+    finally:
+        for t in held:
+            t.close()
