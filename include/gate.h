@@ -8,10 +8,16 @@
  * strangers never keeps a known primary out.
  *
  * When an unauthenticated budget is full, the oldest connection of that
- * budget gives way to the new one.  An honest handshake takes a few
+ * budget gives way to the new one (when the total is full, the oldest of
+ * the source holding the most).  An honest handshake takes a few
  * round trips, so the oldest is almost always an idle or dribbling
  * stranger; refusing the newest instead would let a thousand idle
  * connections lock every primary out for as long as they stay open.
+ *
+ * An accepted host's sessions that are authenticated but not yet
+ * welcomed to a VM are counted per identity, the oldest giving way, so
+ * that one accepted host cannot hold the authenticated budget either
+ * (a welcomed session is one per VM, bounded by the host's max_vms).
  *
  * Connections dropped before authentication are counted by reason; a
  * few per interval are logged one by one, the rest in one summary line.
@@ -28,6 +34,8 @@
 #define GATE_PER_SOURCE		8	/* unauthenticated, per source */
 #define GATE_UNAUTH		256	/* unauthenticated, in total */
 #define GATE_AUTH		1024	/* authenticated sessions */
+#define GATE_PER_IDENTITY	64	/* authenticated, not yet welcomed,
+					   per identity */
 #define GATE_LOG_BURST		5	/* drops logged in full per interval */
 
 struct gate;
@@ -37,6 +45,7 @@ struct gate_limits {
 	unsigned	per_source;
 	unsigned	unauth;
 	unsigned	auth;
+	unsigned	per_identity;
 };
 
 /* Why a connection was dropped or refused before authentication. */
@@ -68,9 +77,16 @@ void		 gate_free(struct gate *g);
  */
 struct gate_conn *gate_enter(struct gate *g, const struct sockaddr *sa,
 	    void *owner, void **victim);
-/* c verified its peer: 0, or -1 if the authenticated budget is full (c
- * stays unauthenticated; the caller closes it). */
-int		 gate_authenticated(struct gate *g, struct gate_conn *c);
+/*
+ * c verified its peer as identity: 0, or -1 if the authenticated budget
+ * is full (c stays unauthenticated; the caller closes it).  If identity
+ * already had per_identity sessions not yet welcomed, *victim is the
+ * owner of the oldest, which the caller closes; else NULL.
+ */
+int		 gate_authenticated(struct gate *g, struct gate_conn *c,
+		    const char *identity, void **victim);
+/* c was welcomed to a VM: it no longer counts against its identity. */
+void		 gate_welcomed(struct gate *g, struct gate_conn *c);
 void		 gate_leave(struct gate *g, struct gate_conn *c);
 
 /* Count a drop of a connection from sa; 1 if the caller should log it

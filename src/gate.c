@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "gate.h"
 #include "xmalloc.h"
@@ -20,15 +21,20 @@ struct gate_src {
 };
 
 struct gate_conn {
-	struct gate_conn *prev, *next;	/* unauthenticated, oldest first */
+	struct gate_conn *prev, *next;	/* unauthenticated, or authenticated
+					   and not yet welcomed: oldest
+					   first, one list each */
 	struct gate_src	 src;
 	void		*owner;
 	int		 authed;
+	int		 welcomed;
+	char		*identity;	/* once authenticated */
 };
 
 struct gate {
 	struct gate_limits lim;
-	struct gate_conn *head, *tail;
+	struct gate_conn *head, *tail;	/* unauthenticated */
+	struct gate_conn *whead, *wtail; /* authenticated, not welcomed */
 	unsigned	 nunauth, nauth;
 	uint64_t	 total[GATE_NWHY];
 	/* this interval */
@@ -72,7 +78,7 @@ gate_new(const struct gate_limits *lim)
 {
 	struct gate *g = xcalloc(1, sizeof(*g));
 	static const struct gate_limits def = { GATE_PER_SOURCE, GATE_UNAUTH,
-	    GATE_AUTH };
+	    GATE_AUTH, GATE_PER_IDENTITY };
 
 	g->lim = lim ? *lim : def;
 	g->seen = xcalloc(GATE_SOURCES_SEEN, sizeof(*g->seen));
@@ -90,18 +96,81 @@ gate_free(struct gate *g)
 }
 
 static void
-unlink_conn(struct gate *g, struct gate_conn *c)
+list_unlink(struct gate_conn **head, struct gate_conn **tail,
+    struct gate_conn *c)
 {
 	if (c->prev)
 		c->prev->next = c->next;
 	else
-		g->head = c->next;
+		*head = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
 	else
-		g->tail = c->prev;
+		*tail = c->prev;
 	c->prev = c->next = NULL;
+}
+
+static void
+list_append(struct gate_conn **head, struct gate_conn **tail,
+    struct gate_conn *c)
+{
+	c->next = NULL;
+	c->prev = *tail;
+	if (*tail)
+		(*tail)->next = c;
+	else
+		*head = c;
+	*tail = c;
+}
+
+static void
+unlink_conn(struct gate *g, struct gate_conn *c)
+{
+	list_unlink(&g->head, &g->tail, c);
 	g->nunauth--;
+}
+
+static uint32_t
+src_hash(const struct gate_src *k)
+{
+	uint32_t h = 2166136261u;
+	for (size_t i = 0; i < sizeof(k->b); i++)
+		h = (h ^ k->b[i]) * 16777619u;
+	return h;
+}
+
+/*
+ * The oldest connection of the source that holds the most of the
+ * unauthenticated budget.  Pushing out the oldest of all would let a
+ * stranger with a few dozen addresses churn new connections fast enough
+ * that an honest handshake never lasts long enough to finish; this way
+ * it pushes out its own connections until it holds no more than any
+ * other source.  One pass, counted in a table twice the budget's size.
+ */
+static struct gate_conn *
+busiest_oldest(struct gate *g)
+{
+	size_t n = 1;
+	while (n < 2 * (size_t)g->nunauth)
+		n <<= 1;
+	struct slot {
+		struct gate_conn *first;
+		unsigned	 count;
+	} *t = xcalloc(n, sizeof(*t)), *best = NULL;
+
+	for (struct gate_conn *c = g->head; c; c = c->next) {
+		size_t i = src_hash(&c->src) & (n - 1);
+		while (t[i].first && !src_eq(&t[i].first->src, &c->src))
+			i = (i + 1) & (n - 1);
+		if (t[i].first == NULL)
+			t[i].first = c;		/* the list is oldest first */
+		t[i].count++;
+		if (best == NULL || t[i].count > best->count)
+			best = &t[i];
+	}
+	struct gate_conn *victim = best ? best->first : NULL;
+	free(t);
+	return victim;
 }
 
 struct gate_conn *
@@ -120,29 +189,45 @@ gate_enter(struct gate *g, const struct sockaddr *sa, void *owner,
 	if (same >= g->lim.per_source)
 		*victim = oldest->owner;
 	else if (g->nunauth >= g->lim.unauth && g->head)
-		*victim = g->head->owner;
+		*victim = busiest_oldest(g)->owner;
 
-	c->prev = g->tail;
-	if (g->tail)
-		g->tail->next = c;
-	else
-		g->head = c;
-	g->tail = c;
+	list_append(&g->head, &g->tail, c);
 	g->nunauth++;
 	return c;
 }
 
 int
-gate_authenticated(struct gate *g, struct gate_conn *c)
+gate_authenticated(struct gate *g, struct gate_conn *c, const char *identity,
+    void **victim)
 {
+	struct gate_conn *oldest = NULL;
+	unsigned same = 0;
+
+	*victim = NULL;
 	if (c->authed)
 		return 0;
 	if (g->nauth >= g->lim.auth)
 		return -1;
+	for (struct gate_conn *o = g->whead; o; o = o->next)
+		if (strcasecmp(o->identity, identity) == 0 && same++ == 0)
+			oldest = o;
+	if (same >= g->lim.per_identity)
+		*victim = oldest->owner;
 	unlink_conn(g, c);
 	c->authed = 1;
+	c->identity = xstrdup(identity);
+	list_append(&g->whead, &g->wtail, c);
 	g->nauth++;
 	return 0;
+}
+
+void
+gate_welcomed(struct gate *g, struct gate_conn *c)
+{
+	if (c == NULL || !c->authed || c->welcomed)
+		return;
+	list_unlink(&g->whead, &g->wtail, c);
+	c->welcomed = 1;
 }
 
 void
@@ -150,10 +235,13 @@ gate_leave(struct gate *g, struct gate_conn *c)
 {
 	if (c == NULL)
 		return;
-	if (c->authed)
+	if (c->authed) {
+		if (!c->welcomed)
+			list_unlink(&g->whead, &g->wtail, c);
 		g->nauth--;
-	else
+	} else
 		unlink_conn(g, c);
+	free(c->identity);
 	free(c);
 }
 
@@ -203,7 +291,7 @@ gate_summary(struct gate *g, unsigned interval_s, char *buf, size_t bufsz)
 
 	if (g->ndrops > g->nlogged) {
 		size_t n = (size_t)snprintf(buf, bufsz, "dropped %llu "
-		    "connections from %u%s sources before authentication in "
+		    "connections from %u%s sources before they were welcomed in "
 		    "%u s, %llu of them logged above (",
 		    (unsigned long long)g->ndrops, g->nseen,
 		    g->seen_overflow ? "+" : "", interval_s,

@@ -1261,6 +1261,7 @@ welcome(struct rsess *s, struct rvm *vm)
 	store_rel(vm->st, &rel);
 	s->vm = vm;
 	vm->owner = s;
+	gate_welcomed(s->srv->gate, s->gc);
 	vm->interval_ms = h->interval_ms;
 	struct wire_welcome w = { .version = WIRE_VERSION,
 	    .generation = s->gen, .last_cycle = rel.last_cycle,
@@ -1439,11 +1440,21 @@ sess_event(struct bufferevent *bev, short what, void *arg)
 		 * source, oldest gives way) and hears its NACK from there,
 		 * so that it cannot hold the sessions' slots.
 		 */
-		if (s->known && gate_authenticated(s->srv->gate, s->gc) != 0) {
+		void *victim = NULL;
+		if (s->known && gate_authenticated(s->srv->gate, s->gc,
+		    s->identity, &victim) != 0) {
 			snprintf(detail, sizeof(detail), "%s: too many sessions "
 			    "(%u)", s->identity, GATE_AUTH);
 			drop_stranger(s, GATE_AUTH_FULL, detail);
 			return;
+		}
+		if (victim) {
+			/* An accepted host with GATE_PER_IDENTITY sessions
+			 * not yet welcomed: its oldest gives way. */
+			snprintf(detail, sizeof(detail), "%s: %u sessions "
+			    "not yet welcomed to a VM: the oldest makes room",
+			    s->identity, GATE_PER_IDENTITY);
+			drop_stranger(victim, GATE_EVICTED, detail);
 		}
 		s->state = RS_HELLO;
 		return;

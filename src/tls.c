@@ -129,6 +129,12 @@ tls_ctx_new(int server, const char *cert, const char *key, const char *ca,
 	if (server) {
 		static const unsigned char sid[] = "replicad";
 		SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1);
+		/* No resumption: a resumed session would skip the verify
+		 * callback and keep the identity of a certificate that may
+		 * have expired or been replaced since. */
+		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+		SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+		SSL_CTX_set_num_tickets(ctx, 0);
 	}
 	return ctx;
 fail:

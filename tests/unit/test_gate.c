@@ -41,7 +41,7 @@ addr(const char *s)
 static void
 test_per_source_oldest_goes(void **state)
 {
-	struct gate_limits lim = { 3, 100, 10 };
+	struct gate_limits lim = { 3, 100, 10, 4 };
 	struct gate *g = gate_new(&lim);
 	struct sockaddr_storage a = addr("192.0.2.1"), b = addr("192.0.2.2");
 	struct gate_conn *c[4], *other;
@@ -76,7 +76,7 @@ test_per_source_oldest_goes(void **state)
 static void
 test_total_and_authenticated(void **state)
 {
-	struct gate_limits lim = { 8, 4, 2 };
+	struct gate_limits lim = { 8, 4, 2, 4 };
 	struct gate *g = gate_new(&lim);
 	struct gate_conn *c[6];
 	int owners[6];
@@ -88,7 +88,8 @@ test_total_and_authenticated(void **state)
 		struct sockaddr_storage a = addr(s);
 		c[i] = gate_enter(g, SA(a), &owners[i], &victim);
 		assert_null(victim);
-		assert_int_equal(gate_authenticated(g, c[i]), 0);
+		assert_int_equal(gate_authenticated(g, c[i], "p", &victim), 0);
+		assert_null(victim);
 	}
 	for (int i = 2; i < 6; i++) {
 		snprintf(s, sizeof(s), "203.0.113.%d", i);
@@ -102,13 +103,13 @@ test_total_and_authenticated(void **state)
 	assert_ptr_equal(victim, &owners[2]);	/* oldest stranger */
 	gate_leave(g, c[2]);
 	/* the authenticated budget is full: the newcomer stays a stranger */
-	assert_int_equal(gate_authenticated(g, nc), -1);
+	assert_int_equal(gate_authenticated(g, nc, "p", &victim), -1);
 	struct gate_counters k;
 	gate_counters(g, &k);
 	assert_int_equal(k.unauth, 4);
 	assert_int_equal(k.auth, 2);
 	gate_leave(g, c[0]);
-	assert_int_equal(gate_authenticated(g, nc), 0);
+	assert_int_equal(gate_authenticated(g, nc, "q", &victim), 0);
 	gate_counters(g, &k);
 	assert_int_equal(k.unauth, 3);
 	assert_int_equal(k.auth, 2);
@@ -126,7 +127,7 @@ test_total_and_authenticated(void **state)
 static void
 test_ipv6_prefix(void **state)
 {
-	struct gate_limits lim = { 2, 100, 10 };
+	struct gate_limits lim = { 2, 100, 10, 4 };
 	struct gate *g = gate_new(&lim);
 	struct sockaddr_storage a = addr("2001:db8:1:2::1"),
 	    b = addr("2001:db8:1:2:ffff::9"), c = addr("2001:db8:1:3::1"),
@@ -190,6 +191,77 @@ test_summary(void **state)
 	gate_free(g);
 }
 
+/* When the total is full, the oldest connection of the source holding
+ * the most gives way, not the oldest of all: a stranger churning from
+ * many addresses pushes out its own connections, not an honest one. */
+static void
+test_total_busiest_source_goes(void **state)
+{
+	struct gate_limits lim = { 8, 6, 10, 4 };
+	struct gate *g = gate_new(&lim);
+	struct sockaddr_storage honest = addr("192.0.2.1"),
+	    a1 = addr("203.0.113.1"), a2 = addr("203.0.113.2");
+	struct gate_conn *c[7];
+	int o[7];
+	void *victim;
+
+	c[0] = gate_enter(g, SA(honest), &o[0], &victim);	/* oldest */
+	c[1] = gate_enter(g, SA(a1), &o[1], &victim);
+	c[2] = gate_enter(g, SA(a2), &o[2], &victim);
+	c[3] = gate_enter(g, SA(a2), &o[3], &victim);
+	c[4] = gate_enter(g, SA(a1), &o[4], &victim);
+	c[5] = gate_enter(g, SA(a2), &o[5], &victim);
+	assert_null(victim);
+	c[6] = gate_enter(g, SA(a1), &o[6], &victim);
+	assert_ptr_equal(victim, &o[2]);	/* a2's oldest: a2 holds 3 */
+	gate_leave(g, c[2]);
+	struct gate_conn *x = gate_enter(g, SA(a2), &o[2], &victim);
+	assert_ptr_equal(victim, &o[1]);	/* now a1 holds the most */
+	gate_leave(g, c[1]);
+	for (int i = 0; i < 7; i++)
+		if (i != 1 && i != 2)
+			gate_leave(g, c[i]);
+	gate_leave(g, x);
+	gate_free(g);
+}
+
+/* An accepted host's sessions not yet welcomed are capped per identity
+ * (the oldest gives way); welcomed ones and other hosts' do not count. */
+static void
+test_per_identity(void **state)
+{
+	struct gate_limits lim = { 100, 100, 100, 2 };
+	struct gate *g = gate_new(&lim);
+	struct sockaddr_storage a = addr("192.0.2.1");
+	struct gate_conn *c[5];
+	int o[5];
+	void *victim;
+
+	for (int i = 0; i < 5; i++)
+		c[i] = gate_enter(g, SA(a), &o[i], &victim);
+	assert_int_equal(gate_authenticated(g, c[0], "pri", &victim), 0);
+	assert_null(victim);
+	gate_welcomed(g, c[0]);
+	assert_int_equal(gate_authenticated(g, c[1], "PRI", &victim), 0);
+	assert_null(victim);
+	assert_int_equal(gate_authenticated(g, c[2], "other", &victim), 0);
+	assert_null(victim);
+	assert_int_equal(gate_authenticated(g, c[3], "pri", &victim), 0);
+	assert_null(victim);
+	assert_int_equal(gate_authenticated(g, c[4], "pri", &victim), 0);
+	assert_ptr_equal(victim, &o[1]);	/* not the welcomed c[0] */
+	gate_leave(g, c[1]);
+	struct gate_counters k;
+	gate_counters(g, &k);
+	assert_int_equal(k.auth, 4);
+	for (int i = 0; i < 5; i++)
+		if (i != 1)
+			gate_leave(g, c[i]);
+	gate_counters(g, &k);
+	assert_int_equal(k.auth + k.unauth, 0);
+	gate_free(g);
+}
+
 int
 main(void)
 {
@@ -198,6 +270,8 @@ main(void)
 		cmocka_unit_test(test_total_and_authenticated),
 		cmocka_unit_test(test_ipv6_prefix),
 		cmocka_unit_test(test_summary),
+		cmocka_unit_test(test_total_busiest_source_goes),
+		cmocka_unit_test(test_per_identity),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
