@@ -2189,8 +2189,15 @@ pvm_resume(struct pvm *vm)
 	vm->paused = 0;
 	if (vm->state == PVM_PAUSED)
 		vm->state = PVM_IDLE;
-	if (vm->sess == NULL && vm->state != PVM_FENCED)
+	if (vm->sess != NULL || vm->state == PVM_FENCED)
+		return 0;
+	/* A VM with an interval is due at once.  One without (interval 0)
+	 * has no scheduled cycle to restart: only a failed cycle's retry,
+	 * held by the pause; else the next sync runs a cycle. */
+	if (vm->cfg->interval_ms != 0)
 		schedule(vm, 0);
+	else
+		plan_next(vm);
 	return 0;
 }
 
