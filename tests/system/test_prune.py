@@ -3,7 +3,7 @@ segments so that every point that remains rebuilds exactly, crash-safely."""
 import json
 import os
 
-from harness import assert_same, check, set_vm_keys, vm_status
+from harness import assert_same, check, fake_clock_env, set_fake_clock, set_vm_keys, vm_status
 from workload import random_write, snapshot
 
 VM = "web01"
@@ -239,12 +239,6 @@ def test_prune_time_buckets(env):
     rep.stop()
 
 
-def _set_clock(tsfile, t):
-    """The primary's clock (libfaketime reads the file at every call)."""
-    import time as _time
-    with open(tsfile, "w") as f:
-        f.write(_time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(t)))
-
 
 def test_prune_clock_steps(env):
     """The primary's clock steps back a day, then forward two, between
@@ -252,7 +246,6 @@ def test_prune_clock_steps(env):
     stamped latest; the points stamped later than a newer one count at
     its time (prune says so); every remaining point rebuilds exactly."""
     import time as _time
-    check(os.path.exists(FAKETIME), "libfaketime is missing (tools/install-deps installs it)")
     day = 86400
     base = (int(_time.time()) // day + 2) * day + 10 * 3600    # 10:00 UTC, two days ahead
     # ids 1-4 on day 2, (step back) 5-8 on day 1, (step forward) 9-10 on day 3
@@ -263,13 +256,10 @@ def test_prune_clock_steps(env):
     rep = env.replica(extra="retention = last=3,hourly=2,daily=2\n").start()
     pri = env.primary({VM: disks}, rep.port)
     set_vm_keys(pri, VM, "lag_critical = 1h\n")
-    _set_clock(tsfile, times[0])
-    pri.start(env_extra={"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": tsfile,
-                         "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1", "TZ": "UTC",
-                         "ASAN_OPTIONS": "verify_asan_link_order=0"})
+    pri.start(env_extra=fake_clock_env(tsfile, times[0]))
     kept = {}
     for t in times:
-        _set_clock(tsfile, t)
+        set_fake_clock(tsfile, t)
         random_write(env.rng, disks[0], max_len=256 << 10)
         pt = point_of(pri.ok("sync", VM, "--wait"))
         kept[pt] = snapshot(disks, env.path("kept"), "p%d" % pt)
@@ -300,7 +290,7 @@ def test_prune_clock_steps(env):
     check_all(rep, disks, kept, "after the prune")
     # The primary's lag is the age of its last cut by its own steady clock:
     # a step forward of the wall clock does not make it a day old.
-    _set_clock(tsfile, times[-1] + 2 * day)
+    set_fake_clock(tsfile, times[-1] + 2 * day)
     st = vm_status(pri, VM)
     check(0 <= st["lag_seconds"] < day, "primary's lag after its clock stepped a day forward: %r" % st)
     check(st["health"] == "normal", "primary's health after its clock stepped forward: %r" % st)
