@@ -197,3 +197,33 @@ def test_kept_session_and_failover(env):
         check(open(promoted, "rb").read() == before, "the promoted copy changed")
         pri.stop()
         rep.stop()
+
+
+def test_interval_through_clock_steps(env):
+    """Cycles every interval go on when the primary's wall clock steps
+    back a day and then forward two (libfaketime; the schedule and the
+    lag follow the monotonic clock): new points keep coming, each stamped
+    with the clock of its cut, and the primary's lag stays the age of its
+    newest cut instead of jumping by a day."""
+    from harness import fake_clock_env, set_fake_clock, wait_for
+    day = 86400
+    disk = env.make_disk(env.path("src", "d0.img"), 1 * MiB)
+    rep = env.replica().start()
+    pri = env.primary({"web01": [disk]}, rep.port)
+    set_vm_keys(pri, "web01", "lag_critical = 1h\n")
+    conf = open(pri.conf).read().replace("interval = 0\n", "interval = 1s\n")
+    open(pri.conf, "w").write(conf)
+    tsfile = env.path("faketime")
+    t0 = int(time.time())
+    pri.start(env_extra=fake_clock_env(tsfile, t0))
+    for step, t in (("start", t0), ("back a day", t0 - day), ("forward two days", t0 + day)):
+        set_fake_clock(tsfile, t)
+        n = len(points(rep))
+        wait_for(lambda: len(points(rep)) >= n + 3, 120, what="3 cycles after the clock went %s" % step)
+        newest = points(rep)[-1]
+        check(created_ms(newest["created"]) // 1000 in (t, t - 1), "point %r cut at %s" % (newest, step))
+        v = vm_status(pri, "web01")
+        check(0 <= v["lag_ms"] < day * 1000 // 2 and v["health"] != "critical",
+              "primary's lag after the clock went %s: %r" % (step, v))
+    pri.stop()
+    rep.stop()
