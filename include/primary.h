@@ -46,7 +46,9 @@ struct pvm_status {
 	enum pvm_state	 state;
 	uint64_t	 generation;
 	uint64_t	 last_point;	/* 0: none yet */
-	int64_t		 last_point_ms;
+	int64_t		 last_point_ms;	/* its cut, the primary's clock */
+	int64_t		 lag_ms;	/* the age of that cut by the monotonic
+					   clock, -1: no point */
 	uint64_t	 interval_ms;
 	uint64_t	 lag_warn_ms;	/* health thresholds (0: none) */
 	uint64_t	 lag_crit_ms;

@@ -50,8 +50,10 @@ struct ret_policy {
 };
 
 struct ret_point {
-	uint64_t	id;		/* creation order on the replica */
-	int64_t		created_ms;	/* the primary's clock, Unix ms UTC */
+	uint64_t	id;		/* creation order on the replica: the
+					   order of the points */
+	int64_t		created_ms;	/* the primary's clock, Unix ms UTC;
+					   not in order if it was stepped */
 	int		app;		/* application-consistent */
 };
 
@@ -74,11 +76,20 @@ int	ret_parse(const char *s, int local_time, struct ret_policy *p,
 void	ret_format(const struct ret_policy *p, char *buf, size_t bufsz);
 /*
  * For each of the n points (any order; ids unique), why[i] receives the
- * reasons pts[i] is kept, 0 if it is to be dropped.  O(n log n) time and
- * O(n) temporary memory (allocation failure is fatal).
+ * reasons pts[i] is kept, 0 if it is to be dropped.  The points' order is
+ * their ids'; the period rules and within= see each point at its
+ * effective time (ret_effective()).  O(n log n) time and O(n) temporary
+ * memory (allocation failure is fatal).
  */
 void	ret_apply(const struct ret_policy *p, const struct ret_point *pts,
 	    size_t n, unsigned *why);
+/*
+ * eff[i] receives the time pts[i] counts at in the period rules and
+ * within=: its created_ms, but no later than the effective time of the
+ * next point by id (the newest point's is its own created_ms).  Equal to
+ * created_ms unless the primary's clock was stepped back after the cut.
+ */
+void	ret_effective(const struct ret_point *pts, size_t n, int64_t *eff);
 /* "newest,last,daily" style names of the bits of why (lowest bit first;
  * unknown bits ignored, "" for 0).  RET_REASONS_STRLEN always suffices. */
 void	ret_reasons(unsigned why, char *buf, size_t bufsz);

@@ -328,7 +328,7 @@ set_lag(struct vm_view *x, uint64_t point, int64_t point_ms, int64_t now_ms)
 }
 
 static void
-view_primary(struct vme *e, struct vm_view *x, int64_t now_ms)
+view_primary(struct vme *e, struct vm_view *x)
 {
 	struct pvm_status st;
 	pvm_status(vt_pvm(e), &st);
@@ -344,7 +344,8 @@ view_primary(struct vme *e, struct vm_view *x, int64_t now_ms)
 	x->generation = st.generation;
 	x->last_point = st.last_point;
 	x->last_point_ms = st.last_point_ms;
-	set_lag(x, st.last_point, st.last_point_ms, now_ms);
+	x->lag_ms = st.lag_ms;		/* steady, unlike now - last_point_ms */
+	x->lag_s = x->lag_ms < 0 ? -1 : x->lag_ms / 1000;
 	x->error = st.error;
 	x->last = st.last;
 	x->progress = st.progress_bytes;
@@ -409,7 +410,7 @@ collect(struct svc *svc, const char *only, struct vm_view **out_views)
 		struct vm_view *x = &v[n++];
 		x->name = vt_name(e);
 		if (vt_state(e) != ROLE_REPLICA && vt_pvm(e) != NULL)
-			view_primary(e, x, now_ms);
+			view_primary(e, x);
 		else if (vt_state(e) == ROLE_REPLICA && vt_rvm(e) != NULL)
 			view_replica(svc, e, x, now_ms);
 		else
@@ -1005,6 +1006,24 @@ cmd_forget(struct cconn *c)
  */
 static void prune_next(struct cconn *c);
 
+/*
+ * "" or, for a point stamped later than a newer one (the primary's clock
+ * went back), the time retention counts it at (retention.h).
+ */
+static const char *
+counted_note(const struct cat_point *pt, int64_t eff, char *buf,
+    size_t bufsz)
+{
+	char when[32];
+
+	if (eff == pt->created_ms)
+		return "";
+	util_format_time(eff / 1000, when, sizeof(when));
+	snprintf(buf, bufsz, "  (counted at %s: a newer point is stamped "
+	    "earlier)", when);
+	return buf;
+}
+
 static void
 job_prune(void *arg)
 {
@@ -1016,6 +1035,7 @@ job_prune(void *arg)
 	size_t n = 0;
 	unsigned *why = NULL;
 	char err[512], when[32], bytes[32], reasons[RET_REASONS_STRLEN];
+	char note[128];
 	uint64_t freed = 0, dropped = 0, kept = 0;
 	int r;
 
@@ -1030,11 +1050,13 @@ job_prune(void *arg)
 		return;
 	}
 	struct ret_point *rp = xcalloc(n + 1, sizeof(*rp));
+	int64_t *eff = xcalloc(n + 1, sizeof(*eff));
 	why = xcalloc(n + 1, sizeof(*why));
 	for (size_t i = 0; i < n; i++)
 		rp[i] = (struct ret_point){ pts[i].id, pts[i].created_ms,
 		    pts[i].kind == CAT_KIND_APP };
 	ret_apply(&pol, rp, n, why);
+	ret_effective(rp, n, eff);
 	uint64_t pinned = store_pinned_point(st);
 	for (size_t i = 0; i < n; i++)
 		if (pts[i].id == pinned)
@@ -1051,7 +1073,8 @@ job_prune(void *arg)
 			bufprintf(&c->text, "  keep %6" PRIu64 "  %s  %-5s  %s%s%s\n",
 			    pts[i].id, when, pts[i].kind == CAT_KIND_APP ?
 			    "app" : "crash", reasons, (why[i] & RET_PINNED) ?
-			    (reasons[0] ? ",test-copy" : "test-copy") : "", "");
+			    (reasons[0] ? ",test-copy" : "test-copy") : "",
+			    counted_note(&pts[i], eff[i], note, sizeof(note)));
 			kept++;
 			continue;
 		}
@@ -1062,8 +1085,9 @@ job_prune(void *arg)
 			    pts[i].undo_bytes;
 			util_format_bytes(est, bytes, sizeof(bytes));
 			bufprintf(&c->text, "  drop %6" PRIu64 "  %s  %-5s  up to %s "
-			    "(dry run)\n", pts[i].id, when, pts[i].kind ==
-			    CAT_KIND_APP ? "app" : "crash", bytes);
+			    "(dry run)%s\n", pts[i].id, when, pts[i].kind ==
+			    CAT_KIND_APP ? "app" : "crash", bytes,
+			    counted_note(&pts[i], eff[i], note, sizeof(note)));
 			freed += est;
 			dropped++;
 			continue;
@@ -1076,9 +1100,10 @@ job_prune(void *arg)
 			continue;
 		}
 		util_format_bytes(f, bytes, sizeof(bytes));
-		bufprintf(&c->text, "  drop %6" PRIu64 "  %s  %-5s  %s freed\n",
+		bufprintf(&c->text, "  drop %6" PRIu64 "  %s  %-5s  %s freed%s\n",
 		    pts[i].id, when, pts[i].kind == CAT_KIND_APP ? "app" :
-		    "crash", bytes);
+		    "crash", bytes, counted_note(&pts[i], eff[i], note,
+		    sizeof(note)));
 		log_info("%s: point %" PRIu64 " dropped by prune (%s freed)",
 		    vm, pts[i].id, bytes);
 		freed += f;
@@ -1089,6 +1114,7 @@ job_prune(void *arg)
 	    kept, dropped, c->o.dry_run ? "to drop (dry run: nothing changed)" :
 	    "dropped", c->o.dry_run ? "up to " : "", bytes);
 	free(rp);
+	free(eff);
 	free(why);
 	free(pts);
 }

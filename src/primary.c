@@ -130,6 +130,7 @@ struct psess {
 	uint64_t		 bytes_sent;
 	uint64_t		 bytes_received;
 	int64_t			 created_ms;
+	uint64_t		 created_mono;	/* the cut, monotonic ms */
 	/* a resynchronising cycle (wire.h) */
 	int			 resync;
 	uint32_t		 unit;		/* SUMS granularity */
@@ -169,6 +170,8 @@ struct pvm {
 	uint64_t		 last_cycle;
 	uint64_t		 last_point;
 	int64_t			 last_point_ms;
+	uint64_t		 last_point_mono; /* its cut, monotonic ms: the
+					   lag does not follow clock steps */
 	struct cycle_stats	 last;
 	struct event		*timer;
 	struct psess		*sess;
@@ -536,6 +539,7 @@ sess_done(struct psess *s)
 	if (s->kind == 1)
 		vm->last_app_ms = s->created_ms;
 	vm->last_point_ms = s->created_ms;
+	vm->last_point_mono = s->created_mono;
 	vm->failures = 0;
 	vm->nospace = 0;
 	vm->error[0] = '\0';
@@ -721,8 +725,27 @@ static int
 want_app(const struct pvm *vm, int64_t now_ms)
 {
 	uint64_t every = vm->cfg->app_interval_ms;
+	/* A clock stepped back since that point: due now, not once the
+	 * clock has caught up again. */
 	return every == 0 || vm->last_app_ms <= 0 ||
+	    now_ms < vm->last_app_ms ||
 	    now_ms - vm->last_app_ms >= (int64_t)every;
+}
+
+/*
+ * The monotonic time of a cut made at wall time created_ms (a point of an
+ * earlier run): its age by the wall clock, once, from now on by the
+ * monotonic clock.  Never in the future.
+ */
+static uint64_t
+mono_of(int64_t created_ms)
+{
+	uint64_t mono = util_mono_ms();
+	int64_t age = (int64_t)util_now_ms() - created_ms;
+
+	if (age <= 0)
+		return mono;
+	return (uint64_t)age < mono ? mono - (uint64_t)age : 0;
 }
 
 /* The cut time of the newest app point survives restarts (losing it
@@ -1143,6 +1166,7 @@ commit_done(void *arg)
 		vm->last_cycle = s->cycle;
 		vm->last_point = s->point;
 		vm->last_point_ms = s->created_ms;
+		vm->last_point_mono = s->created_mono;
 		wb_reset(&s->hdr);
 		wire_put_promote(&s->hdr, &m);
 		netio_send(s->bev, &s->hdr);
@@ -1366,6 +1390,7 @@ begin_sending(struct psess *s, uint64_t replica_cycle)
 	}
 	s->cycle = base + 1;
 	s->created_ms = (int64_t)util_now_ms();
+	s->created_mono = util_mono_ms();
 	s->st = PS_SEND;
 	wire_digest_init(&s->dig);
 	/* Sending: no reply is due until END, only writes may time out; a
@@ -1886,6 +1911,7 @@ pvm_new(struct svc *svc, struct vme *e, const struct cfg_vm *cfg,
 	vm->last_cycle = rel->last_cycle;
 	vm->last_point = rel->last_point;
 	vm->last_point_ms = rel->last_point_created_ms;
+	vm->last_point_mono = mono_of(rel->last_point_created_ms);
 	if (rel->fenced[0] != '\0') {
 		vm->state = PVM_FENCED;
 		snprintf(vm->error, sizeof(vm->error), "%s", rel->fenced);
@@ -2042,6 +2068,8 @@ pvm_status(const struct pvm *vm, struct pvm_status *st)
 	st->generation = vt_generation(vm->e);
 	st->last_point = vm->last_point;
 	st->last_point_ms = vm->last_point_ms;
+	st->lag_ms = vm->last_point == 0 ? -1 :
+	    (int64_t)(util_mono_ms() - vm->last_point_mono);
 	st->interval_ms = vm->cfg->interval_ms;
 	st->lag_warn_ms = config_lag_ms(&vm->cfg->lag_warning,
 	    vm->cfg->interval_ms);
@@ -2156,8 +2184,15 @@ pvm_resume(struct pvm *vm)
 	vm->paused = 0;
 	if (vm->state == PVM_PAUSED)
 		vm->state = PVM_IDLE;
-	if (vm->sess == NULL && vm->state != PVM_FENCED)
+	if (vm->sess != NULL || vm->state == PVM_FENCED)
+		return 0;
+	/* A VM with an interval is due at once.  One without (interval 0)
+	 * has no scheduled cycle to restart: only a failed cycle's retry,
+	 * held by the pause; else the next sync runs a cycle. */
+	if (vm->cfg->interval_ms != 0)
 		schedule(vm, 0);
+	else
+		plan_next(vm);
 	return 0;
 }
 

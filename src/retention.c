@@ -2,20 +2,34 @@
  * retention.c — which recovery points a retention policy keeps.
  *
  * The rules follow restic's forget --keep-* (internal/restic/
- * snapshot_policy.go, before 0.17 added "also keep the oldest"): points
- * are ordered by created_ms, newest first, ties by id, newest first; that
- * order, not the id order, drives every rule, because the primary's clock
- * may go backwards.  last=N keeps the first N.  hourly/daily/weekly/
- * monthly/yearly=N walk the same order and keep each point whose hour,
- * day, ISO week (Monday to Sunday), month or year differs from that of
- * the previous point, until N have been kept; so each of the N most
- * recent periods that have points keeps its newest point.  Periods are
- * UTC calendar periods, or local ones (localtime_r) if the policy says
- * so; in local time the hour repeated when DST ends is one period, as in
- * restic.  within=D keeps every point created strictly after (latest - D),
- * latest being the highest created_ms.  app: rules do the same over the
- * application-consistent points alone.  A point is kept if any rule keeps
- * it, and the point with the highest id is always kept.
+ * snapshot_policy.go, before 0.17 added "also keep the oldest"), walked
+ * down the order of the points, newest first: the order of their ids,
+ * which the replica gives in the order it commits the cycles, which is
+ * the order the primary cut them.  The primary's clock is no part of
+ * that order: it may have been stepped back or forward between two cuts.
+ *
+ * Each point counts for the period rules and within= at its effective
+ * time: its created_ms, but no later than the effective time of the
+ * point after it; the newest point's is its own created_ms.  A point was
+ * cut before every newer one, so the newer's time bounds it from above;
+ * only a stamp "in the future" of a newer point moves, and the newest
+ * stamp is the clock's latest word.  So effective times never decrease
+ * with the id: after a step back the points stamped ahead count in the
+ * period of the first point after the step (a period rule keeps the
+ * newest of them, not several); a step forward leaves every time as it
+ * is (a gap with no points).
+ *
+ * last=N keeps the N newest points.  hourly/daily/weekly/monthly/yearly=N
+ * keep each point whose hour, day, ISO week (Monday to Sunday), month or
+ * year differs from that of the previous point of the walk, until N have
+ * been kept; so each of the N most recent periods that have points keeps
+ * its newest point.  Periods are UTC calendar periods, or local ones
+ * (localtime_r) if the policy says so; in local time the hour repeated
+ * when DST ends is one period, as in restic.  within=D keeps every point
+ * whose effective time is strictly after (latest - D), latest being the
+ * newest point's time.  app: rules do the same over the application-
+ * consistent points alone (with the effective times of all points).  A
+ * point is kept if any rule keeps it, and the newest point is always kept.
  */
 #include <ctype.h>
 #include <inttypes.h>
@@ -292,19 +306,16 @@ period_keys(int64_t ms, int local_time, int64_t key[RET_NCOUNT])
 /* --- applying a policy ------------------------------------------------- */
 
 struct ret_entry {
-	int64_t		created_ms;
 	uint64_t	id;
 	size_t		idx;		/* into pts[] and why[] */
 };
 
-/* Newest first: by time, then by id. */
+/* Newest first: by id. */
 static int
 entry_cmp(const void *a, const void *b)
 {
 	const struct ret_entry *x = a, *y = b;
 
-	if (x->created_ms != y->created_ms)
-		return x->created_ms > y->created_ms ? -1 : 1;
 	if (x->id != y->id)
 		return x->id > y->id ? -1 : 1;
 	return 0;
@@ -354,51 +365,88 @@ walk_step(struct ret_walk *w, int app, const int64_t key[RET_NCOUNT])
 	return why;
 }
 
+/* The n points' indices, newest (highest id) first; the caller frees. */
+static struct ret_entry *
+newest_first(const struct ret_point *pts, size_t n)
+{
+	struct ret_entry *e = xreallocarray(NULL, n, sizeof(*e));
+
+	for (size_t i = 0; i < n; i++) {
+		e[i].id = pts[i].id;
+		e[i].idx = i;
+	}
+	qsort(e, n, sizeof(*e), entry_cmp);
+	return e;
+}
+
+/* eff[e[i].idx] for each i, e newest first (see the top of the file). */
+static void
+effective_times(const struct ret_point *pts, const struct ret_entry *e,
+    size_t n, int64_t *eff)
+{
+	int64_t bound = INT64_MAX;
+
+	for (size_t i = 0; i < n; i++) {
+		int64_t t = pts[e[i].idx].created_ms;
+		if (t > bound)
+			t = bound;
+		eff[e[i].idx] = bound = t;
+	}
+}
+
+void
+ret_effective(const struct ret_point *pts, size_t n, int64_t *eff)
+{
+	struct ret_entry *e;
+
+	if (n == 0)
+		return;
+	e = newest_first(pts, n);
+	effective_times(pts, e, n, eff);
+	free(e);
+}
+
 void
 ret_apply(const struct ret_policy *p, const struct ret_point *pts, size_t n,
     unsigned *why)
 {
 	struct ret_entry *e;
 	struct ret_walk walk[2];
-	int64_t key[RET_NCOUNT] = { 0 };
-	size_t newest = 0, i;
+	int64_t key[RET_NCOUNT] = { 0 }, *eff;
+	size_t i;
 
 	if (n == 0)
 		return;
-	e = xreallocarray(NULL, n, sizeof(*e));
-	for (i = 0; i < n; i++) {
+	for (i = 0; i < n; i++)
 		why[i] = 0;
-		e[i].created_ms = pts[i].created_ms;
-		e[i].id = pts[i].id;
-		e[i].idx = i;
-		if (pts[i].id > pts[newest].id)
-			newest = i;
-	}
-	why[newest] = RET_NEWEST;
-	qsort(e, n, sizeof(*e), entry_cmp);
+	e = newest_first(pts, n);
+	eff = xreallocarray(NULL, n, sizeof(*eff));
+	effective_times(pts, e, n, eff);
+	why[e[0].idx] = RET_NEWEST;
 
 	memset(walk, 0, sizeof(walk));
 	for (int app = 0; app < 2; app++)
 		memcpy(walk[app].left, p->keep[app], sizeof(walk[app].left));
-	int64_t latest = e[0].created_ms;
+	int64_t latest = eff[e[0].idx];
 	for (i = 0; i < n; i++) {
-		const struct ret_point *pt = &pts[e[i].idx];
+		size_t x = e[i].idx;
 		unsigned w = 0;
-		/* Exact even when latest - created_ms overflows int64_t. */
+		/* Exact even when latest - eff overflows int64_t. */
 		int within = p->within_ms != 0 && (uint64_t)latest -
-		    (uint64_t)pt->created_ms < p->within_ms;
+		    (uint64_t)eff[x] < p->within_ms;
 
 		if (!within && !walk_active(&walk[0]) && !walk_active(&walk[1]))
 			break;	/* older points are outside within, too */
 		if (within)
 			w |= RET_WITHIN;
 		if (walk_needs_keys(&walk[0]) ||
-		    (pt->app && walk_needs_keys(&walk[1])))
-			period_keys(pt->created_ms, p->local_time, key);
+		    (pts[x].app && walk_needs_keys(&walk[1])))
+			period_keys(eff[x], p->local_time, key);
 		w |= walk_step(&walk[0], 0, key);
-		if (pt->app)
+		if (pts[x].app)
 			w |= walk_step(&walk[1], 1, key);
-		why[e[i].idx] |= w;
+		why[x] |= w;
 	}
+	free(eff);
 	free(e);
 }

@@ -432,3 +432,27 @@ def set_vm_keys(d, vm, text):
     head = "[vm %s]\n" % vm
     check(head in conf, "no [vm %s] in %s" % (vm, d.conf))
     open(d.conf, "w").write(conf.replace(head, head + text, 1))
+
+
+# --- a daemon's wall clock under libfaketime (clock steps) ------------------
+
+FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+
+
+def fake_clock_env(tsfile, t):
+    """Set the clock of the daemon started with the returned environment
+    (Daemon.start(env_extra=...)) to Unix time t; set_fake_clock() steps it.
+    Only the wall clock: CLOCK_MONOTONIC stays true, as on a host whose
+    time is stepped."""
+    check(os.path.exists(FAKETIME), "libfaketime is missing (tools/install-deps installs it)")
+    set_fake_clock(tsfile, t)
+    return {"LD_PRELOAD": FAKETIME, "FAKETIME_TIMESTAMP_FILE": tsfile, "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1", "TZ": "UTC",
+            "ASAN_OPTIONS": "verify_asan_link_order=0"}   # sanitizer builds
+
+
+def set_fake_clock(tsfile, t):
+    """The faked clock stands at Unix time t (libfaketime reads the file at
+    every call)."""
+    with open(tsfile, "w") as f:
+        f.write(time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)))

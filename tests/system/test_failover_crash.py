@@ -220,14 +220,18 @@ def test_planned_killed_after_promoted(env):
     h.a.stop()
     h.a.start()
     check(status(h.a)["state"] == "fenced", "fence forgotten at restart")
-    # resume lifts the fence and retries: b refuses a again.  (Checked
-    # at the end, so that the rest is tested whatever happens here.)
+    # resume lifts the fence (interval 0: it starts no cycle), the next
+    # sync tries again: b refuses a again.  (Checked at the end, so that
+    # the rest is tested whatever happens here.)
     mark = len(h.a.log_text())
     h.a.ok("resume", VM)
     problems = []
     try:
+        check(status(h.a)["state"] == "idle", "a after resume: %r" % status(h.a))
+        r = h.a.ctl("sync", VM, "--wait")
+        check(r.rc == 1, "the stale primary's cycle after resume was accepted: %r" % r)
         wait_for(lambda: "generation 1 is below" in h.a.log_text()[mark:] and status(h.a)["state"] == "fenced",
-                 5, what="a's retry after `replctl resume` to be fenced again")
+                 30, what="a's sync after `replctl resume` to be fenced again")
     except TestFailure as e:
         problems.append("%s: a shows %r; a's log since resume:\n%s" % (e, status(h.a), h.a.log_text()[mark:]))
     writes(env, h.b_disks())

@@ -3,7 +3,7 @@ segments so that every point that remains rebuilds exactly, crash-safely."""
 import json
 import os
 
-from harness import assert_same, check
+from harness import assert_same, check, fake_clock_env, set_fake_clock, set_vm_keys, vm_status
 from workload import random_write, snapshot
 
 VM = "web01"
@@ -235,5 +235,64 @@ def test_prune_time_buckets(env):
     check("policy daily=5" in r.out and points(rep) == [ids[6], ids[8], ids[9]],
           "after daily=5: %r\n%s" % (points(rep), r.out))
     check_all(rep, disks, kept, "after the daily=5 prune")
+    pri.stop()
+    rep.stop()
+
+
+
+def test_prune_clock_steps(env):
+    """The primary's clock steps back a day, then forward two, between
+    cycles (libfaketime).  prune keeps the newest points by id, not those
+    stamped latest; the points stamped later than a newer one count at
+    its time (prune says so); every remaining point rebuilds exactly."""
+    import time as _time
+    day = 86400
+    base = (int(_time.time()) // day + 2) * day + 10 * 3600    # 10:00 UTC, two days ahead
+    # ids 1-4 on day 2, (step back) 5-8 on day 1, (step forward) 9-10 on day 3
+    times = [base + m * 600 for m in range(4)] + \
+        [base - day + m * 600 for m in range(4)] + [base + day + m * 600 for m in range(2)]
+    tsfile = env.path("faketime")
+    disks = [env.make_disk(env.path("src", "sda.img"), 4 << 20)]
+    rep = env.replica(extra="retention = last=3,hourly=2,daily=2\n").start()
+    pri = env.primary({VM: disks}, rep.port)
+    set_vm_keys(pri, VM, "lag_critical = 1h\n")
+    pri.start(env_extra=fake_clock_env(tsfile, times[0]))
+    kept = {}
+    for t in times:
+        set_fake_clock(tsfile, t)
+        random_write(env.rng, disks[0], max_len=256 << 10)
+        pt = point_of(pri.ok("sync", VM, "--wait"))
+        kept[pt] = snapshot(disks, env.path("kept"), "p%d" % pt)
+    ids = points(rep)
+    check(len(ids) == 10, "points %r" % ids)
+    stamped = [p["created"] for p in json.loads(rep.ok("points", VM, "--json").out)]
+    check(stamped == [_time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(t)) for t in times],
+          "points were not cut at the fake times: %r" % stamped)
+    # Ids 1-4 count at id 5's time (day 1, 10:00): one hour, one day with
+    # ids 5-8, whose newest (8) is the one hourly= and daily= keep.
+    step_back = _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(times[4]))
+    want = {ids[7]: "last,hourly,daily", ids[8]: "last", ids[9]: "newest,last,hourly,daily"}
+    r = rep.ok("prune", VM, "--dry-run")
+    lines = {}
+    for pt in ids:
+        line = [ln for ln in r.out.splitlines() if ln.startswith(("  keep %6d " % pt, "  drop %6d " % pt))]
+        check(len(line) == 1, "dry run has no line for point %d: %r" % (pt, r.out))
+        lines[pt] = line[0]
+    would_keep = {pt: ln.split()[4] for pt, ln in lines.items() if ln.startswith("  keep")}
+    check(would_keep == want, "dry run keeps %r, want %r:\n%s" % (would_keep, want, r.out))
+    for i, pt in enumerate(ids):
+        counted = "counted at %s" % step_back
+        check((counted in lines[pt]) == (i < 4), "point %d: 'counted at' note wrong: %r" % (pt, lines[pt]))
+    check(points(rep) == ids, "--dry-run dropped points")
+    r = rep.ok("prune", VM)
+    check(points(rep) == sorted(want), "after prune: %r, want %r\n%s" % (points(rep), sorted(want), r.out))
+    check("3 kept, 7 dropped" in r.out, "prune summary: %r" % r.out)
+    check_all(rep, disks, kept, "after the prune")
+    # The primary's lag is the age of its last cut by its own steady clock:
+    # a step forward of the wall clock does not make it a day old.
+    set_fake_clock(tsfile, times[-1] + 2 * day)
+    st = vm_status(pri, VM)
+    check(0 <= st["lag_seconds"] < day, "primary's lag after its clock stepped a day forward: %r" % st)
+    check(st["health"] == "normal", "primary's health after its clock stepped forward: %r" % st)
     pri.stop()
     rep.stop()

@@ -118,3 +118,27 @@ def test_several_vms_small_blocks(env):
         assert_same(b, os.path.join(rep.storage, "vmb", "b1.img"))
     rep.ok("verify", "vma")
     rep.ok("verify", "vmb")
+
+
+def test_resume_manual_only(env):
+    """With interval = 0, resume only lifts the pause: it starts no cycle
+    (the next sync does), so the sync after it makes the very next point
+    and no cycle ran in between."""
+    from harness import LogMark, vm_status
+    pri, rep, disks = setup_pair(env, [("sda.img", 4 << 20, "random")])
+    first = point_of(pri.ok("sync", "web01", "--wait"))
+    pri.ok("pause", "web01")
+    check(vm_status(pri, "web01")["state"] == "paused", "not paused: %r" % vm_status(pri, "web01"))
+    random_write(env.rng, disks[0])
+    mark = LogMark(pri)
+    r = pri.ok("resume", "web01")
+    check("resumed" in r.out, "resume said %r" % r.out)
+    st = vm_status(pri, "web01")
+    check(st["state"] == "idle" and st["last_point"] == first, "after resume: %r" % st)
+    pt = point_of(pri.ok("sync", "web01", "--wait"))
+    check(pt == first + 1, "the sync after resume made point %d, not %d: resume started a cycle" % (pt, first + 1))
+    done = [ln for ln in mark.new().splitlines() if ": cycle " in ln and " done: point " in ln]
+    check(len(done) == 1, "cycles since resume: %r" % done)
+    check_replica(rep, "web01", disks, "after resume and sync")
+    pri.stop()
+    rep.stop()

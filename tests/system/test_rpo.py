@@ -1,6 +1,7 @@
-"""interval = 1s: a minute of steady writes with the reflink tracker.  Every
-recovery point is one instant of the disk (byte-exact against one of the
-states the test went through, in order), and the lag stays under 3 s."""
+"""interval = 1s: steady writes with the reflink tracker.  Every recovery
+point is one instant of the disk (byte-exact against one of the states the
+test went through, in order); points keep coming; the lag status shows is
+the age of the newest point, and its health follows from that lag."""
 import hashlib
 import os
 import re
@@ -16,7 +17,8 @@ SERIAL = True
 MiB = 1 << 20
 BS = 64 << 10
 SIZE = 16 * MiB
-RUN_S = 60
+POINTS = 50        # points the writer runs for
+STALL_S = 120      # no new point for this long: cycles have stopped
 
 
 def state_key(blocks):
@@ -78,30 +80,63 @@ def one_second_pair(env, fs, size):
     return pri, rep, disk
 
 
+def created_ms(text):
+    """Unix ms of an ISO 8601 "2026-11-27T20:31:00Z" (whole seconds)."""
+    import calendar
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")) * 1000
+
+
+def check_lag(pri):
+    """One status read: the lag is the age of the newest point (bracketed
+    by the wall clock before and after the read; created has whole
+    seconds), and the health is what that lag makes it (lag_warning and
+    lag_critical default to 2 and 4 intervals).  Returns (point, lag)."""
+    before = time.time() * 1000
+    v = vm_status(pri, "web01")
+    after = time.time() * 1000
+    if v["last_point"] in (None, 0):
+        check(v["lag_ms"] in (None, -1), "a lag without a point: %r" % v)
+        return 0, None
+    cut = created_ms(v["last_point_created"])
+    lag = v["lag_ms"]
+    check(before - cut - 1000 < lag <= after - cut + 1,
+          "lag %d ms, but point %d was cut at %s, %d to %d ms before: %r"
+          % (lag, v["last_point"], v["last_point_created"], before - cut, after - cut, v))
+    if v["state"] != "error" and v["state"] != "fenced":
+        want = "critical" if lag > 4000 else "warning" if lag > 2000 else "normal"
+        check(v["health"] == want, "health %s at lag %d ms: %r" % (v["health"], lag, v))
+    return v["last_point"], lag
+
+
 def test_one_second_interval(env):
     with LoopFs(env, "fs", "xfs", 512 * MiB) as fs:
         pri, rep, disk = one_second_pair(env, fs, SIZE)
         w = Steps(env, disk)
         w.start()
-        worst = 0
-        t0 = time.monotonic()
+        worst, newest, seen = 0, 0, time.monotonic()
+        follow = {}     # point: writer steps done while it was the newest
         try:
-            while time.monotonic() - t0 < RUN_S:
-                time.sleep(0.25)
-                v = vm_status(pri, "web01")
-                if v["lag_ms"] is None:
-                    check(time.monotonic() - t0 < 3, "no point after %.1fs" % (time.monotonic() - t0))
-                    continue
-                worst = max(worst, v["lag_ms"])
-                check(v["lag_ms"] < 3000, "lag %d ms at %.1fs: %r" % (v["lag_ms"], time.monotonic() - t0, v))
-                check(v["health"] == "normal", "health %s at lag %d ms" % (v["health"], v["lag_ms"]))
+            while newest < POINTS:
+                time.sleep(0.25)         # the pace of the status reads
+                steps = w.n
+                pt, lag = check_lag(pri)
+                if pt > newest:
+                    newest, seen = pt, time.monotonic()
+                    follow[pt] = steps
+                check(time.monotonic() - seen < STALL_S, "no new point after %d (%d writer steps) for %d s"
+                      % (newest, w.n, STALL_S))
+                worst = max(worst, lag or 0)
         finally:
             w.stop = True
             w.join()
         check(w.error is None, "writer: %r" % w.error)
         pts = json.loads(rep.ok("points", "web01", "--json").out)
-        check(len(pts) >= RUN_S - 5, "%d points in %d s at interval 1s" % (len(pts), RUN_S))
-        # Every point is one of the writer's states, and they follow its order.
+        check([p["id"] for p in pts] == list(range(1, len(pts) + 1)) and len(pts) >= POINTS,
+              "points %r" % [p["id"] for p in pts])
+        # Every point is one of the writer's states, and they follow its
+        # order.  They follow the writer: while point k was the newest,
+        # k + 1 may have been cut already, but k + 2 was not, so it holds
+        # every step made before then.
         last = -1
         for p in pts:
             out = rep.ok("failover", "web01", "--test", "--point", str(p["id"])).out
@@ -112,7 +147,9 @@ def test_one_second_interval(env):
             check(w.states[k] >= last, "point %d went back from state %d to %d"
                   % (p["id"], last, w.states[k]))
             last = w.states[k]
-        check(last >= w.n - 30, "the points stop at step %d of %d" % (last, w.n))
+            if p["id"] - 2 in follow:
+                check(last >= follow[p["id"] - 2], "point %d holds step %d, but step %d was done while "
+                      "point %d was the newest" % (p["id"], last, follow[p["id"] - 2], p["id"] - 2))
         pri.ok("sync", "web01", "--wait")
         assert_same(disk, os.path.join(rep.storage, "web01", "d0.img"))
         print("  %d points, %d writer steps, worst lag %d ms" % (len(pts), w.n, worst))
@@ -163,3 +200,33 @@ def test_kept_session_and_failover(env):
         check(open(promoted, "rb").read() == before, "the promoted copy changed")
         pri.stop()
         rep.stop()
+
+
+def test_interval_through_clock_steps(env):
+    """Cycles every interval go on when the primary's wall clock steps
+    back a day and then forward two (libfaketime; the schedule and the
+    lag follow the monotonic clock): new points keep coming, each stamped
+    with the clock of its cut, and the primary's lag stays the age of its
+    newest cut instead of jumping by a day."""
+    from harness import fake_clock_env, set_fake_clock, wait_for
+    day = 86400
+    disk = env.make_disk(env.path("src", "d0.img"), 1 * MiB)
+    rep = env.replica().start()
+    pri = env.primary({"web01": [disk]}, rep.port)
+    set_vm_keys(pri, "web01", "lag_critical = 1h\n")
+    conf = open(pri.conf).read().replace("interval = 0\n", "interval = 1s\n")
+    open(pri.conf, "w").write(conf)
+    tsfile = env.path("faketime")
+    t0 = int(time.time())
+    pri.start(env_extra=fake_clock_env(tsfile, t0))
+    for step, t in (("start", t0), ("back a day", t0 - day), ("forward two days", t0 + day)):
+        set_fake_clock(tsfile, t)
+        n = len(points(rep))
+        wait_for(lambda: len(points(rep)) >= n + 3, 120, what="3 cycles after the clock went %s" % step)
+        newest = points(rep)[-1]
+        check(created_ms(newest["created"]) // 1000 in (t, t - 1), "point %r cut at %s" % (newest, step))
+        v = vm_status(pri, "web01")
+        check(0 <= v["lag_ms"] < day * 1000 // 2 and v["health"] != "critical",
+              "primary's lag after the clock went %s: %r" % (step, v))
+    pri.stop()
+    rep.stop()

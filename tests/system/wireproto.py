@@ -471,6 +471,20 @@ class Conn:
             except TimeoutError:
                 return False
 
+    def finish_and_wait(self, timeout=30.0):
+        """Half-close (FIN after every byte sent) and read until the peer
+        closes: it has read all that was sent, then the end.  Instead of a
+        sleep before close(), whose RST may discard what the peer has not
+        read yet.  True if the peer closed within timeout."""
+        if self.sock is None:
+            return True
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_WR)
+        except OSError as e:
+            self.closed_by = self.closed_by or repr(e)
+            return True
+        return self.wait_closed(timeout)
+
     def close(self):
         if self.sock is not None:
             try:

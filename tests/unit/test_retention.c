@@ -161,32 +161,67 @@ static const struct apply_case apply_cases[] = {
 		{ "2024-01-01 09:59:59.999", 0, H_ },
 		{ "2024-01-01 10:00:00.000", 0, N_ | H_ } } },
 
-	/* ids 1..4, but the clock was set back before id 4. */
-	{ "clock backwards: last and hourly follow time", "last=2,hourly=3",
+	/* ids 1..4, but the clock was set back before id 4: the points
+	 * stamped ahead of it count at its time, so one hour, one day. */
+	{ "clock backwards: last and hourly follow the ids", "last=2,hourly=3",
 	    NULL, {
-		{ "2024-01-01 10:00:00", 0, H_ },
-		{ "2024-01-01 11:00:00", 0, L_ | H_ },
-		{ "2024-01-01 12:00:00", 0, L_ | H_ },
-		{ "2024-01-01 09:00:00", 0, N_ } } },
+		{ "2024-01-01 10:00:00", 0, 0 },
+		{ "2024-01-01 11:00:00", 0, 0 },
+		{ "2024-01-01 12:00:00", 0, L_ },
+		{ "2024-01-01 09:00:00", 0, N_ | L_ | H_ } } },
 	{ "clock backwards: daily", "daily=1", NULL, {
 		{ "2024-01-01 10:00:00", 0, 0 },
 		{ "2024-01-01 11:00:00", 0, 0 },
-		{ "2024-01-01 12:00:00", 0, D_ },
-		{ "2024-01-01 09:00:00", 0, N_ } } },
-	{ "clock backwards: within from the latest time, not the newest id",
+		{ "2024-01-01 12:00:00", 0, 0 },
+		{ "2024-01-01 09:00:00", 0, N_ | D_ } } },
+	{ "clock backwards: within from the newest point's time",
 	    "within=90m", NULL, {
-		{ "2024-01-01 10:00:00", 0, 0 },
-		{ "2024-01-01 11:00:00", 0, WI_ },
+		{ "2024-01-01 06:00:00", 0, 0 },
+		{ "2024-01-01 10:00:00", 0, WI_ },
 		{ "2024-01-01 12:00:00", 0, WI_ },
-		{ "2024-01-01 09:00:00", 0, N_ } } },
+		{ "2024-01-01 09:00:00", 0, N_ | WI_ } } },
+	/* Stepped back 3 h after id 3, the clock goes on: ids 1-3 count in
+	 * the hour of id 4, whose newest point keeps it. */
+	{ "clock backwards, then on: hourly", "hourly=10", NULL, {
+		{ "2024-01-01 10:00:00", 0, 0 },
+		{ "2024-01-01 11:00:00", 0, 0 },
+		{ "2024-01-01 12:00:00", 0, 0 },
+		{ "2024-01-01 09:30:00", 0, H_ },
+		{ "2024-01-01 10:30:00", 0, H_ },
+		{ "2024-01-01 11:30:00", 0, N_ | H_ } } },
+	{ "clock backwards a day, then on: daily", "daily=3", NULL, {
+		{ "2024-01-02 10:00:00", 0, 0 },
+		{ "2024-01-02 23:00:00", 0, 0 },
+		{ "2024-01-01 22:00:00", 0, D_ },
+		{ "2024-01-02 01:00:00", 0, 0 },
+		{ "2024-01-02 02:00:00", 0, N_ | D_ } } },
+	/* A step forward moves nothing: a gap with no points. */
+	{ "clock forwards: daily", "daily=3,hourly=1", NULL, {
+		{ "2024-01-01 10:00:00", 0, 0 },
+		{ "2024-01-01 11:00:00", 0, D_ },
+		{ "2024-01-03 11:30:00", 0, 0 },
+		{ "2024-01-03 12:30:00", 0, N_ | H_ | D_ } } },
+	{ "clock forwards, then back", "last=1,hourly=3", NULL, {
+		{ "2024-01-01 10:00:00", 0, H_ },
+		{ "2024-01-01 11:00:00", 0, 0 },
+		{ "2024-01-05 11:00:00", 0, 0 },
+		{ "2024-01-01 11:30:00", 0, H_ },
+		{ "2024-01-01 12:30:00", 0, N_ | L_ | H_ } } },
+	{ "clock backwards: app: rules count app points at their effective "
+	    "time", "app:hourly=2", NULL, {
+		{ "2024-01-01 08:00:00", 1, AH_ },
+		{ "2024-01-01 12:00:00", 1, 0 },
+		{ "2024-01-01 09:00:00", 0, 0 },
+		{ "2024-01-01 09:10:00", 1, AH_ },
+		{ "2024-01-01 09:20:00", 0, N_ } } },
 	{ "equal times: the higher id is the newer", "last=1,hourly=1", NULL, {
 		{ "2024-01-01 10:00:00", 0, 0 },
 		{ "2024-01-01 10:00:00", 0, N_ | L_ | H_ } } },
-	{ "equal times, clock backwards: the higher id still first",
+	{ "equal times, clock backwards: the higher ids first",
 	    "last=2", NULL, {
+		{ "2024-01-01 10:00:00", 0, 0 },
 		{ "2024-01-01 10:00:00", 0, L_ },
-		{ "2024-01-01 10:00:00", 0, L_ },
-		{ "2024-01-01 09:00:00", 0, N_ } } },
+		{ "2024-01-01 09:00:00", 0, N_ | L_ } } },
 
 	{ "UTC day boundary", "daily=5", NULL, {
 		{ "2024-03-09 00:00:00.000", 0, 0 },
@@ -393,8 +428,8 @@ test_apply_empty_history(void **state)
 static void
 test_apply_extreme_times(void **state)
 {
-	struct ret_point pts[3] = { { 1, INT64_MAX, 1 }, { 2, INT64_MIN, 1 },
-	    { 3, 0, 0 } };
+	struct ret_point pts[3] = { { 1, INT64_MIN, 1 }, { 2, 0, 0 },
+	    { 3, INT64_MAX, 1 } };
 	unsigned why[3];
 	struct ret_policy p;
 
@@ -403,9 +438,9 @@ test_apply_extreme_times(void **state)
 		parse_ok("last=1,daily=3,yearly=3,within=1d,app:hourly=5",
 		    local_time, &p);
 		ret_apply(&p, pts, 3, why);
-		assert_int_equal(why[0], L_ | D_ | Y_ | WI_ | AH_);
-		assert_int_equal(why[1], D_ | Y_ | AH_);
-		assert_int_equal(why[2], N_ | D_ | Y_);
+		assert_int_equal(why[0], D_ | Y_ | AH_);
+		assert_int_equal(why[1], D_ | Y_);
+		assert_int_equal(why[2], N_ | L_ | D_ | Y_ | WI_ | AH_);
 	}
 	set_tz("UTC");
 }
@@ -457,6 +492,69 @@ test_apply_restic_hundred_years(void **state)
 	assert_int_equal(pts[n - 1 - 321].created_ms, at("2018-12-31 11:00:00"));
 	free(pts);
 	free(why);
+}
+
+/* --- clock steps on the primary ---------------------------------------- */
+
+/*
+ * 65 points 5 minutes apart from 10:00; the primary's clock steps by
+ * `step` ms before the 60th.  The ids the policy keeps, as "48,60-65".
+ */
+static const char *
+kept_after_step(const char *policy, int64_t step)
+{
+	static char buf[256];
+	struct ret_point pts[65];
+	unsigned why[65];
+	struct ret_policy p;
+	size_t len = 0;
+
+	for (size_t i = 0; i < 65; i++) {
+		pts[i].id = i + 1;
+		pts[i].created_ms = at("2024-05-02 10:00:00") +
+		    (int64_t)i * 300000 + (i >= 59 ? step : 0);
+		pts[i].app = 0;
+	}
+	parse_ok(policy, 0, &p);
+	ret_apply(&p, pts, 65, why);
+	buf[0] = '\0';
+	for (size_t i = 0; i < 65; i++) {
+		size_t j = i;
+		if (why[i] == 0)
+			continue;
+		while (j + 1 < 65 && why[j + 1] != 0)
+			j++;
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len,
+		    j > i ? "%s%zu-%zu" : "%s%zu", len ? "," : "", i + 1,
+		    j + 1);
+		i = j;
+	}
+	return buf;
+}
+
+static void
+test_apply_clock_steps(void **state)
+{
+	const int64_t day = 86400000LL;
+
+	set_tz(OTHER_TZ);
+	/* Back a day: the six newest are kept, not the six stamped latest;
+	 * points 1-59 count at point 60's time (2024-05-01 14:55). */
+	assert_string_equal(kept_after_step("last=6", -day), "60-65");
+	assert_string_equal(kept_after_step("daily=2", -day), "65");
+	assert_string_equal(kept_after_step("hourly=3", -day), "60,65");
+	assert_string_equal(kept_after_step("within=30m", -day), "1-65");
+	assert_string_equal(kept_after_step("within=20m", -day), "62-65");
+	/* Back 12 minutes (point 60 at 14:43): points 58 and 59, stamped
+	 * 14:45 and 14:50, count at 14:43; nothing else moves. */
+	assert_string_equal(kept_after_step("last=6", -720000), "60-65");
+	assert_string_equal(kept_after_step("hourly=3", -720000), "48,63,65");
+	assert_string_equal(kept_after_step("within=26m", -720000), "58-65");
+	/* Forward a day: nothing moves. */
+	assert_string_equal(kept_after_step("last=6", day), "60-65");
+	assert_string_equal(kept_after_step("daily=2", day), "59,65");
+	assert_string_equal(kept_after_step("within=1h", day), "60-65");
+	set_tz("UTC");
 }
 
 /* --- random histories against a slow reference ----------------------- */
@@ -515,39 +613,54 @@ ref_period(int64_t ms, int local_time, int k, char *buf, size_t bufsz)
 	}
 }
 
+/* The order of points: their ids, nothing else. */
 static int
 ref_newer(const struct ret_point *a, const struct ret_point *b)
 {
-	if (a->created_ms != b->created_ms)
-		return a->created_ms > b->created_ms;
 	return a->id > b->id;
+}
+
+/* The effective time of pts[i]: the lowest stamp of it and every newer
+ * point. */
+static int64_t
+ref_effective(const struct ret_point *pts, size_t n, size_t i)
+{
+	int64_t t = pts[i].created_ms;
+
+	for (size_t j = 0; j < n; j++)
+		if (ref_newer(&pts[j], &pts[i]) && pts[j].created_ms < t)
+			t = pts[j].created_ms;
+	return t;
 }
 
 /*
  * Straight from the definitions, O(n^2): rule k with count N keeps a point
- * if it is the newest of its period and fewer than N other periods have a
- * newer newest point (for last=, fewer than N points are newer).
+ * if it is the newest of its period (at effective times) and fewer than N
+ * other periods have a newer newest point (for last=, fewer than N points
+ * are newer).
  */
 static void
 ref_apply(const struct ret_policy *p, const struct ret_point *pts, size_t n,
     unsigned *why)
 {
 	size_t newest = 0;
-	int64_t latest = INT64_MIN;
+	int64_t *eff = calloc(n + 1, sizeof(*eff));
 
+	assert_non_null(eff);
 	for (size_t i = 0; i < n; i++) {
 		why[i] = 0;
 		if (pts[i].id > pts[newest].id)
 			newest = i;
-		if (pts[i].created_ms > latest)
-			latest = pts[i].created_ms;
+		eff[i] = ref_effective(pts, n, i);
 	}
-	if (n == 0)
+	if (n == 0) {
+		free(eff);
 		return;
+	}
 	why[newest] |= RET_NEWEST;
 	for (size_t i = 0; i < n; i++)
 		if (p->within_ms != 0 &&
-		    (uint64_t)(latest - pts[i].created_ms) < p->within_ms)
+		    (uint64_t)eff[newest] - (uint64_t)eff[i] < p->within_ms)
 			why[i] |= RET_WITHIN;
 	for (int app = 0; app < 2; app++) {
 		for (int k = 0; k < RET_NCOUNT; k++) {
@@ -562,8 +675,8 @@ ref_apply(const struct ret_policy *p, const struct ret_point *pts, size_t n,
 				if (app && !pts[i].app)
 					continue;
 				if (k > 0)
-					ref_period(pts[i].created_ms,
-					    p->local_time, k, pi, sizeof(pi));
+					ref_period(eff[i], p->local_time, k,
+					    pi, sizeof(pi));
 				for (size_t j = 0; j < n && head; j++) {
 					if (j == i || (app && !pts[j].app) ||
 					    !ref_newer(&pts[j], &pts[i]))
@@ -572,8 +685,8 @@ ref_apply(const struct ret_policy *p, const struct ret_point *pts, size_t n,
 						newer++;
 						continue;
 					}
-					ref_period(pts[j].created_ms,
-					    p->local_time, k, pj, sizeof(pj));
+					ref_period(eff[j], p->local_time, k,
+					    pj, sizeof(pj));
 					if (strcmp(pi, pj) == 0) {
 						head = 0;
 						continue;
@@ -587,7 +700,7 @@ ref_apply(const struct ret_policy *p, const struct ret_point *pts, size_t n,
 						    || !ref_newer(&pts[m],
 						    &pts[j]))
 							continue;
-						ref_period(pts[m].created_ms,
+						ref_period(eff[m],
 						    p->local_time, k, pm,
 						    sizeof(pm));
 						if (strcmp(pm, pj) == 0)
@@ -600,6 +713,7 @@ ref_apply(const struct ret_policy *p, const struct ret_point *pts, size_t n,
 			}
 		}
 	}
+	free(eff);
 }
 
 static void
@@ -629,13 +743,30 @@ check_random(int local_time, int64_t base, int rounds)
 		int64_t span = spans[rng() % 4];
 
 		random_policy(&p, local_time);
+		int stepped = rng() % 2;	/* else times at random */
+		int64_t t = base - span / 2;
 		for (size_t i = 0; i < n; i++) {
 			pts[i].id = 100 + i;
-			pts[i].created_ms = base + (int64_t)(rng() %
-			    (uint64_t)span) - span / 2;
+			if (stepped) {
+				/* a clock running on, stepped now and then */
+				t += (int64_t)(rng() % (uint64_t)(span / 20 + 1));
+				if (rng() % 6 == 0)
+					t += (int64_t)(rng() % (uint64_t)span) -
+					    span / 2;
+				pts[i].created_ms = t;
+			} else {
+				pts[i].created_ms = base + (int64_t)(rng() %
+				    (uint64_t)span) - span / 2;
+			}
 			if (i > 0 && rng() % 8 == 0)	/* equal times */
 				pts[i].created_ms = pts[i - 1].created_ms;
 			pts[i].app = rng() % 2;
+		}
+		for (size_t i = n - 1; i > 0; i--) {	/* any input order */
+			size_t j = (size_t)(rng() % (i + 1));
+			struct ret_point tmp = pts[i];
+			pts[i] = pts[j];
+			pts[j] = tmp;
 		}
 		ret_apply(&p, pts, n, why);
 		ref_apply(&p, pts, n, want);
@@ -693,15 +824,26 @@ test_apply_million(void **state)
 	assert_non_null(pts);
 	assert_non_null(why);
 	rng_state = test_seed("a million points");
+	/* Nine and a half years of a point every 5 minutes, by a clock
+	 * stepped by up to a day either way now and then. */
+	int64_t t = base;
 	for (i = 0; i < n; i++) {
-		/* ids shuffled against times: ten years of random clocks */
-		pts[i].id = rng() >> 8;
-		pts[i].created_ms = base + (int64_t)(rng() %
-		    (3650ULL * 86400000));
+		pts[i].id = i + 1;
+		t += 300000;
+		if (rng() % 1000 == 0)
+			t += (int64_t)(rng() % (2 * 86400000ULL)) - 86400000LL;
+		pts[i].created_ms = t;
 		pts[i].app = rng() % 4 == 0;
+	}
+	for (i = n - 1; i > 0; i--) {	/* stored in any order */
+		size_t j = (size_t)(rng() % (i + 1));
+		struct ret_point tmp = pts[i];
+		pts[i] = pts[j];
+		pts[j] = tmp;
+	}
+	for (i = 0; i < n; i++)
 		if (pts[i].id > pts[newest].id)
 			newest = i;
-	}
 
 	parse_ok("last=1000,daily=30,app:last=77", 0, &p);
 	ret_apply(&p, pts, n, why);
@@ -710,7 +852,7 @@ test_apply_million(void **state)
 	assert_int_equal(count_bits(why, n, RET_LAST), 1000);
 	assert_int_equal(count_bits(why, n, RET_DAILY), 30);
 	assert_int_equal(count_bits(why, n, RET_APP_LAST), 77);
-	/* last= took the newest by time: every kept one is newer than every
+	/* last= took the newest by id: every kept one is newer than every
 	 * other one. */
 	size_t oldest_kept = n, newest_dropped = n;
 	for (i = 0; i < n; i++) {
@@ -899,6 +1041,7 @@ main(void)
 		cmocka_unit_test(test_apply_empty_history),
 		cmocka_unit_test(test_apply_extreme_times),
 		cmocka_unit_test(test_apply_restic_hundred_years),
+		cmocka_unit_test(test_apply_clock_steps),
 		cmocka_unit_test(test_apply_random_utc),
 		cmocka_unit_test(test_apply_random_berlin),
 		cmocka_unit_test(test_apply_million),
