@@ -28,7 +28,6 @@ import threading
 
 import wireproto as wp
 from harness import Daemon, LogMark, TestFailure, assert_same, check, free_port, wait_for
-from test_hostile_resync import _begin
 
 CHUNK = 1 << 20                 # wire_chunk_len(64 KiB)
 ZERO_WEAK = wp.rs_rollsum(bytes(wp.SIG_BLOCK))
@@ -92,8 +91,7 @@ class ForgingReplica:
             rec = {"sigs_sent": False, "deltas": 0, "closed": False}
             with self.lock:
                 self.vms[hello["vm"]] = rec
-            cyc, _ = _begin(conn, hello, {}, last_cycle=self.last_cycle.get(hello["vm"], 0),
-                            flags=wp.WELCOME_DATA)
+            cyc = self._begin(conn, hello)
             frames, n = b"", 0
             for d, (_, size) in enumerate(hello["disks"]):
                 for off in range(0, size, CHUNK):
@@ -103,10 +101,7 @@ class ForgingReplica:
             conn.send(frames + wp.sigend(cyc, n))
             rec["sigs_sent"] = True
             while not self.closing:
-                try:
-                    fr = conn.recv_frame(1.0)
-                except Exception:
-                    break
+                fr = self._recv(conn)
                 if fr is None:
                     break
                 if fr[0] == wp.DELTA:
@@ -119,6 +114,32 @@ class ForgingReplica:
         finally:
             if conn is not None:
                 conn.close()
+
+    def _recv(self, conn):
+        """The next frame; waits as long as the primary's queues take."""
+        while not self.closing:
+            try:
+                return conn.recv_frame(1.0)
+            except TimeoutError:
+                continue
+        return None
+
+    def _begin(self, conn, hello):
+        """WELCOME, then the CYCLE (a resync) and every SUMS."""
+        last = self.last_cycle.get(hello["vm"], 0)
+        conn.send(wp.welcome(hello["generation"], last_cycle=last, last_point=last,
+                             flags=wp.WELCOME_DATA))
+        fr = self._recv(conn)
+        check(fr is not None and fr[0] == wp.CYCLE, "after WELCOME: %s" % wp.describe(fr))
+        cyc = wp.decode_cycle(fr[1])
+        check(cyc["flags"] & wp.CYCLE_RESYNC, "not a resync: %r" % cyc)
+        unit = max(hello["block_size"], 64 << 10)
+        left = sum((size + unit - 1) // unit for _, size in hello["disks"])
+        while left > 0:
+            fr = self._recv(conn)
+            check(fr is not None and fr[0] == wp.SUMS, "waiting for SUMS: %s" % wp.describe(fr))
+            left -= wp.decode_sums(fr[1])["count"]
+        return cyc["cycle"]
 
     def close(self):
         self.closing = True
@@ -164,12 +185,14 @@ def forged_setup(env, nforged, budget=None, disk_mib=32):
 
 
 def start_forged(pri, fake, nforged, busy):
-    """Start every forged resync and wait until their delta work runs: all
-    SIGs sent and at least busy threads of the primary burning CPU."""
+    """Start every forged resync and wait until their delta work runs: the
+    SIGs of at least busy VMs sent and at least busy threads of the
+    primary burning CPU.  (The others may wait in the long-job queue, not
+    even summed yet.)"""
     for i in range(nforged):
         pri.ok("sync", "forged%d" % i)
-    wait_for(lambda: len(fake.vms) == nforged and all(v["sigs_sent"] for v in fake.vms.values()),
-             120, what="the forged SIGs of every VM to go out")
+    wait_for(lambda: sum(v["sigs_sent"] for v in list(fake.vms.values())) >= busy,
+             120, what="the forged SIGs of %d VMs to go out" % busy)
     check(not fake.errors, "the forging replica: %s" % fake.errors)
     wait_for(lambda: sum(t >= 50 for t in thread_cpu_ticks(pri.proc.pid)) >= busy,
              120, what="%d threads of the primary busy with forged deltas" % busy)
@@ -251,11 +274,12 @@ def test_resync_long_jobs_do_not_hold_cycles(env):
                               "resyncs: %s" % e)
         check(r.rc == 0 and r.out.startswith("point "), "honest sync: %r" % r)
         # Still in progress: no forged delta job has returned a batch.
+        check(len(fake.vms) == NFORGED, "forged sessions: %r" % sorted(fake.vms))
         for vm, rec in sorted(fake.vms.items()):
             check(rec["deltas"] == 0 and not rec["closed"],
                   "%s: the forged resync is no longer running: %r" % (vm, rec))
             st = json.loads(pri.ok("status", vm, "--json").out)["vms"][0]
-            check(st["state"] == "syncing", "%s: %r" % (vm, st))
+            check(st["state"] == "resyncing", "%s: %r" % (vm, st))
         check(sum(t >= 50 for t in thread_cpu_ticks(pri.proc.pid)) >= LONG_BUSY,
               "the forged work stopped")
         assert_same(honest, os.path.join(rep.storage, "honest", "honest.img"), "honest VM")
