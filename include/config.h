@@ -24,6 +24,7 @@
 #define CONFIG_DEFAULT_SNAPSHOT_TIMEOUT_S	60
 #define CONFIG_DEFAULT_HANDSHAKE_TIMEOUT_S	15
 #define CFG_MAX_DISKS		64	/* disks per VM (the wire's bound) */
+#define CONFIG_DEFAULT_DELTA_BUDGET	1024	/* false matches per MiB */
 
 enum cfg_tracker {
 	TRACKER_SCAN = 0,
@@ -104,6 +105,8 @@ struct config {
 	int		 tls_line[3];	/* lines of tls_cert, tls_key, tls_ca */
 	enum log_level	 log_level;
 	unsigned	 handshake_timeout_s; /* accept to a valid HELLO */
+	uint32_t	 delta_budget;	/* false matches per MiB of a resync
+					   delta; 0: no bound */
 	struct cfg_vm	*vms;
 	size_t		 nvms;
 	struct cfg_accept *accepts;

@@ -58,6 +58,46 @@ int	delta_make(const uint8_t *sig, size_t sig_len, const uint8_t *data,
 	    size_t len, struct wbuf *out);
 
 /*
+ * What delta_make_bounded() may spend on a signature from the network.
+ *
+ * max_false bounds the false matches: window positions of the new data
+ * whose rolling checksum equals a block's in the signature but whose
+ * strong sum does not, each costing a block hashed.  An honest signature
+ * makes almost none; one whose weak sums were chosen to match and whose
+ * strong sums were made up makes one at nearly every byte.  0: no bound.
+ *
+ * cancelled, if not NULL, is polled between slices of the work (at most
+ * DELTA_SLICE window positions apart); once it returns non-zero the call
+ * ends with RD_ERR_CANCELLED.
+ */
+struct delta_limits {
+	uint64_t	 max_false;
+	int		(*cancelled)(void);
+};
+
+#define DELTA_SLICE		(16u << 10)
+
+/*
+ * delta_make() within lim (NULL: none).  The bound is checked before
+ * librsync searches, by the same search (the rolling checksum at every
+ * window position, BLAKE2 only where it matches): RD_ERR_BUDGET when it
+ * would make more than lim->max_false false matches, having hashed at
+ * most that many blocks more than an honest signature costs.  The
+ * result does not depend on the speed of the machine.  Nothing is
+ * appended on error.
+ */
+int	delta_make_bounded(const uint8_t *sig, size_t sig_len,
+	    const uint8_t *data, size_t len, const struct delta_limits *lim,
+	    struct wbuf *out);
+
+/*
+ * Append a delta that carries data[0..len) whole, as literals: what
+ * answers a signature that cannot be trusted (it needs none).
+ * RD_ERR_RANGE for a len of 0 or above DELTA_MAX_CHUNK.
+ */
+int	delta_literal(const uint8_t *data, size_t len, struct wbuf *out);
+
+/*
  * Apply delta (untrusted) to basis[0..len) and write the result, exactly
  * len bytes, to out, which must not overlap basis.  RD_ERR_INVALID if the
  * delta is malformed, copies from outside the basis, produces more or

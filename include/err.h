@@ -32,6 +32,8 @@ enum rd_err {
 	RD_ERR_UNSUPPORTED = -20,
 	RD_ERR_NOSPACE = -21,
 	RD_ERR_SHRUNK = -22,	/* a disk became smaller than replicated */
+	RD_ERR_BUDGET = -23,	/* input would cost more work than allowed */
+	RD_ERR_CANCELLED = -24,	/* stopped: replicad is shutting down */
 };
 
 /* A static description of code r (never NULL). */

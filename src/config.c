@@ -217,6 +217,22 @@ set_handshake_timeout(struct cfg_parse *p, const char *v)
 	return 0;
 }
 
+static int
+set_delta_budget(struct cfg_parse *p, const char *v)
+{
+	char *end;
+	unsigned long n;
+
+	errno = 0;
+	n = strtoul(v, &end, 10);
+	if (*v < '0' || *v > '9' || *end != '\0' || errno != 0 ||
+	    n > 1000000)
+		return KEY_ERROR(p, "invalid delta budget '%s' (expected 0 to "
+		    "1000000 false matches per MiB)", v);
+	p->cfg->delta_budget = (uint32_t)n;
+	return 0;
+}
+
 /* [vm NAME] */
 
 /* Checked once the section is read: what a disk names depends on the
@@ -697,6 +713,7 @@ static const struct cfg_key cfg_keys[] = {
 	{ SEC_DAEMON, "tls_ca", set_tls_ca, 0 },
 	{ SEC_DAEMON, "log_level", set_log_level, 0 },
 	{ SEC_DAEMON, "handshake_timeout", set_handshake_timeout, 0 },
+	{ SEC_DAEMON, "delta_budget", set_delta_budget, 0 },
 	{ SEC_VM, "disk", set_disk, 1 },
 	{ SEC_VM, "replica", set_replica, 0 },
 	{ SEC_VM, "replica_name", set_replica_name, 0 },
@@ -1072,6 +1089,7 @@ config_load(const char *path, struct config **out, char *err, size_t errsz)
 	cfg->path = xstrdup(path);
 	cfg->log_level = LOG_LVL_INFO;
 	cfg->handshake_timeout_s = CONFIG_DEFAULT_HANDSHAKE_TIMEOUT_S;
+	cfg->delta_budget = CONFIG_DEFAULT_DELTA_BUDGET;
 	p->cfg = cfg;
 	p->err = err;
 	p->errsz = errsz;

@@ -35,8 +35,11 @@
 #include "xmalloc.h"
 
 /* More workers than cores: a job waiting for a store's lock (behind a
- * test-failover copy) must not hold up every other VM. */
-#define WORKERS	4
+ * test-failover copy) must not hold up every other VM.  Long jobs (a
+ * resync, verify, a test failover copy, prune) have threads of their
+ * own, so that no cycle ever waits in a queue behind them (work.h). */
+#define WORKERS		4
+#define LONG_WORKERS	2
 
 struct daemon {
 	struct svc		 svc;
@@ -90,7 +93,7 @@ daemon_init(struct config *cfg)
 	evthread_use_pthreads();
 	if ((svc->base = event_base_new()) == NULL)
 		fatalx("cannot create the event loop");
-	work_init(svc->base, WORKERS);
+	work_init(svc->base, WORKERS, LONG_WORKERS);
 	svc->vt = vt_new(svc->base);
 
 	d->ctl = control_init(svc);	/* first: it refuses a second replicad */
@@ -140,8 +143,12 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 			pvm_stop(vt_pvm(vt_at(vt, i)));
 	control_stop(d->ctl);
 	replica_stop(d->rsrv);
-	/* Jobs in flight finish (an apply completes; a primary's cycle is
-	 * simply not committed), then the loop ends. */
+	/* Long jobs stop at their next chunk; short jobs in flight finish
+	 * (an apply completes; a primary's cycle is simply not committed),
+	 * then the loop ends. */
+	work_cancel();
+	if (work_pending_long() > 0)
+		log_info("cancelling %d long jobs", work_pending_long());
 	d->drain_timer = event_new(d->svc.base, -1, EV_PERSIST, on_drain, d);
 	event_add(d->drain_timer, &tv);
 }

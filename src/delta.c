@@ -37,10 +37,22 @@
  * here against the chunk's length first, and librsync's own result is
  * still checked afterwards: all input consumed, output exactly full.
  *
+ * A checked signature can still cost time.  librsync slides a window of
+ * block_len bytes over the new data; where the window's rolling checksum
+ * equals a block's it hashes the window and compares the strong sums:
+ * equal, it copies the block and jumps past it; not equal (a false
+ * match), it slides one byte.  A signature whose weak sums match the data
+ * everywhere (zeros, a repeated pattern) and whose strong sums are made
+ * up makes it hash a block at every byte: len * block_len bytes, seconds
+ * per MiB.  budget_check() runs the same search first, without hashing
+ * where it can, and refuses a signature past its bound; librsync then
+ * runs in slices so that a shutdown can stop it.
+ *
  * librsync's log settings are process-wide: they are set once here.
  */
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <librsync.h>
@@ -49,6 +61,7 @@
 #include "delta.h"
 #include "err.h"
 #include "log.h"
+#include "xmalloc.h"
 
 #define SIG_HDR_LEN	12
 #define SIG_ENTRY_LEN	(4 + DELTA_STRONG_LEN)
@@ -165,15 +178,273 @@ sig_check(const uint8_t *sig, size_t sig_len, size_t len)
 	return 0;
 }
 
+/* --- the search, counted ----------------------------------------------- */
+
+#define ROLL_OFFSET	31	/* rsync's rollsum adds it to every byte */
+
+/* The rolling checksum of a window (librsync's RS_BLAKE2_SIG_MAGIC weak
+ * sum): s1 the sum of the bytes, s2 the sum of the running s1, both
+ * kept modulo 2^16 in the digest. */
+struct roll {
+	uint32_t	 s1, s2;
+	size_t		 n;
+};
+
+static void
+roll_init(struct roll *r, const uint8_t *p, size_t n)
+{
+	r->s1 = r->s2 = 0;
+	r->n = n;
+	for (size_t i = 0; i < n; i++) {
+		r->s1 += p[i] + ROLL_OFFSET;
+		r->s2 += r->s1;
+	}
+}
+
+/* Slide by one byte: out leaves, in enters. */
+static void
+roll_rotate(struct roll *r, uint8_t out, uint8_t in)
+{
+	r->s1 += (uint32_t)in - out;
+	r->s2 += r->s1 - (uint32_t)r->n * (out + ROLL_OFFSET);
+}
+
+/* Shrink by one byte at the front (the end of the data). */
+static void
+roll_rollout(struct roll *r, uint8_t out)
+{
+	r->s1 -= out + ROLL_OFFSET;
+	r->s2 -= (uint32_t)r->n * (out + ROLL_OFFSET);
+	r->n--;
+}
+
+static uint32_t
+roll_digest(const struct roll *r)
+{
+	return (r->s2 << 16) | (r->s1 & 0xffff);
+}
+
+struct sig_entry {
+	uint32_t	 weak;
+	uint8_t		 strong[DELTA_STRONG_LEN];
+};
+
+/* The signature's blocks sorted by weak sum, and an open-addressing
+ * table from a weak sum to its first entry. */
+struct weak_index {
+	struct sig_entry *ent;
+	size_t		 n;
+	uint32_t	*slot_weak;
+	uint32_t	*slot_first;	/* entry index + 1; 0: empty */
+	size_t		 mask;
+};
+
+static int
+entry_cmp(const void *a, const void *b)
+{
+	uint32_t x = ((const struct sig_entry *)a)->weak;
+	uint32_t y = ((const struct sig_entry *)b)->weak;
+	return x < y ? -1 : x > y;
+}
+
+static size_t
+weak_slot(const struct weak_index *wi, uint32_t weak)
+{
+	return (size_t)((weak * 0x9e3779b1u) >> 7) & wi->mask;
+}
+
+/* sig has passed sig_check(). */
+static void
+weak_index_build(struct weak_index *wi, const uint8_t *sig, size_t sig_len)
+{
+	size_t nslots = 16;
+
+	wi->n = (sig_len - SIG_HDR_LEN) / SIG_ENTRY_LEN;
+	wi->ent = xcalloc(wi->n, sizeof(*wi->ent));
+	for (size_t i = 0; i < wi->n; i++) {
+		const uint8_t *e = sig + SIG_HDR_LEN + i * SIG_ENTRY_LEN;
+		wi->ent[i].weak = (uint32_t)e[0] << 24 | (uint32_t)e[1] << 16 |
+		    (uint32_t)e[2] << 8 | e[3];
+		memcpy(wi->ent[i].strong, e + 4, DELTA_STRONG_LEN);
+	}
+	qsort(wi->ent, wi->n, sizeof(*wi->ent), entry_cmp);
+	while (nslots < 2 * wi->n)
+		nslots *= 2;
+	wi->mask = nslots - 1;
+	wi->slot_weak = xcalloc(nslots, sizeof(*wi->slot_weak));
+	wi->slot_first = xcalloc(nslots, sizeof(*wi->slot_first));
+	for (size_t i = 0; i < wi->n; i++) {
+		if (i > 0 && wi->ent[i].weak == wi->ent[i - 1].weak)
+			continue;
+		size_t k = weak_slot(wi, wi->ent[i].weak);
+		while (wi->slot_first[k] != 0)
+			k = (k + 1) & wi->mask;
+		wi->slot_weak[k] = wi->ent[i].weak;
+		wi->slot_first[k] = (uint32_t)i + 1;
+	}
+}
+
+static void
+weak_index_free(struct weak_index *wi)
+{
+	free(wi->ent);
+	free(wi->slot_weak);
+	free(wi->slot_first);
+}
+
+/* The first entry of weak in wi->ent, or -1. */
+static long
+weak_find(const struct weak_index *wi, uint32_t weak)
+{
+	for (size_t k = weak_slot(wi, weak); wi->slot_first[k] != 0;
+	    k = (k + 1) & wi->mask)
+		if (wi->slot_weak[k] == weak)
+			return (long)wi->slot_first[k] - 1;
+	return -1;
+}
+
+/* The strong sum librsync compares: a one-block signature's. */
+static int
+strong_sum(const uint8_t *p, size_t n, uint8_t strong[DELTA_STRONG_LEN])
+{
+	uint8_t one[SIG_HDR_LEN + SIG_ENTRY_LEN];
+	rs_buffers_t bufs;
+	rs_job_t *job;
+	rs_result rr;
+
+	set_input(&bufs, p, n);
+	bufs.next_out = (char *)one;
+	bufs.avail_out = sizeof(one);
+	job = rs_sig_begin(n, DELTA_STRONG_LEN, RS_BLAKE2_SIG_MAGIC);
+	rr = rs_job_iter(job, &bufs);
+	rs_job_free(job);
+	if (rr != RS_DONE || bufs.avail_out != 0)
+		return RD_ERR_INTERNAL;
+	memcpy(strong, one + SIG_HDR_LEN + 4, DELTA_STRONG_LEN);
+	return 0;
+}
+
+/* Does the window data[p..p+n) match one of the entries from first on
+ * with the same weak sum? */
+static int
+strong_match(const struct weak_index *wi, long first, const uint8_t *p,
+    size_t n, int *match)
+{
+	uint8_t strong[DELTA_STRONG_LEN];
+	int r;
+
+	if ((r = strong_sum(p, n, strong)) != 0)
+		return r;
+	*match = 0;
+	for (size_t i = (size_t)first; i < wi->n &&
+	    wi->ent[i].weak == wi->ent[first].weak; i++)
+		if (memcmp(wi->ent[i].strong, strong, DELTA_STRONG_LEN) == 0)
+			*match = 1;
+	return 0;
+}
+
+static int
+is_cancelled(const struct delta_limits *lim)
+{
+	return lim->cancelled != NULL && lim->cancelled();
+}
+
+/*
+ * Weak sum hits at every window position, matched or not: a bound on
+ * the false matches that needs no hashing.  Stops counting past max.
+ */
+static uint64_t
+weak_hits(const struct weak_index *wi, const uint8_t *data, size_t len,
+    size_t block_len, uint64_t max)
+{
+	struct roll win;
+	uint64_t hits = 0;
+
+	roll_init(&win, data, len < block_len ? len : block_len);
+	for (size_t p = 0; p < len && hits <= max; p++) {
+		if (weak_find(wi, roll_digest(&win)) >= 0)
+			hits++;
+		if (p + block_len < len)
+			roll_rotate(&win, data[p], data[p + block_len]);
+		else
+			roll_rollout(&win, data[p]);
+	}
+	return hits;
+}
+
+/*
+ * librsync's search over data, counting its false matches: 0 if they stay
+ * within lim->max_false, RD_ERR_BUDGET past it, RD_ERR_CANCELLED.
+ */
+static int
+budget_check(const uint8_t *sig, size_t sig_len, const uint8_t *data,
+    size_t len, const struct delta_limits *lim)
+{
+	struct weak_index wi;
+	struct roll win;
+	uint64_t nfalse = 0;
+	size_t block_len, p = 0, next_poll = DELTA_SLICE;
+	int r = 0, match;
+
+	block_len = (size_t)sig[4] << 24 | (size_t)sig[5] << 16 |
+	    (size_t)sig[6] << 8 | sig[7];
+	weak_index_build(&wi, sig, sig_len);
+	/* Few weak hits anywhere: few false matches (the usual case). */
+	if (weak_hits(&wi, data, len, block_len, lim->max_false) <=
+	    lim->max_false)
+		goto out;
+	roll_init(&win, data, len < block_len ? len : block_len);
+	while (p < len) {
+		long first = weak_find(&wi, roll_digest(&win));
+		if (first >= 0) {
+			if ((r = strong_match(&wi, first, data + p, win.n,
+			    &match)) != 0)
+				goto out;
+			if (match) {
+				p += win.n;
+				roll_init(&win, data + p, len - p < block_len ?
+				    len - p : block_len);
+				continue;
+			}
+			if (++nfalse > lim->max_false) {
+				r = RD_ERR_BUDGET;
+				goto out;
+			}
+		}
+		if (p + block_len < len)
+			roll_rotate(&win, data[p], data[p + block_len]);
+		else
+			roll_rollout(&win, data[p]);
+		if (++p >= next_poll) {
+			next_poll += DELTA_SLICE;
+			if (is_cancelled(lim)) {
+				r = RD_ERR_CANCELLED;
+				goto out;
+			}
+		}
+	}
+out:
+	weak_index_free(&wi);
+	return r;
+}
+
 int
 delta_make(const uint8_t *sig, size_t sig_len, const uint8_t *data,
     size_t len, struct wbuf *out)
 {
+	return delta_make_bounded(sig, sig_len, data, len, NULL, out);
+}
+
+int
+delta_make_bounded(const uint8_t *sig, size_t sig_len, const uint8_t *data,
+    size_t len, const struct delta_limits *lim, struct wbuf *out)
+{
+	static const struct delta_limits none;
 	rs_signature_t *sums = NULL;
 	rs_job_t *job;
 	rs_buffers_t bufs;
 	rs_result rr;
-	size_t start = out->len, room, used;
+	size_t start = out->len, room, used = 0, fed;
 	int r;
 
 	if (len == 0 || len > DELTA_MAX_CHUNK)
@@ -181,6 +452,11 @@ delta_make(const uint8_t *sig, size_t sig_len, const uint8_t *data,
 	if ((r = sig_check(sig, sig_len, len)) != 0)
 		return r;
 	pthread_once(&delta_once, delta_init);
+	if (lim == NULL)
+		lim = &none;
+	if (lim->max_false > 0 &&
+	    (r = budget_check(sig, sig_len, data, len, lim)) != 0)
+		return r;
 
 	job = rs_loadsig_begin(&sums);
 	set_input(&bufs, sig, sig_len);
@@ -202,37 +478,74 @@ delta_make(const uint8_t *sig, size_t sig_len, const uint8_t *data,
 	}
 
 	/*
-	 * Guess small (most chunks barely change) and double while librsync
-	 * is blocked on a full output.
+	 * The input goes in a slice at a time, so that a shutdown stops even
+	 * an unbounded search between slices.  The output: guess small (most
+	 * chunks barely change) and double while librsync is blocked on it.
 	 */
 	job = rs_delta_begin(sums);
-	set_input(&bufs, data, len);
+	bufs.next_in = (char *)(uintptr_t)data;
+	bufs.avail_in = 0;
+	bufs.eof_in = 0;
+	fed = 0;
 	room = len / 16 + 256;
+	r = 0;
 	for (;;) {
+		if (is_cancelled(lim)) {
+			r = RD_ERR_CANCELLED;
+			break;
+		}
+		if (bufs.avail_in < DELTA_SLICE && fed < len) {
+			size_t n = len - fed < DELTA_SLICE ? len - fed :
+			    DELTA_SLICE;
+			fed += n;
+			bufs.avail_in += n;
+			bufs.eof_in = fed == len;
+		}
 		bufs.next_out = (char *)wb_reserve(out, room);
 		bufs.avail_out = room;
 		rr = rs_job_iter(job, &bufs);
 		out->len += room - bufs.avail_out;
 		used = out->len - start;
-		if (rr != RS_BLOCKED || bufs.avail_out != 0 ||
-		    used >= DELTA_OUT_MAX(len))
+		if (rr != RS_BLOCKED || used >= DELTA_OUT_MAX(len))
 			break;
+		if (bufs.avail_out != 0) {
+			if (fed == len)
+				break;		/* blocked with all it needs */
+			continue;		/* wants more input */
+		}
 		room = used < DELTA_OUT_MAX(len) - used ? used :
 		    DELTA_OUT_MAX(len) - used;
 	}
 	rs_job_free(job);
-	if (rr != RS_DONE || bufs.avail_in != 0) {
+	if (r == 0 && (rr != RS_DONE || bufs.avail_in != 0)) {
 		log_warnx("delta: librsync delta of %zu bytes failed after "
 		    "%zu bytes: %s", len, used, rs_strerror(rr));
 		r = RD_ERR_INTERNAL;
-		goto out;
 	}
-	r = 0;
 out:
 	rs_free_sumset(sums);
 	if (r != 0)
 		out->len = start;
 	return r;
+}
+
+int
+delta_literal(const uint8_t *data, size_t len, struct wbuf *out)
+{
+	size_t off, n;
+
+	if (len == 0 || len > DELTA_MAX_CHUNK)
+		return RD_ERR_RANGE;
+	wb_put_u32(out, RS_DELTA_MAGIC);
+	for (off = 0; off < len; off += n) {
+		n = len - off < (64u << 10) ? len - off : (64u << 10);
+		/* LITERAL with a 4-byte length (see the top) */
+		wb_put_u8(out, OP_LITERAL_N1 + 2);
+		wb_put_u32(out, (uint32_t)n);
+		wb_put_bytes(out, data + off, n);
+	}
+	wb_put_u8(out, OP_END);
+	return 0;
 }
 
 static int

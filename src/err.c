@@ -33,6 +33,8 @@ rd_strerror(int r)
 	case RD_ERR_UNSUPPORTED:	return "not supported";
 	case RD_ERR_NOSPACE:		return "no space left";
 	case RD_ERR_SHRUNK:		return "disk shrank";
+	case RD_ERR_BUDGET:		return "work budget exceeded";
+	case RD_ERR_CANCELLED:	return "cancelled";
 	}
 	return "unknown error";
 }

@@ -148,6 +148,7 @@ struct psess {
 	int			 sigend;	/* SIGEND received */
 	int			 job_final;	/* the job has the last SIGs */
 	int			 want_resync;	/* asked for before it started */
+	int			 literal;	/* answer SIGs whole, no search */
 	int			 handover;	/* PROMOTE follows the ACK */
 	int			 promote_sent;
 	struct wire_welcome	 welcome;	/* the replica's answer */
@@ -179,6 +180,9 @@ struct pvm {
 	struct waiter		*next;		/* want the cycle after it */
 	int			 draining;	/* ended sessions with a job */
 	int			 resync;	/* next cycle resynchronises */
+	int			 literal_resync; /* the replica's signatures
+						   were refused: the next
+						   resync answers SIGs whole */
 	int			 nospace;	/* the replica is out of space */
 	int64_t			 last_app_ms;	/* cut of the newest app point */
 	uint64_t		 started_ms;	/* monotonic start of the last cycle */
@@ -799,6 +803,17 @@ job_end_cut(void *arg)
 
 /* --- resynchronising (worker) ---------------------------------------------- */
 
+/* A resync is a long job: at shutdown it stops between chunks. */
+static int
+resync_cancelled(struct psess *s, uint16_t disk, uint64_t off)
+{
+	snprintf(s->err, sizeof(s->err), "resync cancelled at disk %u "
+	    "offset %" PRIu64 ": replicad is stopping", disk, off);
+	log_info("%s: cycle %" PRIu64 ": %s", s->vm->cfg->name, s->cycle,
+	    s->err);
+	return RD_ERR_CANCELLED;
+}
+
 /* SUMS for the next chunks of the disks, reading at most BATCH_READ. */
 static int
 resync_sums(struct psess *s)
@@ -826,6 +841,9 @@ resync_sums(struct psess *s)
 		size_t per_read = s->chunk / s->unit;	/* units per read */
 		while (m.count + per_read <= WIRE_MAX_SUMS &&
 		    s->sums_off < size && read < BATCH_READ) {
+			if (work_cancelled())
+				return resync_cancelled(s, s->sums_disk,
+				    s->sums_off);
 			size_t n = size - s->sums_off < s->chunk ?
 			    (size_t)(size - s->sums_off) : s->chunk;
 			if ((r = trk_read_range(vm->trk, s->sums_disk,
@@ -850,6 +868,58 @@ resync_sums(struct psess *s)
 	return 0;
 }
 
+/*
+ * The delta of one SIG's range (read into cbuf) into dbuf.  Its search is
+ * bounded (delta.h): past svc->cfg->delta_budget false matches per MiB
+ * the replica's signature is taken for forged or corrupt, and the cycle
+ * ends naming the replica.  The next resync of the VM then answers every
+ * SIG with the range whole (s->literal): no search, a delta as large as
+ * the range, and still byte-exact, since the replica checks each range
+ * against the digest of the DELTA frame after patching (R2).  Failing
+ * rather than going on with literals makes the operator see it: an
+ * honest replica's signature never comes near the bound.
+ */
+static int
+resync_delta(struct psess *s, const struct wire_chunk *sig)
+{
+	const struct cfg_vm *cfg = s->vm->cfg;
+	uint64_t budget = s->vm->svc->cfg->delta_budget;
+	struct delta_limits lim = { .cancelled = work_cancelled };
+	int r;
+
+	wb_reset(&s->dbuf);
+	if (s->literal)
+		return delta_literal(s->cbuf, sig->length, &s->dbuf);
+	if (budget > 0) {
+		lim.max_false = budget * sig->length >> 20;
+		if (lim.max_false == 0)
+			lim.max_false = 1;
+	}
+	log_debug("%s: delta of disk %u offset %" PRIu64 " (%u bytes)",
+	    cfg->name, sig->disk, sig->offset, sig->length);
+	r = delta_make_bounded(sig->payload, sig->payload_len, s->cbuf,
+	    sig->length, &lim, &s->dbuf);
+	switch (r) {
+	case 0:
+		return 0;
+	case RD_ERR_CANCELLED:
+		return resync_cancelled(s, sig->disk, sig->offset);
+	case RD_ERR_BUDGET:
+		snprintf(s->err, sizeof(s->err), "the replica %s (%s) sent a "
+		    "signature of disk %u offset %" PRIu64 " that makes more "
+		    "than %" PRIu64 " false matches (forged or corrupt): "
+		    "resync stopped; the next one sends the ranges that "
+		    "differ whole", cfg->replica_name, cfg->replica, sig->disk,
+		    sig->offset, lim.max_false);
+		return r;
+	default:
+		snprintf(s->err, sizeof(s->err), "the replica's signature of "
+		    "disk %u offset %" PRIu64 " is invalid", sig->disk,
+		    sig->offset);
+		return RD_ERR_PEER;
+	}
+}
+
 /* DELTA frames for the SIGs handed to this job, in order. */
 static int
 resync_deltas(struct psess *s)
@@ -869,18 +939,14 @@ resync_deltas(struct psess *s)
 			    "queue");
 			return RD_ERR_INTERNAL;
 		}
+		if (work_cancelled())
+			return resync_cancelled(s, sig.disk, sig.offset);
 		if ((r = trk_read_range(vm->trk, sig.disk, sig.offset,
 		    sig.length, s->cbuf, s->err, sizeof(s->err))) != 0)
 			return r;
 		trk_add_dirty(vm->trk, sig.length);
-		wb_reset(&s->dbuf);
-		if ((r = delta_make(sig.payload, sig.payload_len, s->cbuf,
-		    sig.length, &s->dbuf)) != 0) {
-			snprintf(s->err, sizeof(s->err), "the replica's "
-			    "signature of disk %u offset %" PRIu64 " is invalid",
-			    sig.disk, sig.offset);
-			return RD_ERR_PEER;
-		}
+		if ((r = resync_delta(s, &sig)) != 0)
+			return r;
 		if (s->dbuf.len > WIRE_MAX_DELTA) {
 			snprintf(s->err, sizeof(s->err), "delta of disk %u "
 			    "offset %" PRIu64 " too large (%zu bytes)", sig.disk,
@@ -1039,6 +1105,8 @@ job_returned(struct psess *s)
 		return 0;
 	}
 	if (s->job_rc != 0) {
+		if (s->job_rc == RD_ERR_BUDGET)
+			s->vm->literal_resync = 1;
 		sess_fail(s, s->job_rc, "%s", s->err);
 		return 0;
 	}
@@ -1100,7 +1168,10 @@ maybe_produce(struct psess *s)
 		s->job_final = s->sigend;	/* no SIG can follow */
 	}
 	s->job_running = 1;
-	work_submit(job_produce, produce_done, s);
+	if (s->resync)
+		work_submit_long(job_produce, produce_done, s);
+	else
+		work_submit(job_produce, produce_done, s);
 }
 
 /* --- committing (worker) -------------------------------------------------- */
@@ -1150,6 +1221,8 @@ commit_done(void *arg)
 	s->job_running = 0;
 	if (s->resync && s->want_resync)
 		vm->resync = 0;
+	if (s->resync)
+		vm->literal_resync = 0;
 	if (s->rel_ok)
 		vt_set_rel(vm->e, &s->rel);	/* a cycle left: not fresh */
 	if (s->dead) {
@@ -1376,6 +1449,11 @@ begin_sending(struct psess *s, uint64_t replica_cycle)
 		    "to this host: its copy is another host's" :
 		    replica_cycle > 0 ? "the tracker state does not describe "
 		    "the replica's last cycle" : "the replica holds a copy");
+		s->literal = vm->literal_resync;
+		if (s->literal)
+			log_warnx("%s: the last resync refused the replica's "
+			    "signatures: this one sends the ranges that differ "
+			    "whole", vm->cfg->name);
 	}
 	uint64_t base = vm->last_cycle;
 	if (replica_cycle > base)

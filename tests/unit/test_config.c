@@ -252,6 +252,7 @@ test_defaults(void **state)
 	assert_string_equal(cfg->path, conf_path);
 	assert_string_equal(cfg->control_socket, "/srv/rd/control.sock");
 	assert_int_equal(cfg->log_level, LOG_LVL_INFO);
+	assert_int_equal(cfg->delta_budget, CONFIG_DEFAULT_DELTA_BUDGET);
 	assert_int_equal(vm->interval_ms, CONFIG_DEFAULT_INTERVAL_MS);
 	assert_int_equal(vm->interval_ms, 300000);
 	assert_int_equal(vm->tracker, TRACKER_SCAN);
@@ -637,6 +638,12 @@ static const struct bad_case bad_cases[] = {
 	    "invalid lag threshold" },
 	{ "bad log level", DAEMON "log_level = verbose\n" VM, 6, "log_level",
 	    "invalid log level 'verbose'" },
+	{ "delta budget negative", DAEMON "delta_budget = -1\n" VM, 6,
+	    "delta_budget", "invalid delta budget '-1'" },
+	{ "delta budget too big", DAEMON "delta_budget = 1000001\n" VM, 6,
+	    "delta_budget", "invalid delta budget '1000001'" },
+	{ "delta budget garbage", DAEMON "delta_budget = 5k\n" VM, 6,
+	    "delta_budget", "invalid delta budget '5k'" },
 	{ "listen without port", DAEMON "listen = backup\n", 6, "listen",
 	    "invalid address 'backup'" },
 	{ "listen port too big", DAEMON "listen = backup:70000\n", 6,

@@ -665,6 +665,228 @@ test_forged_signature(void **state)
 	free(a);
 }
 
+/* --- the work budget ---------------------------------------------------- */
+
+/*
+ * A signature of len bytes at 4 KiB blocks whose every weak sum is that
+ * of the block at weak_of, and whose strong sums are made up: what a
+ * hostile replica sends to make each matching window cost a block hashed.
+ */
+static void
+forge_signature(const uint8_t *weak_of, size_t len, struct wbuf *sig)
+{
+	struct wbuf one;
+
+	wb_init(&one);
+	CHECK_RC("sign one block", delta_sign(weak_of, 4096, 4096, &one), 0);
+	wb_init(sig);
+	CHECK_RC("sign", delta_sign(weak_of, len, 4096, sig), 0);
+	for (size_t o = 12; o < sig->len; o += 20) {
+		memcpy(sig->p + o, one.p + 12, 4);
+		fill_random(sig->p + o + 4, 16, o);
+	}
+	wb_free(&one);
+}
+
+/* Zeros against forged zero-block weak sums: refused, nothing written,
+ * after at most the budget's worth of false matches (else this test
+ * would take seconds of hashing to come back with 0). */
+static void
+test_budget_forged(void **state)
+{
+	size_t len = 1 * MB;
+	uint8_t *zeros = calloc(1, len);
+	struct delta_limits lim = { .max_false = 1024 };
+	struct wbuf sig, delta;
+
+	assert_non_null(zeros);
+	forge_signature(zeros, len, &sig);
+	wb_init(&delta);
+	wb_put_u8(&delta, 0x5a);
+	CHECK_RC("forged", delta_make_bounded(sig.p, sig.len, zeros, len, &lim,
+	    &delta), RD_ERR_BUDGET);
+	assert_int_equal(delta.len, 1);
+	wb_free(&delta);
+	wb_free(&sig);
+	free(zeros);
+}
+
+/* A repeated 16-byte pattern: 16 distinct window sums, all listed with
+ * made-up strong sums.  No zero block, no duplicate weak sum needed. */
+static void
+test_budget_forged_pattern(void **state)
+{
+	size_t len = 1 * MB;
+	uint8_t *data = malloc(len), *win = malloc(4096 * 16);
+	struct delta_limits lim = { .max_false = 1024 };
+	struct wbuf sig, delta, one;
+
+	assert_non_null(data);
+	assert_non_null(win);
+	for (size_t i = 0; i < len; i++)
+		data[i] = (uint8_t)(i % 16 * 7 + 1);
+	wb_init(&sig);
+	CHECK_RC("sign", delta_sign(data, len, 4096, &sig), 0);
+	for (size_t k = 0, o = 12; o < sig.len; k++, o += 20) {
+		wb_init(&one);
+		CHECK_RC("sign window", delta_sign(data + k % 16, 4096, 4096,
+		    &one), 0);
+		memcpy(sig.p + o, one.p + 12, 4);
+		fill_random(sig.p + o + 4, 16, o);
+		wb_free(&one);
+	}
+	wb_init(&delta);
+	CHECK_RC("forged", delta_make_bounded(sig.p, sig.len, data, len, &lim,
+	    &delta), RD_ERR_BUDGET);
+	assert_int_equal(delta.len, 0);
+	wb_free(&delta);
+	wb_free(&sig);
+	free(win);
+	free(data);
+}
+
+/*
+ * The count is exact: random data around a run of zeros gives one false
+ * match per window inside the run (run - 4096 + 1 of them) against a
+ * forged zero block: that many are allowed, one fewer is not.
+ */
+static void
+test_budget_exact(void **state)
+{
+	size_t len = 256 * KB, run = 6000, nfalse = run - 4096 + 1;
+	uint8_t *data = alloc_random(len, 31), *zeros = calloc(1, 4096);
+	uint8_t *basis = alloc_random(len, 32), *out;
+	struct delta_limits lim = { .max_false = nfalse };
+	struct wbuf sig, delta;
+
+	assert_non_null(zeros);
+	memset(data + 100 * KB, 0, run);
+	forge_signature(zeros, len, &sig);
+	wb_init(&delta);
+	CHECK_RC("at the budget", delta_make_bounded(sig.p, sig.len, data, len,
+	    &lim, &delta), 0);
+	CHECK_RC("patch", patch_wb(basis, len, &delta, &out), 0);
+	assert_memory_equal(out, data, len);
+	free(out);
+	lim.max_false = nfalse - 1;
+	wb_init(&delta);
+	CHECK_RC("one past", delta_make_bounded(sig.p, sig.len, data, len,
+	    &lim, &delta), RD_ERR_BUDGET);
+	assert_int_equal(delta.len, 0);
+	wb_free(&delta);
+	wb_free(&sig);
+	free(basis);
+	free(zeros);
+	free(data);
+}
+
+/* Honest signatures pass a budget of one false match: zeros (a weak hit
+ * at every byte, each a true match), and 1 % changed random data. */
+static void
+test_budget_honest(void **state)
+{
+	size_t len = 1 * MB;
+	uint8_t *zeros = calloc(1, len), *old = alloc_random(len, 41);
+	uint8_t *new = dup_exact(old, len), *out;
+	struct delta_limits lim = { .max_false = 1 };
+	struct wbuf sig, delta;
+
+	assert_non_null(zeros);
+	wb_init(&sig);
+	CHECK_RC("sign zeros", delta_sign(zeros, len, 4096, &sig), 0);
+	wb_init(&delta);
+	CHECK_RC("zeros", delta_make_bounded(sig.p, sig.len, zeros, len, &lim,
+	    &delta), 0);
+	assert_true(delta.len < 4096);
+	CHECK_RC("patch zeros", patch_wb(zeros, len, &delta, &out), 0);
+	assert_memory_equal(out, zeros, len);
+	free(out);
+	wb_free(&sig);
+
+	for (size_t off = 5000; off < len; off += 100 * KB)
+		scribble(new, off, 1000, off);
+	wb_init(&sig);
+	CHECK_RC("sign", delta_sign(old, len, 4096, &sig), 0);
+	wb_init(&delta);
+	CHECK_RC("1 %", delta_make_bounded(sig.p, sig.len, new, len, &lim,
+	    &delta), 0);
+	assert_true(delta.len < 64 * KB);
+	CHECK_RC("patch", patch_wb(old, len, &delta, &out), 0);
+	assert_memory_equal(out, new, len);
+	free(out);
+	wb_free(&sig);
+	free(new);
+	free(old);
+	free(zeros);
+}
+
+static int polls, polls_until_stop;
+
+static int
+stop_after_polls(void)
+{
+	return ++polls >= polls_until_stop;
+}
+
+/* Without a budget a forged signature is still stopped between slices:
+ * the search polls, and ends with RD_ERR_CANCELLED, nothing written. */
+static void
+test_cancelled(void **state)
+{
+	size_t len = 1 * MB;
+	uint8_t *zeros = calloc(1, len);
+	struct delta_limits lim = { .cancelled = stop_after_polls };
+	struct wbuf sig, delta;
+
+	assert_non_null(zeros);
+	forge_signature(zeros, len, &sig);
+	polls = 0;
+	polls_until_stop = 3;
+	wb_init(&delta);
+	CHECK_RC("unbounded", delta_make_bounded(sig.p, sig.len, zeros, len,
+	    &lim, &delta), RD_ERR_CANCELLED);
+	assert_int_equal(polls, 3);
+	assert_int_equal(delta.len, 0);
+	/* the budget's own search polls as well */
+	lim.max_false = len;
+	polls = 0;
+	CHECK_RC("budget search", delta_make_bounded(sig.p, sig.len, zeros,
+	    len, &lim, &delta), RD_ERR_CANCELLED);
+	assert_int_equal(polls, 3);
+	assert_int_equal(delta.len, 0);
+	wb_free(&delta);
+	wb_free(&sig);
+	free(zeros);
+}
+
+/* The fallback answer to an untrusted signature: any basis, same bytes. */
+static void
+test_literal(void **state)
+{
+	size_t lens[] = { 1, 64, 65, 64 * KB, 64 * KB + 1, DELTA_MAX_CHUNK };
+	struct wbuf delta;
+	uint8_t *out;
+
+	for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+		uint8_t *data = alloc_random(lens[i], 50 + i);
+		uint8_t *basis = alloc_random(lens[i], 60 + i);
+		wb_init(&delta);
+		CHECK_RC("literal", delta_literal(data, lens[i], &delta), 0);
+		assert_true(delta.len <= lens[i] + 4 + 1 + 5 *
+		    (lens[i] / (64 * KB) + 1));
+		CHECK_RC("patch", patch_wb(basis, lens[i], &delta, &out), 0);
+		assert_memory_equal(out, data, lens[i]);
+		free(out);
+		free(basis);
+		free(data);
+	}
+	wb_init(&delta);
+	CHECK_RC("len 0", delta_literal((const uint8_t *)"", 0, &delta),
+	    RD_ERR_RANGE);
+	assert_int_equal(delta.len, 0);
+	wb_free(&delta);
+}
+
 /* --- hostile deltas --------------------------------------------------- */
 
 static void
@@ -1107,6 +1329,12 @@ main(void)
 		cmocka_unit_test(test_max_chunk),
 		cmocka_unit_test(test_bad_signatures),
 		cmocka_unit_test(test_forged_signature),
+		cmocka_unit_test(test_budget_forged),
+		cmocka_unit_test(test_budget_forged_pattern),
+		cmocka_unit_test(test_budget_exact),
+		cmocka_unit_test(test_budget_honest),
+		cmocka_unit_test(test_cancelled),
+		cmocka_unit_test(test_literal),
 		cmocka_unit_test(test_truncated_and_trailing),
 		cmocka_unit_test(test_bad_deltas),
 		cmocka_unit_test(test_all_opcodes),
