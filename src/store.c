@@ -357,17 +357,21 @@ remove_staging(struct store *st)
 {
 	char *ix = xasprintf("%s/index", st->staging);
 	char *data = xasprintf("%s/data", st->staging);
+	char *mark = xasprintf("%s/applied", st->staging);
 	unlink(ix);
 	unlink(data);
+	unlink(mark);
 	util_fsync_dir(st->staging);
 	free(ix);
 	free(data);
+	free(mark);
 }
 
 static int apply_index(struct store *st, const struct stage_index *ix,
     int recovering, struct cat_point *out, int *rolled_back, char *err,
     size_t errsz);
 static int recover_rewind(struct store *st, char *err, size_t errsz);
+static int drop_index(struct store *st);
 static void close_digest_fds(struct store *st);
 static void remove_unreferenced(struct store *st);
 static int make_room(struct store *st, uint64_t need, char *err,
@@ -1408,6 +1412,15 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 			return RD_ERR_TOO_LARGE;
 		}
 	}
+	/* An index of an earlier, abandoned cycle must be gone for good
+	 * before this one writes anything: one brought back by a crash
+	 * (its removal not synced) would have recovery check it against
+	 * this cycle's data and direct writes, and finish a mix. */
+	if (drop_index(st) != 0) {
+		snprintf(err, errsz, "cannot clear %s: %s", st->staging,
+		    strerror(errno));
+		return io_code(RD_ERR_SYSTEM);
+	}
 	char *data = xasprintf("%s/data", st->staging);
 	st->data_fd = open(data, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC |
 	    O_NOFOLLOW, 0600);
@@ -1727,6 +1740,30 @@ rollback(struct store *st, const struct stage_index *ix, const char *upath)
 }
 
 /*
+ * .staging/applied holds the number of a cycle whose image writes are
+ * complete and synced: from then on its digests may be rewritten (they
+ * have no undo), so the cycle is only ever rolled forward, and doing so
+ * needs neither the staged data nor the undo segment written again.
+ */
+static int
+applied_mark(struct store *st, const struct stage_index *ix)
+{
+	char *p = xasprintf("%s/applied", st->staging);
+	uint8_t *data = NULL;
+	size_t len;
+	int yes = 0;
+	if (util_read_file(p, 64, &data, &len) == 0) {
+		char txt[65];
+		memcpy(txt, data, len);
+		txt[len] = '\0';
+		yes = strtoull(txt, NULL, 10) == ix->c.cycle;
+	}
+	free(data);
+	free(p);
+	return yes;
+}
+
+/*
  * Apply a complete staged cycle: undo segment (unless a complete one
  * exists from an interrupted attempt), image writes, sizes, fsync,
  * digests, catalog, staging removal.  Idempotent from any crash point.
@@ -1761,8 +1798,19 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 		}
 
 	data_path = xasprintf("%s/data", st->staging);
-	data_fd = open(data_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	buf = xmalloc(IO_CHUNK);
+	if (recovering && applied_mark(st, ix)) {
+		/* The images hold this cycle: only digests and catalog. */
+		if (stat(upath, &sb) != 0) {
+			snprintf(err, errsz, "the undo segment %s of the applied "
+			    "cycle %" PRIu64 " is missing", upath, ix->c.cycle);
+			r = RD_ERR_CORRUPT;
+			goto out;
+		}
+		undo_bytes = (uint64_t)sb.st_size;
+		goto digests;
+	}
+	data_fd = open(data_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	may_roll_back = 1;
 	if ((r = check_staged(st, ix, data_fd, buf, recovering, err,
 	    errsz)) != 0)
@@ -1846,8 +1894,22 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 	}
 
 	/* 3. digests, then the catalog: from here the point exists, and a
-	 * failure is finished later (rolled forward), not rolled back. */
+	 * failure is finished later (rolled forward), not rolled back.  The
+	 * mark says so durably first; if it may be there, no roll-back. */
+	char *mark = xasprintf("%s/applied", st->staging);
+	char num[32];
+	int nlen = snprintf(num, sizeof(num), "%" PRIu64 "\n", ix->c.cycle);
+	if ((r = util_write_atomic(mark, num, (size_t)nlen)) != 0) {
+		r = io_code(r);
+		snprintf(err, errsz, "cannot write %s: %s", mark,
+		    strerror(errno));
+		may_roll_back = lstat(mark, &sb) != 0 && errno == ENOENT;
+		free(mark);
+		goto out;
+	}
+	free(mark);
 	may_roll_back = 0;
+digests:
 	if ((r = write_digests(st, ix)) != 0) {
 		r = io_code(r);
 		snprintf(err, errsz, "cannot write digests: %s",

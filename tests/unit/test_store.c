@@ -1957,6 +1957,47 @@ test_crash_then_bad_staged_data(void **state)
 		    "point 1 within its old size", r, err, disk_names[bad]);
 }
 
+/*
+ * A crash once the images hold point 2 and its digests are written, but
+ * before the catalog has the point; then the staged data is damaged
+ * while the host is down.  The images are point 2 already and the
+ * digests describe it: recovery must finish point 2 (it needs no staged
+ * data), not roll the images back under digests of a dropped cycle
+ * (verify would then fail, and a resync would "repair" point 1's blocks
+ * with cycle 2's content, no undo kept).
+ */
+static void
+test_crash_before_catalog_bad_staged_data(void **state)
+{
+	struct fixture *f = *state;
+	struct model m1, m2;
+	char err[512] = "", data[400];
+	uint64_t blocks;
+	struct stat sb;
+
+	crash_setup(f, "replica-before-catalog", &m1, &m2);
+	snprintf(data, sizeof(data), "%s/.staging/data", f->vmdir);
+	int fd = open(data, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &sb), 0);
+	uint8_t b;
+	assert_int_equal(util_pread_full(fd, &b, 1, sb.st_size - 1), 0);
+	b ^= 0x80;
+	assert_int_equal(util_pwrite_full(fd, &b, 1, sb.st_size - 1), 0);
+	close(fd);
+
+	open_store(f);
+	if (store_verify(f->st, &blocks, err, sizeof(err)) != 0)
+		fail_msg("verify after recovery: %s", err);
+	assert_images(f, &m2);
+	assert_point(f, 2, &cyc2);
+	assert_staging_empty(f);
+	assert_test_copy(f, 1, 1, &m1);
+	assert_int_equal(store_test_cleanup(f->st, err, sizeof(err)), 0);
+	model_free(&m1);
+	model_free(&m2);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1987,6 +2028,7 @@ main(int argc, char **argv)
 		T(test_crash_after_catalog),
 		T(test_crash_while_staging),
 		T(test_crash_then_bad_staged_data),
+		T(test_crash_before_catalog_bad_staged_data),
 		T(test_rewind_moves),
 		T(test_rewind_no_such_point),
 		T(test_rewind_check_unchanged),
