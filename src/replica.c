@@ -487,8 +487,10 @@ stage_cycle(struct rsess *s, const uint8_t *p, size_t len)
 		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_RANGE, "CYCLE "
 		    "has %u disks, HELLO had %u", s->cycle.ndisks,
 		    s->hello.ndisks);
+	/* Past the store's own bound the store answers (MISMATCH). */
 	for (uint16_t i = 0; i < s->cycle.ndisks; i++)
-		if (s->max_disk_size && s->cycle.sizes[i] > s->max_disk_size)
+		if (s->max_disk_size && s->cycle.sizes[i] > s->max_disk_size &&
+		    s->cycle.sizes[i] <= CFG_MAX_DISK_SIZE)
 			return job_fail(s, WIRE_NACK_DENIED, RD_ERR_TOO_LARGE,
 			    "quota: disk %s of %s would grow to %" PRIu64 " "
 			    "bytes, above max_disk_size (%" PRIu64 " bytes)",

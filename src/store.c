@@ -720,8 +720,8 @@ store_sweep_new(struct catalog *cat, const char *storage)
 				util_fsync_dir(dir);
 		} else if (r == 0 || r == RD_ERR_NOT_FOUND) {
 			log_info("%s: removing what a new relationship left in "
-			    "%s: none of its cycles was applied, so it was "
-			    "never recorded", de->d_name, dir);
+			    "%s: it has no recorded point (its primary sends "
+			    "the first cycle again)", de->d_name, dir);
 			if ((r = remove_new_locked(dir)) != 0)
 				log_warnx("%s: cannot remove %s: %s", de->d_name,
 				    dir, r == RD_ERR_BUSY ? "another replicad "
