@@ -1829,12 +1829,15 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 		    st->recs.len += DIGEST_LEN;
 	st->nrec++;
 	st->raw_bytes += len;
-	/* What applying it may take: a data block's undo copy, its place in
-	 * the image and its digest record; a zero extent, at most the undo
-	 * copy of what it clears below the old size (its records are holes). */
+	/* What applying it may take: a staged block's undo copy, its place
+	 * in the image and its digest record; a block past the old size, in
+	 * the image already, its record; a zero extent, at most the undo copy
+	 * of what it clears below the old size (its records are holes). */
 	uint64_t old = st->rel.disks[disk].size;
-	if (data != NULL)
+	if (where == WHERE_STAGED)
 		st->need += 2 * (uint64_t)len + DIGEST_LEN;
+	else if (where == WHERE_DIRECT)
+		st->need += DIGEST_LEN;
 	else if (off < old)
 		st->need += old - off < len ? old - off : len;
 	if (st->nrec == 8)
