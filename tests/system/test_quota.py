@@ -241,10 +241,11 @@ def test_many_vms_restart_with_low_fd_limit(env):
         rep.start()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    mark.wait("file descriptor limit raised from 64", what="the limit raised at start")
     vms = status_vms(rep)
-    bad = {k: v for k, v in vms.items() if v["state"] == "error"}
-    check(len(vms) == n and not bad, "after a restart %d VMs, unavailable: %r" % (len(vms), bad))
+    bad = {k: v.get("error") for k, v in vms.items() if v["state"] == "error"}
+    check(len(vms) == n and not bad, "after a restart %d VMs, %d unavailable: %r"
+          % (len(vms), len(bad), bad))
+    mark.wait("file descriptor limit raised from 64", what="the limit raised at start")
     for i in (0, n // 2, n - 1):
         c, w = peer.welcomed("vm%02d" % i, disks)
         c.close()
