@@ -94,8 +94,9 @@ int	store_cycle_commit(struct store *st, struct cat_point *out,
 /* Abandon the cycle being received. */
 void	store_cycle_abort(struct store *st);
 
-/* The recorded digests of n blocks from off (all zero bytes where none
- * is recorded: unknown). */
+/* The recorded digests of n blocks from off: a block of zeros gives the
+ * digest of its zeros; all zero bytes where none is recorded (past the
+ * file, or before the first point): unknown. */
 int	store_get_digests(struct store *st, uint16_t disk, uint64_t off,
 	    struct digest *d, size_t n);
 /*
