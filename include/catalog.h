@@ -114,6 +114,11 @@ int	cat_rel_list(struct catalog *cat, struct cat_rel **out, size_t *n);
  */
 int	cat_point_commit(struct catalog *cat, const char *vm,
 	    struct cat_point *p);
+/* The same for the first point of a relationship not recorded yet: rel
+ * and the point in one transaction, so that a relationship exists only
+ * with a point. */
+int	cat_point_commit_new(struct catalog *cat, const struct cat_rel *rel,
+	    struct cat_point *p);
 int	cat_point_get(struct catalog *cat, const char *vm, uint64_t id,
 	    struct cat_point *out);
 /* The point recorded for a cycle; RD_ERR_NOT_FOUND if none. */

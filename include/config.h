@@ -25,6 +25,14 @@
 #define CONFIG_DEFAULT_HANDSHAKE_TIMEOUT_S	15
 #define CFG_MAX_DISKS		64	/* disks per VM (the wire's bound) */
 #define CONFIG_DEFAULT_DELTA_BUDGET	1024	/* false matches per MiB */
+#define CFG_MAX_DISK_SIZE	(UINT64_C(1) << 56)	/* the store's bound */
+/* [accept] defaults (replicad.conf(5) says why): min_free is the smaller
+ * of 1G and 5% of the storage's file system. */
+#define CONFIG_DEFAULT_MIN_FREE		(UINT64_C(1) << 30)
+#define CONFIG_DEFAULT_MIN_FREE_PCT	5
+#define CONFIG_DEFAULT_MAX_VMS		64
+#define CONFIG_DEFAULT_MAX_DISKS	16
+#define CONFIG_DEFAULT_MAX_DISK_SIZE	(UINT64_C(16) << 40)
 
 enum cfg_tracker {
 	TRACKER_SCAN = 0,
@@ -85,7 +93,10 @@ struct cfg_accept {
 	size_t		 nret;
 	int		 retention_local; /* buckets in local time, not UTC */
 	uint64_t	 min_free_bytes; /* 0: none (or a percentage) */
-	unsigned	 min_free_pct;	/* 0: none */
+	unsigned	 min_free_pct;	/* 0: none; both set: the smaller */
+	unsigned	 max_vms;	/* relationships it may have here */
+	unsigned	 max_disks;	/* disks of a new VM */
+	uint64_t	 max_disk_size;	/* bytes of each disk */
 	char		*on_promote;	/* run when a VM of this entry becomes
 					   primary here; NULL if unset */
 	char		*on_demote;

@@ -5,7 +5,9 @@
  *   .staging/data     contents of the cycle being received
  *   .staging/index    its index, present only once the cycle is complete
  *   .undo/CYCLE.undo  undo segment of each point (undo.c)
- *   .digests/DISK     XXH3-128 of each block of the image, for verify
+ *   .digests/DISK     XXH3-128 of each block of the image, for verify;
+ *                     blocks of zeros are holes (format in store.c)
+ *   .new              a new relationship not recorded yet (store_create)
  *   test/DISK         test-failover copies
  *
  * A cycle is applied in this order (R1, R2): every block's hash is checked
@@ -59,9 +61,23 @@ int	store_open(struct catalog *cat, const struct cat_rel *rel,
 int	store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 	    char *const *paths, struct store **out, char *err, size_t errsz);
 void	store_close(struct store *st);
-/* Close, and remove STORAGE/VM if store_open made it: a new replica
- * whose relationship could not be recorded leaves nothing behind. */
+/*
+ * The store of a new relationship (from a HELLO) that the catalog does
+ * not hold yet: STORAGE/VM/.new marks it until store_cycle_commit records
+ * rel with its first point (one transaction).  Until then nothing of it
+ * outlives the daemon: store_discard(), or store_sweep_new() at the next
+ * start, removes what it made (a seed copy placed beforehand is kept).
+ */
+int	store_create(struct catalog *cat, const struct cat_rel *rel,
+	    struct store **out, char *err, size_t errsz);
+/* Whether the catalog holds the store's relationship (the loop may ask). */
+int	store_recorded(struct store *st);
+/* Close; a store whose relationship was never recorded also removes
+ * what it made (and STORAGE/VM if store_open made it). */
 void	store_discard(struct store *st);
+/* Start-up: under storage, remove what new relationships that were never
+ * recorded left behind (a crash between HELLO and the first point). */
+void	store_sweep_new(struct catalog *cat, const char *storage);
 /* The relationship as the store knows it (newest point, sizes); never
  * waits for an apply, so the loop thread may call it. */
 void	store_rel(struct store *st, struct cat_rel *out);
@@ -82,8 +98,9 @@ int	store_cycle_commit(struct store *st, struct cat_point *out,
 /* Abandon the cycle being received. */
 void	store_cycle_abort(struct store *st);
 
-/* The recorded digests of n blocks from off (all zero bytes where none
- * is recorded: unknown). */
+/* The recorded digests of n blocks from off: a block of zeros gives the
+ * digest of its zeros; all zero bytes where none is recorded (past the
+ * file, or before the first point): unknown. */
 int	store_get_digests(struct store *st, uint16_t disk, uint64_t off,
 	    struct digest *d, size_t n);
 /*
@@ -119,7 +136,8 @@ int	store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
  */
 int	store_drop_point(struct store *st, uint64_t id, uint64_t *freed,
 	    char *err, size_t errsz);
-/* Space of the storage: min_free from the [accept] entry (0: none). */
+/* Space of the storage: min_free from the [accept] entry (0: none; both
+ * set: the smaller). */
 void	store_set_space(struct store *st, uint64_t min_free_bytes,
 	    unsigned min_free_pct);
 /* Free and total bytes of the storage's file system, and what min_free

@@ -748,18 +748,13 @@ cat_rel_put(struct catalog *cat, const struct cat_rel *rel)
 	return cat_rel_put_trim(cat, rel, UINT64_MAX);
 }
 
-int
-cat_rel_put_trim(struct catalog *cat, const struct cat_rel *rel,
-    uint64_t keep_upto)
+/* cat_rel_put_trim's statements, in the caller's transaction. */
+static int
+rel_put_tx(struct catalog *cat, const struct cat_rel *rel, uint64_t keep_upto)
 {
 	sqlite3_stmt *st;
 	int r;
 
-	if ((r = rel_check(rel)) != 0)
-		return r;
-	pthread_mutex_lock(&cat->lock);
-	if ((r = cat_begin(cat, 1)) != 0)
-		goto out;
 	if (keep_upto != UINT64_MAX) {
 		st = cat->st[ST_POINT_DROP_AFTER];
 		if (bind_text(st, 1, rel->vm) != SQLITE_OK ||
@@ -819,6 +814,20 @@ cat_rel_put_trim(struct catalog *cat, const struct cat_rel *rel,
 	}
 	r = 0;
 out:
+	return r;
+}
+
+int
+cat_rel_put_trim(struct catalog *cat, const struct cat_rel *rel,
+    uint64_t keep_upto)
+{
+	int r;
+
+	if ((r = rel_check(rel)) != 0)
+		return r;
+	pthread_mutex_lock(&cat->lock);
+	if ((r = cat_begin(cat, 1)) == 0)
+		r = rel_put_tx(cat, rel, keep_upto);
 	r = cat_end(cat, r);
 	pthread_mutex_unlock(&cat->lock);
 	return r;
@@ -925,19 +934,15 @@ out:
 	return r;
 }
 
-int
-cat_point_commit(struct catalog *cat, const char *vm, struct cat_point *p)
+/* cat_point_commit's statements, in the caller's transaction; *idp
+ * receives the point's id. */
+static int
+point_add_tx(struct catalog *cat, const char *vm, struct cat_point *p,
+    uint64_t *idp)
 {
 	sqlite3_stmt *st;
 	uint64_t last_point, max_id = 0, id = 0;
-	int rc, r;
-
-	if (p->ndisks > CAT_MAX_DISKS ||
-	    (p->kind != CAT_KIND_CRASH && p->kind != CAT_KIND_APP))
-		return RD_ERR_INVALID;
-	pthread_mutex_lock(&cat->lock);
-	if ((r = cat_begin(cat, 1)) != 0)
-		goto out;
+	int rc, r = 0;
 
 	/* The next id: above every point there is and above the newest the
 	 * relationship ever recorded, so a dropped newest point's id is not
@@ -1035,8 +1040,47 @@ cat_point_commit(struct catalog *cat, const char *vm, struct cat_point *p)
 	if ((r = cat_run(cat, ST_REL_SET_POINT, vm,
 	    "update relationship")) != 0)
 		goto out;
+	*idp = id;
 	r = 0;
 out:
+	return r;
+}
+
+int
+cat_point_commit(struct catalog *cat, const char *vm, struct cat_point *p)
+{
+	uint64_t id = 0;
+	int r;
+
+	if (p->ndisks > CAT_MAX_DISKS ||
+	    (p->kind != CAT_KIND_CRASH && p->kind != CAT_KIND_APP))
+		return RD_ERR_INVALID;
+	pthread_mutex_lock(&cat->lock);
+	if ((r = cat_begin(cat, 1)) == 0)
+		r = point_add_tx(cat, vm, p, &id);
+	r = cat_end(cat, r);
+	if (r == 0)
+		p->id = id;
+	pthread_mutex_unlock(&cat->lock);
+	return r;
+}
+
+int
+cat_point_commit_new(struct catalog *cat, const struct cat_rel *rel,
+    struct cat_point *p)
+{
+	uint64_t id = 0;
+	int r;
+
+	if (p->ndisks > CAT_MAX_DISKS ||
+	    (p->kind != CAT_KIND_CRASH && p->kind != CAT_KIND_APP))
+		return RD_ERR_INVALID;
+	if ((r = rel_check(rel)) != 0)
+		return r;
+	pthread_mutex_lock(&cat->lock);
+	if ((r = cat_begin(cat, 1)) == 0 &&
+	    (r = rel_put_tx(cat, rel, UINT64_MAX)) == 0)
+		r = point_add_tx(cat, rel->vm, p, &id);
 	r = cat_end(cat, r);
 	if (r == 0)
 		p->id = id;

@@ -12,6 +12,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fnmatch.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -674,6 +675,55 @@ set_min_free(struct cfg_parse *p, const char *v)
 	return 0;
 }
 
+/* A count from 1 to max, digits only. */
+static int
+parse_count(struct cfg_parse *p, const char *v, uint64_t max, uint64_t *out)
+{
+	uint64_t n = 0;
+	size_t i;
+
+	for (i = 0; isdigit((unsigned char)v[i]) && n <= max; i++)
+		n = n * 10 + (uint64_t)(v[i] - '0');
+	if (i == 0 || v[i] != '\0' || n < 1 || n > max)
+		return KEY_ERROR(p, "invalid number '%s' (1 to %" PRIu64 ")", v,
+		    max);
+	*out = n;
+	return 0;
+}
+
+/* Quotas of what one primary may make here. */
+static int
+set_max_vms(struct cfg_parse *p, const char *v)
+{
+	uint64_t n;
+	int r = parse_count(p, v, 100000, &n);
+	if (r == 0)
+		cur_accept(p)->max_vms = (unsigned)n;
+	return r;
+}
+
+static int
+set_max_disks(struct cfg_parse *p, const char *v)
+{
+	uint64_t n;
+	int r = parse_count(p, v, CFG_MAX_DISKS, &n);
+	if (r == 0)
+		cur_accept(p)->max_disks = (unsigned)n;
+	return r;
+}
+
+static int
+set_max_disk_size(struct cfg_parse *p, const char *v)
+{
+	uint64_t n;
+
+	if (util_parse_size(v, &n) != 0 || n == 0 || n > CFG_MAX_DISK_SIZE)
+		return KEY_ERROR(p, "invalid size '%s' (e.g. 2T, at most 64P)",
+		    v);
+	cur_accept(p)->max_disk_size = n;
+	return 0;
+}
+
 void
 cfg_vm_defaults(struct cfg_vm *vm)
 {
@@ -738,6 +788,9 @@ static const struct cfg_key cfg_keys[] = {
 	{ SEC_ACCEPT, "retention", set_retention, 0 },
 	{ SEC_ACCEPT, "retention_time", set_retention_time, 0 },
 	{ SEC_ACCEPT, "min_free", set_min_free, 0 },
+	{ SEC_ACCEPT, "max_vms", set_max_vms, 0 },
+	{ SEC_ACCEPT, "max_disks", set_max_disks, 0 },
+	{ SEC_ACCEPT, "max_disk_size", set_max_disk_size, 0 },
 };
 _Static_assert(sizeof(cfg_keys) / sizeof(cfg_keys[0]) <=
     sizeof(((struct cfg_parse *)0)->seen) / sizeof(int), "seen[] too small");
@@ -855,6 +908,11 @@ cfg_section(struct cfg_parse *p, char *text)
 		struct cfg_accept *a = &cfg->accepts[cfg->naccepts++];
 		memset(a, 0, sizeof(*a));
 		snprintf(a->name, sizeof(a->name), "%s", name);
+		a->min_free_bytes = CONFIG_DEFAULT_MIN_FREE;
+		a->min_free_pct = CONFIG_DEFAULT_MIN_FREE_PCT;
+		a->max_vms = CONFIG_DEFAULT_MAX_VMS;
+		a->max_disks = CONFIG_DEFAULT_MAX_DISKS;
+		a->max_disk_size = CONFIG_DEFAULT_MAX_DISK_SIZE;
 		a->line = p->lineno;
 		p->sec = SEC_ACCEPT;
 	} else

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -53,6 +54,29 @@ struct daemon {
 	uint64_t		 stop_ms;	/* when SIGTERM came */
 };
 
+/*
+ * Each replica VM holds a descriptor per disk (and its lock), each session
+ * a socket: the soft limit (often 1024) is raised to the hard one, so that
+ * the [accept] quotas, not the limit, bound what peers can open.
+ */
+static void
+raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == rl.rlim_max)
+		return;
+	rlim_t was = rl.rlim_cur;
+	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? (rlim_t)1 << 20 :
+	    rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+		log_warn("cannot raise the file descriptor limit from %llu",
+		    (unsigned long long)was);
+	else
+		log_info("file descriptor limit raised from %llu to %llu",
+		    (unsigned long long)was, (unsigned long long)rl.rlim_cur);
+}
+
 struct daemon *
 daemon_init(struct config *cfg)
 {
@@ -65,6 +89,7 @@ daemon_init(struct config *cfg)
 	svc->cfg = cfg;
 	log_set_level(cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
+	raise_fd_limit();
 	if (util_mkdir_p(cfg->state_dir, 0700) != 0)
 		fatal("cannot create state_dir %s", cfg->state_dir);
 	/* Before anything touches the state: one replicad per state_dir. */
@@ -157,18 +182,25 @@ int
 daemon_run(struct daemon *d)
 {
 	struct vmtab *vt = d->svc.vt;
-	size_t np = 0, nr = 0;
+	size_t np = 0, nr = 0, nu = 0;
 
 	d->sig_term = evsignal_new(d->svc.base, SIGTERM, on_signal, d);
 	d->sig_int = evsignal_new(d->svc.base, SIGINT, on_signal, d);
 	evsignal_add(d->sig_term, NULL);
 	evsignal_add(d->sig_int, NULL);
 	for (size_t i = 0; i < vt_count(vt); i++) {
-		if (vt_state(vt_at(vt, i)) == ROLE_REPLICA)
+		struct vme *e = vt_at(vt, i);
+		if (vt_state(e) == ROLE_REPLICA)
 			nr++;
 		else
 			np++;
+		if (vt_state(e) == ROLE_REPLICA && vt_rvm(e) == NULL)
+			nu++;
 	}
+	if (nu > 0)
+		log_warnx("%zu of %zu replica VMs could not be opened (each is "
+		    "named above with the reason); the others are served", nu,
+		    nr);
 	log_info("replicad ready: %zu primary VMs, %zu replica VMs%s%s", np, nr,
 	    d->cfg->listen ? ", listening on " : "",
 	    d->cfg->listen ? d->cfg->listen : "");

@@ -20,7 +20,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/resource.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -58,7 +57,6 @@
 #define REFUSE_S	5		/* a NACK's whole way out */
 #define LINGER_S	2		/* reading after a NACK's FIN */
 #define REPORT_S	60		/* drops are summed up this often */
-#define NOFILE_WANT	(GATE_UNAUTH + GATE_AUTH + 1024) /* descriptors */
 
 struct rvm {
 	struct svc	*svc;
@@ -96,6 +94,7 @@ struct rsess {
 	char			 identity[HOST_MAX_LEN + 1];
 	struct rvm		*vm;
 	struct wire_hello	 hello;
+	uint64_t		 max_disk_size;	/* [accept] quota (0: none) */
 	uint64_t		 gen;		/* the generation it was welcomed
 						   at (a reassigned sender's is
 						   the replica's, not HELLO's) */
@@ -230,22 +229,18 @@ static const struct vt_ops rvm_ops = {
 	.resume = NULL,
 };
 
-struct rvm *
-replica_open(struct svc *svc, struct vme *e, const struct cat_rel *rel,
-    char *const *paths, char *err, size_t errsz)
+/* The replica of e served from store st (now the rvm's). */
+static struct rvm *
+rvm_attach(struct svc *svc, struct vme *e, const struct cat_rel *rel,
+    struct store *st)
 {
 	struct rvm *vm = xcalloc(1, sizeof(*vm));
-	int r;
 
 	vm->svc = svc;
 	vm->e = e;
 	snprintf(vm->name, sizeof(vm->name), "%s", rel->vm);
 	vm->interval_ms = rel->interval_ms;
-	if ((r = store_open_paths(svc->cat, rel, paths, &vm->st, err,
-	    errsz)) != 0) {
-		free(vm);
-		return NULL;
-	}
+	vm->st = st;
 	struct cat_rel now;
 	struct cat_point last;
 	store_rel(vm->st, &now);
@@ -256,14 +251,43 @@ replica_open(struct svc *svc, struct vme *e, const struct cat_rel *rel,
 	return vm;
 }
 
+struct rvm *
+replica_open(struct svc *svc, struct vme *e, const struct cat_rel *rel,
+    char *const *paths, char *err, size_t errsz)
+{
+	struct store *st;
+
+	if (store_open_paths(svc->cat, rel, paths, &st, err, errsz) != 0)
+		return NULL;
+	return rvm_attach(svc, e, rel, st);
+}
+
 void
 replica_close(struct rvm *vm)
 {
 	if (rvm_in_use(vm))
 		fatalx("%s: replica closed while a session uses it", vm->name);
 	vt_detach(vm->e, VT_REPLICA);
-	store_close(vm->st);
+	if (store_recorded(vm->st))
+		store_close(vm->st);
+	else
+		store_discard(vm->st);	/* a HELLO's, never recorded */
 	free(vm);
+}
+
+/*
+ * A new relationship's last session ended before any of its cycles was
+ * applied: it was never recorded, and what its HELLO made goes.
+ */
+static void
+drop_unrecorded(struct rvm *vm)
+{
+	struct vme *e = vm->e;
+
+	log_info("%s: no cycle from %s was applied: the new relationship is "
+	    "not recorded, and its files are removed", vm->name, vt_owner(e));
+	replica_close(vm);
+	vt_remove(e);
 }
 
 /* --- session lifetime ---------------------------------------------------- */
@@ -321,8 +345,13 @@ sess_free(struct rsess *s)
 		welcome(next, vm);
 		sess_read(next->bev, next);	/* what came meanwhile */
 	}
-	if (vm && vm->owner == NULL && vm->waiting == NULL)
-		vt_poke(vm->e);
+	if (vm && vm->owner == NULL && vm->waiting == NULL) {
+		if (!store_recorded(vm->st) && !vt_claimed(vm->e) &&
+		    !vt_in_use(vm->e))
+			drop_unrecorded(vm);
+		else
+			vt_poke(vm->e);
+	}
 }
 
 static void
@@ -473,6 +502,15 @@ stage_cycle(struct rsess *s, const uint8_t *p, size_t len)
 		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_RANGE, "CYCLE "
 		    "has %u disks, HELLO had %u", s->cycle.ndisks,
 		    s->hello.ndisks);
+	/* Past the store's own bound the store answers (MISMATCH). */
+	for (uint16_t i = 0; i < s->cycle.ndisks; i++)
+		if (s->max_disk_size && s->cycle.sizes[i] > s->max_disk_size &&
+		    s->cycle.sizes[i] <= CFG_MAX_DISK_SIZE)
+			return job_fail(s, WIRE_NACK_DENIED, RD_ERR_TOO_LARGE,
+			    "quota: disk %s of %s would grow to %" PRIu64 " "
+			    "bytes, above max_disk_size (%" PRIu64 " bytes)",
+			    s->hello.disks[i].name, s->vm->name,
+			    s->cycle.sizes[i], s->max_disk_size);
 	/* A session outlives no role change (the replica ends it), but a
 	 * cycle is checked against the relationship all the same (F1). */
 	struct cat_rel rel;
@@ -1095,9 +1133,11 @@ on_promote(struct rsess *s, const uint8_t *p, size_t len)
 /* --- HELLO ----------------------------------------------------------------- */
 
 /*
- * A new relationship, the sender's: its store first (directory, images),
- * then the catalog, so that a HELLO refused or failing on the way leaves
- * nothing behind.  0, or the session is refused.
+ * A new relationship, the sender's: its store (directory, images) and its
+ * entry in the VM table, but not the catalog: the first cycle applied
+ * records it with its point (store.c), and a session that ends before
+ * that leaves nothing behind (drop_unrecorded, or the next start's
+ * sweep).  0, or the session is refused.
  */
 static int
 create_replica(struct rsess *s, const struct cfg_accept *acc, uint64_t gen)
@@ -1105,9 +1145,8 @@ create_replica(struct rsess *s, const struct cfg_accept *acc, uint64_t gen)
 	struct svc *svc = s->srv->svc;
 	struct wire_hello *h = &s->hello;
 	struct cat_rel rel;
-	struct rvm *vm;
+	struct store *st;
 	char err[512];
-	int r;
 
 	role_rel_create(&rel, h->vm, s->identity, gen, acc->storage);
 	rel.block_size = h->block_size;
@@ -1131,25 +1170,61 @@ create_replica(struct rsess *s, const struct cfg_accept *acc, uint64_t gen)
 		}
 		free(img);
 	}
-	struct vme *e = vt_add(svc->vt, &rel);
-	if ((vm = replica_open(svc, e, &rel, NULL, err, sizeof(err))) == NULL) {
-		vt_remove(e);
+	if (store_create(svc->cat, &rel, &st, err, sizeof(err)) != 0) {
 		sess_refuse(s, WIRE_NACK_IO, "cannot make the replica of %s: %s",
 		    h->vm, err);
 		return -1;
 	}
-	if ((r = cat_rel_put(svc->cat, &rel)) != 0) {
-		vt_detach(e, VT_REPLICA);
-		store_discard(vm->st);
-		free(vm);
-		vt_remove(e);
-		sess_refuse(s, WIRE_NACK_INTERNAL, "cannot record the "
-		    "relationship: %s", rd_strerror(r));
-		return -1;
-	}
+	rvm_attach(svc, vt_add(svc->vt, &rel), &rel, st);
 	log_info("%s: new replica relationship from %s at generation %" PRIu64
-	    ", %u disks, storage %s", h->vm, s->identity, gen, h->ndisks,
-	    acc->storage);
+	    ", %u disks, storage %s (recorded once its first cycle is "
+	    "applied)", h->vm, s->identity, gen, h->ndisks, acc->storage);
+	return 0;
+}
+
+/*
+ * The quotas of the [accept] entry, checked before anything is made or
+ * recorded: how many VMs the sender may have here and how many disks a
+ * new one may have (creating), and how large each disk may be (always:
+ * a disk grows).  0, or the session is refused.
+ */
+static int
+check_quota(struct rsess *s, const struct cfg_accept *acc, int creating)
+{
+	struct vmtab *vt = s->srv->svc->vt;
+	struct wire_hello *h = &s->hello;
+	char a[32], b[32];
+	unsigned n = 0;
+
+	if (creating) {
+		for (size_t i = 0; i < vt_count(vt); i++)
+			if (vt_state(vt_at(vt, i)) == ROLE_REPLICA &&
+			    role_same_identity(vt_owner(vt_at(vt, i)),
+			    s->identity))
+				n++;
+		if (n >= acc->max_vms) {
+			sess_refuse(s, WIRE_NACK_DENIED, "quota: %s may not "
+			    "add %s: it has %u VMs here, and max_vms of "
+			    "[accept %s] is %u", s->identity, h->vm, n,
+			    acc->name, acc->max_vms);
+			return -1;
+		}
+		if (h->ndisks > acc->max_disks) {
+			sess_refuse(s, WIRE_NACK_DENIED, "quota: %s has %u "
+			    "disks, and max_disks of [accept %s] is %u", h->vm,
+			    h->ndisks, acc->name, acc->max_disks);
+			return -1;
+		}
+	}
+	for (uint16_t i = 0; i < h->ndisks; i++)
+		if (h->disks[i].size > acc->max_disk_size) {
+			util_format_bytes(h->disks[i].size, a, sizeof(a));
+			util_format_bytes(acc->max_disk_size, b, sizeof(b));
+			sess_refuse(s, WIRE_NACK_DENIED, "quota: disk %s of %s "
+			    "is %s, and max_disk_size of [accept %s] is %s",
+			    h->disks[i].name, h->vm, a, acc->name, b);
+			return -1;
+		}
 	return 0;
 }
 
@@ -1190,13 +1265,17 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 		start_demotion(s, e, acc);
 		return;
 	case ROLE_CREATE:
-		if (create_replica(s, acc, d.generation) != 0)
+		if (check_quota(s, acc, 1) != 0 ||
+		    create_replica(s, acc, d.generation) != 0)
 			return;
 		e = vt_find(svc->vt, h->vm);
 		break;
 	default:		/* ROLE_WELCOME, ROLE_WELCOME_ADOPT */
+		if (check_quota(s, acc, 0) != 0)
+			return;
 		break;
 	}
+	s->max_disk_size = acc->max_disk_size;
 	if ((vm = vt_rvm(e)) == NULL) {
 		sess_refuse(s, WIRE_NACK_IO, "the replica of %s is unavailable "
 		    "on this host%s%s", h->vm, vt_note(e)[0] ? ": " : "",
@@ -1654,16 +1733,9 @@ replica_init(struct svc *svc)
 	srv->gate = gate_new(NULL);
 	if (cfg->listen == NULL)
 		return srv;
-	/* The budgets (gate.h) need more descriptors than the usual soft
-	 * limit of 1024: take what the hard limit allows. */
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < NOFILE_WANT &&
-	    rl.rlim_cur < rl.rlim_max) {
-		rl.rlim_cur = rl.rlim_max < NOFILE_WANT ? rl.rlim_max :
-		    NOFILE_WANT;
-		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-			log_warn("setrlimit(RLIMIT_NOFILE)");
-	}
+	/* What HELLOs made before a crash, never recorded, goes first. */
+	for (size_t i = 0; i < cfg->naccepts; i++)
+		store_sweep_new(svc->cat, cfg->accepts[i].storage);
 
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM,
 	    .ai_flags = AI_PASSIVE }, *res = NULL;

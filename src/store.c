@@ -20,6 +20,22 @@
  *          (0 staged, 1 direct, 2 zero), u64 offset in .staging/data,
  *          16-byte XXH3-128 of the content (zero for zero extents)
  *   16     XXH3-128 of every byte before it
+ *
+ * Digest files (.digests/DISK), no header: one 16-byte record per block
+ * of the image at the newest point, block i at offset 16 * i; the file is
+ * as long as the disk has blocks.  A record is the block's XXH3-128, or
+ * 16 zero bytes for a block that holds only zeros (whatever its length).
+ * Zero records are written as holes (ftruncate, hole punching): a disk of
+ * zeros, announced or never written, costs no space, however large.  So
+ * a record reads as "zeros" exactly where the sparse image reads as
+ * zeros.  An XXH3-128 of 16 zero bytes has a chance of 2^-128: verify
+ * would report such a block, never pass a wrong one.
+ *
+ * New relationship marker (STORAGE/VM/.new): "created" or "seeded".  It
+ * exists from the HELLO that made the relationship until the catalog
+ * records it with its first point; a directory holding it whose VM the
+ * catalog does not know is removed at start-up (all of it if replicad
+ * created it, only replicad's own files in a directory seeded beforehand).
  */
 #include <ctype.h>
 #include <dirent.h>
@@ -32,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -52,6 +69,7 @@
 #define WHERE_DIRECT	1
 #define WHERE_ZERO	2
 #define IO_CHUNK	(4u << 20)
+#define NEW_MARK	".new"
 #define WRITEBACK_KICK	(32u << 20)
 
 struct stage_rec {
@@ -79,6 +97,8 @@ struct store {
 	struct cat_rel	 rel;		/* the newest point's view */
 	char		*dir;
 	int		 created;	/* store_open made dir */
+	int		 unrecorded;	/* a new relationship the catalog does
+					   not hold yet (.new marker) */
 	char		*staging;
 	char		*undo_dir;
 	char		*digest_dir;
@@ -103,6 +123,8 @@ struct store {
 	struct wbuf	 recs;
 	uint64_t	 nrec;
 	uint64_t	 raw_bytes;
+	uint64_t	 need;		/* space its apply may take (undo,
+					   image, digests) */
 };
 
 static uint64_t
@@ -132,6 +154,95 @@ seg_path(struct store *st, const struct cat_point *p)
 		return undo_path(st, p->cycle);
 	return xasprintf("%s/%" PRIu64 ".%u.undo", st->undo_dir, p->cycle,
 	    p->seg);
+}
+
+/* --- digest records (the format is at the top of this file) ------------ */
+
+static int
+punch_zero(int fd, uint64_t off, uint64_t len)
+{
+	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+	    (off_t)off, (off_t)len) == 0)
+		return 0;
+	static const uint8_t zeros[64 * 1024];
+	for (uint64_t o = 0; o < len; o += sizeof(zeros)) {
+		size_t n = len - o < sizeof(zeros) ? (size_t)(len - o) :
+		    sizeof(zeros);
+		int r = util_pwrite_full(fd, zeros, n, (off_t)(off + o));
+		if (r != 0)
+			return r;
+	}
+	return 0;
+}
+
+/* Whether [off, off + len) of fd holds no data (a hole, or past the end). */
+static int
+is_hole(int fd, uint64_t off, uint64_t len)
+{
+	off_t data = lseek(fd, (off_t)off, SEEK_DATA);
+	if (data < 0)
+		return errno == ENXIO;
+	return (uint64_t)data >= off + len;
+}
+
+/* Zeros over [off, off + len): nothing to do where it is a hole already
+ * (the first cycle of a large disk), a punched hole elsewhere. */
+static int
+clear_range(int fd, uint64_t off, uint64_t len)
+{
+	if (len == 0 || is_hole(fd, off, len))
+		return 0;
+	return punch_zero(fd, off, len);
+}
+
+/* Whether d is the digest of len zero bytes (len at most a block). */
+static int
+is_zero_digest(const struct store *st, const struct digest *d, size_t len)
+{
+	struct digest z;
+
+	if (len == st->rel.block_size)
+		return digest_equal(d, &st->zero_digest);
+	uint8_t *buf = xcalloc(1, len);	/* a disk's short last block */
+	digest_block(buf, len, &z);
+	free(buf);
+	return digest_equal(d, &z);
+}
+
+/* The record of a block of len bytes whose digest is d. */
+static void
+to_record(const struct store *st, const struct digest *d, size_t len,
+    uint8_t *rec)
+{
+	if (is_zero_digest(st, d, len))
+		memset(rec, 0, DIGEST_LEN);
+	else
+		memcpy(rec, d->b, DIGEST_LEN);
+}
+
+/* Write n records from block first: each run of non-zero records with one
+ * pwrite, each run of zero records as a hole. */
+static int
+put_records(int fd, uint64_t first, const uint8_t *recs, size_t n)
+{
+	size_t i = 0, j;
+	int r = 0;
+
+	while (r == 0 && i < n) {
+		int zero = util_is_zero(recs + i * DIGEST_LEN, DIGEST_LEN);
+		for (j = i + 1; j < n && util_is_zero(recs + j * DIGEST_LEN,
+		    DIGEST_LEN) == zero; j++)
+			;
+		uint64_t off = (first + i) * DIGEST_LEN;
+		size_t len = (j - i) * DIGEST_LEN;
+		if (zero)
+			r = clear_range(fd, off, len);
+		else
+			r = util_pwrite_full(fd, recs + i * DIGEST_LEN, len,
+			    (off_t)off);
+		i = j;
+	}
+	return r;
 }
 
 /* --- staging index ------------------------------------------------------ */
@@ -255,8 +366,16 @@ open_images(struct store *st, char *const *paths, char *err, size_t errsz)
 		st->img[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC |
 		    (paths ? 0 : O_NOFOLLOW), 0600);
 		if (st->img[i] < 0) {
-			snprintf(err, errsz, "cannot open %s: %s", p,
-			    open_error());
+			struct rlimit rl;
+			int e = errno;
+			if (e == EMFILE && getrlimit(RLIMIT_NOFILE, &rl) == 0)
+				snprintf(err, errsz, "cannot open %s: the file "
+				    "descriptor limit (%llu) is reached: raise "
+				    "it (LimitNOFILE=) or lower max_vms", p,
+				    (unsigned long long)rl.rlim_cur);
+			else
+				snprintf(err, errsz, "cannot open %s: %s", p,
+				    open_error());
 			free(p);
 			return RD_ERR_SYSTEM;
 		}
@@ -488,12 +607,15 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 	 * two state dirs): recovery alone would wreck the other's cycle. */
 	char *lock = xasprintf("%s/.lock", st->dir);
 	r = util_lock_file(lock, &st->lock_fd);
-	free(lock);
-	if (r != 0) {
+	if (r == RD_ERR_BUSY)
 		snprintf(err, errsz, "%s is in use by another replicad",
 		    st->dir);
+	else if (r != 0)
+		snprintf(err, errsz, "cannot open %s: %s", lock,
+		    strerror(errno));
+	free(lock);
+	if (r != 0)
 		goto fail;
-	}
 	if ((r = check_dirs(st, err, errsz)) != 0 ||
 	    (r = open_images(st, paths, err, errsz)) != 0)
 		goto fail;
@@ -509,14 +631,174 @@ fail:
 	return r;
 }
 
+/* --- new relationships (the marker is described at the top) ------------- */
+
+/*
+ * Remove what a relationship the catalog never recorded left in dir: all
+ * of it if replicad created dir, else (a seed copy the operator placed)
+ * only replicad's own files, the marker last, so that a crash on the way
+ * leaves it to do again.  The caller holds dir's lock or made sure that
+ * nobody else uses dir.
+ */
+static int
+remove_new(const char *dir)
+{
+	static const char *own[] = { ".staging", ".undo", ".digests", ".redo",
+	    ".lock" };
+	char *mark = xasprintf("%s/%s", dir, NEW_MARK);
+	uint8_t *text = NULL;
+	size_t len = 0;
+	int r = 0;
+
+	int created = util_read_file(mark, 64, &text, &len) == 0 && len >= 7 &&
+	    memcmp(text, "created", 7) == 0;
+	free(text);
+	if (created) {
+		if ((r = util_rm_rf(dir)) == 0)
+			util_fsync_parent(dir);
+	} else {
+		for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++) {
+			char *p = xasprintf("%s/%s", dir, own[i]);
+			if (util_rm_rf(p) != 0)
+				r = RD_ERR_SYSTEM;
+			free(p);
+		}
+		if (r == 0 && unlink(mark) != 0 && errno != ENOENT)
+			r = RD_ERR_SYSTEM;
+		util_fsync_dir(dir);
+	}
+	free(mark);
+	return r;
+}
+
+/* remove_new() under dir's lock: RD_ERR_BUSY if another replicad has it. */
+static int
+remove_new_locked(const char *dir)
+{
+	char *lock = xasprintf("%s/.lock", dir);
+	int fd = -1, r;
+
+	if ((r = util_lock_file(lock, &fd)) == 0) {
+		r = remove_new(dir);
+		close(fd);
+	}
+	free(lock);
+	return r;
+}
+
+int
+store_create(struct catalog *cat, const struct cat_rel *rel,
+    struct store **out, char *err, size_t errsz)
+{
+	char *dir = xasprintf("%s/%s", rel->storage, rel->vm);
+	char *mark = xasprintf("%s/%s", dir, NEW_MARK);
+	struct stat sb;
+	int r;
+
+	/* Left by an earlier HELLO whose clean-up did not finish. */
+	if (lstat(mark, &sb) == 0 && (r = remove_new_locked(dir)) != 0) {
+		snprintf(err, errsz, "cannot remove what an unrecorded "
+		    "relationship left in %s: %s", dir, r == RD_ERR_BUSY ?
+		    "another replicad uses it" : strerror(errno));
+		goto out;
+	}
+	int created = lstat(dir, &sb) != 0 && errno == ENOENT;
+	const char *what = created ? "created\n" : "seeded\n";
+	if (util_mkdir_p(dir, 0700) != 0 ||
+	    util_write_atomic(mark, what, strlen(what)) != 0 ||
+	    (created && util_fsync_parent(dir) != 0)) {
+		snprintf(err, errsz, "cannot create %s: %s", mark,
+		    strerror(errno));
+		r = RD_ERR_SYSTEM;
+		if (created)
+			util_rm_rf(dir);
+		else
+			unlink(mark);
+		goto out;
+	}
+	if ((r = store_open_paths(cat, rel, NULL, out, err, errsz)) != 0) {
+		remove_new_locked(dir);
+		goto out;
+	}
+	(*out)->created = created;
+	(*out)->unrecorded = 1;
+out:
+	free(mark);
+	free(dir);
+	return r;
+}
+
+int
+store_recorded(struct store *st)
+{
+	pthread_mutex_lock(&st->rel_lock);
+	int r = !st->unrecorded;
+	pthread_mutex_unlock(&st->rel_lock);
+	return r;
+}
+
 void
 store_discard(struct store *st)
 {
-	char *dir = st->created ? xstrdup(st->dir) : NULL;
+	char *dir = xstrdup(st->dir);
+	int unrecorded = st->unrecorded, created = st->created;
+
 	store_close(st);
-	if (dir != NULL)
+	if (unrecorded) {
+		if (remove_new_locked(dir) != 0)
+			log_warn("cannot remove %s (it is removed at the next "
+			    "start)", dir);
+	} else if (created) {
 		util_rm_rf(dir);
+	}
 	free(dir);
+}
+
+void
+store_sweep_new(struct catalog *cat, const char *storage)
+{
+	DIR *d = opendir(storage);
+	struct dirent *de;
+
+	if (d == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		struct cat_rel rel;
+		struct stat sb;
+		if (util_name_valid(de->d_name) != 0)
+			continue;
+		char *dir = xasprintf("%s/%s", storage, de->d_name);
+		char *mark = xasprintf("%s/%s", dir, NEW_MARK);
+		int r = RD_ERR_NOT_FOUND;
+		if (lstat(mark, &sb) != 0) {
+			free(mark);
+			free(dir);
+			continue;
+		}
+		r = cat_rel_get(cat, de->d_name, &rel);
+		if (r == 0 && strcmp(rel.storage, storage) == 0) {
+			/* Recorded with its first point; stopped before the
+			 * marker went. */
+			if (unlink(mark) == 0)
+				util_fsync_dir(dir);
+		} else if (r == 0 || r == RD_ERR_NOT_FOUND) {
+			log_info("%s: removing what a new relationship left in "
+			    "%s: it has no recorded point (its primary sends "
+			    "the first cycle again)", de->d_name, dir);
+			if ((r = remove_new_locked(dir)) != 0)
+				log_warnx("%s: cannot remove %s: %s", de->d_name,
+				    dir, r == RD_ERR_BUSY ? "another replicad "
+				    "uses it" : strerror(errno));
+		} else {
+			log_warnx("%s: %s holds a new relationship's marker, "
+			    "and the catalog cannot tell whether it is "
+			    "recorded (%s): left as it is", de->d_name, dir,
+			    rd_strerror(r));
+		}
+		free(mark);
+		free(dir);
+	}
+	closedir(d);
 }
 
 void
@@ -655,6 +937,72 @@ apply_segment(struct store *st, const char *path, char *err, size_t errsz)
 }
 
 /*
+ * The records of one chunk of an image, read at off (n bytes) into buf:
+ * zero records for blocks of zeros, read as holes without hashing.
+ */
+static int
+chunk_records(struct store *st, int fd, uint64_t off, size_t n, uint8_t *buf,
+    uint8_t *recs)
+{
+	uint32_t bs = st->rel.block_size;
+	size_t nb = (n + bs - 1) / bs;
+	int r;
+
+	if (is_hole(fd, off, n)) {
+		memset(recs, 0, nb * DIGEST_LEN);
+		return 0;
+	}
+	if ((r = util_pread_holes(fd, buf, n, (off_t)off)) != 0)
+		return r;
+	for (size_t b = 0; b < nb; b++) {
+		size_t k = n - b * bs < bs ? n - b * bs : bs;
+		struct digest d;
+		if (util_is_zero(buf + b * bs, k)) {
+			memset(recs + b * DIGEST_LEN, 0, DIGEST_LEN);
+			continue;
+		}
+		digest_block(buf + b * bs, k, &d);
+		memcpy(recs + b * DIGEST_LEN, d.b, DIGEST_LEN);
+	}
+	return 0;
+}
+
+/*
+ * Compare a chunk's records with those of the digest file dfd (old_nb
+ * records): the index of the first block that differs, or nb.  A recorded
+ * digest of zeros (a file from before zero records) counts as a zero
+ * record; a block past the file's end differs (the image grew).
+ */
+static size_t
+first_changed(struct store *st, int dfd, uint64_t old_nb, uint64_t first,
+    const uint8_t *recs, size_t nb, uint64_t size)
+{
+	uint32_t bs = st->rel.block_size;
+	size_t have = old_nb <= first ? 0 : old_nb - first < nb ?
+	    (size_t)(old_nb - first) : nb;
+	uint8_t *old = xmalloc(nb * DIGEST_LEN);
+	size_t b = 0;
+
+	if (util_pread_holes(dfd, old, have * DIGEST_LEN,
+	    (off_t)(first * DIGEST_LEN)) != 0)
+		goto out;
+	for (; b < have; b++) {
+		uint8_t *o = old + b * DIGEST_LEN;
+		uint64_t at = (first + b) * bs;
+		size_t len = size - at < bs ? (size_t)(size - at) : bs;
+		struct digest d;
+		memcpy(d.b, o, DIGEST_LEN);
+		if (!util_is_zero(o, DIGEST_LEN))
+			to_record(st, &d, len, o);
+		if (memcmp(o, recs + b * DIGEST_LEN, DIGEST_LEN) != 0)
+			break;
+	}
+out:
+	free(old);
+	return b;
+}
+
+/*
  * Digests of the images as they are (sizes from the files): written to
  * .digests/ (write), or compared with it (RD_ERR_HASH on a difference,
  * named in err).
@@ -665,64 +1013,78 @@ digest_images(struct store *st, int write, char *err, size_t errsz)
 	uint32_t bs = st->rel.block_size;
 	size_t chunk = IO_CHUNK < bs ? bs : IO_CHUNK;
 	uint8_t *buf = xmalloc(chunk);
-	struct wbuf dig;
-	int r = 0;
+	uint8_t *recs = xmalloc(chunk / bs * DIGEST_LEN);
+	char *p = NULL, *tmp = NULL;
+	int r = 0, fd = -1;
 
-	wb_init(&dig);
 	for (uint16_t i = 0; i < st->rel.ndisks && r == 0; i++) {
-		struct stat sb;
+		struct stat sb, db;
 		if (fstat(st->img[i], &sb) != 0) {
 			r = RD_ERR_SYSTEM;
 			break;
 		}
-		uint64_t size = (uint64_t)sb.st_size;
-		wb_reset(&dig);
+		uint64_t size = (uint64_t)sb.st_size, nb = nblocks_of(size, bs);
+		p = disk_path(st, st->digest_dir, i);
+		tmp = xasprintf("%s.tmp", p);
+		if (write)
+			fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
+			    0600);
+		else
+			fd = open(p, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || fstat(fd, &db) != 0 || (write && ftruncate(fd,
+		    (off_t)(nb * DIGEST_LEN)) != 0)) {
+			r = RD_ERR_SYSTEM;
+			break;
+		}
+		uint64_t old_nb = (uint64_t)db.st_size / DIGEST_LEN;
 		for (uint64_t off = 0; off < size && r == 0; off += chunk) {
 			size_t n = size - off < chunk ? (size_t)(size - off) :
 			    chunk;
-			if ((r = util_pread_full(st->img[i], buf, n,
-			    (off_t)off)) != 0)
+			size_t k = (n + bs - 1) / bs;
+			if ((r = chunk_records(st, st->img[i], off, n, buf,
+			    recs)) != 0)
 				break;
-			for (size_t o = 0; o < n; o += bs) {
-				size_t k = n - o < bs ? n - o : bs;
-				struct digest d;
-				if (k == bs && util_is_zero(buf + o, k))
-					d = st->zero_digest;
-				else
-					digest_block(buf + o, k, &d);
-				wb_put_bytes(&dig, d.b, DIGEST_LEN);
+			if (write) {
+				r = put_records(fd, off / bs, recs, k);
+				continue;
 			}
-		}
-		if (r != 0)
-			break;
-		char *p = disk_path(st, st->digest_dir, i);
-		if (write) {
-			r = util_write_atomic(p, dig.p, dig.len);
-		} else {
-			uint8_t *old = NULL;
-			size_t len = 0;
-			r = util_read_file(p, (size_t)1 << 34, &old, &len);
-			if (r == 0 && (len != dig.len ||
-			    memcmp(old, dig.p, len) != 0)) {
-				size_t k = 0;
-				while (k + DIGEST_LEN <= len && k < dig.len &&
-				    memcmp(old + k, dig.p + k, DIGEST_LEN) == 0)
-					k += DIGEST_LEN;
+			size_t b = first_changed(st, fd, old_nb, off / bs, recs,
+			    k, size);
+			if (b < k) {
 				snprintf(err, errsz, "disk %s changed at offset "
 				    "%" PRIu64 " since the failover",
-				    st->rel.disks[i].name,
-				    (uint64_t)(k / DIGEST_LEN) * bs);
+				    st->rel.disks[i].name, off + b * bs);
 				r = RD_ERR_HASH;
 			}
-			free(old);
 		}
+		if (r == 0 && !write && old_nb != nb) {
+			snprintf(err, errsz, "disk %s changed at offset %" PRIu64
+			    " since the failover", st->rel.disks[i].name,
+			    (old_nb < nb ? old_nb : nb) * bs);
+			r = RD_ERR_HASH;
+		}
+		if (r == 0 && write && (fsync(fd) != 0 || rename(tmp, p) != 0 ||
+		    util_fsync_dir(st->digest_dir) != 0))
+			r = RD_ERR_SYSTEM;
+		if (r != 0)
+			break;
+		close(fd);
+		fd = -1;
 		free(p);
+		free(tmp);
+		p = tmp = NULL;
 	}
 	if (r != 0 && r != RD_ERR_HASH)
 		snprintf(err, errsz, "cannot digest the images of %s: %s",
 		    st->rel.vm, r == RD_ERR_SYSTEM ? strerror(errno) :
 		    rd_strerror(r));
-	wb_free(&dig);
+	if (fd >= 0)
+		close(fd);
+	if (r != 0 && write && tmp != NULL)
+		unlink(tmp);
+	free(p);
+	free(tmp);
+	free(recs);
 	free(buf);
 	return r;
 }
@@ -982,16 +1344,20 @@ store_space(struct store *st, uint64_t *avail, uint64_t *total,
 	*avail = (uint64_t)sv.f_bavail * sv.f_frsize;
 	*total = (uint64_t)sv.f_blocks * sv.f_frsize;
 	pthread_mutex_lock(&st->rel_lock);
-	*keep = st->min_free_pct ? *total / 100 * st->min_free_pct :
-	    st->min_free_bytes;
+	uint64_t pct = *total / 100 * st->min_free_pct;
+	/* Both set (the default): the smaller. */
+	if (st->min_free_pct && st->min_free_bytes)
+		*keep = pct < st->min_free_bytes ? pct : st->min_free_bytes;
+	else
+		*keep = st->min_free_pct ? pct : st->min_free_bytes;
 	pthread_mutex_unlock(&st->rel_lock);
 	return 0;
 }
 
 /*
- * Before a cycle is applied: if what it needs (up to twice its raw size:
- * the undo data of what it overwrites and the new blocks of the images)
- * would leave less than min_free, drop the oldest points, one at a time,
+ * Before a cycle is applied: if what it needs (store_cycle_put counts it:
+ * the undo data of what it overwrites, the new blocks of the images and
+ * their digest records) would leave less than min_free, drop the oldest points, one at a time,
  * each logged, counting the bytes each drop frees (some file systems,
  * btrfs, show freed space only later).  If dropping every point but the
  * newest (and a test copy's) could not make room, drop none and refuse
@@ -1313,8 +1679,18 @@ store_put_digests(struct store *st, uint16_t disk, uint64_t off,
 		}
 		free(p);
 	}
-	int r = util_pwrite_full(st->dig_fd[disk], d, n * sizeof(*d),
-	    (off_t)(off / bs * DIGEST_LEN));
+	/* The blocks' lengths are the cycle's (the new size). */
+	uint64_t size = st->active ? st->cur.sizes[disk] :
+	    st->rel.disks[disk].size;
+	uint8_t *recs = xmalloc(n * DIGEST_LEN);
+	for (size_t i = 0; i < n; i++) {
+		uint64_t at = off + i * bs;
+		size_t len = at < size && size - at < bs ? (size_t)(size - at) :
+		    bs;
+		to_record(st, &d[i], len, recs + i * DIGEST_LEN);
+	}
+	int r = put_records(st->dig_fd[disk], off / bs, recs, n);
+	free(recs);
 	if (r != 0)
 		snprintf(err, errsz, "cannot write the digests of %s: %s",
 		    st->rel.disks[disk].name, strerror(errno));
@@ -1329,6 +1705,10 @@ store_get_digests(struct store *st, uint16_t disk, uint64_t off,
 	memset(d, 0, n * sizeof(*d));
 	if (disk >= st->rel.ndisks || off % bs != 0)
 		return RD_ERR_RANGE;
+	/* Before the first point nothing recorded is known to be true (a
+	 * resync cut off may have left a few records). */
+	if (st->rel.last_point == 0)
+		return 0;
 	char *p = disk_path(st, st->digest_dir, disk);
 	int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	free(p);
@@ -1338,7 +1718,25 @@ store_get_digests(struct store *st, uint16_t disk, uint64_t off,
 	    DIGEST_LEN));
 	close(fd);
 	if (got < 0)
-		memset(d, 0, n * sizeof(*d));
+		got = 0;
+	/* A zero record is a block of zeros at the newest point's size. */
+	uint64_t size = st->rel.disks[disk].size;
+	for (size_t i = 0; i < n; i++) {
+		uint64_t at = off + i * bs;
+		if ((size_t)got >= (i + 1) * DIGEST_LEN && at < size &&
+		    util_is_zero(d[i].b, DIGEST_LEN)) {
+			uint32_t len = size - at < bs ? (uint32_t)(size - at) : bs;
+			if (len == bs) {
+				d[i] = st->zero_digest;
+			} else {
+				uint8_t *z = xcalloc(1, len);
+				digest_block(z, len, &d[i]);
+				free(z);
+			}
+		} else if ((size_t)got < (i + 1) * DIGEST_LEN) {
+			memset(&d[i], 0, sizeof(d[i]));	/* unknown */
+		}
+	}
 	return 0;
 }
 
@@ -1436,6 +1834,7 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 	st->data_off = 0;
 	st->nrec = 0;
 	st->raw_bytes = 0;
+	st->need = 0;
 	wb_reset(&st->recs);
 	st->active = 1;
 	return 0;
@@ -1504,6 +1903,17 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 		    st->recs.len += DIGEST_LEN;
 	st->nrec++;
 	st->raw_bytes += len;
+	/* What applying it may take: a staged block's undo copy, its place
+	 * in the image and its digest record; a block past the old size, in
+	 * the image already, its record; a zero extent, at most the undo copy
+	 * of what it clears below the old size (its records are holes). */
+	uint64_t old = st->rel.disks[disk].size;
+	if (where == WHERE_STAGED)
+		st->need += 2 * (uint64_t)len + DIGEST_LEN;
+	else if (where == WHERE_DIRECT)
+		st->need += DIGEST_LEN;
+	else if (off < old)
+		st->need += old - off < len ? old - off : len;
 	if (st->nrec == 8)
 		fault_point("replica-staging");
 	return 0;
@@ -1536,30 +1946,21 @@ store_cycle_abort(struct store *st)
 
 /* --- applying ------------------------------------------------------------ */
 
-static int
-punch_zero(int fd, uint64_t off, uint64_t len)
-{
-	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-	    (off_t)off, (off_t)len) == 0)
-		return 0;
-	static const uint8_t zeros[64 * 1024];
-	for (uint64_t o = 0; o < len; o += sizeof(zeros)) {
-		size_t n = len - o < sizeof(zeros) ? (size_t)(len - o) :
-		    sizeof(zeros);
-		int r = util_pwrite_full(fd, zeros, n, (off_t)(off + o));
-		if (r != 0)
-			return r;
-	}
-	return 0;
-}
-
-/* Record the digest of every block of each extent in .digests/DISK. */
+/*
+ * Record the digest of every block of each extent in .digests/DISK: the
+ * hash of a data block, a hole for a zero extent (punched where an older
+ * point had data), so that only data blocks cost space.
+ */
 static int
 write_digests(struct store *st, const struct stage_index *ix)
 {
 	uint32_t bs = ix->block_size;
 	int fds[CAT_MAX_DISKS], r = 0;
+	struct wbuf run;
+	uint16_t run_disk = 0;
+	uint64_t run_block = 0;
 
+	wb_init(&run);
 	for (uint16_t i = 0; i < ix->c.ndisks; i++)
 		fds[i] = -1;
 	for (uint16_t i = 0; i < ix->c.ndisks; i++) {
@@ -1574,45 +1975,38 @@ write_digests(struct store *st, const struct stage_index *ix)
 		}
 	}
 	/* Extents arrive in disk and offset order: write each run of
-	 * consecutive digests with one pwrite. */
-	struct wbuf run;
-	uint16_t run_disk = 0;
-	uint64_t run_block = 0;
-	wb_init(&run);
-	for (uint64_t k = 0; k < ix->nrec; k++) {
+	 * consecutive data blocks' records at once. */
+	for (uint64_t k = 0; k < ix->nrec && r == 0; k++) {
 		const struct stage_rec *rec = &ix->recs[k];
-		uint64_t size = ix->c.sizes[rec->disk];
 		uint64_t first = rec->off / bs;
-		if (run.len > 0 && (rec->disk != run_disk || first !=
-		    run_block + run.len / DIGEST_LEN || run.len >= (1u << 20))) {
-			if ((r = util_pwrite_full(fds[run_disk], run.p, run.len,
-			    (off_t)(run_block * DIGEST_LEN))) != 0)
-				break;
+		uint64_t nb = nblocks_of(rec->len, bs);
+		if (run.len > 0 && (rec->where == WHERE_ZERO ||
+		    rec->disk != run_disk || first != run_block +
+		    run.len / DIGEST_LEN || run.len >= (1u << 20))) {
+			r = put_records(fds[run_disk], run_block, run.p,
+			    run.len / DIGEST_LEN);
 			wb_reset(&run);
+		}
+		if (r != 0)
+			break;
+		if (rec->where == WHERE_ZERO) {
+			r = clear_range(fds[rec->disk], first * DIGEST_LEN,
+			    nb * DIGEST_LEN);
+			continue;
 		}
 		if (run.len == 0) {
 			run_disk = rec->disk;
 			run_block = first;
 		}
-		for (uint64_t o = rec->off; o < rec->off + rec->len; o += bs) {
-			struct digest d = rec->hash;
-			if (rec->where == WHERE_ZERO) {
-				uint64_t n = size - o < bs ? size - o : bs;
-				if (n == bs) {
-					d = st->zero_digest;
-				} else {
-					uint8_t *z = xcalloc(1, (size_t)n);
-					digest_block(z, (size_t)n, &d);
-					free(z);
-				}
-			}
-			wb_put_bytes(&run, d.b, DIGEST_LEN);
-		}
+		/* A data extent is one block (or a disk's short last one). */
+		uint8_t one[DIGEST_LEN];
+		to_record(st, &rec->hash, rec->len < bs ? rec->len : bs, one);
+		for (uint64_t b = 0; b < nb; b++)
+			wb_put_bytes(&run, one, DIGEST_LEN);
 	}
 	if (r == 0 && run.len > 0)
-		r = util_pwrite_full(fds[run_disk], run.p, run.len,
-		    (off_t)(run_block * DIGEST_LEN));
-	wb_free(&run);
+		r = put_records(fds[run_disk], run_block, run.p,
+		    run.len / DIGEST_LEN);
 	if (r != 0)
 		goto out;
 	for (uint16_t i = 0; i < ix->c.ndisks; i++)
@@ -1622,6 +2016,7 @@ write_digests(struct store *st, const struct stage_index *ix)
 		}
 	r = util_fsync_dir(st->digest_dir);	/* files it may have created */
 out:
+	wb_free(&run);
 	for (uint16_t i = 0; i < ix->c.ndisks; i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
@@ -1927,7 +2322,13 @@ digests:
 	for (uint64_t k = 0; k < ix->nrec; k++)
 		out->bytes += ix->recs[k].len;
 	memcpy(out->sizes, ix->c.sizes, ix->c.ndisks * sizeof(uint64_t));
-	r = cat_point_commit(st->cat, st->rel.vm, out);
+	if (st->unrecorded) {
+		struct cat_rel rel;
+		store_rel(st, &rel);
+		r = cat_point_commit_new(st->cat, &rel, out);
+	} else {
+		r = cat_point_commit(st->cat, st->rel.vm, out);
+	}
 	if (r == RD_ERR_EXISTS)
 		r = cat_point_by_cycle(st->cat, st->rel.vm, ix->c.cycle, out);
 	if (r != 0) {
@@ -1946,7 +2347,17 @@ digests:
 	    ix->c.generation : st->rel.generation;
 	for (uint16_t i = 0; i < ix->c.ndisks; i++)
 		st->rel.disks[i].size = ix->c.sizes[i];
+	int was_new = st->unrecorded;
+	st->unrecorded = 0;
 	pthread_mutex_unlock(&st->rel_lock);
+	if (was_new) {
+		/* Recorded: the marker goes (start-up removes it if not). */
+		char *mark = xasprintf("%s/%s", st->dir, NEW_MARK);
+		if (unlink(mark) != 0 && errno != ENOENT)
+			log_warn("%s: cannot remove %s", st->rel.vm, mark);
+		util_fsync_dir(st->dir);
+		free(mark);
+	}
 	remove_staging(st);
 	r = 0;
 out:
@@ -1981,7 +2392,7 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 
 	if (!st->active)
 		return RD_ERR_STATE;
-	if ((r = make_room(st, 2 * st->raw_bytes, err, errsz)) != 0) {
+	if ((r = make_room(st, st->need, err, errsz)) != 0) {
 		store_cycle_abort(st);
 		return r;
 	}
@@ -2277,8 +2688,10 @@ store_test_cleanup(struct store *st, char *err, size_t errsz)
 /*
  * One pass over every disk, a chunk at a time: the image and its digests
  * are read under the lock (so an apply never lands between them) and
- * hashed outside it, so a long verify does not hold up replication.
- * RD_ERR_BUSY if a cycle was applied during the pass.
+ * hashed outside it, so a long verify does not hold up replication.  A
+ * zero record means the block must hold zeros; holes are read as zeros
+ * without reading them.  RD_ERR_BUSY if a cycle was applied during the
+ * pass.
  */
 static int
 verify_pass(struct store *st, uint64_t *blocks, char *err, size_t errsz)
@@ -2313,8 +2726,12 @@ verify_pass(struct store *st, uint64_t *blocks, char *err, size_t errsz)
 			size_t n = size - off < chunk ? (size_t)(size - off) :
 			    chunk;
 			size_t nb = (n + bs - 1) / bs;
-			if (r == 0 && (util_pread_full(st->img[i], buf, n,
-			    (off_t)off) || util_pread_full(dfd, dig,
+			struct stat sb;
+			int hole = r == 0 && is_hole(st->img[i], off, n) &&
+			    fstat(st->img[i], &sb) == 0 &&
+			    (uint64_t)sb.st_size >= off + n;	/* not cut short */
+			if (r == 0 && ((!hole && util_pread_holes(st->img[i],
+			    buf, n, (off_t)off)) || util_pread_holes(dfd, dig,
 			    nb * DIGEST_LEN, (off_t)(off / bs * DIGEST_LEN)))) {
 				snprintf(err, errsz, "disk %s: cannot read at "
 				    "%" PRIu64, st->rel.disks[i].name, off);
@@ -2323,10 +2740,22 @@ verify_pass(struct store *st, uint64_t *blocks, char *err, size_t errsz)
 			pthread_mutex_unlock(&st->lock);
 			for (size_t b = 0; r == 0 && b < nb; b++) {
 				size_t len = n - b * bs < bs ? n - b * bs : bs;
-				struct digest d;
-				digest_block(buf + b * bs, len, &d);
-				if (memcmp(d.b, dig + b * DIGEST_LEN,
-				    DIGEST_LEN) != 0) {
+				const uint8_t *rec = dig + b * DIGEST_LEN;
+				int ok;
+				if (hole && util_is_zero(rec, DIGEST_LEN)) {
+					ok = 1;
+				} else if (hole) {
+					struct digest d;
+					memcpy(d.b, rec, DIGEST_LEN);
+					ok = is_zero_digest(st, &d, len);
+				} else if (util_is_zero(rec, DIGEST_LEN)) {
+					ok = util_is_zero(buf + b * bs, len);
+				} else {
+					struct digest d;
+					digest_block(buf + b * bs, len, &d);
+					ok = memcmp(d.b, rec, DIGEST_LEN) == 0;
+				}
+				if (!ok) {
 					uint64_t o = off + b * bs;
 					snprintf(err, errsz, "disk %s: block %"
 					    PRIu64 " (offset %" PRIu64 ", %zu "

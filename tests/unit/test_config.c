@@ -272,7 +272,27 @@ test_defaults(void **state)
 	assert_string_equal(a->vms[0], "*");
 	assert_string_equal(a->storage, "/srv/rd/replicas");
 	assert_string_equal(a->retention, "last=24");
+	/* Quotas and min_free (the smaller of 1G and 5%). */
+	assert_int_equal(a->max_vms, 64);
+	assert_int_equal(a->max_disks, 16);
+	assert_int_equal(a->max_disk_size, (uint64_t)16 << 40);
+	assert_int_equal(a->min_free_bytes, (uint64_t)1 << 30);
+	assert_int_equal(a->min_free_pct, 5);
 	assert_int_equal(a->line, 1);
+	config_free(cfg);
+
+	cfg = load_ok(DAEMON REPLICA "max_vms = 3\nmax_disks = 64\n"
+	    "max_disk_size = 2T\nmin_free = 0\n");
+	a = &cfg->accepts[0];
+	assert_int_equal(a->max_vms, 3);
+	assert_int_equal(a->max_disks, 64);
+	assert_int_equal(a->max_disk_size, (uint64_t)2 << 40);
+	assert_int_equal(a->min_free_bytes, 0);
+	assert_int_equal(a->min_free_pct, 0);
+	config_free(cfg);
+	cfg = load_ok(DAEMON REPLICA "min_free = 10%\n");
+	assert_int_equal(cfg->accepts[0].min_free_bytes, 0);
+	assert_int_equal(cfg->accepts[0].min_free_pct, 10);
 	config_free(cfg);
 
 	/* state_dir = / does not make "//control.sock". */
@@ -734,6 +754,16 @@ static const struct bad_case bad_cases[] = {
 	    "invalid size 'lots'" },
 	{ "min_free percent too high", DAEMON REPLICA "min_free = 95%\n", 8,
 	    "min_free", "invalid percentage '95%'" },
+	{ "max_vms zero", DAEMON REPLICA "max_vms = 0\n", 8, "max_vms",
+	    "invalid number '0'" },
+	{ "max_vms junk", DAEMON REPLICA "max_vms = 5x\n", 8, "max_vms",
+	    "invalid number '5x'" },
+	{ "max_disks past the wire's bound", DAEMON REPLICA "max_disks = 65\n",
+	    8, "max_disks", "invalid number '65' (1 to 64)" },
+	{ "max_disk_size zero", DAEMON REPLICA "max_disk_size = 0\n", 8,
+	    "max_disk_size", "invalid size '0'" },
+	{ "max_disk_size junk", DAEMON REPLICA "max_disk_size = big\n", 8,
+	    "max_disk_size", "invalid size 'big'" },
 	{ "retention unknown kind", DAEMON REPLICA "retention = minutely=5\n",
 	    8, "retention", "unknown rule 'minutely'" },
 	{ "retention zero", DAEMON REPLICA "retention = last=0\n", 8,
