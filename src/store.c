@@ -2352,11 +2352,11 @@ digests:
 	pthread_mutex_unlock(&st->rel_lock);
 	if (was_new) {
 		/* Recorded: the marker goes (start-up removes it if not). */
-		char *mark = xasprintf("%s/%s", st->dir, NEW_MARK);
-		if (unlink(mark) != 0 && errno != ENOENT)
-			log_warn("%s: cannot remove %s", st->rel.vm, mark);
+		char *nm = xasprintf("%s/%s", st->dir, NEW_MARK);
+		if (unlink(nm) != 0 && errno != ENOENT)
+			log_warn("%s: cannot remove %s", st->rel.vm, nm);
 		util_fsync_dir(st->dir);
-		free(mark);
+		free(nm);
 	}
 	remove_staging(st);
 	r = 0;
