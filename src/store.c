@@ -60,6 +60,7 @@
 #include "store.h"
 #include "undo.h"
 #include "util.h"
+#include "work.h"
 #include "xmalloc.h"
 
 #define STAGE_MAGIC	"RDSTAGE1"
@@ -2459,13 +2460,19 @@ out:
 
 /* --- test failover ------------------------------------------------------- */
 
+/* A test copy is a long job (work.h): it stops at shutdown between pieces
+ * of at most COPY_PIECE bytes. */
+#define COPY_PIECE	(64u << 20)
+
 static int
 copy_range(int src, int dst, uint64_t off, uint64_t len)
 {
 	while (len > 0) {
+		if (work_cancelled())
+			return RD_ERR_CANCELLED;
 		loff_t in = (loff_t)off, o = (loff_t)off;
 		ssize_t n = copy_file_range(src, &in, dst, &o,
-		    len > (1u << 30) ? (1u << 30) : (size_t)len, 0);
+		    len > COPY_PIECE ? COPY_PIECE : (size_t)len, 0);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0) {
@@ -2475,6 +2482,10 @@ copy_range(int src, int dst, uint64_t off, uint64_t len)
 			while (len > 0 && r == 0) {
 				size_t k = len < IO_CHUNK ? (size_t)len :
 				    IO_CHUNK;
+				if (work_cancelled()) {
+					r = RD_ERR_CANCELLED;
+					break;
+				}
 				r = util_pread_full(src, buf, k, (off_t)off);
 				if (r == 0)
 					r = util_pwrite_full(dst, buf, k,
@@ -2497,6 +2508,8 @@ static int
 copy_image(int src, int dst, uint64_t size)
 {
 	int r;
+	if (work_cancelled())
+		return RD_ERR_CANCELLED;
 	if (ioctl(dst, FICLONE, src) == 0)
 		return ftruncate(dst, (off_t)size) == 0 ? 0 : RD_ERR_SYSTEM;
 	if (ftruncate(dst, (off_t)size) != 0)
@@ -2583,8 +2596,13 @@ store_test_failover(struct store *st, uint64_t id, uint64_t *point,
 		paths[i] = disk_path(st, st->test_dir, i);
 		fds[i] = open(paths[i], O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC |
 		    O_NOFOLLOW, 0600);
-		if (fds[i] < 0 || (r = copy_image(st->img[i], fds[i],
-		    st->rel.disks[i].size)) != 0) {
+		if (fds[i] >= 0 && (r = copy_image(st->img[i], fds[i],
+		    st->rel.disks[i].size)) == RD_ERR_CANCELLED) {
+			snprintf(err, errsz, "test copy of %s cancelled: "
+			    "replicad is stopping", st->rel.disks[i].name);
+			goto unlock;
+		}
+		if (fds[i] < 0 || r != 0) {
 			snprintf(err, errsz, "cannot copy %s: %s",
 			    st->rel.disks[i].name, strerror(errno));
 			r = RD_ERR_SYSTEM;
@@ -2605,6 +2623,12 @@ unlock:
 	for (size_t k = npts; k-- > 0;) {
 		if (pts[k].id > newest || pts[k].id <= id)
 			continue;
+		if (work_cancelled()) {
+			snprintf(err, errsz, "test copy cancelled: replicad is "
+			    "stopping");
+			r = RD_ERR_CANCELLED;
+			goto out;
+		}
 		char *up = seg_path(st, &pts[k]);
 		r = undo_apply(up, fds, nd, NULL);
 		if (r != 0) {
@@ -2711,6 +2735,14 @@ verify_pass(struct store *st, uint64_t *blocks, char *err, size_t errsz)
 		dfd = open(dp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 		free(dp);
 		for (uint64_t off = 0; r == 0; off += chunk) {
+			/* A long job (work.h): it stops at shutdown. */
+			if (work_cancelled()) {
+				snprintf(err, errsz, "verify cancelled at disk "
+				    "%s offset %" PRIu64 ": replicad is "
+				    "stopping", st->rel.disks[i].name, off);
+				r = RD_ERR_CANCELLED;
+				break;
+			}
 			pthread_mutex_lock(&st->lock);
 			uint64_t size = st->rel.disks[i].size;
 			if (st->rel.last_cycle != cycle) {

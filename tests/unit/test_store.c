@@ -41,6 +41,7 @@
 #include "store.h"
 #include "undo.h"
 #include "util.h"
+#include "work.h"
 
 #define BS	65536u
 #define VM	"web01"
@@ -1998,6 +1999,34 @@ test_crash_before_catalog_bad_staged_data(void **state)
 	model_free(&m2);
 }
 
+/* At shutdown (work_cancel()) verify and a test copy, long jobs, stop
+ * between chunks instead of reading or copying whole disks first; a
+ * cancelled test copy leaves nothing behind.  Last: the flag stays set. */
+static void
+test_long_jobs_cancelled(void **state)
+{
+	struct fixture *f = *state;
+	struct model m[3];
+	char *paths[NDISKS], err[512] = "";
+	uint64_t point = 0, blocks = 0;
+
+	three_points(f, m);
+	work_cancel();
+	assert_int_equal(store_verify(f->st, &blocks, err, sizeof(err)),
+	    RD_ERR_CANCELLED);
+	assert_non_null(strstr(err, "cancelled"));
+	err[0] = '\0';
+	assert_int_equal(store_test_failover(f->st, 1, &point, paths, err,
+	    sizeof(err)), RD_ERR_CANCELLED);
+	assert_non_null(strstr(err, "cancelled"));
+	for (int i = 0; i < NDISKS; i++)
+		assert_null(paths[i]);
+	assert_false(store_test_exists(f->st));
+	assert_images(f, &m[2]);
+	for (int i = 0; i < 3; i++)
+		model_free(&m[i]);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -2042,6 +2071,7 @@ main(int argc, char **argv)
 		T(test_rewind_failed_step_restart),
 		T(test_rewind_failed_step_retried),
 		T(test_rewind_failed_step_stay),
+		T(test_long_jobs_cancelled),	/* last (work_cancel) */
 	};
 #undef T
 
