@@ -338,8 +338,10 @@ strong_match(const struct weak_index *wi, long first, const uint8_t *p,
 	*match = 0;
 	for (size_t i = (size_t)first; i < wi->n &&
 	    wi->ent[i].weak == wi->ent[first].weak; i++)
-		if (memcmp(wi->ent[i].strong, strong, DELTA_STRONG_LEN) == 0)
+		if (memcmp(wi->ent[i].strong, strong, DELTA_STRONG_LEN) == 0) {
 			*match = 1;
+			break;
+		}
 	return 0;
 }
 

@@ -907,7 +907,7 @@ resync_delta(struct psess *s, const struct wire_chunk *sig)
 	case RD_ERR_BUDGET:
 		snprintf(s->err, sizeof(s->err), "the replica %s (%s) sent a "
 		    "signature of disk %u offset %" PRIu64 " that makes more "
-		    "than %" PRIu64 " false matches (forged or corrupt): "
+		    "than %" PRIu64 " false matches (forged, corrupt, or data that defeats the rolling checksum): "
 		    "resync stopped; the next one sends the ranges that "
 		    "differ whole", cfg->replica_name, cfg->replica, sig->disk,
 		    sig->offset, lim.max_false);

@@ -220,7 +220,7 @@ def test_resync_budget_forged_signature(env):
         check(not fake.errors, "the forging replica: %s" % fake.errors)
         check(r.rc == 1, "resync against forged signatures: %r" % r)
         want = "the replica replica (127.0.0.1:%d) sent a signature of disk 0 offset" % rep.port
-        check(want in r.err and "false matches (forged or corrupt)" in r.err,
+        check(want in r.err and "false matches (forged, corrupt, or data that defeats the rolling checksum)" in r.err,
               "the error does not name the forged signature and the replica: %r" % r.err)
         mark.wait("web: cycle", "failed", want, "resync stopped", what="the primary's log line")
         st = json.loads(pri.ok("status", "web", "--json").out)["vms"][0]

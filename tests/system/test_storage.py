@@ -244,7 +244,10 @@ def enospc_campaign(env, rounds, counts=None):
         rig = Rig(env, SMALL)
         rig.rep.stop()
         with open(rig.rep.conf) as f:
-            text = f.read().replace(rig.rep.storage, fs.mnt)
+            # min_free = 0: this campaign is about running out of space,
+            # not about the points a reserve would drop to keep it.
+            text = f.read().replace("storage = %s\n" % rig.rep.storage,
+                                    "storage = %s\nmin_free = 0\n" % fs.mnt)
         with open(rig.rep.conf, "w") as f:
             f.write(text)
         rig.rep.storage, rig.vmdir = fs.mnt, os.path.join(fs.mnt, VM)
