@@ -602,7 +602,8 @@ stage_data(struct rsess *s, const uint8_t *p, size_t len)
 	if ((r = store_cycle_put(s->vm->st, m.disk, m.offset, m.length,
 	    s->block, &m.hash, why, sizeof(why))) != 0)
 		return job_fail(s, r == RD_ERR_NOSPACE ? WIRE_NACK_NOSPACE :
-		    WIRE_NACK_IO, r, "%s", why);
+		    r == RD_ERR_HASH ? WIRE_NACK_BAD_DATA : WIRE_NACK_IO, r,
+		    "%s", why);
 	return 0;
 }
 
@@ -835,7 +836,8 @@ stage_delta(struct rsess *s, const uint8_t *p, size_t len)
 next:
 		if (r != 0)
 			return job_fail(s, r == RD_ERR_NOSPACE ?
-			    WIRE_NACK_NOSPACE : WIRE_NACK_IO, r, "%s", why);
+			    WIRE_NACK_NOSPACE : r == RD_ERR_HASH ?
+			    WIRE_NACK_BAD_DATA : WIRE_NACK_IO, r, "%s", why);
 	}
 	return 0;
 }

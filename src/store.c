@@ -28,8 +28,9 @@
  * Zero records are written as holes (ftruncate, hole punching): a disk of
  * zeros, announced or never written, costs no space, however large.  So
  * a record reads as "zeros" exactly where the sparse image reads as
- * zeros.  An XXH3-128 of 16 zero bytes has a chance of 2^-128: verify
- * would report such a block, never pass a wrong one.
+ * zeros.  A block of data whose XXH3-128 is 16 zero bytes (2^-128 by
+ * chance, but a hostile sender can solve for one: XXH3 is invertible on
+ * short blocks) is refused by store_cycle_put.
  *
  * New relationship marker (STORAGE/VM/.new): "created" or "seeded".  It
  * exists from the HELLO that made the relationship until the catalog
@@ -1868,6 +1869,18 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 	    off > st->cur.sizes[disk] || len > st->cur.sizes[disk] - off) {
 		snprintf(err, errsz, "extent out of range");
 		return RD_ERR_RANGE;
+	}
+	/* An all-zero record means a block of zeros (the format above): a
+	 * block of data whose XXH3-128 is all zeros (a hostile sender can
+	 * solve for one: XXH3 is not a cryptographic hash) would be recorded
+	 * as zeros, and verify and resync repairs would take the image for
+	 * damaged.  An honest sender meets one with a chance of 2^-128. */
+	if (data != NULL && hash != NULL &&
+	    util_is_zero(hash->b, DIGEST_LEN) && !util_is_zero(data, len)) {
+		snprintf(err, errsz, "disk %s offset %" PRIu64 ": a block of "
+		    "data whose hash is all zeros (refused: its record would "
+		    "read as a block of zeros)", st->rel.disks[disk].name, off);
+		return RD_ERR_HASH;
 	}
 	if (data == NULL) {
 		where = WHERE_ZERO;
