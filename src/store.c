@@ -783,7 +783,14 @@ store_sweep_new(struct catalog *cat, const char *storage)
 			 * marker went. */
 			if (unlink(mark) == 0)
 				util_fsync_dir(dir);
-		} else if (r == 0 || r == RD_ERR_NOT_FOUND) {
+		} else if (r == 0) {
+			/* Recorded in another storage: this may be a copy an
+			 * operator moved; only a VM the catalog does not
+			 * know is swept. */
+			log_warnx("%s: %s holds a new relationship's marker, but "
+			    "the catalog records the VM in %s: left as it is",
+			    de->d_name, dir, rel.storage);
+		} else if (r == RD_ERR_NOT_FOUND) {
 			log_info("%s: removing what a new relationship left in "
 			    "%s: it has no recorded point (its primary sends "
 			    "the first cycle again)", de->d_name, dir);
