@@ -102,6 +102,7 @@ struct config {
 	char		*tls_ca;
 	int		 tls_line[3];	/* lines of tls_cert, tls_key, tls_ca */
 	enum log_level	 log_level;
+	uint32_t	 keepalive_ms;	/* KEEPALIVE frames when idle (wire.h) */
 	struct cfg_vm	*vms;
 	size_t		 nvms;
 	struct cfg_accept *accepts;
