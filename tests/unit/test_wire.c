@@ -2298,7 +2298,7 @@ test_names(void **state)
 {
 	static const char *types[] = { "unknown", "hello", "welcome", "cycle",
 	    "data", "end", "ack", "nack", "sums", "sig", "sigend", "delta",
-	    "promote", "promoted", "unknown" };
+	    "promote", "promoted", "keepalive", "unknown" };
 	static const char *nacks[] = { "unknown", "protocol", "denied",
 	    "fenced", "bad-data", "io", "no-space", "busy", "internal",
 	    "mismatch", "unknown" };
