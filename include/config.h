@@ -118,6 +118,7 @@ struct config {
 	unsigned	 handshake_timeout_s; /* accept to a valid HELLO */
 	uint32_t	 delta_budget;	/* false matches per MiB of a resync
 					   delta; 0: no bound */
+	uint32_t	 keepalive_ms;	/* KEEPALIVE frames when idle (wire.h) */
 	struct cfg_vm	*vms;
 	size_t		 nvms;
 	struct cfg_accept *accepts;

@@ -1,5 +1,5 @@
 /*
- * fault.h — crash points for the system tests.
+ * fault.h — crash and hold points for the system tests.
  *
  * If the environment variable REPLICAD_FAULT names a point (e.g.
  * "replica-after-undo"), the process kills itself with SIGKILL when it
@@ -11,5 +11,12 @@
 #define REPLICAD_FAULT_H
 
 void	fault_point(const char *name);
+
+/*
+ * A hold point: if REPLICAD_FAULT names it, the calling thread waits
+ * there until the file REPLICAD_FAULT_RELEASE names exists (a slow disk,
+ * a long apply, on the test's cue).  Same cost as fault_point() unset.
+ */
+void	fault_hold(const char *name);
 
 #endif

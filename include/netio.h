@@ -27,6 +27,11 @@ void	netio_send(struct bufferevent *bev, struct wbuf *b);
 /* Why a bufferevent failed (TLS error, errno, or closed), in words. */
 void	netio_error(struct bufferevent *bev, short what, char *buf,
 	    size_t bufsz);
+/* Sent data unacknowledged this long ends a connection (TCP_USER_TIMEOUT). */
+#define NETIO_USER_TIMEOUT_S	120
+/* TCP options of a session's socket, either role: keepalive probes at a
+ * minute's scale, TCP_USER_TIMEOUT, no Nagle delay. */
+void	netio_tune(int fd);
 /* "192.0.2.1:7000" or "[::1]:7000" */
 void	netio_addr_str(const struct sockaddr *sa, char *buf, size_t bufsz);
 

@@ -59,6 +59,9 @@ struct pvm_status {
 	uint64_t	 progress_bytes; /* read so far by a running cycle */
 	uint64_t	 progress_total;
 	int		 resyncing;	/* the running cycle is a resync */
+	int		 silent;	/* the replica is silent past its
+					   keepalive interval */
+	char		 note[160];	/* what the cycle waits on, or "" */
 	struct cycle_stats last;	/* last successful cycle */
 };
 

@@ -1,7 +1,8 @@
 /*
  * wire.h — the replication protocol between a primary and a replica.
  *
- * Version 2.  Everything travels inside TLS 1.3 with mutual certificate
+ * Version 3 (a replica also serves version 2 primaries; see KEEPALIVE).
+ * Everything travels inside TLS 1.3 with mutual certificate
  * authentication.  All integers are big-endian.  A string is a u16 length
  * followed by that many bytes (no NUL inside).
  *
@@ -125,6 +126,26 @@
  * PROMOTED (13), replica -> primary: the handover is recorded
  *   u64  generation
  *
+ * KEEPALIVE (14), either direction, version 3 sessions only: the sender
+ * is alive.  Each side sends one right after WELCOME (the replica with
+ * it, the primary when it reads it), then one every every_ms whenever
+ * its output is idle, in any state until the session ends (a replica
+ * holding a PROMOTE answers PROMOTED only).  A side that reads nothing
+ * at all for WIRE_KEEPALIVE_MISSES x the peer's every_ms ends the
+ * session: the peer, or the path back from it, is gone.
+ *   u64  cycle        the cycle the sender works on (0: none)
+ *   u8   flags        WIRE_KEEPALIVE_APPLYING (replica): END of `cycle`
+ *                     is in and the cycle is being checked and applied;
+ *                     the primary waits for its ACK as long as this comes
+ *   u32  every_ms     the sender's interval, WIRE_KEEPALIVE_MIN_MS ..
+ *                     WIRE_KEEPALIVE_MAX_MS
+ *
+ * Versions: HELLO and WELCOME carry the session's version.  A replica
+ * answers a version 2 or 3 HELLO with a WELCOME of the same version; a
+ * version 2 session has no KEEPALIVE (a 0.5 peer would end the session
+ * at an unknown frame type).  A primary offers 3; a replica that refuses
+ * that HELLO as malformed (a 0.5 replica) is offered 2 at the next try.
+ *
  * In a resynchronising cycle END's nframes counts DELTA frames, its
  * raw_bytes their lengths, and its digest covers each DELTA's
  * disk, offset, length and hash as if it were a DATA header.
@@ -140,7 +161,12 @@
 #include "util.h"
 
 #define WIRE_MAGIC	0x52504C44u	/* "RPLD" */
-#define WIRE_VERSION	2
+#define WIRE_VERSION	3
+#define WIRE_VERSION_MIN 2		/* oldest version still served */
+#define WIRE_VERSION_KEEPALIVE 3	/* first version with KEEPALIVE */
+#define WIRE_KEEPALIVE_MISSES 3
+#define WIRE_KEEPALIVE_MIN_MS 1000
+#define WIRE_KEEPALIVE_MAX_MS (300 * 1000)
 #define WIRE_MIN_BLOCK	(4u << 10)
 #define WIRE_MAX_BLOCK	(4u << 20)
 #define WIRE_MAX_DISKS	64
@@ -174,6 +200,7 @@ enum wire_type {
 	WIRE_DELTA = 11,
 	WIRE_PROMOTE = 12,
 	WIRE_PROMOTED = 13,
+	WIRE_KEEPALIVE = 14,
 };
 
 enum wire_encoding {
@@ -186,6 +213,7 @@ enum wire_encoding {
 #define WIRE_CYCLE_RESYNC	0x02
 #define WIRE_WELCOME_DATA	0x01
 #define WIRE_WELCOME_ADOPT	0x02
+#define WIRE_KEEPALIVE_APPLYING	0x01
 
 enum wire_nack {
 	WIRE_NACK_PROTOCOL = 1,	/* malformed or unexpected frame */
@@ -283,6 +311,12 @@ struct wire_sigend {
 	uint64_t	nsigs;
 };
 
+struct wire_keepalive {
+	uint64_t	cycle;
+	uint8_t		flags;
+	uint32_t	every_ms;
+};
+
 struct wire_promote {
 	uint64_t	cycle;
 	uint64_t	generation;
@@ -301,7 +335,8 @@ int	wire_frame_header(const uint8_t hdr[WIRE_FRAME_HDR], size_t max_frame,
 /*
  * Encoders append one whole frame (header included) to b.
  * wire_put_data_hdr() appends the frame header and DATA fields for a
- * payload of payload_len bytes that the caller appends next.
+ * payload of payload_len bytes that the caller appends next.  HELLO and
+ * WELCOME carry m->version (0: WIRE_VERSION).
  */
 void	wire_put_hello(struct wbuf *b, const struct wire_hello *m);
 void	wire_put_welcome(struct wbuf *b, const struct wire_welcome *m);
@@ -317,11 +352,12 @@ void	wire_put_sigend(struct wbuf *b, const struct wire_sigend *m);
 void	wire_put_delta(struct wbuf *b, const struct wire_chunk *m);
 void	wire_put_promote(struct wbuf *b, const struct wire_promote *m);
 void	wire_put_promoted(struct wbuf *b, uint64_t generation);
+void	wire_put_keepalive(struct wbuf *b, const struct wire_keepalive *m);
 
 /*
  * Decoders take a frame's payload (after the type byte) and fill *m.
  * They check every field that can be checked without session context
- * (magic, version, name syntax, counts, encodings, bounds of lengths, no
+ * (magic, version in WIRE_VERSION_MIN..WIRE_VERSION, name syntax, counts, encodings, bounds of lengths, no
  * trailing bytes) and return 0 or a negative rd_err.  wire_get_data()
  * leaves m->payload pointing into p.
  */
@@ -338,6 +374,8 @@ int	wire_get_sigend(const uint8_t *p, size_t len, struct wire_sigend *m);
 int	wire_get_delta(const uint8_t *p, size_t len, struct wire_chunk *m);
 int	wire_get_promote(const uint8_t *p, size_t len, struct wire_promote *m);
 int	wire_get_promoted(const uint8_t *p, size_t len, uint64_t *generation);
+int	wire_get_keepalive(const uint8_t *p, size_t len,
+	    struct wire_keepalive *m);
 
 /* The longest SIG range of a resync at block_size. */
 static inline uint32_t

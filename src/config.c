@@ -27,6 +27,7 @@
 #include "err.h"
 #include "layout.h"
 #include "retention.h"
+#include "wire.h"
 #include "xmalloc.h"
 
 #define CFG_RAW_MAX		4096	/* bytes of a line we look at */
@@ -201,6 +202,20 @@ set_log_level(struct cfg_parse *p, const char *v)
 	if (log_parse_level(v, &p->cfg->log_level) != 0)
 		return KEY_ERROR(p, "invalid log level '%s' (expected error, "
 		    "warn, info or debug)", v);
+	return 0;
+}
+
+static int
+set_keepalive(struct cfg_parse *p, const char *v)
+{
+	uint64_t ms;
+
+	if (util_parse_duration_ms(v, &ms) != 0)
+		return KEY_ERROR(p, "invalid duration '%s' (e.g. 10s)", v);
+	if (ms < WIRE_KEEPALIVE_MIN_MS || ms > WIRE_KEEPALIVE_MAX_MS)
+		return KEY_ERROR(p, "keepalive '%s' out of range (1s to 5m)",
+		    v);
+	p->cfg->keepalive_ms = (uint32_t)ms;
 	return 0;
 }
 
@@ -764,6 +779,7 @@ static const struct cfg_key cfg_keys[] = {
 	{ SEC_DAEMON, "log_level", set_log_level, 0 },
 	{ SEC_DAEMON, "handshake_timeout", set_handshake_timeout, 0 },
 	{ SEC_DAEMON, "delta_budget", set_delta_budget, 0 },
+	{ SEC_DAEMON, "keepalive", set_keepalive, 0 },
 	{ SEC_VM, "disk", set_disk, 1 },
 	{ SEC_VM, "replica", set_replica, 0 },
 	{ SEC_VM, "replica_name", set_replica_name, 0 },
@@ -1148,6 +1164,7 @@ config_load(const char *path, struct config **out, char *err, size_t errsz)
 	cfg->log_level = LOG_LVL_INFO;
 	cfg->handshake_timeout_s = CONFIG_DEFAULT_HANDSHAKE_TIMEOUT_S;
 	cfg->delta_budget = CONFIG_DEFAULT_DELTA_BUDGET;
+	cfg->keepalive_ms = 10 * 1000;
 	p->cfg = cfg;
 	p->err = err;
 	p->errsz = errsz;

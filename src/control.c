@@ -287,6 +287,7 @@ struct vm_view {
 	int64_t		 lag_ms;	/* -1: no point */
 	const char	*tracker;	/* primary: its tracker */
 	const char	*error;
+	char		 note[160];	/* what a cycle waits on, or "" */
 	struct cycle_stats last;
 	uint64_t	 progress;
 	uint64_t	 total;
@@ -352,6 +353,10 @@ view_primary(struct vme *e, struct vm_view *x)
 	x->total = st.progress_total;
 	x->health = st.nospace ? "critical" : health_of(x->state,
 	    st.failures, x->lag_ms, st.lag_warn_ms, st.lag_crit_ms);
+	/* A replica gone silent is worth a look whatever the interval. */
+	if (st.silent && strcmp(x->health, "normal") == 0)
+		x->health = "warning";
+	snprintf(x->note, sizeof(x->note), "%s", st.note);
 	x->tracker = st.tracker;
 }
 
@@ -469,7 +474,12 @@ cmd_status(struct cconn *c)
 				    "\"storage_free_bytes\":%" PRIu64 ","
 				    "\"min_free_bytes\":%" PRIu64 ",", x->npoints,
 				    x->history_bytes, x->free_bytes, x->min_free);
-			bufprintf(&b, "\"error\":");
+			bufprintf(&b, "\"note\":");
+			if (x->note[0])
+				json_str(&b, x->note);
+			else
+				bufprintf(&b, "null");
+			bufprintf(&b, ",\"error\":");
 			if (x->error && x->error[0])
 				json_str(&b, x->error);
 			else
@@ -550,6 +560,8 @@ cmd_status(struct cconn *c)
 				    "", bytes[3], bytes[1], 100.0 *
 				    (double)x->progress / (double)x->total);
 			}
+			if (x->note[0])
+				out(c, "%16s note: %s\n", "", x->note);
 			if (x->error && x->error[0])
 				out(c, "%16s error: %s\n", "", x->error);
 		}

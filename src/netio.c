@@ -2,8 +2,11 @@
  * netio.c — wire frames on evbuffers.
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -13,6 +16,7 @@
 #include <string.h>
 
 #include "buf.h"
+#include "log.h"
 #include "netio.h"
 #include "tls.h"
 #include "wire.h"
@@ -78,4 +82,34 @@ netio_error(struct bufferevent *bev, short what, char *buf, size_t bufsz)
 		snprintf(buf, bufsz, "%s", evutil_socket_error_to_string(err));
 	else
 		snprintf(buf, bufsz, "connection closed");
+}
+
+/*
+ * Keepalive probes find a peer host that vanished while the session is
+ * idle (after 30 s, every 10 s, 3 misses: about a minute, not the
+ * system's two hours); TCP_USER_TIMEOUT ends a session whose sent data
+ * stays unacknowledged (a cut network).  Neither sees a peer whose TCP
+ * answers while its daemon, or the path back from it, is silent: the
+ * KEEPALIVE frames of wire.h do.
+ */
+#define KEEPIDLE_S	30
+#define KEEPINTVL_S	10
+#define KEEPCNT		3
+
+void
+netio_tune(int fd)
+{
+	int one = 1, idle = KEEPIDLE_S, intvl = KEEPINTVL_S, cnt = KEEPCNT;
+	unsigned int user_ms = NETIO_USER_TIMEOUT_S * 1000;
+
+	if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) != 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) != 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl,
+	    sizeof(intvl)) != 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) != 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms,
+	    sizeof(user_ms)) != 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
+		log_debug("cannot set TCP keepalive options: %s",
+		    strerror(errno));
 }

@@ -60,10 +60,15 @@
 #define OUT_HIGH	(8u << 20)	/* produce more below this backlog */
 #define OUT_LOW		(4u << 20)
 #define REPLY_TIMEOUT_S	120		/* WELCOME */
-#define ACK_TIMEOUT_S	3600		/* the replica applies the cycle */
-#define SEND_TIMEOUT_S	120
-#define USER_TIMEOUT_S	SEND_TIMEOUT_S	/* unacknowledged TCP data (a slow
-					   replica shows a zero window) */
+#define SEND_TIMEOUT_S	NETIO_USER_TIMEOUT_S
+/*
+ * The replica applies a cycle, then ACKs: it may take ACK_BASE keepalive
+ * intervals and a second per ACK_RATE bytes of the cycle's content (a
+ * resync: of the disks) from END on.  A replica that says it is applying
+ * the cycle (KEEPALIVE) is waited for as long as it says so.
+ */
+#define ACK_BASE	6
+#define ACK_RATE	(4u << 20)
 #define BACKOFF_MAX_MS	(60 * 1000)
 #define SIGS_MAX	(16u << 20)	/* queued SIG bytes before reads stop */
 
@@ -152,6 +157,15 @@ struct psess {
 	int			 handover;	/* PROMOTE follows the ACK */
 	int			 promote_sent;
 	struct wire_welcome	 welcome;	/* the replica's answer */
+	/* liveness (KEEPALIVE, wire.h) */
+	uint16_t		 version;	/* offered in HELLO */
+	int			 ka;		/* keepalives: version 3 */
+	uint32_t		 peer_every_ms;	/* the replica's interval */
+	uint64_t		 heard_ms;	/* monotonic: last bytes read */
+	uint64_t		 ack_due_ms;	/* monotonic: ACK deadline */
+	uint64_t		 ack_wait_ms;	/* END went out */
+	uint64_t		 applying_ms;	/* the replica said: applying */
+	struct event		*tick;		/* keepalives, the deadline */
 	struct cat_rel		 rel;		/* as job_commit recorded it */
 	int			 rel_ok;
 	uint8_t			*cbuf;		/* a chunk */
@@ -189,6 +203,11 @@ struct pvm {
 	/* Short intervals: the session of the last acknowledged cycle, kept
 	 * open for the next one (the replica is at vm->last_cycle on it). */
 	struct bufferevent	*keep;
+	int			 keep_ka;	/* its keepalives */
+	uint32_t		 keep_every_ms;
+	uint64_t		 keep_since_ms;
+	struct event		*keep_tick;
+	uint16_t		 wire_version;	/* offered in HELLO */
 	char			*app_path;	/* where it is kept */
 	struct cfg_vm		*owned_cfg;	/* cfg, when made from the catalog */
 	/* planned failover: the next cycle hands over */
@@ -237,6 +256,10 @@ static void job_end_cut(void *arg);
 static void plan_next(struct pvm *vm);
 static void begin_sending(struct psess *s, uint64_t replica_cycle);
 static void keep_drop(struct pvm *vm);
+static void set_deadlines(struct psess *s);
+static void arm_ack(struct psess *s);
+static void send_keepalive(struct bufferevent *bev, uint64_t cycle,
+    uint32_t every_ms);
 static void keep_session(struct psess *s);
 static int reuse_session(struct psess *s);
 static void sess_fail(struct psess *s, int code, const char *fmt, ...)
@@ -341,6 +364,8 @@ tell_waiters(struct waiter **list, uint64_t point, const char *error)
 static void
 sess_free(struct psess *s)
 {
+	if (s->tick)
+		event_free(s->tick);
 	if (s->bev)
 		bufferevent_free(s->bev);
 	if (s->batch)
@@ -381,6 +406,8 @@ sess_end(struct psess *s)
 	struct pvm *vm = s->vm;
 	if (vm->sess == s)
 		vm->sess = NULL;
+	if (s->tick)
+		event_del(s->tick);
 	if (s->bev) {
 		bufferevent_free(s->bev);
 		s->bev = NULL;
@@ -1117,7 +1144,6 @@ static void
 produce_done(void *arg)
 {
 	struct psess *s = arg;
-	struct timeval tv = { ACK_TIMEOUT_S, 0 }, wtv = { SEND_TIMEOUT_S, 0 };
 
 	if (!job_returned(s))
 		return;
@@ -1144,7 +1170,8 @@ produce_done(void *arg)
 	}
 	if (s->scan_done) {
 		s->st = PS_WAIT_ACK;
-		bufferevent_set_timeouts(s->bev, &tv, &wtv);
+		arm_ack(s);
+		set_deadlines(s);
 		return;
 	}
 	maybe_produce(s);
@@ -1311,6 +1338,179 @@ handover_end(struct pvm *vm, int rc, const char *msg)
 		fn(arg, rc, msg);
 }
 
+/* --- liveness (KEEPALIVE, wire.h) ------------------------------------------ */
+
+static uint32_t
+own_every_ms(const struct pvm *vm)
+{
+	return vm->svc->cfg->keepalive_ms;
+}
+
+/* A replica with keepalives that is silent this long is gone. */
+static uint64_t
+silence_ms(const struct psess *s)
+{
+	return (uint64_t)WIRE_KEEPALIVE_MISSES * (s->peer_every_ms ?
+	    s->peer_every_ms : own_every_ms(s->vm));
+}
+
+static struct timeval
+ms_tv(uint64_t ms)
+{
+	struct timeval tv = { (time_t)(ms / 1000),
+	    (suseconds_t)(ms % 1000) * 1000 };
+	return tv;
+}
+
+static uint64_t
+disks_bytes(const struct psess *s)
+{
+	uint64_t n = 0;
+	for (size_t i = 0; i < s->vm->cfg->ndisks; i++)
+		n += s->sizes[i];
+	return n;
+}
+
+/* From END to ACK, for a cycle of so many bytes (ACK_BASE, ACK_RATE). */
+static uint64_t
+ack_budget_ms(const struct psess *s, uint64_t bytes)
+{
+	return ACK_BASE * (uint64_t)own_every_ms(s->vm) +
+	    bytes / ACK_RATE * 1000;
+}
+
+/*
+ * Deadlines while cycle frames flow and the ACK is due.  With keepalives
+ * the replica is never silent for long; without (a version 2 replica)
+ * nothing is due while sending but a resync's SIGs, and the ACK has its
+ * own deadline (on_tick).
+ */
+static void
+set_deadlines(struct psess *s)
+{
+	struct timeval wtv = { SEND_TIMEOUT_S, 0 }, rtv;
+
+	if (s->ka) {
+		rtv = ms_tv(silence_ms(s));
+		bufferevent_set_timeouts(s->bev, &rtv, &wtv);
+	} else if (s->resync && s->st == PS_SEND) {
+		rtv = ms_tv(ack_budget_ms(s, disks_bytes(s)));
+		bufferevent_set_timeouts(s->bev, &rtv, &wtv);
+	} else {
+		bufferevent_set_timeouts(s->bev, NULL, &wtv);
+	}
+}
+
+static void
+send_keepalive(struct bufferevent *bev, uint64_t cycle, uint32_t every_ms)
+{
+	struct wire_keepalive k = { .cycle = cycle, .every_ms = every_ms };
+	struct wbuf b;
+
+	wb_init(&b);
+	wire_put_keepalive(&b, &k);
+	netio_send(bev, &b);
+	wb_free(&b);
+}
+
+/* END went out: the ACK is due within the cycle's budget. */
+static void
+arm_ack(struct psess *s)
+{
+	uint64_t bytes = s->resync ? disks_bytes(s) : s->raw_bytes;
+	bytes += evbuffer_get_length(bufferevent_get_output(s->bev));
+	s->ack_wait_ms = util_mono_ms();
+	s->ack_due_ms = s->ack_wait_ms + ack_budget_ms(s, bytes);
+}
+
+/* Every keepalive interval: ours when the line is idle; the ACK's
+ * deadline. */
+static void
+on_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct psess *s = arg;
+	struct pvm *vm = s->vm;
+	uint64_t now = util_mono_ms();
+
+	if (s->bev == NULL || vm->sess != s)
+		return;
+	if (s->st == PS_WAIT_ACK && now >= s->ack_due_ms) {
+		sess_fail(s, RD_ERR_PEER, "replica %s did not acknowledge cycle "
+		    "%" PRIu64 " within %" PRIu64 " s of its end%s",
+		    vm->cfg->replica, s->cycle, (now - s->ack_wait_ms) / 1000,
+		    s->applying_ms ? " (it stopped saying it applies it)" : "");
+		return;
+	}
+	if (s->ka && s->st != PS_PROMOTE &&
+	    evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+		send_keepalive(s->bev, s->cycle, own_every_ms(vm));
+}
+
+static void
+start_tick(struct psess *s)
+{
+	if (s->tick != NULL)
+		return;
+	struct timeval tv = ms_tv(own_every_ms(s->vm));
+	s->tick = event_new(s->vm->svc->base, -1, EV_PERSIST, on_tick, s);
+	event_add(s->tick, &tv);
+}
+
+/* The replica is alive: its interval sets how long it may be silent;
+ * while it applies the cycle, the ACK may take longer. */
+static void
+on_keepalive(struct psess *s, const uint8_t *p, size_t len)
+{
+	struct wire_keepalive k;
+	int r;
+
+	if ((r = wire_get_keepalive(p, len, &k)) != 0) {
+		sess_fail(s, RD_ERR_PEER, "bad KEEPALIVE from the replica: %s",
+		    rd_strerror(r));
+		return;
+	}
+	if (k.every_ms != s->peer_every_ms) {
+		s->peer_every_ms = k.every_ms;
+		if (s->st == PS_SEND || s->st == PS_WAIT_ACK)
+			set_deadlines(s);
+	}
+	if (s->st == PS_WAIT_ACK && (k.flags & WIRE_KEEPALIVE_APPLYING) &&
+	    k.cycle == s->cycle) {
+		uint64_t now = util_mono_ms();
+		if (s->applying_ms == 0)
+			s->applying_ms = now;
+		if (s->ack_due_ms < now + silence_ms(s))
+			s->ack_due_ms = now + silence_ms(s);
+	}
+}
+
+/* What status says of a session that waits on the replica. */
+static void
+liveness_note(const struct psess *s, struct pvm_status *st)
+{
+	const struct pvm *vm = s->vm;
+	uint64_t now = util_mono_ms(), quiet = now - s->heard_ms;
+	uint64_t every = s->peer_every_ms ? s->peer_every_ms :
+	    own_every_ms(vm);
+
+	if (s->bev == NULL || (s->st != PS_SEND && s->st != PS_WAIT_ACK))
+		return;
+	if (s->ka && (bufferevent_get_enabled(s->bev) & EV_READ) &&
+	    quiet > every * 3 / 2) {
+		st->silent = 1;
+		snprintf(st->note, sizeof(st->note), "no answer from replica "
+		    "%s for %" PRIu64 " s", vm->cfg->replica, quiet / 1000);
+	} else if (s->st == PS_WAIT_ACK && s->applying_ms) {
+		snprintf(st->note, sizeof(st->note), "replica %s applying "
+		    "cycle %" PRIu64 " for %" PRIu64 " s", vm->cfg->replica,
+		    s->cycle, (now - s->applying_ms) / 1000);
+	} else if (s->st == PS_WAIT_ACK && now - s->ack_wait_ms >= every) {
+		snprintf(st->note, sizeof(st->note), "waiting for the ACK of "
+		    "cycle %" PRIu64 " for %" PRIu64 " s", s->cycle,
+		    (now - s->ack_wait_ms) / 1000);
+	}
+}
+
 /* --- frames from the replica --------------------------------------------- */
 
 static void welcomed(struct psess *s);
@@ -1372,6 +1572,15 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 		    rd_strerror(r));
 		return;
 	}
+	if (w->version > s->version) {
+		sess_fail(s, RD_ERR_PEER, "the replica answered a version %u "
+		    "HELLO with version %u", s->version, w->version);
+		return;
+	}
+	/* Keepalives both ways: ours first says our interval. */
+	s->ka = w->version >= WIRE_VERSION_KEEPALIVE;
+	if (s->ka)
+		send_keepalive(s->bev, 0, own_every_ms(vm));
 	struct role_decision d = role_welcome(vt_generation(vm->e), w->generation,
 	    (w->flags & WIRE_WELCOME_ADOPT) != 0);
 	switch (d.verdict) {
@@ -1471,11 +1680,8 @@ begin_sending(struct psess *s, uint64_t replica_cycle)
 	s->created_mono = util_mono_ms();
 	s->st = PS_SEND;
 	wire_digest_init(&s->dig);
-	/* Sending: no reply is due until END, only writes may time out; a
-	 * resync waits for SIGs, which a replica comparing a large disk
-	 * may take as long to send as an ACK. */
-	struct timeval wtv = { SEND_TIMEOUT_S, 0 }, rtv = { ACK_TIMEOUT_S, 0 };
-	bufferevent_set_timeouts(s->bev, s->resync ? &rtv : NULL, &wtv);
+	set_deadlines(s);
+	start_tick(s);
 	maybe_produce(s);
 }
 
@@ -1505,6 +1711,16 @@ on_nack(struct psess *s, const uint8_t *p, size_t len)
 	if (r != 0) {
 		sess_fail(s, r, "bad NACK from the replica");
 		return;
+	}
+	if (s->st == PS_HELLO && n.code == WIRE_NACK_PROTOCOL &&
+	    s->version > WIRE_VERSION_MIN && strstr(n.reason, "version")) {
+		/* A replicad 0.5 speaks version 2 only: offer it next time
+		 * (no keepalives; the ACK deadline still holds). */
+		s->vm->wire_version = WIRE_VERSION_MIN;
+		log_warnx("%s: replica %s does not speak protocol version %u; "
+		    "the next cycle offers version %u (no keepalives)",
+		    s->vm->cfg->name, s->vm->cfg->replica, s->version,
+		    WIRE_VERSION_MIN);
 	}
 	sess_fail(s, n.code == WIRE_NACK_FENCED ? RD_ERR_FENCED :
 	    n.code == WIRE_NACK_NOSPACE ? RD_ERR_NOSPACE : RD_ERR_PEER,
@@ -1576,6 +1792,7 @@ on_read(struct bufferevent *bev, void *arg)
 	struct pvm *vm = s->vm;		/* s may be freed by a handler */
 	struct evbuffer *in = bufferevent_get_input(bev);
 
+	s->heard_ms = util_mono_ms();
 	while (vm->sess == s && s->st != PS_COMMIT && s->st != PS_ADOPT) {
 		if (s->st == PS_PROMOTE && evbuffer_get_length(in) == 0)
 			return;
@@ -1600,6 +1817,8 @@ on_read(struct bufferevent *bev, void *arg)
 			on_ack(s, p, plen);
 		else if (type == WIRE_PROMOTED && s->st == PS_PROMOTE)
 			on_promoted(s, p, plen);
+		else if (type == WIRE_KEEPALIVE && s->ka)
+			on_keepalive(s, p, plen);
 		else if ((type == WIRE_SIG || type == WIRE_SIGEND) &&
 		    s->resync && s->st == PS_SEND && s->begun)
 			on_sig(s, type, p, plen);
@@ -1624,7 +1843,7 @@ static void
 send_hello(struct psess *s)
 {
 	struct pvm *vm = s->vm;
-	struct wire_hello h = { .version = WIRE_VERSION,
+	struct wire_hello h = { .version = vm->wire_version,
 	    .generation = vt_generation(vm->e), .block_size = vm->cfg->block_size,
 	    .interval_ms = vm->cfg->interval_ms,
 	    .ndisks = (uint16_t)vm->cfg->ndisks };
@@ -1637,6 +1856,7 @@ send_hello(struct psess *s)
 	wb_reset(&s->hdr);
 	wire_put_hello(&s->hdr, &h);
 	netio_send(s->bev, &s->hdr);
+	s->version = h.version;
 	s->st = PS_HELLO;
 }
 
@@ -1647,18 +1867,19 @@ on_event(struct bufferevent *bev, short what, void *arg)
 	struct pvm *vm = s->vm;
 
 	if (what & BEV_EVENT_CONNECTED) {
-		int one = 1;
-		setsockopt(bufferevent_getfd(bev), SOL_SOCKET, SO_KEEPALIVE,
-		    &one, sizeof(one));
-		setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY,
-		    &one, sizeof(one));
 		/* A replica that stops acknowledging what it was sent (a cut
 		 * network, a kept session to a host that went away) ends the
-		 * session soon, not after the ACK timeout. */
-		unsigned int ms = USER_TIMEOUT_S * 1000;
-		setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_USER_TIMEOUT,
-		    &ms, sizeof(ms));
+		 * session soon, not after the ACK's deadline. */
+		netio_tune(bufferevent_getfd(bev));
+		s->heard_ms = util_mono_ms();
 		send_hello(s);
+		return;
+	}
+	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
+	    s->ka && (s->st == PS_SEND || s->st == PS_WAIT_ACK)) {
+		sess_fail(s, RD_ERR_PEER, "no answer from replica %s for %"
+		    PRIu64 " s: it, or the path back from it, is gone",
+		    vm->cfg->replica, (util_mono_ms() - s->heard_ms) / 1000);
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
@@ -1793,24 +2014,69 @@ start_cycle(struct pvm *vm)
 
 #define KEEP_MAX_INTERVAL_MS	(60 * 1000)
 
+/* The kept session, for a cycle or to close it. */
+static struct bufferevent *
+keep_take(struct pvm *vm)
+{
+	struct bufferevent *bev = vm->keep;
+	vm->keep = NULL;
+	if (vm->keep_tick)
+		event_del(vm->keep_tick);
+	return bev;
+}
+
 static void
 keep_drop(struct pvm *vm)
 {
-	if (vm->keep == NULL)
-		return;
-	bufferevent_free(vm->keep);
-	vm->keep = NULL;
+	struct bufferevent *bev = keep_take(vm);
+	if (bev)
+		bufferevent_free(bev);
 }
 
-/* Nothing is due from the replica between cycles: anything that comes
- * (a close, an error, unexpected bytes) ends the kept session. */
+/* Nothing but keepalives is due from the replica between cycles:
+ * anything else (a close, an error, other bytes) ends the kept session. */
 static void
 keep_read(struct bufferevent *bev, void *arg)
 {
 	struct pvm *vm = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	struct wire_keepalive k;
+	uint8_t type;
+	size_t flen;
+	int r;
+
+	for (;;) {
+		r = netio_peek(in, WIRE_FRAME_HDR + 64, &type, &flen);
+		if (r == 0)
+			return;		/* nothing, or a frame's start */
+		if (r < 0 || type != WIRE_KEEPALIVE || !vm->keep_ka ||
+		    wire_get_keepalive(netio_payload(in, flen),
+		    flen - WIRE_FRAME_HDR, &k) != 0)
+			break;
+		evbuffer_drain(in, flen);
+	}
 	log_debug("%s: the replica sent data between cycles; closing the "
 	    "session", vm->cfg->name);
 	keep_drop(vm);
+}
+
+/* Ours while the kept session idles; idle too long, it goes. */
+static void
+keep_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct pvm *vm = arg;
+
+	if (vm->keep == NULL)
+		return;
+	if (util_mono_ms() - vm->keep_since_ms > 2 * vm->cfg->interval_ms +
+	    1000) {
+		log_debug("%s: the kept session idled for two intervals; "
+		    "closing it", vm->cfg->name);
+		keep_drop(vm);
+		return;
+	}
+	if (evbuffer_get_length(bufferevent_get_output(vm->keep)) == 0)
+		send_keepalive(vm->keep, 0, own_every_ms(vm));
 }
 
 static void
@@ -1836,16 +2102,33 @@ keep_session(struct psess *s)
 
 	keep_drop(vm);
 	if (every == 0 || every > KEEP_MAX_INTERVAL_MS || s->bev == NULL ||
-	    s->handover || cycles_held(vm) || vm->svc->stopping ||
-	    evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
+	    s->handover || cycles_held(vm) || vm->svc->stopping)
 		return;
 	vm->keep = s->bev;
 	s->bev = NULL;
+	vm->keep_ka = s->ka;
+	vm->keep_every_ms = s->peer_every_ms;
+	vm->keep_since_ms = util_mono_ms();
 	bufferevent_setcb(vm->keep, keep_read, NULL, keep_event, vm);
-	/* Idle at most two intervals, then the next cycle reconnects. */
-	struct timeval tv = { (time_t)(2 * every / 1000) + 1, 0 };
-	bufferevent_set_timeouts(vm->keep, &tv, NULL);
+	if (s->ka) {
+		/* Keepalives both ways; idle at most two intervals (the
+		 * tick), then the next cycle reconnects. */
+		struct timeval tv = ms_tv(silence_ms(s));
+		struct timeval ktv = ms_tv(own_every_ms(vm));
+		bufferevent_set_timeouts(vm->keep, &tv, NULL);
+		if (vm->keep_tick == NULL)
+			vm->keep_tick = event_new(vm->svc->base, -1, EV_PERSIST,
+			    keep_tick, vm);
+		event_add(vm->keep_tick, &ktv);
+	} else {
+		/* Idle at most two intervals, then the next cycle
+		 * reconnects. */
+		struct timeval tv = { (time_t)(2 * every / 1000) + 1, 0 };
+		bufferevent_set_timeouts(vm->keep, &tv, NULL);
+	}
 	bufferevent_enable(vm->keep, EV_READ);
+	if (evbuffer_get_length(bufferevent_get_input(vm->keep)) > 0)
+		keep_read(vm->keep, vm);
 }
 
 /* Start the cycle on the kept session, if it can: 1 if it did. */
@@ -1853,11 +2136,10 @@ static int
 reuse_session(struct psess *s)
 {
 	struct pvm *vm = s->vm;
-	struct bufferevent *bev = vm->keep;
+	struct bufferevent *bev = keep_take(vm);
 
 	if (bev == NULL)
 		return 0;
-	vm->keep = NULL;
 	/* A resync, a handover, a tracker that cannot prove the replica's
 	 * state: the full way, with HELLO and WELCOME. */
 	if (s->want_resync || s->handover || !trk_proven(vm->trk,
@@ -1867,6 +2149,9 @@ reuse_session(struct psess *s)
 	}
 	s->bev = bev;
 	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+	s->ka = vm->keep_ka;
+	s->peer_every_ms = vm->keep_every_ms;
+	s->heard_ms = util_mono_ms();
 	s->replica_cycle = vm->last_cycle;
 	s->resync = 0;
 	log_debug("%s: cycle on the kept session", vm->cfg->name);
@@ -1982,6 +2267,7 @@ pvm_new(struct svc *svc, struct vme *e, const struct cfg_vm *cfg,
 		return NULL;
 	}
 	vm->timer = evtimer_new(svc->base, on_timer, vm);
+	vm->wire_version = WIRE_VERSION;
 	vm->app_path = lay_app_point(svc->cfg->state_dir, cfg->name);
 	load_app_time(vm);
 	vt_attach(e, VT_PRIMARY, vm, &pvm_ops);
@@ -2085,6 +2371,8 @@ pvm_release(struct pvm *vm)
 		handover_end(vm, RD_ERR_BUSY, "the VM changed roles");
 	vt_detach(vm->e, VT_PRIMARY);
 	event_free(vm->timer);
+	if (vm->keep_tick)
+		event_free(vm->keep_tick);
 	if (vm->confirm_fn)
 		vm->confirm_fn(vm->confirm_arg, -1);	/* forget it */
 	if (vm->owned_cfg)
@@ -2162,6 +2450,7 @@ pvm_status(const struct pvm *vm, struct pvm_status *st)
 		st->progress_bytes = vm->sess->progress;
 		st->progress_total = vm->sess->progress_total;
 		st->resyncing = vm->sess->resync;
+		liveness_note(vm->sess, st);
 	}
 }
 

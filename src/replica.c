@@ -121,6 +121,12 @@ struct rsess {
 	int			 committed;
 	struct sess_op		*op;	/* a role change the session waits for */
 	uint64_t		 acked;		/* cycle ACKed in this session */
+	/* liveness (KEEPALIVE, version 3 sessions) */
+	struct event		*ka_ev;		/* sends ours when idle */
+	uint64_t		 applying;	/* END of this cycle is in, no
+						   ACK or NACK yet */
+	uint64_t		 silence_ms;	/* nothing read this long ends
+						   the session */
 	int			 half_closed;	/* NACK sent, then FIN */
 	struct wbuf		 out;
 	/* a resynchronising cycle (wire.h): touched by jobs only */
@@ -321,6 +327,8 @@ sess_free(struct rsess *s)
 		event_free(s->flush_ev);
 	if (s->deadline_ev)
 		event_free(s->deadline_ev);
+	if (s->ka_ev)
+		event_free(s->ka_ev);
 	ZSTD_freeDCtx(s->dctx);
 	wire_digest_free(&s->dig);
 	free(s->block);
@@ -870,6 +878,7 @@ stage_end(struct rsess *s, const uint8_t *p, size_t len)
 		    "received, %" PRIu64 " announced)", s->cycle.cycle,
 		    s->nframes, e.nframes);
 	char why[sizeof(s->err)];
+	fault_hold("replica-hold-apply");
 	r = store_cycle_commit(s->vm->st, &s->point, why, sizeof(why));
 	s->cycle_open = 0;
 	if (r != 0)
@@ -930,6 +939,8 @@ stage_done(void *arg)
 	}
 	if (s->state == RS_CLOSING)
 		return;		/* refused meanwhile: no ACK after a NACK */
+	if (s->job_rc != 0 || s->committed)
+		s->applying = 0;
 	if (s->job_rc != 0) {
 		if (vm && s->nack_code == WIRE_NACK_NOSPACE)
 			vm->nospace = 1;
@@ -1332,6 +1343,74 @@ on_hello(struct rsess *s, const uint8_t *p, size_t len)
 	welcome(s, vm);
 }
 
+/* --- liveness (KEEPALIVE, wire.h) ------------------------------------------ */
+
+static int
+keepalive_on(const struct rsess *s)
+{
+	return s->hello.version >= WIRE_VERSION_KEEPALIVE;
+}
+
+/* Nothing read for WIRE_KEEPALIVE_MISSES x every_ms ends the session. */
+static void
+set_silence(struct rsess *s, uint32_t every_ms)
+{
+	s->silence_ms = (uint64_t)WIRE_KEEPALIVE_MISSES * every_ms;
+	struct timeval rtv = { (time_t)(s->silence_ms / 1000),
+	    (suseconds_t)(s->silence_ms % 1000) * 1000 };
+	struct timeval wtv = { IDLE_TIMEOUT_S, 0 };
+	bufferevent_set_timeouts(s->bev, &rtv, &wtv);
+}
+
+static void
+put_keepalive(struct rsess *s, struct wbuf *b)
+{
+	struct wire_keepalive k = { .cycle = s->applying,
+	    .flags = s->applying ? WIRE_KEEPALIVE_APPLYING : 0,
+	    .every_ms = s->srv->svc->cfg->keepalive_ms };
+	wire_put_keepalive(b, &k);
+}
+
+/* Said whenever the session has nothing else to say: the primary knows
+ * this host is alive, and applying its cycle while it waits for ACK. */
+static void
+on_keepalive_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct rsess *s = arg;
+	struct wbuf b;
+
+	if (s->bev == NULL || (s->state != RS_READY && s->state != RS_CYCLE) ||
+	    evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
+		return;
+	wb_init(&b);
+	put_keepalive(s, &b);
+	netio_send(s->bev, &b);
+	wb_free(&b);
+}
+
+/* The primary's KEEPALIVE: its interval sets how long silence may last.
+ * 0, or the session is refused. */
+static int
+on_keepalive(struct rsess *s, const uint8_t *p, size_t len)
+{
+	struct wire_keepalive k;
+	int r;
+
+	if (!keepalive_on(s)) {
+		sess_refuse(s, WIRE_NACK_PROTOCOL, "unexpected keepalive frame "
+		    "in a version %u session", s->hello.version);
+		return -1;
+	}
+	if ((r = wire_get_keepalive(p, len, &k)) != 0) {
+		sess_refuse(s, WIRE_NACK_PROTOCOL, "bad KEEPALIVE: %s",
+		    rd_strerror(r));
+		return -1;
+	}
+	if ((uint64_t)WIRE_KEEPALIVE_MISSES * k.every_ms != s->silence_ms)
+		set_silence(s, k.every_ms);
+	return 0;
+}
+
 /* The session owns vm now: answer its HELLO. */
 static void
 welcome(struct rsess *s, struct rvm *vm)
@@ -1344,19 +1423,32 @@ welcome(struct rsess *s, struct rvm *vm)
 	vm->owner = s;
 	gate_welcomed(s->srv->gate, s->gc);
 	vm->interval_ms = h->interval_ms;
-	struct wire_welcome w = { .version = WIRE_VERSION,
+	struct wire_welcome w = { .version = h->version,
 	    .generation = s->gen, .last_cycle = rel.last_cycle,
 	    .last_point = rel.last_point,
 	    .flags = (store_has_data(vm->st) ? WIRE_WELCOME_DATA : 0) |
 	    (s->adopt ? WIRE_WELCOME_ADOPT : 0) };
 	wb_reset(&s->out);
 	wire_put_welcome(&s->out, &w);
+	if (keepalive_on(s))
+		put_keepalive(s, &s->out);	/* says our interval */
 	netio_send(s->bev, &s->out);
 	s->state = RS_READY;
 	s->dctx = ZSTD_createDCtx();
 	s->block = xmalloc(h->block_size);
-	struct timeval tv = { IDLE_TIMEOUT_S, 0 };
-	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	if (keepalive_on(s)) {
+		/* Our own interval until the primary says its own. */
+		uint32_t every = s->srv->svc->cfg->keepalive_ms;
+		struct timeval ktv = { (time_t)(every / 1000),
+		    (suseconds_t)(every % 1000) * 1000 };
+		set_silence(s, every);
+		s->ka_ev = event_new(s->srv->svc->base, -1, EV_PERSIST,
+		    on_keepalive_tick, s);
+		event_add(s->ka_ev, &ktv);
+	} else {
+		struct timeval tv = { IDLE_TIMEOUT_S, 0 };
+		bufferevent_set_timeouts(s->bev, &tv, &tv);
+	}
 	bufferevent_enable(s->bev, EV_READ);
 	if (s->adopt)
 		log_info("%s: %s (%s) sends it from now on (reassigned); it "
@@ -1412,6 +1504,13 @@ sess_read(struct bufferevent *bev, void *arg)
 			sess_end(s);
 			return;
 		}
+		if (type == WIRE_KEEPALIVE) {
+			if (on_keepalive(s, netio_payload(in, flen),
+			    flen - WIRE_FRAME_HDR) != 0)
+				return;
+			evbuffer_drain(in, flen);
+			continue;
+		}
 		if (type == WIRE_PROMOTE && s->state == RS_READY &&
 		    !s->job_running && !s->pending_full &&
 		    evbuffer_get_length(s->pending) == 0) {
@@ -1438,6 +1537,13 @@ sess_read(struct bufferevent *bev, void *arg)
 		}
 		if (type == WIRE_CYCLE)
 			s->state = RS_CYCLE;
+		if (type == WIRE_END) {
+			/* Keepalives say it is being applied (the job judges
+			 * the frame). */
+			struct wire_end e;
+			s->applying = wire_get_end(netio_payload(in, flen),
+			    flen - WIRE_FRAME_HDR, &e) == 0 ? e.cycle : 0;
+		}
 		evbuffer_remove_buffer(in, s->pending, flen);
 		s->vm->received += flen;
 		if (type == WIRE_END) {
@@ -1538,6 +1644,19 @@ sess_event(struct bufferevent *bev, short what, void *arg)
 			drop_stranger(victim, GATE_EVICTED, detail);
 		}
 		s->state = RS_HELLO;
+		return;
+	}
+	if ((what & BEV_EVENT_TIMEOUT) && s->ka_ev != NULL && s->vm != NULL) {
+		log_warnx("%s: %s (%s): nothing heard for %" PRIu64 " s: the "
+		    "primary, or the path from it, is gone; session ended%s",
+		    s->vm->name, s->identity, s->addr, s->silence_ms / 1000,
+		    s->state == RS_CYCLE ? " (nothing of the cycle is "
+		    "applied)" : "");
+		if (s->state == RS_CYCLE)
+			snprintf(s->vm->error, sizeof(s->vm->error), "cycle cut "
+			    "off: the primary went silent for %" PRIu64 " s",
+			    s->silence_ms / 1000);
+		sess_end(s);
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
@@ -1667,9 +1786,7 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	s->gc = gate_enter(srv->gate, sa, s, &victim);
 	if (victim)
 		evict(victim);
-	int one = 1;
-	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	netio_tune(fd);
 	bufferevent_setcb(s->bev, sess_read, NULL, sess_event, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, IN_HIGH);
 	bufferevent_set_max_single_read(s->bev, 64u << 10);

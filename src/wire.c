@@ -1,5 +1,5 @@
 /*
- * wire.c — encoder and decoder of replication protocol v1 (layout in
+ * wire.c — encoder and decoder of the replication protocol (layout in
  * wire.h).  Decoders trust nothing: every read goes through struct rbuf,
  * every count and length is checked against its bound before it is used.
  *
@@ -45,7 +45,7 @@ frame_end(struct wbuf *b, size_t start, size_t extra)
 static int
 valid_type(uint8_t type)
 {
-	return type >= WIRE_HELLO && type <= WIRE_PROMOTED;
+	return type >= WIRE_HELLO && type <= WIRE_KEEPALIVE;
 }
 
 int
@@ -92,7 +92,7 @@ wire_put_hello(struct wbuf *b, const struct wire_hello *m)
 		fatalx("wire: HELLO with %u disks", (unsigned)m->ndisks);
 	start = frame_begin(b, WIRE_HELLO);
 	wb_put_u32(b, WIRE_MAGIC);
-	wb_put_u16(b, WIRE_VERSION);
+	wb_put_u16(b, m->version ? m->version : WIRE_VERSION);
 	wb_put_str(b, m->vm);
 	wb_put_u64(b, m->generation);
 	wb_put_u32(b, m->block_size);
@@ -110,7 +110,7 @@ wire_put_welcome(struct wbuf *b, const struct wire_welcome *m)
 {
 	size_t start = frame_begin(b, WIRE_WELCOME);
 
-	wb_put_u16(b, WIRE_VERSION);
+	wb_put_u16(b, m->version ? m->version : WIRE_VERSION);
 	wb_put_u64(b, m->generation);
 	wb_put_u64(b, m->last_cycle);
 	wb_put_u64(b, m->last_point);
@@ -219,7 +219,8 @@ get_version(struct rbuf *rb, uint16_t *version)
 
 	if ((r = rb_get_u16(rb, version)) != 0)
 		return r;
-	return *version == WIRE_VERSION ? 0 : RD_ERR_VERSION;
+	return *version >= WIRE_VERSION_MIN && *version <= WIRE_VERSION ? 0 :
+	    RD_ERR_VERSION;
 }
 
 int
@@ -667,6 +668,40 @@ wire_get_promoted(const uint8_t *p, size_t len, uint64_t *generation)
 	return no_trailing(&rb);
 }
 
+void
+wire_put_keepalive(struct wbuf *b, const struct wire_keepalive *m)
+{
+	size_t start = frame_begin(b, WIRE_KEEPALIVE);
+	wb_put_u64(b, m->cycle);
+	wb_put_u8(b, m->flags);
+	wb_put_u32(b, m->every_ms);
+	frame_end(b, start, 0);
+}
+
+int
+wire_get_keepalive(const uint8_t *p, size_t len, struct wire_keepalive *m)
+{
+	struct rbuf rb;
+	int r;
+
+	memset(m, 0, sizeof(*m));
+	rb_init(&rb, p, len);
+	if ((r = rb_get_u64(&rb, &m->cycle)) != 0 ||
+	    (r = rb_get_u8(&rb, &m->flags)) != 0 ||
+	    (r = rb_get_u32(&rb, &m->every_ms)) != 0)
+		goto out;
+	if ((m->flags & ~WIRE_KEEPALIVE_APPLYING) != 0 ||
+	    ((m->flags & WIRE_KEEPALIVE_APPLYING) && m->cycle == 0) ||
+	    m->every_ms < WIRE_KEEPALIVE_MIN_MS ||
+	    m->every_ms > WIRE_KEEPALIVE_MAX_MS) {
+		r = RD_ERR_INVALID;
+		goto out;
+	}
+	r = no_trailing(&rb);
+out:
+	return r;
+}
+
 /* --- DATA in its session --------------------------------------------- */
 
 int
@@ -865,6 +900,7 @@ wire_type_name(uint8_t type)
 	case WIRE_DELTA:	return "delta";
 	case WIRE_PROMOTE:	return "promote";
 	case WIRE_PROMOTED:	return "promoted";
+	case WIRE_KEEPALIVE:	return "keepalive";
 	}
 	return "unknown";
 }

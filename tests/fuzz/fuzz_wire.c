@@ -2,8 +2,8 @@
  * fuzz_wire.c — libFuzzer harness for the replication protocol decoders.
  *
  * Input: one selector byte, then a frame payload.  The selector's low
- * four bits pick the decoder (1..13 are the frame types, so a corpus file
- * is a frame without its u32 length; 0, 14 and 15 run no decoder).  The
+ * four bits pick the decoder (1..14 are the frame types, so a corpus file
+ * is a frame without its u32 length; 0 and 15 run no decoder).  The
  * first five bytes also go through wire_frame_header().
  *
  * Beyond "no crash, no leak", it checks properties and aborts when one
@@ -244,6 +244,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		struct wire_nack_msg n;
 		struct wire_sigend se;
 		uint64_t gen;
+		struct wire_keepalive k;
 	} m;
 	struct wire_nack_msg n2;
 	struct wbuf wb;
@@ -331,6 +332,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	case WIRE_PROMOTED:
 		if (wire_get_promoted(p, len, &m.gen) == 0) {
 			wire_put_promoted(&wb, m.gen);
+			same_frame(&wb, type, p, len);
+		}
+		break;
+	case WIRE_KEEPALIVE:
+		if (wire_get_keepalive(p, len, &m.k) == 0) {
+			if (m.k.every_ms < WIRE_KEEPALIVE_MIN_MS ||
+			    m.k.every_ms > WIRE_KEEPALIVE_MAX_MS ||
+			    (m.k.flags & ~WIRE_KEEPALIVE_APPLYING) != 0)
+				abort();
+			wire_put_keepalive(&wb, &m.k);
 			same_frame(&wb, type, p, len);
 		}
 		break;

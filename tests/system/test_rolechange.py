@@ -21,7 +21,8 @@ from workload import random_write
 class Relay:
     """A TCP relay on 127.0.0.1 to port.  hold(n) holds the n-th
     connection from now: accepted, but nothing relayed until release().
-    One thread polls every socket (no thread per connection, no socket
+    blackhole() drops what the target sends on the connections open now
+    (read, never relayed, nothing closed).  One thread polls every socket (no thread per connection, no socket
     closed while another thread waits on it)."""
 
     def __init__(self, port):
@@ -40,6 +41,7 @@ class Relay:
         self.stopping = threading.Event()
         self.errors = []
         self.events = []
+        self.mute_asked = []            # Events set once blackhole() holds
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -50,6 +52,13 @@ class Relay:
 
     def release(self):
         self.releasing.set()
+
+    def blackhole(self):
+        done = threading.Event()
+        with self.lock:
+            self.mute_asked.append(done)
+        if not done.wait(30):
+            raise harness.TestFailure("the relay did not blackhole its connections")
 
     def close(self):
         self.stopping.set()
@@ -62,8 +71,16 @@ class Relay:
         self.pairs = {}                 # socket -> its other end
         self.out = {}                   # socket -> bytes still to send it
         waiting = []                    # held client sockets
+        self.upstream = set()           # sockets to the target
+        self.muted = set()              # upstream sockets whose bytes are dropped
         try:
             while not self.stopping.is_set():
+                with self.lock:
+                    asked, self.mute_asked = self.mute_asked, []
+                if asked:
+                    self.muted |= self.upstream & set(self.pairs)
+                    for done in asked:
+                        done.set()
                 if waiting and self.releasing.is_set():
                     for c in waiting:
                         self._open(sel, c)
@@ -111,7 +128,8 @@ class Relay:
                 d = x.recv(65536)
                 if not d:
                     raise ConnectionError("closed")
-                self.out[y] += d
+                if x not in self.muted:
+                    self.out[y] += d
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
@@ -128,6 +146,8 @@ class Relay:
                     sel.unregister(z)
                 self.pairs.pop(z, None)
                 self.out.pop(z, None)
+                self.upstream.discard(z)
+                self.muted.discard(z)
                 z.close()
             return
         self._watch(sel, x)
@@ -144,6 +164,7 @@ class Relay:
             x.setblocking(False)
             self.out[x] = b""
         self.pairs[c], self.pairs[u] = u, c
+        self.upstream.add(u)
         self._watch(sel, c)
         self._watch(sel, u)
 

@@ -145,6 +145,12 @@ dec_promoted(const uint8_t *p, size_t len, void *m)
 	return wire_get_promoted(p, len, m);
 }
 
+static int
+dec_keepalive(const uint8_t *p, size_t len, void *m)
+{
+	return wire_get_keepalive(p, len, m);
+}
+
 /* Every proper prefix of a valid payload is RD_ERR_TRUNCATED. */
 static void
 check_prefixes(const char *what, decode_fn fn, const uint8_t *p, size_t len,
@@ -251,7 +257,8 @@ test_frame_header(void **state)
 		{ "type 0", 10, 0, WIRE_MAX_FRAME, RD_ERR_INVALID },
 		{ "type 8 sums", 10, WIRE_SUMS, WIRE_MAX_FRAME, 0 },
 		{ "type 13 promoted", 9, WIRE_PROMOTED, WIRE_MAX_FRAME, 0 },
-		{ "type 14", 10, 14, WIRE_MAX_FRAME, RD_ERR_INVALID },
+		{ "type 14 keepalive", 14, WIRE_KEEPALIVE, WIRE_MAX_FRAME, 0 },
+		{ "type 15", 10, 15, WIRE_MAX_FRAME, RD_ERR_INVALID },
 		{ "type 255", 10, 255, WIRE_MAX_FRAME, RD_ERR_INVALID },
 	};
 	uint8_t h[WIRE_FRAME_HDR];
@@ -270,14 +277,14 @@ test_frame_header(void **state)
 		}
 	}
 
-	/* Types 1..13, and nothing else, make a frame. */
+	/* Types 1..14, and nothing else, make a frame. */
 	for (unsigned t = 0; t <= 255; t++) {
 		char what[32];
 
 		snprintf(what, sizeof(what), "type %u", t);
 		put_hdr(h, 10, (uint8_t)t);
 		CHECK_RC(what, wire_frame_header(h, WIRE_MAX_FRAME, &frame_len,
-		    &type), t >= WIRE_HELLO && t <= WIRE_PROMOTED ? 0 :
+		    &type), t >= WIRE_HELLO && t <= WIRE_KEEPALIVE ? 0 :
 		    RD_ERR_INVALID);
 	}
 
@@ -642,7 +649,8 @@ test_hello_hostile(void **state)
 		{ "version 0", H_VERSION, 0, NULL, RD_ERR_VERSION },
 		{ "version 1", H_VERSION, 1, NULL, RD_ERR_VERSION },
 		{ "version 2", H_VERSION, 2, NULL, 0 },
-		{ "version 3", H_VERSION, 3, NULL, RD_ERR_VERSION },
+		{ "version 3", H_VERSION, 3, NULL, 0 },
+		{ "version 4", H_VERSION, 4, NULL, RD_ERR_VERSION },
 		{ "vm with /", H_VM, 0, "a/b", RD_ERR_NAME },
 		{ "vm ..", H_VM, 0, "..", RD_ERR_NAME },
 		{ "vm leading .", H_VM, 0, ".hidden", RD_ERR_NAME },
@@ -746,8 +754,8 @@ build_welcome(struct wbuf *b, uint16_t version, int with_flags,
 static void
 test_welcome_hostile(void **state)
 {
-	static const uint16_t versions[] = { 0, 1, 3, 0x0100, 0x0200,
-	    UINT16_MAX };
+	static const uint16_t versions[] = { 0, 1, 4, 0x0100, 0x0200,
+	    0x0300, UINT16_MAX };
 	static const struct {
 		const char *what;
 		int with_flags;
@@ -1706,6 +1714,85 @@ test_promoted(void **state)
 	wb_free(&b);
 }
 
+/* Both versions still served; the encoder writes the one asked for. */
+static void
+test_versions(void **state)
+{
+	struct wire_hello h, hd;
+	struct wire_welcome w = { .generation = 1 }, wd;
+	struct wbuf b;
+	const uint8_t *p;
+	size_t len;
+
+	wb_init(&b);
+	for (uint16_t v = WIRE_VERSION_MIN; v <= WIRE_VERSION; v++) {
+		sample_hello(&h);
+		h.version = v;
+		wb_reset(&b);
+		wire_put_hello(&b, &h);
+		p = frame_payload(&b, 0, WIRE_HELLO, &len);
+		assert_int_equal(decode_exact(dec_hello, p, len, &hd), 0);
+		assert_int_equal(hd.version, v);
+		w.version = v;
+		wb_reset(&b);
+		wire_put_welcome(&b, &w);
+		p = frame_payload(&b, 0, WIRE_WELCOME, &len);
+		assert_int_equal(decode_exact(dec_welcome, p, len, &wd), 0);
+		assert_int_equal(wd.version, v);
+	}
+	wb_free(&b);
+}
+
+static void
+test_keepalive(void **state)
+{
+	static const struct wire_keepalive good[] = {
+		{ 0, 0, WIRE_KEEPALIVE_MIN_MS },
+		{ 42, 0, 10000 },
+		{ 42, WIRE_KEEPALIVE_APPLYING, 10000 },
+		{ UINT64_MAX, WIRE_KEEPALIVE_APPLYING, WIRE_KEEPALIVE_MAX_MS },
+	};
+	static const struct {
+		const char *what;
+		struct wire_keepalive k;
+	} bad[] = {
+		{ "interval 0", { 1, 0, 0 } },
+		{ "interval below 1 s", { 1, 0, WIRE_KEEPALIVE_MIN_MS - 1 } },
+		{ "interval above 5 min", { 1, 0, WIRE_KEEPALIVE_MAX_MS + 1 } },
+		{ "interval u32 max", { 1, 0, UINT32_MAX } },
+		{ "applying no cycle", { 0, WIRE_KEEPALIVE_APPLYING, 10000 } },
+		{ "flag 0x02", { 1, 0x02, 10000 } },
+		{ "all flags", { 1, 0xff, 10000 } },
+	};
+	struct wire_keepalive kd;
+	struct wbuf b;
+	const uint8_t *p;
+	size_t len;
+
+	wb_init(&b);
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		wb_reset(&b);
+		wire_put_keepalive(&b, &good[i]);
+		p = frame_payload(&b, 0, WIRE_KEEPALIVE, &len);
+		assert_int_equal(len, 8 + 1 + 4);
+		assert_int_equal(decode_exact(dec_keepalive, p, len, &kd), 0);
+		assert_int_equal(kd.cycle, good[i].cycle);
+		assert_int_equal(kd.flags, good[i].flags);
+		assert_int_equal(kd.every_ms, good[i].every_ms);
+		check_prefixes("keepalive", dec_keepalive, p, len, len);
+		check_trailing("keepalive trailing", dec_keepalive, p, len);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		wb_reset(&b);
+		wire_put_keepalive(&b, &bad[i].k);
+		p = frame_payload(&b, 0, WIRE_KEEPALIVE, &len);
+		CHECK_RC(bad[i].what, decode_exact(dec_keepalive, p, len, &kd),
+		    RD_ERR_INVALID);
+	}
+	assert_string_equal(wire_type_name(WIRE_KEEPALIVE), "keepalive");
+	wb_free(&b);
+}
+
 /* A whole resync exchange in one buffer, read back frame by frame. */
 static void
 test_resync_sequence(void **state)
@@ -2211,7 +2298,7 @@ test_names(void **state)
 {
 	static const char *types[] = { "unknown", "hello", "welcome", "cycle",
 	    "data", "end", "ack", "nack", "sums", "sig", "sigend", "delta",
-	    "promote", "promoted", "unknown" };
+	    "promote", "promoted", "keepalive", "unknown" };
 	static const char *nacks[] = { "unknown", "protocol", "denied",
 	    "fenced", "bad-data", "io", "no-space", "busy", "internal",
 	    "mismatch", "unknown" };
@@ -2246,6 +2333,8 @@ main(void)
 		cmocka_unit_test(test_sigend_roundtrip),
 		cmocka_unit_test(test_delta_roundtrip),
 		cmocka_unit_test(test_delta_hostile),
+		cmocka_unit_test(test_versions),
+		cmocka_unit_test(test_keepalive),
 		cmocka_unit_test(test_promote_roundtrip),
 		cmocka_unit_test(test_promote_hostile),
 		cmocka_unit_test(test_promoted),
