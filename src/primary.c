@@ -59,7 +59,8 @@
 #define BATCH_READ	(64u << 20)	/* bytes read per produce job, at most */
 #define OUT_HIGH	(8u << 20)	/* produce more below this backlog */
 #define OUT_LOW		(4u << 20)
-#define REPLY_TIMEOUT_S	120		/* WELCOME */
+#define REPLY_TIMEOUT_S	120		/* PROMOTE's answer */
+#define WELCOME_GRACE_MS (15 * 1000)	/* the replica's handshake_timeout */
 #define SEND_TIMEOUT_S	NETIO_USER_TIMEOUT_S
 /*
  * The replica applies a cycle, then ACKs: it may take ACK_BASE keepalive
@@ -1960,7 +1961,14 @@ prepare_done(void *arg)
 	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
 	bufferevent_setwatermark(s->bev, EV_WRITE, OUT_LOW, 0);
 	bufferevent_set_max_single_write(s->bev, 1u << 20);
-	struct timeval tv = { REPLY_TIMEOUT_S, 0 };
+	/*
+	 * Connect, handshake, HELLO and WELCOME: keepalives start only with
+	 * WELCOME, so a replica (or path) gone silent before it is caught by
+	 * this timeout, three keepalive intervals past the replica's own
+	 * default handshake deadline.
+	 */
+	uint64_t ms = WELCOME_GRACE_MS + 3 * (uint64_t)vm->svc->cfg->keepalive_ms;
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 	s->st = PS_CONNECT;

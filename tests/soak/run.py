@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """make soak: the long forms of the fault campaigns (tests/system/test_campaign.py).
 
-  run.py [--seed N] [--seconds S] [--cycles N] [--kills N] [--silent] [--keep]
+  run.py [--seed N] [--seconds S] [--cycles N] [--kills N] [--keep]
 
 Runs network campaigns (100 cycles each through the fault proxy) and kill -9
 campaigns (25 rounds each) in turn, each in a fresh directory with a seed
@@ -9,8 +9,8 @@ derived from --seed, until at least --cycles cycles (default 1000) and
 --kills kill -9s (default 200) are done, or --seconds have passed.  Every
 campaign ends with the full check (final sync, no lost write, every listed
 point rebuilt byte-exact, verify, daemons alive, RSS and descriptors flat).
---silent adds the faults that leave a connection silent for ever
-(blackhole): each costs the daemons' own deadline.  Prints the counts and
+Every fault kind is used, blackholes included (the daemons' keepalive
+ends a silent connection).  Prints the counts and
 a final PASS or FAIL; the first failing campaign stops the run and keeps
 its directory.  Reproduce one campaign with the seed it prints.
 """
@@ -24,7 +24,7 @@ import traceback
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "system"))
 import harness  # noqa: E402
 from faultproxy import KINDS  # noqa: E402
-from test_campaign import SHORT_KINDS, kill_campaign, network_campaign  # noqa: E402
+from test_campaign import kill_campaign, network_campaign  # noqa: E402
 
 CYCLES_PER_CAMPAIGN = 100
 ROUNDS_PER_CAMPAIGN = 25
@@ -36,12 +36,11 @@ def main():
     ap.add_argument("--seconds", type=float, default=None, help="stop after this long (default: no limit)")
     ap.add_argument("--cycles", type=int, default=1000)
     ap.add_argument("--kills", type=int, default=200)
-    ap.add_argument("--silent", action="store_true", help="blackhole faults too")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args()
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 31)
-    kinds = KINDS if a.silent else SHORT_KINDS
+    kinds = KINDS
     print("soak: seed %d, targets %d cycles and %d kill -9s%s, faults %s"
           % (seed, a.cycles, a.kills, ", at most %gs" % a.seconds if a.seconds else "", ",".join(kinds)),
           flush=True)
