@@ -93,7 +93,7 @@ systest: replicad replctl $(BUILD)/ioshim.so
 # storage campaign, where tests/soak/storage.py exists.
 SOAK_SEED    ?=
 SOAK_SECONDS ?=
-soak: replicad replctl
+soak: replicad replctl $(BUILD)/ioshim.so
 	$(Q)python3 tests/soak/run.py $(if $(SOAK_SEED),--seed $(SOAK_SEED)) \
 	    $(if $(SOAK_SECONDS),--seconds $(SOAK_SECONDS))
 	$(Q)if test -f tests/soak/storage.py; then python3 tests/soak/storage.py \
