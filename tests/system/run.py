@@ -56,6 +56,9 @@ def main():
         ok = skip = False
         try:
             fn(env)
+            reports = env.sanitizer_reports()
+            if reports:
+                raise harness.TestFailure("sanitizer report:\n" + "\n".join(reports))
             ok = True
         except harness.Skip as e:
             ok = skip = True
