@@ -56,9 +56,6 @@ def main():
         ok = skip = False
         try:
             fn(env)
-            reports = env.sanitizer_reports()
-            if reports:
-                raise harness.TestFailure("sanitizer report:\n" + "\n".join(reports))
             ok = True
         except harness.Skip as e:
             ok = skip = True
@@ -68,6 +65,14 @@ def main():
             if not isinstance(e, harness.TestFailure):
                 traceback.print_exc()
         finally:
+            # A sanitizer report fails the test, whatever else it saw.
+            reports = env.sanitizer_reports()
+            if reports:
+                if ok:
+                    print("FAIL %s (seed %d, dir %s): sanitizer report"
+                          % (name, tseed, env.dir), flush=True)
+                print("\n".join(reports), flush=True)
+                ok = skip = False
             env.cleanup(ok)
         if skip:
             skipped += 1
