@@ -7,7 +7,10 @@ SBINDIR ?= $(PREFIX)/sbin
 MANDIR  ?= $(PREFIX)/share/man
 HOOKDIR ?= $(PREFIX)/lib/replicad/hooks
 CC      ?= cc
-BUILD   := build
+# BUILD: where objects, tests and (unless it is `build`) the programs go;
+# `make check-asan` builds a sanitizer copy in build-asan.
+BUILD   ?= build
+BIN     := $(if $(filter build,$(BUILD)),.,$(BUILD))
 
 PKGS    := libevent libevent_openssl libevent_pthreads openssl libzstd \
            libxxhash inih sqlite3 libnbd jansson
@@ -39,8 +42,9 @@ else
 Q := @
 endif
 
-.PHONY: all deps check unit systest soak mancheck fuzz-regress demo bench install clean
-all: replicad replctl
+.PHONY: all deps check check-asan unit systest soak mancheck fuzz fuzz-regress \
+	demo bench install clean
+all: $(BIN)/replicad $(BIN)/replctl
 
 $(BUILD)/%.o: src/%.c | $(BUILD)
 	@$(if $(Q),echo "  CC      $<")
@@ -52,11 +56,11 @@ $(BUILD):
 $(BUILD)/libreplicad.a: $(call obj,$(LIB_OBJS))
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-replicad: $(call obj,$(REPLICAD_OBJS) replicad)
+$(BIN)/replicad: $(call obj,$(REPLICAD_OBJS) replicad)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-replctl: $(call obj,$(REPLCTL_OBJS) replctl)
+$(BIN)/replctl: $(call obj,$(REPLCTL_OBJS) replctl)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -72,31 +76,33 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libreplicad.a | $(BUILD)
 deps:
 	$(Q)tools/install-deps
 
-unit: $(UNIT_BINS) replctl
+unit: $(UNIT_BINS) $(BIN)/replctl
 	$(Q)fail=0; for t in $(UNIT_BINS); do \
 	    echo "== $$t"; $$t || fail=1; done; \
-	echo "== replctl usage"; sh tests/unit/replctl_usage.sh ./replctl || fail=1; \
+	echo "== replctl usage"; sh tests/unit/replctl_usage.sh $(BIN)/replctl || fail=1; \
 	echo "== module graph and STATE_DIR layout"; \
 	python3 tests/lint/modgraph.py || fail=1; \
 	exit $$fail
 
-# The storage-fault tests' LD_PRELOAD shim (tests/fault/ioshim.c).
+# The storage-fault tests' LD_PRELOAD shim (tests/fault/ioshim.c), built
+# without the sanitizers: it is preloaded into the sanitizer build too.
 $(BUILD)/ioshim.so: tests/fault/ioshim.c | $(BUILD)
 	@$(if $(Q),echo "  CC      $<")
-	$(Q)$(CC) $(CFLAGS) -std=c11 -Wall -Wextra -fPIC -shared -o $@ $< -ldl -pthread
+	$(Q)$(CC) -O2 -g -std=c11 -Wall -Wextra -fPIC -shared -o $@ $< -ldl -pthread
 
-systest: replicad replctl $(BUILD)/ioshim.so
-	$(Q)python3 tests/system/run.py
+systest: $(BIN)/replicad $(BIN)/replctl $(BUILD)/ioshim.so
+	$(Q)REPLICAD_BIN_DIR=$(abspath $(BIN)) python3 tests/system/run.py
 
 # The long fault campaigns: SOAK_SEED (default random), SOAK_SECONDS (default:
 # until 1,000 cycles through the fault proxy and 200 kill -9s); then the
 # storage campaign, where tests/soak/storage.py exists.
 SOAK_SEED    ?=
 SOAK_SECONDS ?=
-soak: replicad replctl $(BUILD)/ioshim.so
-	$(Q)python3 tests/soak/run.py $(if $(SOAK_SEED),--seed $(SOAK_SEED)) \
+soak: $(BIN)/replicad $(BIN)/replctl $(BUILD)/ioshim.so
+	$(Q)REPLICAD_BIN_DIR=$(abspath $(BIN)) python3 tests/soak/run.py $(if $(SOAK_SEED),--seed $(SOAK_SEED)) \
 	    $(if $(SOAK_SECONDS),--seconds $(SOAK_SECONDS))
-	$(Q)if test -f tests/soak/storage.py; then python3 tests/soak/storage.py \
+	$(Q)if test -f tests/soak/storage.py; then \
+	    REPLICAD_BIN_DIR=$(abspath $(BIN)) python3 tests/soak/storage.py \
 	    $(if $(SOAK_SEED),--seed $(SOAK_SEED)) $(if $(SOAK_SECONDS),--seconds $(SOAK_SECONDS)) \
 	    || exit 1; fi
 
@@ -127,6 +133,26 @@ check: deps
 	$(Q)$(MAKE) --no-print-directory fuzz-regress
 	$(Q)$(MAKE) --no-print-directory mancheck
 	$(Q)$(MAKE) --no-print-directory systest
+	$(Q)$(MAKE) --no-print-directory check-asan
+
+# The sanitizer pass: everything built again with ASan and UBSan in
+# build-asan (the normal build is left alone), then the unit tests, the
+# fuzz corpora and the system tests run against that build.  A report
+# ends the process with a non-zero status; harness.py gives every test
+# its own log_path and fails the test when a report file exists there.
+# Leaks are reported at a clean exit (a daemon killed with SIGKILL makes
+# no report).
+ASAN_BUILD  := build-asan
+ASAN_CFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+               -fno-sanitize-recover=undefined
+ASAN_ENV    := ASAN_OPTIONS=halt_on_error=1:abort_on_error=0:detect_leaks=1:verify_asan_link_order=0 \
+               UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+check-asan:
+	$(Q)$(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) CFLAGS="$(ASAN_CFLAGS)" all
+	$(Q)$(ASAN_ENV) $(MAKE) --no-print-directory BUILD=$(ASAN_BUILD) \
+	    CFLAGS="$(ASAN_CFLAGS)" unit fuzz-regress
+	$(Q)$(ASAN_ENV) REPLICAD_SANITIZE=1 $(MAKE) --no-print-directory \
+	    BUILD=$(ASAN_BUILD) CFLAGS="$(ASAN_CFLAGS)" systest
 
 demo: deps
 	$(Q)$(MAKE) --no-print-directory all
@@ -149,6 +175,6 @@ install: all
 	install -m 644 tools/replicad.cron $(DESTDIR)$(HOOKDIR)/../replicad.cron
 
 clean:
-	rm -rf $(BUILD) replicad replctl
+	rm -rf $(BUILD) $(ASAN_BUILD) replicad replctl
 
 -include $(wildcard $(BUILD)/*.d $(BUILD)/tests/*.d)

@@ -136,6 +136,11 @@ int	store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
  */
 int	store_drop_point(struct store *st, uint64_t id, uint64_t *freed,
 	    char *err, size_t errsz);
+/* Decode a staging index (the format at the top of store.c) as recovery
+ * does: 0 and the cycle it describes and its number of records, or
+ * RD_ERR_CORRUPT.  For tests/fuzz/fuzz_stage.c. */
+int	store_index_check(const uint8_t *p, size_t len, struct store_cycle *c,
+	    uint64_t *nrec);
 /* Space of the storage: min_free from the [accept] entry (0: none; both
  * set: the smaller). */
 void	store_set_space(struct store *st, uint64_t min_free_bytes,

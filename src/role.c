@@ -149,6 +149,9 @@ role_promote(const struct role_view *v, uint64_t session_gen, uint64_t acked,
 	if (m_gen != gen + 1)
 		return refuse(m_gen > gen + 1 ? ROLE_WHY_LEAP : ROLE_WHY_STALE,
 		    WIRE_NACK_PROTOCOL, gen, 1);
+	/* One more than the highest generation there may be. */
+	if (!in_range(m_gen))
+		return refuse(ROLE_WHY_RANGE, WIRE_NACK_PROTOCOL, gen, 1);
 	if (acked == 0 || m_cycle != acked || m_cycle != last_cycle)
 		return refuse(ROLE_WHY_NOT_AFTER_ACK, WIRE_NACK_PROTOCOL, gen,
 		    1);
@@ -178,6 +181,8 @@ role_promoted(uint64_t gen, uint64_t p_gen)
 	if (p_gen != gen + 1)
 		return refuse(p_gen > gen + 1 ? ROLE_WHY_LEAP : ROLE_WHY_BELOW,
 		    WIRE_NACK_PROTOCOL, gen, 1);
+	if (!in_range(p_gen))
+		return refuse(ROLE_WHY_RANGE, WIRE_NACK_PROTOCOL, gen, 1);
 	return decide(ROLE_HANDED_OVER, p_gen);
 }
 
@@ -198,6 +203,8 @@ role_command(const struct role_view *v, enum role_cmd cmd,
 			return refuse(ROLE_WHY_IS_PRIMARY, 0, gen, 0);
 		if (v->state == ROLE_UNCOMMITTED)
 			return decide(ROLE_REPICK, gen);
+		if (gen >= ROLE_MAX_GENERATION)
+			return refuse(ROLE_WHY_RANGE, 0, gen, 0);
 		return decide(ROLE_PROMOTE, gen + 1);
 	case ROLE_CMD_COMMIT:
 		if (v->state != ROLE_UNCOMMITTED)
@@ -210,6 +217,8 @@ role_command(const struct role_view *v, enum role_cmd cmd,
 			return refuse(ROLE_WHY_UNCOMMITTED, 0, gen, 0);
 		if (v->fenced)
 			return refuse(ROLE_WHY_FENCED, 0, gen, 0);
+		if (gen >= ROLE_MAX_GENERATION)
+			return refuse(ROLE_WHY_RANGE, 0, gen, 0);
 		return decide(ROLE_HANDOVER, gen + 1);
 	case ROLE_CMD_REVERSE:
 		if (v->state == ROLE_REPLICA)

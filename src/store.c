@@ -325,6 +325,21 @@ index_decode(const uint8_t *p, size_t len, struct stage_index *ix)
 	return 0;
 }
 
+int
+store_index_check(const uint8_t *p, size_t len, struct store_cycle *c,
+    uint64_t *nrec)
+{
+	struct stage_index ix;
+	int r;
+
+	if ((r = index_decode(p, len, &ix)) != 0)
+		return r;
+	*c = ix.c;
+	*nrec = ix.nrec;
+	free(ix.recs);
+	return 0;
+}
+
 /* --- open, close, recovery ---------------------------------------------- */
 
 /*

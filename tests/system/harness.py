@@ -22,6 +22,11 @@ BIN_DIR = os.environ.get("REPLICAD_BIN_DIR", ROOT)
 REPLICAD = os.path.join(BIN_DIR, "replicad")
 REPLCTL = os.path.join(BIN_DIR, "replctl")
 MKCERTS = os.path.join(ROOT, "tools", "mkcerts")
+# REPLICAD_SANITIZE=1 (make check-asan): the programs are an ASan+UBSan
+# build; each test's processes write any report to SANITIZER.PID in the
+# test's directory, and a report fails the test (Env.sanitizer_reports).
+SANITIZE = os.environ.get("REPLICAD_SANITIZE") == "1"
+SANITIZER_OPTS = {v: os.environ.get(v, "") for v in ("ASAN_OPTIONS", "UBSAN_OPTIONS")}
 
 
 class TestFailure(AssertionError):
@@ -217,6 +222,20 @@ class Env:
         self.rng = random.Random(seed)
         self.procs = []
         self.pki = self.make_pki("main", ["primary", "replica", "other"])
+        if SANITIZE:
+            # Every process the test starts inherits these (tests run
+            # one at a time in a process).
+            for var, opts in SANITIZER_OPTS.items():
+                os.environ[var] = ":".join(o for o in (opts, "log_path=" + self.path("sanitizer")) if o)
+
+    def sanitizer_reports(self):
+        """The text of every sanitizer report written during the test."""
+        out = []
+        for fn in sorted(os.listdir(self.dir)):
+            if fn.startswith("sanitizer."):
+                with open(os.path.join(self.dir, fn), errors="replace") as f:
+                    out.append("%s:\n%s" % (fn, f.read()))
+        return out
 
     def make_pki(self, label, names):
         """A CA and certificates (cached per run: key generation is slow)."""

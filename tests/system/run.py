@@ -67,6 +67,14 @@ def run_one(name, fn, seed, keep):
         if not isinstance(e, harness.TestFailure):
             traceback.print_exc(file=sys.stdout)
     finally:
+        # A sanitizer report fails the test, whatever else it saw.
+        reports = env.sanitizer_reports()
+        if reports:
+            if ok:
+                print("FAIL %s (seed %d, dir %s): sanitizer report"
+                      % (name, tseed, env.dir), flush=True)
+            print("\n".join(reports), flush=True)
+            ok = skip = False
         env.cleanup(ok)
     if skip:
         return "skipped"

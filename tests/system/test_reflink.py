@@ -9,7 +9,7 @@ import threading
 import time
 
 from harness import (LoopFs, LogMark, assert_same, check, set_vm_keys, vm_status,
-                     REPLICAD)
+                     REPLCTL, REPLICAD)
 
 # Loop devices and mounts: run.py -j runs these alone.
 SERIAL = True
@@ -275,7 +275,7 @@ def test_crash_mid_cycle(env):
         pri.ok("sync", "web01", "--wait")
         for rnd in range(4):
             write_random(env, d, os.path.getsize(d), 40, set())
-            r = subprocess.Popen(["./replctl", "-s", pri.socket, "sync", "web01", "--wait"],
+            r = subprocess.Popen([REPLCTL, "-s", pri.socket, "sync", "web01", "--wait"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(env.rng.random() * 0.08)
             pri.kill9()

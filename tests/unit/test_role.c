@@ -460,6 +460,46 @@ test_command_table(void **state)
 
 /* --- start-up ---------------------------------------------------------------- */
 
+/*
+ * At the highest generation nothing may make one more: a failover, a
+ * PROMOTE or a PROMOTED there would give a generation every host refuses
+ * (found by tests/fuzz/fuzz_role.c: a relationship a HELLO created at
+ * ROLE_MAX_GENERATION, then an unplanned failover).
+ */
+static void
+test_generation_ceiling(void **state)
+{
+	struct role_view v = { .state = ROLE_REPLICA, .owner = "h1",
+	    .generation = ROLE_MAX_GENERATION };
+	struct role_decision d;
+
+	d = role_command(&v, ROLE_CMD_UNPLANNED, "h1", 1);
+	assert_int_equal(d.verdict, ROLE_REFUSE);
+	assert_int_equal(d.why, ROLE_WHY_RANGE);
+	d = role_promote(&v, ROLE_MAX_GENERATION, 7, 7, 7,
+	    ROLE_MAX_GENERATION + 1);
+	assert_int_equal(d.verdict, ROLE_REFUSE);
+	assert_int_equal(d.why, ROLE_WHY_RANGE);
+	v.state = ROLE_PRIMARY;
+	d = role_command(&v, ROLE_CMD_PLANNED, "h1", 1);
+	assert_int_equal(d.verdict, ROLE_REFUSE);
+	assert_int_equal(d.why, ROLE_WHY_RANGE);
+	d = role_promoted(ROLE_MAX_GENERATION, ROLE_MAX_GENERATION + 1);
+	assert_int_equal(d.verdict, ROLE_REFUSE);
+	assert_int_equal(d.why, ROLE_WHY_RANGE);
+	/* One below, each still makes one more. */
+	v.generation = ROLE_MAX_GENERATION - 1;
+	d = role_command(&v, ROLE_CMD_PLANNED, "h1", 1);
+	assert_int_equal(d.verdict, ROLE_HANDOVER);
+	assert_true(d.generation == ROLE_MAX_GENERATION);
+	d = role_promoted(ROLE_MAX_GENERATION - 1, ROLE_MAX_GENERATION);
+	assert_int_equal(d.verdict, ROLE_HANDED_OVER);
+	v.state = ROLE_REPLICA;
+	d = role_command(&v, ROLE_CMD_UNPLANNED, "h1", 1);
+	assert_int_equal(d.verdict, ROLE_PROMOTE);
+	assert_true(d.generation == ROLE_MAX_GENERATION);
+}
+
 static void
 test_startup(void **state)
 {
@@ -1060,6 +1100,7 @@ main(void)
 		cmocka_unit_test(test_promote_table),
 		cmocka_unit_test(test_welcome_table),
 		cmocka_unit_test(test_command_table),
+		cmocka_unit_test(test_generation_ceiling),
 		cmocka_unit_test(test_startup),
 		cmocka_unit_test(test_owner_and_view),
 		cmocka_unit_test(test_refusal_words),
