@@ -30,7 +30,7 @@
 #include "xmalloc.h"
 
 #ifndef REPLCTL_VERSION
-#define REPLCTL_VERSION	"0.5.0"
+#define REPLCTL_VERSION	"0.6.0"
 #endif
 
 #define VALUE_MAX	(HOST_MAX_LEN + 16)	/* "[HOST]:PORT" or an ID */

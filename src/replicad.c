@@ -14,7 +14,7 @@
 #include "tls.h"
 #include "tracker.h"
 
-#define REPLICAD_VERSION "0.5.0"
+#define REPLICAD_VERSION "0.6.0"
 
 static void
 usage(FILE *f)
