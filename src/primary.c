@@ -1587,8 +1587,12 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 	}
 	/* Keepalives both ways: ours first says our interval. */
 	s->ka = w->version >= WIRE_VERSION_KEEPALIVE;
-	if (s->ka)
+	if (s->ka) {
+		/* Ticking from now on: an adopt job before the cycle must
+		 * not look like silence to the replica. */
 		send_keepalive(s->bev, 0, own_every_ms(vm));
+		start_tick(s);
+	}
 	struct role_decision d = role_welcome(vt_generation(vm->e), w->generation,
 	    (w->flags & WIRE_WELCOME_ADOPT) != 0);
 	switch (d.verdict) {
