@@ -70,6 +70,9 @@
  */
 #define ACK_BASE	6
 #define ACK_RATE	(4u << 20)
+/* A version 2 replica (0.5) cannot say that it applies: its ACK is
+ * waited for as 0.5 did, at least this long. */
+#define ACK_V2_MS	(3600u * 1000)
 #define BACKOFF_MAX_MS	(60 * 1000)
 #define SIGS_MAX	(16u << 20)	/* queued SIG bytes before reads stop */
 
@@ -1395,7 +1398,8 @@ set_deadlines(struct psess *s)
 		rtv = ms_tv(silence_ms(s));
 		bufferevent_set_timeouts(s->bev, &rtv, &wtv);
 	} else if (s->resync && s->st == PS_SEND) {
-		rtv = ms_tv(ack_budget_ms(s, disks_bytes(s)));
+		uint64_t ms = ack_budget_ms(s, disks_bytes(s));
+		rtv = ms_tv(ms < ACK_V2_MS ? ACK_V2_MS : ms);
 		bufferevent_set_timeouts(s->bev, &rtv, &wtv);
 	} else {
 		bufferevent_set_timeouts(s->bev, NULL, &wtv);
@@ -1420,8 +1424,11 @@ arm_ack(struct psess *s)
 {
 	uint64_t bytes = s->resync ? disks_bytes(s) : s->raw_bytes;
 	bytes += evbuffer_get_length(bufferevent_get_output(s->bev));
+	uint64_t budget = ack_budget_ms(s, bytes);
+	if (!s->ka && budget < ACK_V2_MS)
+		budget = ACK_V2_MS;	/* no KEEPALIVE can extend it */
 	s->ack_wait_ms = util_mono_ms();
-	s->ack_due_ms = s->ack_wait_ms + ack_budget_ms(s, bytes);
+	s->ack_due_ms = s->ack_wait_ms + budget;
 }
 
 /* Every keepalive interval: ours when the line is idle; the ACK's
@@ -1580,8 +1587,12 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 	}
 	/* Keepalives both ways: ours first says our interval. */
 	s->ka = w->version >= WIRE_VERSION_KEEPALIVE;
-	if (s->ka)
+	if (s->ka) {
+		/* Ticking from now on: an adopt job before the cycle must
+		 * not look like silence to the replica. */
 		send_keepalive(s->bev, 0, own_every_ms(vm));
+		start_tick(s);
+	}
 	struct role_decision d = role_welcome(vt_generation(vm->e), w->generation,
 	    (w->flags & WIRE_WELCOME_ADOPT) != 0);
 	switch (d.verdict) {

@@ -141,3 +141,44 @@ def test_long_apply_is_waited_for(env):
           "the primary gave up on a working replica:\n%s" % log[-2000:])
     h.a.stop()
     h.b.stop()
+
+
+def test_version2_replica_slow_apply(env):
+    """A version 2 replica (replicad 0.5) cannot say that it applies a
+    cycle: the primary waits for its ACK as 0.5 did (an hour), not the
+    keepalive budget (6 x keepalive + 1 s per 4 MiB), which would fail
+    every cycle whose apply takes a few seconds more.  A fake replica
+    answers WELCOME at version 2 and ACKs 10 s after END (keepalive 1 s
+    here: a budget of about 6 s)."""
+    from test_hostile_resync import FakeReplica
+    import wireproto as wp
+    disks = [env.make_disk(env.path("src", "sda.img"), 1 << 20, "random")]
+    rep = env.replica()             # not started: its address hosts the fake
+    pri = env.primary({VM: disks}, rep.port)
+    set_keepalive(pri, "1s")
+    pri.start()
+    pri.ok("pause", VM)
+    fake = FakeReplica(env, rep.port)
+
+    def script(conn, hello, res):
+        check(hello["version"] == 3, "HELLO version %d" % hello["version"])
+        conn.send(wp.welcome(hello["generation"], version=2))
+        while True:
+            fr = conn.recv_frame(20)
+            check(fr is not None, "the primary closed before END")
+            check(fr[0] != wp.KEEPALIVE, "KEEPALIVE in a version 2 session")
+            if fr[0] == wp.END:
+                res["cycle"] = wp.decode_end(fr[1])["cycle"]
+                break
+        time.sleep(10)              # a slow apply, silently (version 2)
+        conn.send(wp.ack(res["cycle"], 1))
+    try:
+        fake.serve(script)
+        r = pri.ctl("sync", VM, "--wait", timeout=60)
+        res = fake.join()
+        check(r.rc == 0, "sync --wait behind a slow version 2 replica: %r\n%s"
+              % (r, pri.log_text()[-1500:]))
+        check(res["error"] is None, "the fake replica: %s" % res["error"])
+    finally:
+        fake.close()
+    pri.stop()

@@ -41,10 +41,12 @@ FRAME_HDR = 5
 
 HELLO, WELCOME, CYCLE, DATA, END, ACK, NACK = 1, 2, 3, 4, 5, 6, 7
 SUMS, SIG, SIGEND, DELTA, PROMOTE, PROMOTED = 8, 9, 10, 11, 12, 13
+KEEPALIVE = 14
 TYPE_NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", CYCLE: "CYCLE", DATA: "DATA",
               END: "END", ACK: "ACK", NACK: "NACK", SUMS: "SUMS", SIG: "SIG",
               SIGEND: "SIGEND", DELTA: "DELTA", PROMOTE: "PROMOTE",
-              PROMOTED: "PROMOTED"}
+              PROMOTED: "PROMOTED", KEEPALIVE: "KEEPALIVE"}
+KEEPALIVE_APPLYING = 0x01
 
 ENC_RAW, ENC_ZSTD, ENC_ZERO = 0, 1, 2
 CYCLE_FULL = 0x01
@@ -213,6 +215,11 @@ def welcome(generation, last_cycle=0, last_point=0, flags=0, version=VERSION):
     """WELCOME (replica -> primary), for a hand-driven replica."""
     return frame(WELCOME, struct.pack(">HQQQB", version, generation, last_cycle,
                                       last_point, flags))
+
+
+def keepalive(cycle_id=0, flags=0, every_ms=10000):
+    """KEEPALIVE (either direction, version 3 sessions)."""
+    return frame(KEEPALIVE, struct.pack(">QBI", cycle_id, flags, every_ms))
 
 
 def promoted(generation):
