@@ -103,6 +103,12 @@ void	store_cycle_abort(struct store *st);
  * file, or before the first point): unknown. */
 int	store_get_digests(struct store *st, uint16_t disk, uint64_t off,
 	    struct digest *d, size_t n);
+/* Records of .digests/DISK as read from the file (n of them, the first
+ * for the block at off) into digests: an all-zero record is a block of
+ * zeros of a disk of size bytes.  For readers of the file outside a
+ * store (a planned failover turns them into tracker state). */
+void	store_records_expand(struct digest *d, size_t n, uint64_t off,
+	    uint32_t bs, uint64_t size);
 /*
  * Write back the newest point's true content of a damaged range (its
  * digest is recorded and the caller checked data against it): the image

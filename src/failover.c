@@ -1463,6 +1463,8 @@ digests_to_maps(struct fo *f, const struct cat_rel *rel)
 			r = RD_ERR_CORRUPT;
 		if (r == 0) {
 			memcpy(bm.d, data, len);
+			store_records_expand(bm.d, bm.nblocks, 0,
+			    rel->block_size, rel->disks[i].size);
 			bm.cycle = rel->last_cycle;
 			r = bm_save(map, &bm);
 		}

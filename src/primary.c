@@ -66,10 +66,14 @@
  * The replica applies a cycle, then ACKs: it may take ACK_BASE keepalive
  * intervals and a second per ACK_RATE bytes of the cycle's content (a
  * resync: of the disks) from END on.  A replica that says it is applying
- * the cycle (KEEPALIVE) is waited for as long as it says so.
+ * the cycle (KEEPALIVE) is waited for as long as it says so, up to
+ * ACK_CAP budgets or ACK_V2_MS from END, whichever is longer: a replica
+ * whose apply hangs (a disk that stopped answering) keeps saying so, and
+ * must not hold the VM, or a planned failover's stopped guest, for ever.
  */
 #define ACK_BASE	6
 #define ACK_RATE	(4u << 20)
+#define ACK_CAP		8
 /* A version 2 replica (0.5) cannot say that it applies: its ACK is
  * waited for as 0.5 did, at least this long. */
 #define ACK_V2_MS	(3600u * 1000)
@@ -169,6 +173,8 @@ struct psess {
 	uint64_t		 ack_due_ms;	/* monotonic: ACK deadline */
 	uint64_t		 ack_wait_ms;	/* END went out */
 	uint64_t		 applying_ms;	/* the replica said: applying */
+	uint64_t		 ack_cap_ms;	/* "applying" extends the ACK's
+						   deadline up to this */
 	struct event		*tick;		/* keepalives, the deadline */
 	struct cat_rel		 rel;		/* as job_commit recorded it */
 	int			 rel_ok;
@@ -529,8 +535,9 @@ fenced_done(void *arg)
 	poke(vm);
 }
 
-/* The fence is lifted: try again now; if this host is still a stale
- * primary, the replica says so and the VM is fenced again. */
+/* The fence is lifted: a VM with an interval tries again now (if this
+ * host is still a stale primary, the replica says so and the VM is
+ * fenced again); one without waits for its next sync, as resume says. */
 static void
 fenced_done_quiet(void *arg)
 {
@@ -539,8 +546,12 @@ fenced_done_quiet(void *arg)
 	if (fj->recorded)
 		vt_set_rel(vm->e, &fj->rel);
 	free(fj);
-	if (--vm->draining == 0 && vm->sess == NULL)
-		start_cycle(vm);
+	if (--vm->draining == 0 && vm->sess == NULL) {
+		if (vm->cfg->interval_ms != 0)
+			start_cycle(vm);
+		else
+			plan_next(vm);
+	}
 	poke(vm);
 }
 
@@ -1429,6 +1440,8 @@ arm_ack(struct psess *s)
 		budget = ACK_V2_MS;	/* no KEEPALIVE can extend it */
 	s->ack_wait_ms = util_mono_ms();
 	s->ack_due_ms = s->ack_wait_ms + budget;
+	s->ack_cap_ms = s->ack_wait_ms + (ACK_CAP * budget > ACK_V2_MS ?
+	    ACK_CAP * budget : ACK_V2_MS);
 }
 
 /* Every keepalive interval: ours when the line is idle; the ACK's
@@ -1446,7 +1459,9 @@ on_tick(evutil_socket_t fd, short what, void *arg)
 		sess_fail(s, RD_ERR_PEER, "replica %s did not acknowledge cycle "
 		    "%" PRIu64 " within %" PRIu64 " s of its end%s",
 		    vm->cfg->replica, s->cycle, (now - s->ack_wait_ms) / 1000,
-		    s->applying_ms ? " (it stopped saying it applies it)" : "");
+		    s->applying_ms == 0 ? "" : now >= s->ack_cap_ms ?
+		    " (it still says it applies it: the longest wait for an "
+		    "ACK is over)" : " (it stopped saying it applies it)");
 		return;
 	}
 	if (s->ka && s->st != PS_PROMOTE &&
@@ -1487,8 +1502,11 @@ on_keepalive(struct psess *s, const uint8_t *p, size_t len)
 		uint64_t now = util_mono_ms();
 		if (s->applying_ms == 0)
 			s->applying_ms = now;
-		if (s->ack_due_ms < now + silence_ms(s))
-			s->ack_due_ms = now + silence_ms(s);
+		uint64_t due = now + silence_ms(s);
+		if (due > s->ack_cap_ms)
+			due = s->ack_cap_ms;
+		if (s->ack_due_ms < due)
+			s->ack_due_ms = due;
 	}
 }
 

@@ -1743,25 +1743,37 @@ store_get_digests(struct store *st, uint16_t disk, uint64_t off,
 	close(fd);
 	if (got < 0)
 		got = 0;
+	size_t have = (size_t)got / DIGEST_LEN;
+	store_records_expand(d, have, off, bs, st->rel.disks[disk].size);
+	memset(d + have, 0, (n - have) * sizeof(*d));	/* unknown */
+	return 0;
+}
+
+void
+store_records_expand(struct digest *d, size_t n, uint64_t off, uint32_t bs,
+    uint64_t size)
+{
+	struct digest zero;
+	int have_zero = 0;
+
 	/* A zero record is a block of zeros at the newest point's size. */
-	uint64_t size = st->rel.disks[disk].size;
 	for (size_t i = 0; i < n; i++) {
 		uint64_t at = off + i * bs;
-		if ((size_t)got >= (i + 1) * DIGEST_LEN && at < size &&
-		    util_is_zero(d[i].b, DIGEST_LEN)) {
-			uint32_t len = size - at < bs ? (uint32_t)(size - at) : bs;
-			if (len == bs) {
-				d[i] = st->zero_digest;
-			} else {
-				uint8_t *z = xcalloc(1, len);
-				digest_block(z, len, &d[i]);
-				free(z);
-			}
-		} else if ((size_t)got < (i + 1) * DIGEST_LEN) {
-			memset(&d[i], 0, sizeof(d[i]));	/* unknown */
+		if (at >= size || !util_is_zero(d[i].b, DIGEST_LEN))
+			continue;
+		uint32_t len = size - at < bs ? (uint32_t)(size - at) : bs;
+		if (len == bs && have_zero) {
+			d[i] = zero;
+			continue;
+		}
+		uint8_t *z = xcalloc(1, len);
+		digest_block(z, len, &d[i]);
+		free(z);
+		if (len == bs) {
+			zero = d[i];
+			have_zero = 1;
 		}
 	}
-	return 0;
 }
 
 int

@@ -218,7 +218,10 @@ class Env:
 
     def __init__(self, name, seed, keep=False):
         self.name, self.seed, self.keep = name, seed, keep
-        self.dir = tempfile.mkdtemp(prefix="replicad-%s-" % name)
+        # The name is cut short: unix socket paths below it (the NBD
+        # socket of tracker qemu is the deepest) must stay under 108 bytes
+        # whatever TMPDIR is.
+        self.dir = tempfile.mkdtemp(prefix="replicad-%s-" % name[:24])
         self.rng = random.Random(seed)
         self.procs = []
         self.pki = self.make_pki("main", ["primary", "replica", "other"])
