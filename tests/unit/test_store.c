@@ -2027,6 +2027,35 @@ test_long_jobs_cancelled(void **state)
 		model_free(&m[i]);
 }
 
+/* The records of .digests as a reader outside the store sees them (a
+ * planned failover makes them tracker state): an all-zero record is the
+ * digest of a block of zeros, a short one at the end of the disk too,
+ * and other records stay as they are. */
+static void
+test_records_expand(void **state)
+{
+	uint64_t size = 2 * BS + 100;	/* two blocks and a short one */
+	struct digest d[3], want[3];
+	static uint8_t zeros[BS], data[BS];
+
+	memset(data, 0x5a, sizeof(data));
+	memset(d, 0, sizeof(d));
+	digest_block(data, BS, &d[1]);
+	digest_block(zeros, BS, &want[0]);
+	want[1] = d[1];
+	digest_block(zeros, 100, &want[2]);
+	store_records_expand(d, 3, 0, BS, size);
+	for (int i = 0; i < 3; i++)
+		assert_memory_equal(d[i].b, want[i].b, DIGEST_LEN);
+	/* from a later block on, past the end untouched */
+	struct digest e[2];
+	memset(e, 0, sizeof(e));
+	store_records_expand(e, 2, 2 * BS, BS, size);
+	assert_memory_equal(e[0].b, want[2].b, DIGEST_LEN);
+	uint8_t none[DIGEST_LEN] = { 0 };
+	assert_memory_equal(e[1].b, none, DIGEST_LEN);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -2071,6 +2100,7 @@ main(int argc, char **argv)
 		T(test_rewind_failed_step_restart),
 		T(test_rewind_failed_step_retried),
 		T(test_rewind_failed_step_stay),
+		cmocka_unit_test(test_records_expand),
 		T(test_long_jobs_cancelled),	/* last (work_cancel) */
 	};
 #undef T
