@@ -754,7 +754,7 @@ static void
 test_budget_exact(void **state)
 {
 	size_t len = 256 * KB, run = 6000, nfalse = run - 4096 + 1;
-	uint8_t *data = alloc_random(len, 31), *zeros = calloc(1, 4096);
+	uint8_t *data = alloc_random(len, 31), *zeros = calloc(1, len);
 	uint8_t *basis = alloc_random(len, 32), *out;
 	struct delta_limits lim = { .max_false = nfalse };
 	struct wbuf sig, delta;
