@@ -175,7 +175,12 @@ class NetCampaign:
         return json.loads(self.rep.ok("points", VM, "--json").out)
 
     def prune(self):
-        """Apply retention; forget the copies no listed point can need."""
+        """Apply retention; forget the copies no listed point can need.
+        Before its first cycle is applied the replica has no such VM (a
+        relationship is recorded only with its first point): nothing to
+        prune yet."""
+        if self.state(self.rep)["state"] == "none":
+            return
         self.rep.ok("prune", VM)
         self.stats.add("prunes")
         pts = self.points()
