@@ -78,6 +78,7 @@
  * waited for as 0.5 did, at least this long. */
 #define ACK_V2_MS	(3600u * 1000)
 #define BACKOFF_MAX_MS	(60 * 1000)
+#define DELTA_BUDGET_MIN 1024	/* false matches of a range: a few ms */
 #define SIGS_MAX	(16u << 20)	/* queued SIG bytes before reads stop */
 
 struct waiter {
@@ -161,7 +162,7 @@ struct psess {
 	int			 sigend;	/* SIGEND received */
 	int			 job_final;	/* the job has the last SIGs */
 	int			 want_resync;	/* asked for before it started */
-	int			 literal;	/* answer SIGs whole, no search */
+	uint64_t		 overruns;	/* SIGs past the delta budget */
 	int			 handover;	/* PROMOTE follows the ACK */
 	int			 promote_sent;
 	struct wire_welcome	 welcome;	/* the replica's answer */
@@ -204,9 +205,6 @@ struct pvm {
 	struct waiter		*next;		/* want the cycle after it */
 	int			 draining;	/* ended sessions with a job */
 	int			 resync;	/* next cycle resynchronises */
-	int			 literal_resync; /* the replica's signatures
-						   were refused: the next
-						   resync answers SIGs whole */
 	int			 nospace;	/* the replica is out of space */
 	int64_t			 last_app_ms;	/* cut of the newest app point */
 	uint64_t		 started_ms;	/* monotonic start of the last cycle */
@@ -913,13 +911,13 @@ resync_sums(struct psess *s)
 /*
  * The delta of one SIG's range (read into cbuf) into dbuf.  Its search is
  * bounded (delta.h): past svc->cfg->delta_budget false matches per MiB
- * the replica's signature is taken for forged or corrupt, and the cycle
- * ends naming the replica.  The next resync of the VM then answers every
- * SIG with the range whole (s->literal): no search, a delta as large as
- * the range, and still byte-exact, since the replica checks each range
- * against the digest of the DELTA frame after patching (R2).  Failing
- * rather than going on with literals makes the operator see it: an
- * honest replica's signature never comes near the bound.
+ * (at least DELTA_BUDGET_MIN) the range is sent whole instead, with no
+ * more search: a delta as large as the range, still byte-exact since the
+ * replica checks each range against the digest of the DELTA frame after
+ * patching (R2).  A forged signature thus costs the primary a bounded
+ * search and the link the range; the warning names the replica.  Honest
+ * data can trip the bound too (regular patterns defeat the rolling
+ * checksum), so it must never end the resync.
  */
 static int
 resync_delta(struct psess *s, const struct wire_chunk *sig)
@@ -930,12 +928,10 @@ resync_delta(struct psess *s, const struct wire_chunk *sig)
 	int r;
 
 	wb_reset(&s->dbuf);
-	if (s->literal)
-		return delta_literal(s->cbuf, sig->length, &s->dbuf);
 	if (budget > 0) {
 		lim.max_false = budget * sig->length >> 20;
-		if (lim.max_false == 0)
-			lim.max_false = 1;
+		if (lim.max_false < DELTA_BUDGET_MIN)
+			lim.max_false = DELTA_BUDGET_MIN;
 	}
 	log_debug("%s: delta of disk %u offset %" PRIu64 " (%u bytes)",
 	    cfg->name, sig->disk, sig->offset, sig->length);
@@ -947,13 +943,15 @@ resync_delta(struct psess *s, const struct wire_chunk *sig)
 	case RD_ERR_CANCELLED:
 		return resync_cancelled(s, sig->disk, sig->offset);
 	case RD_ERR_BUDGET:
-		snprintf(s->err, sizeof(s->err), "the replica %s (%s) sent a "
-		    "signature of disk %u offset %" PRIu64 " that makes more "
-		    "than %" PRIu64 " false matches (forged, corrupt, or data that defeats the rolling checksum): "
-		    "resync stopped; the next one sends the ranges that "
-		    "differ whole", cfg->replica_name, cfg->replica, sig->disk,
-		    sig->offset, lim.max_false);
-		return r;
+		if (s->overruns++ == 0)
+			log_warnx("%s: the replica %s (%s) sent a signature of "
+			    "disk %u offset %" PRIu64 " that makes more than %"
+			    PRIu64 " false matches (forged, corrupt, or data "
+			    "that defeats the rolling checksum): such ranges "
+			    "are sent whole", cfg->name, cfg->replica_name,
+			    cfg->replica, sig->disk, sig->offset, lim.max_false);
+		wb_reset(&s->dbuf);
+		return delta_literal(s->cbuf, sig->length, &s->dbuf);
 	default:
 		snprintf(s->err, sizeof(s->err), "the replica's signature of "
 		    "disk %u offset %" PRIu64 " is invalid", sig->disk,
@@ -1147,8 +1145,6 @@ job_returned(struct psess *s)
 		return 0;
 	}
 	if (s->job_rc != 0) {
-		if (s->job_rc == RD_ERR_BUDGET)
-			s->vm->literal_resync = 1;
 		sess_fail(s, s->job_rc, "%s", s->err);
 		return 0;
 	}
@@ -1263,8 +1259,6 @@ commit_done(void *arg)
 	s->job_running = 0;
 	if (s->resync && s->want_resync)
 		vm->resync = 0;
-	if (s->resync)
-		vm->literal_resync = 0;
 	if (s->rel_ok)
 		vt_set_rel(vm->e, &s->rel);	/* a cycle left: not fresh */
 	if (s->dead) {
@@ -1688,11 +1682,6 @@ begin_sending(struct psess *s, uint64_t replica_cycle)
 		    "to this host: its copy is another host's" :
 		    replica_cycle > 0 ? "the tracker state does not describe "
 		    "the replica's last cycle" : "the replica holds a copy");
-		s->literal = vm->literal_resync;
-		if (s->literal)
-			log_warnx("%s: the last resync refused the replica's "
-			    "signatures: this one sends the ranges that differ "
-			    "whole", vm->cfg->name);
 	}
 	uint64_t base = vm->last_cycle;
 	if (replica_cycle > base)
