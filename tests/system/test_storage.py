@@ -245,9 +245,12 @@ def enospc_campaign(env, rounds, counts=None):
         rig.rep.stop()
         with open(rig.rep.conf) as f:
             # min_free = 0: this campaign is about running out of space,
-            # not about the points a reserve would drop to keep it.
+            # not about the points a reserve would drop to keep it; a
+            # retention pruned every round keeps a long run's history
+            # (and the test copies that check it) inside the file system.
             text = f.read().replace("storage = %s\n" % rig.rep.storage,
-                                    "storage = %s\nmin_free = 0\n" % fs.mnt)
+                                    "storage = %s\nmin_free = 0\nretention = last=4\n"
+                                    % fs.mnt)
         with open(rig.rep.conf, "w") as f:
             f.write(text)
         rig.rep.storage, rig.vmdir = fs.mnt, os.path.join(fs.mnt, VM)
@@ -275,11 +278,25 @@ def enospc_campaign(env, rounds, counts=None):
                 os.unlink(ballast)
             exact(rig, what, None if pt else pending)
             rig.converge(what, full=False)
+            prune_kept(rig, what)
             counts["rounds"] = counts.get("rounds", 0) + 1
         check(counts.get("no-space", 0) > 0, "space never ran out in %d rounds: %r" % (rounds, counts))
         rig.pri.stop()
         rig.rep.stop()
     return counts
+
+
+def prune_kept(rig, what):
+    """Apply the retention; forget the kept copies of the points it
+    dropped (never the newest)."""
+    rig.rep.ok("prune", VM)
+    ids = {p["id"] for p in rig.points()}
+    gone = set(rig.kept) - ids
+    check(max(rig.kept) not in gone, "%s: prune dropped the newest point %d" % (what, max(rig.kept)))
+    for g in gone:
+        del rig.kept[g]
+    if gone:
+        rig.rebuilt.clear()     # neighbours' undo segments were merged
 
 
 def test_enospc_loop_fs(env):
