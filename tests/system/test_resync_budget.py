@@ -53,17 +53,8 @@ class ForgingReplica:
 
     def __init__(self, env, port, last_cycle=None):
         self.last_cycle = last_cycle or {}
-        pki = env.pki
         self.rng = env.rng
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        self.ctx.load_cert_chain(os.path.join(pki, "replica.pem"), os.path.join(pki, "replica.key"))
-        self.ctx.load_verify_locations(os.path.join(pki, "ca.pem"))
-        self.ctx.verify_mode = ssl.CERT_REQUIRED
-        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.ls.bind(("127.0.0.1", port))
-        self.ls.listen(16)
+        self.ctx, self.ls = wp.replica_listener(env.pki, port, 16)
         self.lock = threading.Lock()
         self.vms = {}
         self.errors = []

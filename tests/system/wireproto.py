@@ -12,6 +12,7 @@ is that canonical form (checked against the replica's .digests files by
 test_hostile.test_wireproto_valid_cycle_is_applied).  ZERO extents need no
 hash (the field is all zero bytes).
 """
+import os
 import socket
 import ssl
 import struct
@@ -70,6 +71,22 @@ ZERO_HASH = bytes(DIGEST_LEN)
 
 
 # --- hashes ----------------------------------------------------------------
+
+
+def replica_listener(pki, port, backlog):
+    """A TLS 1.3 server context with the replica's certificate, the client
+    certificate required and checked against ca.pem, and a socket
+    listening on 127.0.0.1:port: what a test's fake replica serves on."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(os.path.join(pki, "replica.pem"), os.path.join(pki, "replica.key"))
+    ctx.load_verify_locations(os.path.join(pki, "ca.pem"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", port))
+    ls.listen(backlog)
+    return ctx, ls
 
 def xxh128(data):
     """XXH3-128 of data, 16 canonical big-endian bytes (via xxhsum -H2)."""
