@@ -13,7 +13,7 @@ BUILD   ?= build
 BIN     := $(if $(filter build,$(BUILD)),.,$(BUILD))
 
 PKGS    := libevent libevent_openssl libevent_pthreads openssl libzstd \
-           libxxhash inih sqlite3 libnbd jansson
+           libxxhash inih sqlite3 libnbd jansson libvirt libxml-2.0
 # CFLAGS / LDFLAGS are the user's (e.g. CFLAGS="-O1 -g -fsanitize=address");
 # the project's own flags are added to them.
 CFLAGS  ?= -O2 -g
@@ -29,7 +29,7 @@ COMMON_OBJS  := err log xmalloc buf util layout wire ctl config retention
 # The daemon: catalog, worker pool, TLS, tracker, the VM table and the
 # rules of roles, both roles, role changes, control socket.
 REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work tls netio gate blockmap tracker trk_scan \
-                 trk_reflink qmp trk_qemu undo delta store role vmtab \
+                 trk_reflink qmp nbdview virt trk_qemu trk_libvirt undo delta store role vmtab \
                  replica primary failover control daemon
 REPLCTL_OBJS  := $(COMMON_OBJS)
 

@@ -38,7 +38,17 @@ enum cfg_tracker {
 	TRACKER_SCAN = 0,
 	TRACKER_REFLINK,
 	TRACKER_QEMU,
+	TRACKER_LIBVIRT,
 };
+
+/* How the guest's file systems are frozen for an app-consistent point. */
+enum cfg_freeze {
+	FREEZE_NONE = 0,	/* pre_snapshot/post_snapshot hooks only */
+	FREEZE_AGENT,		/* libvirt's guest agent (tracker libvirt) */
+};
+
+#define CONFIG_DEFAULT_LIBVIRT_URI	"qemu:///system"
+#define CONFIG_DEFAULT_SHUTDOWN_TIMEOUT_S	120
 
 /* A lag threshold: a duration, or a multiple of the interval. */
 struct cfg_lag {
@@ -49,7 +59,9 @@ struct cfg_lag {
 struct cfg_vm {
 	char		 name[NAME_MAX_LEN + 1];
 	char		**disks;	/* absolute paths, in file order (tracker
-					   qemu: QEMU block node names) */
+					   qemu: QEMU block node names; tracker
+					   libvirt: the domain's source files,
+					   see virt_resolve()) */
 	char		**disk_names;	/* base names, unique, util_disk_name_valid */
 	int		*disk_lines;	/* where each was set (NULL if made
 					   from the catalog) */
@@ -62,6 +74,14 @@ struct cfg_vm {
 	uint64_t	 interval_ms;	/* 0 = only on `replctl sync` */
 	enum cfg_tracker tracker;
 	char		*qmp;		/* tracker qemu: QMP socket path */
+	char		*domain;	/* tracker libvirt: the domain's name */
+	char		*libvirt_uri;	/* default CONFIG_DEFAULT_LIBVIRT_URI */
+	int		 disks_chosen;	/* disks = TARGET ... was given (else
+					   every disk of the domain) */
+	int		 disks_line;
+	enum cfg_freeze	 freeze;
+	int		 start_on_promote; /* start the domain it defines */
+	unsigned	 shutdown_timeout_s; /* ACPI shutdown, then destroy */
 	uint32_t	 block_size;	/* power of two, 4K..4M */
 	int		 compress_level; /* 0 = none, else zstd level 1..19 */
 	char		*pre_snapshot;	/* NULL if unset */
@@ -100,6 +120,9 @@ struct cfg_accept {
 	char		*on_promote;	/* run when a VM of this entry becomes
 					   primary here; NULL if unset */
 	char		*on_demote;
+	char		*libvirt_uri;	/* where its domains are defined */
+	int		 start_on_promote;
+	unsigned	 shutdown_timeout_s;
 	int		 line;
 };
 

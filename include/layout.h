@@ -55,6 +55,11 @@ char	*lay_tracker_map(const char *state_dir, const char *vm,
 	    const char *disk);
 char	*lay_app_point(const char *state_dir, const char *vm);
 char	*lay_qemu_socket(const char *state_dir, const char *vm);
+/* Tracker libvirt: STATE_DIR/libvirt/VM, where QEMU (its own user) puts
+ * the NBD socket and scratch files of a backup; and the tracker's record
+ * of its checkpoint, STATE_DIR/tracker/VM/libvirt.state. */
+char	*lay_libvirt_dir(const char *state_dir, const char *vm);
+char	*lay_libvirt_state(const char *state_dir, const char *vm);
 char	*lay_qemu_file(const char *state_dir, const char *vm,
 	    const char *disk, enum lay_qemu_file which);
 char	*lay_hooks_dir(const char *state_dir);

@@ -50,7 +50,7 @@ struct trk_stats {
 int	trk_open(const char *state_dir, const struct cfg_vm *vm,
 	    struct tracker **out);
 void	trk_close(struct tracker *t);
-/* "scan", "reflink" or "qemu". */
+/* "scan", "reflink", "qemu" or "libvirt". */
 const char *trk_name(const struct tracker *t);
 const char *trk_backend_name(enum cfg_tracker kind);
 /* The cut gives a point-in-time view: post_snapshot may run right after
@@ -96,6 +96,19 @@ int	trk_begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle,
 int	trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit,
 	    void *arg, char *err, size_t errsz);
 void	trk_stats(const struct tracker *t, struct trk_stats *st);
+/*
+ * freeze = agent: freeze the guest's file systems before trk_begin();
+ * 0: frozen, trk_thaw() must follow the cut; 1: nothing to freeze, the
+ * disks are at rest (a cleanly shut-off domain); else an rd_err with
+ * err (the point will be crash consistent).  RD_ERR_UNSUPPORTED if the
+ * tracker cannot.
+ */
+int	trk_freeze(struct tracker *t, unsigned timeout_s, char *err,
+	    size_t errsz);
+void	trk_thaw(struct tracker *t);
+/* The VM's definition (libvirt domain XML) at the last cut, or NULL if
+ * the tracker has none.  Valid until the next trk_begin()/trk_close(). */
+const char *trk_definition(const struct tracker *t);
 /* The saved state of every disk describes exactly replica_cycle: a scan
  * against it finds every block that changed since (P1). */
 int	trk_proven(const struct tracker *t, uint64_t replica_cycle);

@@ -128,11 +128,32 @@ struct trk_backend {
 	 * backend keeps outside the tracker's directory.  May be NULL.
 	 */
 	void	(*forget)(const struct cfg_vm *vm);
+	/*
+	 * Every range the cut reported was read: the view may go (the cut
+	 * stays the next base if commit() follows).  May be NULL.
+	 */
+	void	(*viewed)(void *state);
+	/*
+	 * Freeze the guest's file systems for the next cut (freeze = agent),
+	 * waiting at most timeout_s; 0 if frozen (thaw() must follow, after
+	 * the cut), 1 if there is nothing to freeze and the disks are at
+	 * rest (a cleanly shut-off guest: the point is application
+	 * consistent all the same), or an rd_err with err.  May be NULL.
+	 */
+	int	(*freeze)(void *state, unsigned timeout_s, char *err,
+		    size_t errsz);
+	void	(*thaw)(void *state);
+	/*
+	 * The VM's definition (libvirt domain XML) as it was at the last
+	 * cut, or NULL.  Valid until the next cut or close.  May be NULL.
+	 */
+	const char *(*definition)(void *state);
 };
 
 extern const struct trk_backend trk_backend_scan;
 extern const struct trk_backend trk_backend_reflink;
 extern const struct trk_backend trk_backend_qemu;
+extern const struct trk_backend trk_backend_libvirt;
 
 const struct trk_backend *trk_backend_of(enum cfg_tracker kind);
 

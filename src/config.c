@@ -258,6 +258,9 @@ set_disk(struct cfg_parse *p, const char *v)
 {
 	struct cfg_vm *vm = cur_vm(p);
 
+	if (vm->disks_chosen)
+		return KEY_ERROR(p, "not used with disks = (a domain's disks "
+		    "are chosen by target)");
 	if (vm->ndisks == CFG_MAX_DISKS)
 		return KEY_ERROR(p, "too many disks (at most %d per VM)",
 		    CFG_MAX_DISKS);
@@ -273,6 +276,39 @@ set_disk(struct cfg_parse *p, const char *v)
 	return 0;
 }
 
+/* A libvirt domain's [vm]: domain and tracker libvirt go together. */
+static int
+check_domain(struct cfg_parse *p, struct cfg_vm *vm, const char *label)
+{
+	if (vm->domain == NULL) {
+		if (vm->tracker == TRACKER_LIBVIRT)
+			return cfg_error(p, vm->line, label, "domain",
+			    "missing (required with tracker libvirt: the "
+			    "libvirt domain's name)");
+		if (vm->disks_chosen)
+			return cfg_error(p, vm->disks_line, label, "disks",
+			    "only used with domain");
+		if (vm->libvirt_uri != NULL)
+			return cfg_error(p, vm->line, label, "libvirt_uri",
+			    "only used with domain");
+		if (vm->freeze == FREEZE_AGENT)
+			return cfg_error(p, vm->line, label, "freeze",
+			    "agent needs a libvirt domain (domain = NAME)");
+		return 0;
+	}
+	if (vm->tracker != TRACKER_LIBVIRT && vm->tracker != TRACKER_SCAN)
+		return cfg_error(p, vm->line, label, "tracker",
+		    "a libvirt domain is tracked by tracker libvirt");
+	vm->tracker = TRACKER_LIBVIRT;
+	if (vm->ndisks > 0 && !vm->disks_chosen)
+		return cfg_error(p, vm->disk_lines[0], label, "disk",
+		    "not used with domain (the disks come from the domain's "
+		    "definition; choose some with disks = vda ...)");
+	if (vm->libvirt_uri == NULL)
+		vm->libvirt_uri = xstrdup(CONFIG_DEFAULT_LIBVIRT_URI);
+	return 0;
+}
+
 static int
 check_disks(struct cfg_parse *p, size_t vmi, const char *label)
 {
@@ -283,7 +319,9 @@ check_disks(struct cfg_parse *p, size_t vmi, const char *label)
 		const char *name = v;
 		int line = vm->disk_lines[k];
 
-		if (vm->tracker == TRACKER_QEMU) {
+		if (vm->tracker == TRACKER_LIBVIRT) {
+			/* A target (set_disks), checked there. */
+		} else if (vm->tracker == TRACKER_QEMU) {
 			if (util_disk_name_valid(v) != 0)
 				return cfg_error(p, line, label, "disk",
 				    "invalid QEMU node name '%s' (with tracker "
@@ -304,7 +342,8 @@ check_disks(struct cfg_parse *p, size_t vmi, const char *label)
 				    "name must be " NAME_RULES ")", name, v);
 			for (size_t j = 0; j < vmi; j++) {
 				const struct cfg_vm *o = &p->cfg->vms[j];
-				if (o->tracker == TRACKER_QEMU)
+				if (o->tracker == TRACKER_QEMU ||
+				    o->tracker == TRACKER_LIBVIRT)
 					continue;
 				for (size_t i = 0; i < o->ndisks; i++)
 					if (strcmp(o->disks[i], v) == 0)
@@ -395,8 +434,12 @@ set_tracker(struct cfg_parse *p, const char *v)
 		cur_vm(p)->tracker = TRACKER_QEMU;
 		return 0;
 	}
-	return KEY_ERROR(p, "invalid tracker '%s' (expected scan, reflink or "
-	    "qemu)", v);
+	if (strcmp(v, "libvirt") == 0) {
+		cur_vm(p)->tracker = TRACKER_LIBVIRT;
+		return 0;
+	}
+	return KEY_ERROR(p, "invalid tracker '%s' (expected scan, reflink, "
+	    "qemu or libvirt)", v);
 }
 
 static int
@@ -469,6 +512,161 @@ set_qmp(struct cfg_parse *p, const char *v)
 		return KEY_ERROR(p, "path '%s' is not absolute", v);
 	cur_vm(p)->qmp = xstrdup(v);
 	return 0;
+}
+
+static int
+set_domain(struct cfg_parse *p, const char *v)
+{
+	if (strlen(v) > NAME_MAX_LEN * 4 || strchr(v, '/') != NULL)
+		return KEY_ERROR(p, "invalid domain name '%s'", v);
+	cur_vm(p)->domain = xstrdup(v);
+	return 0;
+}
+
+static int
+check_uri(struct cfg_parse *p, const char *v)
+{
+	if (strstr(v, "://") == NULL || strpbrk(v, " \t") != NULL)
+		return KEY_ERROR(p, "invalid libvirt URI '%s' (e.g. "
+		    "qemu:///system)", v);
+	return 0;
+}
+
+static int
+set_vm_libvirt_uri(struct cfg_parse *p, const char *v)
+{
+	int r = check_uri(p, v);
+	if (r != 0)
+		return r;
+	free(cur_vm(p)->libvirt_uri);
+	cur_vm(p)->libvirt_uri = xstrdup(v);
+	return 0;
+}
+
+static int
+set_acc_libvirt_uri(struct cfg_parse *p, const char *v)
+{
+	int r = check_uri(p, v);
+	if (r != 0)
+		return r;
+	free(cur_accept(p)->libvirt_uri);
+	cur_accept(p)->libvirt_uri = xstrdup(v);
+	return 0;
+}
+
+/* disks = vda vdb: the domain's disks to replicate, by target. */
+static int
+set_disks(struct cfg_parse *p, const char *v)
+{
+	struct cfg_vm *vm = cur_vm(p);
+	char *copy, *save = NULL;
+
+	if (vm->ndisks > 0)
+		return KEY_ERROR(p, "not used with disk = lines (disks = "
+		    "chooses a domain's disks by target)");
+	copy = xstrdup(v);
+
+	for (char *t = strtok_r(copy, " \t,", &save); t != NULL;
+	    t = strtok_r(NULL, " \t,", &save)) {
+		if (util_disk_name_valid(t) != 0) {
+			free(copy);
+			return KEY_ERROR(p, "invalid disk target '%s' (a "
+			    "target such as vda: " NAME_RULES ")", t);
+		}
+		for (size_t i = 0; i < vm->ndisks; i++)
+			if (strcmp(vm->disk_names[i], t) == 0) {
+				free(copy);
+				return KEY_ERROR(p, "%s is named twice", t);
+			}
+		if (vm->ndisks == CFG_MAX_DISKS) {
+			free(copy);
+			return KEY_ERROR(p, "too many disks (at most %d per "
+			    "VM)", CFG_MAX_DISKS);
+		}
+		vm->disks = xreallocarray(vm->disks, vm->ndisks + 1,
+		    sizeof(char *));
+		vm->disk_names = xreallocarray(vm->disk_names, vm->ndisks + 1,
+		    sizeof(char *));
+		vm->disk_lines = xreallocarray(vm->disk_lines, vm->ndisks + 1,
+		    sizeof(int));
+		vm->disks[vm->ndisks] = xstrdup(t);
+		vm->disk_names[vm->ndisks] = xstrdup(t);
+		vm->disk_lines[vm->ndisks] = p->lineno;
+		vm->ndisks++;
+	}
+	free(copy);
+	if (vm->ndisks == 0)
+		return KEY_ERROR(p, "no disk target given");
+	vm->disks_chosen = 1;
+	vm->disks_line = p->lineno;
+	return 0;
+}
+
+static int
+set_freeze(struct cfg_parse *p, const char *v)
+{
+	if (strcmp(v, "agent") == 0)
+		cur_vm(p)->freeze = FREEZE_AGENT;
+	else if (strcmp(v, "none") == 0)
+		cur_vm(p)->freeze = FREEZE_NONE;
+	else
+		return KEY_ERROR(p, "invalid freeze '%s' (expected agent or "
+		    "none)", v);
+	return 0;
+}
+
+static int
+parse_yes_no(struct cfg_parse *p, const char *v, int *out)
+{
+	if (strcmp(v, "yes") == 0 || strcmp(v, "true") == 0 ||
+	    strcmp(v, "on") == 0)
+		*out = 1;
+	else if (strcmp(v, "no") == 0 || strcmp(v, "false") == 0 ||
+	    strcmp(v, "off") == 0)
+		*out = 0;
+	else
+		return KEY_ERROR(p, "invalid value '%s' (expected yes or no)",
+		    v);
+	return 0;
+}
+
+static int
+set_vm_start_on_promote(struct cfg_parse *p, const char *v)
+{
+	return parse_yes_no(p, v, &cur_vm(p)->start_on_promote);
+}
+
+static int
+set_acc_start_on_promote(struct cfg_parse *p, const char *v)
+{
+	return parse_yes_no(p, v, &cur_accept(p)->start_on_promote);
+}
+
+static int
+parse_shutdown_timeout(struct cfg_parse *p, const char *v, unsigned *out)
+{
+	uint64_t ms;
+
+	if (util_parse_duration_ms(v, &ms) != 0)
+		return KEY_ERROR(p, "invalid duration '%s' (e.g. 30s, 2m)", v);
+	if (ms > 3600 * 1000)
+		return KEY_ERROR(p, "shutdown_timeout '%s' too long (at most "
+		    "1h)", v);
+	*out = (unsigned)((ms + 999) / 1000);
+	return 0;
+}
+
+static int
+set_vm_shutdown_timeout(struct cfg_parse *p, const char *v)
+{
+	return parse_shutdown_timeout(p, v, &cur_vm(p)->shutdown_timeout_s);
+}
+
+static int
+set_acc_shutdown_timeout(struct cfg_parse *p, const char *v)
+{
+	return parse_shutdown_timeout(p, v,
+	    &cur_accept(p)->shutdown_timeout_s);
 }
 
 static int
@@ -750,6 +948,8 @@ cfg_vm_defaults(struct cfg_vm *vm)
 	vm->lag_warning.factor_pct = 200;
 	vm->lag_critical.factor_pct = 400;
 	vm->compress_level = 1;
+	vm->start_on_promote = 1;
+	vm->shutdown_timeout_s = CONFIG_DEFAULT_SHUTDOWN_TIMEOUT_S;
 }
 
 uint64_t
@@ -797,6 +997,15 @@ static const struct cfg_key cfg_keys[] = {
 	{ SEC_VM, "on_promote", set_vm_on_promote, 0 },
 	{ SEC_VM, "on_demote", set_vm_on_demote, 0 },
 	{ SEC_VM, "receive_into", set_receive_into, 1 },
+	{ SEC_VM, "domain", set_domain, 0 },
+	{ SEC_VM, "libvirt_uri", set_vm_libvirt_uri, 0 },
+	{ SEC_VM, "disks", set_disks, 0 },
+	{ SEC_VM, "freeze", set_freeze, 0 },
+	{ SEC_VM, "start_on_promote", set_vm_start_on_promote, 0 },
+	{ SEC_VM, "shutdown_timeout", set_vm_shutdown_timeout, 0 },
+	{ SEC_ACCEPT, "libvirt_uri", set_acc_libvirt_uri, 0 },
+	{ SEC_ACCEPT, "start_on_promote", set_acc_start_on_promote, 0 },
+	{ SEC_ACCEPT, "shutdown_timeout", set_acc_shutdown_timeout, 0 },
 	{ SEC_ACCEPT, "on_promote", set_acc_on_promote, 0 },
 	{ SEC_ACCEPT, "on_demote", set_acc_on_demote, 0 },
 	{ SEC_ACCEPT, "vms", set_vms, 0 },
@@ -929,6 +1138,9 @@ cfg_section(struct cfg_parse *p, char *text)
 		a->max_vms = CONFIG_DEFAULT_MAX_VMS;
 		a->max_disks = CONFIG_DEFAULT_MAX_DISKS;
 		a->max_disk_size = CONFIG_DEFAULT_MAX_DISK_SIZE;
+		a->libvirt_uri = xstrdup(CONFIG_DEFAULT_LIBVIRT_URI);
+		a->start_on_promote = 1;
+		a->shutdown_timeout_s = CONFIG_DEFAULT_SHUTDOWN_TIMEOUT_S;
 		a->line = p->lineno;
 		p->sec = SEC_ACCEPT;
 	} else
@@ -1065,7 +1277,9 @@ cfg_check_and_fill(struct cfg_parse *p)
 		char label[NAME_MAX_LEN + 8];
 
 		snprintf(label, sizeof(label), "vm %s", vm->name);
-		if (vm->ndisks == 0)
+		if ((r = check_domain(p, vm, label)) != 0)
+			return r;
+		if (vm->ndisks == 0 && vm->domain == NULL)
 			return cfg_error(p, vm->line, label, "disk", "missing "
 			    "(at least one is required)");
 		if (vm->replica == NULL)
@@ -1221,6 +1435,8 @@ vm_fields_free(struct cfg_vm *vm)
 	free_strv(vm->disk_names, vm->ndisks);
 	free(vm->disk_lines);
 	free(vm->qmp);
+	free(vm->domain);
+	free(vm->libvirt_uri);
 	free(vm->replica);
 	free(vm->replica_name);
 	free(vm->pre_snapshot);
@@ -1261,6 +1477,7 @@ config_free(struct config *cfg)
 		free(a->ret_lines);
 		free(a->on_promote);
 		free(a->on_demote);
+		free(a->libvirt_uri);
 	}
 	free(cfg->accepts);
 	free(cfg->path);

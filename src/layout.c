@@ -78,6 +78,18 @@ lay_qemu_socket(const char *state_dir, const char *vm)
 }
 
 char *
+lay_libvirt_dir(const char *state_dir, const char *vm)
+{
+	return xasprintf("%s/libvirt/%s", state_dir, vm);
+}
+
+char *
+lay_libvirt_state(const char *state_dir, const char *vm)
+{
+	return tracker_file(state_dir, vm, "libvirt.state", "");
+}
+
+char *
 lay_qemu_file(const char *state_dir, const char *vm, const char *disk,
     enum lay_qemu_file which)
 {

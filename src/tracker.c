@@ -45,6 +45,7 @@ struct tracker {
 	const struct trk_backend *be;
 	void		*bs;		/* the backend's state */
 	int		 active;	/* a cut is held */
+	int		 viewed;	/* ... and trk_scan() read all of it */
 	int		 tidy_due;	/* committed; the backend may tidy */
 	size_t		 cur_disk;	/* scan cursor */
 	uint64_t	 cur_off;
@@ -130,6 +131,7 @@ trk_backend_of(enum cfg_tracker kind)
 	switch (kind) {
 	case TRACKER_REFLINK:	return &trk_backend_reflink;
 	case TRACKER_QEMU:	return &trk_backend_qemu;
+	case TRACKER_LIBVIRT:	return &trk_backend_libvirt;
 	case TRACKER_SCAN:	break;
 	}
 	return &trk_backend_scan;
@@ -201,6 +203,7 @@ drop_cut(struct tracker *t)
 		trk_dirty_reset(&t->dirty[i]);
 	}
 	t->active = 0;
+	t->viewed = 0;
 }
 
 void
@@ -572,7 +575,35 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 		}
 		t->cur_off = off + want;
 	}
+	if (t->be->viewed != NULL && !t->viewed) {
+		t->viewed = 1;
+		t->be->viewed(t->bs);
+	}
 	return 1;
+}
+
+int
+trk_freeze(struct tracker *t, unsigned timeout_s, char *err, size_t errsz)
+{
+	if (t->be->freeze == NULL) {
+		snprintf(err, errsz, "tracker %s cannot freeze the guest",
+		    t->be->name);
+		return RD_ERR_UNSUPPORTED;
+	}
+	return t->be->freeze(t->bs, timeout_s, err, errsz);
+}
+
+void
+trk_thaw(struct tracker *t)
+{
+	if (t->be->thaw != NULL)
+		t->be->thaw(t->bs);
+}
+
+const char *
+trk_definition(const struct tracker *t)
+{
+	return t->be->definition ? t->be->definition(t->bs) : NULL;
 }
 
 void

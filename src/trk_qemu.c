@@ -64,6 +64,7 @@
 #include "hook.h"
 #include "layout.h"
 #include "log.h"
+#include "nbdview.h"
 #include "qmp.h"
 #include "trk_backend.h"
 #include "util.h"
@@ -71,9 +72,6 @@
 
 #define BITMAP_PREFIX	"replicad."
 #define FLEECE_PREFIX	"replicad-fl"	/* + disk index: node, job, export */
-#define NBD_TIMEOUT_MS	60000		/* per NBD request */
-#define STATUS_CHUNK	(1ull << 31)	/* bytes per block status request */
-#define READ_CHUNK	(1u << 20)	/* bytes per NBD read request */
 #define QEMU_IMG_TIMEOUT_MS 30000
 #define FLEECE_ROOM	(1ull << 30)	/* free space a view needs, at most */
 
@@ -678,34 +676,6 @@ overlay_make(struct qdisk *d, char *err, size_t errsz)
 	return r;
 }
 
-/* Wait for the NBD command cookie (or the connection, cookie 0). */
-static int
-nbd_wait(struct nbd_handle *h, int64_t cookie, const char *what,
-    const char *node, char *err, size_t errsz)
-{
-	uint64_t deadline = util_mono_ms() + NBD_TIMEOUT_MS;
-
-	for (;;) {
-		int done = cookie == 0 ? !nbd_aio_is_connecting(h) :
-		    nbd_aio_command_completed(h, cookie);
-		if (done < 0)
-			break;
-		if (done > 0)
-			return 0;
-		uint64_t now = util_mono_ms();
-		if (now >= deadline) {
-			snprintf(err, errsz, "NBD %s of %s: QEMU did not answer "
-			    "within %d s", what, node, NBD_TIMEOUT_MS / 1000);
-			return RD_ERR_PEER;
-		}
-		if (nbd_poll(h, (int)(deadline - now)) < 0)
-			break;
-	}
-	snprintf(err, errsz, "NBD %s of %s: %s", what, node,
-	    nbd_get_error() ? nbd_get_error() : "failed");
-	return RD_ERR_PEER;
-}
-
 static int
 nbd_server(struct qemu *s, char *err, size_t errsz)
 {
@@ -756,7 +726,7 @@ export_open(struct qemu *s, struct qdisk *d, int bitmap, char *err,
 		snprintf(err, errsz, "NBD connection to %s: %s", s->nbd_path,
 		    nbd_get_error());
 	} else {
-		r = nbd_wait(d->nbd, 0, "connection", d->node, err, errsz);
+		r = nbdv_wait(d->nbd, 0, "connection", d->node, err, errsz);
 	}
 	if (r == 0 && !nbd_aio_is_ready(d->nbd)) {
 		snprintf(err, errsz, "NBD connection to %s: %s", s->nbd_path,
@@ -1020,83 +990,16 @@ fleece_cleanup(struct qemu *s, int thorough)
 
 /* --- what changed ----------------------------------------------------------- */
 
-struct status_walk {
-	struct trk_dirty *dirty;
-	const char	*ctx;
-	uint64_t	 off;		/* of the request */
-	uint64_t	 end;
-	uint64_t	 next;		/* end of what the replies covered */
-	int		 bad;
-};
-
-static int
-status_extent(void *arg, const char *ctx, uint64_t off, uint32_t *e,
-    size_t n, int *error)
-{
-	struct status_walk *w = arg;
-	uint64_t pos = off;
-
-	if (strcmp(ctx, w->ctx) != 0)
-		return 0;
-	if (off != w->off || n % 2 != 0) {
-		w->bad = 1;
-		return 0;
-	}
-	for (size_t i = 0; i + 1 < n && pos < w->end; i += 2) {
-		uint64_t len = e[i];
-		if (len == 0) {
-			w->bad = 1;
-			break;
-		}
-		if (len > w->end - pos)
-			len = w->end - pos;
-		if (e[i + 1] & 1)
-			trk_dirty_add(w->dirty, pos, len);
-		pos += len;
-	}
-	if (pos > w->next)
-		w->next = pos;
-	return 0;
-}
-
-/* The dirty ranges of d's base, from NBD block status (libnbd 1.14 has
- * no 64-bit call: requests under 4 GiB). */
+/* The dirty ranges of d's base, from NBD block status. */
 static int
 read_dirty(struct qdisk *d, struct trk_dirty *dirty, char *err,
     size_t errsz)
 {
 	char ctx[64];
-	uint64_t off = 0;
-	int r;
 
 	snprintf(ctx, sizeof(ctx), "qemu:dirty-bitmap:" BITMAP_PREFIX "%"
 	    PRIu64, d->base);
-	while (off < d->size) {
-		struct status_walk w = { .dirty = dirty, .ctx = ctx,
-		    .off = off, .next = off };
-		uint64_t count = d->size - off < STATUS_CHUNK ?
-		    d->size - off : STATUS_CHUNK;
-		w.end = off + count;
-		nbd_extent_callback cb = { .callback = status_extent,
-		    .user_data = &w };
-		int64_t cookie = nbd_aio_block_status(d->nbd, count, off, cb,
-		    NBD_NULL_COMPLETION, 0);
-		if (cookie == -1) {
-			snprintf(err, errsz, "NBD block status of %s: %s",
-			    d->node, nbd_get_error());
-			return RD_ERR_PEER;
-		}
-		if ((r = nbd_wait(d->nbd, cookie, "block status", d->node, err,
-		    errsz)) != 0)
-			return r;
-		if (w.bad || w.next <= off) {
-			snprintf(err, errsz, "NBD block status of %s: QEMU sent "
-			    "invalid extents at %" PRIu64, d->node, off);
-			return RD_ERR_PEER;
-		}
-		off = w.next;
-	}
-	return 0;
+	return nbdv_dirty(d->nbd, ctx, d->size, d->node, dirty, err, errsz);
 }
 
 /* --- the backend -------------------------------------------------------------- */
@@ -1455,9 +1358,6 @@ qemu_read(void *state, size_t disk, uint8_t *buf, size_t len, uint64_t off,
 {
 	struct qemu *s = state;
 	struct qdisk *d;
-	int64_t cookies[64];
-	size_t n = 0, done = 0;
-	int r = 0;
 
 	if (!s->active || disk >= s->ndisks) {
 		snprintf(err, errsz, "no cut to read from");
@@ -1479,33 +1379,7 @@ qemu_read(void *state, size_t disk, uint8_t *buf, size_t len, uint64_t off,
 	}
 	if (off > d->size || len > d->size - off)
 		return RD_ERR_TRUNCATED;
-	/* Up to 64 requests in flight, then wait for all of them. */
-	while (done < len && r == 0) {
-		size_t k = len - done < READ_CHUNK ? len - done : READ_CHUNK;
-		cookies[n] = nbd_aio_pread(d->nbd, buf + done, k, off + done,
-		    NBD_NULL_COMPLETION, 0);
-		if (cookies[n] == -1) {
-			snprintf(err, errsz, "NBD read of %s at %" PRIu64 ": %s",
-			    d->node, off + done, nbd_get_error());
-			r = RD_ERR_PEER;
-			break;
-		}
-		n++;
-		done += k;
-		if (n == sizeof(cookies) / sizeof(cookies[0]) || done == len) {
-			for (size_t i = 0; i < n && r == 0; i++)
-				r = nbd_wait(d->nbd, cookies[i], "read",
-				    d->node, err, errsz);
-			n = 0;
-		}
-	}
-	if (r != 0) {
-		/* Requests may still be in flight into buf: closing the
-		 * handle ends them. */
-		nbd_close(d->nbd);
-		d->nbd = NULL;
-	}
-	return r;
+	return nbdv_pread(&d->nbd, buf, len, off, d->node, err, errsz);
 }
 
 static int

@@ -1,0 +1,363 @@
+/*
+ * virt.c — libvirt connections, domains and their disks (virt.h).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libvirt/virterror.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <libxml/xpath.h>
+
+#include "err.h"
+#include "log.h"
+#include "util.h"
+#include "virt.h"
+#include "xmalloc.h"
+
+/* libvirt prints every error on stderr unless told otherwise; replicad
+ * reports them itself, with what it was doing. */
+static void
+quiet(void *arg, virErrorPtr e)
+{
+}
+
+void
+virt_init(void)
+{
+	virInitialize();
+	virSetErrorFunc(NULL, quiet);
+	xmlInitParser();
+}
+
+const char *
+virt_last_error(void)
+{
+	const char *m = virGetLastErrorMessage();
+	return m != NULL ? m : "unknown libvirt error";
+}
+
+int
+virt_last_not_found(void)
+{
+	int code = virGetLastErrorCode();
+	return code == VIR_ERR_NO_DOMAIN ||
+	    code == VIR_ERR_NO_DOMAIN_CHECKPOINT;
+}
+
+virConnectPtr
+virt_open(const char *uri, char *err, size_t errsz)
+{
+	virConnectPtr c = virConnectOpen(uri);
+	if (c == NULL)
+		snprintf(err, errsz, "cannot connect to libvirt at %s: %s", uri,
+		    virt_last_error());
+	return c;
+}
+
+int
+virt_lookup(virConnectPtr c, const char *name, virDomainPtr *out, char *err,
+    size_t errsz)
+{
+	*out = virDomainLookupByName(c, name);
+	if (*out != NULL)
+		return 0;
+	if (virGetLastErrorCode() == VIR_ERR_NO_DOMAIN) {
+		snprintf(err, errsz, "no libvirt domain %s", name);
+		return RD_ERR_NOT_FOUND;
+	}
+	snprintf(err, errsz, "cannot look up libvirt domain %s: %s", name,
+	    virt_last_error());
+	return RD_ERR_PEER;
+}
+
+/* --- the domain XML ----------------------------------------------------------- */
+
+static xmlDocPtr
+parse(const char *xml, char *err, size_t errsz)
+{
+	xmlDocPtr doc = xmlReadMemory(xml, (int)strlen(xml), "domain.xml",
+	    NULL, XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+	if (doc == NULL)
+		snprintf(err, errsz, "libvirt gave a domain XML that does not "
+		    "parse");
+	return doc;
+}
+
+/* The first child element of n called name, or NULL. */
+static xmlNodePtr
+child(xmlNodePtr n, const char *name)
+{
+	for (xmlNodePtr c = n->children; c != NULL; c = c->next)
+		if (c->type == XML_ELEMENT_NODE &&
+		    xmlStrcmp(c->name, (const xmlChar *)name) == 0)
+			return c;
+	return NULL;
+}
+
+/* An attribute of n, allocated (NULL if absent or n is NULL). */
+static char *
+attr(xmlNodePtr n, const char *name)
+{
+	if (n == NULL)
+		return NULL;
+	xmlChar *v = xmlGetProp(n, (const xmlChar *)name);
+	if (v == NULL)
+		return NULL;
+	char *s = xstrdup((const char *)v);
+	xmlFree(v);
+	return s;
+}
+
+static int
+attr_is(xmlNodePtr n, const char *name, const char *want, const char *dflt)
+{
+	char *v = attr(n, name);
+	int r = strcmp(v != NULL ? v : dflt, want) == 0;
+	free(v);
+	return r;
+}
+
+/* Why a <disk> cannot be replicated, or NULL; its source in *file. */
+static char *
+disk_why_not(xmlNodePtr disk, char **file)
+{
+	char *type = attr(disk, "type");
+	char *device = attr(disk, "device");
+	xmlNodePtr src = child(disk, "source");
+	char *why = NULL;
+
+	*file = NULL;
+	if (device != NULL && strcmp(device, "disk") != 0) {
+		why = xasprintf("a %s, not a disk", device);
+	} else if (type != NULL && strcmp(type, "network") == 0) {
+		char *proto = attr(src, "protocol");
+		why = xasprintf("a network disk (%s): replicad reads files and "
+		    "block devices", proto ? proto : "unknown protocol");
+		free(proto);
+	} else if (type != NULL && strcmp(type, "volume") == 0) {
+		why = xasprintf("a storage pool volume: name its file or "
+		    "device in the domain instead");
+	} else if (type != NULL && strcmp(type, "file") != 0 &&
+	    strcmp(type, "block") != 0) {
+		why = xasprintf("a disk of type %s: replicad reads files and "
+		    "block devices", type);
+	} else {
+		*file = attr(src, type != NULL && strcmp(type, "block") == 0 ?
+		    "dev" : "file");
+		if (*file == NULL)
+			why = xasprintf("no source file (an empty drive)");
+		else if ((*file)[0] != '/')
+			why = xasprintf("source %s is not an absolute path",
+			    *file);
+	}
+	free(type);
+	free(device);
+	return why;
+}
+
+int
+virt_disks(const char *xml, struct virt_disk **out, size_t *n, char *err,
+    size_t errsz)
+{
+	xmlDocPtr doc = parse(xml, err, errsz);
+	struct virt_disk *v = NULL;
+	size_t k = 0;
+
+	*out = NULL;
+	*n = 0;
+	if (doc == NULL)
+		return RD_ERR_INVALID;
+	xmlNodePtr root = xmlDocGetRootElement(doc);
+	xmlNodePtr devs = root ? child(root, "devices") : NULL;
+	for (xmlNodePtr d = devs ? devs->children : NULL; d; d = d->next) {
+		if (d->type != XML_ELEMENT_NODE ||
+		    xmlStrcmp(d->name, (const xmlChar *)"disk") != 0)
+			continue;
+		char *dev = attr(child(d, "target"), "dev");
+		if (dev == NULL)
+			continue;
+		v = xreallocarray(v, k + 1, sizeof(*v));
+		memset(&v[k], 0, sizeof(v[k]));
+		snprintf(v[k].target, sizeof(v[k].target), "%s", dev);
+		free(dev);
+		v[k].device_disk = attr_is(d, "device", "disk", "disk");
+		v[k].format = attr(child(d, "driver"), "type");
+		v[k].why_not = disk_why_not(d, &v[k].file);
+		k++;
+	}
+	xmlFreeDoc(doc);
+	*out = v;
+	*n = k;
+	return 0;
+}
+
+void
+virt_disks_free(struct virt_disk *d, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(d[i].file);
+		free(d[i].format);
+		free(d[i].why_not);
+	}
+	free(d);
+}
+
+int
+virt_dac_owner(const char *xml, uid_t *uid, gid_t *gid)
+{
+	char err[64];
+	xmlDocPtr doc = parse(xml, err, sizeof(err));
+	int r = -1;
+
+	if (doc == NULL)
+		return -1;
+	xmlNodePtr root = xmlDocGetRootElement(doc);
+	for (xmlNodePtr s = root ? root->children : NULL; s; s = s->next) {
+		if (s->type != XML_ELEMENT_NODE ||
+		    xmlStrcmp(s->name, (const xmlChar *)"seclabel") != 0 ||
+		    !attr_is(s, "model", "dac", ""))
+			continue;
+		xmlNodePtr l = child(s, "label");
+		xmlChar *txt = l ? xmlNodeGetContent(l) : NULL;
+		unsigned long u, g;
+		/* "+64055:+108" (numeric) as libvirt writes it live. */
+		if (txt != NULL && sscanf((const char *)txt, "+%lu:+%lu", &u,
+		    &g) == 2) {
+			*uid = (uid_t)u;
+			*gid = (gid_t)g;
+			r = 0;
+		}
+		xmlFree(txt);
+		break;
+	}
+	xmlFreeDoc(doc);
+	return r;
+}
+
+/* --- resolving a [vm] with domain = -------------------------------------------- */
+
+static void
+set_disks(struct cfg_vm *vm, char **files, char **names, size_t n)
+{
+	for (size_t i = 0; i < vm->ndisks; i++) {
+		free(vm->disks[i]);
+		free(vm->disk_names[i]);
+	}
+	free(vm->disks);
+	free(vm->disk_names);
+	vm->disks = files;
+	vm->disk_names = names;
+	vm->ndisks = n;
+}
+
+static int
+pick(struct cfg_vm *vm, const struct virt_disk *d, size_t nd, char *note,
+    size_t notesz, char *err, size_t errsz)
+{
+	char **files = xcalloc(CFG_MAX_DISKS + 1, sizeof(char *));
+	char **names = xcalloc(CFG_MAX_DISKS + 1, sizeof(char *));
+	size_t n = 0, used = 0;
+	int r = 0;
+
+	if (notesz > 0)
+		note[0] = '\0';
+	if (vm->disks_chosen) {
+		for (size_t k = 0; k < vm->ndisks && r == 0; k++) {
+			const struct virt_disk *f = NULL;
+			for (size_t i = 0; i < nd; i++)
+				if (strcmp(d[i].target, vm->disk_names[k]) == 0)
+					f = &d[i];
+			if (f == NULL) {
+				snprintf(err, errsz, "domain %s has no disk %s",
+				    vm->domain, vm->disk_names[k]);
+				r = RD_ERR_NOT_FOUND;
+			} else if (f->why_not != NULL) {
+				snprintf(err, errsz, "disk %s of domain %s "
+				    "cannot be replicated: %s", f->target,
+				    vm->domain, f->why_not);
+				r = RD_ERR_UNSUPPORTED;
+			} else {
+				files[n] = xstrdup(f->file);
+				names[n++] = xstrdup(f->target);
+			}
+		}
+	} else {
+		for (size_t i = 0; i < nd; i++) {
+			if (d[i].why_not == NULL && n < CFG_MAX_DISKS) {
+				files[n] = xstrdup(d[i].file);
+				names[n++] = xstrdup(d[i].target);
+			} else if (notesz > used) {
+				used += (size_t)snprintf(note + used,
+				    notesz - used, "%sdisk %s is not "
+				    "replicated: %s", used ? "; " : "",
+				    d[i].target, d[i].why_not ? d[i].why_not :
+				    "too many disks");
+				if (used >= notesz)
+					used = notesz;
+			}
+		}
+		if (n == 0) {
+			snprintf(err, errsz, "domain %s has no disk that can "
+			    "be replicated%s%s", vm->domain, nd ? ": " : "",
+			    nd ? note : "");
+			r = RD_ERR_UNSUPPORTED;
+		}
+	}
+	for (size_t i = 0; r == 0 && i < n; i++)
+		if (util_disk_name_valid(names[i]) != 0) {
+			snprintf(err, errsz, "disk target %s of domain %s "
+			    "cannot name a replica file", names[i], vm->domain);
+			r = RD_ERR_NAME;
+		}
+	if (r != 0) {
+		for (size_t i = 0; i < n; i++) {
+			free(files[i]);
+			free(names[i]);
+		}
+		free(files);
+		free(names);
+		return r;
+	}
+	set_disks(vm, files, names, n);
+	return 0;
+}
+
+int
+virt_resolve(struct cfg_vm *vm, char *note, size_t notesz, char *err,
+    size_t errsz)
+{
+	virConnectPtr c = virt_open(vm->libvirt_uri, err, errsz);
+	virDomainPtr dom = NULL;
+	struct virt_disk *d = NULL;
+	size_t nd = 0;
+	char *xml = NULL;
+	int r;
+
+	if (notesz > 0)
+		note[0] = '\0';
+	if (c == NULL)
+		return RD_ERR_PEER;
+	if ((r = virt_lookup(c, vm->domain, &dom, err, errsz)) != 0)
+		goto out;
+	/* The running definition if it runs (disks hot-plugged count). */
+	if ((xml = virDomainGetXMLDesc(dom, 0)) == NULL) {
+		snprintf(err, errsz, "cannot read the definition of domain "
+		    "%s: %s", vm->domain, virt_last_error());
+		r = RD_ERR_PEER;
+		goto out;
+	}
+	if ((r = virt_disks(xml, &d, &nd, err, errsz)) != 0)
+		goto out;
+	r = pick(vm, d, nd, note, notesz, err, errsz);
+ out:
+	virt_disks_free(d, nd);
+	free(xml);
+	if (dom != NULL)
+		virDomainFree(dom);
+	virConnectClose(c);
+	return r;
+}
