@@ -170,6 +170,15 @@ int	store_put_digests(struct store *st, uint16_t disk, uint64_t off,
 	    const struct digest *d, size_t n, char *err, size_t errsz);
 
 /*
+ * The domain XML recorded with point id (0: the newest), allocated into
+ * *xml (the caller frees it); RD_ERR_NOT_FOUND when the VM has none.
+ * STUB (branch domfo): src/store_defstub.c answers RD_ERR_NOT_FOUND until
+ * the frame carrying the definition lands; drop that file (and its
+ * Makefile entry) when merging the real one.
+ */
+int	store_point_definition(struct store *st, uint64_t id, char **xml);
+
+/*
  * Rebuild point id (0: newest) into STORAGE/VM/test/.  Refuses if a test
  * copy exists.  paths receives each disk's path (caller frees each).
  */

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "tls.h"
 #include "tracker.h"
+#include "virt.h"
 
 #define REPLICAD_VERSION "0.6.0"
 
@@ -130,6 +131,7 @@ main(int argc, char **argv)
 		config_free(cfg);
 		return rc;
 	}
+	virt_init();	/* before any thread: libvirt and libxml2 */
 	struct daemon *d = daemon_init(cfg);
 	rc = daemon_run(d);
 	daemon_fini(d);
