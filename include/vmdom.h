@@ -48,9 +48,14 @@
 int	vmdom_promote(const struct config *cfg, const char *vm,
 	    const char *peer, const char *def, const struct domxml_disk *disks,
 	    size_t ndisks, const char *storage, char *msg, size_t msgsz);
-/* *stopped: 1 if it ran and was stopped here. */
+/* What vmdom_demote() did. */
+enum vmdom_stop {
+	VMDOM_NOT_RUNNING,
+	VMDOM_SHUT_DOWN,	/* the guest shut itself down */
+	VMDOM_DESTROYED,	/* it did not within shutdown_timeout */
+};
 int	vmdom_demote(const struct config *cfg, const char *vm,
-	    const char *peer, int *stopped, char *msg, size_t msgsz);
+	    const char *peer, enum vmdom_stop *how, char *msg, size_t msgsz);
 /* Start the domain of a demotion again, if it is off: always (force),
  * or only if start_on_promote. */
 int	vmdom_restart(const struct config *cfg, const char *vm,

@@ -80,7 +80,7 @@ struct fo {
 	char			*def;		/* the point's domain XML; NULL */
 	char			 dommsg[768];	/* what vmdom.h did; "" */
 	int			 dom_failed;
-	int			 dom_stopped;	/* a demotion stopped the domain */
+	enum vmdom_stop		 dom_stopped;	/* what a demotion did */
 };
 
 static struct fo *
@@ -545,13 +545,16 @@ dom_promote(struct fo *f, const struct cat_rel *rel)
 	free_paths(paths, n);
 }
 
-/* Shut the VM's domain here down (f->dom_stopped if it ran). */
+/* Shut the VM's domain here down (f->dom_stopped says how). */
 static int
 dom_demote(struct fo *f, const struct cat_rel *rel)
 {
 	int r = vmdom_demote(f->svc->cfg, rel->vm, fo_peer(f, rel, 0),
 	    &f->dom_stopped, f->dommsg, sizeof(f->dommsg));
-	dom_log(f, r);
+	if (r == 0 && f->dom_stopped == VMDOM_DESTROYED)
+		log_warnx("%s: %s", f->vm, f->dommsg);
+	else
+		dom_log(f, r);
 	return r;
 }
 
@@ -970,7 +973,7 @@ job_repick(void *arg)
 		snprintf(f->msg, sizeof(f->msg), "on_demote failed: %s",
 		    f->hookmsg);
 		f->rc = RD_ERR_PEER;
-		if (f->dom_stopped)
+		if (f->dom_stopped != VMDOM_NOT_RUNNING)
 			dom_restart(f, &rel, 1);
 		return;
 	}
@@ -985,7 +988,7 @@ job_repick(void *arg)
 			    "replctl failover %s --commit", f->vm);
 		}
 		/* Left as it was: start the guest again. */
-		if (f->dom_stopped)
+		if (f->dom_stopped != VMDOM_NOT_RUNNING)
 			dom_restart(f, &rel, 1);
 		run_role_hook(f, &rel, 1, rel.at_point);
 		return;
@@ -1341,7 +1344,7 @@ job_planned_demote_hook(void *arg)
 		    f->hookmsg);
 		f->rc = RD_ERR_PEER;
 		/* Left as it was. */
-		if (f->dom_stopped)
+		if (f->dom_stopped != VMDOM_NOT_RUNNING)
 			dom_restart(f, &f->rel, 1);
 		run_role_hook(f, &f->rel, 1, f->rel.last_point);
 		marker_clear(f->svc, f->vm, LAY_MARK_HANDOVER);
@@ -1352,7 +1355,7 @@ static void
 job_restore_primary(void *arg)
 {
 	struct fo *f = arg;
-	if (f->dom_stopped)
+	if (f->dom_stopped != VMDOM_NOT_RUNNING)
 		dom_restart(f, &f->rel, 1);
 	run_role_hook(f, &f->rel, 1, f->rel.last_point);
 	marker_clear(f->svc, f->vm, LAY_MARK_HANDOVER);

@@ -216,7 +216,7 @@ vmdom_promote(const struct config *cfg, const char *vm, const char *peer,
 
 int
 vmdom_demote(const struct config *cfg, const char *vm, const char *peer,
-    int *stopped, char *msg, size_t msgsz)
+    enum vmdom_stop *stopped, char *msg, size_t msgsz)
 {
 	struct where w;
 	virConnectPtr c;
@@ -225,7 +225,7 @@ vmdom_demote(const struct config *cfg, const char *vm, const char *peer,
 	char err[768];
 	int r;
 
-	*stopped = 0;
+	*stopped = VMDOM_NOT_RUNNING;
 	msg[0] = '\0';
 	where(cfg, vm, peer, &w);
 	if (!w.known)
@@ -246,15 +246,16 @@ vmdom_demote(const struct config *cfg, const char *vm, const char *peer,
 		snprintf(msg, msgsz, "%s", err);
 		goto out;
 	}
-	*stopped = how != VIRT_STOP_WAS_OFF;
 	switch (how) {
 	case VIRT_STOP_WAS_OFF:
 		snprintf(msg, msgsz, "domain %s was not running", w.name);
 		break;
 	case VIRT_STOP_SHUTDOWN:
+		*stopped = VMDOM_SHUT_DOWN;
 		snprintf(msg, msgsz, "domain %s shut down", w.name);
 		break;
 	case VIRT_STOP_DESTROYED:
+		*stopped = VMDOM_DESTROYED;
 		snprintf(msg, msgsz, "domain %s destroyed: %s", w.name, err);
 		break;
 	}
