@@ -161,6 +161,8 @@ void	config_free(struct config *cfg);
 const char *config_retention(const struct cfg_accept *a, const char *vm);
 /* Every field of vm to its default (zero, or the documented default). */
 void	cfg_vm_defaults(struct cfg_vm *vm);
+/* Remove the [vm] section cfg->vms[i] (the later ones move down). */
+void	config_drop_vm(struct config *cfg, size_t i);
 /* Free a struct cfg_vm allocated on its own (every field, then vm). */
 void	cfg_vm_free(struct cfg_vm *vm);
 

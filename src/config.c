@@ -1447,6 +1447,15 @@ vm_fields_free(struct cfg_vm *vm)
 }
 
 void
+config_drop_vm(struct config *cfg, size_t i)
+{
+	vm_fields_free(&cfg->vms[i]);
+	memmove(&cfg->vms[i], &cfg->vms[i + 1], (cfg->nvms - i - 1) *
+	    sizeof(cfg->vms[0]));
+	cfg->nvms--;
+}
+
+void
 cfg_vm_free(struct cfg_vm *vm)
 {
 	if (vm == NULL)

@@ -116,6 +116,7 @@ struct psess {
 	int			 begun;
 	int			 scan_done;
 	int			 thaw_due;	/* pre_snapshot ran, post not yet */
+	int			 agent_thawed;	/* ... the guest agent froze it */
 	int			 aborted;	/* the tracker forgot the cut */
 	uint8_t			 kind;		/* 1 = application-consistent */
 	uint64_t		 sizes[WIRE_MAX_DISKS];
@@ -817,7 +818,45 @@ save_app_time(struct pvm *vm, int64_t ms)
 		log_warn("%s: cannot write %s", vm->cfg->name, vm->app_path);
 }
 
-/* The thaw runs whatever happened to the cycle. */
+/*
+ * Freeze the guest for an app-consistent point: the pre_snapshot hook
+ * (an application's own quiescing), then the guest agent's file system
+ * freeze (freeze = agent).  Anything failing makes the point crash
+ * consistent, never a failed cycle.
+ */
+static void
+freeze(struct psess *s)
+{
+	struct pvm *vm = s->vm;
+	char why[512];
+	int ok = 1;
+
+	if (vm->cfg->pre_snapshot) {
+		s->thaw_due = vm->cfg->post_snapshot != NULL;
+		if (run_hook(vm, "pre_snapshot", vm->cfg->pre_snapshot,
+		    s->cycle, why, sizeof(why)) != 0)
+			ok = 0;
+	}
+	if (ok && vm->cfg->freeze == FREEZE_AGENT) {
+		int r = trk_freeze(vm->trk, vm->cfg->snapshot_timeout_s, why,
+		    sizeof(why));
+		if (r == 0) {
+			s->thaw_due = 1;
+			s->agent_thawed = 0;
+		} else if (r < 0) {
+			ok = 0;
+		}
+		/* r == 1: a cleanly shut-off guest, at rest. */
+	}
+	if (ok)
+		s->kind = 1;
+	else
+		log_warnx("%s: cycle %" PRIu64 " will be a crash-consistent "
+		    "point: %s", vm->cfg->name, s->cycle, why);
+}
+
+/* The thaw runs whatever happened to the cycle: the agent's first, then
+ * post_snapshot. */
 static void
 thaw(struct psess *s)
 {
@@ -825,8 +864,13 @@ thaw(struct psess *s)
 	if (!s->thaw_due)
 		return;
 	s->thaw_due = 0;
-	run_hook(s->vm, "post_snapshot", s->vm->cfg->post_snapshot, s->cycle,
-	    why, sizeof(why));
+	if (s->vm->cfg->freeze == FREEZE_AGENT && !s->agent_thawed) {
+		s->agent_thawed = 1;
+		trk_thaw(s->vm->trk);
+	}
+	if (s->vm->cfg->post_snapshot != NULL)
+		run_hook(s->vm, "post_snapshot", s->vm->cfg->post_snapshot,
+		    s->cycle, why, sizeof(why));
 }
 
 /* A session ended before its commit: the tracker forgets the cut (its
@@ -1056,17 +1100,10 @@ job_produce(void *arg)
 	s->job_rc = 0;
 	wb_reset(&s->out);
 	if (!s->begun) {
-		if (vm->cfg->pre_snapshot && want_app(vm, s->created_ms)) {
-			char why[512];
-			s->thaw_due = vm->cfg->post_snapshot != NULL;
-			if (run_hook(vm, "pre_snapshot", vm->cfg->pre_snapshot,
-			    s->cycle, why, sizeof(why)) == 0)
-				s->kind = 1;
-			else
-				log_warnx("%s: cycle %" PRIu64 " will be a "
-				    "crash-consistent point: %s", vm->cfg->name,
-				    s->cycle, why);
-		}
+		if ((vm->cfg->pre_snapshot ||
+		    vm->cfg->freeze == FREEZE_AGENT) &&
+		    want_app(vm, s->created_ms))
+			freeze(s);
 		if (s->resync)
 			r = trk_begin_resync(vm->trk, s->cycle, s->sizes, s->err,
 			    sizeof(s->err));

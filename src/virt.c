@@ -308,6 +308,24 @@ pick(struct cfg_vm *vm, const struct virt_disk *d, size_t nd, char *note,
 			r = RD_ERR_UNSUPPORTED;
 		}
 	}
+	for (size_t k = 0; r == 0 && k < n; k++) {
+		/* What each chosen disk is, for replicad --check. */
+		const struct virt_disk *f = NULL;
+		for (size_t i = 0; i < nd; i++)
+			if (strcmp(d[i].target, names[k]) == 0)
+				f = &d[i];
+		int raw = f == NULL || f->format == NULL ||
+		    strcmp(f->format, "qcow2") != 0;
+		if (notesz > used) {
+			used += (size_t)snprintf(note + used, notesz - used,
+			    "%sdisk %s: %s (%s%s)", used ? "; " : "", names[k],
+			    files[k], f && f->format ? f->format : "raw",
+			    raw ? ": no checkpoints, so every cycle reads it "
+			    "whole" : "");
+			if (used >= notesz)
+				used = notesz;
+		}
+	}
 	for (size_t i = 0; r == 0 && i < n; i++)
 		if (util_disk_name_valid(names[i]) != 0) {
 			snprintf(err, errsz, "disk target %s of domain %s "
