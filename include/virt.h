@@ -71,8 +71,9 @@ enum virt_stop {
  * err. */
 int	virt_active(virDomainPtr d, char *err, size_t errsz);
 /* Define xml as a persistent domain (a domain of the same name and UUID
- * is redefined) and set its autostart off; *out is the caller's
- * (virDomainFree). */
+ * is redefined; its managed save image, the memory of a guest that ran
+ * on other disks, is dropped) and set its autostart off; *out is the
+ * caller's (virDomainFree). */
 int	virt_define(virConnectPtr c, const char *xml, virDomainPtr *out,
 	    char *err, size_t errsz);
 int	virt_start(virDomainPtr d, char *err, size_t errsz);

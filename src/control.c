@@ -914,14 +914,14 @@ test_done(void *arg)
 		    "stays", c->o.vm, c->dommsg);
 		return;
 	}
+	if (c->o.cleanup && c->dommsg[0] != '\0')
+		out(c, "%s\n", c->dommsg);
 	if (c->rc != 0) {
 		fail(c, 1, "failover %s --test%s: %s", c->o.vm, c->o.cleanup ?
 		    " --cleanup" : "", c->err);
 		return;
 	}
 	if (c->o.cleanup) {
-		if (c->dommsg[0] != '\0')
-			out(c, "%s\n", c->dommsg);
 		out(c, "test copy of %s removed\n", c->o.vm);
 		log_info("%s: test copy removed", c->o.vm);
 	} else {

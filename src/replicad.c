@@ -179,7 +179,6 @@ main(int argc, char **argv)
 		config_free(cfg);
 		return rc;
 	}
-	virt_init();	/* before any thread: libvirt and libxml2 */
 	struct daemon *d = daemon_init(cfg);
 	rc = daemon_run(d);
 	daemon_fini(d);

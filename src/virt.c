@@ -431,7 +431,16 @@ virt_define(virConnectPtr c, const char *xml, virDomainPtr *out, char *err,
 		    virt_last_error());
 		return RD_ERR_PEER;
 	}
-	if ((r = virt_autostart_off(*out, err, errsz)) != 0) {
+	/* Starting would resume that memory on disks it never saw. */
+	if (virDomainHasManagedSaveImage(*out, 0) == 1 &&
+	    virDomainManagedSaveRemove(*out, 0) != 0) {
+		snprintf(err, errsz, "cannot remove the managed save image of "
+		    "domain %s: %s", dom_name(*out), virt_last_error());
+		r = RD_ERR_PEER;
+	} else {
+		r = virt_autostart_off(*out, err, errsz);
+	}
+	if (r != 0) {
 		virDomainFree(*out);
 		*out = NULL;
 	}

@@ -372,6 +372,6 @@ vmdom_untest(const struct config *cfg, const char *vm, const char *peer,
 	else if (existed)
 		snprintf(msg, msgsz, "domain %s removed", w.name);
 	else
-		snprintf(msg, msgsz, "no domain %s", w.name);
+		msg[0] = '\0';
 	return r;
 }

@@ -141,6 +141,25 @@ test_remove(void **state)
 }
 
 static void
+test_define_drops_managed_save(void **state)
+{
+	virConnectPtr c = conn();
+	virDomainPtr d = define(c, "app03");
+	char err[256];
+
+	assert_int_equal(virt_start(d, err, sizeof(err)), 0);
+	assert_int_equal(virDomainManagedSave(d, 0), 0);
+	assert_int_equal(virDomainHasManagedSaveImage(d, 0), 1);
+	virDomainFree(d);
+	/* Redefined on other disks: that memory must not be resumed. */
+	d = define(c, "app03");
+	assert_int_equal(virDomainHasManagedSaveImage(d, 0), 0);
+	assert_int_equal(virt_active(d, err, sizeof(err)), 0);
+	virDomainFree(d);
+	virConnectClose(c);
+}
+
+static void
 test_define_refused(void **state)
 {
 	virConnectPtr c = conn();
@@ -172,6 +191,7 @@ main(void)
 		cmocka_unit_test(test_define_autostart_off),
 		cmocka_unit_test(test_start_shutdown),
 		cmocka_unit_test(test_remove),
+		cmocka_unit_test(test_define_drops_managed_save),
 		cmocka_unit_test(test_define_refused),
 		cmocka_unit_test(test_unreachable),
 	};
