@@ -1,6 +1,6 @@
 /*
- * catalog.h — the SQLite catalog: relationships, disks, recovery points,
- * events.  One file, STATE_DIR/catalog.db, in WAL mode with
+ * catalog.h — the SQLite catalog: relationships, disks, recovery points
+ * and the VM definitions they carry, events.  One file, STATE_DIR/catalog.db, in WAL mode with
  * synchronous=FULL; a schema version (PRAGMA user_version) with
  * migrations applied at open.  Every statement is prepared with bound
  * parameters.
@@ -18,9 +18,12 @@
 
 #include "util.h"
 
-#define CAT_SCHEMA_VERSION	4
+#define CAT_SCHEMA_VERSION	5
 #define CAT_SEG_NONE		UINT32_MAX	/* no undo segment */
 #define CAT_MAX_DISKS		64
+#define CAT_DEF_ID_LEN		64		/* hex SHA-256 of a definition */
+#define CAT_DEF_SHORT		12		/* what replctl shows of it */
+#define CAT_MAX_DEFINITION	(1u << 20)	/* longest definition text */
 
 enum cat_role {
 	CAT_ROLE_PRIMARY = 0,
@@ -85,6 +88,10 @@ struct cat_point {
 	uint32_t	seg;		/* version of its undo segment file */
 	uint16_t	ndisks;
 	uint64_t	sizes[CAT_MAX_DISKS]; /* each disk's size at the point */
+	char		definition[CAT_DEF_ID_LEN + 1]; /* the id of the VM's
+					   definition at the point (libvirt
+					   domain XML): hex SHA-256 of its
+					   text; "" if none */
 };
 
 struct catalog;
@@ -109,16 +116,21 @@ int	cat_rel_list(struct catalog *cat, struct cat_rel **out, size_t *n);
  * the relationship (last_cycle, last_point, last_point_created_ms, disk
  * sizes from p->sizes, its generation raised to p->generation, and
  * reassigned cleared if p->generation is not below it: the new sender's
- * first cycle; a cycle of the old sender finished at start-up is not).  RD_ERR_NOT_FOUND if the relationship is missing,
- * RD_ERR_EXISTS if a point for p->cycle exists.
+ * first cycle; a cycle of the old sender finished at start-up is not).
+ * The point's definition is def (def_len bytes, no NUL, at most
+ * CAT_MAX_DEFINITION), stored once per VM however many points have it;
+ * def NULL: the definition of the newest point before it, if any.
+ * p->definition receives its id.  RD_ERR_NOT_FOUND if the relationship
+ * is missing, RD_ERR_EXISTS if a point for p->cycle exists,
+ * RD_ERR_INVALID for a bad point or definition.
  */
 int	cat_point_commit(struct catalog *cat, const char *vm,
-	    struct cat_point *p);
+	    struct cat_point *p, const char *def, size_t def_len);
 /* The same for the first point of a relationship not recorded yet: rel
  * and the point in one transaction, so that a relationship exists only
  * with a point. */
 int	cat_point_commit_new(struct catalog *cat, const struct cat_rel *rel,
-	    struct cat_point *p);
+	    struct cat_point *p, const char *def, size_t def_len);
 int	cat_point_get(struct catalog *cat, const char *vm, uint64_t id,
 	    struct cat_point *out);
 /* The point recorded for a cycle; RD_ERR_NOT_FOUND if none. */
@@ -127,12 +139,21 @@ int	cat_point_by_cycle(struct catalog *cat, const char *vm,
 /* Points of vm, oldest first; *out is the caller's (free()). */
 int	cat_point_list(struct catalog *cat, const char *vm,
 	    struct cat_point **out, size_t *n);
+/*
+ * The definition of point id of vm: 0 and its text, NUL-terminated, in
+ * *xml (the caller's, free()); RD_ERR_NOT_FOUND if there is no such
+ * point or it has no definition.
+ */
+int	cat_point_definition(struct catalog *cat, const char *vm, uint64_t id,
+	    char **xml);
 
 /*
  * Drop point id of vm and, in the same transaction, give point next (0:
  * none) its new undo segment version and size (a prune: the segments of
  * the dropped point and of next were merged into next's new one).
- * RD_ERR_NOT_FOUND if either point is missing (nothing changes).
+ * RD_ERR_NOT_FOUND if either point is missing (nothing changes).  A
+ * definition no point has any more goes with it (so too in
+ * cat_rel_put_trim).
  */
 int	cat_point_drop(struct catalog *cat, const char *vm, uint64_t id,
 	    uint64_t next, uint32_t next_seg, uint64_t next_undo_bytes);

@@ -65,7 +65,11 @@ char	*lay_qemu_socket(const char *state_dir, const char *vm);
 /* Tracker libvirt: STATE_DIR/libvirt/VM, where QEMU (its own user) puts
  * the NBD socket and scratch files of a backup; and the tracker's record
  * of its checkpoint, STATE_DIR/tracker/VM/libvirt.state. */
+char	*lay_libvirt_top(const char *state_dir);	/* STATE_DIR/libvirt */
 char	*lay_libvirt_dir(const char *state_dir, const char *vm);
+char	*lay_libvirt_socket(const char *state_dir, const char *vm);
+char	*lay_libvirt_scratch(const char *state_dir, const char *vm,
+	    const char *disk);
 char	*lay_libvirt_state(const char *state_dir, const char *vm);
 char	*lay_qemu_file(const char *state_dir, const char *vm,
 	    const char *disk, enum lay_qemu_file which);

@@ -4,6 +4,8 @@
  *   DISK              the replica image, always at the newest point
  *   .staging/data     contents of the cycle being received
  *   .staging/index    its index, present only once the cycle is complete
+ *   .staging/definition  the VM's definition the cycle carries, if any
+ *                     (written before the index; recovery records it)
  *   .undo/CYCLE.undo  undo segment of each point (undo.c)
  *   .digests/DISK     XXH3-128 of each block of the image, for verify;
  *                     blocks of zeros are holes (format in store.c)
@@ -14,7 +16,8 @@
  * as it is staged; at the end the staged data is fsynced and the index
  * written atomically; the undo segment (old contents) is written and
  * renamed into place; the image is written and fsynced; the digests are
- * written; the catalog records the point; the staging area is removed.
+ * written; the catalog records the point (with the definition the cycle
+ * carried, or the previous point's); the staging area is removed.
  * A crash before the index exists abandons the cycle (images are cut back
  * to the newest point's sizes); after it, store_recover() rolls forward.
  * Blocks that lie wholly past a disk's size at the newest point go
@@ -92,6 +95,11 @@ int	store_cycle_begin(struct store *st, const struct store_cycle *c,
 int	store_cycle_put(struct store *st, uint16_t disk, uint64_t off,
 	    uint32_t len, const uint8_t *data, const struct digest *hash,
 	    char *err, size_t errsz);
+/* The VM's definition (libvirt domain XML, len bytes, checked by the
+ * wire decoder) that the cycle being received carries; copied.  A cycle
+ * without one makes a point with the previous point's. */
+int	store_cycle_definition(struct store *st, const char *xml, size_t len,
+	    char *err, size_t errsz);
 /* Apply the complete cycle and record it as point *out. */
 int	store_cycle_commit(struct store *st, struct cat_point *out,
 	    char *err, size_t errsz);
@@ -158,6 +166,15 @@ int	store_space(struct store *st, uint64_t *avail, uint64_t *total,
 /* The point of the open test copy, 0 if none. */
 uint64_t store_pinned_point(struct store *st);
 
+/*
+ * The VM's definition recorded with point (0: the newest): 0 and its
+ * text, NUL-terminated, in *xml (the caller's, free()); RD_ERR_NOT_FOUND
+ * if the VM has no such point or the point has no definition (a VM
+ * whose tracker captures none); another rd_err if the catalog fails.
+ * Reads the catalog only: any thread, never waits for an apply.
+ */
+int	store_point_definition(struct store *st, uint64_t point, char **xml);
+
 /* Resynchronisation.  Whether any image holds data (a seed copy, or a
  * former primary's disks). */
 int	store_has_data(struct store *st);
@@ -168,15 +185,6 @@ int	store_read(struct store *st, uint16_t disk, uint64_t off, size_t len,
  * both sides (their content is the same at the old and the new point). */
 int	store_put_digests(struct store *st, uint16_t disk, uint64_t off,
 	    const struct digest *d, size_t n, char *err, size_t errsz);
-
-/*
- * The domain XML recorded with point id (0: the newest), allocated into
- * *xml (the caller frees it); RD_ERR_NOT_FOUND when the VM has none.
- * STUB (branch domfo): src/store_defstub.c answers RD_ERR_NOT_FOUND until
- * the frame carrying the definition lands; drop that file (and its
- * Makefile entry) when merging the real one.
- */
-int	store_point_definition(struct store *st, uint64_t id, char **xml);
 
 /*
  * Rebuild point id (0: newest) into STORAGE/VM/test/.  Refuses if a test

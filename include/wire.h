@@ -1,7 +1,8 @@
 /*
  * wire.h — the replication protocol between a primary and a replica.
  *
- * Version 3 (a replica also serves version 2 primaries; see KEEPALIVE).
+ * Version 4 (a replica also serves version 2 and 3 primaries; see
+ * KEEPALIVE and DEFINITION).
  * Everything travels inside TLS 1.3 with mutual certificate
  * authentication.  All integers are big-endian.  A string is a u16 length
  * followed by that many bytes (no NUL inside).
@@ -13,8 +14,9 @@
  *   ...  payload    len - 1 bytes, laid out per type below
  *
  * A session: the primary (client) sends HELLO; the replica answers WELCOME
- * or NACK.  Then, any number of times: CYCLE, DATA*, END from the primary,
- * ACK or NACK from the replica.  A resynchronising cycle (CYCLE flag
+ * or NACK.  Then, any number of times: CYCLE, DATA*, END from the primary
+ * (with at most one DEFINITION between CYCLE and END), ACK or NACK from
+ * the replica.  A resynchronising cycle (CYCLE flag
  * WIRE_CYCLE_RESYNC) carries no DATA: the primary sends SUMS for every
  * unit of every disk, in order; the replica answers SIG for each range
  * of units whose digests differ from its own, then SIGEND; the primary
@@ -75,7 +77,8 @@
  *   u64  cycle        same id as CYCLE
  *   u64  nframes      DATA frames sent in this cycle
  *   u64  raw_bytes    sum of DATA lengths
- *   u8   digest[16]   running digest of the DATA headers (wire_digest_*)
+ *   u8   digest[16]   running digest of the DATA headers and of the
+ *                     DEFINITION, in the order sent (wire_digest_*)
  *
  * ACK (6), replica -> primary: the cycle is durable as a recovery point
  *   u64  cycle
@@ -140,11 +143,25 @@
  *   u32  every_ms     the sender's interval, WIRE_KEEPALIVE_MIN_MS ..
  *                     WIRE_KEEPALIVE_MAX_MS
  *
+ * DEFINITION (15), primary -> replica, version 4 sessions only: the VM's
+ * definition (libvirt domain XML) at the cycle's cut, between CYCLE and
+ * END, at most once a cycle.  The primary sends it only when it differs
+ * from the last one the replica acknowledged in a cycle; the point of a
+ * cycle without one keeps the definition of the point before.
+ *   ...  xml          the rest of the frame, 1..WIRE_MAX_DEFINITION bytes
+ *                     of text: no NUL, and no other control character
+ *                     than TAB, LF and CR (XML 1.0 allows no others)
+ * It counts in END's digest as if it were the header of a DATA frame of
+ * disk WIRE_DIGEST_DEFINITION (no disk has that index), offset 0, length
+ * the text's length and hash the text's XXH3-128; not in nframes or
+ * raw_bytes.
+ *
  * Versions: HELLO and WELCOME carry the session's version.  A replica
- * answers a version 2 or 3 HELLO with a WELCOME of the same version; a
- * version 2 session has no KEEPALIVE (a 0.5 peer would end the session
- * at an unknown frame type).  A primary offers 3; a replica that refuses
- * that HELLO as malformed (a 0.5 replica) is offered 2 at the next try.
+ * answers a version 2, 3 or 4 HELLO with a WELCOME of the same version;
+ * a version 2 session has no KEEPALIVE (a 0.5 peer would end the session
+ * at an unknown frame type), a version 2 or 3 session no DEFINITION.  A
+ * primary offers 4; a replica that refuses that HELLO for its version is
+ * offered one version less at the next try (3, then 2).
  *
  * In a resynchronising cycle END's nframes counts DELTA frames, its
  * raw_bytes their lengths, and its digest covers each DELTA's
@@ -161,9 +178,12 @@
 #include "util.h"
 
 #define WIRE_MAGIC	0x52504C44u	/* "RPLD" */
-#define WIRE_VERSION	3
+#define WIRE_VERSION	4
 #define WIRE_VERSION_MIN 2		/* oldest version still served */
 #define WIRE_VERSION_KEEPALIVE 3	/* first version with KEEPALIVE */
+#define WIRE_VERSION_DEFINITION 4	/* first version with DEFINITION */
+#define WIRE_MAX_DEFINITION (1u << 20)	/* longest definition text */
+#define WIRE_DIGEST_DEFINITION 0xffff	/* its disk index in END's digest */
 #define WIRE_KEEPALIVE_MISSES 3
 #define WIRE_KEEPALIVE_MIN_MS 1000
 #define WIRE_KEEPALIVE_MAX_MS (300 * 1000)
@@ -201,6 +221,7 @@ enum wire_type {
 	WIRE_PROMOTE = 12,
 	WIRE_PROMOTED = 13,
 	WIRE_KEEPALIVE = 14,
+	WIRE_DEFINITION = 15,
 };
 
 enum wire_encoding {
@@ -317,6 +338,12 @@ struct wire_keepalive {
 	uint32_t	every_ms;
 };
 
+/* DEFINITION: the text, borrowed from the frame (not NUL-terminated). */
+struct wire_definition {
+	const char	*xml;
+	size_t		 len;
+};
+
 struct wire_promote {
 	uint64_t	cycle;
 	uint64_t	generation;
@@ -353,6 +380,9 @@ void	wire_put_delta(struct wbuf *b, const struct wire_chunk *m);
 void	wire_put_promote(struct wbuf *b, const struct wire_promote *m);
 void	wire_put_promoted(struct wbuf *b, uint64_t generation);
 void	wire_put_keepalive(struct wbuf *b, const struct wire_keepalive *m);
+/* The caller checked the text with wire_definition_check() (fatal
+ * otherwise). */
+void	wire_put_definition(struct wbuf *b, const char *xml, size_t len);
 
 /*
  * Decoders take a frame's payload (after the type byte) and fill *m.
@@ -376,6 +406,15 @@ int	wire_get_promote(const uint8_t *p, size_t len, struct wire_promote *m);
 int	wire_get_promoted(const uint8_t *p, size_t len, uint64_t *generation);
 int	wire_get_keepalive(const uint8_t *p, size_t len,
 	    struct wire_keepalive *m);
+int	wire_get_definition(const uint8_t *p, size_t len,
+	    struct wire_definition *m);
+
+/*
+ * Whether len bytes of xml may travel in a DEFINITION: 0, RD_ERR_INVALID
+ * (empty, a NUL or another control character than TAB, LF, CR) or
+ * RD_ERR_TOO_LARGE (above WIRE_MAX_DEFINITION).
+ */
+int	wire_definition_check(const char *xml, size_t len);
 
 /* The longest SIG range of a resync at block_size. */
 static inline uint32_t
@@ -424,9 +463,9 @@ void	wire_data_encode(struct ZSTD_CCtx_s *cctx, int level,
 
 /*
  * The END digest: both sides feed every DATA frame's header fields (disk,
- * offset, length, hash; not the encoding) in order.  Zero-initialise the
- * struct; wire_digest_init() may be called again to restart, and
- * wire_digest_free() releases it.
+ * offset, length, hash; not the encoding) and the DEFINITION (as wire.h's
+ * layout says) in order.  Zero-initialise the struct; wire_digest_init()
+ * may be called again to restart, and wire_digest_free() releases it.
  */
 struct wire_digest {
 	XXH3_state_t	*st;
@@ -434,6 +473,8 @@ struct wire_digest {
 void	wire_digest_init(struct wire_digest *d);
 void	wire_digest_free(struct wire_digest *d);
 void	wire_digest_update(struct wire_digest *d, const struct wire_data *m);
+void	wire_digest_definition(struct wire_digest *d, const char *xml,
+	    size_t len);
 void	wire_digest_final(struct wire_digest *d, struct digest *out);
 
 /* Names for logs. */

@@ -1,6 +1,7 @@
 /*
  * catalog.c — the SQLite catalog, STATE_DIR/catalog.db: relationships and
- * their disks, recovery points and their disk sizes, the event log.
+ * their disks, recovery points, their disk sizes and the VM definitions
+ * they carry, the event log.
  *
  * On-disk format: an SQLite 3 database, WAL journal, created 0600 (SQLite
  * gives the -wal and -shm files the same mode).  PRAGMA user_version is
@@ -25,12 +26,20 @@
  *   Schema version 4 adds relationships.reassigned (0, 1): a replica
  *   reassigned to another sender (`replctl reassign`) whose first cycle
  *   at the new generation is still to come.
+ *   Schema version 5 adds points.definition (NULL: none) and the table
+ *   definitions: each VM definition (libvirt domain XML) a VM's points
+ *   carry, once however many points carry it, and only as long as one
+ *   does (a drop of points drops the definitions left unused in the same
+ *   transaction).
  *   rel_disks      (vm, idx) -> name (unique per vm), size; idx 0..n-1
  *   points         (vm, id) -> cycle (unique per vm), created_ms, kind
  *                  (0 crash, 1 app), bytes, undo_bytes, generation
  *   point_disks    (vm, point, idx) -> size; idx 0..n-1
  *   events         id -> at_ms, vm (NULL: not about one VM), level
  *                  ("info", "warning", "error"), message
+ *   definitions    (vm, id) -> xml; id is the hex SHA-256 of xml (a
+ *                  cryptographic hash: a sender cannot make two texts
+ *                  share one), the value of points.definition
  *
  * A uint64_t is stored as its int64 bit pattern and read back with the
  * same cast.  What is read back is checked before it reaches a struct: a
@@ -49,6 +58,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
 #include <sqlite3.h>
 
 #include "catalog.h"
@@ -137,6 +147,16 @@ static const char *const cat_migrations[] = {
 	"ALTER TABLE relationships ADD COLUMN reassigned INTEGER NOT NULL "
 	"  DEFAULT 0 CHECK (reassigned IN (0, 1));"
 	"PRAGMA user_version = 4;",
+	/* 4 -> 5: the VM definition (libvirt domain XML) of each point. */
+	"CREATE TABLE definitions ("
+	"  vm TEXT NOT NULL,"
+	"  id TEXT NOT NULL CHECK (length(id) = 64),"
+	"  xml TEXT NOT NULL,"
+	"  PRIMARY KEY (vm, id)"
+	") STRICT, WITHOUT ROWID;"
+	"ALTER TABLE points ADD COLUMN definition TEXT;"
+	"CREATE INDEX points_definition ON points (vm, definition);"
+	"PRAGMA user_version = 5;",
 };
 
 _Static_assert(CAT_SEG_NONE == 4294967295u, "ST_POINT_STATS spells it out");
@@ -169,6 +189,10 @@ enum cat_stmt {
 	ST_POINT_DROP,
 	ST_POINT_SET_SEG,
 	ST_POINT_STATS,
+	ST_DEF_ADD,
+	ST_DEF_NEWEST,
+	ST_DEF_GET,
+	ST_DEF_SWEEP,
 	ST_COUNT
 };
 
@@ -176,7 +200,7 @@ enum cat_stmt {
 	"last_cycle, last_point, last_point_created_ms, interval_ms, " \
 	"peer_name, fenced, resync, at_point, step_to, reassigned"
 #define POINT_COLS "id, cycle, created_ms, kind, bytes, undo_bytes, " \
-	"generation, seg"
+	"generation, seg, definition"
 
 static const char *const cat_sql[ST_COUNT] = {
 	[ST_BEGIN] = "BEGIN",
@@ -223,7 +247,7 @@ static const char *const cat_sql[ST_COUNT] = {
 	[ST_POINT_CYCLE_USED] = "SELECT 1 FROM points "
 	    "WHERE vm = ?1 AND cycle = ?2",
 	[ST_POINT_ADD] = "INSERT INTO points (vm, " POINT_COLS ") "
-	    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+	    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
 	[ST_POINT_DROP] = "DELETE FROM points WHERE vm = ?1 AND id = ?2",
 	[ST_POINT_STATS] = "SELECT count(*), coalesce(sum(CASE WHEN seg = "
 	    "4294967295 THEN 0 ELSE undo_bytes END), 0) FROM points "
@@ -237,6 +261,16 @@ static const char *const cat_sql[ST_COUNT] = {
 	[ST_POINT_DROP_AFTER] = "DELETE FROM points WHERE vm = ?1 AND id > ?2",
 	[ST_EVENT_ADD] = "INSERT INTO events (at_ms, vm, level, message) "
 	    "VALUES (?1, ?2, ?3, ?4)",
+	[ST_DEF_ADD] = "INSERT INTO definitions (vm, id, xml) "
+	    "VALUES (?1, ?2, ?3) ON CONFLICT (vm, id) DO NOTHING",
+	[ST_DEF_NEWEST] = "SELECT definition FROM points WHERE vm = ?1 "
+	    "ORDER BY id DESC LIMIT 1",
+	[ST_DEF_GET] = "SELECT p.definition, d.xml FROM points p "
+	    "LEFT JOIN definitions d ON d.vm = p.vm AND d.id = p.definition "
+	    "WHERE p.vm = ?1 AND p.id = ?2",
+	[ST_DEF_SWEEP] = "DELETE FROM definitions WHERE vm = ?1 AND id NOT IN "
+	    "(SELECT definition FROM points WHERE vm = ?1 AND "
+	    "definition IS NOT NULL)",
 };
 
 struct catalog {
@@ -365,6 +399,53 @@ static int
 fits(const char *s, size_t fieldsz)
 {
 	return memchr(s, '\0', fieldsz) != NULL;
+}
+
+/* The id of a definition: the hex SHA-256 of its text. */
+static void
+def_id(const char *xml, size_t len, char id[CAT_DEF_ID_LEN + 1])
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+
+	if (EVP_Digest(xml, len, md, &n, EVP_sha256(), NULL) != 1 ||
+	    n * 2 != CAT_DEF_ID_LEN)
+		fatalx("catalog: SHA-256 failed");
+	for (unsigned int i = 0; i < n; i++) {
+		id[2 * i] = hex[md[i] >> 4];
+		id[2 * i + 1] = hex[md[i] & 15];
+	}
+	id[CAT_DEF_ID_LEN] = '\0';
+}
+
+/* A definition id column: NULL (none, "") or 64 lowercase hex digits. */
+static int
+col_def_id(sqlite3_stmt *st, int col, char id[CAT_DEF_ID_LEN + 1])
+{
+	if (sqlite3_column_type(st, col) == SQLITE_NULL) {
+		id[0] = '\0';
+		return 0;
+	}
+	if (col_text(st, col, id, CAT_DEF_ID_LEN + 1) != 0 ||
+	    strlen(id) != CAT_DEF_ID_LEN ||
+	    strspn(id, "0123456789abcdef") != CAT_DEF_ID_LEN)
+		return RD_ERR_CORRUPT;
+	return 0;
+}
+
+/* Definitions no point of vm has any more go, in the caller's
+ * transaction. */
+static int
+def_sweep(struct catalog *cat, const char *vm)
+{
+	sqlite3_stmt *st = cat->st[ST_DEF_SWEEP];
+
+	if (bind_text(st, 1, vm) != SQLITE_OK) {
+		cat_release(st);
+		return cat_dberr(cat, vm, "drop unused definitions");
+	}
+	return cat_run(cat, ST_DEF_SWEEP, vm, "drop unused definitions");
 }
 
 /*
@@ -764,7 +845,7 @@ rel_put_tx(struct catalog *cat, const struct cat_rel *rel, uint64_t keep_upto)
 			goto out;
 		}
 		if ((r = cat_run(cat, ST_POINT_DROP_AFTER, rel->vm,
-		    "drop points")) != 0)
+		    "drop points")) != 0 || (r = def_sweep(cat, rel->vm)) != 0)
 			goto out;
 	}
 	st = cat->st[ST_REL_PUT];
@@ -896,6 +977,8 @@ point_from_row(const char *vm, sqlite3_stmt *st, struct cat_point *p)
 	if (col_i64(st, 7, &seg) != 0 || seg < 0 || seg > UINT32_MAX)
 		return cat_corrupt(vm, "points", "seg");
 	p->seg = (uint32_t)seg;
+	if (col_def_id(st, 8, p->definition) != 0)
+		return cat_corrupt(vm, "points", "definition");
 	return 0;
 }
 
@@ -934,11 +1017,48 @@ out:
 	return r;
 }
 
+/*
+ * The definition a new point of vm carries, into p->definition: def
+ * (stored unless a point has it already), or the newest point's.  In
+ * the caller's transaction, before the point is added.
+ */
+static int
+point_def_tx(struct catalog *cat, const char *vm, struct cat_point *p,
+    const char *def, size_t def_len)
+{
+	sqlite3_stmt *st;
+	int rc, r = 0;
+
+	p->definition[0] = '\0';
+	if (def == NULL) {
+		st = cat->st[ST_DEF_NEWEST];
+		if (bind_text(st, 1, vm) != SQLITE_OK)
+			r = cat_dberr(cat, vm, "newest definition");
+		else if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+			if (col_def_id(st, 0, p->definition) != 0)
+				r = cat_corrupt(vm, "points", "definition");
+		} else if (rc != SQLITE_DONE)
+			r = cat_dberr(cat, vm, "newest definition");
+		cat_release(st);
+		return r;
+	}
+	def_id(def, def_len, p->definition);
+	st = cat->st[ST_DEF_ADD];
+	if (bind_text(st, 1, vm) != SQLITE_OK ||
+	    bind_text(st, 2, p->definition) != SQLITE_OK ||
+	    sqlite3_bind_text(st, 3, def, (int)def_len, SQLITE_TRANSIENT) !=
+	    SQLITE_OK) {
+		cat_release(st);
+		return cat_dberr(cat, vm, "add definition");
+	}
+	return cat_run(cat, ST_DEF_ADD, vm, "add definition");
+}
+
 /* cat_point_commit's statements, in the caller's transaction; *idp
  * receives the point's id. */
 static int
 point_add_tx(struct catalog *cat, const char *vm, struct cat_point *p,
-    uint64_t *idp)
+    const char *def, size_t def_len, uint64_t *idp)
 {
 	sqlite3_stmt *st;
 	uint64_t last_point, max_id = 0, id = 0;
@@ -981,7 +1101,7 @@ point_add_tx(struct catalog *cat, const char *vm, struct cat_point *p,
 	else if (rc != SQLITE_DONE)
 		r = cat_dberr(cat, vm, "commit point");
 	cat_release(st);
-	if (r != 0)
+	if (r != 0 || (r = point_def_tx(cat, vm, p, def, def_len)) != 0)
 		goto out;
 
 	st = cat->st[ST_POINT_ADD];
@@ -993,7 +1113,9 @@ point_add_tx(struct catalog *cat, const char *vm, struct cat_point *p,
 	    bind_u64(st, 6, p->bytes) != SQLITE_OK ||
 	    bind_u64(st, 7, p->undo_bytes) != SQLITE_OK ||
 	    bind_u64(st, 8, p->generation) != SQLITE_OK ||
-	    sqlite3_bind_int64(st, 9, (int64_t)p->seg) != SQLITE_OK) {
+	    sqlite3_bind_int64(st, 9, (int64_t)p->seg) != SQLITE_OK ||
+	    bind_text(st, 10, p->definition[0] ? p->definition : NULL) !=
+	    SQLITE_OK) {
 		r = cat_dberr(cat, vm, "add point");
 		cat_release(st);
 		goto out;
@@ -1046,18 +1168,30 @@ out:
 	return r;
 }
 
+/* What a new point may carry: a text SQLite keeps whole. */
+static int
+def_check(const char *def, size_t def_len)
+{
+	if (def != NULL && (def_len == 0 || def_len > CAT_MAX_DEFINITION ||
+	    memchr(def, '\0', def_len) != NULL))
+		return RD_ERR_INVALID;
+	return 0;
+}
+
 int
-cat_point_commit(struct catalog *cat, const char *vm, struct cat_point *p)
+cat_point_commit(struct catalog *cat, const char *vm, struct cat_point *p,
+    const char *def, size_t def_len)
 {
 	uint64_t id = 0;
 	int r;
 
 	if (p->ndisks > CAT_MAX_DISKS ||
-	    (p->kind != CAT_KIND_CRASH && p->kind != CAT_KIND_APP))
+	    (p->kind != CAT_KIND_CRASH && p->kind != CAT_KIND_APP) ||
+	    def_check(def, def_len) != 0)
 		return RD_ERR_INVALID;
 	pthread_mutex_lock(&cat->lock);
 	if ((r = cat_begin(cat, 1)) == 0)
-		r = point_add_tx(cat, vm, p, &id);
+		r = point_add_tx(cat, vm, p, def, def_len, &id);
 	r = cat_end(cat, r);
 	if (r == 0)
 		p->id = id;
@@ -1067,20 +1201,21 @@ cat_point_commit(struct catalog *cat, const char *vm, struct cat_point *p)
 
 int
 cat_point_commit_new(struct catalog *cat, const struct cat_rel *rel,
-    struct cat_point *p)
+    struct cat_point *p, const char *def, size_t def_len)
 {
 	uint64_t id = 0;
 	int r;
 
 	if (p->ndisks > CAT_MAX_DISKS ||
-	    (p->kind != CAT_KIND_CRASH && p->kind != CAT_KIND_APP))
+	    (p->kind != CAT_KIND_CRASH && p->kind != CAT_KIND_APP) ||
+	    def_check(def, def_len) != 0)
 		return RD_ERR_INVALID;
 	if ((r = rel_check(rel)) != 0)
 		return r;
 	pthread_mutex_lock(&cat->lock);
 	if ((r = cat_begin(cat, 1)) == 0 &&
 	    (r = rel_put_tx(cat, rel, UINT64_MAX)) == 0)
-		r = point_add_tx(cat, rel->vm, p, &id);
+		r = point_add_tx(cat, rel->vm, p, def, def_len, &id);
 	r = cat_end(cat, r);
 	if (r == 0)
 		p->id = id;
@@ -1180,6 +1315,62 @@ out:
 }
 
 int
+cat_point_definition(struct catalog *cat, const char *vm, uint64_t id,
+    char **xml)
+{
+	sqlite3_stmt *st = cat->st[ST_DEF_GET];
+	char def[CAT_DEF_ID_LEN + 1], check[CAT_DEF_ID_LEN + 1];
+	const unsigned char *text;
+	int rc, n, r;
+
+	*xml = NULL;
+	pthread_mutex_lock(&cat->lock);
+	if ((r = cat_begin(cat, 0)) != 0)
+		goto out;
+	if (bind_text(st, 1, vm) != SQLITE_OK ||
+	    bind_u64(st, 2, id) != SQLITE_OK) {
+		r = cat_dberr(cat, vm, "get definition");
+		goto out;
+	}
+	if ((rc = sqlite3_step(st)) == SQLITE_DONE) {
+		r = RD_ERR_NOT_FOUND;
+		goto out;
+	}
+	if (rc != SQLITE_ROW) {
+		r = cat_dberr(cat, vm, "get definition");
+		goto out;
+	}
+	if (col_def_id(st, 0, def) != 0) {
+		r = cat_corrupt(vm, "points", "definition");
+		goto out;
+	}
+	if (def[0] == '\0') {
+		r = RD_ERR_NOT_FOUND;
+		goto out;
+	}
+	/* The text must be the one its id names, whole. */
+	if (sqlite3_column_type(st, 1) != SQLITE_TEXT ||
+	    (text = sqlite3_column_text(st, 1)) == NULL ||
+	    (n = sqlite3_column_bytes(st, 1)) <= 0 ||
+	    (size_t)n > CAT_MAX_DEFINITION ||
+	    memchr(text, '\0', (size_t)n) != NULL ||
+	    (def_id((const char *)text, (size_t)n, check),
+	    strcmp(check, def) != 0)) {
+		r = cat_corrupt(vm, "definitions", "xml");
+		goto out;
+	}
+	*xml = xmalloc((size_t)n + 1);
+	memcpy(*xml, text, (size_t)n);
+	(*xml)[n] = '\0';
+	r = 0;
+out:
+	cat_release(st);
+	r = cat_end(cat, r);
+	pthread_mutex_unlock(&cat->lock);
+	return r;
+}
+
+int
 cat_event_add(struct catalog *cat, const char *vm, const char *level,
     const char *message)
 {
@@ -1228,6 +1419,8 @@ cat_point_drop(struct catalog *cat, const char *vm, uint64_t id,
 		r = RD_ERR_NOT_FOUND;
 		goto out;
 	}
+	if ((r = def_sweep(cat, vm)) != 0)
+		goto out;
 	if (next != 0) {
 		st = cat->st[ST_POINT_SET_SEG];
 		if (bind_text(st, 1, vm) != SQLITE_OK ||

@@ -577,6 +577,16 @@ cmd_status(struct cconn *c)
 
 /* --- points -------------------------------------------------------------- */
 
+/* Point i has a definition other than the point listed before it (the
+ * oldest: it has one). */
+static int
+def_changed(const struct cat_point *pts, size_t i)
+{
+	if (pts[i].definition[0] == '\0')
+		return 0;
+	return i == 0 || strcmp(pts[i].definition, pts[i - 1].definition) != 0;
+}
+
 static void
 cmd_points(struct cconn *c)
 {
@@ -608,29 +618,86 @@ cmd_points(struct cconn *c)
 			bufprintf(&b, "%s{\"id\":%" PRIu64 ",\"created\":\"%s\","
 			    "\"kind\":\"%s\",\"bytes\":%" PRIu64 ","
 			    "\"undo_bytes\":%" PRIu64 ",\"cycle\":%" PRIu64
-			    ",\"generation\":%" PRIu64 "}", i ? "," : "",
+			    ",\"generation\":%" PRIu64 ",", i ? "," : "",
 			    pts[i].id, when, pts[i].kind == CAT_KIND_APP ?
 			    "app" : "crash", pts[i].bytes, pts[i].undo_bytes,
 			    pts[i].cycle, pts[i].generation);
+			if (pts[i].definition[0])
+				bufprintf(&b, "\"definition\":\"%.*s\",",
+				    CAT_DEF_SHORT, pts[i].definition);
+			else
+				bufprintf(&b, "\"definition\":null,");
+			bufprintf(&b, "\"definition_changed\":%s}",
+			    def_changed(pts, i) ? "true" : "false");
 		}
 		bufprintf(&b, "]");
 		send_wbuf(c, &b);
 	} else {
-		char held[32];
-		out(c, "%6s  %-20s  %-5s  %10s  %10s\n", "ID", "CREATED",
-		    "KIND", "BYTES", "UNDO");
+		char held[32], def[CAT_DEF_SHORT + 2];
+		out(c, "%6s  %-20s  %-5s  %10s  %10s  %s\n", "ID", "CREATED",
+		    "KIND", "BYTES", "UNDO", "DEF");
 		for (size_t i = 0; i < n; i++) {
 			util_format_time(pts[i].created_ms / 1000, when,
 			    sizeof(when));
 			util_format_bytes(pts[i].bytes, bytes, sizeof(bytes));
 			util_format_bytes(pts[i].undo_bytes, held, sizeof(held));
-			out(c, "%6" PRIu64 "  %-20s  %-5s  %10s  %10s\n",
+			/* "*": the definition changed at this point. */
+			snprintf(def, sizeof(def), "%.*s%s", CAT_DEF_SHORT,
+			    pts[i].definition[0] ? pts[i].definition : "-",
+			    def_changed(pts, i) ? "*" : "");
+			out(c, "%6" PRIu64 "  %-20s  %-5s  %10s  %10s  %s\n",
 			    pts[i].id, when, pts[i].kind == CAT_KIND_APP ?
-			    "app" : "crash", bytes, held);
+			    "app" : "crash", bytes, held, def);
 		}
 	}
 	wb_free(&b);
 	free(pts);
+	finish(c, 0);
+}
+
+/* definition VM [--point ID]: the VM's definition at a point (default
+ * the newest), as the primary sent it. */
+static void
+cmd_definition(struct cconn *c)
+{
+	struct svc *svc = c->ctl->svc;
+	struct rvm *rv = find_rvm(svc, c->o.vm);
+	struct cat_point pt;
+	struct cat_rel rel;
+	char *xml = NULL;
+	uint64_t id;
+	int r;
+
+	if (rv == NULL) {
+		fail(c, 1, "%s is not replicated to this host (points are kept "
+		    "on the replica)", c->o.vm);
+		return;
+	}
+	store_rel(rvm_store(rv), &rel);
+	id = c->o.has_point ? c->o.point : rel.last_point;
+	if (id == 0 || (r = cat_point_get(svc->cat, c->o.vm, id, &pt)) ==
+	    RD_ERR_NOT_FOUND) {
+		if (id == 0)
+			fail(c, 1, "%s has no recovery point yet", c->o.vm);
+		else
+			fail(c, 1, "%s has no point %" PRIu64, c->o.vm, id);
+		return;
+	}
+	if (r == 0)
+		r = store_point_definition(rvm_store(rv), id, &xml);
+	if (r == RD_ERR_NOT_FOUND) {
+		fail(c, 1, "point %" PRIu64 " of %s has no definition (its "
+		    "primary's tracker captures none)", id, c->o.vm);
+		return;
+	}
+	if (r != 0) {
+		fail(c, 1, "cannot read the definition of %s at point %" PRIu64
+		    ": %s", c->o.vm, id, rd_strerror(r));
+		return;
+	}
+	/* As sent: what an operator saves is what the primary defined. */
+	out(c, "%s", xml);
+	free(xml);
 	finish(c, 0);
 }
 
@@ -1329,6 +1396,7 @@ static const struct command commands[] = {
 	{ "status",	1, cmd_status },
 	{ "sync",	2, cmd_sync },
 	{ "points",	2, cmd_points },
+	{ "definition",	2, cmd_definition },
 	{ "failover",	2, cmd_failover },
 	{ "verify",	2, cmd_verify },
 	{ "pause",	2, cmd_pause },

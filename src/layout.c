@@ -78,9 +78,27 @@ lay_qemu_socket(const char *state_dir, const char *vm)
 }
 
 char *
+lay_libvirt_top(const char *state_dir)
+{
+	return xasprintf("%s/libvirt", state_dir);
+}
+
+char *
 lay_libvirt_dir(const char *state_dir, const char *vm)
 {
 	return xasprintf("%s/libvirt/%s", state_dir, vm);
+}
+
+char *
+lay_libvirt_socket(const char *state_dir, const char *vm)
+{
+	return xasprintf("%s/libvirt/%s/nbd.sock", state_dir, vm);
+}
+
+char *
+lay_libvirt_scratch(const char *state_dir, const char *vm, const char *disk)
+{
+	return xasprintf("%s/libvirt/%s/%s.scratch", state_dir, vm, disk);
 }
 
 char *

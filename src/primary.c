@@ -167,8 +167,14 @@ struct psess {
 	int			 handover;	/* PROMOTE follows the ACK */
 	int			 promote_sent;
 	struct wire_welcome	 welcome;	/* the replica's answer */
+	/* the VM's definition (DEFINITION, wire.h) */
+	int			 def_known;	/* def_acked is the replica's */
+	struct digest		 def_acked;
+	int			 def_sent;	/* this cycle carries def_hash */
+	struct digest		 def_hash;
 	/* liveness (KEEPALIVE, wire.h) */
 	uint16_t		 version;	/* offered in HELLO */
+	uint16_t		 peer_version;	/* WELCOME's: the session's */
 	int			 ka;		/* keepalives: version 3 */
 	uint32_t		 peer_every_ms;	/* the replica's interval */
 	uint64_t		 heard_ms;	/* monotonic: last bytes read */
@@ -216,7 +222,17 @@ struct pvm {
 	uint32_t		 keep_every_ms;
 	uint64_t		 keep_since_ms;
 	struct event		*keep_tick;
+	uint16_t		 keep_version;	/* its protocol version */
 	uint16_t		 wire_version;	/* offered in HELLO */
+	/* The definition the replica acknowledged last (its newest point
+	 * has it); not kept across restarts: then it is sent once more. */
+	int			 def_acked_set;
+	struct digest		 def_acked;
+	/* Touched by produce jobs only (one at a time): a definition that
+	 * may not travel, said once; a replica too old for them, said once. */
+	int			 def_bad_set;
+	struct digest		 def_bad;
+	int			 def_old_said;
 	char			*app_path;	/* where it is kept */
 	struct cfg_vm		*owned_cfg;	/* cfg, when made from the catalog */
 	/* planned failover: the next cycle hands over */
@@ -1090,6 +1106,56 @@ resync_produce(struct psess *s)
 	return 0;
 }
 
+/*
+ * The VM's definition at this cut, right after CYCLE: only to a replica
+ * that knows the frame, and only when it differs from the one the
+ * replica acknowledged last (it keeps that one for points without).
+ */
+static void
+put_definition(struct psess *s)
+{
+	struct pvm *vm = s->vm;
+	const char *xml = trk_definition(vm->trk);
+	struct digest h;
+	size_t len;
+	int r;
+
+	if (xml == NULL)
+		return;
+	if (s->peer_version < WIRE_VERSION_DEFINITION) {
+		if (!vm->def_old_said)
+			log_info("%s: replica %s speaks protocol version %u: the "
+			    "VM's definition is not sent to it", vm->cfg->name,
+			    vm->cfg->replica, s->peer_version);
+		vm->def_old_said = 1;
+		return;
+	}
+	len = strlen(xml);
+	digest_block(xml, len, &h);
+	if (s->def_known && digest_equal(&h, &s->def_acked)) {
+		log_debug("%s: cycle %" PRIu64 ": the VM's definition is "
+		    "unchanged; not sent", vm->cfg->name, s->cycle);
+		return;
+	}
+	if ((r = wire_definition_check(xml, len)) != 0) {
+		if (!vm->def_bad_set || !digest_equal(&h, &vm->def_bad))
+			log_warnx("%s: the VM's definition (%zu bytes) cannot "
+			    "be sent: %s; the replica's points keep the last "
+			    "one it received", vm->cfg->name, len,
+			    r == RD_ERR_TOO_LARGE ? "longer than 1 MiB" :
+			    "it holds control characters");
+		vm->def_bad = h;
+		vm->def_bad_set = 1;
+		return;
+	}
+	wire_put_definition(&s->out, xml, len);
+	wire_digest_definition(&s->dig, xml, len);
+	s->def_sent = 1;
+	s->def_hash = h;
+	log_info("%s: cycle %" PRIu64 " carries the VM's definition (%zu "
+	    "bytes)", vm->cfg->name, s->cycle, len);
+}
+
 static void
 job_produce(void *arg)
 {
@@ -1128,6 +1194,7 @@ job_produce(void *arg)
 			s->total += s->sizes[i];
 		}
 		wire_put_cycle(&s->out, &c);
+		put_definition(s);
 	}
 	if (s->resync) {
 		r = resync_produce(s);
@@ -1634,6 +1701,7 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 		    "HELLO with version %u", s->version, w->version);
 		return;
 	}
+	s->peer_version = w->version;
 	/* Keepalives both ways: ours first says our interval. */
 	s->ka = w->version >= WIRE_VERSION_KEEPALIVE;
 	if (s->ka) {
@@ -1689,6 +1757,10 @@ welcomed(struct psess *s)
 
 	bufferevent_enable(s->bev, EV_READ);
 	s->replica_cycle = w.last_cycle;
+	/* Another newest point than the one this host saw acknowledged (a
+	 * new replica, a lost ACK): its definition is not known here. */
+	if (w.last_cycle != vm->last_cycle)
+		vm->def_acked_set = 0;
 	/*
 	 * Where the tracker cannot prove what the replica holds, but the
 	 * replica holds something (a seed, a former primary's disks, a
@@ -1732,6 +1804,8 @@ begin_sending(struct psess *s, uint64_t replica_cycle)
 		return;
 	}
 	s->cycle = base + 1;
+	s->def_known = vm->def_acked_set && !s->resync;
+	s->def_acked = vm->def_acked;
 	s->created_ms = (int64_t)util_now_ms();
 	s->created_mono = util_mono_ms();
 	s->st = PS_SEND;
@@ -1753,6 +1827,11 @@ on_ack(struct psess *s, const uint8_t *p, size_t len)
 		return;
 	}
 	s->point = a.point;
+	if (s->def_sent) {
+		/* The replica recorded it with the point. */
+		s->vm->def_acked = s->def_hash;
+		s->vm->def_acked_set = 1;
+	}
 	s->st = PS_COMMIT;
 	bufferevent_disable(s->bev, EV_READ);
 	s->job_running = 1;
@@ -1770,13 +1849,16 @@ on_nack(struct psess *s, const uint8_t *p, size_t len)
 	}
 	if (s->st == PS_HELLO && n.code == WIRE_NACK_PROTOCOL &&
 	    s->version > WIRE_VERSION_MIN && strstr(n.reason, "version")) {
-		/* A replicad 0.5 speaks version 2 only: offer it next time
-		 * (no keepalives; the ACK deadline still holds). */
-		s->vm->wire_version = WIRE_VERSION_MIN;
+		/* An older replicad: offer it one version less next time
+		 * (version 3: no definitions; version 2, replicad 0.5: no
+		 * keepalives either, the ACK deadline still holds). */
+		s->vm->wire_version = s->version - 1;
 		log_warnx("%s: replica %s does not speak protocol version %u; "
-		    "the next cycle offers version %u (no keepalives)",
+		    "the next cycle offers version %u (%s)",
 		    s->vm->cfg->name, s->vm->cfg->replica, s->version,
-		    WIRE_VERSION_MIN);
+		    s->vm->wire_version, s->vm->wire_version <
+		    WIRE_VERSION_KEEPALIVE ? "no keepalives" :
+		    "no definitions");
 	}
 	sess_fail(s, n.code == WIRE_NACK_FENCED ? RD_ERR_FENCED :
 	    n.code == WIRE_NACK_NOSPACE ? RD_ERR_NOSPACE : RD_ERR_PEER,
@@ -2170,6 +2252,7 @@ keep_session(struct psess *s)
 	vm->keep = s->bev;
 	s->bev = NULL;
 	vm->keep_ka = s->ka;
+	vm->keep_version = s->peer_version;
 	vm->keep_every_ms = s->peer_every_ms;
 	vm->keep_since_ms = util_mono_ms();
 	bufferevent_setcb(vm->keep, keep_read, NULL, keep_event, vm);
@@ -2213,6 +2296,7 @@ reuse_session(struct psess *s)
 	s->bev = bev;
 	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
 	s->ka = vm->keep_ka;
+	s->peer_version = vm->keep_version;
 	s->peer_every_ms = vm->keep_every_ms;
 	s->heard_ms = util_mono_ms();
 	s->replica_cycle = vm->last_cycle;

@@ -115,6 +115,10 @@ static const struct subcommand {
 	{ "points", VM_REQUIRED, F(OPT_JSON), 0, NULL,
 	    "points VM [--json]",
 	    "list the recovery points of a VM (replica)", NULL },
+	{ "definition", VM_REQUIRED, F(OPT_POINT), 0, NULL,
+	    "definition VM [--point ID]",
+	    "print the VM's definition (domain XML) at a point (replica)",
+	    NULL },
 	{ "failover", VM_REQUIRED, F(OPT_TEST) | F(OPT_CLEANUP) | F(OPT_START) |
 	    F(OPT_PLANNED) | F(OPT_COMMIT) | F(OPT_POINT), 0, check_failover,
 	    "failover VM --test [--point ID] [--start]\n"
@@ -178,7 +182,7 @@ usage(FILE *f, int full)
 	    "  -V, --version  show the version\n\n"
 	    "Commands:\n", CONFIG_DEFAULT_PATH);
 	for (size_t i = 0; i < NSUBCOMMANDS; i++)
-		fprintf(f, "  %-9s %s\n", subcommands[i].name,
+		fprintf(f, "  %-10s %s\n", subcommands[i].name,
 		    subcommands[i].help);
 	fprintf(f, "\nSyntax:\n");
 	for (size_t i = 0; i < NSUBCOMMANDS; i++) {

@@ -58,6 +58,9 @@
 #define LINGER_S	2		/* reading after a NACK's FIN */
 #define REPORT_S	60		/* drops are summed up this often */
 
+_Static_assert(WIRE_MAX_DEFINITION <= CAT_MAX_DEFINITION,
+    "a definition that may travel can be recorded");
+
 struct rvm {
 	struct svc	*svc;
 	struct vme	*e;		/* its entry in the VM table */
@@ -105,6 +108,7 @@ struct rsess {
 	struct wire_digest	 dig;
 	uint64_t		 nframes;
 	uint64_t		 raw_bytes;
+	int			 def_seen;	/* DEFINITION came in it */
 	ZSTD_DCtx		*dctx;
 	uint8_t			*block;
 	struct evbuffer		*batch;		/* being staged by the job */
@@ -551,6 +555,7 @@ stage_cycle(struct rsess *s, const uint8_t *p, size_t len)
 	wire_digest_init(&s->dig);
 	s->nframes = 0;
 	s->raw_bytes = 0;
+	s->def_seen = 0;
 	s->resync = (s->cycle.flags & WIRE_CYCLE_RESYNC) != 0;
 	if (s->resync) {
 		s->unit = wire_sum_unit(s->hello.block_size);
@@ -612,6 +617,31 @@ stage_data(struct rsess *s, const uint8_t *p, size_t len)
 		return job_fail(s, r == RD_ERR_NOSPACE ? WIRE_NACK_NOSPACE :
 		    r == RD_ERR_HASH ? WIRE_NACK_BAD_DATA : WIRE_NACK_IO, r,
 		    "%s", why);
+	return 0;
+}
+
+/* The VM's definition at the cut: staged with the cycle, recorded with
+ * its point. */
+static int
+stage_definition(struct rsess *s, const uint8_t *p, size_t len)
+{
+	struct wire_definition m;
+	char why[sizeof(s->err)];
+	int r;
+
+	if ((r = wire_get_definition(p, len, &m)) != 0)
+		return job_fail(s, WIRE_NACK_PROTOCOL, r, "bad DEFINITION "
+		    "frame: %s", rd_strerror(r));
+	if (s->def_seen)
+		return job_fail(s, WIRE_NACK_PROTOCOL, RD_ERR_STATE, "a second "
+		    "DEFINITION in cycle %" PRIu64, s->cycle.cycle);
+	s->def_seen = 1;
+	wire_digest_definition(&s->dig, m.xml, m.len);
+	if ((r = store_cycle_definition(s->vm->st, m.xml, m.len, why,
+	    sizeof(why))) != 0)
+		return job_fail(s, WIRE_NACK_INTERNAL, r, "%s", why);
+	log_info("%s: cycle %" PRIu64 " carries the VM's definition (%zu "
+	    "bytes)", s->vm->name, s->cycle.cycle, m.len);
 	return 0;
 }
 
@@ -917,6 +947,8 @@ job_stage(void *arg)
 			r = stage_sums(s, p, plen);
 		else if (type == WIRE_DELTA)
 			r = stage_delta(s, p, plen);
+		else if (type == WIRE_DEFINITION)
+			r = stage_definition(s, p, plen);
 		evbuffer_drain(s->batch, flen);
 	}
 	evbuffer_drain(s->batch, evbuffer_get_length(s->batch));
@@ -1529,7 +1561,9 @@ sess_read(struct bufferevent *bev, void *arg)
 		int ok = (type == WIRE_CYCLE && s->state == RS_READY) ||
 		    ((type == WIRE_DATA || type == WIRE_END ||
 		      type == WIRE_SUMS || type == WIRE_DELTA) &&
-		     s->state == RS_CYCLE);
+		     s->state == RS_CYCLE) ||
+		    (type == WIRE_DEFINITION && s->state == RS_CYCLE &&
+		     s->hello.version >= WIRE_VERSION_DEFINITION);
 		if (!ok) {
 			sess_refuse(s, WIRE_NACK_PROTOCOL, "unexpected %s frame",
 			    wire_type_name(type));

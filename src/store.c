@@ -125,6 +125,8 @@ struct store {
 	struct wbuf	 recs;
 	uint64_t	 nrec;
 	uint64_t	 raw_bytes;
+	char		*def;		/* the VM's definition it carries */
+	size_t		 def_len;
 	uint64_t	 need;		/* space its apply may take (undo,
 					   image, digests) */
 };
@@ -488,19 +490,37 @@ roll_back_orphans(struct store *st, char *err, size_t errsz)
 	return r;
 }
 
+static char *
+def_path(struct store *st)
+{
+	return xasprintf("%s/definition", st->staging);
+}
+
 static void
 remove_staging(struct store *st)
 {
 	char *ix = xasprintf("%s/index", st->staging);
 	char *data = xasprintf("%s/data", st->staging);
 	char *mark = xasprintf("%s/applied", st->staging);
+	char *def = def_path(st);
 	unlink(ix);
 	unlink(data);
 	unlink(mark);
+	unlink(def);
 	util_fsync_dir(st->staging);
 	free(ix);
 	free(data);
 	free(mark);
+	free(def);
+}
+
+/* The cycle is over (applied or abandoned): its definition goes. */
+static void
+forget_def(struct store *st)
+{
+	free(st->def);
+	st->def = NULL;
+	st->def_len = 0;
 }
 
 static int apply_index(struct store *st, const struct stage_index *ix,
@@ -839,6 +859,7 @@ store_close(struct store *st)
 	if (st->lock_fd >= 0)
 		close(st->lock_fd);
 	wb_free(&st->recs);
+	forget_def(st);
 	pthread_mutex_destroy(&st->lock);
 	pthread_mutex_destroy(&st->rel_lock);
 	pthread_mutex_destroy(&st->fix_lock);
@@ -1479,6 +1500,20 @@ store_pinned_point(struct store *st)
 }
 
 int
+store_point_definition(struct store *st, uint64_t point, char **xml)
+{
+	struct cat_rel rel;
+
+	*xml = NULL;
+	if (point == 0) {
+		store_rel(st, &rel);
+		if ((point = rel.last_point) == 0)
+			return RD_ERR_NOT_FOUND;
+	}
+	return cat_point_definition(st->cat, st->rel.vm, point, xml);
+}
+
+int
 store_drop_point(struct store *st, uint64_t id, uint64_t *freed, char *err,
     size_t errsz)
 {
@@ -1849,8 +1884,14 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 	/* An index of an earlier, abandoned cycle must be gone for good
 	 * before this one writes anything: one brought back by a crash
 	 * (its removal not synced) would have recovery check it against
-	 * this cycle's data and direct writes, and finish a mix. */
-	if (drop_index(st) != 0) {
+	 * this cycle's data and direct writes, and finish a mix.  So must
+	 * its definition (drop_index syncs the directory). */
+	char *def = def_path(st);
+	forget_def(st);
+	r = unlink(def) == 0 || errno == ENOENT ? drop_index(st) :
+	    RD_ERR_SYSTEM;
+	free(def);
+	if (r != 0) {
 		snprintf(err, errsz, "cannot clear %s: %s", st->staging,
 		    strerror(errno));
 		return io_code(RD_ERR_SYSTEM);
@@ -1967,10 +2008,27 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 	return 0;
 }
 
+int
+store_cycle_definition(struct store *st, const char *xml, size_t len,
+    char *err, size_t errsz)
+{
+	if (!st->active || len == 0 || len > CAT_MAX_DEFINITION ||
+	    memchr(xml, '\0', len) != NULL) {
+		snprintf(err, errsz, "definition out of place or invalid");
+		return RD_ERR_INVALID;
+	}
+	forget_def(st);
+	st->def = xmalloc(len);
+	memcpy(st->def, xml, len);
+	st->def_len = len;
+	return 0;
+}
+
 void
 store_cycle_abort(struct store *st)
 {
 	close_digest_fds(st);
+	forget_def(st);
 	if (!st->active)
 		return;
 	if (st->data_fd >= 0)
@@ -2207,6 +2265,37 @@ applied_mark(struct store *st, const struct stage_index *ix)
 }
 
 /*
+ * The definition staged with the cycle (.staging/definition): *def NULL
+ * if it carries none.  One that cannot be read back whole (damaged while
+ * the host was down) is left out rather than holding up the point: the
+ * cycle was never acknowledged, so the primary sends it again with its
+ * next cycle.
+ */
+static void
+staged_def(struct store *st, uint64_t cycle, uint8_t **def, size_t *len)
+{
+	char *p = def_path(st);
+	int r;
+
+	*def = NULL;
+	*len = 0;
+	r = util_read_file(p, CAT_MAX_DEFINITION, def, len);
+	if (r == 0 && (*len == 0 || memchr(*def, '\0', *len) != NULL))
+		r = RD_ERR_CORRUPT;
+	if (r != 0 && r != RD_ERR_NOT_FOUND)
+		log_warnx("%s: the VM's definition staged with cycle %" PRIu64
+		    " is unreadable (%s: %s); its point keeps the previous "
+		    "one", st->rel.vm, cycle, p, r == RD_ERR_SYSTEM ?
+		    strerror(errno) : rd_strerror(r));
+	if (r != 0) {
+		free(*def);
+		*def = NULL;
+		*len = 0;
+	}
+	free(p);
+}
+
+/*
  * Apply a complete staged cycle: undo segment (unless a complete one
  * exists from an interrupted attempt), image writes, sizes, fsync,
  * digests, catalog, staging removal.  Idempotent from any crash point.
@@ -2218,7 +2307,8 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
     struct cat_point *out, int *rolled_back, char *err, size_t errsz)
 {
 	char *upath = undo_path(st, ix->c.cycle), *data_path = NULL;
-	uint8_t *buf = NULL;
+	uint8_t *buf = NULL, *def = NULL;
+	size_t def_len = 0;
 	uint64_t undo_bytes = 0;
 	int data_fd = -1, r, may_roll_back = 0;
 	struct stat sb;
@@ -2370,12 +2460,15 @@ digests:
 	for (uint64_t k = 0; k < ix->nrec; k++)
 		out->bytes += ix->recs[k].len;
 	memcpy(out->sizes, ix->c.sizes, ix->c.ndisks * sizeof(uint64_t));
+	staged_def(st, ix->c.cycle, &def, &def_len);
 	if (st->unrecorded) {
 		struct cat_rel rel;
 		store_rel(st, &rel);
-		r = cat_point_commit_new(st->cat, &rel, out);
+		r = cat_point_commit_new(st->cat, &rel, out, (char *)def,
+		    def_len);
 	} else {
-		r = cat_point_commit(st->cat, st->rel.vm, out);
+		r = cat_point_commit(st->cat, st->rel.vm, out, (char *)def,
+		    def_len);
 	}
 	if (r == RD_ERR_EXISTS)
 		r = cat_point_by_cycle(st->cat, st->rel.vm, ix->c.cycle, out);
@@ -2423,6 +2516,7 @@ out:
 	pthread_mutex_unlock(&st->lock);
 	if (data_fd >= 0)
 		close(data_fd);
+	free(def);
 	free(buf);
 	free(data_path);
 	free(upath);
@@ -2467,6 +2561,24 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 	close(st->data_fd);
 	st->data_fd = -1;
 	st->active = 0;
+
+	/* Durable before the index: a cycle finished after a crash records
+	 * it too. */
+	if (st->def != NULL) {
+		char *dp = def_path(st);
+		if ((r = util_write_atomic(dp, st->def, st->def_len)) != 0) {
+			r = io_code(r);
+			snprintf(err, errsz, "cannot write %s: %s", dp,
+			    strerror(errno));
+		}
+		free(dp);
+		forget_def(st);
+		if (r != 0) {
+			st->active = 1;		/* so that abort cleans up */
+			store_cycle_abort(st);
+			return r;
+		}
+	}
 
 	wb_init(&b);
 	index_encode(st, &b);

@@ -52,6 +52,7 @@ struct tracker {
 	uint8_t		*buf;		/* TRK_CHUNK bytes */
 	struct digest	 zero_digest;	/* of one whole zero block */
 	struct trk_stats stats;
+	char		*test_def;	/* REPLICAD_TEST_DEFINITION's text */
 };
 
 /* --- dirty ranges --------------------------------------------------------- */
@@ -228,6 +229,7 @@ trk_close(struct tracker *t)
 	free(t->buf);
 	free(t->dir);
 	free(t->vm);
+	free(t->test_def);
 	free(t);
 }
 
@@ -318,6 +320,30 @@ trk_proven(const struct tracker *t, uint64_t replica_cycle)
 
 /* --- the cut ---------------------------------------------------------------- */
 
+/*
+ * For tests only: a backend that captures no definition (all but
+ * libvirt) reports the text of the file REPLICAD_TEST_DEFINITION names
+ * as it is at each cut, so that the system tests can make definitions
+ * travel without libvirt.  Unset, as in production, nothing happens.
+ */
+static void
+test_definition(struct tracker *t)
+{
+	const char *path = getenv("REPLICAD_TEST_DEFINITION");
+	uint8_t *data = NULL;
+	size_t len = 0;
+
+	free(t->test_def);
+	t->test_def = NULL;
+	if (path == NULL || t->be->definition != NULL ||
+	    util_read_file(path, 4u << 20, &data, &len) != 0)
+		return;
+	t->test_def = xmalloc(len + 1);
+	memcpy(t->test_def, data, len);
+	t->test_def[len] = '\0';
+	free(data);
+}
+
 static int
 begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle, int mode,
     uint64_t *sizes, char *err, size_t errsz)
@@ -356,6 +382,7 @@ begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle, int mode,
 	if ((r = t->be->cut(t->bs, cycle, since, sizes, t->dirty, err,
 	    errsz)) != 0)
 		return r;
+	test_definition(t);
 	for (size_t i = 0; i < t->ndisks; i++) {
 		struct trk_disk *d = &t->disks[i];
 		struct trk_dirty *dy = &t->dirty[i];
@@ -603,7 +630,7 @@ trk_thaw(struct tracker *t)
 const char *
 trk_definition(const struct tracker *t)
 {
-	return t->be->definition ? t->be->definition(t->bs) : NULL;
+	return t->be->definition ? t->be->definition(t->bs) : t->test_def;
 }
 
 void

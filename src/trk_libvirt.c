@@ -454,7 +454,7 @@ view_dir(struct lv *s, char *err, size_t errsz)
 	gid_t gid = 0;
 	struct stat sb;
 	char *live = virDomainGetXMLDesc(s->dom, 0);
-	char *top = xasprintf("%s/libvirt", s->state_dir);
+	char *top = lay_libvirt_top(s->state_dir);
 	int r = 0;
 
 	if (live == NULL) {
@@ -495,7 +495,8 @@ view_dir(struct lv *s, char *err, size_t errsz)
 	/* What a job of an earlier run left. */
 	unlink(s->sock);
 	for (size_t i = 0; i < s->ndisks; i++) {
-		char *f = xasprintf("%s/%s.scratch", s->dir, s->disks[i].target);
+		char *f = lay_libvirt_scratch(s->state_dir, s->vm,
+		    s->disks[i].target);
 		unlink(f);
 		free(f);
 	}
@@ -537,8 +538,10 @@ backup_xml(struct lv *s, const struct virt_disk *all, size_t nall)
 			ADD(" backupmode='incremental' incremental='%s'", ckpt);
 		else
 			ADD(" backupmode='full'");
-		ADD("><scratch file='%s/%s.scratch'/></disk>", s->dir,
+		char *scratch = lay_libvirt_scratch(s->state_dir, s->vm,
 		    d->target);
+		ADD("><scratch file='%s'/></disk>", scratch);
+		free(scratch);
 	}
 	ADD("</disks></domainbackup>");
 	return x;
@@ -802,7 +805,7 @@ lv_open(const struct cfg_vm *vm, const char *state_dir, void **state,
 	    CONFIG_DEFAULT_LIBVIRT_URI);
 	s->state_dir = xstrdup(state_dir);
 	s->dir = lay_libvirt_dir(state_dir, vm->name);
-	s->sock = xasprintf("%s/nbd.sock", s->dir);
+	s->sock = lay_libvirt_socket(state_dir, vm->name);
 	s->state_path = lay_libvirt_state(state_dir, vm->name);
 	s->ndisks = vm->ndisks;
 	s->disks = xcalloc(vm->ndisks, sizeof(*s->disks));
@@ -1128,15 +1131,15 @@ lv_check(const struct cfg_vm *vm, const char *state_dir, char *err,
     size_t errsz)
 {
 	struct sockaddr_un sun;
-	char *dir = lay_libvirt_dir(state_dir, vm->name);
-	size_t len = strlen(dir) + strlen("/nbd.sock");
-	free(dir);
-	if (len >= sizeof(sun.sun_path)) {
-		snprintf(err, errsz, "the NBD socket's path under %s would be "
-		    "longer than %zu bytes: choose a shorter state_dir",
-		    state_dir, sizeof(sun.sun_path) - 1);
+	char *sock = lay_libvirt_socket(state_dir, vm->name);
+	if (strlen(sock) >= sizeof(sun.sun_path)) {
+		snprintf(err, errsz, "NBD socket path %s is longer than %zu "
+		    "bytes: choose a shorter state_dir", sock,
+		    sizeof(sun.sun_path) - 1);
+		free(sock);
 		return RD_ERR_TOO_LARGE;
 	}
+	free(sock);
 	virConnectPtr c = virt_open(vm->libvirt_uri, err, errsz);
 	virDomainPtr dom = NULL;
 	if (c == NULL)

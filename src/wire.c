@@ -45,7 +45,7 @@ frame_end(struct wbuf *b, size_t start, size_t extra)
 static int
 valid_type(uint8_t type)
 {
-	return type >= WIRE_HELLO && type <= WIRE_KEEPALIVE;
+	return type >= WIRE_HELLO && type <= WIRE_DEFINITION;
 }
 
 int
@@ -702,6 +702,45 @@ out:
 	return r;
 }
 
+int
+wire_definition_check(const char *xml, size_t len)
+{
+	if (len == 0)
+		return RD_ERR_INVALID;
+	if (len > WIRE_MAX_DEFINITION)
+		return RD_ERR_TOO_LARGE;
+	/* It is stored as text and printed to an operator's terminal. */
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)xml[i];
+		if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
+			return RD_ERR_INVALID;
+	}
+	return 0;
+}
+
+void
+wire_put_definition(struct wbuf *b, const char *xml, size_t len)
+{
+	if (wire_definition_check(xml, len) != 0)
+		fatalx("wire: DEFINITION of %zu bytes that may not travel", len);
+	size_t start = frame_begin(b, WIRE_DEFINITION);
+	wb_put_bytes(b, xml, len);
+	frame_end(b, start, 0);
+}
+
+int
+wire_get_definition(const uint8_t *p, size_t len, struct wire_definition *m)
+{
+	int r;
+
+	memset(m, 0, sizeof(*m));
+	if ((r = wire_definition_check((const char *)p, len)) != 0)
+		return r;
+	m->xml = (const char *)p;
+	m->len = len;
+	return 0;
+}
+
 /* --- DATA in its session --------------------------------------------- */
 
 int
@@ -872,6 +911,17 @@ wire_digest_update(struct wire_digest *d, const struct wire_data *m)
 	(void)XXH3_128bits_update(d->st, b, sizeof(b));
 }
 
+/* As the header of a DATA frame no disk can have (wire.h). */
+void
+wire_digest_definition(struct wire_digest *d, const char *xml, size_t len)
+{
+	struct wire_data as = { .disk = WIRE_DIGEST_DEFINITION,
+	    .length = (uint32_t)len };
+
+	digest_block(xml, len, &as.hash);
+	wire_digest_update(d, &as);
+}
+
 void
 wire_digest_final(struct wire_digest *d, struct digest *out)
 {
@@ -901,6 +951,7 @@ wire_type_name(uint8_t type)
 	case WIRE_PROMOTE:	return "promote";
 	case WIRE_PROMOTED:	return "promoted";
 	case WIRE_KEEPALIVE:	return "keepalive";
+	case WIRE_DEFINITION:	return "definition";
 	}
 	return "unknown";
 }

@@ -2,9 +2,9 @@
  * fuzz_wire.c — libFuzzer harness for the replication protocol decoders.
  *
  * Input: one selector byte, then a frame payload.  The selector's low
- * four bits pick the decoder (1..14 are the frame types, so a corpus file
- * is a frame without its u32 length; 0 and 15 run no decoder).  The
- * first five bytes also go through wire_frame_header().
+ * four bits pick the decoder (1..15 are the frame types, so a corpus file
+ * is a frame without its u32 length; 0 runs no decoder).  The first five
+ * bytes also go through wire_frame_header().
  *
  * Beyond "no crash, no leak", it checks properties and aborts when one
  * fails: what decodes re-encodes to the same bytes and honours the
@@ -214,6 +214,31 @@ fuzz_delta(const uint8_t *p, size_t len, struct wbuf *wb)
 	wire_digest_free(&d);
 }
 
+/* A DEFINITION: the text is the payload, as wire.h bounds it. */
+static void
+fuzz_definition(const uint8_t *p, size_t len, struct wbuf *wb)
+{
+	struct wire_definition m;
+	struct wire_digest d = { 0 };
+	struct digest dg;
+
+	if (wire_get_definition(p, len, &m) != 0)
+		return;
+	if (m.xml != (const char *)p || m.len != len || len == 0 ||
+	    len > WIRE_MAX_DEFINITION || memchr(p, '\0', len) != NULL)
+		abort();
+	for (size_t i = 0; i < len; i++)
+		if (p[i] < 0x20 && p[i] != '\t' && p[i] != '\n' &&
+		    p[i] != '\r')
+			abort();
+	wire_put_definition(wb, m.xml, m.len);
+	same_frame(wb, WIRE_DEFINITION, p, len);
+	wire_digest_init(&d);
+	wire_digest_definition(&d, m.xml, m.len);
+	wire_digest_final(&d, &dg);
+	wire_digest_free(&d);
+}
+
 static void
 fuzz_promote(const uint8_t *p, size_t len, struct wbuf *wb)
 {
@@ -344,6 +369,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			wire_put_keepalive(&wb, &m.k);
 			same_frame(&wb, type, p, len);
 		}
+		break;
+	case WIRE_DEFINITION:
+		fuzz_definition(p, len, &wb);
 		break;
 	default:
 		break;

@@ -370,8 +370,8 @@ def test_malformed_frames(env):
     cases.run("HELLO of protocol version 1", refused,
               raw_after_tls(wp.hello(VM, pair.disk_list(), version=1)),
               nack=wp.NACK_PROTOCOL, log=("session refused", "bad HELLO"))
-    cases.run("HELLO of protocol version 4 (newer than the replica)", refused,
-              raw_after_tls(wp.hello(VM, pair.disk_list(), version=4)),
+    cases.run("HELLO of protocol version 5 (newer than the replica)", refused,
+              raw_after_tls(wp.hello(VM, pair.disk_list(), version=wp.VERSION_CURRENT + 1)),
               nack=wp.NACK_PROTOCOL, log=("session refused", "bad HELLO"))
     cases.run("HELLO with trailing bytes", refused,
               raw_after_tls(wp.frame(wp.HELLO, wp.hello(VM, pair.disk_list())[5:] + b"\0")),

@@ -161,7 +161,7 @@ def test_version2_replica_slow_apply(env):
     fake = FakeReplica(env, rep.port)
 
     def script(conn, hello, res):
-        check(hello["version"] == 3, "HELLO version %d" % hello["version"])
+        check(hello["version"] == wp.VERSION_CURRENT, "HELLO version %d" % hello["version"])
         conn.send(wp.welcome(hello["generation"], version=2))
         while True:
             fr = conn.recv_frame(20)

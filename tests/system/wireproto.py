@@ -1,5 +1,5 @@
 """A hand-driven peer for hostile-input tests: encoders and decoders of the
-replication protocol v2 (include/wire.h) and of the control protocol v1
+replication protocol v2 to v4 (include/wire.h) and of the control protocol v1
 (include/ctl.h), plus small TLS / UNIX-socket clients.  Stdlib only.
 
 Everything here builds frames byte by byte from the layouts documented in
@@ -22,7 +22,11 @@ import time
 # --- wire.h constants ------------------------------------------------------
 
 MAGIC = 0x52504C44          # "RPLD"
-VERSION = 2
+VERSION = 2                 # what hello() and welcome() say by default
+VERSION_CURRENT = 4         # WIRE_VERSION: what a primary offers
+VERSION_DEFINITION = 4      # first version with DEFINITION
+MAX_DEFINITION = 1 << 20
+DIGEST_DEFINITION = 0xFFFF  # its disk index in the END digest
 MIN_BLOCK = 4 << 10
 MAX_BLOCK = 4 << 20
 MAX_DISKS = 64
@@ -43,10 +47,12 @@ FRAME_HDR = 5
 HELLO, WELCOME, CYCLE, DATA, END, ACK, NACK = 1, 2, 3, 4, 5, 6, 7
 SUMS, SIG, SIGEND, DELTA, PROMOTE, PROMOTED = 8, 9, 10, 11, 12, 13
 KEEPALIVE = 14
+DEFINITION = 15
 TYPE_NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", CYCLE: "CYCLE", DATA: "DATA",
               END: "END", ACK: "ACK", NACK: "NACK", SUMS: "SUMS", SIG: "SIG",
               SIGEND: "SIGEND", DELTA: "DELTA", PROMOTE: "PROMOTE",
-              PROMOTED: "PROMOTED", KEEPALIVE: "KEEPALIVE"}
+              PROMOTED: "PROMOTED", KEEPALIVE: "KEEPALIVE",
+              DEFINITION: "DEFINITION"}
 KEEPALIVE_APPLYING = 0x01
 
 ENC_RAW, ENC_ZSTD, ENC_ZERO = 0, 1, 2
@@ -112,6 +118,12 @@ class CycleDigest:
         self.nframes += 1
         self.raw_bytes += length
 
+    def add_definition(self, xml):
+        """A DEFINITION: counted as the header of a DATA frame of disk
+        0xFFFF, offset 0, the text's length and hash; not in nframes or
+        raw_bytes."""
+        self.parts.append(struct.pack(">HQI", DIGEST_DEFINITION, 0, len(xml)) + xxh128(xml))
+
     def final(self):
         return xxh128(b"".join(self.parts))
 
@@ -175,6 +187,14 @@ def end(cycle_id, nframes, raw_bytes, digest16):
 def end_of(cycle_id, digest):
     """The END frame matching a CycleDigest."""
     return end(cycle_id, digest.nframes, digest.raw_bytes, digest.final())
+
+
+def definition(xml, digest=None):
+    """DEFINITION: the payload is the text (bytes) itself.  If digest (a
+    CycleDigest) is given, the frame is recorded in it."""
+    if digest is not None:
+        digest.add_definition(xml)
+    return frame(DEFINITION, xml)
 
 
 def ack(cycle_id, point):

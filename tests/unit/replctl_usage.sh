@@ -89,6 +89,9 @@ expect_usage -s "$SOCK" reverse web01 --to host:1 --name ''
 expect_usage -s "$SOCK" sync web01 --name host
 expect_usage -s "$SOCK" sync web01 --json
 expect_usage -s "$SOCK" sync web01 --wait=yes
+expect_usage -s "$SOCK" definition
+expect_usage -s "$SOCK" definition web01 --json
+expect_usage -s "$SOCK" definition web01 --point 0
 expect_usage -x status
 expect 2 'invalid VM name' -s "$SOCK" sync a/b
 expect 2 'invalid point ID' -s "$SOCK" verify web01 --point x
@@ -115,6 +118,8 @@ expect 3 'cannot reach' -s "$SOCK" resync web01 --wait
 expect 3 'cannot reach' -s "$SOCK" failover web01 --commit
 expect 3 'cannot reach' -s "$SOCK" forget web01 --point 18446744073709551615
 expect 3 'cannot reach' -s "$SOCK" prune --dry-run
+expect 3 'cannot reach' -s "$SOCK" definition web01
+expect 3 'cannot reach' -s "$SOCK" definition web01 --point 7
 expect 3 'cannot reach' -s "$SOCK" failover web01 --test --start
 expect 3 'cannot reach' -s "$SOCK" failover web01 --start --test --point 4
 
@@ -182,6 +187,7 @@ for h in -h --help; do
 	if "$REPLCTL" $h >"$TMP/out" 2>"$TMP/err" &&
 	    grep -q '^usage: replctl' "$TMP/out" &&
 	    grep -q 'failover VM --test --cleanup' "$TMP/out" &&
+	    grep -q 'definition VM \[--point ID\]' "$TMP/out" &&
 	    grep -q 'discover \[--uri URI\]' "$TMP/out" &&
 	    grep -q '3 cannot reach replicad' "$TMP/out" &&
 	    [ ! -s "$TMP/err" ]; then

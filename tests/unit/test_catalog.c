@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdatomic.h>
@@ -182,7 +183,7 @@ commit_ok(struct catalog *cat, const char *vm, uint64_t cycle,
 	struct cat_point p;
 
 	make_point(&p, cycle, 2);
-	assert_int_equal(cat_point_commit(cat, vm, &p), 0);
+	assert_int_equal(cat_point_commit(cat, vm, &p, NULL, 0), 0);
 	assert_int_equal(p.id, want_id);
 }
 
@@ -492,7 +493,7 @@ test_point_commit_sequence(void **state)
 	for (uint64_t c = 10; c < 13; c++) {
 		make_point(&p, c, 3);	/* a third size: no such disk */
 		p.id = 999;		/* ignored, assigned */
-		assert_int_equal(cat_point_commit(cat, "web01", &p), 0);
+		assert_int_equal(cat_point_commit(cat, "web01", &p, NULL, 0), 0);
 		assert_int_equal(p.id, c - 9);
 
 		assert_int_equal(cat_rel_get(cat, "web01", &got), 0);
@@ -528,7 +529,7 @@ test_point_duplicate_cycle(void **state)
 	p.sizes[0] = 1;
 	p.created_ms = 42;
 	p.id = 77;
-	assert_int_equal(cat_point_commit(cat, "web01", &p), RD_ERR_EXISTS);
+	assert_int_equal(cat_point_commit(cat, "web01", &p, NULL, 0), RD_ERR_EXISTS);
 	assert_int_equal(p.id, 77);
 	assert_int_equal(count_points(f, "web01"), 2);
 	assert_int_equal(cat_rel_get(cat, "web01", &after), 0);
@@ -551,7 +552,7 @@ test_point_unknown_vm(void **state)
 	struct cat_rel rel;
 
 	make_point(&p, 1, 1);
-	assert_int_equal(cat_point_commit(cat, "ghost", &p), RD_ERR_NOT_FOUND);
+	assert_int_equal(cat_point_commit(cat, "ghost", &p, NULL, 0), RD_ERR_NOT_FOUND);
 	assert_int_equal(count_points(f, "ghost"), 0);
 	assert_int_equal(cat_rel_get(cat, "ghost", &rel), RD_ERR_NOT_FOUND);
 	cat_close(cat);
@@ -577,7 +578,7 @@ test_point_get_list(void **state)
 		make_point(&want[i], 100 + (uint64_t)i * 10, i + 1);
 		want[i].bytes = UINT64_MAX - (uint64_t)i;
 		want[i].generation = UINT64_MAX;
-		assert_int_equal(cat_point_commit(cat, "web01", &want[i]), 0);
+		assert_int_equal(cat_point_commit(cat, "web01", &want[i], NULL, 0), 0);
 	}
 	assert_int_equal(cat_point_get(cat, "web01", 2, &got), 0);
 	assert_memory_equal(&got, &want[1], sizeof(got));
@@ -825,10 +826,10 @@ test_bad_input(void **state)
 	assert_int_equal(cat_rel_put(cat, &rel), 0);
 	make_point(&p, 1, 1);
 	p.ndisks = CAT_MAX_DISKS + 1;
-	assert_int_equal(cat_point_commit(cat, "web01", &p), RD_ERR_INVALID);
+	assert_int_equal(cat_point_commit(cat, "web01", &p, NULL, 0), RD_ERR_INVALID);
 	make_point(&p, 1, 1);
 	p.kind = (enum cat_kind)3;
-	assert_int_equal(cat_point_commit(cat, "web01", &p), RD_ERR_INVALID);
+	assert_int_equal(cat_point_commit(cat, "web01", &p, NULL, 0), RD_ERR_INVALID);
 	assert_int_equal(count_points(f, "web01"), 0);
 	cat_close(cat);
 }
@@ -895,7 +896,7 @@ writer_main(void *arg)
 		return NULL;
 	for (uint64_t i = 1; i <= THREAD_POINTS; i++) {
 		make_point(&p, 1000 + i, 2);
-		if ((w->r = cat_point_commit(cat, w->vm, &p)) != 0)
+		if ((w->r = cat_point_commit(cat, w->vm, &p, NULL, 0)) != 0)
 			break;
 		if (p.id != i) {
 			w->bad_id = p.id;
@@ -1008,6 +1009,288 @@ test_threads_own_connection(void **state)
 	run_writers(*state, 0);
 }
 
+/* --- definitions ---------------------------------------------------------- */
+
+#define DEF_A	"<domain type='kvm'>\n  <name>web01</name>\n</domain>\n"
+#define DEF_B	"<domain type='kvm'>\n  <name>web01</name>\n  " \
+		"<memory unit='GiB'>4</memory>\n</domain>\n"
+
+/* The id the catalog must give a text: its hex SHA-256. */
+static void
+sha256_hex(const char *text, char out[CAT_DEF_ID_LEN + 1])
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+
+	assert_int_equal(EVP_Digest(text, strlen(text), md, &n, EVP_sha256(),
+	    NULL), 1);
+	assert_int_equal(n, 32);
+	for (unsigned int i = 0; i < n; i++)
+		snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static void
+commit_def(struct catalog *cat, const char *vm, uint64_t cycle,
+    const char *def, uint64_t want_id, const char *want_def)
+{
+	struct cat_point p, got;
+	char id[CAT_DEF_ID_LEN + 1] = "";
+
+	make_point(&p, cycle, 2);
+	assert_int_equal(cat_point_commit(cat, vm, &p, def, def ? strlen(def) :
+	    0), 0);
+	assert_int_equal(p.id, want_id);
+	if (want_def != NULL)
+		sha256_hex(want_def, id);
+	assert_string_equal(p.definition, id);
+	assert_int_equal(cat_point_get(cat, vm, want_id, &got), 0);
+	assert_string_equal(got.definition, id);
+}
+
+/* Point id of vm has the text want (NULL: none). */
+static void
+assert_def(struct catalog *cat, const char *vm, uint64_t id, const char *want)
+{
+	char *xml = (char *)1;
+
+	if (want == NULL) {
+		assert_int_equal(cat_point_definition(cat, vm, id, &xml),
+		    RD_ERR_NOT_FOUND);
+		assert_null(xml);
+		return;
+	}
+	assert_int_equal(cat_point_definition(cat, vm, id, &xml), 0);
+	assert_string_equal(xml, want);
+	free(xml);
+}
+
+static int64_t
+count_defs(const struct fixture *f, const char *vm)
+{
+	sqlite3 *db = raw_open(f);
+	int64_t n = raw_int(db, "SELECT count(*) FROM definitions WHERE vm = "
+	    "?1", vm);
+
+	sqlite3_close(db);
+	return n;
+}
+
+/*
+ * Each point carries a definition: the one its cycle brought, else the
+ * newest point's before it.  Each text is stored once per VM.
+ */
+static void
+test_definitions_inherited_and_shared(void **state)
+{
+	struct fixture *f = *state;
+	struct catalog *cat = open_cat(f);
+	struct cat_rel rel;
+	struct cat_point *pts = NULL;
+	size_t n = 0;
+
+	make_rel(&rel, "web01", 2);
+	assert_int_equal(cat_rel_put(cat, &rel), 0);
+	make_rel(&rel, "db01", 2);
+	assert_int_equal(cat_rel_put(cat, &rel), 0);
+	/* A VM whose tracker sends none: its points have none. */
+	commit_def(cat, "db01", 1, NULL, 1, NULL);
+	assert_def(cat, "db01", 1, NULL);
+	commit_def(cat, "web01", 10, NULL, 1, NULL);
+	commit_def(cat, "web01", 11, DEF_A, 2, DEF_A);
+	commit_def(cat, "web01", 12, NULL, 3, DEF_A);
+	commit_def(cat, "web01", 13, DEF_B, 4, DEF_B);
+	commit_def(cat, "web01", 14, NULL, 5, DEF_B);
+	commit_def(cat, "web01", 15, DEF_A, 6, DEF_A);	/* sent again */
+	commit_def(cat, "web01", 16, DEF_A, 7, DEF_A);	/* a restart */
+	/* Another VM with the same text has its own copy. */
+	commit_def(cat, "db01", 2, DEF_A, 2, DEF_A);
+	assert_int_equal(count_defs(f, "web01"), 2);
+	assert_int_equal(count_defs(f, "db01"), 1);
+
+	assert_def(cat, "web01", 1, NULL);
+	assert_def(cat, "web01", 2, DEF_A);
+	assert_def(cat, "web01", 3, DEF_A);
+	assert_def(cat, "web01", 4, DEF_B);
+	assert_def(cat, "web01", 5, DEF_B);
+	assert_def(cat, "web01", 6, DEF_A);
+	assert_def(cat, "web01", 99, NULL);
+	assert_def(cat, "ghost", 1, NULL);
+
+	assert_int_equal(cat_point_list(cat, "web01", &pts, &n), 0);
+	assert_int_equal(n, 7);
+	assert_string_equal(pts[0].definition, "");
+	assert_string_equal(pts[1].definition, pts[2].definition);
+	assert_string_equal(pts[3].definition, pts[4].definition);
+	assert_string_equal(pts[1].definition, pts[5].definition);
+	assert_string_not_equal(pts[1].definition, pts[3].definition);
+	free(pts);
+
+	/* Read back after a reopen. */
+	cat_close(cat);
+	cat = open_cat(f);
+	assert_def(cat, "web01", 5, DEF_B);
+	cat_close(cat);
+}
+
+/*
+ * Dropping points (prune, forget, a failover's trim) keeps the
+ * definitions of the points left exactly, and drops a text no point
+ * carries any more, in the same transaction.
+ */
+static void
+test_definitions_follow_drops(void **state)
+{
+	struct fixture *f = *state;
+	struct catalog *cat = open_cat(f);
+	struct cat_rel rel;
+
+	make_rel(&rel, "web01", 2);
+	assert_int_equal(cat_rel_put(cat, &rel), 0);
+	commit_def(cat, "web01", 1, DEF_A, 1, DEF_A);
+	commit_def(cat, "web01", 2, DEF_B, 2, DEF_B);	/* B changes here */
+	commit_def(cat, "web01", 3, NULL, 3, DEF_B);
+	commit_def(cat, "web01", 4, DEF_A, 4, DEF_A);
+	commit_def(cat, "web01", 5, NULL, 5, DEF_A);
+
+	/* The point where B came is merged away: 3 keeps it. */
+	assert_int_equal(cat_point_drop(cat, "web01", 2, 3, 1, 100), 0);
+	assert_def(cat, "web01", 3, DEF_B);
+	assert_int_equal(count_defs(f, "web01"), 2);
+	/* The last point with B goes, and B with it. */
+	assert_int_equal(cat_point_drop(cat, "web01", 3, 4, 1, 100), 0);
+	assert_int_equal(count_defs(f, "web01"), 1);
+	assert_def(cat, "web01", 4, DEF_A);
+	/* A failed drop changes nothing. */
+	assert_int_equal(cat_point_drop(cat, "web01", 9, 4, 1, 1),
+	    RD_ERR_NOT_FOUND);
+	assert_int_equal(count_defs(f, "web01"), 1);
+	/* A new point without one inherits the newest's, whatever was
+	 * dropped before it. */
+	commit_def(cat, "web01", 6, NULL, 6, DEF_A);
+	commit_def(cat, "web01", 7, DEF_B, 7, DEF_B);
+
+	/* A failover's trim: points after 5 go, B with them. */
+	assert_int_equal(cat_rel_get(cat, "web01", &rel), 0);
+	assert_int_equal(cat_rel_put_trim(cat, &rel, 5), 0);
+	assert_int_equal(count_points(f, "web01"), 3);
+	assert_int_equal(count_defs(f, "web01"), 1);
+	assert_def(cat, "web01", 1, DEF_A);
+	assert_def(cat, "web01", 5, DEF_A);
+	/* ... and the next point inherits point 5's. */
+	commit_def(cat, "web01", 8, NULL, 8, DEF_A);
+	/* All of them: nothing left. */
+	assert_int_equal(cat_rel_put_trim(cat, &rel, 0), 0);
+	assert_int_equal(count_defs(f, "web01"), 0);
+	commit_def(cat, "web01", 9, NULL, 9, NULL);
+	cat_close(cat);
+}
+
+static void
+test_definitions_refused(void **state)
+{
+	struct fixture *f = *state;
+	struct catalog *cat = open_cat(f);
+	struct cat_rel rel;
+	struct cat_point p;
+	char *big = malloc(CAT_MAX_DEFINITION + 2);
+	sqlite3 *db;
+
+	assert_non_null(big);
+	make_rel(&rel, "web01", 2);
+	assert_int_equal(cat_rel_put(cat, &rel), 0);
+	make_point(&p, 1, 2);
+	assert_int_equal(cat_point_commit(cat, "web01", &p, "<a>\0</a>", 8),
+	    RD_ERR_INVALID);
+	assert_int_equal(cat_point_commit(cat, "web01", &p, "", 0),
+	    RD_ERR_INVALID);
+	memset(big, 'x', CAT_MAX_DEFINITION + 1);
+	big[CAT_MAX_DEFINITION + 1] = '\0';
+	assert_int_equal(cat_point_commit(cat, "web01", &p, big,
+	    CAT_MAX_DEFINITION + 1), RD_ERR_INVALID);
+	assert_int_equal(count_points(f, "web01"), 0);
+	assert_int_equal(count_defs(f, "web01"), 0);
+	/* The largest one is kept whole. */
+	big[CAT_MAX_DEFINITION] = '\0';
+	commit_def(cat, "web01", 1, big, 1, big);
+	assert_def(cat, "web01", 1, big);
+	/* A duplicate cycle stores nothing either. */
+	make_point(&p, 1, 2);
+	assert_int_equal(cat_point_commit(cat, "web01", &p, DEF_B,
+	    strlen(DEF_B)), RD_ERR_EXISTS);
+	assert_int_equal(count_defs(f, "web01"), 1);
+	/* A first point of a new relationship, with its definition. */
+	make_rel(&rel, "new01", 2);
+	make_point(&p, 1, 2);
+	assert_int_equal(cat_point_commit_new(cat, &rel, &p, DEF_B,
+	    strlen(DEF_B)), 0);
+	assert_def(cat, "new01", 1, DEF_B);
+
+	/* Damage behind the catalog's back is refused, not served. */
+	db = raw_open(f);
+	raw_update(db, "UPDATE definitions SET xml = ?1 WHERE vm = ?2",
+	    DEF_A, "new01");
+	sqlite3_close(db);
+	char *xml = NULL;
+	assert_int_equal(cat_point_definition(cat, "new01", 1, &xml),
+	    RD_ERR_CORRUPT);
+	assert_null(xml);
+	db = raw_open(f);
+	raw_update(db, "UPDATE points SET definition = ?1 WHERE vm = ?2",
+	    "../../etc/passwd", "new01");
+	sqlite3_close(db);
+	assert_int_equal(cat_point_get(cat, "new01", 1, &p), RD_ERR_CORRUPT);
+	assert_int_equal(cat_point_definition(cat, "new01", 1, &xml),
+	    RD_ERR_CORRUPT);
+	free(big);
+	cat_close(cat);
+}
+
+/*
+ * A catalog of schema version 4 (before definitions) is migrated at
+ * open: its points keep everything and carry no definition, and the
+ * next ones can.  The old file is made from a new one by undoing what
+ * the migration adds.
+ */
+static void
+test_migrate_from_v4(void **state)
+{
+	struct fixture *f = *state;
+	struct catalog *cat = open_cat(f);
+	struct cat_rel rel;
+	struct cat_point p;
+	sqlite3 *db;
+
+	make_rel(&rel, "web01", 2);
+	assert_int_equal(cat_rel_put(cat, &rel), 0);
+	commit_ok(cat, "web01", 1, 1);
+	commit_ok(cat, "web01", 2, 2);
+	cat_close(cat);
+	db = raw_open(f);
+	raw_exec(db, "DROP INDEX points_definition; "
+	    "ALTER TABLE points DROP COLUMN definition; "
+	    "DROP TABLE definitions; PRAGMA user_version = 4");
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_schema "
+	    "WHERE name = 'definitions'", NULL), 0);
+	sqlite3_close(db);
+
+	cat = open_cat(f);
+	db = raw_open(f);
+	assert_int_equal(raw_int(db, "PRAGMA user_version", NULL),
+	    CAT_SCHEMA_VERSION);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM points WHERE "
+	    "definition IS NULL", NULL), 2);
+	sqlite3_close(db);
+	assert_int_equal(cat_point_get(cat, "web01", 2, &p), 0);
+	assert_int_equal(p.cycle, 2);
+	assert_int_equal(p.bytes, 2 * 4096);
+	assert_string_equal(p.definition, "");
+	assert_def(cat, "web01", 2, NULL);
+	commit_def(cat, "web01", 3, NULL, 3, NULL);
+	commit_def(cat, "web01", 4, DEF_A, 4, DEF_A);
+	commit_def(cat, "web01", 5, NULL, 5, DEF_A);
+	cat_close(cat);
+}
+
 int
 main(void)
 {
@@ -1051,6 +1334,14 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_threads_own_connection,
 		    setup, teardown),
+		cmocka_unit_test_setup_teardown(
+		    test_definitions_inherited_and_shared, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_definitions_follow_drops,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_definitions_refused,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_from_v4, setup,
+		    teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

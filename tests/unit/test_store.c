@@ -450,6 +450,24 @@ assert_no_point(struct fixture *f, uint64_t id, uint64_t newest)
 	}
 }
 
+/* store_point_definition() of point id (0: newest) is want (NULL: none). */
+static void
+assert_store_def(struct fixture *f, uint64_t id, const char *want)
+{
+	char *xml = NULL;
+
+	if (want == NULL) {
+		assert_int_equal(store_point_definition(f->st, id, &xml),
+		    RD_ERR_NOT_FOUND);
+		assert_null(xml);
+		return;
+	}
+	assert_int_equal(store_point_definition(f->st, id, &xml), 0);
+	assert_non_null(xml);
+	assert_string_equal(xml, want);
+	free(xml);
+}
+
 /* Rebuild point id into test/ and compare with want. */
 static void
 assert_test_copy(struct fixture *f, uint64_t id, uint64_t want_id,
@@ -890,6 +908,80 @@ test_verify(void **state)
 	assert_non_null(strstr(err, "block 6 "));
 	for (int k = 0; k < 3; k++)
 		model_free(&m[k]);
+}
+
+/*
+ * The definition a cycle carries is recorded with its point, a cycle
+ * without one gives its point the previous point's, and dropping points
+ * keeps those of the points left.  An abandoned cycle's definition goes
+ * with it: the next cycle does not pick it up.
+ */
+static void
+test_definitions(void **state)
+{
+	struct fixture *f = *state;
+	static const char def_a[] = "<domain><name>web01</name></domain>";
+	static const char def_b[] = "<domain><name>web01</name>"
+	    "<vcpu>4</vcpu></domain>";
+	struct model cur = { 0 };
+	struct cat_point pt;
+	char err[512] = "", dir[400];
+	uint64_t freed;
+
+	open_store(f);
+	assert_store_def(f, 0, NULL);		/* no point yet */
+	run_cycle(f->st, &cyc1, &cur, &pt);
+	assert_store_def(f, 0, NULL);		/* a point without one */
+	assert_string_equal(pt.definition, "");
+
+	stage_cycle(f->st, &cyc2);
+	assert_int_equal(store_cycle_definition(f->st, def_a, strlen(def_a),
+	    err, sizeof(err)), 0);
+	/* Given twice, the last one counts. */
+	assert_int_equal(store_cycle_definition(f->st, def_b, strlen(def_b),
+	    err, sizeof(err)), 0);
+	assert_int_equal(store_cycle_definition(f->st, "a\0b", 3, err,
+	    sizeof(err)), RD_ERR_INVALID);
+	assert_int_equal(store_cycle_commit(f->st, &pt, err, sizeof(err)), 0);
+	model_apply(&cur, &cyc2);
+	assert_int_equal(pt.id, 2);
+	assert_int_equal(strlen(pt.definition), CAT_DEF_ID_LEN);
+	assert_store_def(f, 2, def_b);
+	assert_store_def(f, 0, def_b);
+	assert_staging_empty(f);
+
+	/* An abandoned cycle with a definition leaves nothing behind. */
+	stage_cycle(f->st, &cyc3);
+	assert_int_equal(store_cycle_definition(f->st, def_a, strlen(def_a),
+	    err, sizeof(err)), 0);
+	store_cycle_abort(f->st);
+	assert_staging_empty(f);
+	/* Outside a cycle there is nothing to attach it to. */
+	assert_int_equal(store_cycle_definition(f->st, def_a, strlen(def_a),
+	    err, sizeof(err)), RD_ERR_INVALID);
+	/* A stale staged definition (left by a crash) is not taken for the
+	 * next cycle's. */
+	snprintf(dir, sizeof(dir), "%s/.staging/definition", f->vmdir);
+	assert_int_equal(util_write_atomic(dir, def_a, strlen(def_a)), 0);
+	run_cycle(f->st, &cyc3, &cur, &pt);
+	assert_int_equal(pt.id, 3);
+	assert_store_def(f, 3, def_b);		/* inherited */
+	assert_store_def(f, 0, def_b);
+	assert_staging_empty(f);
+
+	/* Point 2, where def_b came, is merged away: 3 keeps it. */
+	assert_int_equal(store_drop_point(f->st, 2, &freed, err, sizeof(err)),
+	    0);
+	assert_store_def(f, 3, def_b);
+	assert_store_def(f, 1, NULL);
+	assert_store_def(f, 2, NULL);		/* gone */
+	assert_images(f, &cur);
+
+	/* Reopened: the same. */
+	close_store(f);
+	open_store(f);
+	assert_store_def(f, 0, def_b);
+	model_free(&cur);
 }
 
 static void
@@ -1732,6 +1824,9 @@ test_rewind_failed_step_stay(void **state)
 
 /* --- crashes ------------------------------------------------------------- */
 
+/* What the crashed cycle 2 carries (the child stages it). */
+#define CRASH_DEF	"<domain type='kvm'><name>web01</name></domain>\n"
+
 /*
  * The child: open everything afresh and run cycle 2 up to its commit.
  * It must not come back from store_cycle_commit().
@@ -1753,6 +1848,9 @@ crash_child(const char *dir)
 	if (store_open(f.cat, &rel, &f.st, err, sizeof(err)) != 0)
 		return 11;
 	stage_cycle(f.st, &cyc2);
+	if (store_cycle_definition(f.st, CRASH_DEF, strlen(CRASH_DEF), err,
+	    sizeof(err)) != 0)
+		return 13;
 	store_cycle_commit(f.st, &pt, err, sizeof(err));
 	return 12;
 }
@@ -1823,6 +1921,9 @@ roll_forward(void **state, const char *fault, int index_expected)
 	assert_point(f, 2, &cyc2);
 	assert_staging_empty(f);
 	assert_undo(f, 2, 1);
+	/* The definition came through the crash with its point. */
+	assert_store_def(f, 2, CRASH_DEF);
+	assert_store_def(f, 1, NULL);
 	if (store_verify(f->st, &blocks, err, sizeof(err)) != 0)
 		fail_msg("verify after recovery: %s", err);
 	/* The undo segment holds point 1's bytes, not half-applied ones. */
@@ -1836,6 +1937,7 @@ roll_forward(void **state, const char *fault, int index_expected)
 	run_cycle(f->st, &cyc3, &cur, &pt);
 	assert_int_equal(pt.id, 3);
 	assert_images(f, &cur);
+	assert_store_def(f, 3, CRASH_DEF);
 	assert_test_copy(f, 2, 2, &m2);
 	model_free(&cur);
 	model_free(&m1);
@@ -1893,14 +1995,21 @@ test_crash_while_staging(void **state)
 	assert_no_point(f, 2, 1);
 	assert_staging_empty(f);
 	assert_undo(f, 2, 0);
+	assert_store_def(f, 0, NULL);
 	assert_int_equal(store_verify(f->st, &(uint64_t){ 0 }, err,
 	    sizeof(err)), 0);
 
-	/* The primary sends cycle 2 again. */
+	/* The primary sends cycle 2 again (its definition was not
+	 * acknowledged, so it comes again too). */
 	model_copy(&cur, &m1);
-	run_cycle(f->st, &cyc2, &cur, &pt);
+	stage_cycle(f->st, &cyc2);
+	assert_int_equal(store_cycle_definition(f->st, CRASH_DEF,
+	    strlen(CRASH_DEF), err, sizeof(err)), 0);
+	assert_int_equal(store_cycle_commit(f->st, &pt, err, sizeof(err)), 0);
+	model_apply(&cur, &cyc2);
 	assert_int_equal(pt.id, 2);
 	assert_images(f, &m2);
+	assert_store_def(f, 0, CRASH_DEF);
 	assert_test_copy(f, 1, 1, &m1);
 	model_free(&cur);
 	model_free(&m1);
@@ -2077,6 +2186,7 @@ main(int argc, char **argv)
 		T(test_test_failover),
 		T(test_verify),
 		T(test_abort),
+		T(test_definitions),
 		T(test_refusals),
 		T(test_apply_error_rolled_back),
 		T(test_crash_after_index),

@@ -906,6 +906,60 @@ test_small_blocks_many_chunks(void **state)
 	coll_free(&c);
 }
 
+/*
+ * REPLICAD_TEST_DEFINITION (test-only): a scan tracker reports the file's
+ * text as it is at each cut, valid until the next; unset, none.
+ */
+static void
+test_test_definition(void **state)
+{
+	struct fixture *f = *state;
+	struct tracker *t;
+	struct collector c;
+	char err[256], path[400];
+	uint64_t sizes[NDISKS];
+	FILE *fp;
+
+	snprintf(path, sizeof(path), "%s/def.xml", f->dir);
+	fp = fopen(path, "w");
+	assert_non_null(fp);
+	fputs("<domain><name>web01</name></domain>\n", fp);
+	fclose(fp);
+	t = open_trk(f);
+	assert_null(trk_definition(t));		/* no cut yet */
+	unsetenv("REPLICAD_TEST_DEFINITION");
+	assert_int_equal(trk_begin(t, 1, 0, 0, sizes, err, sizeof(err)), 0);
+	assert_null(trk_definition(t));
+	trk_abort(t);
+
+	setenv("REPLICAD_TEST_DEFINITION", path, 1);
+	coll_init(&c, f);
+	assert_int_equal(run_cycle(t, 0, 0, &c, 4u << 20, NULL, err,
+	    sizeof(err)), 0);
+	assert_non_null(trk_definition(t));
+	assert_string_equal(trk_definition(t),
+	    "<domain><name>web01</name></domain>\n");
+	assert_int_equal(trk_commit(t, 1, err, sizeof(err)), 0);
+	/* Changed between cuts: the next cut reports the new text. */
+	fp = fopen(path, "w");
+	assert_non_null(fp);
+	fputs("<domain><name>web01</name><vcpu>2</vcpu></domain>\n", fp);
+	fclose(fp);
+	assert_string_equal(trk_definition(t),
+	    "<domain><name>web01</name></domain>\n");
+	assert_int_equal(trk_begin(t, 2, 1, 0, sizes, err, sizeof(err)), 0);
+	assert_string_equal(trk_definition(t),
+	    "<domain><name>web01</name><vcpu>2</vcpu></domain>\n");
+	trk_abort(t);
+	/* A file that went: none. */
+	unlink(path);
+	assert_int_equal(trk_begin(t, 2, 1, 0, sizes, err, sizeof(err)), 0);
+	assert_null(trk_definition(t));
+	unsetenv("REPLICAD_TEST_DEFINITION");
+	trk_close(t);
+	coll_free(&c);
+}
+
 int
 main(void)
 {
@@ -923,6 +977,7 @@ main(void)
 		T(test_emit_error_stops),
 		T(test_trk_cycle_lowest),
 		T(test_small_blocks_many_chunks),
+		T(test_test_definition),
 	};
 #undef T
 

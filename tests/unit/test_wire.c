@@ -151,6 +151,12 @@ dec_keepalive(const uint8_t *p, size_t len, void *m)
 	return wire_get_keepalive(p, len, m);
 }
 
+static int
+dec_definition(const uint8_t *p, size_t len, void *m)
+{
+	return wire_get_definition(p, len, m);
+}
+
 /* Every proper prefix of a valid payload is RD_ERR_TRUNCATED. */
 static void
 check_prefixes(const char *what, decode_fn fn, const uint8_t *p, size_t len,
@@ -258,7 +264,9 @@ test_frame_header(void **state)
 		{ "type 8 sums", 10, WIRE_SUMS, WIRE_MAX_FRAME, 0 },
 		{ "type 13 promoted", 9, WIRE_PROMOTED, WIRE_MAX_FRAME, 0 },
 		{ "type 14 keepalive", 14, WIRE_KEEPALIVE, WIRE_MAX_FRAME, 0 },
-		{ "type 15", 10, 15, WIRE_MAX_FRAME, RD_ERR_INVALID },
+		{ "type 15 definition", 10, WIRE_DEFINITION, WIRE_MAX_FRAME,
+		    0 },
+		{ "type 16", 10, 16, WIRE_MAX_FRAME, RD_ERR_INVALID },
 		{ "type 255", 10, 255, WIRE_MAX_FRAME, RD_ERR_INVALID },
 	};
 	uint8_t h[WIRE_FRAME_HDR];
@@ -277,14 +285,14 @@ test_frame_header(void **state)
 		}
 	}
 
-	/* Types 1..14, and nothing else, make a frame. */
+	/* Types 1..15, and nothing else, make a frame. */
 	for (unsigned t = 0; t <= 255; t++) {
 		char what[32];
 
 		snprintf(what, sizeof(what), "type %u", t);
 		put_hdr(h, 10, (uint8_t)t);
 		CHECK_RC(what, wire_frame_header(h, WIRE_MAX_FRAME, &frame_len,
-		    &type), t >= WIRE_HELLO && t <= WIRE_KEEPALIVE ? 0 :
+		    &type), t >= WIRE_HELLO && t <= WIRE_DEFINITION ? 0 :
 		    RD_ERR_INVALID);
 	}
 
@@ -294,6 +302,7 @@ test_frame_header(void **state)
 	assert_true(1 + 2 + 8 + 4 + WIRE_MAX_SIG <= WIRE_MAX_FRAME);
 	assert_true(1 + 2 + 8 + 4 + 2 + WIRE_MAX_SUMS * DIGEST_LEN <=
 	    WIRE_MAX_FRAME);
+	assert_true(1 + WIRE_MAX_DEFINITION <= WIRE_MAX_FRAME);
 }
 
 /* --- round trips ------------------------------------------------------- */
@@ -650,7 +659,8 @@ test_hello_hostile(void **state)
 		{ "version 1", H_VERSION, 1, NULL, RD_ERR_VERSION },
 		{ "version 2", H_VERSION, 2, NULL, 0 },
 		{ "version 3", H_VERSION, 3, NULL, 0 },
-		{ "version 4", H_VERSION, 4, NULL, RD_ERR_VERSION },
+		{ "version 4", H_VERSION, 4, NULL, 0 },
+		{ "version 5", H_VERSION, 5, NULL, RD_ERR_VERSION },
 		{ "vm with /", H_VM, 0, "a/b", RD_ERR_NAME },
 		{ "vm ..", H_VM, 0, "..", RD_ERR_NAME },
 		{ "vm leading .", H_VM, 0, ".hidden", RD_ERR_NAME },
@@ -754,7 +764,7 @@ build_welcome(struct wbuf *b, uint16_t version, int with_flags,
 static void
 test_welcome_hostile(void **state)
 {
-	static const uint16_t versions[] = { 0, 1, 4, 0x0100, 0x0200,
+	static const uint16_t versions[] = { 0, 1, 5, 0x0100, 0x0200,
 	    0x0300, UINT16_MAX };
 	static const struct {
 		const char *what;
@@ -1794,6 +1804,158 @@ test_keepalive(void **state)
 }
 
 /* A whole resync exchange in one buffer, read back frame by frame. */
+/* --- DEFINITION ---------------------------------------------------------- */
+
+/* A text like a libvirt domain's, of exactly len bytes. */
+static char *
+domain_xml(size_t len)
+{
+	static const char head[] = "<domain type='kvm'>\n  <name>web01</name>"
+	    "\n";
+	static const char tail[] = "</domain>\n";
+	static const char line[] = "  <description>x\ty\r</description>\n";
+	char *x = malloc(len + 1);
+
+	assert_non_null(x);
+	assert_true(len >= sizeof(head) + sizeof(tail));
+	memcpy(x, head, sizeof(head) - 1);
+	for (size_t i = sizeof(head) - 1; i < len; i++)
+		x[i] = line[(i - sizeof(head) + 1) % (sizeof(line) - 1)];
+	memcpy(x + len - (sizeof(tail) - 1), tail, sizeof(tail) - 1);
+	x[len] = '\0';
+	return x;
+}
+
+static void
+test_definition_roundtrip(void **state)
+{
+	static const size_t sizes[] = { 64, 4096, 100000,
+	    WIRE_MAX_DEFINITION };
+	struct wire_definition m;
+	struct wbuf b;
+	const uint8_t *p;
+	size_t len;
+
+	wb_init(&b);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		char *x = domain_xml(sizes[i]);
+		wb_reset(&b);
+		assert_int_equal(wire_definition_check(x, sizes[i]), 0);
+		wire_put_definition(&b, x, sizes[i]);
+		p = frame_payload(&b, 0, WIRE_DEFINITION, &len);
+		/* The payload is the text itself, nothing around it. */
+		assert_int_equal(len, sizes[i]);
+		assert_memory_equal(p, x, len);
+		assert_int_equal(wire_get_definition(p, len, &m), 0);
+		/* Borrowed from the frame, not copied. */
+		assert_ptr_equal(m.xml, (const char *)p);
+		assert_int_equal(m.len, sizes[i]);
+		free(x);
+	}
+	/* One byte is a definition (the smallest). */
+	wb_reset(&b);
+	wire_put_definition(&b, "x", 1);
+	p = frame_payload(&b, 0, WIRE_DEFINITION, &len);
+	assert_int_equal(decode_exact(dec_definition, p, len, &m), 0);
+	assert_int_equal(m.len, 1);
+	wb_free(&b);
+}
+
+static void
+test_definition_hostile(void **state)
+{
+	static const struct {
+		const char *what;
+		const char *text;
+		size_t len;
+		int want;
+	} cases[] = {
+		{ "empty", "", 0, RD_ERR_INVALID },
+		{ "a NUL inside", "<domain>\0</domain>", 18, RD_ERR_INVALID },
+		{ "a NUL at the end", "<domain/>\0", 10, RD_ERR_INVALID },
+		{ "a NUL alone", "\0", 1, RD_ERR_INVALID },
+		{ "escape", "<domain>\033[2J</domain>", 21, RD_ERR_INVALID },
+		{ "bell", "\a", 1, RD_ERR_INVALID },
+		{ "0x1f", "<a>\037</a>", 8, RD_ERR_INVALID },
+		{ "tab, newline, return", "<a>\t\n\r</a>", 10, 0 },
+		{ "DEL and UTF-8", "<a>\177\303\251</a>", 10, 0 },
+	};
+	struct wire_definition m;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		CHECK_RC(cases[i].what, wire_definition_check(cases[i].text,
+		    cases[i].len), cases[i].want);
+		CHECK_RC(cases[i].what, decode_exact(dec_definition,
+		    (const uint8_t *)cases[i].text, cases[i].len, &m),
+		    cases[i].want);
+	}
+	/* One byte above the bound, however valid the text. */
+	char *x = domain_xml(WIRE_MAX_DEFINITION + 1);
+	CHECK_RC("oversize", wire_definition_check(x, WIRE_MAX_DEFINITION + 1),
+	    RD_ERR_TOO_LARGE);
+	CHECK_RC("oversize", decode_exact(dec_definition, (const uint8_t *)x,
+	    WIRE_MAX_DEFINITION + 1, &m), RD_ERR_TOO_LARGE);
+	CHECK_RC("at the bound", decode_exact(dec_definition,
+	    (const uint8_t *)x, WIRE_MAX_DEFINITION, &m), 0);
+	free(x);
+}
+
+/*
+ * The definition counts in the END digest as a DATA header of disk
+ * WIRE_DIGEST_DEFINITION, offset 0, the text's length and XXH3-128:
+ * where it comes among the frames counts, and so does every byte.
+ */
+static void
+test_definition_digest(void **state)
+{
+	static const char xml[] = "<domain><name>web01</name></domain>";
+	struct wire_digest d = { 0 };
+	struct wire_data blk = { .disk = 0, .offset = 65536, .length = 4096 };
+	struct digest a, b, c;
+	struct wbuf w;
+
+	fill_pattern(blk.hash.b, DIGEST_LEN, 9);
+	wire_digest_init(&d);
+	wire_digest_definition(&d, xml, sizeof(xml) - 1);
+	wire_digest_update(&d, &blk);
+	wire_digest_final(&d, &a);
+
+	/* The exact bytes fed. */
+	wb_init(&w);
+	wb_put_u16(&w, WIRE_DIGEST_DEFINITION);
+	wb_put_u64(&w, 0);
+	wb_put_u32(&w, sizeof(xml) - 1);
+	digest_block(xml, sizeof(xml) - 1, &c);
+	wb_put_bytes(&w, c.b, DIGEST_LEN);
+	wb_put_u16(&w, blk.disk);
+	wb_put_u64(&w, blk.offset);
+	wb_put_u32(&w, blk.length);
+	wb_put_bytes(&w, blk.hash.b, DIGEST_LEN);
+	digest_block(w.p, w.len, &b);
+	assert_true(digest_equal(&a, &b));
+	wb_free(&w);
+
+	/* Without it, after the block, or with one byte changed: another. */
+	wire_digest_init(&d);
+	wire_digest_update(&d, &blk);
+	wire_digest_final(&d, &b);
+	assert_false(digest_equal(&a, &b));
+	wire_digest_init(&d);
+	wire_digest_update(&d, &blk);
+	wire_digest_definition(&d, xml, sizeof(xml) - 1);
+	wire_digest_final(&d, &b);
+	assert_false(digest_equal(&a, &b));
+	char other[sizeof(xml)];
+	memcpy(other, xml, sizeof(xml));
+	other[9] ^= 0x20;
+	wire_digest_init(&d);
+	wire_digest_definition(&d, other, sizeof(xml) - 1);
+	wire_digest_update(&d, &blk);
+	wire_digest_final(&d, &b);
+	assert_false(digest_equal(&a, &b));
+	wire_digest_free(&d);
+}
+
 static void
 test_resync_sequence(void **state)
 {
@@ -2298,7 +2460,7 @@ test_names(void **state)
 {
 	static const char *types[] = { "unknown", "hello", "welcome", "cycle",
 	    "data", "end", "ack", "nack", "sums", "sig", "sigend", "delta",
-	    "promote", "promoted", "keepalive", "unknown" };
+	    "promote", "promoted", "keepalive", "definition", "unknown" };
 	static const char *nacks[] = { "unknown", "protocol", "denied",
 	    "fenced", "bad-data", "io", "no-space", "busy", "internal",
 	    "mismatch", "unknown" };
@@ -2335,6 +2497,9 @@ main(void)
 		cmocka_unit_test(test_delta_hostile),
 		cmocka_unit_test(test_versions),
 		cmocka_unit_test(test_keepalive),
+		cmocka_unit_test(test_definition_roundtrip),
+		cmocka_unit_test(test_definition_hostile),
+		cmocka_unit_test(test_definition_digest),
 		cmocka_unit_test(test_promote_roundtrip),
 		cmocka_unit_test(test_promote_hostile),
 		cmocka_unit_test(test_promoted),

@@ -1,0 +1,437 @@
+"""The VM's definition travels with its disks (DEFINITION, wire.h): each
+point carries the definition of its cut, sent only when it changed, kept
+once per VM in the replica's catalog, right through forget and prune;
+`points` shows where it changed and `replctl definition` prints it.
+
+The libvirt tracker captures a domain's XML; these tests use the scan
+tracker with REPLICAD_TEST_DEFINITION (tracker.c, test-only), which makes
+the primary report the text of a file as it is at each cut.
+"""
+import hashlib
+import json
+import os
+import sqlite3
+import struct
+import subprocess
+
+import wireproto as wp
+from harness import (REPLCTL, LogMark, TestFailure, check, replica_state, vm_status, wait_for,
+                     wait_state_unchanged)
+from workload import random_write
+
+VM = "web01"
+
+
+def make_def(env, name, size=200 << 10):
+    """A text like a domain's XML, about size bytes (random, so that two
+    are never equal); written to env.path(name).  Returns (path, bytes)."""
+    body = env.rng.randbytes(size // 2).hex()
+    xml = ("<domain type='kvm'>\n  <name>%s</name>\n  <description>%s</description>\n"
+           "</domain>\n" % (VM, body)).encode()
+    path = env.path(name)
+    with open(path, "wb") as f:
+        f.write(xml)
+    return path, xml
+
+
+def set_def(path, xml):
+    """Change what the next cut reports (atomically: a cut never reads a
+    half-written file)."""
+    with open(path + ".new", "wb") as f:
+        f.write(xml)
+    os.replace(path + ".new", path)
+
+
+def short_id(xml):
+    return hashlib.sha256(xml).hexdigest()[:12]
+
+
+def point_of(result):
+    words = result.out.split()
+    check(len(words) == 2 and words[0] == "point", "sync --wait printed %r" % result.out)
+    return int(words[1])
+
+
+def points(rep):
+    return {p["id"]: p for p in json.loads(rep.ok("points", VM, "--json").out)}
+
+
+def stored_defs(rep):
+    """The definition texts the replica's catalog keeps for VM."""
+    db = sqlite3.connect(os.path.join(rep.state, "catalog.db"), timeout=10)
+    try:
+        return sorted(x.encode() for (x,) in db.execute("SELECT xml FROM definitions WHERE vm = ?", (VM,)))
+    finally:
+        db.close()
+
+
+def definition(rep, *args):
+    """`replctl definition VM ARGS` as bytes (it prints the text as sent)."""
+    p = subprocess.run([REPLCTL, "-s", rep.socket, "definition", VM] + list(args),
+                       capture_output=True, timeout=60)
+    check(p.returncode == 0, "definition %s: rc=%d %r" % (" ".join(args), p.returncode, p.stderr))
+    return p.stdout
+
+
+def sent(pri):
+    return vm_status(pri, VM)["last_cycle"]["bytes_sent"]
+
+
+def setup(env, def_path=None, extra_accept=""):
+    disk = env.make_disk(env.path("src", "sda.img"), 4 << 20)
+    rep = env.replica(extra=extra_accept).start()
+    pri = env.primary({VM: [disk]}, rep.port)
+    pri.start(env_extra={"REPLICAD_TEST_DEFINITION": def_path} if def_path else None)
+    return pri, rep, disk
+
+
+def test_points_carry_definition(env):
+    """The first point carries the definition; an unchanged one is not
+    sent again (bytes on the wire, the primary's log) and the next point
+    still shows it; a changed one makes the next point show a change, and
+    each point prints its own.  A restarted primary sends it once more:
+    the point does not show a change and the catalog keeps one copy."""
+    dpath, a = make_def(env, "a.xml")
+    pri, rep, disk = setup(env, dpath)
+    mark = LogMark(pri)
+    p1 = point_of(pri.ok("sync", VM, "--wait"))
+    mark.wait("cycle ", "carries the VM's definition (%d bytes)" % len(a))
+    pts = points(rep)
+    check(pts[p1]["definition"] == short_id(a) and pts[p1]["definition_changed"] is True,
+          "first point: %r" % {k: pts[p1][k] for k in ("definition", "definition_changed")})
+    check(definition(rep) == a, "definition of the newest point differs from what the primary had")
+
+    # Unchanged, nothing else either: the cycle is CYCLE and END.
+    mark = LogMark(pri)
+    p2 = point_of(pri.ok("sync", VM, "--wait"))
+    check(sent(pri) < 4096, "an unchanged definition went again: %d bytes sent" % sent(pri))
+    mark.wait("the VM's definition is unchanged; not sent")
+    check("carries the VM's definition" not in mark.new(), "sent again:\n%s" % mark.new())
+    pts = points(rep)
+    check(pts[p2]["definition"] == short_id(a) and pts[p2]["definition_changed"] is False,
+          "point without a definition of its own: %r" % pts[p2])
+    check(definition(rep, "--point", str(p2)) == a, "point %d does not print the definition" % p2)
+
+    # Changed: the next point carries the new one, the old points keep theirs.
+    b = make_def(env, "b.xml")[1]
+    set_def(dpath, b)
+    random_write(env.rng, disk, max_len=100000)
+    p3 = point_of(pri.ok("sync", VM, "--wait"))
+    check(sent(pri) >= len(b), "the changed definition (%d bytes) did not travel: %d bytes sent"
+          % (len(b), sent(pri)))
+    pts = points(rep)
+    check(pts[p3]["definition"] == short_id(b) and pts[p3]["definition_changed"] is True,
+          "point after the change: %r" % pts[p3])
+    check(definition(rep) == b and definition(rep, "--point", str(p3)) == b, "new definition not printed")
+    check(definition(rep, "--point", str(p1)) == a, "the first point lost its definition")
+    # The table marks where it changed.
+    rows = {int(ln.split()[0]): ln.split()[-1] for ln in rep.ok("points", VM).out.splitlines()[1:]}
+    check(rows == {p1: short_id(a) + "*", p2: short_id(a), p3: short_id(b) + "*"},
+          "points table DEF column: %r" % rows)
+
+    # A restart forgets what the replica acknowledged: sent once more.
+    pri.stop()
+    pri.start(env_extra={"REPLICAD_TEST_DEFINITION": dpath})
+    mark = LogMark(pri)
+    p4 = point_of(pri.ok("sync", VM, "--wait"))
+    mark.wait("carries the VM's definition (%d bytes)" % len(b))
+    pts = points(rep)
+    check(pts[p4]["definition"] == short_id(b) and pts[p4]["definition_changed"] is False,
+          "point after a restart: %r" % pts[p4])
+    check(stored_defs(rep) == sorted([a, b]), "the catalog keeps %d texts, not the 2 distinct ones"
+          % len(stored_defs(rep)))
+
+    # Refusals.
+    r = rep.ctl("definition", VM, "--point", "99")
+    check(r.rc == 1 and "no point 99" in r.err, "definition of a missing point: %r" % r)
+    r = pri.ctl("definition", VM)
+    check(r.rc == 1 and "not replicated to this host" in r.err, "definition on the primary: %r" % r)
+    pri.stop()
+    rep.stop()
+
+
+def test_forget_and_prune_keep_definitions(env):
+    """Points A A B B A A (a definition sent at points 1, 3 and 5): forget
+    the point where B came, and the one after still has B (and now shows
+    the change); forget that one too, and B is no longer stored; prune to
+    the last two keeps theirs."""
+    dpath, a = make_def(env, "a.xml", 50 << 10)
+    b = make_def(env, "b.xml", 60 << 10)[1]
+    pri, rep, disk = setup(env, dpath, extra_accept="retention = last=2\n")
+    ids = []
+    for text in (a, a, b, b, a, a):
+        set_def(dpath, text)
+        random_write(env.rng, disk, max_len=100000)
+        ids.append(point_of(pri.ok("sync", VM, "--wait")))
+    want = dict(zip(ids, (a, a, b, b, a, a)))
+    changed = [p for p in ids if points(rep)[p]["definition_changed"]]
+    check(changed == [ids[0], ids[2], ids[4]], "changes shown at %r, not %r" % (changed, ids[0::2]))
+    check(stored_defs(rep) == sorted([a, b]), "stored: %d texts" % len(stored_defs(rep)))
+
+    rep.ok("forget", VM, "--point", str(ids[2]))
+    check(definition(rep, "--point", str(ids[3])) == b, "the point after the forgotten one lost B")
+    pts = points(rep)
+    check(pts[ids[3]]["definition"] == short_id(b) and pts[ids[3]]["definition_changed"] is True,
+          "after forget: %r" % pts[ids[3]])
+    check(stored_defs(rep) == sorted([a, b]), "B dropped while a point has it")
+
+    rep.ok("forget", VM, "--point", str(ids[3]))
+    check(stored_defs(rep) == [a], "B is kept with no point left that has it")
+    pts = points(rep)
+    check(pts[ids[4]]["definition_changed"] is False, "A after A shown as a change: %r" % pts[ids[4]])
+
+    r = rep.ok("prune", VM)
+    pts = points(rep)
+    check(sorted(pts) == ids[4:], "points after prune: %r" % sorted(pts))
+    for p in ids[4:]:
+        check(definition(rep, "--point", str(p)) == want[p], "point %d after prune" % p)
+    check(pts[ids[4]]["definition_changed"] is True and pts[ids[5]]["definition_changed"] is False,
+          "after prune: %r" % pts)
+    check(stored_defs(rep) == [a], "after prune: %d texts" % len(stored_defs(rep)))
+    rep.ok("verify", VM)
+    pri.stop()
+    rep.stop()
+
+
+def test_vm_without_definition(env):
+    """A tracker that captures none: points say so, nothing is stored,
+    and `definition` says why it has nothing to print."""
+    pri, rep, disk = setup(env)
+    p1 = point_of(pri.ok("sync", VM, "--wait"))
+    pts = points(rep)
+    check(pts[p1]["definition"] is None and pts[p1]["definition_changed"] is False, "%r" % pts[p1])
+    r = rep.ctl("definition", VM)
+    check(r.rc == 1 and "has no definition" in r.err, "definition without one: %r" % r)
+    check(rep.ok("points", VM).out.splitlines()[1].split()[-1] == "-", "points table: %r"
+          % rep.ok("points", VM).out)
+    check(stored_defs(rep) == [], "something stored")
+    pri.stop()
+    rep.stop()
+
+
+def test_replica_crash_before_the_point(env):
+    """The replica dies after the staged cycle is complete but before the
+    catalog has its point: at restart it finishes the point with the
+    definition the cycle brought, and the primary, which never had its
+    ACK, sends it once more with the next cycle (one copy stored)."""
+    dpath, a = make_def(env, "a.xml", 30 << 10)
+    pri, rep, disk = setup(env, dpath)
+    p1 = point_of(pri.ok("sync", VM, "--wait"))
+    b = make_def(env, "b.xml", 40 << 10)[1]
+    set_def(dpath, b)
+    random_write(env.rng, disk, max_len=100000)
+    rep.stop()
+    rep.start(env_extra={"REPLICAD_FAULT": "replica-before-catalog"})
+    r = pri.ctl("sync", VM, "--wait")
+    check(r.rc == 1, "sync through a replica that died: %r" % r)
+    wait_for(lambda: not rep.alive(), 30, what="the replica to kill itself at its fault point")
+    rep.start()
+    pts = points(rep)
+    check(sorted(pts) == [p1, p1 + 1], "points after the restart: %r" % sorted(pts))
+    check(definition(rep, "--point", str(p1 + 1)) == b, "the recovered point lacks its definition")
+    mark = LogMark(pri)
+    p3 = point_of(pri.ok("sync", VM, "--wait"))
+    mark.wait("carries the VM's definition (%d bytes)" % len(b))
+    pts = points(rep)
+    check(pts[p3]["definition"] == short_id(b) and not pts[p3]["definition_changed"], "%r" % pts[p3])
+    check(stored_defs(rep) == sorted([a, b]), "stored: %d texts" % len(stored_defs(rep)))
+    pri.stop()
+    rep.stop()
+
+
+# --- the primary and older or hand-driven replicas ---------------------------
+
+def data_header(p):
+    """(disk, offset, length, hash) of a DATA payload."""
+    disk, off, length, _enc = struct.unpack(">HQIB", p[:15])
+    return disk, off, length, p[15:31]
+
+
+def read_cycle(conn, res):
+    """Read the primary's cycle up to END (keepalives aside); note the
+    types in order and check END against the digest of what came."""
+    dig = wp.CycleDigest()
+    types = []
+    while True:
+        fr = conn.recv_frame(30)
+        check(fr is not None, "the primary closed during the cycle")
+        t, p = fr
+        if t == wp.KEEPALIVE:
+            continue
+        types.append(t)
+        if t == wp.CYCLE:
+            res["cycle"] = wp.decode_cycle(p)["cycle"]
+        elif t == wp.DATA:
+            dig.add(*data_header(p))
+        elif t == wp.DEFINITION:
+            res.setdefault("defs", []).append(p)
+            dig.add_definition(p)
+        elif t == wp.END:
+            e = wp.decode_end(p)
+            check(e["nframes"] == dig.nframes and e["digest"] == dig.final(),
+                  "END %r does not match the frames received (%d DATA)" % (e, dig.nframes))
+            break
+    res["types"] = types
+
+
+def test_older_replicas(env):
+    """A replica that answers WELCOME at version 3 gets no DEFINITION (and
+    the primary says so once); one that refuses a version 4 HELLO is
+    offered version 3 at the next try, not 2.  A version 4 replica gets
+    the text right after CYCLE, counted in END's digest as wire.h says."""
+    from test_hostile_resync import FakeReplica
+    dpath, a = make_def(env, "a.xml", 20 << 10)
+    disk = env.make_disk(env.path("src", "sda.img"), 1 << 20)
+    rep = env.replica()             # not started: its address hosts the fake
+    pri = env.primary({VM: [disk]}, rep.port)
+    pri.start(env_extra={"REPLICAD_TEST_DEFINITION": dpath})
+    pri.ok("pause", VM)
+    fake = FakeReplica(env, rep.port)
+    try:
+        def answer(version):
+            def script(conn, hello, res):
+                res["version"] = hello["version"]
+                conn.send(wp.welcome(hello["generation"], version=version))
+                read_cycle(conn, res)
+                conn.send(wp.ack(res["cycle"], res["cycle"]))
+            return script
+
+        # Version 4: the text, right after CYCLE.
+        fake.serve(answer(4))
+        r = pri.ctl("sync", VM, "--wait", timeout=60)
+        res = fake.join()
+        check(res["error"] is None and r.rc == 0, "version 4 replica: %r %r" % (res["error"], r))
+        check(res["version"] == 4, "HELLO offered version %d" % res["version"])
+        check(res["types"][:2] == [wp.CYCLE, wp.DEFINITION] and res["defs"] == [a],
+              "frames of the cycle: %r" % [wp.TYPE_NAMES.get(t) for t in res["types"]])
+
+        # Version 3: none, and a note in the log, once.
+        mark = LogMark(pri)
+        set_def(dpath, make_def(env, "b.xml", 20 << 10)[1])
+        for _ in range(2):
+            fake.serve(answer(3))
+            r = pri.ctl("sync", VM, "--wait", timeout=60)
+            res = fake.join()
+            check(res["error"] is None and r.rc == 0, "version 3 replica: %r %r" % (res["error"], r))
+            check(wp.DEFINITION not in res["types"], "DEFINITION sent in a version 3 session")
+        check(mark.new().count("speaks protocol version 3: the VM's definition is not sent") == 1,
+              "the primary's note on a version 3 replica:\n%s" % mark.new())
+
+        # A replica that refuses version 4 for its version: next, 3.
+        def refuse(conn, hello, res):
+            res["version"] = hello["version"]
+            conn.send(wp.nack(wp.NACK_PROTOCOL, "bad HELLO: unsupported version"))
+        pri.stop()
+        pri.start(env_extra={"REPLICAD_TEST_DEFINITION": dpath})
+        pri.ok("pause", VM)
+        fake.serve(refuse)
+        r = pri.ctl("sync", VM, "--wait", timeout=60)
+        res = fake.join()
+        check(r.rc == 1 and res["version"] == 4, "refused HELLO: %r %r" % (r, res))
+        fake.serve(answer(3))
+        r = pri.ctl("sync", VM, "--wait", timeout=60)
+        res = fake.join()
+        check(res["error"] is None and r.rc == 0 and res["version"] == 3,
+              "after the refusal the primary offered %r: %r %r" % (res.get("version"), res["error"], r))
+    finally:
+        fake.close()
+    pri.stop()
+
+
+def session(pair, version):
+    """A hand-driven session at version: (conn, welcome)."""
+    got = {}
+
+    def attempt():
+        c = pair.connect()
+        c.send(wp.hello(pair.vm, pair.disk_list(), version=version))
+        fr = c.recv_frame()
+        if fr is not None and fr[0] == wp.WELCOME:
+            got["w"] = (c, wp.decode_welcome(fr[1]))
+            return True
+        c.close()
+        if fr is not None and fr[0] == wp.NACK and wp.decode_nack(fr[1])[0] == wp.NACK_BUSY:
+            return False
+        raise TestFailure("a well-formed HELLO got %s" % wp.describe(fr))
+    wait_for(attempt, 10, 0.1, what="the replica to take a session")
+    return got["w"]
+
+
+def answer(conn):
+    """The replica's next frame but keepalives."""
+    while True:
+        fr = conn.recv_frame(30)
+        if fr is None or fr[0] != wp.KEEPALIVE:
+            return fr
+
+
+def test_hand_made_definition_frames(env):
+    """Against the real replica: a cycle with a DEFINITION is recorded
+    with it; a tampered one (END's digest made over other text), a
+    second one, one with a NUL or above 1 MiB, one outside a cycle or in
+    a version 3 session is refused, and nothing changes."""
+    from test_hostile import Pair, valid_start
+    pair = Pair(env)
+    rep = pair.rep
+    xml = b"<domain type='kvm'>\n  <name>web01</name>\n</domain>\n"
+
+    c, w = session(pair, 4)
+    dig = wp.CycleDigest()
+    cyc, start = valid_start(pair, w, dig)
+    # After a DATA frame: its place in the cycle is free, its place in
+    # the digest is not.
+    c.send(start + wp.definition(xml, dig) + wp.end_of(cyc, dig))
+    fr = answer(c)
+    check(fr is not None and fr[0] == wp.ACK, "a valid cycle with a definition got %s\n%s"
+          % (wp.describe(fr), rep.log_text()[-1500:]))
+    pt = wp.decode_ack(fr[1])["point"]
+    c.close()
+    check(definition(rep, "--point", str(pt)) == xml, "the hand-made definition was not recorded")
+    check(points(rep)[pt]["definition"] == short_id(xml), "points: %r" % points(rep)[pt])
+
+    def refused(what, version, build, log):
+        before = replica_state(rep, VM)
+        mark = LogMark(rep)
+        conn, w = session(pair, version)
+        conn.send(build(w))
+        fr = answer(conn)
+        check(fr is not None and fr[0] == wp.NACK, "%s: got %s" % (what, wp.describe(fr)))
+        conn.close()
+        mark.wait(*log, what="%s: the replica's log line" % what)
+        wait_state_unchanged(rep, VM, before, what)
+
+    other = xml.replace(b"web01", b"web02")
+
+    def tampered(w):
+        d = wp.CycleDigest()
+        cyc, start = valid_start(pair, w, d)
+        d.add_definition(other)
+        return start + wp.definition(xml) + wp.end_of(cyc, d)
+    refused("a definition other than END's digest says", 4, tampered, ("does not match its END",))
+
+    def twice(w):
+        d = wp.CycleDigest()
+        cyc, start = valid_start(pair, w, d)
+        return start + wp.definition(xml, d) + wp.definition(xml, d) + wp.end_of(cyc, d)
+    refused("two definitions", 4, twice, ("a second DEFINITION",))
+
+    def bad(text):
+        def build(w):
+            d = wp.CycleDigest()
+            cyc, start = valid_start(pair, w, d)
+            return start + wp.definition(text, d) + wp.end_of(cyc, d)
+        return build
+    refused("a NUL in it", 4, bad(b"<domain>\0</domain>"), ("bad DEFINITION",))
+    refused("an escape in it", 4, bad(b"<domain>\x1b[2J</domain>"), ("bad DEFINITION",))
+    refused("above 1 MiB", 4, bad(b"x" * (wp.MAX_DEFINITION + 1)), ("bad DEFINITION",))
+    refused("before CYCLE", 4, lambda w: wp.definition(xml), ("unexpected definition frame",))
+
+    def v3(w):
+        d = wp.CycleDigest()
+        cyc, start = valid_start(pair, w, d)
+        return start + wp.definition(xml, d) + wp.end_of(cyc, d)
+    refused("in a version 3 session", 3, v3, ("unexpected definition frame",))
+    # And the real primary goes on.
+    pair.legit_sync("after the refusals")
+    check(points(rep)[max(points(rep))]["definition"] == short_id(xml),
+          "the real primary's point (no definition of its own) does not keep the previous one")
