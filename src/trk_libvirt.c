@@ -133,6 +133,7 @@ struct lv {
 	int		 made_ckpt;	/* replicad.<cycle> was created */
 	char		*xml;		/* the definition at the last cut */
 	int		 frozen;	/* the guest agent froze the guest */
+	int		 at_rest;	/* lv_freeze found it shut off cleanly */
 };
 
 /* --- the tracker's record ------------------------------------------------------ */
@@ -982,6 +983,16 @@ lv_cut(void *state, uint64_t cycle, const uint64_t *since, uint64_t *sizes,
 	    (r = read_definition(s, err, errsz)) != 0 ||
 	    (r = is_active(s, &active, &reason, err, errsz)) != 0)
 		goto fail;
+	if (s->at_rest && active) {
+		/* Started since the freeze found it at rest: the point would
+		 * claim a consistency it does not have. */
+		s->at_rest = 0;
+		snprintf(err, errsz, "domain %s started during the cut: the "
+		    "cycle is taken again", s->domain);
+		r = RD_ERR_BUSY;
+		goto fail;
+	}
+	s->at_rest = 0;
 	if (virDomainGetUUIDString(s->dom, uuid) != 0) {
 		r = lv_fail(err, errsz, "cannot read the UUID", s->domain);
 		goto fail;
@@ -1123,6 +1134,7 @@ lv_abort(void *state)
 			    err);
 	}
 	s->made_ckpt = 0;
+	s->at_rest = 0;
 	s->kind = CUT_NONE;
 }
 
@@ -1158,12 +1170,15 @@ lv_freeze(void *state, unsigned timeout_s, char *err, size_t errsz)
 	int active, reason, r;
 
 	s->frozen = 0;
+	s->at_rest = 0;
 	if ((r = domain(s, err, errsz)) != 0 ||
 	    (r = is_active(s, &active, &reason, err, errsz)) != 0)
 		return r;
 	if (!active) {
-		if (reason == SHUTDOWN_REASON_CLEAN)
+		if (reason == SHUTDOWN_REASON_CLEAN) {
+			s->at_rest = 1;
 			return 1;
+		}
 		snprintf(err, errsz, "domain %s is shut off, not cleanly (it "
 		    "crashed or was destroyed)", s->domain);
 		return RD_ERR_STATE;
