@@ -392,13 +392,25 @@ dom_name(virDomainPtr d)
 	return n != NULL ? n : "(unnamed)";
 }
 
+/*
+ * "WHAT domain NAME: libvirt's message" in err.  Every libvirt call,
+ * virDomainGetName() too, frees the last error: it is copied first.
+ */
+static void
+dom_error(virDomainPtr d, const char *what, char *err, size_t errsz)
+{
+	char lv[512];
+
+	snprintf(lv, sizeof(lv), "%s", virt_last_error());
+	snprintf(err, errsz, "%s domain %s: %s", what, dom_name(d), lv);
+}
+
 int
 virt_active(virDomainPtr d, char *err, size_t errsz)
 {
 	int a = virDomainIsActive(d);
 	if (a < 0) {
-		snprintf(err, errsz, "cannot read the state of domain %s: %s",
-		    dom_name(d), virt_last_error());
+		dom_error(d, "cannot read the state of", err, errsz);
 		return RD_ERR_PEER;
 	}
 	return a;
@@ -413,8 +425,7 @@ virt_autostart_off(virDomainPtr d, char *err, size_t errsz)
 	    (virDomainGetAutostart(d, &autostart) == 0 && !autostart))
 		return 0;
 	if (virDomainSetAutostart(d, 0) != 0) {
-		snprintf(err, errsz, "cannot turn autostart off for domain %s: "
-		    "%s", dom_name(d), virt_last_error());
+		dom_error(d, "cannot turn off the autostart of", err, errsz);
 		return RD_ERR_PEER;
 	}
 	return 0;
@@ -434,8 +445,8 @@ virt_define(virConnectPtr c, const char *xml, virDomainPtr *out, char *err,
 	/* Starting would resume that memory on disks it never saw. */
 	if (virDomainHasManagedSaveImage(*out, 0) == 1 &&
 	    virDomainManagedSaveRemove(*out, 0) != 0) {
-		snprintf(err, errsz, "cannot remove the managed save image of "
-		    "domain %s: %s", dom_name(*out), virt_last_error());
+		dom_error(*out, "cannot remove the managed save image of", err,
+		    errsz);
 		r = RD_ERR_PEER;
 	} else {
 		r = virt_autostart_off(*out, err, errsz);
@@ -451,8 +462,7 @@ int
 virt_start(virDomainPtr d, char *err, size_t errsz)
 {
 	if (virDomainCreate(d) != 0) {
-		snprintf(err, errsz, "cannot start domain %s: %s", dom_name(d),
-		    virt_last_error());
+		dom_error(d, "cannot start", err, errsz);
 		return RD_ERR_PEER;
 	}
 	return 0;
