@@ -25,9 +25,10 @@
  *   untest   destroy and undefine VM-test.
  *
  * QEMU runs as its own user and opens the disks itself: the directories
- * replicad made for them (STORAGE, STORAGE/VM, STORAGE/VM/test) get
- * search permission for others (o+x) before a define; what is above
- * STORAGE is the operator's (a failed start says so).
+ * replicad made for them (STORAGE, STORAGE/VM, STORAGE/VM/test, and
+ * STATE_DIR when STORAGE is inside it) get search permission for others
+ * (o+x) before a define; what is above is the operator's (a failed
+ * start says so).
  *
  * Each call writes one line for the operator into msg (what happened,
  * or why not; "" when there was nothing to do) and returns 0 or an

@@ -86,18 +86,30 @@ where(const struct config *cfg, const char *vm, const char *peer,
 		snprintf(w->name, sizeof(w->name), "%s", vm);
 }
 
+/* Whether path lies below dir. */
+static int
+below(const char *path, const char *dir)
+{
+	size_t n = strlen(dir);
+	return strncmp(path, dir, n) == 0 && path[n] == '/';
+}
+
 /*
  * QEMU opens the disks as its own user: let it search the directories
- * replicad made for them, from each disk's directory up to storage.
+ * replicad made for them, from each disk's directory up to storage, or
+ * up to the state directory when storage is inside it (the default;
+ * tracker libvirt opens it likewise).  Nothing in them becomes readable.
  */
 static void
-reach(const char *storage, const struct domxml_disk *disks, size_t n)
+reach(const struct config *cfg, const char *storage,
+    const struct domxml_disk *disks, size_t n)
 {
-	size_t slen = storage ? strlen(storage) : 0;
+	const char *top = storage && below(storage, cfg->state_dir) ?
+	    cfg->state_dir : storage;
+	size_t slen = top ? strlen(top) : 0;
 
 	for (size_t i = 0; slen > 0 && i < n; i++) {
-		if (strncmp(disks[i].path, storage, slen) != 0 ||
-		    disks[i].path[slen] != '/')
+		if (!below(disks[i].path, storage))
 			continue;
 		char *dir = xstrdup(disks[i].path);
 		char *slash;
@@ -205,7 +217,7 @@ vmdom_promote(const struct config *cfg, const char *vm, const char *peer,
 		    err);
 		return r;
 	}
-	reach(storage, disks, ndisks);
+	reach(cfg, storage, disks, ndisks);
 	r = define_start(&w, xml, w.start, "start_on_promote is off: not "
 	    "started", &defined, msg, msgsz);
 	if (defined)
@@ -341,7 +353,7 @@ vmdom_test(const struct config *cfg, const char *vm, const char *peer,
 	}
 	if (existed)
 		log_info("%s: removed the old test domain %s", vm, w.name);
-	reach(storage, disks, ndisks);
+	reach(cfg, storage, disks, ndisks);
 	r = define_start(&w, xml, start, "not started: --start starts it",
 	    &defined, msg, msgsz);
 	if (r == 0 && start) {

@@ -54,20 +54,23 @@ def macs(xml):
     return re.findall(r"<mac address='([^']*)'", xml)
 
 
-def setup(env, rep_accept="", pri_listen=False):
+def setup(env, rep_accept="", pri_listen=False, default_storage=False):
     """Host a: the guest web01 (a writer on an ext4 qcow2) under libvirtd
     lvp, protected by domain; host b: its replica, with libvirtd lvr
-    (rep_accept: more keys of its [accept], "{lvr}" its URI).  With
-    pri_listen, a also listens and accepts b (planned failover)."""
+    (rep_accept: more keys of its [accept], "{lvr}" its URI; with
+    default_storage, no storage key: STATE_DIR/replicas, in the private
+    state directory).  With pri_listen, a also listens and accepts b
+    (planned failover)."""
     lvp = LibvirtDaemon(env, "lvp").start()
     lvr = LibvirtDaemon(env, "lvr").start()
     img = make_disk(env.path("img", "vda.qcow2"), SIZE, fmt="qcow2", fs="ext4")
     g = Guest(lvp, VM, [(img, "qcow2", "vda")]).define().start()
     pb = free_port()
-    b_storage = env.path("b", "storage")
+    b_storage = env.path("b", "state", "replicas") if default_storage else env.path("b", "storage")
     rep = Daemon(env, "b", "replica", "listen = 127.0.0.1:%d\n" % pb,
-                 "[accept primary]\nvms = *\nstorage = %s\nlibvirt_uri = %s\n%s"
-                 % (b_storage, lvr.uri, rep_accept.replace("{lvr}", lvr.uri)))
+                 "[accept primary]\nvms = *\n%slibvirt_uri = %s\n%s"
+                 % ("" if default_storage else "storage = %s\n" % b_storage, lvr.uri,
+                    rep_accept.replace("{lvr}", lvr.uri)))
     rep.port, rep.storage = pb, b_storage
     listen = acc = ""
     if pri_listen:
@@ -84,7 +87,8 @@ def setup(env, rep_accept="", pri_listen=False):
 
 
 def test_libvirt_test_failover(env):
-    lvp, lvr, g, pri, rep = setup(env)
+    # The default storage: replicad lets QEMU through its state directory.
+    lvp, lvr, g, pri, rep = setup(env, default_storage=True)
     g.wait_wrote(3)
     point = sync(pri)
     prod = xml_of(lvp, VM)
