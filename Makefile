@@ -29,9 +29,9 @@ COMMON_OBJS  := err log xmalloc buf util layout wire ctl config retention
 # The daemon: catalog, worker pool, TLS, tracker, the VM table and the
 # rules of roles, both roles, role changes, control socket.
 REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work tls netio gate blockmap tracker trk_scan \
-                 trk_reflink qmp nbdview virt trk_qemu trk_libvirt undo delta store role vmtab \
+                 trk_reflink qmp nbdview virt domxml vmdom trk_qemu trk_libvirt undo delta store role vmtab \
                  replica primary failover control daemon
-REPLCTL_OBJS  := $(COMMON_OBJS)
+REPLCTL_OBJS  := $(COMMON_OBJS) virt discover
 
 LIB_OBJS := $(sort $(REPLICAD_OBJS))
 obj = $(patsubst %,$(BUILD)/%.o,$(1))

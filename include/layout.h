@@ -24,9 +24,15 @@
  *                                     writes through, as of the last cut
  *     hooks/                          markers of role changes (failover.c):
  *       VM.on_promote                 on_promote is still to run for VM
- *                                     (the promotion is recorded)
+ *                                     (the promotion is recorded); if not
+ *                                     empty, the domain XML of the point
+ *                                     promoted, whose domain is to be
+ *                                     defined and started first (vmdom.h)
  *       VM.handover                   a planned failover of VM is under way
  *                                     on this host (the old primary)
+ *       VM.domain                     the name of the libvirt domain a
+ *                                     promotion defined for VM here (text),
+ *                                     which a demotion shuts down (vmdom.h)
  *
  * Every function returns a string the caller frees.  state_dir is
  * absolute (config.h); vm and disk names are util_name_valid and
@@ -38,6 +44,7 @@
 enum lay_marker {
 	LAY_MARK_PROMOTE,	/* VM.on_promote */
 	LAY_MARK_HANDOVER,	/* VM.handover */
+	LAY_MARK_DOMAIN,	/* VM.domain */
 };
 
 enum lay_qemu_file {

@@ -58,4 +58,40 @@ int	virt_dac_owner(const char *xml, uid_t *uid, gid_t *gid);
 int	virt_resolve(struct cfg_vm *vm, char *note, size_t notesz, char *err,
 	    size_t errsz);
 
+/* --- domains: define, start, stop, remove ----------------------------------- */
+
+/* What virt_shutdown() did. */
+enum virt_stop {
+	VIRT_STOP_WAS_OFF,	/* it was not running */
+	VIRT_STOP_SHUTDOWN,	/* the guest shut itself down */
+	VIRT_STOP_DESTROYED,	/* still running at the timeout: destroyed */
+};
+
+/* Whether the domain runs (active, paused included): 1, 0, or -1 with
+ * err. */
+int	virt_active(virDomainPtr d, char *err, size_t errsz);
+/* Define xml as a persistent domain (a domain of the same name and UUID
+ * is redefined; its managed save image, the memory of a guest that ran
+ * on other disks, is dropped) and set its autostart off; *out is the
+ * caller's (virDomainFree). */
+int	virt_define(virConnectPtr c, const char *xml, virDomainPtr *out,
+	    char *err, size_t errsz);
+int	virt_start(virDomainPtr d, char *err, size_t errsz);
+int	virt_autostart_off(virDomainPtr d, char *err, size_t errsz);
+/*
+ * Shut the domain down: virDomainShutdown (ACPI or the guest agent, as
+ * libvirt chooses; asked again every VIRT_SHUTDOWN_REPEAT_S, as a guest
+ * still booting misses the first), polling its state until it is off;
+ * after timeout_s, virDomainDestroy.  *how says which.
+ */
+#define VIRT_SHUTDOWN_REPEAT_S	10
+int	virt_shutdown(virDomainPtr d, unsigned timeout_s, enum virt_stop *how,
+	    char *err, size_t errsz);
+/* Destroy (if it runs) and undefine the domain called name, with its
+ * snapshot and checkpoint metadata, managed save and NVRAM: for a
+ * domain replicad made (a test failover's), never production's.
+ * 0 (*existed says whether there was one), or an rd_err with err. */
+int	virt_remove(virConnectPtr c, const char *name, int *existed, char *err,
+	    size_t errsz);
+
 #endif

@@ -35,6 +35,7 @@
 #include "store.h"
 #include "svc.h"
 #include "util.h"
+#include "vmdom.h"
 #include "vmtab.h"
 #include "work.h"
 #include "xmalloc.h"
@@ -51,6 +52,7 @@ struct control {
 struct opts {
 	const char	*vm;
 	int		 json, wait, test, cleanup, planned, commit, dry_run;
+	int		 start;
 	int		 has_point;
 	uint64_t	 point;
 	const char	*to;
@@ -78,6 +80,8 @@ struct cconn {
 	int			 rc;
 	char			 err[1024];
 	char			*paths[CAT_MAX_DISKS];
+	char			 dommsg[768];	/* test failover's domain */
+	int			 dom_failed;
 	uint64_t		 point;
 	uint64_t		 blocks;
 	/* prune: the VMs left to do, and what to print */
@@ -899,16 +903,72 @@ store_job_end(struct cconn *c)
 	c->busy = 0;
 }
 
+/*
+ * A test failover's domain (vmdom.h), for a VM whose point carries a
+ * definition: VM-test on the copies, made after them; removed before
+ * them.  A copy whose domain cannot be made stays (the message says so).
+ */
+static void
+test_domain(struct cconn *c, struct store *st)
+{
+	const struct config *cfg = c->ctl->svc->cfg;
+	struct domxml_disk d[CAT_MAX_DISKS];
+	struct cat_rel rel;
+	char *def = NULL;
+	int r;
+
+	store_rel(st, &rel);
+	if (c->o.cleanup) {
+		/* Whether the VM has domains at all: the copy's point, or
+		 * the newest if the copy's is not known. */
+		uint64_t id = store_pinned_point(st);
+		r = store_point_definition(st, id == UINT64_MAX ? 0 : id, &def);
+	} else {
+		r = store_point_definition(st, c->point, &def);
+	}
+	if (r == RD_ERR_NOT_FOUND)
+		return;
+	if (r != 0) {
+		snprintf(c->dommsg, sizeof(c->dommsg), "cannot read the domain "
+		    "definition: %s", rd_strerror(r));
+		c->dom_failed = 1;
+		return;
+	}
+	if (c->o.cleanup) {
+		r = vmdom_untest(cfg, rel.vm, rel.peer, c->dommsg,
+		    sizeof(c->dommsg));
+	} else {
+		for (uint16_t i = 0; i < rel.ndisks; i++) {
+			d[i].target = rel.disks[i].name;
+			d[i].path = c->paths[i];
+		}
+		r = vmdom_test(cfg, rel.vm, rel.peer, def, d, rel.ndisks,
+		    rel.storage, c->o.start, c->dommsg, sizeof(c->dommsg));
+	}
+	free(def);
+	c->dom_failed = r != 0;
+	if (r != 0)
+		log_warnx("%s: test failover: %s", rel.vm, c->dommsg);
+	else
+		log_info("%s: test failover: %s", rel.vm, c->dommsg);
+}
+
 static void
 job_test(void *arg)
 {
 	struct cconn *c = arg;
 	struct store *st = rvm_store(c->rvm);
-	if (c->o.cleanup)
+	if (c->o.cleanup) {
+		test_domain(c, st);
+		if (c->dom_failed)
+			return;	/* the copy stays: a guest may use it */
 		c->rc = store_test_cleanup(st, c->err, sizeof(c->err));
-	else
+	} else {
 		c->rc = store_test_failover(st, c->o.point, &c->point,
 		    c->paths, c->err, sizeof(c->err));
+		if (c->rc == 0)
+			test_domain(c, st);
+	}
 }
 
 static void
@@ -916,6 +976,13 @@ test_done(void *arg)
 {
 	struct cconn *c = arg;
 	store_job_end(c);
+	if (c->o.cleanup && c->dom_failed) {
+		fail(c, 1, "failover %s --test --cleanup: %s; the test copy "
+		    "stays", c->o.vm, c->dommsg);
+		return;
+	}
+	if (c->o.cleanup && c->dommsg[0] != '\0')
+		out(c, "%s\n", c->dommsg);
 	if (c->rc != 0) {
 		fail(c, 1, "failover %s --test%s: %s", c->o.vm, c->o.cleanup ?
 		    " --cleanup" : "", c->err);
@@ -936,6 +1003,14 @@ test_done(void *arg)
 		}
 		log_info("%s: test copy of point %" PRIu64 " made", c->o.vm,
 		    c->point);
+		if (c->dom_failed) {
+			fail(c, 1, "failover %s --test: the test copy is made, "
+			    "but %s (replctl failover %s --test --cleanup "
+			    "removes the copy)", c->o.vm, c->dommsg, c->o.vm);
+			return;
+		}
+		if (c->dommsg[0] != '\0')
+			out(c, "%s\n", c->dommsg);
 	}
 	finish(c, 0);
 }
@@ -991,6 +1066,10 @@ cmd_failover(struct cconn *c)
 {
 	struct svc *svc = c->ctl->svc;
 	if (!c->o.test) {
+		if (c->o.start) {
+			fail(c, 2, "failover %s: --start needs --test", c->o.vm);
+			return;
+		}
 		c->busy = 1;
 		if (c->o.planned)
 			failover_planned(svc, c->o.vm, role_done, c);
@@ -999,6 +1078,11 @@ cmd_failover(struct cconn *c)
 		else
 			failover_unplanned(svc, c->o.vm, c->o.has_point ?
 			    c->o.point : 0, role_done, c);
+		return;
+	}
+	if (c->o.start && c->o.cleanup) {
+		fail(c, 2, "failover %s: --start cannot be used with --cleanup",
+		    c->o.vm);
 		return;
 	}
 	if (uncommitted(svc, c->o.vm)) {
@@ -1357,6 +1441,8 @@ parse_opts(struct ctl_request *req, struct opts *o, char *msg, size_t msgsz)
 			o->test = 1;
 		} else if (strcmp(a, "--cleanup") == 0) {
 			o->cleanup = 1;
+		} else if (strcmp(a, "--start") == 0) {
+			o->start = 1;
 		} else if (strcmp(a, "--planned") == 0) {
 			o->planned = 1;
 		} else if (strcmp(a, "--commit") == 0) {

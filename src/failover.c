@@ -46,6 +46,7 @@
 #include "svc.h"
 #include "tracker.h"
 #include "util.h"
+#include "vmdom.h"
 #include "vmtab.h"
 #include "work.h"
 #include "xmalloc.h"
@@ -76,6 +77,10 @@ struct fo {
 	struct wire_promote	 promote;
 	int			 claimed;	/* holds the VM (vt_claim) */
 	int			 promoted;	/* the new role is recorded */
+	char			*def;		/* the point's domain XML; NULL */
+	char			 dommsg[768];	/* what vmdom.h did; "" */
+	int			 dom_failed;
+	enum vmdom_stop		 dom_stopped;	/* what a demotion did */
 };
 
 static struct fo *
@@ -105,6 +110,7 @@ static void
 fo_free(struct fo *f)
 {
 	fo_release(f);
+	free(f->def);
 	free(f);
 }
 
@@ -265,7 +271,9 @@ fo_entry(struct svc *svc, const char *vm, struct role_view *view)
  *   receive_into  of its [vm] section, when set;
  *   disk          of its [vm] section, for the trackers that read files
  *                 (scan, reflink), when their names are the relationship's;
- *   STORAGE/VM/DISK otherwise (tracker qemu's disks are block nodes).
+ *   STORAGE/VM/DISK otherwise (tracker qemu's disks are block nodes;
+ *                 tracker libvirt's are the domain's images, often qcow2,
+ *                 which raw data must not overwrite).
  * NULL stands for STORAGE/VM/DISK; else an array borrowed from cfg.
  */
 static char *const *
@@ -279,7 +287,7 @@ received_files(const struct config *cfg, const struct cat_rel *rel)
 			return NULL;
 	if (cv->nreceive > 0)
 		return cv->receive_into;
-	if (cv->tracker == TRACKER_QEMU)
+	if (cv->tracker == TRACKER_QEMU || cv->tracker == TRACKER_LIBVIRT)
 		return NULL;
 	return cv->disks;
 }
@@ -441,16 +449,31 @@ role_hook(const struct config *cfg, const char *vm, const char *peer_identity,
 	return NULL;
 }
 
+/* The other host, whose [accept] entry speaks for the VM here when it
+ * has no [vm] section (hooks, its domain). */
+static const char *
+fo_peer(const struct fo *f, const struct cat_rel *rel, int promote)
+{
+	return promote || f->identity[0] == '\0' ? rel->peer_name :
+	    f->identity;
+}
+
+/* STORAGE of rel on this host. */
+static const char *
+fo_storage(const struct fo *f, const struct cat_rel *rel)
+{
+	return rel->storage[0] || f->storage[0] == '\0' ? rel->storage :
+	    f->storage;
+}
+
 /* on_promote (promote) or on_demote with rel's disks on this host. */
 static int
 run_role_hook(struct fo *f, const struct cat_rel *rel, int promote,
     uint64_t point)
 {
-	const char *peer = promote || f->identity[0] == '\0' ? rel->peer_name :
-	    f->identity;
+	const char *peer = fo_peer(f, rel, promote);
 	const char *cmd = role_hook(f->svc->cfg, rel->vm, peer, promote);
-	const char *storage = rel->storage[0] || f->storage[0] == '\0' ?
-	    rel->storage : f->storage;
+	const char *storage = fo_storage(f, rel);
 	size_t n;
 	if (cmd == NULL)
 		return 0;
@@ -460,6 +483,102 @@ run_role_hook(struct fo *f, const struct cat_rel *rel, int promote,
 	    paths, n, f->hookmsg, sizeof(f->hookmsg));
 	free_paths(paths, n);
 	return r;
+}
+
+/* --- the VM's libvirt domain (vmdom.h): before the hooks -------------- */
+
+/*
+ * The domain XML of point (0: the newest) from the VM's store: into
+ * f->def, or NULL if the VM has none.  A definition that exists but
+ * cannot be read is a failure of the domain's part (f->dommsg).
+ */
+static void
+point_def(struct fo *f, struct store *st, uint64_t point)
+{
+	free(f->def);
+	f->def = NULL;
+	int r = store_point_definition(st, point, &f->def);
+	if (r != 0 && r != RD_ERR_NOT_FOUND) {
+		snprintf(f->dommsg, sizeof(f->dommsg), "cannot read the domain "
+		    "definition of point %" PRIu64 ": %s", point,
+		    rd_strerror(r));
+		f->dom_failed = 1;
+	}
+	if (r != 0) {
+		free(f->def);
+		f->def = NULL;
+	}
+}
+
+static void
+dom_log(struct fo *f, int r)
+{
+	if (r != 0) {
+		f->dom_failed = 1;
+		log_warnx("%s: %s", f->vm, f->dommsg);
+	} else if (f->dommsg[0] != '\0') {
+		log_info("%s: %s", f->vm, f->dommsg);
+	}
+}
+
+/* Define and start the domain of f->def on rel's disks here. */
+static void
+dom_promote(struct fo *f, const struct cat_rel *rel)
+{
+	const char *storage = fo_storage(f, rel);
+	size_t n;
+	char **paths;
+	struct domxml_disk *d;
+
+	if (f->def == NULL)
+		return;
+	paths = disk_paths(f->svc->cfg, rel, storage, &n);
+	d = xcalloc(n + 1, sizeof(*d));
+	for (size_t i = 0; i < n; i++) {
+		d[i].target = rel->disks[i].name;
+		d[i].path = paths[i];
+	}
+	f->dom_failed = 0;
+	dom_log(f, vmdom_promote(f->svc->cfg, rel->vm, fo_peer(f, rel, 1),
+	    f->def, d, n, storage, f->dommsg, sizeof(f->dommsg)));
+	free(d);
+	free_paths(paths, n);
+}
+
+/* Shut the VM's domain here down (f->dom_stopped says how). */
+static int
+dom_demote(struct fo *f, const struct cat_rel *rel)
+{
+	int r = vmdom_demote(f->svc->cfg, rel->vm, fo_peer(f, rel, 0),
+	    &f->dom_stopped, f->dommsg, sizeof(f->dommsg));
+	if (r == 0 && f->dom_stopped == VMDOM_DESTROYED)
+		log_warnx("%s: %s", f->vm, f->dommsg);
+	else
+		dom_log(f, r);
+	return r;
+}
+
+/* Start it again: always (force), or if start_on_promote. */
+static void
+dom_restart(struct fo *f, const struct cat_rel *rel, int force)
+{
+	dom_log(f, vmdom_restart(f->svc->cfg, rel->vm, fo_peer(f, rel, 0),
+	    force, f->dommsg, sizeof(f->dommsg)));
+}
+
+/* "; " and what the domain's part did, for the command's message. */
+static const char *
+dom_note(const struct fo *f, char *buf, size_t bufsz)
+{
+	if (f->dommsg[0] == '\0')
+		return "";
+	if (f->dom_failed)
+		snprintf(buf, bufsz, "; its domain is not up: %s (the disks "
+		    "are this host's all the same: start the guest by hand)",
+		    f->dommsg);
+	else
+		snprintf(buf, bufsz, "; %s", f->dommsg);
+	return buf;
 }
 
 /*
@@ -475,14 +594,40 @@ run_role_hook(struct fo *f, const struct cat_rel *rel, int promote,
  * a replica that fences it shows that it did.
  */
 static void
-marker_set(struct svc *svc, const char *vm, enum lay_marker which)
+marker_set_data(struct svc *svc, const char *vm, enum lay_marker which,
+    const char *data)
 {
 	char *dir = lay_hooks_dir(svc->cfg->state_dir);
 	char *p = lay_marker(svc->cfg->state_dir, vm, which);
-	if (util_mkdir_p(dir, 0700) != 0 || util_write_atomic(p, "", 0) != 0)
+	if (util_mkdir_p(dir, 0700) != 0 || util_write_atomic(p, data ? data :
+	    "", data ? strlen(data) : 0) != 0)
 		log_warn("%s: cannot write %s", vm, p);
 	free(dir);
 	free(p);
+}
+
+static void
+marker_set(struct svc *svc, const char *vm, enum lay_marker which)
+{
+	marker_set_data(svc, vm, which, NULL);
+}
+
+/* What a marker holds (a domain definition), or NULL if it is empty. */
+static char *
+marker_data(struct svc *svc, const char *vm, enum lay_marker which)
+{
+	char *p = lay_marker(svc->cfg->state_dir, vm, which);
+	uint8_t *data = NULL;
+	size_t len = 0;
+	char *s = NULL;
+	if (util_read_file(p, (size_t)64 << 20, &data, &len) == 0 && len > 0) {
+		s = xmalloc(len + 1);
+		memcpy(s, data, len);
+		s[len] = '\0';
+	}
+	free(data);
+	free(p);
+	return s;
 }
 
 static void
@@ -506,6 +651,11 @@ static void
 job_pending_hook(void *arg)
 {
 	struct fo *f = arg;
+	if ((f->def = marker_data(f->svc, f->vm, LAY_MARK_PROMOTE)) != NULL) {
+		log_info("%s: bringing up its domain, which a restart "
+		    "interrupted", f->vm);
+		dom_promote(f, &f->rel);
+	}
 	log_info("%s: running on_promote, which a restart interrupted",
 	    f->vm);
 	if (run_role_hook(f, &f->rel, 1, f->rel.at_point ? f->rel.at_point :
@@ -527,6 +677,7 @@ job_confirmed(void *arg)
 	if (fo_rel(f, &f->rel) == 0) {
 		log_info("%s: the cut-off handover did not happen: running "
 		    "on_promote again", f->vm);
+		dom_restart(f, &f->rel, 0);
 		if (run_role_hook(f, &f->rel, 1, f->rel.last_point) != 0)
 			log_warnx("%s: on_promote failed: %s", f->vm,
 			    f->hookmsg);
@@ -745,10 +896,12 @@ job_promote_unplanned(void *arg)
 	 * The role and generation first, images still at the newest point
 	 * (uncommitted, at_point): from here a crash or a failed rewind
 	 * leaves a primary whose images are at a point its journal names,
-	 * never a replica rewound behind its newest point's label.
+	 * never a replica rewound behind its newest point's label.  The
+	 * marker keeps the point's domain definition for a restart.
 	 */
+	point_def(f, st, f->point != 0 ? f->point : rel.last_point);
 	role_rel_unplanned(&rel);
-	marker_set(f->svc, f->vm, LAY_MARK_PROMOTE);
+	marker_set_data(f->svc, f->vm, LAY_MARK_PROMOTE, f->def);
 	if ((r = fo_put(f, &rel)) != 0) {
 		marker_clear(f->svc, f->vm, LAY_MARK_PROMOTE);
 		return;
@@ -759,6 +912,7 @@ job_promote_unplanned(void *arg)
 		f->rc = r;	/* primary all the same, at the point it reached */
 	store_rel(st, &rel);
 	f->rel = rel;
+	dom_promote(f, &rel);
 	if (run_role_hook(f, &rel, 1, rel.at_point) != 0)
 		f->hook_failed = 1;
 	marker_clear(f->svc, f->vm, LAY_MARK_PROMOTE);
@@ -768,6 +922,7 @@ static void
 promote_unplanned_done(void *arg)
 {
 	struct fo *f = arg;
+	char note[1536];
 	if (!f->promoted) {
 		fo_finish(f, f->rc, "%s: failover refused: %s", f->vm, f->msg);
 		return;
@@ -778,15 +933,16 @@ promote_unplanned_done(void *arg)
 		fo_finish(f, f->rc, "%s: this host is now the primary "
 		    "(generation %" PRIu64 "), but moving to point %" PRIu64
 		    " failed: %s; the disks hold point %" PRIu64 " (replctl "
-		    "failover %s --point ID tries again, --commit keeps it)",
+		    "failover %s --point ID tries again, --commit keeps it)%s",
 		    f->vm, f->rel.generation, f->point, f->msg,
-		    f->rel.at_point, f->vm);
+		    f->rel.at_point, f->vm, dom_note(f, note, sizeof(note)));
 		return;
 	}
-	fo_finish(f, f->hook_failed ? RD_ERR_PEER : 0, "%s: failed over to "
-	    "point %" PRIu64 ", generation %" PRIu64 "; this host is now the "
-	    "primary%s%s (replctl failover %s --commit makes it final)",
-	    f->vm, f->rel.at_point, f->rel.generation,
+	fo_finish(f, f->hook_failed || f->dom_failed ? RD_ERR_PEER : 0, "%s: "
+	    "failed over to point %" PRIu64 ", generation %" PRIu64 "; this "
+	    "host is now the primary%s%s%s (replctl failover %s --commit makes "
+	    "it final)", f->vm, f->rel.at_point, f->rel.generation,
+	    dom_note(f, note, sizeof(note)),
 	    f->hook_failed ? "; on_promote failed: " : "",
 	    f->hook_failed ? f->hookmsg : "", f->vm);
 }
@@ -808,10 +964,17 @@ job_repick(void *arg)
 	int r;
 
 	store_rel(st, &rel);
+	if (dom_demote(f, &rel) != 0) {
+		snprintf(f->msg, sizeof(f->msg), "%s", f->dommsg);
+		f->rc = RD_ERR_PEER;
+		return;
+	}
 	if (run_role_hook(f, &rel, 0, rel.at_point) != 0) {
 		snprintf(f->msg, sizeof(f->msg), "on_demote failed: %s",
 		    f->hookmsg);
 		f->rc = RD_ERR_PEER;
+		if (f->dom_stopped != VMDOM_NOT_RUNNING)
+			dom_restart(f, &rel, 1);
 		return;
 	}
 	r = store_rewind(st, f->point, 1, f->msg, sizeof(f->msg));
@@ -825,11 +988,16 @@ job_repick(void *arg)
 			    "replctl failover %s --commit", f->vm);
 		}
 		/* Left as it was: start the guest again. */
+		if (f->dom_stopped != VMDOM_NOT_RUNNING)
+			dom_restart(f, &rel, 1);
 		run_role_hook(f, &rel, 1, rel.at_point);
 		return;
 	}
 	store_rel(st, &rel);
 	f->rel = rel;
+	/* The new point's definition, which may differ. */
+	point_def(f, st, rel.at_point);
+	dom_promote(f, &rel);
 	if (run_role_hook(f, &rel, 1, rel.at_point) != 0)
 		f->hook_failed = 1;
 }
@@ -838,15 +1006,17 @@ static void
 repick_done(void *arg)
 {
 	struct fo *f = arg;
+	char note[1536];
 	if (f->rc != 0) {
 		fo_finish(f, f->rc, "%s: cannot move to point %" PRIu64 ": %s",
 		    f->vm, f->point, f->msg);
 		return;
 	}
 	vt_set_rel(f->e, &f->rel);
-	fo_finish(f, f->hook_failed ? RD_ERR_PEER : 0, "%s: now at point %"
-	    PRIu64 ", generation %" PRIu64 "%s%s (not committed)", f->vm,
-	    f->rel.at_point, f->rel.generation, f->hook_failed ?
+	fo_finish(f, f->hook_failed || f->dom_failed ? RD_ERR_PEER : 0, "%s: "
+	    "now at point %" PRIu64 ", generation %" PRIu64 "%s%s%s (not "
+	    "committed)", f->vm, f->rel.at_point, f->rel.generation,
+	    dom_note(f, note, sizeof(note)), f->hook_failed ?
 	    "; on_promote failed: " : "", f->hook_failed ? f->hookmsg : "");
 }
 
@@ -990,6 +1160,12 @@ job_demote_hook(void *arg)
 	if ((r = fo_rel(f, &rel)) != 0)
 		return;
 	rel.generation = f->hello.generation;
+	if (dom_demote(f, &rel) != 0) {
+		snprintf(f->msg, sizeof(f->msg), "this host cannot become the "
+		    "replica of %s: %s", f->vm, f->dommsg);
+		f->rc = RD_ERR_PEER;
+		return;
+	}
 	if (run_role_hook(f, &rel, 0, 0) != 0) {
 		snprintf(f->msg, sizeof(f->msg), "this host cannot become the "
 		    "replica of %s: on_demote failed: %s", f->vm, f->hookmsg);
@@ -1058,12 +1234,14 @@ static void
 demote_done(void *arg)
 {
 	struct fo *f = arg;
+	char note[1536];
 	if (became_replica(f) != 0) {
 		fo_finish(f, f->rc, "%s: %s", f->vm, f->msg);
 		return;
 	}
 	fo_finish(f, 0, "%s: this host is now the replica of %s at generation %"
-	    PRIu64, f->vm, f->identity, f->rel.generation);
+	    PRIu64 "%s", f->vm, f->identity, f->rel.generation,
+	    dom_note(f, note, sizeof(note)));
 }
 
 static void
@@ -1154,11 +1332,20 @@ job_planned_demote_hook(void *arg)
 	f->rel = rel;
 	rel.generation++;
 	marker_set(f->svc, f->vm, LAY_MARK_HANDOVER);
+	/* The final cycle is cut from a guest at rest. */
+	if (dom_demote(f, &rel) != 0) {
+		snprintf(f->msg, sizeof(f->msg), "%s", f->dommsg);
+		f->rc = RD_ERR_PEER;
+		marker_clear(f->svc, f->vm, LAY_MARK_HANDOVER);
+		return;
+	}
 	if (run_role_hook(f, &rel, 0, rel.last_point) != 0) {
 		snprintf(f->msg, sizeof(f->msg), "on_demote failed: %s",
 		    f->hookmsg);
 		f->rc = RD_ERR_PEER;
 		/* Left as it was. */
+		if (f->dom_stopped != VMDOM_NOT_RUNNING)
+			dom_restart(f, &f->rel, 1);
 		run_role_hook(f, &f->rel, 1, f->rel.last_point);
 		marker_clear(f->svc, f->vm, LAY_MARK_HANDOVER);
 	}
@@ -1168,6 +1355,8 @@ static void
 job_restore_primary(void *arg)
 {
 	struct fo *f = arg;
+	if (f->dom_stopped != VMDOM_NOT_RUNNING)
+		dom_restart(f, &f->rel, 1);
 	run_role_hook(f, &f->rel, 1, f->rel.last_point);
 	marker_clear(f->svc, f->vm, LAY_MARK_HANDOVER);
 }
@@ -1294,8 +1483,10 @@ planned_demote_done(void *arg)
 		    "as the replica failed: %s", f->vm, f->msg);
 		return;
 	}
+	char note[1536];
 	fo_finish(f, 0, "%s: handed over to %s at generation %" PRIu64 "; this "
-	    "host is now its replica", f->vm, f->acc->name, f->rel.generation);
+	    "host is now its replica%s", f->vm, f->acc->name, f->rel.generation,
+	    dom_note(f, note, sizeof(note)));
 }
 
 static void
@@ -1491,11 +1682,12 @@ job_promote_planned(void *arg)
 	if (digests_to_maps(f, &rel) != 0)
 		log_warnx("%s: the replica's digests are not usable as tracker "
 		    "state; the first cycle back compares the disks", f->vm);
+	point_def(f, st, rel.last_point);
 	if ((r = fo_rel(f, &rel)) != 0)
 		return;
 	role_rel_promote_planned(&rel, f->promote.generation,
 	    f->promote.listen, f->identity);
-	marker_set(f->svc, f->vm, LAY_MARK_PROMOTE);
+	marker_set_data(f->svc, f->vm, LAY_MARK_PROMOTE, f->def);
 	if ((r = fo_put(f, &rel)) != 0) {
 		marker_clear(f->svc, f->vm, LAY_MARK_PROMOTE);
 		return;
@@ -1508,6 +1700,7 @@ static void
 job_promote_hook(void *arg)
 {
 	struct fo *f = arg;
+	dom_promote(f, &f->rel);
 	if (run_role_hook(f, &f->rel, 1, f->rel.last_point) != 0)
 		f->hook_failed = 1;
 	marker_clear(f->svc, f->vm, LAY_MARK_PROMOTE);

@@ -129,8 +129,12 @@ char *
 lay_marker(const char *state_dir, const char *vm, enum lay_marker which)
 {
 	char *dir = lay_hooks_dir(state_dir);
-	char *p = xasprintf("%s/%s.%s", dir, vm, which == LAY_MARK_PROMOTE ?
-	    "on_promote" : "handover");
+	static const char *const ext[] = {
+		[LAY_MARK_PROMOTE] = "on_promote",
+		[LAY_MARK_HANDOVER] = "handover",
+		[LAY_MARK_DOMAIN] = "domain",
+	};
+	char *p = xasprintf("%s/%s.%s", dir, vm, ext[which]);
 	free(dir);
 	return p;
 }

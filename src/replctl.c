@@ -7,7 +7,8 @@
  * Every command is checked here, before anything is sent, and reaches the
  * daemon as a normalised argv: the command, the VM if any, then the
  * options given, in the order of opt_defs[], each value as its own
- * argument ({"failover", "web01", "--test", "--point", "3"}).
+ * argument ({"failover", "web01", "--test", "--point", "3"}).  A command
+ * with a local function (discover) runs here instead, without replicad.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -24,9 +25,11 @@
 #include "buf.h"
 #include "config.h"
 #include "ctl.h"
+#include "discover.h"
 #include "err.h"
 #include "log.h"
 #include "util.h"
+#include "virt.h"
 #include "xmalloc.h"
 
 #ifndef REPLCTL_VERSION
@@ -40,6 +43,7 @@ enum opt {
 	OPT_WAIT,
 	OPT_TEST,
 	OPT_CLEANUP,
+	OPT_START,
 	OPT_PLANNED,
 	OPT_COMMIT,
 	OPT_DRY_RUN,
@@ -47,6 +51,7 @@ enum opt {
 	OPT_TO,
 	OPT_NAME,
 	OPT_HOST,
+	OPT_URI,
 	OPT_COUNT
 };
 #define F(o)	(1u << (o))
@@ -54,6 +59,7 @@ enum opt {
 static int check_id(const char *, char *, size_t);
 static int check_hostport(const char *, char *, size_t);
 static int check_name(const char *, char *, size_t);
+static int check_uri(const char *, char *, size_t);
 
 /* Options of all commands, in the order they are sent in. */
 static const struct opt_def {
@@ -66,6 +72,7 @@ static const struct opt_def {
 	[OPT_WAIT] =	{ "--wait", NULL, NULL },
 	[OPT_TEST] =	{ "--test", NULL, NULL },
 	[OPT_CLEANUP] =	{ "--cleanup", NULL, NULL },
+	[OPT_START] =	{ "--start", NULL, NULL },
 	[OPT_PLANNED] =	{ "--planned", NULL, NULL },
 	[OPT_COMMIT] =	{ "--commit", NULL, NULL },
 	[OPT_DRY_RUN] =	{ "--dry-run", NULL, NULL },
@@ -73,6 +80,7 @@ static const struct opt_def {
 	[OPT_TO] =	{ "--to", check_hostport, "address (want HOST:PORT)" },
 	[OPT_NAME] =	{ "--name", check_name, "certificate name" },
 	[OPT_HOST] =	{ "--host", check_name, "certificate name" },
+	[OPT_URI] =	{ "--uri", check_uri, "libvirt URI" },
 };
 
 struct cmdline {
@@ -81,9 +89,10 @@ struct cmdline {
 	char		 value[OPT_COUNT][VALUE_MAX];
 };
 
-enum vm_arg { VM_OPTIONAL, VM_REQUIRED };
+enum vm_arg { VM_NONE, VM_OPTIONAL, VM_REQUIRED };
 
 static int check_failover(const struct cmdline *, char *, size_t);
+static int run_discover(const struct cmdline *);
 
 static const struct subcommand {
 	const char	*name;
@@ -94,52 +103,64 @@ static const struct subcommand {
 	int		(*check)(const struct cmdline *, char *why, size_t);
 	const char	*usage;		/* one form per line */
 	const char	*help;
+	/* Runs here, without replicad (its exit code); NULL: sent. */
+	int		(*local)(const struct cmdline *);
 } subcommands[] = {
 	{ "status", VM_OPTIONAL, F(OPT_JSON), 0, NULL,
 	    "status [VM] [--json]",
-	    "show relationships: role, generation, state, lag, health" },
+	    "show relationships: role, generation, state, lag, health", NULL },
 	{ "sync", VM_REQUIRED, F(OPT_WAIT), 0, NULL,
 	    "sync VM [--wait]",
-	    "start a replication cycle now (primary)" },
+	    "start a replication cycle now (primary)", NULL },
 	{ "points", VM_REQUIRED, F(OPT_JSON), 0, NULL,
 	    "points VM [--json]",
-	    "list the recovery points of a VM (replica)" },
+	    "list the recovery points of a VM (replica)", NULL },
 	{ "definition", VM_REQUIRED, F(OPT_POINT), 0, NULL,
 	    "definition VM [--point ID]",
-	    "print the VM's definition (domain XML) at a point (replica)" },
-	{ "failover", VM_REQUIRED, F(OPT_TEST) | F(OPT_CLEANUP) |
+	    "print the VM's definition (domain XML) at a point (replica)",
+	    NULL },
+	{ "failover", VM_REQUIRED, F(OPT_TEST) | F(OPT_CLEANUP) | F(OPT_START) |
 	    F(OPT_PLANNED) | F(OPT_COMMIT) | F(OPT_POINT), 0, check_failover,
-	    "failover VM --test [--point ID]\n"
+	    "failover VM --test [--point ID] [--start]\n"
 	    "failover VM --test --cleanup\n"
 	    "failover VM [--point ID]\n"
 	    "failover VM --planned\n"
 	    "failover VM --commit",
-	    "test failover, unplanned or planned failover (see replctl(8))" },
+	    "test failover, unplanned or planned failover (see replctl(8))",
+	    NULL },
 	{ "reverse", VM_REQUIRED, F(OPT_TO) | F(OPT_NAME) | F(OPT_WAIT),
 	    F(OPT_TO), NULL,
 	    "reverse VM --to HOST:PORT [--name NAME] [--wait]",
-	    "replicate back to the old primary, resyncing it (new primary)" },
+	    "replicate back to the old primary, resyncing it (new primary)",
+	    NULL },
 	{ "resync", VM_REQUIRED, F(OPT_WAIT), 0, NULL,
 	    "resync VM [--wait]",
-	    "compare the whole disks and send the differences (primary)" },
+	    "compare the whole disks and send the differences (primary)",
+	    NULL },
 	{ "prune", VM_OPTIONAL, F(OPT_DRY_RUN), 0, NULL,
 	    "prune [VM] [--dry-run]",
-	    "apply the retention policy (replica)" },
+	    "apply the retention policy (replica)", NULL },
 	{ "verify", VM_REQUIRED, F(OPT_POINT), 0, NULL,
 	    "verify VM [--point ID]",
-	    "re-hash a point and check it against its digests (replica)" },
+	    "re-hash a point and check it against its digests (replica)",
+	    NULL },
 	{ "forget", VM_REQUIRED, F(OPT_POINT), F(OPT_POINT), NULL,
 	    "forget VM --point ID",
-	    "drop one recovery point, not the newest (replica)" },
+	    "drop one recovery point, not the newest (replica)", NULL },
 	{ "reassign", VM_REQUIRED, F(OPT_HOST), F(OPT_HOST), NULL,
 	    "reassign VM --host NAME",
-	    "take the VM from another sending host from now on (replica)" },
+	    "take the VM from another sending host from now on (replica)",
+	    NULL },
 	{ "pause", VM_REQUIRED, 0, 0, NULL,
 	    "pause VM",
-	    "stop scheduled cycles (primary)" },
+	    "stop scheduled cycles (primary)", NULL },
 	{ "resume", VM_REQUIRED, 0, 0, NULL,
 	    "resume VM",
-	    "restart scheduled cycles (primary)" },
+	    "restart scheduled cycles (primary)", NULL },
+	{ "discover", VM_NONE, F(OPT_URI), 0, NULL,
+	    "discover [--uri URI]",
+	    "print a [vm] section for each libvirt domain (no replicad)",
+	    run_discover },
 };
 #define NSUBCOMMANDS	(sizeof(subcommands) / sizeof(subcommands[0]))
 
@@ -249,12 +270,27 @@ check_name(const char *s, char *norm, size_t normsz)
 	return 0;
 }
 
-/* --test [--point ID | --cleanup], [--point ID], --planned or --commit. */
+/* A libvirt URI: printable, no spaces (libvirt checks the rest). */
+static int
+check_uri(const char *s, char *norm, size_t normsz)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n >= normsz)
+		return RD_ERR_INVALID;
+	for (size_t i = 0; i < n; i++)
+		if (!isgraph((unsigned char)s[i]))
+			return RD_ERR_INVALID;
+	snprintf(norm, normsz, "%s", s);
+	return 0;
+}
+
+/* --test [--point ID | --cleanup], [--point ID], --planned or --commit;
+ * --start with --test only, not with --cleanup. */
 static int
 check_failover(const struct cmdline *cl, char *why, size_t whysz)
 {
 	static const enum opt pairs[][2] = {
-		{ OPT_CLEANUP, OPT_POINT },
+		{ OPT_CLEANUP, OPT_POINT }, { OPT_CLEANUP, OPT_START },
 		{ OPT_PLANNED, OPT_TEST }, { OPT_PLANNED, OPT_POINT },
 		{ OPT_COMMIT, OPT_TEST }, { OPT_COMMIT, OPT_POINT },
 		{ OPT_COMMIT, OPT_PLANNED },
@@ -262,6 +298,10 @@ check_failover(const struct cmdline *cl, char *why, size_t whysz)
 
 	if ((cl->given & F(OPT_CLEANUP)) && !(cl->given & F(OPT_TEST))) {
 		snprintf(why, whysz, "--cleanup needs --test");
+		return RD_ERR_INVALID;
+	}
+	if ((cl->given & F(OPT_START)) && !(cl->given & F(OPT_TEST))) {
+		snprintf(why, whysz, "--start needs --test");
 		return RD_ERR_INVALID;
 	}
 	for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
@@ -304,7 +344,7 @@ parse_command(const struct subcommand *cmd, int argc, char **argv,
 		int o;
 
 		if (a[0] != '-') {
-			if (cl->vm != NULL) {
+			if (cl->vm != NULL || cmd->vm == VM_NONE) {
 				snprintf(why, whysz, "unexpected argument '%s'",
 				    a);
 				goto out;
@@ -643,6 +683,22 @@ parse_options(int argc, char *argv[], const char **cfgpath,
 	return -1;
 }
 
+/* replctl discover: libvirt, not replicad. */
+static int
+run_discover(const struct cmdline *cl)
+{
+	const char *uri = cl->given & F(OPT_URI) ? cl->value[OPT_URI] :
+	    CONFIG_DEFAULT_LIBVIRT_URI;
+	char err[1024];
+
+	virt_init();
+	if (discover_print(stdout, uri, err, sizeof(err)) != 0) {
+		fprintf(stderr, "replctl: discover: %s\n", err);
+		return CTL_EXIT_FAILED;
+	}
+	return CTL_EXIT_OK;
+}
+
 int
 main(int argc, char *argv[])
 {
@@ -665,6 +721,8 @@ main(int argc, char *argv[])
 		command_usage(cmd, why);
 		return CTL_EXIT_USAGE;
 	}
+	if (cmd->local != NULL)
+		return cmd->local(&cl);
 	if (control_path(cfgpath, sockpath, &path) != 0)
 		return CTL_EXIT_USAGE;
 	r = converse(path, build_request(cmd, &cl, reqv), reqv);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libvirt/virterror.h>
 #include <libxml/parser.h>
@@ -377,5 +378,211 @@ virt_resolve(struct cfg_vm *vm, char *note, size_t notesz, char *err,
 	if (dom != NULL)
 		virDomainFree(dom);
 	virConnectClose(c);
+	return r;
+}
+
+/* --- domains: define, start, stop, remove ----------------------------- */
+
+#define POLL_MS	250
+
+static const char *
+dom_name(virDomainPtr d)
+{
+	const char *n = virDomainGetName(d);
+	return n != NULL ? n : "(unnamed)";
+}
+
+/*
+ * "WHAT domain NAME: libvirt's message" in err.  Every libvirt call,
+ * virDomainGetName() too, frees the last error: it is copied first.
+ */
+static void
+dom_error(virDomainPtr d, const char *what, char *err, size_t errsz)
+{
+	char lv[512];
+
+	snprintf(lv, sizeof(lv), "%s", virt_last_error());
+	snprintf(err, errsz, "%s domain %s: %s", what, dom_name(d), lv);
+}
+
+int
+virt_active(virDomainPtr d, char *err, size_t errsz)
+{
+	int a = virDomainIsActive(d);
+	if (a < 0) {
+		dom_error(d, "cannot read the state of", err, errsz);
+		return RD_ERR_PEER;
+	}
+	return a;
+}
+
+int
+virt_autostart_off(virDomainPtr d, char *err, size_t errsz)
+{
+	int autostart = 0;
+	/* A transient domain has no autostart to turn off. */
+	if (virDomainIsPersistent(d) != 1 ||
+	    (virDomainGetAutostart(d, &autostart) == 0 && !autostart))
+		return 0;
+	if (virDomainSetAutostart(d, 0) != 0) {
+		dom_error(d, "cannot turn off the autostart of", err, errsz);
+		return RD_ERR_PEER;
+	}
+	return 0;
+}
+
+int
+virt_define(virConnectPtr c, const char *xml, virDomainPtr *out, char *err,
+    size_t errsz)
+{
+	int r;
+
+	if ((*out = virDomainDefineXML(c, xml)) == NULL) {
+		snprintf(err, errsz, "libvirt refused the definition: %s",
+		    virt_last_error());
+		return RD_ERR_PEER;
+	}
+	/* Starting would resume that memory on disks it never saw. */
+	if (virDomainHasManagedSaveImage(*out, 0) == 1 &&
+	    virDomainManagedSaveRemove(*out, 0) != 0) {
+		dom_error(*out, "cannot remove the managed save image of", err,
+		    errsz);
+		r = RD_ERR_PEER;
+	} else {
+		r = virt_autostart_off(*out, err, errsz);
+	}
+	if (r != 0) {
+		virDomainFree(*out);
+		*out = NULL;
+	}
+	return r;
+}
+
+int
+virt_start(virDomainPtr d, char *err, size_t errsz)
+{
+	if (virDomainCreate(d) != 0) {
+		dom_error(d, "cannot start", err, errsz);
+		return RD_ERR_PEER;
+	}
+	return 0;
+}
+
+static uint64_t
+now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void
+pause_ms(unsigned ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+/* Destroy d, which should still run; why is what err says on success. */
+static int
+destroy(virDomainPtr d, const char *why, char *err, size_t errsz)
+{
+	char msg[512];
+
+	snprintf(msg, sizeof(msg), "%s", why);
+	if (virDomainDestroy(d) != 0) {
+		char lv[256];
+		/* Every libvirt call resets the last error: keep it. */
+		snprintf(lv, sizeof(lv), "%s", virt_last_error());
+		if (virt_active(d, err, errsz) != 0) {
+			snprintf(err, errsz, "cannot destroy domain %s%s%s%s: "
+			    "%s", dom_name(d), msg[0] ? " (" : "", msg,
+			    msg[0] ? ")" : "", lv);
+			return RD_ERR_PEER;
+		}
+	}
+	snprintf(err, errsz, "%s", msg);
+	return 0;
+}
+
+int
+virt_shutdown(virDomainPtr d, unsigned timeout_s, enum virt_stop *how,
+    char *err, size_t errsz)
+{
+	uint64_t start = now_ms(), asked = 0, waited;
+	int a, first = 1;
+	char why[512];
+
+	*how = VIRT_STOP_WAS_OFF;
+	if ((a = virt_active(d, err, errsz)) <= 0)
+		return a;
+	for (;;) {
+		waited = now_ms() - start;
+		if (first || waited - asked >= VIRT_SHUTDOWN_REPEAT_S * 1000) {
+			if (virDomainShutdown(d) != 0 && first) {
+				snprintf(why, sizeof(why), "it refused to shut "
+				    "down: %s", virt_last_error());
+				/* Nothing would bring it down cleanly. */
+				if (virt_active(d, err, errsz) > 0) {
+					*how = VIRT_STOP_DESTROYED;
+					return destroy(d, why, err, errsz);
+				}
+			}
+			asked = waited;
+			first = 0;
+		}
+		if ((a = virt_active(d, err, errsz)) <= 0) {
+			if (a == 0)
+				*how = VIRT_STOP_SHUTDOWN;
+			return a;
+		}
+		if (waited >= (uint64_t)timeout_s * 1000)
+			break;
+		pause_ms(POLL_MS);
+	}
+	snprintf(why, sizeof(why), "still running %u s after it was asked to "
+	    "shut down", timeout_s);
+	*how = VIRT_STOP_DESTROYED;
+	return destroy(d, why, err, errsz);
+}
+
+int
+virt_remove(virConnectPtr c, const char *name, int *existed, char *err,
+    size_t errsz)
+{
+	const unsigned flags = VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+	    VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
+	    VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA |
+	    VIR_DOMAIN_UNDEFINE_NVRAM;
+	virDomainPtr d = NULL;
+	int r, a;
+
+	*existed = 0;
+	if ((r = virt_lookup(c, name, &d, err, errsz)) != 0)
+		return r == RD_ERR_NOT_FOUND ? 0 : r;
+	*existed = 1;
+	if ((a = virt_active(d, err, errsz)) < 0) {
+		r = a;
+		goto out;
+	}
+	if (a > 0 && (r = destroy(d, "", err, errsz)) != 0)
+		goto out;
+	/* A transient domain is gone once destroyed.  A driver without
+	 * checkpoints or NVRAM refuses their flags (VIR_ERR_INVALID_ARG). */
+	if (virDomainIsPersistent(d) == 1 &&
+	    virDomainUndefineFlags(d, flags) != 0 &&
+	    (virGetLastErrorCode() != VIR_ERR_INVALID_ARG ||
+	    virDomainUndefineFlags(d, flags & ~(unsigned)(
+	    VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA |
+	    VIR_DOMAIN_UNDEFINE_NVRAM)) != 0)) {
+		snprintf(err, errsz, "cannot undefine domain %s: %s", name,
+		    virt_last_error());
+		r = RD_ERR_PEER;
+		goto out;
+	}
+	r = 0;
+out:
+	virDomainFree(d);
 	return r;
 }

@@ -63,6 +63,15 @@ expect_usage -s "$SOCK" failover web01 --planned --point 3
 expect_usage -s "$SOCK" failover web01 --planned --test
 expect_usage -s "$SOCK" failover web01 --commit --planned
 expect_usage -s "$SOCK" failover web01 --commit --point 2
+expect_usage -s "$SOCK" failover web01 --start
+expect_usage -s "$SOCK" failover web01 --planned --start
+expect_usage -s "$SOCK" failover web01 --test --cleanup --start
+expect_usage -s "$SOCK" failover web01 --test --start=yes
+expect_usage discover web01
+expect_usage discover --uri
+expect_usage discover --uri ''
+expect_usage discover --uri 'a b'
+expect_usage discover --json
 expect_usage -s "$SOCK" forget web01
 expect_usage -s "$SOCK" reverse web01
 expect_usage -s "$SOCK" reverse web01 --to nohost
@@ -92,6 +101,8 @@ expect 2 'missing --to' -s "$SOCK" reverse web01
 expect 2 'invalid address' -s "$SOCK" reverse web01 --to bad
 expect 2 'missing --host' -s "$SOCK" reassign web01
 expect 2 'unknown command' -s "$SOCK" frobnicate
+expect 2 '--start needs --test' -s "$SOCK" failover web01 --start
+expect 2 'invalid libvirt URI' discover --uri 'a b'
 
 # Well-formed command lines get as far as the (missing) daemon.
 expect 3 'cannot reach' -s /nonexistent/sock status
@@ -109,6 +120,67 @@ expect 3 'cannot reach' -s "$SOCK" forget web01 --point 18446744073709551615
 expect 3 'cannot reach' -s "$SOCK" prune --dry-run
 expect 3 'cannot reach' -s "$SOCK" definition web01
 expect 3 'cannot reach' -s "$SOCK" definition web01 --point 7
+expect 3 'cannot reach' -s "$SOCK" failover web01 --test --start
+expect 3 'cannot reach' -s "$SOCK" failover web01 --start --test --point 4
+
+# discover talks to libvirt, not replicad: libvirt's test driver here.
+cat >"$TMP/node.xml" <<'EOF'
+<node>
+  <domain type='test'>
+    <name>web01</name>
+    <memory>65536</memory>
+    <os><type>hvm</type></os>
+    <devices>
+      <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+        <source file='/images/web01.qcow2'/><target dev='vda'/></disk>
+      <disk type='block' device='disk'><driver name='qemu' type='raw'/>
+        <source dev='/dev/vg0/web01-data'/><target dev='vdb'/></disk>
+      <disk type='file' device='cdrom'><source file='/iso/d.iso'/>
+        <target dev='hdc' bus='ide'/></disk>
+      <disk type='network' device='disk'><driver name='qemu' type='raw'/>
+        <source protocol='rbd' name='p/x'><host name='mon1'/></source>
+        <target dev='vdc'/></disk>
+    </devices>
+  </domain>
+  <domain type='test'>
+    <name>cd-only</name>
+    <memory>65536</memory>
+    <os><type>hvm</type></os>
+    <devices>
+      <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/></disk>
+    </devices>
+  </domain>
+</node>
+EOF
+# expect_out PATTERN: a whole line of discover's output.
+expect_out() {
+	if grep -q -x -e "$1" "$TMP/out"; then
+		pass=$((pass + 1))
+	else
+		echo "FAIL: replctl discover: no line '$1'" >&2
+		sed 's/^/  stdout: /' "$TMP/out" >&2
+		fail=$((fail + 1))
+	fi
+}
+if "$REPLCTL" discover --uri "test://$TMP/node.xml" >"$TMP/out" 2>"$TMP/err" &&
+    [ ! -s "$TMP/err" ]; then
+	pass=$((pass + 1))
+	expect_out '\[vm web01\]'
+	expect_out 'domain *= web01'
+	expect_out 'tracker *= libvirt'
+	expect_out 'replica *= REPLICA-HOST:PORT *# edit'
+	expect_out '# disks: vda (/images/web01.qcow2, qcow2), vdb (/dev/vg0/web01-data, raw)'
+	expect_out '# not replicated: .*hdc (a cdrom, not a disk).*'
+	expect_out '# not replicated: .*vdc (a network disk (rbd): .*'
+	expect_out '# vdb is raw: each cycle reads all of it.*'
+	expect_out '# \[vm cd-only\]: domain cd-only has no disk replicad can replicate'
+else
+	echo "FAIL: replctl discover --uri test://..." >&2
+	sed 's/^/  stderr: /' "$TMP/err" >&2
+	fail=$((fail + 1))
+fi
+expect 1 'cannot connect to libvirt at qemu:///system?socket=' \
+    discover --uri "qemu:///system?socket=$TMP/none.sock"
 
 # --help and --version: stdout, exit 0.
 for h in -h --help; do
@@ -116,6 +188,7 @@ for h in -h --help; do
 	    grep -q '^usage: replctl' "$TMP/out" &&
 	    grep -q 'failover VM --test --cleanup' "$TMP/out" &&
 	    grep -q 'definition VM \[--point ID\]' "$TMP/out" &&
+	    grep -q 'discover \[--uri URI\]' "$TMP/out" &&
 	    grep -q '3 cannot reach replicad' "$TMP/out" &&
 	    [ ! -s "$TMP/err" ]; then
 		pass=$((pass + 1))
