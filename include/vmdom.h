@@ -64,6 +64,10 @@ int	vmdom_restart(const struct config *cfg, const char *vm,
 int	vmdom_test(const struct config *cfg, const char *vm, const char *peer,
 	    const char *def, const struct domxml_disk *disks, size_t ndisks,
 	    const char *storage, int start, char *msg, size_t msgsz);
+/* The domain a promotion defined for vm here (hooks/VM.domain): 0 with
+ * its name, or RD_ERR_NOT_FOUND. */
+int	vmdom_recorded(const struct config *cfg, const char *vm, char *name,
+	    size_t namesz);
 int	vmdom_untest(const struct config *cfg, const char *vm,
 	    const char *peer, char *msg, size_t msgsz);
 

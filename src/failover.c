@@ -396,6 +396,17 @@ catalog_cfg(const struct config *cfg, const struct cat_rel *rel)
 	/* Hooks: those of the [accept] entry the VM came in by. */
 	const struct cfg_accept *acc = config_match_accept(cfg,
 	    rel->peer_name, rel->vm);
+	/* A libvirt domain a promotion defined here runs on these files:
+	 * tracker libvirt reads it from consistent cuts (and sends its
+	 * definition back), as on the host it came from. */
+	char dom[256];
+	if (vmdom_recorded(cfg, rel->vm, dom, sizeof(dom)) == 0) {
+		v->tracker = TRACKER_LIBVIRT;
+		v->domain = xstrdup(dom);
+		v->libvirt_uri = xstrdup(acc && acc->libvirt_uri ?
+		    acc->libvirt_uri : CONFIG_DEFAULT_LIBVIRT_URI);
+		v->disks_chosen = 1;
+	}
 	if (acc && acc->on_promote)
 		v->on_promote = xstrdup(acc->on_promote);
 	if (acc && acc->on_demote)
@@ -1710,6 +1721,8 @@ static void
 promote_hook_done(void *arg)
 {
 	struct fo *f = arg;
+	/* After the domain's define: its tracker is libvirt's. */
+	start_primary(f->svc, f->e, &f->rel);
 	if (f->hook_failed)
 		log_warnx("%s: on_promote failed: %s", f->vm, f->hookmsg);
 	else
@@ -1724,7 +1737,6 @@ promote_planned_idle(void *arg)
 {
 	struct fo *f = arg;
 	replica_close(vt_rvm(f->e));
-	start_primary(f->svc, f->e, &f->rel);
 	work_submit(job_promote_hook, promote_hook_done, f);
 }
 

@@ -48,6 +48,14 @@ recorded(const struct config *cfg, const char *vm, char *name, size_t namesz)
 	free(p);
 }
 
+int
+vmdom_recorded(const struct config *cfg, const char *vm, char *name,
+    size_t namesz)
+{
+	recorded(cfg, vm, name, namesz);
+	return name[0] != '\0' ? 0 : RD_ERR_NOT_FOUND;
+}
+
 static void
 record(const struct config *cfg, const char *vm, const char *name)
 {

@@ -19,7 +19,7 @@ What a user relies on, checked here:
 import os
 import re
 
-from harness import Daemon, check, free_port, wait_for
+from harness import Daemon, check, free_port, vm_status, wait_for
 from virt import Guest, LibvirtDaemon, check_ext4_point, make_disk
 
 VM = "web01"
@@ -190,3 +190,30 @@ def test_libvirt_planned_failover(env):
     ng.console = g.console
     n = len(ns)
     wait_for(lambda: ng.wrote() > n, 240, 0.5, what="the guest to write on the new primary")
+    # b replicates it back to a with tracker libvirt (consistent cuts;
+    # the definition travels back), although b has no [vm] section.
+    rep.ok("sync", VM, "--wait")
+    st = vm_status(rep, VM)
+    check(st.get("tracker") == "libvirt", "b replicates %s with tracker %r, not libvirt"
+          % (VM, st.get("tracker")))
+    # And back again, the guest running: no acknowledged file is lost.
+    ng.wait_wrote(n + 5)
+    r = rep.ok("failover", VM, "--planned", timeout=600)
+    # Its power-off is the last line of b's boot: what follows is a's.
+    ng.wait_line("power off")
+    mark = len(ng.console_text())
+    check("handed over" in r.out and "domain %s shut down" % VM in r.out,
+          "planned failover back printed %r" % r.out)
+    check(ng.state() == "shut off", "b's guest is %s after handing over" % ng.state())
+    acked = ng.wrote()
+    # a defines it on the copy it received, starts it (start_on_promote's
+    # default), and the guest checks every file it finds there.
+    wait_for(lambda: lvp.virsh("domstate", VM).strip() == "running", 120, 0.2,
+             what="the domain to run on a again")
+
+    def checked():
+        return re.search(r"checked (\d+) files, (\d+) bad", ng.console_text()[mark:])
+    m = wait_for(checked, 240, 0.5, what="the guest on a to check its files")
+    line = m.group(0)
+    check(m and int(m.group(1)) >= acked and m.group(2) == "0",
+          "back on a, the guest found %r; it had acknowledged %d files on b" % (line, acked))
