@@ -256,8 +256,10 @@ def test_libvirt_chain_breaks(env):
 
 
 def test_libvirt_two_disks(env):
+    # freeze = agent on a guest with no file system mounted: the agent
+    # freezes nothing, so the points are crash-consistent, and say so.
     lv, g, pri, rep, images = setup(env, disks=(("vda", "qcow2"), ("vdb", "qcow2")),
-                                    mode="seq2", freeze=False)
+                                    mode="seq2", freeze=True)
     g.wait_line("seq 5")
     seen = []
     for _ in range(8):
@@ -268,6 +270,11 @@ def test_libvirt_two_disks(env):
               "across the disks" % (a, b))
         seen.append(a)
     check(seen[-1] > seen[0], "the guest made no progress between points: %r" % seen)
+    kinds = [p["kind"] for p in points(rep)]
+    check(kinds and all(k == "crash" for k in kinds), "points of a guest nothing could be "
+          "frozen in: %r" % kinds)
+    check("will be a crash-consistent point" in pri.log_text(), "no reason logged for the "
+          "crash-consistent points")
 
 
 def test_libvirt_raw_disk(env):
