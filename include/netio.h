@@ -32,6 +32,17 @@ void	netio_error(struct bufferevent *bev, short what, char *buf,
 /* TCP options of a session's socket, either role: keepalive probes at a
  * minute's scale, TCP_USER_TIMEOUT, no Nagle delay. */
 void	netio_tune(int fd);
+/*
+ * Close fd (the caller's own descriptor of a socket) gracefully: FIN
+ * after what was sent, then read and discard what the peer still sends
+ * until it closes, for at most two seconds, so that the kernel sends no
+ * reset that could overtake a TLS alert.  At most 64 sockets linger;
+ * beyond, fd is closed at once.  Loop thread only.
+ */
+struct event_base;
+void	netio_linger_close(struct event_base *base, int fd);
+/* Close every lingering socket now (before the event base goes). */
+void	netio_linger_fini(void);
 /* "192.0.2.1:7000" or "[::1]:7000" */
 void	netio_addr_str(const struct sockaddr *sa, char *buf, size_t bufsz);
 

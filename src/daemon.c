@@ -26,6 +26,7 @@
 #include "failover.h"
 #include "layout.h"
 #include "log.h"
+#include "netio.h"
 #include "primary.h"
 #include "replica.h"
 #include "svc.h"
@@ -224,6 +225,7 @@ daemon_fini(struct daemon *d)
 	}
 	control_fini(d->ctl);
 	replica_fini(d->rsrv);
+	netio_linger_fini();
 	vt_free(vt);
 	if (d->drain_timer)
 		event_free(d->drain_timer);

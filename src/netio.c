@@ -6,10 +6,14 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/util.h>
 #include <openssl/err.h>
@@ -112,4 +116,90 @@ netio_tune(int fd)
 	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
 		log_debug("cannot set TCP keepalive options: %s",
 		    strerror(errno));
+}
+
+/* --- lingering close ------------------------------------------------------ */
+
+#define LINGER_MAX	64	/* sockets lingering at once */
+#define LINGER_S	2	/* at most this long each */
+
+struct lingerer {
+	struct event	*ev;
+	int		 fd;
+	struct lingerer	*next;
+};
+
+static struct lingerer *lingerers;
+static int lingering;
+
+static void
+linger_end(struct lingerer *l)
+{
+	for (struct lingerer **p = &lingerers; *p != NULL; p = &(*p)->next)
+		if (*p == l) {
+			*p = l->next;
+			break;
+		}
+	event_free(l->ev);
+	close(l->fd);
+	free(l);
+	lingering--;
+}
+
+void
+netio_linger_fini(void)
+{
+	while (lingerers != NULL)
+		linger_end(lingerers);
+}
+
+static void
+linger_read(evutil_socket_t fd, short what, void *arg)
+{
+	struct lingerer *l = arg;
+	char scratch[4096];
+
+	if (what & EV_TIMEOUT) {
+		linger_end(l);
+		return;
+	}
+	for (;;) {
+		ssize_t n = read(fd, scratch, sizeof(scratch));
+		if (n > 0)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		linger_end(l);		/* the peer closed, or an error */
+		return;
+	}
+}
+
+void
+netio_linger_close(struct event_base *base, int fd)
+{
+	struct timeval tv = { LINGER_S, 0 };
+	struct lingerer *l;
+
+	if (fd < 0)
+		return;
+	/* FIN after what was sent (a TLS alert); a close with unread bytes
+	 * would send a reset instead, and the peer could lose the alert. */
+	shutdown(fd, SHUT_WR);
+	if (lingering >= LINGER_MAX || evutil_make_socket_nonblocking(fd) != 0 ||
+	    (l = calloc(1, sizeof(*l))) == NULL) {
+		close(fd);
+		return;
+	}
+	l->fd = fd;
+	if ((l->ev = event_new(base, fd, EV_READ | EV_PERSIST, linger_read,
+	    l)) == NULL || event_add(l->ev, &tv) != 0) {
+		if (l->ev)
+			event_free(l->ev);
+		close(fd);
+		free(l);
+		return;
+	}
+	l->next = lingerers;
+	lingerers = l;
+	lingering++;
 }

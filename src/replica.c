@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -1615,9 +1616,19 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 static void
 drop_stranger(struct rsess *s, enum gate_why why, const char *detail)
 {
+	struct event_base *base = s->srv->svc->base;
+	int fd = -1;
+
 	if (gate_note(s->srv->gate, (struct sockaddr *)&s->sa, why))
 		log_warnx("%s: connection dropped: %s", s->addr, detail);
-	sess_end(s);
+	/* A refused handshake: the peer must read the alert that says why
+	 * (an expired certificate...), not a reset. */
+	if (why == GATE_TLS && s->bev != NULL &&
+	    bufferevent_getfd(s->bev) >= 0)
+		fd = dup(bufferevent_getfd(s->bev));
+	sess_end(s);		/* s may be gone */
+	if (fd >= 0)
+		netio_linger_close(base, fd);
 }
 
 /* The identity is the first of its names an [accept] entry knows
