@@ -358,6 +358,7 @@ check_disks(struct cfg_parse *p, size_t vmi, const char *label)
 				return cfg_error(p, line, label, "disk",
 				    "duplicate disk name '%s' (%s and %s)",
 				    name, vm->disks[i], v);
+		free(vm->disk_names[k]);	/* disks = set it already */
 		vm->disk_names[k] = xstrdup(name);
 	}
 	return 0;
