@@ -20,17 +20,8 @@ import os
 import re
 
 from harness import Daemon, check, free_port, vm_status, wait_for
+from test_libvirt import SIZE, VM, sync
 from virt import Guest, LibvirtDaemon, check_ext4_point, make_disk
-
-VM = "web01"
-SIZE = 64 << 20
-
-
-def sync(pri):
-    r = pri.ok("sync", VM, "--wait")
-    words = r.out.split()
-    check(len(words) == 2 and words[0] == "point", "sync --wait printed %r" % r.out)
-    return int(words[1])
 
 
 def xml_of(lv, name):
