@@ -149,8 +149,12 @@
  * from the last one the replica acknowledged in a cycle; the point of a
  * cycle without one keeps the definition of the point before.
  *   ...  xml          the rest of the frame, 1..WIRE_MAX_DEFINITION bytes
- *                     of text: no NUL, and no other control character
- *                     than TAB, LF and CR (XML 1.0 allows no others)
+ *                     of UTF-8 text (well-formed: no overlong form, no
+ *                     surrogate): no NUL, no other C0 control than TAB,
+ *                     LF and CR (XML 1.0 allows no others), and no C1
+ *                     control U+0080..U+009F (XML 1.0 discourages them;
+ *                     a terminal would act on them when `replctl
+ *                     definition` prints the text)
  * It counts in END's digest as if it were the header of a DATA frame of
  * disk WIRE_DIGEST_DEFINITION (no disk has that index), offset 0, length
  * the text's length and hash the text's XXH3-128; not in nframes or
@@ -411,7 +415,8 @@ int	wire_get_definition(const uint8_t *p, size_t len,
 
 /*
  * Whether len bytes of xml may travel in a DEFINITION: 0, RD_ERR_INVALID
- * (empty, a NUL or another control character than TAB, LF, CR) or
+ * (empty, not UTF-8, a NUL, another C0 control than TAB, LF, CR, or a C1
+ * control) or
  * RD_ERR_TOO_LARGE (above WIRE_MAX_DEFINITION).
  */
 int	wire_definition_check(const char *xml, size_t len);

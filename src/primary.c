@@ -1143,7 +1143,7 @@ put_definition(struct psess *s)
 			    "be sent: %s; the replica's points keep the last "
 			    "one it received", vm->cfg->name, len,
 			    r == RD_ERR_TOO_LARGE ? "longer than 1 MiB" :
-			    "it holds control characters");
+			    "it is not UTF-8 or holds control characters");
 		vm->def_bad = h;
 		vm->def_bad_set = 1;
 		return;

@@ -702,17 +702,69 @@ out:
 	return r;
 }
 
+/*
+ * The length of the well-formed UTF-8 sequence at p (at most n bytes
+ * left) and its code point in *cp; 0 if it is not one (a stray or cut
+ * continuation, an overlong form, a surrogate, above U+10FFFF).
+ */
+static size_t
+utf8_next(const unsigned char *p, size_t n, uint32_t *cp)
+{
+	static const uint32_t min[] = { 0, 0, 0x80, 0x800, 0x10000 };
+	size_t k;
+	uint32_t c;
+
+	if (p[0] < 0x80) {
+		*cp = p[0];
+		return 1;
+	}
+	if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+		k = 2;
+		c = p[0] & 0x1f;
+	} else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+		k = 3;
+		c = p[0] & 0x0f;
+	} else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+		k = 4;
+		c = p[0] & 0x07;
+	} else {
+		return 0;
+	}
+	if (k > n)
+		return 0;
+	for (size_t i = 1; i < k; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		c = (c << 6) | (p[i] & 0x3f);
+	}
+	if (c < min[k] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+		return 0;
+	*cp = c;
+	return k;
+}
+
 int
 wire_definition_check(const char *xml, size_t len)
 {
+	const unsigned char *p = (const unsigned char *)xml;
+	uint32_t c;
+	size_t k;
+
 	if (len == 0)
 		return RD_ERR_INVALID;
 	if (len > WIRE_MAX_DEFINITION)
 		return RD_ERR_TOO_LARGE;
-	/* It is stored as text and printed to an operator's terminal. */
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)xml[i];
-		if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
+	/*
+	 * It is stored as text and printed to an operator's terminal: no
+	 * C0 control but TAB, LF, CR, and no C1 control either, whether as
+	 * one byte (CSI is 0x9b to an 8-bit terminal) or as UTF-8 (U+009B
+	 * to xterm); so the text must be UTF-8, as libvirt's XML is.
+	 */
+	for (size_t i = 0; i < len; i += k) {
+		if ((k = utf8_next(p + i, len - i, &c)) == 0)
+			return RD_ERR_INVALID;
+		if ((c < 0x20 && c != '\t' && c != '\n' && c != '\r') ||
+		    (c >= 0x80 && c <= 0x9f))
 			return RD_ERR_INVALID;
 	}
 	return 0;

@@ -435,3 +435,51 @@ def test_hand_made_definition_frames(env):
     pair.legit_sync("after the refusals")
     check(points(rep)[max(points(rep))]["definition"] == short_id(xml),
           "the real primary's point (no definition of its own) does not keep the previous one")
+
+
+def test_terminal_controls_refused(env):
+    """`replctl definition` prints the text to an operator's terminal: a
+    C1 control (CSI as the one byte 0x9b, or as UTF-8 U+009B) or text
+    that is not UTF-8 is refused like an escape, and nothing changes; a
+    primary whose domain XML holds one does not send it (and says so),
+    so the point keeps the definition before it."""
+    from test_hostile import Pair, valid_start
+    pair = Pair(env)
+    rep = pair.rep
+
+    def refused(what, text):
+        before = replica_state(rep, VM)
+        mark = LogMark(rep)
+        conn, w = session(pair, 4)
+        d = wp.CycleDigest()
+        cyc, start = valid_start(pair, w, d)
+        conn.send(start + wp.definition(text, d) + wp.end_of(cyc, d))
+        fr = answer(conn)
+        check(fr is not None and fr[0] == wp.NACK, "%s: got %s" % (what, wp.describe(fr)))
+        conn.close()
+        mark.wait("bad DEFINITION", what="%s: the replica's log line" % what)
+        wait_state_unchanged(rep, VM, before, what)
+
+    refused("CSI as UTF-8 U+009B", "<domain><description>\u009b2J\u009b31m</description></domain>".encode())
+    refused("CSI as the byte 0x9b", b"<domain><description>\x9b2J</description></domain>")
+    refused("OSC as UTF-8 U+009D", "<domain>\u009d0;owned\u009c</domain>".encode())
+    refused("not UTF-8", b"<domain>\xff\xfe</domain>")
+    refused("an overlong '<'", b"<domain>\xc0\xbc</domain>")
+
+    # The real primary: a domain XML with a C1 control is not sent.
+    good = "<domain type='kvm'>\n  <name>web01</name>\n  <description>caf\u00e9</description>\n</domain>\n".encode()
+    dpath = env.path("def.xml")
+    set_def(dpath, good)
+    pair.pri.stop()
+    pair.pri.start(env_extra={"REPLICAD_TEST_DEFINITION": dpath})
+    pair.legit_sync("a UTF-8 definition")
+    check(definition(rep) == good, "the UTF-8 definition was not recorded as sent")
+    set_def(dpath, good.replace("caf\u00e9".encode(), "\u009b2J".encode()))
+    mark = LogMark(pair.pri)
+    pair.legit_sync("a definition with a C1 control")
+    mark.wait("the VM's definition", "cannot be sent", "not UTF-8 or holds control characters")
+    out = definition(rep)
+    check(out == good, "after a C1 definition, `definition` printed %r" % out[:200])
+    check(not any(0x80 <= ord(c) <= 0x9f for c in out.decode("utf-8")), "a C1 control reached the output")
+    pair.pri.stop()
+    rep.stop()

@@ -1861,6 +1861,8 @@ test_definition_roundtrip(void **state)
 	wb_free(&b);
 }
 
+#define T(s)	s, sizeof(s) - 1	/* a literal and its length */
+
 static void
 test_definition_hostile(void **state)
 {
@@ -1879,6 +1881,28 @@ test_definition_hostile(void **state)
 		{ "0x1f", "<a>\037</a>", 8, RD_ERR_INVALID },
 		{ "tab, newline, return", "<a>\t\n\r</a>", 10, 0 },
 		{ "DEL and UTF-8", "<a>\177\303\251</a>", 10, 0 },
+		/* C1 controls act on terminals too: CSI as one byte (8-bit
+		 * terminals) or as UTF-8 U+009B (xterm); and the text is
+		 * UTF-8, as libvirt's XML always is. */
+		{ "8-bit CSI", T("<a>\2332J</a>"), RD_ERR_INVALID },
+		{ "U+009B CSI", T("<a>\302\2332J</a>"), RD_ERR_INVALID },
+		{ "U+0085 NEL", T("<a>\302\205</a>"), RD_ERR_INVALID },
+		{ "U+0080", T("<a>\302\200</a>"), RD_ERR_INVALID },
+		{ "U+00A0 after C1", T("<a>\302\240</a>"), 0 },
+		{ "3-byte UTF-8", T("<a>\342\202\254</a>"), 0 },
+		{ "4-byte UTF-8", T("<a>\360\237\230\200</a>"), 0 },
+		{ "U+10FFFF", T("<a>\364\217\277\277</a>"), 0 },
+		{ "a lone continuation", T("<a>\200</a>"), RD_ERR_INVALID },
+		{ "a cut sequence", T("<a>\342\202</a>"), RD_ERR_INVALID },
+		{ "cut at the end", T("<a/>\303"), RD_ERR_INVALID },
+		{ "overlong slash", T("<a>\300\257</a>"), RD_ERR_INVALID },
+		{ "overlong 3-byte", T("<a>\340\200\257</a>"), RD_ERR_INVALID },
+		{ "overlong 4-byte", T("<a>\360\200\200\257</a>"),
+		    RD_ERR_INVALID },
+		{ "a surrogate", T("<a>\355\240\200</a>"), RD_ERR_INVALID },
+		{ "above U+10FFFF", T("<a>\364\220\200\200</a>"),
+		    RD_ERR_INVALID },
+		{ "0xff", T("<a>\377</a>"), RD_ERR_INVALID },
 	};
 	struct wire_definition m;
 
