@@ -99,6 +99,8 @@ struct catalog;
 /* Open (creating if needed) and migrate path; the caller owns *out. */
 int	cat_open(const char *path, struct catalog **out);
 void	cat_close(struct catalog *cat);
+/* The database file's path (the file system its growth takes room on). */
+const char *cat_file(const struct catalog *cat);
 
 int	cat_rel_get(struct catalog *cat, const char *vm, struct cat_rel *out);
 /* Insert or replace the relationship and its disk list. */
@@ -146,6 +148,13 @@ int	cat_point_list(struct catalog *cat, const char *vm,
  */
 int	cat_point_definition(struct catalog *cat, const char *vm, uint64_t id,
 	    char **xml);
+/* The bytes of the database file's free pages, which new rows take
+ * before the file grows (dropped points and definitions leave them). */
+int	cat_free_bytes(struct catalog *cat, uint64_t *bytes);
+/* Whether the catalog holds the definition def (def_len bytes) for vm
+ * already (a point carrying it again costs no room): *known 0 or 1. */
+int	cat_definition_known(struct catalog *cat, const char *vm,
+	    const char *def, size_t def_len, int *known);
 
 /*
  * Drop point id of vm and, in the same transaction, give point next (0:

@@ -193,6 +193,8 @@ enum cat_stmt {
 	ST_DEF_NEWEST,
 	ST_DEF_GET,
 	ST_DEF_SWEEP,
+	ST_DEF_KNOWN,
+	ST_FREE_BYTES,
 	ST_COUNT
 };
 
@@ -271,6 +273,9 @@ static const char *const cat_sql[ST_COUNT] = {
 	[ST_DEF_SWEEP] = "DELETE FROM definitions WHERE vm = ?1 AND id NOT IN "
 	    "(SELECT definition FROM points WHERE vm = ?1 AND "
 	    "definition IS NOT NULL)",
+	[ST_DEF_KNOWN] = "SELECT 1 FROM definitions WHERE vm = ?1 AND id = ?2",
+	[ST_FREE_BYTES] = "SELECT f.freelist_count * p.page_size FROM "
+	    "pragma_freelist_count() f, pragma_page_size() p",
 };
 
 struct catalog {
@@ -1440,6 +1445,64 @@ cat_point_drop(struct catalog *cat, const char *vm, uint64_t id,
 	}
 	r = 0;
 out:
+	r = cat_end(cat, r);
+	pthread_mutex_unlock(&cat->lock);
+	return r;
+}
+
+const char *
+cat_file(const struct catalog *cat)
+{
+	return cat->path;
+}
+
+int
+cat_definition_known(struct catalog *cat, const char *vm, const char *def,
+    size_t def_len, int *known)
+{
+	sqlite3_stmt *st = cat->st[ST_DEF_KNOWN];
+	char id[CAT_DEF_ID_LEN + 1];
+	int rc, r;
+
+	*known = 0;
+	if (def_len == 0 || def_len > CAT_MAX_DEFINITION)
+		return RD_ERR_INVALID;
+	def_id(def, def_len, id);
+	pthread_mutex_lock(&cat->lock);
+	if ((r = cat_begin(cat, 0)) != 0)
+		goto out;
+	if (bind_text(st, 1, vm) != SQLITE_OK ||
+	    bind_text(st, 2, id) != SQLITE_OK) {
+		r = cat_dberr(cat, vm, "look up a definition");
+		goto out;
+	}
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		*known = 1;
+	else if (rc != SQLITE_DONE)
+		r = cat_dberr(cat, vm, "look up a definition");
+out:
+	cat_release(st);
+	r = cat_end(cat, r);
+	pthread_mutex_unlock(&cat->lock);
+	return r;
+}
+
+int
+cat_free_bytes(struct catalog *cat, uint64_t *bytes)
+{
+	sqlite3_stmt *st = cat->st[ST_FREE_BYTES];
+	int r;
+
+	*bytes = 0;
+	pthread_mutex_lock(&cat->lock);
+	if ((r = cat_begin(cat, 0)) != 0)
+		goto out;
+	if (sqlite3_step(st) != SQLITE_ROW)
+		r = cat_dberr(cat, NULL, "free pages");
+	else if (col_u64(st, 0, bytes) != 0)
+		r = RD_ERR_CORRUPT;
+out:
+	cat_release(st);
 	r = cat_end(cat, r);
 	pthread_mutex_unlock(&cat->lock);
 	return r;

@@ -1379,6 +1379,23 @@ store_set_space(struct store *st, uint64_t min_free_bytes,
 	pthread_mutex_unlock(&st->rel_lock);
 }
 
+/* What min_free keeps free on a file system of total bytes. */
+static uint64_t
+keep_free(struct store *st, uint64_t total)
+{
+	uint64_t keep;
+
+	pthread_mutex_lock(&st->rel_lock);
+	uint64_t pct = total / 100 * st->min_free_pct;
+	/* Both set (the default): the smaller. */
+	if (st->min_free_pct && st->min_free_bytes)
+		keep = pct < st->min_free_bytes ? pct : st->min_free_bytes;
+	else
+		keep = st->min_free_pct ? pct : st->min_free_bytes;
+	pthread_mutex_unlock(&st->rel_lock);
+	return keep;
+}
+
 int
 store_space(struct store *st, uint64_t *avail, uint64_t *total,
     uint64_t *keep)
@@ -1388,15 +1405,59 @@ store_space(struct store *st, uint64_t *avail, uint64_t *total,
 		return RD_ERR_SYSTEM;
 	*avail = (uint64_t)sv.f_bavail * sv.f_frsize;
 	*total = (uint64_t)sv.f_blocks * sv.f_frsize;
-	pthread_mutex_lock(&st->rel_lock);
-	uint64_t pct = *total / 100 * st->min_free_pct;
-	/* Both set (the default): the smaller. */
-	if (st->min_free_pct && st->min_free_bytes)
-		*keep = pct < st->min_free_bytes ? pct : st->min_free_bytes;
-	else
-		*keep = st->min_free_pct ? pct : st->min_free_bytes;
-	pthread_mutex_unlock(&st->rel_lock);
+	*keep = keep_free(st, *total);
 	return 0;
+}
+
+/*
+ * Room for the definition the cycle carries: its staged copy on the
+ * storage and, unless the catalog holds that text already, the pages
+ * of its row in the catalog's database beyond the free pages it has
+ * (the WAL stays at the size its busiest checkpoint interval made it:
+ * once, not per definition).  On the storage's file system both count
+ * in what the cycle needs (make_room); on another, min_free holds there
+ * too, and since dropping points gives that file system nothing back
+ * (the database keeps their pages for new rows, which is why its free
+ * pages count), a cycle that does not fit is refused (NOSPACE) rather
+ * than made room for.
+ */
+static int
+def_room(struct store *st, char *err, size_t errsz)
+{
+	uint64_t cost = st->def_len, avail, total, keep, spare = 0;
+	const char *cpath = cat_file(st->cat);
+	struct stat cs, ss;
+	struct statvfs sv;
+	char a[32], b[32], c[32];
+	int known = 0;
+
+	st->need += st->def_len;
+	if (cat_definition_known(st->cat, st->rel.vm, st->def, st->def_len,
+	    &known) == 0 && known)
+		return 0;
+	if (cat_free_bytes(st->cat, &spare) == 0)
+		cost = cost > spare ? cost - spare : 0;
+	if (stat(cpath, &cs) != 0 || stat(st->dir, &ss) != 0 ||
+	    cs.st_dev == ss.st_dev) {
+		st->need += cost;
+		return 0;
+	}
+	if (statvfs(cpath, &sv) != 0)
+		return 0;
+	avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	total = (uint64_t)sv.f_blocks * sv.f_frsize;
+	keep = keep_free(st, total);
+	if (keep == 0 || cost == 0 || (avail >= cost && avail - cost >= keep))
+		return 0;
+	util_format_bytes(avail, a, sizeof(a));
+	util_format_bytes(cost, b, sizeof(b));
+	util_format_bytes(keep, c, sizeof(c));
+	snprintf(err, errsz, "no space for the VM's new definition: %s free "
+	    "on the file system of the catalog %s, the definition needs about "
+	    "%s and min_free keeps %s (a prune makes room: the definitions of "
+	    "the points it drops leave their pages to new ones)", a, cpath, b,
+	    c);
+	return RD_ERR_NOSPACE;
 }
 
 /*
@@ -2534,7 +2595,8 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 
 	if (!st->active)
 		return RD_ERR_STATE;
-	if ((r = make_room(st, st->need, err, errsz)) != 0) {
+	if ((st->def != NULL && (r = def_room(st, err, errsz)) != 0) ||
+	    (r = make_room(st, st->need, err, errsz)) != 0) {
 		store_cycle_abort(st);
 		return r;
 	}

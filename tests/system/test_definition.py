@@ -483,3 +483,98 @@ def test_terminal_controls_refused(env):
     check(not any(0x80 <= ord(c) <= 0x9f for c in out.decode("utf-8")), "a C1 control reached the output")
     pair.pri.stop()
     rep.stop()
+
+
+class _Sender:
+    """What session() needs to speak for the primary of VM by hand."""
+
+    def __init__(self, env, rep, disks):
+        self.env, self.rep, self.vm, self.disks = env, rep, VM, disks
+
+    def disk_list(self):
+        return [(os.path.basename(d), os.path.getsize(d)) for d in self.disks]
+
+    def connect(self):
+        pki = self.env.pki
+        ctx = wp.tls_context(os.path.join(pki, "primary.pem"), os.path.join(pki, "primary.key"),
+                             os.path.join(pki, "ca.pem"))
+        return wp.tls_connect(self.rep.port, ctx)
+
+
+def test_definitions_count_in_space(env):
+    """An accepted primary that sends a new 1 MiB definition with every
+    (empty) cycle grows the catalog by that much a cycle.  With the
+    state directory on another file system than the storage, min_free
+    must hold there too: the cycles are refused (NOSPACE) before the
+    catalog's file system has less than min_free left, and what was
+    recorded stays readable.  A prune makes room again: the pages of
+    the definitions it drops take the next ones."""
+    state_fs = env.path("replica", "state")
+    os.makedirs(state_fs, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", state_fs], check=True)
+    try:
+        disk = env.make_disk(env.path("src", "sda.img"), 1 << 20)
+        rep = env.replica(extra="min_free = 16M\nretention = last=2\n").start()
+        check(rep.state == state_fs, "the replica's state is not where the tmpfs is")
+        pri = env.primary({VM: [disk]}, rep.port).start()
+        pri.ok("sync", VM, "--wait")
+        pri.stop()
+        keep = 16 << 20
+
+        def free():
+            sv = os.statvfs(state_fs)
+            return sv.f_bavail * sv.f_frsize
+
+        sender = _Sender(env, rep, [disk])
+
+        def big(i):
+            head = b"<domain type='kvm'><name>web01</name><description>%d " % i
+            tail = b"</description></domain>\n"
+            return head + b"x" * (wp.MAX_DEFINITION - len(head) - len(tail)) + tail
+
+        def send(conn, cyc, text):
+            d = wp.CycleDigest()
+            conn.send(wp.cycle(cyc, [os.path.getsize(disk)]) + wp.definition(text, d) + wp.end_of(cyc, d))
+            return answer(conn)
+
+        conn, w = session(sender, 4)
+        cyc = w["last_cycle"]
+        acked, lowest, nack = 0, free(), None
+        for i in range(80):
+            cyc += 1
+            fr = send(conn, cyc, big(i))
+            lowest = min(lowest, free())
+            if fr is None or fr[0] != wp.ACK:
+                nack = fr
+                break
+            acked += 1
+        conn.close()
+        check(nack is not None and nack[0] == wp.NACK and wp.decode_nack(nack[1])[0] == wp.NACK_NOSPACE,
+              "after %d cycles of new definitions: %s (the catalog's file system has %d KiB free)\n%s"
+              % (acked, wp.describe(nack), free() >> 10, rep.log_text()[-1500:]))
+        # Slack: the WAL grows once to its working size (a checkpoint
+        # interval, 1000 pages, and the transaction that ends it).
+        slack = 6 << 20
+        check(lowest >= keep - slack, "the catalog's file system went down to %d KiB free "
+              "(min_free %d KiB)" % (lowest >> 10, keep >> 10))
+        rep.ok("definition", VM)
+        rep.ok("points", VM)
+
+        # Pruned to the last two points: the next new definition fits.
+        wait_for(lambda: vm_status(rep, VM)["state"] != "syncing", 10, 0.05,
+                 what="the replica to release %s" % VM)
+        rep.ok("prune", VM)
+        conn, w = session(sender, 4)
+        fr = send(conn, w["last_cycle"] + 1, big(1000))
+        conn.close()
+        check(fr is not None and fr[0] == wp.ACK, "a new definition after a prune: %s\n%s"
+              % (wp.describe(fr), rep.log_text()[-1500:]))
+        check(free() >= keep - slack, "after the prune the catalog's file system has %d KiB free"
+              % (free() >> 10))
+        rep.stop()
+    finally:
+        for p in env.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        subprocess.run(["umount", "-l", state_fs])

@@ -1185,6 +1185,60 @@ test_definitions_follow_drops(void **state)
 	cat_close(cat);
 }
 
+/*
+ * What the replica's space check asks: whether a text is stored for a
+ * VM already (then a point carrying it costs nothing), and how much of
+ * the database file is free pages (dropped definitions leave them).
+ */
+static void
+test_definition_room(void **state)
+{
+	struct fixture *f = *state;
+	struct catalog *cat = open_cat(f);
+	struct cat_rel rel;
+	uint64_t before, after;
+	size_t big_len = 256 << 10;
+	char *big = malloc(big_len + 1);
+	int known = -1;
+
+	assert_non_null(big);
+	memset(big, 'x', big_len);
+	big[big_len] = '\0';
+	assert_non_null(cat_file(cat));
+	assert_int_equal(strcmp(cat_file(cat) + strlen(cat_file(cat)) -
+	    strlen("catalog.db"), "catalog.db"), 0);
+	make_rel(&rel, "web01", 2);
+	assert_int_equal(cat_rel_put(cat, &rel), 0);
+	assert_int_equal(cat_definition_known(cat, "web01", DEF_A,
+	    strlen(DEF_A), &known), 0);
+	assert_int_equal(known, 0);
+	commit_def(cat, "web01", 1, DEF_A, 1, DEF_A);
+	assert_int_equal(cat_definition_known(cat, "web01", DEF_A,
+	    strlen(DEF_A), &known), 0);
+	assert_int_equal(known, 1);
+	/* Per VM, and per text. */
+	assert_int_equal(cat_definition_known(cat, "web02", DEF_A,
+	    strlen(DEF_A), &known), 0);
+	assert_int_equal(known, 0);
+	assert_int_equal(cat_definition_known(cat, "web01", DEF_B,
+	    strlen(DEF_B), &known), 0);
+	assert_int_equal(known, 0);
+	assert_int_equal(cat_definition_known(cat, "web01", "", 0, &known),
+	    RD_ERR_INVALID);
+
+	/* A big definition, then the points that have it go: its pages are
+	 * free for the next one. */
+	commit_def(cat, "web01", 2, big, 2, big);
+	commit_def(cat, "web01", 3, DEF_B, 3, DEF_B);
+	assert_int_equal(cat_free_bytes(cat, &before), 0);
+	assert_int_equal(cat_point_drop(cat, "web01", 2, 3, 1, 100), 0);
+	assert_int_equal(count_defs(f, "web01"), 2);
+	assert_int_equal(cat_free_bytes(cat, &after), 0);
+	assert_true(after >= before + big_len - (16 << 10));
+	cat_close(cat);
+	free(big);
+}
+
 static void
 test_definitions_refused(void **state)
 {
@@ -1338,6 +1392,8 @@ main(void)
 		    test_definitions_inherited_and_shared, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_definitions_follow_drops,
 		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_definition_room, setup,
+		    teardown),
 		cmocka_unit_test_setup_teardown(test_definitions_refused,
 		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migrate_from_v4, setup,
