@@ -78,6 +78,7 @@ struct fo {
 	int			 claimed;	/* holds the VM (vt_claim) */
 	int			 promoted;	/* the new role is recorded */
 	char			*def;		/* the point's domain XML; NULL */
+	uint64_t		 def_point;	/* ... of this point */
 	char			 dommsg[768];	/* what vmdom.h did; "" */
 	int			 dom_failed;
 	enum vmdom_stop		 dom_stopped;	/* what a demotion did */
@@ -508,6 +509,7 @@ point_def(struct fo *f, struct store *st, uint64_t point)
 {
 	free(f->def);
 	f->def = NULL;
+	f->def_point = point;
 	int r = store_point_definition(st, point, &f->def);
 	if (r != 0 && r != RD_ERR_NOT_FOUND) {
 		snprintf(f->dommsg, sizeof(f->dommsg), "cannot read the domain "
@@ -663,6 +665,17 @@ job_pending_hook(void *arg)
 {
 	struct fo *f = arg;
 	if ((f->def = marker_data(f->svc, f->vm, LAY_MARK_PROMOTE)) != NULL) {
+		/* The marker has the definition of the point the promotion
+		 * aimed at; a rewind cut off by the restart left the disks
+		 * at another, whose own definition is the one that fits. */
+		uint64_t held = f->rel.at_point ? f->rel.at_point :
+		    f->rel.last_point;
+		char *xml = NULL;
+		if (held != 0 && cat_point_definition(f->svc->cat, f->vm,
+		    held, &xml) == 0) {
+			free(f->def);
+			f->def = xml;
+		}
 		log_info("%s: bringing up its domain, which a restart "
 		    "interrupted", f->vm);
 		dom_promote(f, &f->rel);
@@ -923,6 +936,11 @@ job_promote_unplanned(void *arg)
 		f->rc = r;	/* primary all the same, at the point it reached */
 	store_rel(st, &rel);
 	f->rel = rel;
+	/* The domain of the point the disks hold, which a failed rewind
+	 * left short of the one asked for. */
+	uint64_t held = rel.at_point ? rel.at_point : rel.last_point;
+	if (held != f->def_point)
+		point_def(f, st, held);
 	dom_promote(f, &rel);
 	if (run_role_hook(f, &rel, 1, rel.at_point) != 0)
 		f->hook_failed = 1;

@@ -1254,6 +1254,8 @@ store_rewind(struct store *st, uint64_t target, int check_unchanged,
 		if (r == 0)
 			r = set_rewind(st, pts[i - 1].id, 0, err, errsz);
 		i--;
+		if (r == 0 && i > want)
+			fault_point("replica-mid-rewind");
 	}
 	while (r == 0 && i < want) {
 		const struct cat_point *q = &pts[i + 1];
