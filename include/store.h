@@ -165,6 +165,9 @@ int	store_space(struct store *st, uint64_t *avail, uint64_t *total,
 	    uint64_t *keep);
 /* The point of the open test copy, 0 if none. */
 uint64_t store_pinned_point(struct store *st);
+/* STORAGE/VM/test, where the test copies are (whether or not they
+ * exist); the store's. */
+const char *store_test_dir(const struct store *st);
 
 /*
  * The VM's definition recorded with point (0: the newest): 0 and its

@@ -23,6 +23,10 @@
  *   test     define VM-test on the test copies, after removing an old
  *            VM-test; start it only if asked.
  *   untest   destroy and undefine VM-test.
+ *            Both touch a VM-test only if it is a test failover's: one
+ *            of its disks is in test_dir (STORAGE/VM/test).  A domain of
+ *            that name that is an operator's own is left alone: test
+ *            refuses (RD_ERR_STATE), untest says so and succeeds.
  *
  * QEMU runs as its own user and opens the disks itself: the directories
  * replicad made for them (STORAGE, STORAGE/VM, STORAGE/VM/test, and
@@ -63,12 +67,13 @@ int	vmdom_restart(const struct config *cfg, const char *vm,
 	    const char *peer, int force, char *msg, size_t msgsz);
 int	vmdom_test(const struct config *cfg, const char *vm, const char *peer,
 	    const char *def, const struct domxml_disk *disks, size_t ndisks,
-	    const char *storage, int start, char *msg, size_t msgsz);
+	    const char *storage, const char *test_dir, int start, char *msg,
+	    size_t msgsz);
 /* The domain a promotion defined for vm here (hooks/VM.domain): 0 with
  * its name, or RD_ERR_NOT_FOUND. */
 int	vmdom_recorded(const struct config *cfg, const char *vm, char *name,
 	    size_t namesz);
 int	vmdom_untest(const struct config *cfg, const char *vm,
-	    const char *peer, char *msg, size_t msgsz);
+	    const char *peer, const char *test_dir, char *msg, size_t msgsz);
 
 #endif

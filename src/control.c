@@ -935,15 +935,16 @@ test_domain(struct cconn *c, struct store *st)
 		return;
 	}
 	if (c->o.cleanup) {
-		r = vmdom_untest(cfg, rel.vm, rel.peer, c->dommsg,
-		    sizeof(c->dommsg));
+		r = vmdom_untest(cfg, rel.vm, rel.peer, store_test_dir(st),
+		    c->dommsg, sizeof(c->dommsg));
 	} else {
 		for (uint16_t i = 0; i < rel.ndisks; i++) {
 			d[i].target = rel.disks[i].name;
 			d[i].path = c->paths[i];
 		}
 		r = vmdom_test(cfg, rel.vm, rel.peer, def, d, rel.ndisks,
-		    rel.storage, c->o.start, c->dommsg, sizeof(c->dommsg));
+		    rel.storage, store_test_dir(st), c->o.start, c->dommsg,
+		    sizeof(c->dommsg));
 	}
 	free(def);
 	c->dom_failed = r != 0;

@@ -1553,6 +1553,12 @@ test_point(struct store *st)
 	return id;
 }
 
+const char *
+store_test_dir(const struct store *st)
+{
+	return st->test_dir;
+}
+
 uint64_t
 store_pinned_point(struct store *st)
 {

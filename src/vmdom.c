@@ -328,15 +328,69 @@ out:
 	return r;
 }
 
+/* Whose the domain called name is, for test and untest. */
+enum owner {
+	OWNER_NONE,		/* no such domain */
+	OWNER_TEST,		/* a test failover's: a disk is a test copy */
+	OWNER_OTHER,		/* someone else's: not ours to remove */
+};
+
+/*
+ * Whether the domain called name is a test failover's: one of its disks
+ * is in test_dir, where domxml.h puts the copies (and no other disk).
+ * The name alone proves nothing: operators call their own domains
+ * NAME-test too.  0 with *owner, or an rd_err with msg.
+ */
+static int
+test_owner(virConnectPtr c, const char *name, const char *test_dir,
+    enum owner *owner, char *msg, size_t msgsz)
+{
+	virDomainPtr d = NULL;
+	struct virt_disk *dk = NULL;
+	char err[512], *xml = NULL;
+	size_t n = 0;
+	int r;
+
+	*owner = OWNER_NONE;
+	if ((r = virt_lookup(c, name, &d, err, sizeof(err))) != 0) {
+		if (r == RD_ERR_NOT_FOUND)
+			return 0;
+		snprintf(msg, msgsz, "%s", err);
+		return r;
+	}
+	if ((xml = virDomainGetXMLDesc(d, VIR_DOMAIN_XML_INACTIVE)) == NULL) {
+		snprintf(msg, msgsz, "cannot read the definition of domain %s: "
+		    "%s", name, virt_last_error());
+		r = RD_ERR_PEER;
+		goto out;
+	}
+	if ((r = virt_disks(xml, &dk, &n, err, sizeof(err))) != 0) {
+		snprintf(msg, msgsz, "domain %s: %s", name, err);
+		goto out;
+	}
+	*owner = OWNER_OTHER;
+	for (size_t i = 0; i < n; i++)
+		if (dk[i].file != NULL && below(dk[i].file, test_dir))
+			*owner = OWNER_TEST;
+	r = 0;
+out:
+	virt_disks_free(dk, n);
+	free(xml);
+	virDomainFree(d);
+	return r;
+}
+
 int
 vmdom_test(const struct config *cfg, const char *vm, const char *peer,
     const char *def, const struct domxml_disk *disks, size_t ndisks,
-    const char *storage, int start, char *msg, size_t msgsz)
+    const char *storage, const char *test_dir, int start, char *msg,
+    size_t msgsz)
 {
 	struct where w;
 	virConnectPtr c;
+	enum owner owner;
 	char err[768], *xml = NULL;
-	int r, existed, defined;
+	int r, existed = 0, defined;
 
 	where(cfg, vm, peer, &w);
 	snprintf(w.name, sizeof(w.name), "%s%s", vm, VMDOM_TEST_SUFFIX);
@@ -351,11 +405,19 @@ vmdom_test(const struct config *cfg, const char *vm, const char *peer,
 		free(xml);
 		return RD_ERR_PEER;
 	}
-	r = virt_remove(c, w.name, &existed, err, sizeof(err));
-	virConnectClose(c);
-	if (r != 0) {
+	if ((r = test_owner(c, w.name, test_dir, &owner, msg, msgsz)) == 0 &&
+	    owner == OWNER_OTHER) {
+		snprintf(msg, msgsz, "domain %s exists and is not a test "
+		    "failover's (none of its disks is in %s): not replaced; "
+		    "rename or remove it first", w.name, test_dir);
+		r = RD_ERR_STATE;
+	}
+	if (r == 0 && owner == OWNER_TEST &&
+	    (r = virt_remove(c, w.name, &existed, err, sizeof(err))) != 0)
 		snprintf(msg, msgsz, "an old domain %s is in the way: %s",
 		    w.name, err);
+	virConnectClose(c);
+	if (r != 0) {
 		free(xml);
 		return r;
 	}
@@ -374,24 +436,35 @@ vmdom_test(const struct config *cfg, const char *vm, const char *peer,
 
 int
 vmdom_untest(const struct config *cfg, const char *vm, const char *peer,
-    char *msg, size_t msgsz)
+    const char *test_dir, char *msg, size_t msgsz)
 {
 	struct where w;
 	virConnectPtr c;
+	enum owner owner;
 	char err[768];
-	int r, existed;
+	int r, existed = 0;
 
+	msg[0] = '\0';
 	where(cfg, vm, peer, &w);
 	snprintf(w.name, sizeof(w.name), "%s%s", vm, VMDOM_TEST_SUFFIX);
 	if ((c = open_conn(&w, msg, msgsz)) == NULL)
 		return RD_ERR_PEER;
+	if ((r = test_owner(c, w.name, test_dir, &owner, msg, msgsz)) != 0 ||
+	    owner == OWNER_NONE) {
+		virConnectClose(c);
+		return r;
+	}
+	if (owner == OWNER_OTHER) {
+		virConnectClose(c);
+		snprintf(msg, msgsz, "domain %s is not a test failover's (none "
+		    "of its disks is in %s): left alone", w.name, test_dir);
+		return 0;
+	}
 	r = virt_remove(c, w.name, &existed, err, sizeof(err));
 	virConnectClose(c);
 	if (r != 0)
 		snprintf(msg, msgsz, "%s", err);
 	else if (existed)
 		snprintf(msg, msgsz, "domain %s removed", w.name);
-	else
-		msg[0] = '\0';
 	return r;
 }

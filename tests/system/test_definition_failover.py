@@ -100,3 +100,54 @@ def test_restart_mid_rewind_defines_the_held_points_domain(env):
     check(got == 512, "the domain was defined from point %d's definition (%d MiB) while the "
           "disks hold point %d (512 MiB)" % (p1, got, p2))
     rep.stop()
+
+
+def test_test_failover_leaves_a_foreign_test_domain(env):
+    """A domain called web01-test that is not a test failover's (an
+    operator's own, on its own disk) is neither removed nor redefined by
+    `failover --test` (refused, saying why, the copy made stays for
+    --cleanup) nor by `--test --cleanup` (the copy goes, the domain
+    stays); gone, the test failover defines web01-test on the copy and
+    the cleanup removes it."""
+    lv = LibvirtDaemon(env, "lvr").start()
+    other = env.make_disk(env.path("other", "staging.img"), 1 << 20)
+    foreign = domain(128).replace(b"<name>web01</name>", b"<name>web01-test</name>") \
+                         .replace(b"/nonexistent", other.encode())
+    with open(env.path("foreign.xml"), "wb") as f:
+        f.write(foreign)
+    lv.virsh("define", env.path("foreign.xml"))
+    uuid = lv.virsh("domuuid", "web01-test").strip()
+
+    disk = env.make_disk(env.path("src", "vda"), 4 << 20)
+    rep = env.replica(extra="libvirt_uri = %s\n" % lv.uri).start()
+    dpath = env.path("def.xml")
+    set_def(dpath, domain(256))
+    pri = env.primary({VM: [disk]}, rep.port)
+    pri.start(env_extra={"REPLICAD_TEST_DEFINITION": dpath})
+    pri.ok("sync", VM, "--wait")
+
+    def foreign_intact(what):
+        check("web01-test" in lv.domains(), "%s: the operator's web01-test is gone" % what)
+        xml = lv.virsh("dumpxml", "web01-test", "--inactive")
+        check(lv.virsh("domuuid", "web01-test").strip() == uuid and other in xml
+              and memory_of(lv, "web01-test") == 128,
+              "%s: the operator's web01-test was redefined:\n%s" % (what, xml))
+
+    r = rep.ctl("failover", VM, "--test")
+    foreign_intact("failover --test")
+    check(r.rc == 1 and "web01-test" in r.err and "not a test failover" in r.err,
+          "failover --test beside a foreign web01-test: %r" % r)
+    copy = os.path.join(rep.storage, VM, "test", "vda")
+    check(os.path.exists(copy), "the test copy was not made")
+    r = rep.ctl("failover", VM, "--test", "--cleanup")
+    foreign_intact("failover --test --cleanup")
+    check(r.rc == 0 and not os.path.exists(copy), "cleanup beside a foreign web01-test: %r" % r)
+
+    lv.virsh("undefine", "web01-test")
+    rep.ok("failover", VM, "--test")
+    xml = lv.virsh("dumpxml", "web01-test", "--inactive")
+    check(copy in xml and memory_of(lv, "web01-test") == 256, "the test domain:\n%s" % xml)
+    rep.ok("failover", VM, "--test", "--cleanup")
+    check("web01-test" not in lv.domains(), "the test domain stays after the cleanup")
+    pri.stop()
+    rep.stop()
