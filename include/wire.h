@@ -165,7 +165,10 @@
  * a version 2 session has no KEEPALIVE (a 0.5 peer would end the session
  * at an unknown frame type), a version 2 or 3 session no DEFINITION.  A
  * primary offers 4; a replica that refuses that HELLO for its version is
- * offered one version less at the next try (3, then 2).
+ * offered one version less at the next try (3, then 2).  After
+ * WIRE_REPROBE_S at a lower version the primary offers 4 again (the
+ * replica may have been upgraded); refused, it goes straight back to the
+ * version last welcomed.
  *
  * In a resynchronising cycle END's nframes counts DELTA frames, its
  * raw_bytes their lengths, and its digest covers each DELTA's
@@ -186,6 +189,7 @@
 #define WIRE_VERSION_MIN 2		/* oldest version still served */
 #define WIRE_VERSION_KEEPALIVE 3	/* first version with KEEPALIVE */
 #define WIRE_VERSION_DEFINITION 4	/* first version with DEFINITION */
+#define WIRE_REPROBE_S	3600		/* a lowered offer is raised again */
 #define WIRE_MAX_DEFINITION (1u << 20)	/* longest definition text */
 #define WIRE_DIGEST_DEFINITION 0xffff	/* its disk index in END's digest */
 #define WIRE_KEEPALIVE_MISSES 3

@@ -224,6 +224,9 @@ struct pvm {
 	struct event		*keep_tick;
 	uint16_t		 keep_version;	/* its protocol version */
 	uint16_t		 wire_version;	/* offered in HELLO */
+	uint16_t		 wire_worked;	/* last WELCOMEd; 0 none */
+	uint64_t		 wire_lowered_mono; /* when wire_version
+					   went below WIRE_VERSION */
 	/* The definition the replica acknowledged last (its newest point
 	 * has it); not kept across restarts: then it is sent once more. */
 	int			 def_acked_set;
@@ -1702,6 +1705,7 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 		return;
 	}
 	s->peer_version = w->version;
+	vm->wire_worked = w->version;
 	/* Keepalives both ways: ours first says our interval. */
 	s->ka = w->version >= WIRE_VERSION_KEEPALIVE;
 	if (s->ka) {
@@ -1851,8 +1855,13 @@ on_nack(struct psess *s, const uint8_t *p, size_t len)
 	    s->version > WIRE_VERSION_MIN && strstr(n.reason, "version")) {
 		/* An older replicad: offer it one version less next time
 		 * (version 3: no definitions; version 2, replicad 0.5: no
-		 * keepalives either, the ACK deadline still holds). */
-		s->vm->wire_version = s->version - 1;
+		 * keepalives either, the ACK deadline still holds), or at
+		 * once the one it took last (a refused probe, see
+		 * send_hello). */
+		uint16_t worked = s->vm->wire_worked;
+		s->vm->wire_version = worked != 0 && worked < s->version ?
+		    worked : s->version - 1;
+		s->vm->wire_lowered_mono = util_mono_ms();
 		log_warnx("%s: replica %s does not speak protocol version %u; "
 		    "the next cycle offers version %u (%s)",
 		    s->vm->cfg->name, s->vm->cfg->replica, s->version,
@@ -1977,10 +1986,41 @@ on_write(struct bufferevent *bev, void *arg)
 		maybe_produce(s);
 }
 
+/*
+ * How long a primary offers a lower version before it offers its own
+ * again: a replica that refused it may have been upgraded since (and
+ * until then it gets no definitions).  REPLICAD_TEST_REPROBE_MS
+ * shortens it for the system tests.
+ */
+static uint64_t
+reprobe_ms(void)
+{
+	const char *v = getenv("REPLICAD_TEST_REPROBE_MS");
+	char *end;
+	unsigned long long ms;
+
+	if (v != NULL && *v != '\0') {
+		errno = 0;
+		ms = strtoull(v, &end, 10);
+		if (errno == 0 && *end == '\0')
+			return ms;
+	}
+	return WIRE_REPROBE_S * 1000;
+}
+
 static void
 send_hello(struct psess *s)
 {
 	struct pvm *vm = s->vm;
+
+	if (vm->wire_version < WIRE_VERSION &&
+	    util_mono_ms() - vm->wire_lowered_mono >= reprobe_ms()) {
+		log_info("%s: offers protocol version %u again to replica %s "
+		    "(it took %u; it may have been upgraded since)",
+		    vm->cfg->name, WIRE_VERSION, vm->cfg->replica,
+		    vm->wire_version);
+		vm->wire_version = WIRE_VERSION;
+	}
 	struct wire_hello h = { .version = vm->wire_version,
 	    .generation = vt_generation(vm->e), .block_size = vm->cfg->block_size,
 	    .interval_ms = vm->cfg->interval_ms,

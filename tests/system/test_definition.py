@@ -578,3 +578,61 @@ def test_definitions_count_in_space(env):
                 p.kill()
                 p.wait()
         subprocess.run(["umount", "-l", state_fs])
+
+
+
+def test_replica_upgraded_after_a_downgrade(env):
+    """A primary upgraded before its replica lowers the version it offers
+    (the replica refuses version 4); once the replica is upgraded too,
+    the definition must travel again without a restart of the primary:
+    after a while (REPLICAD_TEST_REPROBE_MS: 1.5 s here) the primary
+    offers its own version again, and a replica still old is offered the
+    version that worked at once, not one less."""
+    from test_hostile_resync import FakeReplica
+    dpath, a = make_def(env, "a.xml", 20 << 10)
+    disk = env.make_disk(env.path("src", "sda.img"), 1 << 20)
+    rep = env.replica()             # not started: its address hosts the fake
+    pri = env.primary({VM: [disk]}, rep.port)
+    pri.start(env_extra={"REPLICAD_TEST_DEFINITION": dpath, "REPLICAD_TEST_REPROBE_MS": "1500"})
+    pri.ok("pause", VM)
+    fake = FakeReplica(env, rep.port)
+    offered = []
+
+    def old(conn, hello, res):
+        offered.append(hello["version"])
+        if hello["version"] > 3:
+            conn.send(wp.nack(wp.NACK_PROTOCOL, "bad HELLO: unsupported version"))
+            return
+        conn.send(wp.welcome(hello["generation"], version=hello["version"]))
+        read_cycle(conn, res)
+        conn.send(wp.ack(res["cycle"], res["cycle"]))
+
+    def sync_old():
+        fake.serve(old)
+        pri.ctl("sync", VM, "--wait", timeout=60)
+        res = fake.join()
+        check(res["error"] is None, "the fake version 3 replica: %r" % res["error"])
+
+    try:
+        sync_old()
+        sync_old()
+        check(offered == [4, 3], "versions offered to a version 3 replica: %r" % offered)
+        # Still old after the delay: one probe at 4, then 3 again.
+        wait_for(lambda: sync_old() or offered[-1] == 4, 60, 0.2,
+                 what="the primary to offer version 4 again")
+        check(set(offered[2:-1]) <= {3}, "versions offered meanwhile: %r" % offered)
+        sync_old()
+        check(offered[-1] == 3, "after a refused probe the primary offered %r" % offered[-2:])
+    finally:
+        fake.close()
+
+    # The replica is upgraded: the definition travels again.
+    rep.start()
+
+    def got_definition():
+        pri.ctl("sync", VM, "--wait", timeout=60)
+        return rep.ctl("definition", VM).rc == 0
+    wait_for(got_definition, 60, 0.2, what="the definition to reach the upgraded replica")
+    check(definition(rep) == a, "the upgraded replica has another definition")
+    pri.stop()
+    rep.stop()
