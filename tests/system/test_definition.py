@@ -636,3 +636,65 @@ def test_replica_upgraded_after_a_downgrade(env):
     check(definition(rep) == a, "the upgraded replica has another definition")
     pri.stop()
     rep.stop()
+
+
+def test_aborted_cycle_leaves_no_definition(env):
+    """A definition that came in a cycle that did not become a point (its
+    END digest made over other text; its session cut before END; a replica
+    restarted meanwhile) is not the definition of the next point, which
+    carries none of its own: that point keeps the one before (none)."""
+    from test_hostile import Pair, valid_start
+    pair = Pair(env)
+    rep = pair.rep
+    xml = b"<domain type='kvm'><name>web01</name><description>never a point's</description></domain>\n"
+
+    def next_point_has_none(what):
+        conn, w = session(pair, 4)
+        d = wp.CycleDigest()
+        cyc, start = valid_start(pair, w, d)
+        conn.send(start + wp.end_of(cyc, d))
+        fr = answer(conn)
+        conn.close()
+        check(fr is not None and fr[0] == wp.ACK, "%s: a valid cycle got %s" % (what, wp.describe(fr)))
+        pt = wp.decode_ack(fr[1])["point"]
+        check(points(rep)[pt]["definition"] is None, "%s: point %d has definition %r"
+              % (what, pt, points(rep)[pt]["definition"]))
+        check(stored_defs(rep) == [], "%s: the catalog stores %d texts" % (what, len(stored_defs(rep))))
+
+    # END over other text: refused.
+    conn, w = session(pair, 4)
+    d = wp.CycleDigest()
+    cyc, start = valid_start(pair, w, d)
+    d.add_definition(xml + b" ")
+    conn.send(start + wp.definition(xml) + wp.end_of(cyc, d))
+    fr = answer(conn)
+    conn.close()
+    check(fr is not None and fr[0] == wp.NACK, "a tampered cycle got %s" % wp.describe(fr))
+    pair.wait_released()
+    next_point_has_none("after a refused cycle")
+
+    # Cut before END.
+    conn, w = session(pair, 4)
+    d = wp.CycleDigest()
+    cyc, start = valid_start(pair, w, d)
+    mark = LogMark(rep)
+    conn.send(start + wp.definition(xml, d))
+    mark.wait("carries the VM's definition", what="the replica to stage the definition")
+    conn.close()
+    pair.wait_released()
+    next_point_has_none("after a cut session")
+
+    # Cut before END, and the replica restarted.
+    conn, w = session(pair, 4)
+    d = wp.CycleDigest()
+    cyc, start = valid_start(pair, w, d)
+    mark = LogMark(rep)
+    conn.send(start + wp.definition(xml, d))
+    mark.wait("carries the VM's definition", what="the replica to stage the definition")
+    rep.stop()
+    conn.close()
+    rep.start()
+    next_point_has_none("after a restart")
+    pair.legit_sync("the real primary afterwards")
+    pair.pri.stop()
+    rep.stop()
