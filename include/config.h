@@ -82,6 +82,11 @@ struct cfg_vm {
 	enum cfg_freeze	 freeze;
 	int		 start_on_promote; /* start the domain it defines */
 	unsigned	 shutdown_timeout_s; /* ACPI shutdown, then destroy */
+	char		**domain_paths;	/* where a point's definition may name
+					   files of this host (domxml.h);
+					   absolute, no trailing '/' */
+	size_t		 ndomain_paths;	/* 0: the [accept] entry's */
+	int		 domain_paths_line;
 	uint32_t	 block_size;	/* power of two, 4K..4M */
 	int		 compress_level; /* 0 = none, else zstd level 1..19 */
 	char		*pre_snapshot;	/* NULL if unset */
@@ -123,6 +128,9 @@ struct cfg_accept {
 	char		*libvirt_uri;	/* where its domains are defined */
 	int		 start_on_promote;
 	unsigned	 shutdown_timeout_s;
+	char		**domain_paths;	/* as in [vm]; 0: none */
+	size_t		 ndomain_paths;
+	int		 domain_paths_line;
 	int		 line;
 };
 

@@ -6,13 +6,18 @@
  *
  * Where and how come from this host's [vm] section of the VM if it has
  * one, else from the [accept] entry the VM comes in by (peer: the other
- * host's identity): libvirt_uri, start_on_promote, shutdown_timeout.
+ * host's identity): libvirt_uri, start_on_promote, shutdown_timeout,
+ * domain_paths (the [vm]'s if it sets it, else the entry's).
  * The domain is called as [vm] domain = says, else as the VM; a test
  * failover's is VM-test.
  *
  *   promote  define the domain from a point's definition made fit for
- *            this host (domxml.h: disks at this host's files), autostart
- *            off; start it if start_on_promote.  A domain of that name
+ *            this host (domxml.h: disks at this host's files; host files
+ *            only where domain_paths lets it name them, never replicad's
+ *            own -- state, configuration, keys, every replica storage,
+ *            every [vm]'s disks and QMP socket; this host's devices,
+ *            directories and programs left out), autostart off; start
+ *            it if start_on_promote.  A domain of that name
  *            that runs here already is left alone (an error).  Its name
  *            is recorded (layout.h: hooks/VM.domain) for demotions.
  *   demote   a domain this host has for the VM ([vm] domain =, or the
@@ -36,7 +41,9 @@
  *
  * Each call writes one line for the operator into msg (what happened,
  * or why not; "" when there was nothing to do) and returns 0 or an
- * rd_err.
+ * rd_err.  After a define, the line ends with what was left out of the
+ * point's definition ("; left out of its definition on this host: ..."):
+ * the VM here lacks it.
  */
 #ifndef REPLICAD_VMDOM_H
 #define REPLICAD_VMDOM_H

@@ -291,6 +291,9 @@ check_domain(struct cfg_parse *p, struct cfg_vm *vm, const char *label)
 		if (vm->libvirt_uri != NULL)
 			return cfg_error(p, vm->line, label, "libvirt_uri",
 			    "only used with domain");
+		if (vm->ndomain_paths > 0)
+			return cfg_error(p, vm->domain_paths_line, label,
+			    "domain_paths", "only used with domain");
 		if (vm->freeze == FREEZE_AGENT)
 			return cfg_error(p, vm->line, label, "freeze",
 			    "agent needs a libvirt domain (domain = NAME)");
@@ -670,6 +673,62 @@ set_acc_shutdown_timeout(struct cfg_parse *p, const char *v)
 	    &cur_accept(p)->shutdown_timeout_s);
 }
 
+/*
+ * domain_paths = DIR ...: where a point's domain definition may name
+ * files of this host (domxml.h).  Absolute, no "..", not / itself.
+ */
+static int
+set_domain_paths(struct cfg_parse *p, const char *v, char ***dirs, size_t *n,
+    int *line)
+{
+	char *copy = xstrdup(v), *tok, *save = NULL;
+	int r;
+
+	for (tok = strtok_r(copy, " \t", &save); tok != NULL;
+	    tok = strtok_r(NULL, " \t", &save)) {
+		size_t len = strlen(tok);
+		if (tok[0] != '/') {
+			r = KEY_ERROR(p, "path '%s' is not absolute", tok);
+			goto out;
+		}
+		if (strstr(tok, "/../") != NULL || (len >= 3 &&
+		    strcmp(tok + len - 3, "/..") == 0)) {
+			r = KEY_ERROR(p, "path '%s' has a '..' component", tok);
+			goto out;
+		}
+		while (len > 1 && tok[len - 1] == '/')
+			tok[--len] = '\0';
+		if (strcmp(tok, "/") == 0) {
+			r = KEY_ERROR(p, "/ would let a definition name every "
+			    "file of this host: list directories");
+			goto out;
+		}
+		*dirs = xreallocarray(*dirs, *n + 1, sizeof(char *));
+		(*dirs)[(*n)++] = xstrdup(tok);
+	}
+	*line = p->lineno;
+	r = 0;
+out:
+	free(copy);
+	return r;
+}
+
+static int
+set_vm_domain_paths(struct cfg_parse *p, const char *v)
+{
+	struct cfg_vm *vm = cur_vm(p);
+	return set_domain_paths(p, v, &vm->domain_paths, &vm->ndomain_paths,
+	    &vm->domain_paths_line);
+}
+
+static int
+set_acc_domain_paths(struct cfg_parse *p, const char *v)
+{
+	struct cfg_accept *a = cur_accept(p);
+	return set_domain_paths(p, v, &a->domain_paths, &a->ndomain_paths,
+	    &a->domain_paths_line);
+}
+
 static int
 set_app_interval(struct cfg_parse *p, const char *v)
 {
@@ -1004,9 +1063,11 @@ static const struct cfg_key cfg_keys[] = {
 	{ SEC_VM, "freeze", set_freeze, 0 },
 	{ SEC_VM, "start_on_promote", set_vm_start_on_promote, 0 },
 	{ SEC_VM, "shutdown_timeout", set_vm_shutdown_timeout, 0 },
+	{ SEC_VM, "domain_paths", set_vm_domain_paths, 0 },
 	{ SEC_ACCEPT, "libvirt_uri", set_acc_libvirt_uri, 0 },
 	{ SEC_ACCEPT, "start_on_promote", set_acc_start_on_promote, 0 },
 	{ SEC_ACCEPT, "shutdown_timeout", set_acc_shutdown_timeout, 0 },
+	{ SEC_ACCEPT, "domain_paths", set_acc_domain_paths, 0 },
 	{ SEC_ACCEPT, "on_promote", set_acc_on_promote, 0 },
 	{ SEC_ACCEPT, "on_demote", set_acc_on_demote, 0 },
 	{ SEC_ACCEPT, "vms", set_vms, 0 },
@@ -1445,6 +1506,7 @@ vm_fields_free(struct cfg_vm *vm)
 	free(vm->on_promote);
 	free(vm->on_demote);
 	free_strv(vm->receive_into, vm->nreceive);
+	free_strv(vm->domain_paths, vm->ndomain_paths);
 }
 
 void
@@ -1488,6 +1550,7 @@ config_free(struct config *cfg)
 		free(a->on_promote);
 		free(a->on_demote);
 		free(a->libvirt_uri);
+		free_strv(a->domain_paths, a->ndomain_paths);
 	}
 	free(cfg->accepts);
 	free(cfg->path);

@@ -80,7 +80,7 @@ struct cconn {
 	int			 rc;
 	char			 err[1024];
 	char			*paths[CAT_MAX_DISKS];
-	char			 dommsg[768];	/* test failover's domain */
+	char			 dommsg[2048];	/* test failover's domain */
 	int			 dom_failed;
 	uint64_t		 point;
 	uint64_t		 blocks;
@@ -178,7 +178,7 @@ static void
 fail(struct cconn *c, int code, const char *fmt, ...)
 {
 	va_list ap;
-	char msg[1200];
+	char msg[3072];
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);

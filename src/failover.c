@@ -64,7 +64,7 @@ struct fo {
 	int			 wait;
 	int			 rc;
 	int			 hook_failed;
-	char			 msg[1024];
+	char			 msg[2560];
 	char			 hookmsg[512];
 	struct cat_rel		 rel;
 	char			 to[HOST_MAX_LEN + 8];
@@ -79,7 +79,7 @@ struct fo {
 	int			 promoted;	/* the new role is recorded */
 	char			*def;		/* the point's domain XML; NULL */
 	uint64_t		 def_point;	/* ... of this point */
-	char			 dommsg[768];	/* what vmdom.h did; "" */
+	char			 dommsg[2048];	/* what vmdom.h did; "" */
 	int			 dom_failed;
 	enum vmdom_stop		 dom_stopped;	/* what a demotion did */
 };
@@ -122,7 +122,7 @@ fo_finish(struct fo *f, int rc, const char *fmt, ...)
 static void
 fo_finish(struct fo *f, int rc, const char *fmt, ...)
 {
-	char msg[1536];
+	char msg[4096];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
@@ -951,7 +951,7 @@ static void
 promote_unplanned_done(void *arg)
 {
 	struct fo *f = arg;
-	char note[1536];
+	char note[2560];
 	if (!f->promoted) {
 		fo_finish(f, f->rc, "%s: failover refused: %s", f->vm, f->msg);
 		return;
@@ -1035,7 +1035,7 @@ static void
 repick_done(void *arg)
 {
 	struct fo *f = arg;
-	char note[1536];
+	char note[2560];
 	if (f->rc != 0) {
 		fo_finish(f, f->rc, "%s: cannot move to point %" PRIu64 ": %s",
 		    f->vm, f->point, f->msg);
@@ -1263,7 +1263,7 @@ static void
 demote_done(void *arg)
 {
 	struct fo *f = arg;
-	char note[1536];
+	char note[2560];
 	if (became_replica(f) != 0) {
 		fo_finish(f, f->rc, "%s: %s", f->vm, f->msg);
 		return;
@@ -1512,7 +1512,7 @@ planned_demote_done(void *arg)
 		    "as the replica failed: %s", f->vm, f->msg);
 		return;
 	}
-	char note[1536];
+	char note[2560];
 	fo_finish(f, 0, "%s: handed over to %s at generation %" PRIu64 "; this "
 	    "host is now its replica%s", f->vm, f->acc->name, f->rel.generation,
 	    dom_note(f, note, sizeof(note)));

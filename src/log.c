@@ -57,7 +57,7 @@ vlog(enum log_level level, int with_errno, const char *fmt, va_list ap)
 {
 	static const char *tags[] = { "error", "warning", "info", "debug" };
 	static const int prio[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
-	char msg[2048], line[2300];
+	char msg[4096], line[4352];
 	int saved = errno;
 	struct timespec ts;
 	struct tm tm;

@@ -27,6 +27,8 @@ struct where {
 	int		 start;		/* start_on_promote */
 	unsigned	 timeout_s;	/* shutdown_timeout */
 	int		 known;		/* [vm] domain = or a promotion's */
+	char *const	*paths;		/* domain_paths */
+	size_t		 npaths;
 };
 
 /* The name a promotion recorded, or "". */
@@ -83,6 +85,13 @@ where(const struct config *cfg, const char *vm, const char *peer,
 	w->start = cv ? cv->start_on_promote : acc ? acc->start_on_promote : 1;
 	w->timeout_s = cv ? cv->shutdown_timeout_s : acc ?
 	    acc->shutdown_timeout_s : CONFIG_DEFAULT_SHUTDOWN_TIMEOUT_S;
+	if (cv != NULL && cv->ndomain_paths > 0) {
+		w->paths = cv->domain_paths;
+		w->npaths = cv->ndomain_paths;
+	} else if (acc != NULL) {
+		w->paths = acc->domain_paths;
+		w->npaths = acc->ndomain_paths;
+	}
 	if (cv != NULL && cv->domain != NULL) {
 		snprintf(w->name, sizeof(w->name), "%s", cv->domain);
 		w->known = 1;
@@ -142,6 +151,64 @@ start_hint(const char *err, char *msg, size_t msgsz)
 	if (strstr(err, "ermission denied") != NULL && len < msgsz)
 		snprintf(msg + len, msgsz - len, " (QEMU runs as its own user: "
 		    "every directory above the disks must let it search)");
+}
+
+/*
+ * What a definition may name here (domxml.h): w's domain_paths; never
+ * replicad's own files: its state directory, configuration, keys and
+ * control socket, every replica storage (each VM's copies and history:
+ * storage, every [accept] entry's), and the disks, receive_into files
+ * and QMP sockets of every [vm] section.
+ * pol's arrays are allocated (policy_free()); the strings are cfg's.
+ */
+static void
+policy(const struct config *cfg, const struct where *w, const char *storage,
+    struct domxml_policy *pol)
+{
+	size_t n = 0, max = 7 + cfg->naccepts;
+	const char **deny;
+
+	for (size_t i = 0; i < cfg->nvms; i++)
+		max += cfg->vms[i].ndisks + cfg->vms[i].nreceive + 1;
+	deny = xcalloc(max, sizeof(*deny));
+	const char *own[] = { cfg->state_dir, cfg->path, cfg->tls_cert,
+	    cfg->tls_key, cfg->tls_ca, cfg->control_socket, storage };
+	for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++)
+		if (own[i] != NULL && own[i][0] == '/')
+			deny[n++] = own[i];
+	for (size_t i = 0; i < cfg->naccepts; i++)
+		if (cfg->accepts[i].storage != NULL)
+			deny[n++] = cfg->accepts[i].storage;
+	for (size_t i = 0; i < cfg->nvms; i++) {
+		const struct cfg_vm *v = &cfg->vms[i];
+		for (size_t k = 0; k < v->ndisks; k++)
+			if (v->disks[k] != NULL && v->disks[k][0] == '/')
+				deny[n++] = v->disks[k];
+		for (size_t k = 0; k < v->nreceive; k++)
+			deny[n++] = v->receive_into[k];
+		if (v->qmp != NULL && v->qmp[0] == '/')
+			deny[n++] = v->qmp;	/* its QEMU's monitor */
+	}
+	pol->deny = deny;
+	pol->ndeny = n;
+	pol->dirs = (const char *const *)w->paths;
+	pol->ndirs = w->npaths;
+}
+
+static void
+policy_free(struct domxml_policy *pol)
+{
+	free((void *)pol->deny);
+}
+
+/* "; left out: ..." after msg (domxml.h: what the domain lacks). */
+static void
+left_out_note(const char *left_out, char *msg, size_t msgsz)
+{
+	size_t len = strlen(msg);
+	if (left_out != NULL && len < msgsz)
+		snprintf(msg + len, msgsz - len, "; left out of its definition "
+		    "on this host: %s", left_out);
 }
 
 static virConnectPtr
@@ -215,12 +282,16 @@ vmdom_promote(const struct config *cfg, const char *vm, const char *peer,
     const char *storage, char *msg, size_t msgsz)
 {
 	struct where w;
-	char err[512], *xml = NULL;
+	struct domxml_policy pol;
+	char err[512], *xml = NULL, *left = NULL;
 	int r, defined;
 
 	where(cfg, vm, peer, &w);
-	if ((r = domxml_rewrite(def, DOMXML_PROMOTE, w.name, disks, ndisks,
-	    &xml, err, sizeof(err))) != 0) {
+	policy(cfg, &w, storage, &pol);
+	r = domxml_rewrite(def, DOMXML_PROMOTE, w.name, disks, ndisks, &pol,
+	    &xml, &left, err, sizeof(err));
+	policy_free(&pol);
+	if (r != 0) {
 		snprintf(msg, msgsz, "cannot define domain %s: %s", w.name,
 		    err);
 		return r;
@@ -230,6 +301,8 @@ vmdom_promote(const struct config *cfg, const char *vm, const char *peer,
 	    "started", &defined, msg, msgsz);
 	if (defined)
 		record(cfg, vm, w.name);
+	left_out_note(left, msg, msgsz);
+	free(left);
 	free(xml);
 	return r;
 }
@@ -387,15 +460,19 @@ vmdom_test(const struct config *cfg, const char *vm, const char *peer,
     size_t msgsz)
 {
 	struct where w;
+	struct domxml_policy pol;
 	virConnectPtr c;
 	enum owner owner;
-	char err[768], *xml = NULL;
+	char err[768], *xml = NULL, *left = NULL;
 	int r, existed = 0, defined;
 
 	where(cfg, vm, peer, &w);
 	snprintf(w.name, sizeof(w.name), "%s%s", vm, VMDOM_TEST_SUFFIX);
-	if ((r = domxml_rewrite(def, DOMXML_TEST, w.name, disks, ndisks, &xml,
-	    err, sizeof(err))) != 0) {
+	policy(cfg, &w, storage, &pol);
+	r = domxml_rewrite(def, DOMXML_TEST, w.name, disks, ndisks, &pol, &xml,
+	    &left, err, sizeof(err));
+	policy_free(&pol);
+	if (r != 0) {
 		snprintf(msg, msgsz, "cannot define domain %s: %s", w.name,
 		    err);
 		return r;
@@ -403,6 +480,7 @@ vmdom_test(const struct config *cfg, const char *vm, const char *peer,
 	/* An old test domain (its copy was removed by hand): ours. */
 	if ((c = open_conn(&w, msg, msgsz)) == NULL) {
 		free(xml);
+		free(left);
 		return RD_ERR_PEER;
 	}
 	if ((r = test_owner(c, w.name, test_dir, &owner, msg, msgsz)) == 0 &&
@@ -419,6 +497,7 @@ vmdom_test(const struct config *cfg, const char *vm, const char *peer,
 	virConnectClose(c);
 	if (r != 0) {
 		free(xml);
+		free(left);
 		return r;
 	}
 	if (existed)
@@ -430,6 +509,8 @@ vmdom_test(const struct config *cfg, const char *vm, const char *peer,
 		size_t len = strlen(msg);
 		snprintf(msg + len, msgsz - len, " (network links down)");
 	}
+	left_out_note(left, msg, msgsz);
+	free(left);
 	free(xml);
 	return r;
 }

@@ -37,8 +37,10 @@ def last_cycle(pri):
 def setup(env, disks=(("vda", "qcow2"),), mode="writer", freeze=True, start=True,
           extra_vm="", replica_libvirt=True):
     """A private libvirtd with the guest VM (its disks [(target, format)]),
-    a replica (with a libvirtd of its own when replica_libvirt), and a
-    primary protecting the domain.  Returns (lv, guest, pri, rep, images)."""
+    a replica (with a libvirtd of its own when replica_libvirt, where a
+    test failover's domain may name the guest's kernel, initrd and console
+    file: domain_paths, the test's directory), and a primary protecting
+    the domain.  Returns (lv, guest, pri, rep, images)."""
     lv = LibvirtDaemon(env, "lvp").start()
     images = []
     for target, fmt in disks:
@@ -51,7 +53,7 @@ def setup(env, disks=(("vda", "qcow2"),), mode="writer", freeze=True, start=True
     extra = ""
     if replica_libvirt:
         lvr = LibvirtDaemon(env, "lvr").start()
-        extra = "libvirt_uri = %s\n" % lvr.uri
+        extra = "libvirt_uri = %s\ndomain_paths = %s\n" % (lvr.uri, env.dir)
         env.lvr = lvr
     rep = env.replica(extra=extra).start()
     pri = env.primary({VM: []}, rep.port)

@@ -8,6 +8,10 @@ What a user relies on, checked here:
   (no production UUID or MAC, links down, its own console file, no
   autostart); --start boots it from the copy; --cleanup removes domain
   and copies;
+* what a primary's definition may not bring to the replica host (a
+  compromised primary: replicad.conf(5) domain_paths) does not reach the
+  domain defined there, and the failover says what was left out: here a
+  passthrough of the host's / and a serial port on a file in /etc;
 * an unplanned failover defines the domain on the replica's copies with
   the production UUID and MAC, autostart off, and starts it before
   on_promote runs; the guest carries on from the point;
@@ -50,8 +54,10 @@ def setup(env, rep_accept="", pri_listen=False, default_storage=False):
     lvp, protected by domain; host b: its replica, with libvirtd lvr
     (rep_accept: more keys of its [accept], "{lvr}" its URI; with
     default_storage, no storage key: STATE_DIR/replicas, in the private
-    state directory).  With pri_listen, a also listens and accepts b
-    (planned failover)."""
+    state directory).  b lets definitions name files in the test's
+    directory (domain_paths): the guest's kernel, initrd and console file
+    are there.  With pri_listen, a also listens and accepts b (planned
+    failover)."""
     lvp = LibvirtDaemon(env, "lvp").start()
     lvr = LibvirtDaemon(env, "lvr").start()
     img = make_disk(env.path("img", "vda.qcow2"), SIZE, fmt="qcow2", fs="ext4")
@@ -59,9 +65,9 @@ def setup(env, rep_accept="", pri_listen=False, default_storage=False):
     pb = free_port()
     b_storage = env.path("b", "state", "replicas") if default_storage else env.path("b", "storage")
     rep = Daemon(env, "b", "replica", "listen = 127.0.0.1:%d\n" % pb,
-                 "[accept primary]\nvms = *\n%slibvirt_uri = %s\n%s"
+                 "[accept primary]\nvms = *\n%slibvirt_uri = %s\ndomain_paths = %s\n%s"
                  % ("" if default_storage else "storage = %s\n" % b_storage, lvr.uri,
-                    rep_accept.replace("{lvr}", lvr.uri)))
+                    env.dir, rep_accept.replace("{lvr}", lvr.uri)))
     rep.port, rep.storage = pb, b_storage
     listen = acc = ""
     if pri_listen:
@@ -77,10 +83,35 @@ def setup(env, rep_accept="", pri_listen=False, default_storage=False):
     return lvp, lvr, g, pri, rep
 
 
+VICTIM = "/etc/replicad-test-victim"
+# What a compromised primary might put in its definition: the replica
+# host's / for the guest, and a file of its /etc for QEMU to write.
+HOSTILE = ("<filesystem type='mount' accessmode='passthrough'><source dir='/'/>"
+           "<target dir='hostroot'/></filesystem>"
+           "<serial type='file'><source path='%s'/><target port='1'/></serial>" % VICTIM)
+
+
+def make_hostile(lv, name):
+    """Add HOSTILE to the persistent definition of the running domain
+    name (the running guest is left as it is; tracker libvirt sends the
+    persistent definition with the next point)."""
+    x = lv.virsh("dumpxml", "--inactive", name)
+    check("</devices>" in x, "no </devices> in %s's definition" % name)
+    p = lv.env.path(name + "-hostile.xml")
+    with open(p, "w") as f:
+        f.write(x.replace("</devices>", HOSTILE + "</devices>", 1))
+    lv.virsh("define", p)
+    check("hostroot" in lv.virsh("dumpxml", "--inactive", name),
+          "the hostile definition did not take")
+
+
 def test_libvirt_test_failover(env):
     # The default storage: replicad lets QEMU through its state directory.
     lvp, lvr, g, pri, rep = setup(env, default_storage=True)
+    check(not os.path.exists(VICTIM) and not os.path.exists(VICTIM + "-test"),
+          "%s exists before the test" % VICTIM)
     g.wait_wrote(3)
+    make_hostile(lvp, VM)
     point = sync(pri)
     prod = xml_of(lvp, VM)
     test = VM + "-test"
@@ -90,6 +121,14 @@ def test_libvirt_test_failover(env):
     r = rep.ok("failover", VM, "--test")
     check("point %d" % point in r.out and copy in r.out, "failover --test printed %r" % r.out)
     check("domain %s defined (not started" % test in r.out, "failover --test printed %r" % r.out)
+    # The primary's hostile parts stayed out, and the output says so.
+    x = xml_of(lvr, test)
+    check("<filesystem" not in x and "hostroot" not in x and VICTIM not in x,
+          "%s has the primary's hostile parts:\n%s" % (test, x))
+    check("left out of its definition on this host:" in r.out
+          and "<filesystem type='mount'> / (a directory of this host)" in r.out
+          and "<serial type='file'> %s-test (outside domain_paths; a pty instead)" % VICTIM in r.out,
+          "failover --test does not say what it left out: %r" % r.out)
     check(lvr.virsh("domstate", test).strip() == "shut off", "%s is not shut off" % test)
     x = xml_of(lvr, test)
     check(disk_sources(x)[0] == copy and "type='raw'" in x,
@@ -114,6 +153,8 @@ def test_libvirt_test_failover(env):
     tg.wait_line("replicad-guest: mounted")
     tg.wait_line("replicad-guest: wrote")
     check(g.state() == "running", "production stopped during the test failover")
+    check(not os.path.exists(VICTIM) and not os.path.exists(VICTIM + "-test"),
+          "the test domain wrote %s" % VICTIM)
     r = rep.ok("failover", VM, "--test", "--cleanup")
     check(test not in lvr.domains() and not os.path.exists(copy),
           "--cleanup left the running test domain or its copy: %r" % r.out)

@@ -416,6 +416,31 @@ test_role_hooks(void **state)
 	assert_non_null(strstr(err, ":10: [vm web01] on_promote:"));
 }
 
+/* Where a point's domain definition may name files (domxml.h). */
+static void
+test_domain_paths(void **state)
+{
+	struct config *cfg = load_ok(DAEMON
+	    "listen = 0.0.0.0:7000\n"
+	    "[vm web01]\ndomain = web01\nreplica = b:1\n"
+	    "domain_paths = /srv/vmfiles\n"
+	    "[vm db01]\ndomain = db01\nreplica = b:1\n"
+	    "[accept primary]\n"
+	    "domain_paths = /srv/kernels/ /var/log/vm\t/a//b\n"
+	    "[accept other]\n");
+
+	assert_int_equal(cfg->vms[0].ndomain_paths, 1);
+	assert_string_equal(cfg->vms[0].domain_paths[0], "/srv/vmfiles");
+	assert_int_equal(cfg->vms[1].ndomain_paths, 0);
+	assert_int_equal(cfg->accepts[0].ndomain_paths, 3);
+	assert_string_equal(cfg->accepts[0].domain_paths[0], "/srv/kernels");
+	assert_string_equal(cfg->accepts[0].domain_paths[1], "/var/log/vm");
+	assert_string_equal(cfg->accepts[0].domain_paths[2], "/a//b");
+	assert_int_equal(cfg->accepts[1].ndomain_paths, 0);
+	assert_null(cfg->accepts[1].domain_paths);
+	config_free(cfg);
+}
+
 static void
 test_line_limit(void **state)
 {
@@ -536,6 +561,18 @@ struct bad_case {
 };
 
 static const struct bad_case bad_cases[] = {
+	{ "domain_paths relative", DAEMON REPLICA
+	    "domain_paths = /srv/vm var/log\n", 8, "domain_paths",
+	    "path 'var/log' is not absolute" },
+	{ "domain_paths dotdot", DAEMON REPLICA
+	    "domain_paths = /srv/vm/../../etc\n", 8, "domain_paths",
+	    "has a '..' component" },
+	{ "domain_paths root", DAEMON REPLICA "domain_paths = //\n", 8,
+	    "domain_paths", "/ would let a definition name every file" },
+	{ "domain_paths twice", DAEMON REPLICA "domain_paths = /a\n"
+	    "domain_paths = /b\n", 9, "domain_paths", "duplicate key" },
+	{ "domain_paths without domain", DAEMON VM "domain_paths = /a\n", 9,
+	    "domain_paths", "only used with domain" },
 	{ "unknown section", DAEMON VM "[frobnicate]\n", 9, "[frobnicate]",
 	    "unknown section" },
 	{ "unknown section with name", DAEMON "[host web01]\n", 6,
@@ -839,6 +876,7 @@ main(void)
 		cmocka_unit_test(test_values),
 		cmocka_unit_test(test_comments),
 		cmocka_unit_test(test_role_hooks),
+		cmocka_unit_test(test_domain_paths),
 		cmocka_unit_test(test_line_limit),
 		cmocka_unit_test(test_file_errors),
 		cmocka_unit_test(test_match_accept),
