@@ -164,8 +164,12 @@ def test_libvirt_test_failover(env):
 
 def test_libvirt_unplanned_failover(env):
     hooklog = env.path("hooks.log")
-    lvp, lvr, g, pri, rep = setup(env, rep_accept=(
-        "on_promote = virsh -c '{lvr}' domstate %s >> %s\n" % (VM, hooklog)))
+    hook = env.path("promote.sh")
+    # A script: the command itself would pass the configuration's line
+    # length with a long TMPDIR.
+    lvp, lvr, g, pri, rep = setup(env, rep_accept="on_promote = sh %s\n" % hook)
+    with open(hook, "w") as f:
+        f.write("virsh -c '%s' domstate %s >> %s\n" % (lvr.uri, VM, hooklog))
     acked = g.wait_wrote(3)
     point = sync(pri)
     prod = info(lvp, VM)

@@ -364,10 +364,12 @@ def domain_xml(name, disks, mode="writer", console=None, agent=True, nic=True,
                    % q(os.path.abspath(console)))
     if agent:
         dev.append("<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>")
+    # no_timer_check: under TCG on a loaded machine the kernel's check of
+    # the IO-APIC timer can fail and panic the boot.
     return ("<domain type='qemu'>\n<name>%s</name>\n<memory unit='MiB'>%d</memory>\n<vcpu>1</vcpu>\n"
             "<os><type arch='x86_64' machine='pc'>hvm</type>"
             "<kernel>%s</kernel><initrd>%s</initrd>"
-            "<cmdline>console=ttyS0 quiet replicad.mode=%s</cmdline></os>\n"
+            "<cmdline>console=ttyS0 quiet no_timer_check replicad.mode=%s</cmdline></os>\n"
             "<features><acpi/></features>\n<on_poweroff>destroy</on_poweroff>\n"
             "<devices>\n%s\n</devices>\n</domain>\n"
             % (escape(name), memory_mib, escape(os.path.join(guest, "vmlinuz")),
