@@ -76,8 +76,9 @@ def setup(env, rep_accept="", pri_listen=False, default_storage=False):
         acc = "[accept replica]\nvms = *\nstorage = %s\n" % env.path("a", "storage")
     pri = Daemon(env, "a", "primary", listen,
                  "[vm %s]\ndomain = %s\nlibvirt_uri = %s\nreplica = 127.0.0.1:%d\n"
-                 "replica_name = replica\ninterval = 0\nshutdown_timeout = 3m\n\n%s"
-                 % (VM, VM, lvp.uri, pb, acc))
+                 "replica_name = replica\ninterval = 0\nshutdown_timeout = 3m\n"
+                 "domain_paths = %s\n\n%s"
+                 % (VM, VM, lvp.uri, pb, env.dir, acc))
     rep.start()
     pri.start()
     return lvp, lvr, g, pri, rep
