@@ -28,6 +28,23 @@ int	undo_create(const char *path, uint64_t cycle, uint16_t ndisks,
  */
 int	undo_save_range(struct undo_writer *w, uint16_t disk, int fd,
 	    uint64_t off, uint64_t len);
+/*
+ * How a writer saves old content that does not compress (undo_set_clone):
+ * NONE writes it raw; RAW clones it from the image (FICLONERANGE) where
+ * the range is aligned to the segment's file system block, and writes it
+ * raw where the clone fails (the writer then stops trying); ALL clones
+ * every aligned range that is not a hole without reading it (nothing is
+ * compressed).  A new writer is NONE.
+ */
+#define UNDO_CLONE_NONE	0
+#define UNDO_CLONE_RAW	1
+#define UNDO_CLONE_ALL	2
+void	undo_set_clone(struct undo_writer *w, int mode);
+/*
+ * 1 if a range of fd can be cloned into a new file in dir (FICLONERANGE
+ * of one block, into a file removed at once), else 0.
+ */
+int	undo_clone_probe(const char *dir, int fd);
 /* Write the trailer, fsync, rename into place, fsync the directory.
  * *bytes is the segment's size.  Frees w either way. */
 int	undo_finish(struct undo_writer *w, uint64_t *bytes);

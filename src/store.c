@@ -111,6 +111,7 @@ struct store {
 	int		 lock_fd;	/* flock on STORAGE/VM/.lock */
 	struct digest	 zero_digest;
 	int		 test_busy;	/* a test copy is being built */
+	int		 undo_clone;	/* UNDO_CLONE_*: how undo data is saved */
 	uint64_t	 min_free_bytes; /* [accept] min_free */
 	unsigned	 min_free_pct;
 	int		 unfinished;	/* a complete cycle failed to apply:
@@ -656,6 +657,12 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 	if ((r = check_dirs(st, err, errsz)) != 0 ||
 	    (r = open_images(st, paths, err, errsz)) != 0)
 		goto fail;
+	/* Once per store: where the storage clones ranges, undo data that
+	 * does not compress is cloned from the image, not copied. */
+	st->undo_clone = undo_clone_probe(st->undo_dir, st->img[0]) ?
+	    UNDO_CLONE_RAW : UNDO_CLONE_NONE;
+	log_debug("%s: undo data %s", st->rel.vm, st->undo_clone ==
+	    UNDO_CLONE_NONE ? "copied" : "cloned where it does not compress");
 	if ((r = recover(st, err, errsz)) != 0)
 		goto fail;
 	if (st->rel.step_to != 0 && (r = recover_rewind(st, err, errsz)) != 0)
@@ -2428,6 +2435,7 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 			    upath, open_error());
 			goto out;
 		}
+		undo_set_clone(w, st->undo_clone);
 		for (uint64_t k = 0; k < ix->nrec; k++) {
 			const struct stage_rec *rec = &ix->recs[k];
 			if (rec->where == WHERE_DIRECT)

@@ -6,6 +6,11 @@
  * target files left exactly as they were.  The inverse of a segment
  * (undo_invert) takes the files back to where they were before the
  * segment was applied, and is not written at all from a damaged one.
+ * Format version 2: compressible content is stored compressed, a
+ * compressed record never yields more or less than it declares, cloned
+ * records (real clones where TMPDIR is on XFS reflink=1 or btrfs) come
+ * back exactly through apply and merge, and version 1 segments are still
+ * applied.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,9 +22,14 @@
 
 #include <cmocka.h>
 #include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zstd.h>
 
+#include "digest.h"
 #include "err.h"
 #include "log.h"
 #include "undo.h"
@@ -962,6 +972,423 @@ test_merge(void **state)
 	state_free(&c);
 }
 
+/* --- format version 2: compressed and cloned records ---------------------- */
+
+/* Text-like old content: compresses well. */
+static void
+fill_text(uint8_t *p, size_t len, uint64_t seed)
+{
+	uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+	static const char *words[] = { "disk", "cycle", "point", "undo",
+	    "replica", "segment", "block", "write" };
+
+	for (size_t i = 0; i < len;) {
+		const char *w = words[next_rand(&s) % 8];
+		for (size_t k = 0; w[k] && i < len; k++)
+			p[i++] = (uint8_t)w[k];
+		if (i < len)
+			p[i++] = next_rand(&s) % 9 == 0 ? '\n' : ' ';
+	}
+}
+
+/* Segment bytes built by hand: header, records, trailer. */
+struct seg {
+	uint8_t	 p[1 << 20];
+	size_t	 len;
+	uint64_t nrec;
+	size_t	 hole_at, hole_len;	/* a CLONE record's content */
+};
+
+static void
+seg_put(struct seg *s, const void *p, size_t n)
+{
+	assert_true(s->len + n <= sizeof(s->p));
+	memcpy(s->p + s->len, p, n);
+	s->len += n;
+}
+
+static void
+seg_be(struct seg *s, uint64_t v, int n)
+{
+	uint8_t b[8];
+	for (int i = 0; i < n; i++)
+		b[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
+	seg_put(s, b, (size_t)n);
+}
+
+static void
+seg_begin(struct seg *s, uint32_t version, uint64_t size0, uint64_t size1)
+{
+	memset(s, 0, sizeof(*s));
+	seg_put(s, "RDUNDOSG", 8);
+	seg_be(s, version, 4);
+	seg_be(s, 7, 8);
+	seg_be(s, 2, 2);
+	seg_be(s, size0, 8);
+	seg_be(s, size1, 8);
+}
+
+static void
+seg_rec(struct seg *s, uint8_t type, uint16_t disk, uint64_t off,
+    uint32_t len)
+{
+	seg_be(s, type, 1);
+	seg_be(s, disk, 2);
+	seg_be(s, off, 8);
+	seg_be(s, len, 4);
+	s->nrec++;
+}
+
+/* Trailer and checksum (a CLONE record's content left out), to f->seg. */
+static void
+seg_end(struct fixture *f, struct seg *s)
+{
+	XXH3_state_t *hs = XXH3_createState();
+	XXH128_canonical_t c;
+
+	seg_be(s, 0xFF, 1);
+	seg_be(s, s->nrec, 8);
+	assert_non_null(hs);
+	XXH3_128bits_reset(hs);
+	if (s->hole_len > 0) {
+		XXH3_128bits_update(hs, s->p, s->hole_at);
+		XXH3_128bits_update(hs, s->p + s->hole_at + s->hole_len,
+		    s->len - s->hole_at - s->hole_len);
+	} else {
+		XXH3_128bits_update(hs, s->p, s->len);
+	}
+	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(hs));
+	XXH3_freeState(hs);
+	seg_put(s, c.digest, sizeof(c.digest));
+	write_file(f->seg, s->p, s->len);
+}
+
+/* A ZSTD record of len bytes whose frame holds the first n of src. */
+static void
+seg_zstd(struct seg *s, uint16_t disk, uint64_t off, uint32_t len,
+    const uint8_t *src, size_t n)
+{
+	uint8_t z[8192];
+	size_t clen = ZSTD_compress(z, sizeof(z), src, n, 1);
+
+	assert_false(ZSTD_isError(clen));
+	seg_rec(s, 3, disk, off, len);
+	seg_be(s, clen, 4);
+	seg_put(s, z, clen);
+}
+
+/* Compressible content is stored compressed and comes back exactly; any
+ * flipped byte of the (small) segment is refused. */
+static void
+test_compressed_round_trip(void **state)
+{
+	struct fixture *f = *state;
+	const size_t n0 = 512 * KB, n1 = 100000;
+	uint8_t *old0 = malloc(n0), *old1 = malloc(n1), *seg;
+	uint64_t sizes[2] = { n0, n1 }, bytes;
+	struct undo_writer *w;
+	size_t seg_len;
+
+	assert_non_null(old0);
+	assert_non_null(old1);
+	fill_text(old0, n0, 1);
+	fill_random(old0 + 128 * KB, 64 * KB, 2);	/* incompressible */
+	fill_text(old1, n1, 3);
+	set_content(f->fd[0], old0, n0);
+	set_content(f->fd[1], old1, n1);
+	assert_int_equal(undo_create(f->seg, 7, 2, sizes, &w), 0);
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 0, 128 * KB), 0);
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 128 * KB, 64 * KB),
+	    0);
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 192 * KB, n0 -
+	    192 * KB), 0);
+	assert_int_equal(undo_save_range(w, 1, f->fd[1], 0, n1), 0);
+	assert_int_equal(undo_finish(w, &bytes), 0);
+	/* The random 64K raw, the text at well under half. */
+	assert_true(bytes > 64 * KB);
+	assert_true(bytes < 64 * KB + (n0 - 64 * KB + n1) / 2);
+
+	modify(f, 300);
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, sizes), 0);
+	assert_int_equal(sizes[0], n0);
+	assert_int_equal(sizes[1], n1);
+	assert_content(f->fd[0], old0, n0);
+	assert_content(f->fd[1], old1, n1);
+
+	seg = snapshot(open(f->seg, O_RDONLY | O_CLOEXEC), &seg_len);
+	for (size_t i = 0; i < seg_len; i += 1 + i / 64) {
+		seg[i] ^= 0x01;
+		write_file(f->seg, seg, seg_len);
+		seg[i] ^= 0x01;
+		assert_refused_untouched(f, 2, 0);
+	}
+	free(seg);
+	free(old0);
+	free(old1);
+}
+
+/* Segments of format version 1 (existing replicas) are still applied;
+ * version 1 knows no compressed or cloned records. */
+static void
+test_version1_read(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t old0[3000], now0[3000], now1[500];
+	static struct seg s;
+
+	fill_random(old0, sizeof(old0), 40);
+	memset(old0 + 1000, 0, 1000);
+	fill_random(now0, sizeof(now0), 41);
+	fill_random(now1, sizeof(now1), 42);
+	set_content(f->fd[0], now0, sizeof(now0));
+	set_content(f->fd[1], now1, sizeof(now1));
+	seg_begin(&s, 1, 3000, 200);
+	seg_rec(&s, 1, 0, 0, 1000);
+	seg_put(&s, old0, 1000);
+	seg_rec(&s, 2, 0, 1000, 1000);
+	seg_rec(&s, 1, 0, 2000, 1000);
+	seg_put(&s, old0 + 2000, 1000);
+	seg_end(f, &s);
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, NULL), 0);
+	assert_content(f->fd[0], old0, sizeof(old0));
+	assert_content(f->fd[1], now1, 200);
+
+	set_content(f->fd[0], now0, sizeof(now0));
+	seg_begin(&s, 1, 3000, 200);
+	seg_zstd(&s, 0, 0, 3000, old0, 3000);
+	seg_end(f, &s);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+	seg_begin(&s, 3, 3000, 200);
+	seg_end(f, &s);
+	assert_refused_untouched(f, 2, RD_ERR_VERSION);
+}
+
+/* A compressed record never yields more (or less) than it declares, and a
+ * frame is never longer than its content. */
+static void
+test_zstd_bounds(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t text[4096], now0[8192];
+	static struct seg s;
+
+	fill_text(text, sizeof(text), 50);
+	fill_random(now0, sizeof(now0), 51);
+	set_content(f->fd[0], now0, sizeof(now0));
+	set_content(f->fd[1], now0, 100);
+
+	/* Right: 4096 declared, 4096 inside. */
+	seg_begin(&s, 2, 8192, 100);
+	seg_zstd(&s, 0, 0, 4096, text, 4096);
+	seg_end(f, &s);
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, NULL), 0);
+	memcpy(now0, text, 4096);
+	assert_content(f->fd[0], now0, sizeof(now0));
+
+	/* 1000 declared, 4096 inside: refused, not written past. */
+	seg_begin(&s, 2, 8192, 100);
+	seg_zstd(&s, 0, 0, 1000, text, 4096);
+	seg_end(f, &s);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+	/* 4096 declared, 4000 inside. */
+	seg_begin(&s, 2, 8192, 100);
+	seg_zstd(&s, 0, 0, 4096, text, 4000);
+	seg_end(f, &s);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+	/* A frame as long as its content, and one of length 0. */
+	seg_begin(&s, 2, 8192, 100);
+	seg_rec(&s, 3, 0, 0, 16);
+	seg_be(&s, 16, 4);
+	seg_put(&s, text, 16);
+	seg_end(f, &s);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+	seg_begin(&s, 2, 8192, 100);
+	seg_rec(&s, 3, 0, 0, 16);
+	seg_be(&s, 0, 4);
+	seg_end(f, &s);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+	/* A length past UNDO_MAX_DATA, and a frame that is no frame. */
+	seg_begin(&s, 2, UINT32_MAX, 100);
+	seg_rec(&s, 3, 0, 0, UNDO_MAX_DATA + 1);
+	seg_be(&s, 16, 4);
+	seg_put(&s, text, 16);
+	seg_end(f, &s);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+	seg_begin(&s, 2, 8192, 100);
+	seg_rec(&s, 3, 0, 0, 4096);
+	seg_be(&s, 100, 4);
+	seg_put(&s, text, 100);
+	seg_end(f, &s);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+}
+
+/* CLONE records by hand: content on a block boundary, outside the
+ * checksum; a bad pad or a record running past the file is refused. */
+static void
+test_clone_record(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t old0[8192], now0[8192];
+	static struct seg s;
+
+	fill_random(old0, sizeof(old0), 60);
+	fill_random(now0, sizeof(now0), 61);
+	set_content(f->fd[0], now0, sizeof(now0));
+	set_content(f->fd[1], now0, 100);
+	seg_begin(&s, 2, 8192, 100);
+	seg_rec(&s, 4, 0, 4096, 4096);
+	size_t pad = 4096 - (s.len + 4) % 4096;
+	seg_be(&s, pad, 4);
+	uint8_t zeros[4096] = { 0 };
+	seg_put(&s, zeros, pad);
+	assert_int_equal(s.len % 4096, 0);
+	s.hole_at = s.len;
+	s.hole_len = 4096;
+	seg_put(&s, old0 + 4096, 4096);
+	seg_end(f, &s);
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, NULL), 0);
+	memcpy(now0 + 4096, old0 + 4096, 4096);
+	assert_content(f->fd[0], now0, sizeof(now0));
+
+	/* A pad byte that is not zero. */
+	s.p[s.hole_at - 1] = 1;
+	s.len -= 1 + 8 + 16;
+	s.nrec--;
+	seg_end(f, &s);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+	/* The content running into the trailer. */
+	seg_begin(&s, 2, 8192, 100);
+	seg_rec(&s, 4, 0, 0, 4096);
+	seg_be(&s, 0, 4);
+	seg_put(&s, old0, 100);
+	seg_end(f, &s);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+	/* A pad of a megabyte. */
+	seg_begin(&s, 2, 8192, 100);
+	seg_rec(&s, 4, 0, 0, 4096);
+	seg_be(&s, 1u << 20, 4);
+	seg_end(f, &s);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+}
+
+/* 1 if some extent of the file at path is shared (FIEMAP). */
+static int
+has_shared_extent(const char *path)
+{
+	struct {
+		struct fiemap fm;
+		struct fiemap_extent ext[64];
+	} q;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), shared = 0;
+
+	assert_true(fd >= 0);
+	memset(&q, 0, sizeof(q));
+	q.fm.fm_length = FIEMAP_MAX_OFFSET;
+	q.fm.fm_flags = FIEMAP_FLAG_SYNC;
+	q.fm.fm_extent_count = 64;
+	if (ioctl(fd, FS_IOC_FIEMAP, &q.fm) == 0)
+		for (uint32_t i = 0; i < q.fm.fm_mapped_extents; i++)
+			if (q.ext[i].fe_flags & FIEMAP_EXTENT_SHARED)
+				shared = 1;
+	close(fd);
+	return shared;
+}
+
+/*
+ * Writers that clone (where the directory's file system can: XFS with
+ * reflink, btrfs; elsewhere they copy the same records): the images come
+ * back exactly, merged segments too, and the clone probe agrees with what
+ * the writer manages.
+ */
+static void
+clone_mode(struct fixture *f, int mode)
+{
+	const size_t n = 1u << 20;
+	uint8_t *a = malloc(n), *b = malloc(n), *c = malloc(n);
+	uint64_t sizes[2] = { n, 4096 };
+	struct undo_writer *w;
+	char older[300], merged[300];
+
+	assert_non_null(a);
+	assert_non_null(b);
+	assert_non_null(c);
+	snprintf(older, sizeof(older), "%s/6.undo", f->dir);
+	snprintf(merged, sizeof(merged), "%s/m.undo", f->dir);
+	fill_random(a, n, 70);
+	fill_text(a + 256 * KB, 128 * KB, 71);
+	memset(a + 512 * KB, 0, 64 * KB);
+	set_content(f->fd[0], a, n);
+	fill_random(b, 4096, 72);
+	set_content(f->fd[1], b, 4096);
+
+	/* older: point i (a) -> j; overwrites [0, 640K) (random, text,
+	 * random and zeros, one range each) and 100 bytes at 700K
+	 * (unaligned: copied). */
+	assert_int_equal(undo_create(older, 6, 2, sizes, &w), 0);
+	undo_set_clone(w, mode);
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 0, 256 * KB), 0);
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 256 * KB, 128 * KB),
+	    0);
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 384 * KB, 256 * KB),
+	    0);
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 700 * KB, 100), 0);
+	assert_int_equal(undo_finish(w, NULL), 0);
+	/* Where the probe says it can, the segment shares the image's
+	 * blocks (until the image is overwritten). */
+	assert_int_equal(has_shared_extent(older),
+	    undo_clone_probe(f->dir, f->fd[0]));
+	memcpy(b, a, n);
+	fill_random(b, 640 * KB, 73);
+	fill_random(b + 700 * KB, 100, 74);
+	assert_int_equal(util_pwrite_full(f->fd[0], b, n, 0), 0);
+
+	/* newer: j (b) -> k; overwrites [320K, 1M). */
+	assert_int_equal(undo_create(f->seg, 7, 2, sizes, &w), 0);
+	undo_set_clone(w, mode);
+	assert_int_equal(undo_save_range(w, 0, f->fd[0], 320 * KB, n -
+	    320 * KB), 0);
+	assert_int_equal(undo_finish(w, NULL), 0);
+	memcpy(c, b, n);
+	fill_random(c + 320 * KB, n - 320 * KB, 75);
+	assert_int_equal(util_pwrite_full(f->fd[0], c, n, 0), 0);
+
+	assert_int_equal(undo_merge(f->seg, older, 7, merged, NULL), 0);
+	assert_int_equal(undo_apply(f->seg, f->fd, 2, NULL), 0);
+	assert_content(f->fd[0], b, n);
+	assert_int_equal(undo_apply(older, f->fd, 2, NULL), 0);
+	assert_content(f->fd[0], a, n);
+	assert_int_equal(util_pwrite_full(f->fd[0], c, n, 0), 0);
+	assert_int_equal(undo_apply(merged, f->fd, 2, NULL), 0);
+	assert_content(f->fd[0], a, n);
+	free(a);
+	free(b);
+	free(c);
+}
+
+static void
+test_clone_raw(void **state)
+{
+	clone_mode(*state, UNDO_CLONE_RAW);
+}
+
+static void
+test_clone_all(void **state)
+{
+	clone_mode(*state, UNDO_CLONE_ALL);
+}
+
+static void
+test_clone_probe(void **state)
+{
+	struct fixture *f = *state;
+	/* Whatever the file system: an answer, and no file left behind. */
+	int r = undo_clone_probe(f->dir, f->fd[0]);
+	assert_true(r == 0 || r == 1);
+	assert_int_equal(undo_clone_probe("/nonexistent", f->fd[0]), 0);
+	print_message("clone probe in %s: %s\n", f->dir, r ? "clones" :
+	    "copies");
+}
+
 int
 main(void)
 {
@@ -984,6 +1411,13 @@ main(void)
 		T(test_invert_shrunk_disk),
 		T(test_invert_corrupt_refused),
 		T(test_invert_corrupt_large_refused),
+		T(test_compressed_round_trip),
+		T(test_version1_read),
+		T(test_zstd_bounds),
+		T(test_clone_record),
+		T(test_clone_raw),
+		T(test_clone_all),
+		T(test_clone_probe),
 	};
 #undef T
 
