@@ -661,7 +661,7 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 	 * does not compress is cloned from the image, not copied. */
 	st->undo_clone = undo_clone_probe(st->undo_dir, st->img[0]) ?
 	    UNDO_CLONE_RAW : UNDO_CLONE_NONE;
-	log_debug("%s: undo data %s", st->rel.vm, st->undo_clone ==
+	log_info("%s: undo data %s", st->rel.vm, st->undo_clone ==
 	    UNDO_CLONE_NONE ? "copied" : "cloned where it does not compress");
 	if ((r = recover(st, err, errsz)) != 0)
 		goto fail;

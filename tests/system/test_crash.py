@@ -292,7 +292,7 @@ class Rig:
 
 # --- 1. replica crash points -------------------------------------------------
 
-def replica_fault(env, fault, expect_new):
+def replica_fault(env, fault, expect_new, inspect=None):
     rig = Rig(env, SMALL)
     rig.history(3)
     base = rig.kept[max(rig.kept)]
@@ -322,6 +322,8 @@ def replica_fault(env, fault, expect_new):
     rig.check_points(what, pending, expect_new)
     rig.revert_some(base)
     rig.converge(what)
+    if inspect:
+        inspect(rig)
     rig.pri.stop()
     rig.rep.stop()
 
@@ -336,6 +338,10 @@ def test_replica_after_index(env):
 
 def test_replica_after_undo(env):
     replica_fault(env, "replica-after-undo", 1)
+
+
+def test_replica_undo_mid_write(env):
+    replica_fault(env, "replica-undo-mid-write", 1)
 
 
 def test_replica_mid_apply(env):

@@ -1,0 +1,89 @@
+"""Crash recovery (R1) with the replica's storage on XFS with reflink=1 (a
+loop device): undo data that does not compress is cloned from the image
+into the undo segment (FICLONERANGE) instead of copied.  The replica dies
+by kill -9 at each crash point of a cycle, the new ones of the undo writer
+included (after its first clone, and after its first write of a segment),
+and recovery must give what test_crash.py asks of the copy path: no half
+point, every point rebuilt equal to its copy, the image at the newest
+point, and the next sync equal to the primary.  Each test also proves the
+clone path ran: the replica says its undo data is cloned, and the undo
+segments hold CLONE records."""
+import os
+import struct
+
+from harness import LoopFs, check
+import test_crash as crash
+
+# Loop devices and mounts: run.py -j runs these alone.
+SERIAL = True
+
+MiB = 1 << 20
+
+
+def undo_record_types(path):
+    """{record type: count} of an undo segment (format version 1 or 2)."""
+    with open(path, "rb") as f:
+        b = f.read()
+    check(b[:8] == b"RDUNDOSG", "%s is no undo segment" % path)
+    n = struct.unpack(">H", b[20:22])[0]
+    pos, types = 22 + 8 * n, {}
+    while b[pos] != 0xFF:
+        t, _disk, _off, length = struct.unpack(">BHQI", b[pos:pos + 15])
+        pos += 15
+        types[t] = types.get(t, 0) + 1
+        if t == 1:
+            pos += length
+        elif t == 3:
+            pos += 4 + struct.unpack(">I", b[pos:pos + 4])[0]
+        elif t == 4:
+            pad = struct.unpack(">I", b[pos:pos + 4])[0]
+            pos += 4 + pad
+            check(pos % 4096 == 0, "%s: CLONE content at %d, not on a block" % (path, pos))
+            pos += length
+    return types
+
+
+def on_xfs(env, fault, expect_new):
+    storage = os.path.join("replica", "storage")
+    with LoopFs(env, storage, "xfs", 768 * MiB):
+        seen = {}
+
+        def inspect(rig):
+            check("undo data cloned" in rig.rep.log_text(),
+                  "the replica on XFS did not say its undo data is cloned:\n%s"
+                  % rig.rep.log_text()[-3000:])
+            udir = os.path.join(rig.vmdir, ".undo")
+            for name in os.listdir(udir):
+                if name.endswith(".undo"):
+                    for t, k in undo_record_types(os.path.join(udir, name)).items():
+                        seen[t] = seen.get(t, 0) + k
+        crash.replica_fault(env, fault, expect_new, inspect=inspect)
+        check(seen.get(4, 0) > 0, "no CLONE record in the undo segments on XFS: %r" % seen)
+
+
+def test_xfs_replica_after_index(env):
+    on_xfs(env, "replica-after-index", 1)
+
+
+def test_xfs_replica_undo_after_clone(env):
+    on_xfs(env, "replica-undo-after-clone", 1)
+
+
+def test_xfs_replica_undo_mid_write(env):
+    on_xfs(env, "replica-undo-mid-write", 1)
+
+
+def test_xfs_replica_after_undo(env):
+    on_xfs(env, "replica-after-undo", 1)
+
+
+def test_xfs_replica_mid_apply(env):
+    on_xfs(env, "replica-mid-apply", 1)
+
+
+def test_xfs_replica_before_catalog(env):
+    on_xfs(env, "replica-before-catalog", 1)
+
+
+def test_xfs_replica_after_catalog(env):
+    on_xfs(env, "replica-after-catalog", 1)
