@@ -170,7 +170,7 @@ undo_create(const char *path, uint64_t cycle, uint16_t ndisks,
 	for (uint16_t i = 0; i < ndisks; i++)
 		wb_put_u64(&w->out, old_sizes[i]);
 	w->chunk = xmalloc(UNDO_CHUNK);
-	w->zcap = ZSTD_compressBound(UNDO_CHUNK);
+	w->zcap = ZSTD_compressBound(UNDO_MAX_DATA);
 	w->zbuf = xmalloc(w->zcap);
 	w->clone_src = -1;
 	*out = w;
