@@ -120,7 +120,13 @@ struct store {
 					   writeback kick (images, staging) */
 	int		 active;
 	struct store_cycle cur;
-	int		 data_fd;
+	int		 data_fd;	/* .staging/data, made by the first
+					   staged block (-1: none yet) */
+	int		 direct[CAT_MAX_DISKS]; /* blocks written straight
+					   into the image past its old size */
+	int		 staging_unsynced; /* an applied cycle's staging was
+					   removed without syncing the
+					   directory (see remove_staging) */
 	uint64_t	 data_off;
 	struct wbuf	 recs;
 	uint64_t	 nrec;
@@ -496,8 +502,15 @@ def_path(struct store *st)
 	return xasprintf("%s/definition", st->staging);
 }
 
+/*
+ * Remove the staging area.  sync 0 only once the cycle it held is the
+ * newest point and its digests are synced: an index brought back by a
+ * crash then names the newest point's cycle, which recovery only
+ * rewrites the digests of; before anything else can make that cycle
+ * not the newest (a rewind, a role change), sync_staging() syncs.
+ */
 static void
-remove_staging(struct store *st)
+remove_staging(struct store *st, int sync)
 {
 	char *ix = xasprintf("%s/index", st->staging);
 	char *data = xasprintf("%s/data", st->staging);
@@ -507,11 +520,21 @@ remove_staging(struct store *st)
 	unlink(data);
 	unlink(mark);
 	unlink(def);
-	util_fsync_dir(st->staging);
+	if (sync)
+		util_fsync_dir(st->staging);
+	st->staging_unsynced = !sync;
 	free(ix);
 	free(data);
 	free(mark);
 	free(def);
+}
+
+/* Make the removal of an applied cycle's staging durable. */
+static void
+sync_staging(struct store *st)
+{
+	if (st->staging_unsynced && util_fsync_dir(st->staging) == 0)
+		st->staging_unsynced = 0;
 }
 
 /* The cycle is over (applied or abandoned): its definition goes. */
@@ -532,6 +555,7 @@ static void close_digest_fds(struct store *st);
 static void remove_unreferenced(struct store *st);
 static int make_room(struct store *st, uint64_t need, char *err,
     size_t errsz);
+static int write_digests(struct store *st, const struct stage_index *ix);
 
 /* Finish a complete staged cycle or abandon an incomplete one. */
 static int
@@ -556,10 +580,20 @@ recover(struct store *st, char *err, size_t errsz)
 	if (r == RD_ERR_CORRUPT)
 		log_warnx("%s: staged cycle index %s is corrupt; abandoning "
 		    "that cycle", st->rel.vm, path);
-	if (r == 0 && ix.c.cycle <= st->rel.last_cycle) {
-		/* Applied and recorded before the crash: only clean up. */
-		remove_staging(st);
-	} else if (r == 0) {
+	if (r == 0 && ix.c.cycle == st->rel.last_cycle) {
+		/* Recorded before the crash: its digests are written after
+		 * the point is recorded, so write them (again). */
+		pthread_mutex_lock(&st->lock);
+		r = write_digests(st, &ix);
+		pthread_mutex_unlock(&st->lock);
+		if (r != 0) {
+			r = io_code(r);
+			snprintf(err, errsz, "cannot write the digests of cycle %"
+			    PRIu64 ": %s", ix.c.cycle, strerror(errno));
+			goto out;
+		}
+	}
+	if (r == 0 && ix.c.cycle > st->rel.last_cycle) {
 		log_info("%s: finishing cycle %" PRIu64 " staged before a "
 		    "restart", st->rel.vm, ix.c.cycle);
 		int rolled_back;
@@ -574,11 +608,12 @@ recover(struct store *st, char *err, size_t errsz)
 			r = 0;
 		}
 	} else {
-		/* No complete cycle: undo what an interrupted apply may have
-		 * written, then drop what was received. */
+		/* No complete cycle (or a recorded one's index, done with
+		 * now): undo what an interrupted apply may have written, then
+		 * drop what was received. */
 		pthread_mutex_lock(&st->lock);
 		if ((r = roll_back_orphans(st, err, errsz)) == 0) {
-			remove_staging(st);
+			remove_staging(st, 1);
 			if ((r = trim_images(st)) != 0) {
 				r = io_code(r);
 				snprintf(err, errsz, "cannot trim images: %s",
@@ -852,6 +887,7 @@ store_close(struct store *st)
 		return;
 	if (st->active)
 		store_cycle_abort(st);
+	sync_staging(st);
 	for (int i = 0; i < CAT_MAX_DISKS; i++)
 		if (st->img[i] >= 0)
 			close(st->img[i]);
@@ -1178,7 +1214,8 @@ recover_rewind(struct store *st, char *err, size_t errsz)
 		char *tmp = xasprintf("%s.tmp", path);
 		unlink(tmp);
 		free(tmp);
-	} else {
+	} else if (pts[is].seg != CAT_SEG_NONE) {
+		/* (A point with no segment is the point before it.) */
 		path = seg_path(st, &pts[is]);
 		if ((r = apply_segment(st, path, err, errsz)) != 0)
 			goto out;
@@ -1208,6 +1245,9 @@ store_rewind(struct store *st, uint64_t target, int check_unchanged,
 		r = RD_ERR_BUSY;
 		goto out;
 	}
+	/* The rewind makes an older point the newest: an applied cycle's
+	 * index must not come back as one newer than it. */
+	sync_staging(st);
 	/* A step that failed half-way: back to where it started first. */
 	if (st->rel.step_to != 0 && (r = recover_rewind(st, err, errsz)) != 0)
 		goto out;
@@ -1240,17 +1280,21 @@ store_rewind(struct store *st, uint64_t target, int check_unchanged,
 			break;
 		free(path);
 		path = redo_path(st, p->cycle);
-		char *upath = seg_path(st, p);
-		uint64_t bytes;
-		r = undo_invert(upath, st->img, st->rel.ndisks, p->cycle, path,
-		    &bytes);
-		if (r != 0)
-			snprintf(err, errsz, "cannot save what point %" PRIu64
-			    " overwrites: %s", p->id, r == RD_ERR_SYSTEM ?
-			    strerror(errno) : rd_strerror(r));
-		else
-			r = apply_segment(st, upath, err, errsz);
-		free(upath);
+		if (p->seg != CAT_SEG_NONE) {
+			/* (None: an empty cycle's point, the same images.) */
+			char *upath = seg_path(st, p);
+			uint64_t bytes;
+			r = undo_invert(upath, st->img, st->rel.ndisks, p->cycle,
+			    path, &bytes);
+			if (r != 0)
+				snprintf(err, errsz, "cannot save what point %"
+				    PRIu64 " overwrites: %s", p->id,
+				    r == RD_ERR_SYSTEM ? strerror(errno) :
+				    rd_strerror(r));
+			else
+				r = apply_segment(st, upath, err, errsz);
+			free(upath);
+		}
 		if (r == 0)
 			r = set_rewind(st, pts[i - 1].id, 0, err, errsz);
 		i--;
@@ -1263,7 +1307,8 @@ store_rewind(struct store *st, uint64_t target, int check_unchanged,
 			break;
 		free(path);
 		path = redo_path(st, q->cycle);
-		if ((r = apply_segment(st, path, err, errsz)) == 0 &&
+		if ((q->seg == CAT_SEG_NONE ||
+		    (r = apply_segment(st, path, err, errsz)) == 0) &&
 		    (r = set_rewind(st, q->id, 0, err, errsz)) == 0)
 			unlink(path);
 		i++;
@@ -1296,6 +1341,7 @@ store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 	int r;
 
 	pthread_mutex_lock(&st->lock);
+	sync_staging(st);
 	if (st->rel.step_to != 0 && (r = recover_rewind(st, err, errsz)) != 0)
 		goto out;
 	if ((r = cat_rel_get(st->cat, st->rel.vm, &rel)) != 0 ||
@@ -1319,6 +1365,8 @@ store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 	 */
 	size_t moved = (size_t)i + 1;
 	for (; moved < n && r == 0; moved++) {
+		if (pts[moved].seg == CAT_SEG_NONE)
+			continue;
 		char *p = seg_path(st, &pts[moved]);
 		char *q = xasprintf("%s.dropped", p);
 		if (rename(p, q) != 0 && errno != ENOENT) {
@@ -1332,6 +1380,8 @@ store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 	if (r != 0) {
 		/* Put back what was set aside: nothing was committed. */
 		for (size_t k = (size_t)i + 1; k + 1 < moved; k++) {
+			if (pts[k].seg == CAT_SEG_NONE)
+				continue;
 			char *p = seg_path(st, &pts[k]);
 			char *q = xasprintf("%s.dropped", p);
 			rename(q, p);
@@ -1589,7 +1639,7 @@ store_drop_point(struct store *st, uint64_t id, uint64_t *freed, char *err,
 	struct cat_point *pts = NULL;
 	size_t n = 0;
 	char *a = NULL, *b = NULL, *merged = NULL;
-	int r;
+	int r, made_empty = 0;
 
 	*freed = 0;
 	if ((r = finish_unfinished(st, err, errsz)) != 0)
@@ -1652,18 +1702,39 @@ store_drop_point(struct store *st, uint64_t id, uint64_t *freed, char *err,
 			goto out;
 		}
 		*freed = was;
-	} else {
-		if (a == NULL || b == NULL) {
-			snprintf(err, errsz, "points %" PRIu64 " and %" PRIu64
-			    " of %s lack undo segments", j->id, k->id,
-			    st->rel.vm);
-			r = RD_ERR_CORRUPT;
+	} else if (a == NULL) {
+		/* j is an empty cycle's point, the same as the one before
+		 * it: k's segment takes k back to that one already. */
+		if ((r = cat_point_drop(st->cat, st->rel.vm, j->id, k->id,
+		    k->seg, k->undo_bytes)) != 0) {
+			snprintf(err, errsz, "catalog: %s", rd_strerror(r));
 			goto out;
 		}
+		free(b);
+		b = NULL;	/* k keeps it */
+		*freed = was - k->undo_bytes;
+	} else {
 		struct cat_point nk = *k;
 		uint64_t bytes = 0;
-		nk.seg = k->seg + 1;
+		nk.seg = k->seg == CAT_SEG_NONE ? 1 : k->seg + 1;
 		merged = seg_path(st, &nk);
+		if (b == NULL) {
+			/* k is an empty cycle's point: merge j's segment with
+			 * an empty one of k's (k's name, so a crash leaves it
+			 * to remove_unreferenced). */
+			struct cat_point ek = *k;
+			struct undo_writer *w;
+			uint64_t eb;
+			ek.seg = 0;
+			b = seg_path(st, &ek);
+			if ((r = undo_create(b, k->cycle, k->ndisks, j->sizes,
+			    &w)) != 0 || (r = undo_finish(w, &eb)) != 0) {
+				snprintf(err, errsz, "cannot write %s: %s", b,
+				    strerror(errno));
+				goto out;
+			}
+			made_empty = 1;
+		}
 		fault_point("replica-before-merge");
 		if ((r = undo_merge(b, a, k->cycle, merged, &bytes)) != 0) {
 			snprintf(err, errsz, "cannot merge the undo segments of "
@@ -1688,6 +1759,8 @@ store_drop_point(struct store *st, uint64_t id, uint64_t *freed, char *err,
 		unlink(b);
 	util_fsync_dir(st->undo_dir);
 out:
+	if (r != 0 && made_empty)
+		unlink(b);
 	pthread_mutex_unlock(&st->lock);
 	free(a);
 	free(b);
@@ -1955,26 +2028,25 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 	 * (its removal not synced) would have recovery check it against
 	 * this cycle's data and direct writes, and finish a mix.  So must
 	 * its definition (drop_index syncs the directory). */
+	/* Only what was there needs syncing: an applied cycle's staging,
+	 * removed unsynced, names the newest point's cycle (remove_staging),
+	 * and every other removal was synced. */
 	char *def = def_path(st);
 	forget_def(st);
-	r = unlink(def) == 0 || errno == ENOENT ? drop_index(st) :
-	    RD_ERR_SYSTEM;
+	int had_def = unlink(def) == 0;
+	r = had_def || errno == ENOENT ? drop_index(st) : RD_ERR_SYSTEM;
+	if (r == 0 && had_def)
+		r = util_fsync_dir(st->staging);
 	free(def);
 	if (r != 0) {
 		snprintf(err, errsz, "cannot clear %s: %s", st->staging,
 		    strerror(errno));
 		return io_code(RD_ERR_SYSTEM);
 	}
-	char *data = xasprintf("%s/data", st->staging);
-	st->data_fd = open(data, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC |
-	    O_NOFOLLOW, 0600);
-	if (st->data_fd < 0) {
-		snprintf(err, errsz, "cannot create %s: %s", data,
-		    open_error());
-		free(data);
-		return RD_ERR_SYSTEM;
-	}
-	free(data);
+	/* .staging/data is made by the first block staged: a cycle that
+	 * changes nothing below the old sizes needs none. */
+	st->data_fd = -1;
+	memset(st->direct, 0, sizeof(st->direct));
 	st->cur = *c;
 	memset(st->unsynced, 0, sizeof(st->unsynced));
 	st->data_off = 0;
@@ -2030,6 +2102,7 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 		where = WHERE_ZERO;
 	} else if (off >= st->rel.disks[disk].size) {
 		where = WHERE_DIRECT;
+		st->direct[disk] = 1;
 		r = util_pwrite_full(st->img[disk], data, len, (off_t)off);
 		if (r != 0) {
 			snprintf(err, errsz, "write to %s at %" PRIu64 ": %s",
@@ -2040,6 +2113,18 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 	} else {
 		where = WHERE_STAGED;
 		data_off = st->data_off;
+		if (st->data_fd < 0) {
+			char *p = xasprintf("%s/data", st->staging);
+			st->data_fd = open(p, O_RDWR | O_CREAT | O_TRUNC |
+			    O_CLOEXEC | O_NOFOLLOW, 0600);
+			if (st->data_fd < 0) {
+				snprintf(err, errsz, "cannot create %s: %s", p,
+				    open_error());
+				free(p);
+				return io_code(RD_ERR_SYSTEM);
+			}
+			free(p);
+		}
 		r = util_pwrite_full(st->data_fd, data, len, (off_t)data_off);
 		if (r != 0) {
 			snprintf(err, errsz, "staging write: %s",
@@ -2104,7 +2189,7 @@ store_cycle_abort(struct store *st)
 		close(st->data_fd);
 	st->data_fd = -1;
 	st->active = 0;
-	remove_staging(st);
+	remove_staging(st, 1);
 	pthread_mutex_lock(&st->lock);
 	int r = trim_images(st);
 	pthread_mutex_unlock(&st->lock);
@@ -2130,23 +2215,38 @@ static int
 write_digests(struct store *st, const struct stage_index *ix)
 {
 	uint32_t bs = ix->block_size;
-	int fds[CAT_MAX_DISKS], r = 0;
+	int fds[CAT_MAX_DISKS], touched[CAT_MAX_DISKS], created = 0, r = 0;
 	struct wbuf run;
 	uint16_t run_disk = 0;
 	uint64_t run_block = 0;
 
 	wb_init(&run);
-	for (uint16_t i = 0; i < ix->c.ndisks; i++)
+	for (uint16_t i = 0; i < ix->c.ndisks; i++) {
 		fds[i] = -1;
+		touched[i] = 0;
+	}
 	for (uint16_t i = 0; i < ix->c.ndisks; i++) {
 		char *p = disk_path(st, st->digest_dir, i);
-		fds[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
-		    0600);
+		struct stat sb;
+		off_t want = (off_t)(nblocks_of(ix->c.sizes[i], bs) *
+		    DIGEST_LEN);
+		fds[i] = open(p, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+		if (fds[i] < 0 && errno == ENOENT) {
+			fds[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC |
+			    O_NOFOLLOW, 0600);
+			created = touched[i] = 1;
+		}
 		free(p);
-		if (fds[i] < 0 || ftruncate(fds[i], (off_t)(nblocks_of(
-		    ix->c.sizes[i], bs) * DIGEST_LEN)) != 0) {
+		if (fds[i] < 0 || fstat(fds[i], &sb) != 0) {
 			r = RD_ERR_SYSTEM;
 			goto out;
+		}
+		if (sb.st_size != want) {
+			touched[i] = 1;
+			if (ftruncate(fds[i], want) != 0) {
+				r = RD_ERR_SYSTEM;
+				goto out;
+			}
 		}
 	}
 	/* Extents arrive in disk and offset order: write each run of
@@ -2155,6 +2255,7 @@ write_digests(struct store *st, const struct stage_index *ix)
 		const struct stage_rec *rec = &ix->recs[k];
 		uint64_t first = rec->off / bs;
 		uint64_t nb = nblocks_of(rec->len, bs);
+		touched[rec->disk] = 1;
 		if (run.len > 0 && (rec->where == WHERE_ZERO ||
 		    rec->disk != run_disk || first != run_block +
 		    run.len / DIGEST_LEN || run.len >= (1u << 20))) {
@@ -2185,11 +2286,12 @@ write_digests(struct store *st, const struct stage_index *ix)
 	if (r != 0)
 		goto out;
 	for (uint16_t i = 0; i < ix->c.ndisks; i++)
-		if (fsync(fds[i]) != 0) {
+		if (touched[i] && fdatasync(fds[i]) != 0) {
 			r = RD_ERR_SYSTEM;
 			goto out;
 		}
-	r = util_fsync_dir(st->digest_dir);	/* files it may have created */
+	if (created)
+		r = util_fsync_dir(st->digest_dir);
 out:
 	wb_free(&run);
 	for (uint16_t i = 0; i < ix->c.ndisks; i++)
@@ -2266,10 +2368,8 @@ static int
 drop_index(struct store *st)
 {
 	char *ix = xasprintf("%s/index", st->staging);
-	int r = 0;
-	if (unlink(ix) != 0 && errno != ENOENT)
-		r = RD_ERR_SYSTEM;
-	if (r == 0)
+	int r = unlink(ix) == 0 ? 1 : errno == ENOENT ? 0 : RD_ERR_SYSTEM;
+	if (r == 1)
 		r = util_fsync_dir(st->staging);
 	free(ix);
 	return r;
@@ -2302,35 +2402,11 @@ rollback(struct store *st, const struct stage_index *ix, const char *upath)
 		return r;
 	if (unlink(upath) != 0 && errno != ENOENT)
 		return RD_ERR_SYSTEM;
-	remove_staging(st);
+	remove_staging(st, 1);
 	util_fsync_dir(st->undo_dir);
 	log_warnx("%s: cycle %" PRIu64 " rolled back; the replica stays at "
 	    "point %" PRIu64, st->rel.vm, ix->c.cycle, st->rel.last_point);
 	return 0;
-}
-
-/*
- * .staging/applied holds the number of a cycle whose image writes are
- * complete and synced: from then on its digests may be rewritten (they
- * have no undo), so the cycle is only ever rolled forward, and doing so
- * needs neither the staged data nor the undo segment written again.
- */
-static int
-applied_mark(struct store *st, const struct stage_index *ix)
-{
-	char *p = xasprintf("%s/applied", st->staging);
-	uint8_t *data = NULL;
-	size_t len;
-	int yes = 0;
-	if (util_read_file(p, 64, &data, &len) == 0) {
-		char txt[65];
-		memcpy(txt, data, len);
-		txt[len] = '\0';
-		yes = strtoull(txt, NULL, 10) == ix->c.cycle;
-	}
-	free(data);
-	free(p);
-	return yes;
 }
 
 /*
@@ -2362,6 +2438,57 @@ staged_def(struct store *st, uint64_t cycle, uint8_t **def, size_t *len)
 		*len = 0;
 	}
 	free(p);
+}
+
+/*
+ * Record cycle c as a new point (*out filled but for its id) in one
+ * catalog transaction, with def (may be NULL: the previous point's).
+ * A cycle recorded already (recovery finishing it again) gives its point.
+ */
+static int
+record_point(struct store *st, const struct store_cycle *c,
+    struct cat_point *out, const char *def, size_t def_len)
+{
+	int r;
+
+	if (st->unrecorded) {
+		struct cat_rel rel;
+		store_rel(st, &rel);
+		r = cat_point_commit_new(st->cat, &rel, out, def, def_len);
+	} else {
+		r = cat_point_commit(st->cat, st->rel.vm, out, def, def_len);
+	}
+	if (r == RD_ERR_EXISTS)
+		r = cat_point_by_cycle(st->cat, st->rel.vm, c->cycle, out);
+	return r;
+}
+
+/* The catalog recorded cycle c as point out: the store's view follows. */
+static void
+point_recorded(struct store *st, const struct store_cycle *c,
+    const struct cat_point *out)
+{
+	pthread_mutex_lock(&st->rel_lock);
+	st->rel.last_cycle = c->cycle;
+	st->rel.last_point = out->id;
+	st->rel.last_point_created_ms = c->created_ms;
+	if (c->generation >= st->rel.generation)
+		st->rel.reassigned = 0;	/* the new sender's first point */
+	st->rel.generation = c->generation > st->rel.generation ?
+	    c->generation : st->rel.generation;
+	for (uint16_t i = 0; i < c->ndisks; i++)
+		st->rel.disks[i].size = c->sizes[i];
+	int was_new = st->unrecorded;
+	st->unrecorded = 0;
+	pthread_mutex_unlock(&st->rel_lock);
+	if (was_new) {
+		/* Recorded: the marker goes (start-up removes it if not). */
+		char *nm = xasprintf("%s/%s", st->dir, NEW_MARK);
+		if (unlink(nm) != 0 && errno != ENOENT)
+			log_warn("%s: cannot remove %s", st->rel.vm, nm);
+		util_fsync_dir(st->dir);
+		free(nm);
+	}
 }
 
 /*
@@ -2401,17 +2528,6 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 
 	data_path = xasprintf("%s/data", st->staging);
 	buf = xmalloc(IO_CHUNK);
-	if (recovering && applied_mark(st, ix)) {
-		/* The images hold this cycle: only digests and catalog. */
-		if (stat(upath, &sb) != 0) {
-			snprintf(err, errsz, "the undo segment %s of the applied "
-			    "cycle %" PRIu64 " is missing", upath, ix->c.cycle);
-			r = RD_ERR_CORRUPT;
-			goto out;
-		}
-		undo_bytes = (uint64_t)sb.st_size;
-		goto digests;
-	}
 	data_fd = open(data_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	may_roll_back = 1;
 	if ((r = check_staged(st, ix, data_fd, buf, recovering, err,
@@ -2495,30 +2611,11 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 		}
 	}
 
-	/* 3. digests, then the catalog: from here the point exists, and a
-	 * failure is finished later (rolled forward), not rolled back.  The
-	 * mark says so durably first; if it may be there, no roll-back. */
-	char *mark = xasprintf("%s/applied", st->staging);
-	char num[32];
-	int nlen = snprintf(num, sizeof(num), "%" PRIu64 "\n", ix->c.cycle);
-	if ((r = util_write_atomic(mark, num, (size_t)nlen)) != 0) {
-		r = io_code(r);
-		snprintf(err, errsz, "cannot write %s: %s", mark,
-		    strerror(errno));
-		may_roll_back = lstat(mark, &sb) != 0 && errno == ENOENT;
-		free(mark);
-		goto out;
-	}
-	free(mark);
-	may_roll_back = 0;
-digests:
-	if ((r = write_digests(st, ix)) != 0) {
-		r = io_code(r);
-		snprintf(err, errsz, "cannot write digests: %s",
-		    strerror(errno));
-		goto out;
-	}
+	/* 3. the catalog: from here the point may exist (a commit that
+	 * reports a failure may still have been made durable), and a
+	 * failure is finished later (rolled forward), not rolled back. */
 	fault_point("replica-before-catalog");
+	may_roll_back = 0;
 	memset(out, 0, sizeof(*out));
 	out->cycle = ix->c.cycle;
 	out->created_ms = ix->c.created_ms;
@@ -2530,45 +2627,22 @@ digests:
 		out->bytes += ix->recs[k].len;
 	memcpy(out->sizes, ix->c.sizes, ix->c.ndisks * sizeof(uint64_t));
 	staged_def(st, ix->c.cycle, &def, &def_len);
-	if (st->unrecorded) {
-		struct cat_rel rel;
-		store_rel(st, &rel);
-		r = cat_point_commit_new(st->cat, &rel, out, (char *)def,
-		    def_len);
-	} else {
-		r = cat_point_commit(st->cat, st->rel.vm, out, (char *)def,
-		    def_len);
-	}
-	if (r == RD_ERR_EXISTS)
-		r = cat_point_by_cycle(st->cat, st->rel.vm, ix->c.cycle, out);
-	if (r != 0) {
+	if ((r = record_point(st, &ix->c, out, (char *)def, def_len)) != 0) {
 		snprintf(err, errsz, "cannot record the point: %s",
 		    rd_strerror(r));
 		goto out;
 	}
 	fault_point("replica-after-catalog");
-	pthread_mutex_lock(&st->rel_lock);
-	st->rel.last_cycle = ix->c.cycle;
-	st->rel.last_point = out->id;
-	st->rel.last_point_created_ms = ix->c.created_ms;
-	if (ix->c.generation >= st->rel.generation)
-		st->rel.reassigned = 0;	/* the new sender's first point */
-	st->rel.generation = ix->c.generation > st->rel.generation ?
-	    ix->c.generation : st->rel.generation;
-	for (uint16_t i = 0; i < ix->c.ndisks; i++)
-		st->rel.disks[i].size = ix->c.sizes[i];
-	int was_new = st->unrecorded;
-	st->unrecorded = 0;
-	pthread_mutex_unlock(&st->rel_lock);
-	if (was_new) {
-		/* Recorded: the marker goes (start-up removes it if not). */
-		char *nm = xasprintf("%s/%s", st->dir, NEW_MARK);
-		if (unlink(nm) != 0 && errno != ENOENT)
-			log_warn("%s: cannot remove %s", st->rel.vm, nm);
-		util_fsync_dir(st->dir);
-		free(nm);
+	point_recorded(st, &ix->c, out);
+	/* 4. the digests: a crash before they are synced finds the index
+	 * of the newest point's cycle, and recovery writes them again. */
+	if ((r = write_digests(st, ix)) != 0) {
+		r = io_code(r);
+		snprintf(err, errsz, "cannot write digests: %s",
+		    strerror(errno));
+		goto out;
 	}
-	remove_staging(st);
+	remove_staging(st, 0);
 	r = 0;
 out:
 	if (r != 0 && may_roll_back) {
@@ -2589,6 +2663,58 @@ out:
 	free(buf);
 	free(data_path);
 	free(upath);
+	return r;
+}
+
+/* A cycle that changes nothing: no block, no disk grew. */
+static int
+cycle_is_empty(const struct store *st)
+{
+	if (st->nrec != 0)
+		return 0;
+	for (uint16_t i = 0; i < st->cur.ndisks; i++)
+		if (st->cur.sizes[i] != st->rel.disks[i].size)
+			return 0;
+	return 1;
+}
+
+/*
+ * An empty cycle's point: the images already are it, so it needs no
+ * staging, no undo segment (the catalog records none: CAT_SEG_NONE, and
+ * every reader of segments steps over such a point, whose content is the
+ * point before it) and no digests; one catalog transaction, with the
+ * definition the cycle carries, makes it durable.
+ */
+static int
+commit_empty(struct store *st, struct cat_point *out, char *err, size_t errsz)
+{
+	int r;
+
+	st->active = 0;
+	if (st->data_fd >= 0)
+		close(st->data_fd);
+	st->data_fd = -1;
+	memset(out, 0, sizeof(*out));
+	out->cycle = st->cur.cycle;
+	out->created_ms = st->cur.created_ms;
+	out->kind = st->cur.kind ? CAT_KIND_APP : CAT_KIND_CRASH;
+	out->seg = CAT_SEG_NONE;
+	out->generation = st->cur.generation;
+	out->ndisks = st->cur.ndisks;
+	memcpy(out->sizes, st->cur.sizes, st->cur.ndisks * sizeof(uint64_t));
+	pthread_mutex_lock(&st->lock);
+	fault_point("replica-before-catalog");
+	r = record_point(st, &st->cur, out, st->def, st->def_len);
+	if (r == 0) {
+		fault_point("replica-after-catalog");
+		point_recorded(st, &st->cur, out);
+	}
+	pthread_mutex_unlock(&st->lock);
+	forget_def(st);
+	if (r != 0) {
+		snprintf(err, errsz, "cannot record the point: %s",
+		    rd_strerror(r));
+	}
 	return r;
 }
 
@@ -2613,22 +2739,25 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 			log_warn("%s: fsync of the digests of disk %d", st->rel.vm,
 			    i);
 	close_digest_fds(st);
+	if (cycle_is_empty(st))
+		return commit_empty(st, out, err, errsz);
 	uint64_t t0 = util_mono_ms();
-	if (fdatasync(st->data_fd) != 0) {
+	if (st->data_fd >= 0 && fdatasync(st->data_fd) != 0) {
 		snprintf(err, errsz, "cannot sync staging: %s", strerror(errno));
 		r = errno == ENOSPC ? RD_ERR_NOSPACE : RD_ERR_SYSTEM;
 		store_cycle_abort(st);
 		return r;
 	}
 	for (uint16_t i = 0; i < st->cur.ndisks; i++)
-		if (fdatasync(st->img[i]) != 0) {
+		if (st->direct[i] && fdatasync(st->img[i]) != 0) {
 			r = io_code(RD_ERR_SYSTEM);
 			snprintf(err, errsz, "cannot sync %s: %s",
 			    st->rel.disks[i].name, strerror(errno));
 			store_cycle_abort(st);
 			return r;
 		}
-	close(st->data_fd);
+	if (st->data_fd >= 0)
+		close(st->data_fd);
 	st->data_fd = -1;
 	st->active = 0;
 
@@ -2850,7 +2979,10 @@ unlock:
 		goto out;
 	}
 	for (size_t k = npts; k-- > 0;) {
-		if (pts[k].id > newest || pts[k].id <= id)
+		/* A point with no segment (an empty cycle's) is the point
+		 * before it. */
+		if (pts[k].id > newest || pts[k].id <= id ||
+		    pts[k].seg == CAT_SEG_NONE)
 			continue;
 		if (work_cancelled()) {
 			snprintf(err, errsz, "test copy cancelled: replicad is "
