@@ -2,12 +2,16 @@
  * store.c — applying cycles to a replica VM's images, crash recovery,
  * test-failover rebuilds and verification (see store.h for the layout).
  *
- * Staging index (.staging/index), format version 1, big-endian; written
- * atomically once every block of the cycle is staged and fsynced.  Its
- * presence means "this cycle is complete and must be applied":
+ * Staging index (.staging/index), format version 2, big-endian.  It is
+ * written as .staging/index.tmp while the cycle arrives, a record per
+ * extent, and renamed into place once every block is staged and it and
+ * the staged data are synced.  Its presence means "this cycle is
+ * complete and must be applied".  It is never held in memory whole: it
+ * is read back a window of records at a time (so the daemon's memory
+ * does not grow with the size of a cycle).
  *
  *   8      magic "RDSTAGE1"
- *   4      version (1)
+ *   4      version (2)
  *   4      block_size
  *   8      cycle
  *   8      created_ms
@@ -15,11 +19,13 @@
  *   1      kind
  *   2      ndisks
  *   16*n   per disk: u64 size at the newest point, u64 size at this cycle
- *   8      nrecords
  *   39*r   records: u16 disk, u64 offset, u32 length, u8 where
  *          (0 staged, 1 direct, 2 zero), u64 offset in .staging/data,
  *          16-byte XXH3-128 of the content (zero for zero extents)
+ *   8      nrecords
  *   16     XXH3-128 of every byte before it
+ *
+ * An empty cycle (no extent, no disk grew) has no staging at all.
  *
  * Digest files (.digests/DISK), no header: one 16-byte record per block
  * of the image at the newest point, block i at offset 16 * i; the file is
@@ -65,8 +71,12 @@
 #include "xmalloc.h"
 
 #define STAGE_MAGIC	"RDSTAGE1"
-#define STAGE_VERSION	1
+#define STAGE_VERSION	2
 #define STAGE_REC	(2 + 8 + 4 + 1 + 8 + DIGEST_LEN)
+#define STAGE_HDR(n)	(8 + 4 + 4 + 8 + 8 + 8 + 1 + 2 + 16 * (size_t)(n))
+#define STAGE_TRAILER	(8 + DIGEST_LEN)
+#define STAGE_WINDOW	(1024 * STAGE_REC)	/* records read or written at
+						   a time */
 #define WHERE_STAGED	0
 #define WHERE_DIRECT	1
 #define WHERE_ZERO	2
@@ -83,12 +93,24 @@ struct stage_rec {
 	struct digest	hash;
 };
 
+/* A staging index checked whole (index_load), read back by ix_next(). */
 struct stage_index {
 	uint32_t	  block_size;
 	struct store_cycle c;
 	uint64_t	  old_sizes[CAT_MAX_DISKS];
 	uint64_t	  nrec;
-	struct stage_rec *recs;
+	uint64_t	  bytes;	/* the records' lengths, summed */
+	int		  fd;		/* the file, or -1 and mem */
+	const uint8_t	 *mem;
+	uint64_t	  recs_off;	/* where the records start */
+};
+
+/* One pass over an index's records, a window at a time. */
+struct stage_iter {
+	const struct stage_index *ix;
+	uint64_t	  k;		/* records returned so far */
+	size_t		  pos, have;
+	uint8_t		 *buf;		/* STAGE_WINDOW */
 };
 
 struct store {
@@ -128,7 +150,11 @@ struct store {
 					   removed without syncing the
 					   directory (see remove_staging) */
 	uint64_t	 data_off;
-	struct wbuf	 recs;
+	struct wbuf	 recs;		/* index records not written yet */
+	int		 ix_fd;		/* .staging/index.tmp, made by the
+					   first extent (-1: none yet) */
+	XXH3_state_t	*ix_sum;	/* of what ix_fd holds */
+	uint64_t	 ix_off;	/* its length */
 	uint64_t	 nrec;
 	uint64_t	 raw_bytes;
 	char		*def;		/* the VM's definition it carries */
@@ -136,6 +162,9 @@ struct store {
 	uint64_t	 need;		/* space its apply may take (undo,
 					   image, digests) */
 };
+
+static const char *open_error(void);
+static int io_code(int r);
 
 static uint64_t
 nblocks_of(uint64_t size, uint32_t bs)
@@ -258,10 +287,8 @@ put_records(int fd, uint64_t first, const uint8_t *recs, size_t n)
 /* --- staging index ------------------------------------------------------ */
 
 static void
-index_encode(struct store *st, struct wbuf *b)
+index_header(struct store *st, struct wbuf *b)
 {
-	struct digest d;
-
 	wb_put_bytes(b, STAGE_MAGIC, 8);
 	wb_put_u32(b, STAGE_VERSION);
 	wb_put_u32(b, st->rel.block_size);
@@ -274,29 +301,159 @@ index_encode(struct store *st, struct wbuf *b)
 		wb_put_u64(b, st->rel.disks[i].size);
 		wb_put_u64(b, st->cur.sizes[i]);
 	}
-	wb_put_u64(b, st->nrec);
-	wb_put_bytes(b, st->recs.p, st->recs.len);
-	digest_block(b->p, b->len, &d);
-	wb_put_bytes(b, d.b, DIGEST_LEN);
+}
+
+/* Write what st->recs holds to .staging/index.tmp. */
+static int
+index_flush(struct store *st)
+{
+	int r = util_pwrite_full(st->ix_fd, st->recs.p, st->recs.len,
+	    (off_t)st->ix_off);
+	if (r == 0) {
+		XXH3_128bits_update(st->ix_sum, st->recs.p, st->recs.len);
+		st->ix_off += st->recs.len;
+		wb_reset(&st->recs);
+	}
+	return r;
+}
+
+/* Create .staging/index.tmp with the cycle's header (not written yet). */
+static int
+index_start(struct store *st, char *err, size_t errsz)
+{
+	char *p = xasprintf("%s/index.tmp", st->staging);
+
+	st->ix_fd = open(p, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC |
+	    O_NOFOLLOW, 0600);
+	if (st->ix_fd < 0) {
+		snprintf(err, errsz, "cannot create %s: %s", p, open_error());
+		free(p);
+		return io_code(RD_ERR_SYSTEM);
+	}
+	free(p);
+	st->ix_off = 0;
+	XXH3_128bits_reset(st->ix_sum);
+	wb_reset(&st->recs);
+	index_header(st, &st->recs);
+	return 0;
+}
+
+/* The last records and the trailer. */
+static int
+index_finish(struct store *st)
+{
+	XXH128_canonical_t c;
+	int r;
+
+	wb_put_u64(&st->recs, st->nrec);
+	if ((r = index_flush(st)) != 0)
+		return r;
+	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st->ix_sum));
+	if ((r = util_pwrite_full(st->ix_fd, c.digest, DIGEST_LEN,
+	    (off_t)st->ix_off)) == 0)
+		st->ix_off += DIGEST_LEN;
+	return r;
 }
 
 static int
-index_decode(const uint8_t *p, size_t len, struct stage_index *ix)
+ix_read(const struct stage_index *ix, uint64_t off, uint8_t *dst, size_t n)
+{
+	if (ix->mem != NULL) {
+		memcpy(dst, ix->mem + off, n);
+		return 0;
+	}
+	return util_pread_full(ix->fd, dst, n, (off_t)off);
+}
+
+static int
+rec_decode(const struct stage_index *ix, const uint8_t *p,
+    struct stage_rec *r)
 {
 	struct rbuf b;
+
+	rb_init(&b, p, STAGE_REC);
+	rb_get_u16(&b, &r->disk);
+	rb_get_u64(&b, &r->off);
+	rb_get_u32(&b, &r->len);
+	rb_get_u8(&b, &r->where);
+	rb_get_u64(&b, &r->data_off);
+	rb_get_bytes(&b, r->hash.b, DIGEST_LEN);
+	if (r->disk >= ix->c.ndisks || r->where > WHERE_ZERO ||
+	    r->len == 0 || r->off > ix->c.sizes[r->disk] ||
+	    r->len > ix->c.sizes[r->disk] - r->off)
+		return RD_ERR_CORRUPT;
+	return 0;
+}
+
+static void
+ix_begin(struct stage_iter *it, const struct stage_index *ix)
+{
+	memset(it, 0, sizeof(*it));
+	it->ix = ix;
+	it->buf = xmalloc(STAGE_WINDOW);
+}
+
+static void
+ix_end(struct stage_iter *it)
+{
+	free(it->buf);
+	it->buf = NULL;
+}
+
+/* The next record: 1, 0 at the end, or a negative rd_err (errno set for
+ * RD_ERR_SYSTEM). */
+static int
+ix_next(struct stage_iter *it, struct stage_rec *rec)
+{
+	const struct stage_index *ix = it->ix;
+	int r;
+
+	if (it->k == ix->nrec)
+		return 0;
+	if (it->pos == it->have) {
+		uint64_t left = ix->nrec - it->k;
+		size_t n = left < STAGE_WINDOW / STAGE_REC ? (size_t)left :
+		    STAGE_WINDOW / STAGE_REC;
+		if ((r = ix_read(ix, ix->recs_off + it->k * STAGE_REC, it->buf,
+		    n * STAGE_REC)) != 0)
+			return r == RD_ERR_SYSTEM ? r : RD_ERR_CORRUPT;
+		it->pos = 0;
+		it->have = n * STAGE_REC;
+	}
+	if ((r = rec_decode(ix, it->buf + it->pos, rec)) != 0)
+		return r;
+	it->pos += STAGE_REC;
+	it->k++;
+	return 1;
+}
+
+/*
+ * Check the index of len bytes in ix->fd (or ix->mem) whole: header,
+ * length, trailer checksum and every record.  0, RD_ERR_CORRUPT, or
+ * RD_ERR_SYSTEM.
+ */
+static int
+index_load(struct stage_index *ix, uint64_t len)
+{
+	uint8_t hdr[STAGE_HDR(CAT_MAX_DISKS)], tr[STAGE_TRAILER], *buf;
 	uint8_t magic[8], kind;
 	uint32_t version;
 	uint64_t created;
+	struct rbuf b;
+	struct stage_iter it;
+	struct stage_rec rec;
 	struct digest sum, want;
+	XXH128_canonical_t c;
+	int r;
 
-	memset(ix, 0, sizeof(*ix));
-	if (len < 8 + DIGEST_LEN)
+	if (len < STAGE_HDR(1) + STAGE_TRAILER)
 		return RD_ERR_CORRUPT;
-	digest_block(p, len - DIGEST_LEN, &sum);
-	memcpy(want.b, p + len - DIGEST_LEN, DIGEST_LEN);
-	if (!digest_equal(&sum, &want))
-		return RD_ERR_CORRUPT;
-	rb_init(&b, p, len - DIGEST_LEN);
+	size_t hlen = len - STAGE_TRAILER < sizeof(hdr) ?
+	    (size_t)(len - STAGE_TRAILER) : sizeof(hdr);
+	if ((r = ix_read(ix, 0, hdr, hlen)) != 0 ||
+	    (r = ix_read(ix, len - STAGE_TRAILER, tr, STAGE_TRAILER)) != 0)
+		return r;
+	rb_init(&b, hdr, hlen);
 	if (rb_get_bytes(&b, magic, 8) || memcmp(magic, STAGE_MAGIC, 8) ||
 	    rb_get_u32(&b, &version) || version != STAGE_VERSION ||
 	    rb_get_u32(&b, &ix->block_size) || rb_get_u64(&b, &ix->c.cycle) ||
@@ -310,27 +467,68 @@ index_decode(const uint8_t *p, size_t len, struct stage_index *ix)
 		if (rb_get_u64(&b, &ix->old_sizes[i]) ||
 		    rb_get_u64(&b, &ix->c.sizes[i]))
 			return RD_ERR_CORRUPT;
-	if (rb_get_u64(&b, &ix->nrec) || ix->nrec != rb_left(&b) / STAGE_REC ||
-	    rb_left(&b) % STAGE_REC != 0)
+	ix->recs_off = STAGE_HDR(ix->c.ndisks);
+	rb_init(&b, tr, 8);
+	rb_get_u64(&b, &ix->nrec);
+	uint64_t body = len - STAGE_TRAILER;
+	if (body < ix->recs_off || (body - ix->recs_off) % STAGE_REC != 0 ||
+	    (body - ix->recs_off) / STAGE_REC != ix->nrec)
 		return RD_ERR_CORRUPT;
-	ix->recs = xcalloc(ix->nrec, sizeof(*ix->recs));
-	for (uint64_t i = 0; i < ix->nrec; i++) {
-		struct stage_rec *r = &ix->recs[i];
-		rb_get_u16(&b, &r->disk);
-		rb_get_u64(&b, &r->off);
-		rb_get_u32(&b, &r->len);
-		rb_get_u8(&b, &r->where);
-		rb_get_u64(&b, &r->data_off);
-		rb_get_bytes(&b, r->hash.b, DIGEST_LEN);
-		if (r->disk >= ix->c.ndisks || r->where > WHERE_ZERO ||
-		    r->len == 0 || r->off > ix->c.sizes[r->disk] ||
-		    r->len > ix->c.sizes[r->disk] - r->off) {
-			free(ix->recs);
-			ix->recs = NULL;
-			return RD_ERR_CORRUPT;
-		}
+
+	/* The checksum, a window at a time. */
+	XXH3_state_t *state = XXH3_createState();
+	if (state == NULL)
+		fatalx("out of memory");
+	XXH3_128bits_reset(state);
+	buf = xmalloc(STAGE_WINDOW);
+	for (uint64_t off = 0; off < len - DIGEST_LEN && r == 0;) {
+		size_t n = len - DIGEST_LEN - off < STAGE_WINDOW ?
+		    (size_t)(len - DIGEST_LEN - off) : STAGE_WINDOW;
+		if ((r = ix_read(ix, off, buf, n)) == 0)
+			XXH3_128bits_update(state, buf, n);
+		off += n;
 	}
-	return 0;
+	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(state));
+	XXH3_freeState(state);
+	free(buf);
+	if (r != 0)
+		return r;
+	memcpy(sum.b, c.digest, DIGEST_LEN);
+	memcpy(want.b, tr + 8, DIGEST_LEN);
+	if (!digest_equal(&sum, &want))
+		return RD_ERR_CORRUPT;
+	ix_begin(&it, ix);
+	while ((r = ix_next(&it, &rec)) > 0)
+		ix->bytes += rec.len;
+	ix_end(&it);
+	return r;
+}
+
+/* Open and check .staging/index: 0 with ix->fd open (the caller closes
+ * it), RD_ERR_NOT_FOUND, RD_ERR_CORRUPT or RD_ERR_SYSTEM. */
+static int
+index_open(const char *path, struct stage_index *ix)
+{
+	struct stat sb;
+	int r;
+
+	memset(ix, 0, sizeof(*ix));
+	ix->fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (ix->fd < 0)
+		return errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
+	if (fstat(ix->fd, &sb) != 0)
+		r = RD_ERR_SYSTEM;
+	else if (!S_ISREG(sb.st_mode))
+		r = RD_ERR_CORRUPT;
+	else
+		r = index_load(ix, (uint64_t)sb.st_size);
+	if (r != 0) {
+		int saved = errno;
+		close(ix->fd);
+		ix->fd = -1;
+		errno = saved;
+	}
+	return r;
 }
 
 int
@@ -340,11 +538,13 @@ store_index_check(const uint8_t *p, size_t len, struct store_cycle *c,
 	struct stage_index ix;
 	int r;
 
-	if ((r = index_decode(p, len, &ix)) != 0)
+	memset(&ix, 0, sizeof(ix));
+	ix.fd = -1;
+	ix.mem = p;
+	if ((r = index_load(&ix, len)) != 0)
 		return r;
 	*c = ix.c;
 	*nrec = ix.nrec;
-	free(ix.recs);
 	return 0;
 }
 
@@ -513,9 +713,12 @@ static void
 remove_staging(struct store *st, int sync)
 {
 	char *ix = xasprintf("%s/index", st->staging);
+	char *tmp = xasprintf("%s/index.tmp", st->staging);
 	char *data = xasprintf("%s/data", st->staging);
-	char *mark = xasprintf("%s/applied", st->staging);
+	char *mark = xasprintf("%s/applied", st->staging);  /* version 1's */
 	char *def = def_path(st);
+	unlink(tmp);
+	free(tmp);
 	unlink(ix);
 	unlink(data);
 	unlink(mark);
@@ -562,15 +765,11 @@ static int
 recover(struct store *st, char *err, size_t errsz)
 {
 	char *path = xasprintf("%s/index", st->staging);
-	uint8_t *data = NULL;
-	size_t len;
-	struct stage_index ix = { 0 };
+	struct stage_index ix;
 	struct cat_point pt;
 	int r;
 
-	r = util_read_file(path, (size_t)1 << 34, &data, &len);
-	if (r == 0)
-		r = index_decode(data, len, &ix);
+	r = index_open(path, &ix);
 	if (r != 0 && r != RD_ERR_NOT_FOUND && r != RD_ERR_CORRUPT) {
 		/* Cannot tell whether a cycle is pending: touch nothing. */
 		snprintf(err, errsz, "cannot read %s: %s", path,
@@ -623,8 +822,8 @@ recover(struct store *st, char *err, size_t errsz)
 		pthread_mutex_unlock(&st->lock);
 	}
 out:
-	free(ix.recs);
-	free(data);
+	if (ix.fd >= 0)
+		close(ix.fd);
 	free(path);
 	return r;
 }
@@ -649,6 +848,9 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 	st->cat = cat;
 	st->rel = *rel;
 	st->data_fd = -1;
+	st->ix_fd = -1;
+	if ((st->ix_sum = XXH3_createState()) == NULL)
+		fatalx("out of memory");
 	st->lock_fd = -1;
 	for (int i = 0; i < CAT_MAX_DISKS; i++)
 		st->img[i] = st->dig_fd[i] = -1;
@@ -895,6 +1097,7 @@ store_close(struct store *st)
 	if (st->lock_fd >= 0)
 		close(st->lock_fd);
 	wb_free(&st->recs);
+	XXH3_freeState(st->ix_sum);
 	forget_def(st);
 	pthread_mutex_destroy(&st->lock);
 	pthread_mutex_destroy(&st->rel_lock);
@@ -2043,9 +2246,11 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 		    strerror(errno));
 		return io_code(RD_ERR_SYSTEM);
 	}
-	/* .staging/data is made by the first block staged: a cycle that
-	 * changes nothing below the old sizes needs none. */
+	/* .staging/data is made by the first block staged, index.tmp by
+	 * the first extent: a cycle that changes nothing needs neither. */
 	st->data_fd = -1;
+	st->ix_fd = -1;
+	st->ix_off = 0;
 	memset(st->direct, 0, sizeof(st->direct));
 	st->cur = *c;
 	memset(st->unsynced, 0, sizeof(st->unsynced));
@@ -2134,6 +2339,8 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 		st->data_off += len;
 		kick_writeback(st, CAT_MAX_DISKS, st->data_fd, len);
 	}
+	if (st->ix_fd < 0 && (r = index_start(st, err, errsz)) != 0)
+		return r;
 	wb_put_u16(&st->recs, disk);
 	wb_put_u64(&st->recs, off);
 	wb_put_u32(&st->recs, len);
@@ -2146,6 +2353,11 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 		    st->recs.len += DIGEST_LEN;
 	st->nrec++;
 	st->raw_bytes += len;
+	if (st->recs.len >= STAGE_WINDOW && (r = index_flush(st)) != 0) {
+		snprintf(err, errsz, "staging index write: %s",
+		    strerror(errno));
+		return io_code(r);
+	}
 	/* What applying it may take: a staged block's undo copy, its place
 	 * in the image and its digest record; a block past the old size, in
 	 * the image already, its record; a zero extent, at most the undo copy
@@ -2188,6 +2400,9 @@ store_cycle_abort(struct store *st)
 	if (st->data_fd >= 0)
 		close(st->data_fd);
 	st->data_fd = -1;
+	if (st->ix_fd >= 0)
+		close(st->ix_fd);
+	st->ix_fd = -1;
 	st->active = 0;
 	remove_staging(st, 1);
 	pthread_mutex_lock(&st->lock);
@@ -2251,8 +2466,12 @@ write_digests(struct store *st, const struct stage_index *ix)
 	}
 	/* Extents arrive in disk and offset order: write each run of
 	 * consecutive data blocks' records at once. */
-	for (uint64_t k = 0; k < ix->nrec && r == 0; k++) {
-		const struct stage_rec *rec = &ix->recs[k];
+	struct stage_iter it;
+	struct stage_rec one_rec;
+	const struct stage_rec *rec = &one_rec;
+	int got = 0;
+	ix_begin(&it, ix);
+	while (r == 0 && (got = ix_next(&it, &one_rec)) > 0) {
 		uint64_t first = rec->off / bs;
 		uint64_t nb = nblocks_of(rec->len, bs);
 		touched[rec->disk] = 1;
@@ -2279,6 +2498,12 @@ write_digests(struct store *st, const struct stage_index *ix)
 		to_record(st, &rec->hash, rec->len < bs ? rec->len : bs, one);
 		for (uint64_t b = 0; b < nb; b++)
 			wb_put_bytes(&run, one, DIGEST_LEN);
+	}
+	ix_end(&it);
+	if (r == 0 && got < 0) {
+		r = got;
+		if (r != RD_ERR_SYSTEM)
+			errno = EIO;
 	}
 	if (r == 0 && run.len > 0)
 		r = put_records(fds[run_disk], run_block, run.p,
@@ -2310,50 +2535,70 @@ out:
  * it again.
  */
 static int
-check_staged(struct store *st, const struct stage_index *ix, int data_fd,
-    uint8_t *buf, int direct, char *err, size_t errsz)
+check_rec(struct store *st, const struct stage_index *ix,
+    const struct stage_rec *rec, int data_fd, uint8_t *buf, int direct,
+    char *err, size_t errsz)
 {
-	for (uint64_t k = 0; k < ix->nrec; k++) {
-		const struct stage_rec *rec = &ix->recs[k];
-		struct digest d;
-		if (rec->where == WHERE_DIRECT && direct) {
-			if (rec->len > IO_CHUNK || util_pread_full(
-			    st->img[rec->disk], buf, rec->len,
-			    (off_t)rec->off) != 0) {
-				snprintf(err, errsz, "%s lost the blocks cycle %"
-				    PRIu64 " wrote past its old size (offset %"
-				    PRIu64 ")", st->rel.disks[rec->disk].name,
-				    ix->c.cycle, rec->off);
-				return RD_ERR_CORRUPT;
-			}
-			digest_block(buf, rec->len, &d);
-			if (!digest_equal(&d, &rec->hash)) {
-				snprintf(err, errsz, "the block at offset %"
-				    PRIu64 " of %s, written past its old size by "
-				    "cycle %" PRIu64 ", no longer matches its "
-				    "hash", rec->off,
-				    st->rel.disks[rec->disk].name, ix->c.cycle);
-				return RD_ERR_HASH;
-			}
-			continue;
-		}
-		if (rec->where != WHERE_STAGED)
-			continue;
-		if (data_fd < 0 || rec->len > IO_CHUNK || util_pread_full(
-		    data_fd, buf, rec->len, (off_t)rec->data_off) != 0) {
-			snprintf(err, errsz, "staged data of cycle %" PRIu64
-			    " is missing or short", ix->c.cycle);
+	struct digest d;
+	if (rec->where == WHERE_DIRECT && direct) {
+		if (rec->len > IO_CHUNK || util_pread_full(
+		    st->img[rec->disk], buf, rec->len,
+		    (off_t)rec->off) != 0) {
+			snprintf(err, errsz, "%s lost the blocks cycle %"
+			    PRIu64 " wrote past its old size (offset %"
+			    PRIu64 ")", st->rel.disks[rec->disk].name,
+			    ix->c.cycle, rec->off);
 			return RD_ERR_CORRUPT;
 		}
 		digest_block(buf, rec->len, &d);
 		if (!digest_equal(&d, &rec->hash)) {
-			snprintf(err, errsz, "staged block at offset %" PRIu64
-			    " of cycle %" PRIu64 " no longer matches its hash",
-			    rec->off, ix->c.cycle);
+			snprintf(err, errsz, "the block at offset %"
+			    PRIu64 " of %s, written past its old size by "
+			    "cycle %" PRIu64 ", no longer matches its "
+			    "hash", rec->off,
+			    st->rel.disks[rec->disk].name, ix->c.cycle);
 			return RD_ERR_HASH;
 		}
+		return 0;
+	}
+	if (rec->where != WHERE_STAGED)
+		return 0;
+	if (data_fd < 0 || rec->len > IO_CHUNK || util_pread_full(
+	    data_fd, buf, rec->len, (off_t)rec->data_off) != 0) {
+		snprintf(err, errsz, "staged data of cycle %" PRIu64
+		    " is missing or short", ix->c.cycle);
+		return RD_ERR_CORRUPT;
+	}
+	digest_block(buf, rec->len, &d);
+	if (!digest_equal(&d, &rec->hash)) {
+		snprintf(err, errsz, "staged block at offset %" PRIu64
+		    " of cycle %" PRIu64 " no longer matches its hash",
+		    rec->off, ix->c.cycle);
+		return RD_ERR_HASH;
 	}
 	return 0;
+}
+
+static int
+check_staged(struct store *st, const struct stage_index *ix, int data_fd,
+    uint8_t *buf, int direct, char *err, size_t errsz)
+{
+	struct stage_iter it;
+	struct stage_rec rec;
+	int r = 0, got;
+
+	ix_begin(&it, ix);
+	while ((got = ix_next(&it, &rec)) > 0 &&
+	    (r = check_rec(st, ix, &rec, data_fd, buf, direct, err,
+	    errsz)) == 0)
+		;
+	ix_end(&it);
+	if (r == 0 && got < 0) {
+		snprintf(err, errsz, "the staged index of cycle %" PRIu64
+		    " cannot be read back", ix->c.cycle);
+		r = RD_ERR_CORRUPT;
+	}
+	return r;
 }
 
 /*
@@ -2441,6 +2686,45 @@ staged_def(struct store *st, uint64_t cycle, uint8_t **def, size_t *len)
 }
 
 /*
+ * Whether the images hold every extent of the cycle and its sizes (the
+ * apply of a cycle whose staged data is gone was complete).
+ */
+static int
+images_hold(struct store *st, const struct stage_index *ix, uint8_t *buf)
+{
+	struct stage_iter it;
+	struct stage_rec rec;
+	struct digest d;
+	struct stat sb;
+	int got, yes = 1;
+
+	for (uint16_t i = 0; i < ix->c.ndisks; i++)
+		if (fstat(st->img[i], &sb) != 0 ||
+		    (uint64_t)sb.st_size != ix->c.sizes[i])
+			return 0;
+	ix_begin(&it, ix);
+	while (yes && (got = ix_next(&it, &rec)) > 0) {
+		if (rec.where == WHERE_ZERO) {
+			for (uint64_t o = 0; yes && o < rec.len; o += IO_CHUNK) {
+				size_t n = rec.len - o < IO_CHUNK ?
+				    (size_t)(rec.len - o) : IO_CHUNK;
+				yes = util_pread_holes(st->img[rec.disk], buf, n,
+				    (off_t)(rec.off + o)) == 0 &&
+				    util_is_zero(buf, n);
+			}
+		} else if (rec.len > IO_CHUNK || util_pread_holes(
+		    st->img[rec.disk], buf, rec.len, (off_t)rec.off) != 0) {
+			yes = 0;
+		} else {
+			digest_block(buf, rec.len, &d);
+			yes = digest_equal(&d, &rec.hash);
+		}
+	}
+	ix_end(&it);
+	return yes && got == 0;
+}
+
+/*
  * Record cycle c as a new point (*out filled but for its id) in one
  * catalog transaction, with def (may be NULL: the previous point's).
  * A cycle recorded already (recovery finishing it again) gives its point.
@@ -2506,7 +2790,10 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 	uint8_t *buf = NULL, *def = NULL;
 	size_t def_len = 0;
 	uint64_t undo_bytes = 0;
-	int data_fd = -1, r, may_roll_back = 0;
+	int data_fd = -1, r = 0, got = 0, may_roll_back = 0;
+	int wrote[CAT_MAX_DISKS] = { 0 };
+	struct stage_iter it;
+	struct stage_rec rec;
 	struct stat sb;
 
 	*rolled_back = 0;
@@ -2531,8 +2818,21 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 	data_fd = open(data_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	may_roll_back = 1;
 	if ((r = check_staged(st, ix, data_fd, buf, recovering, err,
-	    errsz)) != 0)
-		goto out;
+	    errsz)) != 0) {
+		/* Staged data damaged after the images were written (a crash
+		 * before the catalog): if the images hold the whole cycle,
+		 * it needs no staged data; else it is rolled back. */
+		if (!recovering || stat(upath, &sb) != 0 ||
+		    !images_hold(st, ix, buf))
+			goto out;
+		log_warnx("%s: %s, but the images hold cycle %" PRIu64
+		    " already: recording it", st->rel.vm, err, ix->c.cycle);
+		undo_bytes = (uint64_t)sb.st_size;
+		for (uint16_t i = 0; i < ix->c.ndisks; i++)
+			wrote[i] = 1;
+		r = 0;
+		goto sync;
+	}
 
 	/* 1. undo: the old content of everything the cycle overwrites */
 	if (stat(upath, &sb) != 0) {
@@ -2544,13 +2844,19 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 			    upath, open_error());
 			goto out;
 		}
-		for (uint64_t k = 0; k < ix->nrec; k++) {
-			const struct stage_rec *rec = &ix->recs[k];
-			if (rec->where == WHERE_DIRECT)
+		ix_begin(&it, ix);
+		while ((got = ix_next(&it, &rec)) > 0) {
+			if (rec.where == WHERE_DIRECT)
 				continue;
-			if ((r = undo_save_range(w, rec->disk,
-			    st->img[rec->disk], rec->off, rec->len)) != 0)
+			if ((r = undo_save_range(w, rec.disk,
+			    st->img[rec.disk], rec.off, rec.len)) != 0)
 				break;
+		}
+		ix_end(&it);
+		if (r == 0 && got < 0) {
+			r = got;
+			if (r != RD_ERR_SYSTEM)
+				errno = EIO;
 		}
 		if (r != 0) {
 			r = io_code(r);
@@ -2571,37 +2877,55 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 	fault_point("replica-after-undo");
 
 	/* 2. the new content */
-	for (uint64_t k = 0; k < ix->nrec; k++) {
-		const struct stage_rec *rec = &ix->recs[k];
-		int fd = st->img[rec->disk];
-		if (rec->where == WHERE_ZERO) {
-			r = punch_zero(fd, rec->off, rec->len);
-		} else if (rec->where == WHERE_STAGED) {
-			if (data_fd < 0 || rec->len > IO_CHUNK) {
+	ix_begin(&it, ix);
+	for (uint64_t k = 0; (got = ix_next(&it, &rec)) > 0; k++) {
+		int fd = st->img[rec.disk];
+		if (rec.where == WHERE_ZERO) {
+			r = punch_zero(fd, rec.off, rec.len);
+		} else if (rec.where == WHERE_STAGED) {
+			if (data_fd < 0 || rec.len > IO_CHUNK) {
 				r = RD_ERR_CORRUPT;
-			} else if ((r = util_pread_full(data_fd, buf, rec->len,
-			    (off_t)rec->data_off)) == 0) {
+			} else if ((r = util_pread_full(data_fd, buf, rec.len,
+			    (off_t)rec.data_off)) == 0) {
 				struct digest d;
-				digest_block(buf, rec->len, &d);
-				if (!digest_equal(&d, &rec->hash))
+				digest_block(buf, rec.len, &d);
+				if (!digest_equal(&d, &rec.hash))
 					r = RD_ERR_HASH;
 				else
-					r = util_pwrite_full(fd, buf, rec->len,
-					    (off_t)rec->off);
+					r = util_pwrite_full(fd, buf, rec.len,
+					    (off_t)rec.off);
 			}
 		}
 		if (k == ix->nrec / 2)
 			fault_point("replica-mid-apply");
 		if (r != 0) {
 			snprintf(err, errsz, "applying cycle %" PRIu64 " to %s: "
-			    "%s", ix->c.cycle, st->rel.disks[rec->disk].name,
+			    "%s", ix->c.cycle, st->rel.disks[rec.disk].name,
 			    r == RD_ERR_SYSTEM ? strerror(errno) :
 			    rd_strerror(r));
 			r = io_code(r);
-			goto out;
+			break;
 		}
+		if (rec.where != WHERE_DIRECT)
+			wrote[rec.disk] = 1;
 	}
+	ix_end(&it);
+	if (r == 0 && got < 0) {
+		snprintf(err, errsz, "the staged index of cycle %" PRIu64
+		    " cannot be read back", ix->c.cycle);
+		r = RD_ERR_CORRUPT;
+	}
+	if (r != 0)
+		goto out;
+	/* Synced: every image this cycle wrote below its old size or
+	 * resized (what it wrote past the old size was synced with the
+	 * staged data). */
+sync:
 	for (uint16_t i = 0; i < ix->c.ndisks; i++) {
+		if (ix->c.sizes[i] != ix->old_sizes[i])
+			wrote[i] = 1;
+		if (!wrote[i])
+			continue;
 		if (ftruncate(st->img[i], (off_t)ix->c.sizes[i]) != 0 ||
 		    fsync(st->img[i]) != 0) {
 			r = io_code(RD_ERR_SYSTEM);
@@ -2623,8 +2947,7 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 	out->undo_bytes = undo_bytes;
 	out->generation = ix->c.generation;
 	out->ndisks = ix->c.ndisks;
-	for (uint64_t k = 0; k < ix->nrec; k++)
-		out->bytes += ix->recs[k].len;
+	out->bytes = ix->bytes;
 	memcpy(out->sizes, ix->c.sizes, ix->c.ndisks * sizeof(uint64_t));
 	staged_def(st, ix->c.cycle, &def, &def_len);
 	if ((r = record_point(st, &ix->c, out, (char *)def, def_len)) != 0) {
@@ -2666,14 +2989,17 @@ out:
 	return r;
 }
 
-/* A cycle that changes nothing: no block, no disk grew. */
+/* A cycle that changes nothing: no block, no disk grew, and no digests
+ * recorded by a resync (those need the digest files made whole, as an
+ * apply does). */
 static int
 cycle_is_empty(const struct store *st)
 {
 	if (st->nrec != 0)
 		return 0;
 	for (uint16_t i = 0; i < st->cur.ndisks; i++)
-		if (st->cur.sizes[i] != st->rel.disks[i].size)
+		if (st->cur.sizes[i] != st->rel.disks[i].size ||
+		    st->dig_fd[i] >= 0)
 			return 0;
 	return 1;
 }
@@ -2722,9 +3048,8 @@ int
 store_cycle_commit(struct store *st, struct cat_point *out, char *err,
     size_t errsz)
 {
-	struct wbuf b;
 	struct stage_index ix;
-	char *path = NULL;
+	char *path = NULL, *tmp = NULL;
 	int r;
 
 	if (!st->active)
@@ -2734,12 +3059,13 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 		store_cycle_abort(st);
 		return r;
 	}
+	int empty = cycle_is_empty(st);
 	for (int i = 0; i < CAT_MAX_DISKS; i++)
 		if (st->dig_fd[i] >= 0 && fsync(st->dig_fd[i]) != 0)
 			log_warn("%s: fsync of the digests of disk %d", st->rel.vm,
 			    i);
 	close_digest_fds(st);
-	if (cycle_is_empty(st))
+	if (empty)
 		return commit_empty(st, out, err, errsz);
 	uint64_t t0 = util_mono_ms();
 	if (st->data_fd >= 0 && fdatasync(st->data_fd) != 0) {
@@ -2779,21 +3105,32 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 		}
 	}
 
-	wb_init(&b);
-	index_encode(st, &b);
+	/* The index: its last records and trailer, synced, renamed into
+	 * place and the rename synced. */
 	path = xasprintf("%s/index", st->staging);
-	if ((r = util_write_atomic(path, b.p, b.len)) != 0) {
+	tmp = xasprintf("%s.tmp", path);
+	if ((st->ix_fd < 0 && (r = index_start(st, err, errsz)) != 0) ||
+	    (r = index_finish(st)) != 0 || (r = fdatasync(st->ix_fd) != 0 ||
+	    rename(tmp, path) != 0 || util_fsync_dir(st->staging) != 0 ?
+	    RD_ERR_SYSTEM : 0) != 0) {
+		r = io_code(r);
 		snprintf(err, errsz, "cannot write %s: %s", path,
 		    strerror(errno));
-		r = errno == ENOSPC ? RD_ERR_NOSPACE : r;
 		st->active = 1;		/* so that abort cleans up */
 		store_cycle_abort(st);
 		goto out;
 	}
+	close(st->ix_fd);
+	st->ix_fd = -1;
 	fault_point("replica-after-index");
-	/* Apply from the decoded index: the same path recovery takes. */
-	if ((r = index_decode(b.p, b.len, &ix)) != 0) {
-		snprintf(err, errsz, "staged index does not decode");
+	/* Apply from the index read back: the same path recovery takes. */
+	if ((r = index_open(path, &ix)) != 0) {
+		snprintf(err, errsz, "the staged index %s does not read back: "
+		    "%s", path, r == RD_ERR_SYSTEM ? strerror(errno) :
+		    rd_strerror(r));
+		pthread_mutex_lock(&st->fix_lock);
+		st->unfinished = 1;	/* recovery finishes or drops it */
+		pthread_mutex_unlock(&st->fix_lock);
 		goto out;
 	}
 	uint64_t t1 = util_mono_ms();
@@ -2802,7 +3139,7 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 	log_debug("%s: cycle %" PRIu64 ": %" PRIu64 " ms to make the staged "
 	    "cycle durable, %" PRIu64 " ms to apply it", st->rel.vm,
 	    ix.c.cycle, t1 - t0, util_mono_ms() - t1);
-	free(ix.recs);
+	close(ix.fd);
 	if (r != 0 && !rolled_back) {
 		/* Neither finished nor undone: the image is between two
 		 * points.  Finish it before anything else touches it. */
@@ -2812,7 +3149,7 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 	}
 out:
 	free(path);
-	wb_free(&b);
+	free(tmp);
 	return r;
 }
 
