@@ -2778,7 +2778,7 @@ point_recorded(struct store *st, const struct store_cycle *c,
 /*
  * Apply a complete staged cycle: undo segment (unless a complete one
  * exists from an interrupted attempt), image writes, sizes, fsync,
- * digests, catalog, staging removal.  Idempotent from any crash point.
+ * catalog, digests, staging removal.  Idempotent from any crash point.
  * recovering: the cycle was staged before a restart or a failure, so
  * the blocks it wrote into the images are checked first.
  */
