@@ -15,9 +15,11 @@
  *
  * A cycle is applied in this order (R1, R2): every block's hash is checked
  * as it is staged, and its record appended to index.tmp; at the end the
- * staged data and the index are fdatasynced and the index renamed into
- * place (one directory fsync); the undo segment (old contents) is written
- * and renamed into place; the images the cycle wrote are written and
+ * index is fdatasynced and renamed into place (one directory fsync) —
+ * the staged data is not synced: until the images are, recovery rolls
+ * back with the undo segment if any staged block fails its hash, and
+ * once they are, they hold the cycle; the undo segment (old contents)
+ * is written and renamed into place; the images the cycle wrote are written and
  * fsynced; the catalog records the point (with the definition the cycle
  * carried, or the previous point's); the digests are written and synced;
  * the staging area is removed (its directory not synced: an index that

@@ -138,14 +138,13 @@ struct store {
 	int		 unfinished;	/* a complete cycle failed to apply:
 					   roll it forward before anything */
 	/* the cycle being received */
-	uint64_t	 unsynced[CAT_MAX_DISKS + 1]; /* bytes since the last
-					   writeback kick (images, staging) */
+	uint64_t	 unsynced[CAT_MAX_DISKS]; /* bytes written past the
+					   old sizes since the last writeback
+					   kick */
 	int		 active;
 	struct store_cycle cur;
 	int		 data_fd;	/* .staging/data, made by the first
 					   staged block (-1: none yet) */
-	int		 direct[CAT_MAX_DISKS]; /* blocks written straight
-					   into the image past its old size */
 	int		 staging_unsynced; /* an applied cycle's staging was
 					   removed without syncing the
 					   directory (see remove_staging) */
@@ -779,9 +778,13 @@ recover(struct store *st, char *err, size_t errsz)
 	if (r == RD_ERR_CORRUPT)
 		log_warnx("%s: staged cycle index %s is corrupt; abandoning "
 		    "that cycle", st->rel.vm, path);
-	if (r == 0 && ix.c.cycle == st->rel.last_cycle) {
+	if (r == 0 && ix.c.cycle == st->rel.last_cycle &&
+	    st->rel.at_point == 0) {
 		/* Recorded before the crash: its digests are written after
-		 * the point is recorded, so write them (again). */
+		 * the point is recorded, so write them (again).  (Not while
+		 * a rewind holds the images at another point: a rewind
+		 * syncs the staging's removal before it starts, so this is
+		 * a stale index.) */
 		pthread_mutex_lock(&st->lock);
 		r = write_digests(st, &ix);
 		pthread_mutex_unlock(&st->lock);
@@ -2251,7 +2254,6 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 	st->data_fd = -1;
 	st->ix_fd = -1;
 	st->ix_off = 0;
-	memset(st->direct, 0, sizeof(st->direct));
 	st->cur = *c;
 	memset(st->unsynced, 0, sizeof(st->unsynced));
 	st->data_off = 0;
@@ -2264,9 +2266,10 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 }
 
 /*
- * Start writing back what a cycle wrote so far without waiting for it:
- * the fsync at the end of the cycle then finds little left to do, and
- * the disk works while the network does.
+ * Start writing back what a cycle wrote into the images so far without
+ * waiting for it: the images' fsync then finds little left to do, and
+ * the disk works while the network does.  (Not the staged data: it is
+ * never synced, and a small cycle's is removed before it is written.)
  */
 static void
 kick_writeback(struct store *st, int slot, int fd, uint64_t len)
@@ -2307,7 +2310,6 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 		where = WHERE_ZERO;
 	} else if (off >= st->rel.disks[disk].size) {
 		where = WHERE_DIRECT;
-		st->direct[disk] = 1;
 		r = util_pwrite_full(st->img[disk], data, len, (off_t)off);
 		if (r != 0) {
 			snprintf(err, errsz, "write to %s at %" PRIu64 ": %s",
@@ -2337,7 +2339,6 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 			return errno == ENOSPC ? RD_ERR_NOSPACE : r;
 		}
 		st->data_off += len;
-		kick_writeback(st, CAT_MAX_DISKS, st->data_fd, len);
 	}
 	if (st->ix_fd < 0 && (r = index_start(st, err, errsz)) != 0)
 		return r;
@@ -3068,20 +3069,16 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 	if (empty)
 		return commit_empty(st, out, err, errsz);
 	uint64_t t0 = util_mono_ms();
-	if (st->data_fd >= 0 && fdatasync(st->data_fd) != 0) {
-		snprintf(err, errsz, "cannot sync staging: %s", strerror(errno));
-		r = errno == ENOSPC ? RD_ERR_NOSPACE : RD_ERR_SYSTEM;
-		store_cycle_abort(st);
-		return r;
-	}
-	for (uint16_t i = 0; i < st->cur.ndisks; i++)
-		if (st->direct[i] && fdatasync(st->img[i]) != 0) {
-			r = io_code(RD_ERR_SYSTEM);
-			snprintf(err, errsz, "cannot sync %s: %s",
-			    st->rel.disks[i].name, strerror(errno));
-			store_cycle_abort(st);
-			return r;
-		}
+	/*
+	 * The staged data and the blocks written past the old sizes are not
+	 * synced: nothing needs them durable.  Until the undo segment is
+	 * durable no image block below the old sizes is touched; from then
+	 * on a crash rolls back with it whenever recovery finds a staged or
+	 * direct block that does not match its hash (or no index at all);
+	 * once the images are synced they hold the cycle (images_hold()).
+	 * A cycle is acknowledged only once recorded.  So a small cycle's
+	 * staged data is usually never written to disk at all.
+	 */
 	if (st->data_fd >= 0)
 		close(st->data_fd);
 	st->data_fd = -1;
