@@ -2966,6 +2966,7 @@ sync:
 		    strerror(errno));
 		goto out;
 	}
+	fault_point("replica-after-digests");
 	remove_staging(st, 0);
 	r = 0;
 out:

@@ -353,6 +353,10 @@ def test_replica_after_catalog(env):
     replica_fault(env, "replica-after-catalog", 1)
 
 
+def test_replica_after_digests(env):
+    replica_fault(env, "replica-after-digests", 1)
+
+
 def test_replica_empty_before_catalog(env):
     replica_fault(env, "replica-before-catalog", 0, empty=True)
 

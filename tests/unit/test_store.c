@@ -1974,6 +1974,14 @@ test_crash_after_catalog(void **state)
 	roll_forward(state, "replica-after-catalog", 1);
 }
 
+/* Digests written, the staging not removed yet: the index names the
+ * newest point's cycle; its digests are written again, it goes. */
+static void
+test_crash_after_digests(void **state)
+{
+	roll_forward(state, "replica-after-digests", 1);
+}
+
 static void
 test_crash_while_staging(void **state)
 {
@@ -2346,6 +2354,7 @@ main(int argc, char **argv)
 		T(test_crash_mid_apply),
 		T(test_crash_before_catalog),
 		T(test_crash_after_catalog),
+		T(test_crash_after_digests),
 		T(test_crash_while_staging),
 		T(test_crash_then_bad_staged_data),
 		T(test_crash_before_catalog_bad_staged_data),
