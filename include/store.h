@@ -3,6 +3,7 @@
  *
  *   DISK              the replica image, always at the newest point
  *   .staging/data     contents of the cycle being received
+ *   .staging/index.tmp  its index as the extents arrive (streamed)
  *   .staging/index    its index, present only once the cycle is complete
  *   .staging/definition  the VM's definition the cycle carries, if any
  *                     (written before the index; recovery records it)
@@ -13,13 +14,23 @@
  *   test/DISK         test-failover copies
  *
  * A cycle is applied in this order (R1, R2): every block's hash is checked
- * as it is staged; at the end the staged data is fsynced and the index
- * written atomically; the undo segment (old contents) is written and
- * renamed into place; the image is written and fsynced; the digests are
- * written; the catalog records the point (with the definition the cycle
- * carried, or the previous point's); the staging area is removed.
- * A crash before the index exists abandons the cycle (images are cut back
- * to the newest point's sizes); after it, store_recover() rolls forward.
+ * as it is staged, and its record appended to index.tmp; at the end the
+ * index is fdatasynced and renamed into place (one directory fsync) —
+ * the staged data is not synced: until the images are, recovery rolls
+ * back with the undo segment if any staged block fails its hash, and
+ * once they are, they hold the cycle; the undo segment (old contents)
+ * is written and renamed into place; the images the cycle wrote are written and
+ * fsynced; the catalog records the point (with the definition the cycle
+ * carried, or the previous point's); the digests are written and synced;
+ * the staging area is removed (its directory not synced: an index that
+ * comes back names the newest point's cycle, whose digests recovery
+ * writes again).  A crash before the index exists abandons the cycle
+ * (images are cut back to the newest point's sizes); after it, recovery
+ * rolls forward, or back with the undo segment if the staged data is
+ * damaged and the images do not hold the whole cycle yet.  An empty
+ * cycle (no extent, no disk grew) is only its catalog transaction: no
+ * staging, no undo segment (the point's segment is CAT_SEG_NONE, the
+ * same content as the point before it), no digests.
  * Blocks that lie wholly past a disk's size at the newest point go
  * straight into the image while they arrive: no point contains them, and
  * abandoning the cycle cuts them off again.  So a roll-back removes the

@@ -2,12 +2,16 @@
  * store.c — applying cycles to a replica VM's images, crash recovery,
  * test-failover rebuilds and verification (see store.h for the layout).
  *
- * Staging index (.staging/index), format version 1, big-endian; written
- * atomically once every block of the cycle is staged and fsynced.  Its
- * presence means "this cycle is complete and must be applied":
+ * Staging index (.staging/index), format version 2, big-endian.  It is
+ * written as .staging/index.tmp while the cycle arrives, a record per
+ * extent, and renamed into place once every block is staged and it and
+ * the staged data are synced.  Its presence means "this cycle is
+ * complete and must be applied".  It is never held in memory whole: it
+ * is read back a window of records at a time (so the daemon's memory
+ * does not grow with the size of a cycle).
  *
  *   8      magic "RDSTAGE1"
- *   4      version (1)
+ *   4      version (2)
  *   4      block_size
  *   8      cycle
  *   8      created_ms
@@ -15,11 +19,13 @@
  *   1      kind
  *   2      ndisks
  *   16*n   per disk: u64 size at the newest point, u64 size at this cycle
- *   8      nrecords
  *   39*r   records: u16 disk, u64 offset, u32 length, u8 where
  *          (0 staged, 1 direct, 2 zero), u64 offset in .staging/data,
  *          16-byte XXH3-128 of the content (zero for zero extents)
+ *   8      nrecords
  *   16     XXH3-128 of every byte before it
+ *
+ * An empty cycle (no extent, no disk grew) has no staging at all.
  *
  * Digest files (.digests/DISK), no header: one 16-byte record per block
  * of the image at the newest point, block i at offset 16 * i; the file is
@@ -65,8 +71,12 @@
 #include "xmalloc.h"
 
 #define STAGE_MAGIC	"RDSTAGE1"
-#define STAGE_VERSION	1
+#define STAGE_VERSION	2
 #define STAGE_REC	(2 + 8 + 4 + 1 + 8 + DIGEST_LEN)
+#define STAGE_HDR(n)	(8 + 4 + 4 + 8 + 8 + 8 + 1 + 2 + 16 * (size_t)(n))
+#define STAGE_TRAILER	(8 + DIGEST_LEN)
+#define STAGE_WINDOW	(1024 * STAGE_REC)	/* records read or written at
+						   a time */
 #define WHERE_STAGED	0
 #define WHERE_DIRECT	1
 #define WHERE_ZERO	2
@@ -83,12 +93,24 @@ struct stage_rec {
 	struct digest	hash;
 };
 
+/* A staging index checked whole (index_load), read back by ix_next(). */
 struct stage_index {
 	uint32_t	  block_size;
 	struct store_cycle c;
 	uint64_t	  old_sizes[CAT_MAX_DISKS];
 	uint64_t	  nrec;
-	struct stage_rec *recs;
+	uint64_t	  bytes;	/* the records' lengths, summed */
+	int		  fd;		/* the file, or -1 and mem */
+	const uint8_t	 *mem;
+	uint64_t	  recs_off;	/* where the records start */
+};
+
+/* One pass over an index's records, a window at a time. */
+struct stage_iter {
+	const struct stage_index *ix;
+	uint64_t	  k;		/* records returned so far */
+	size_t		  pos, have;
+	uint8_t		 *buf;		/* STAGE_WINDOW */
 };
 
 struct store {
@@ -117,13 +139,22 @@ struct store {
 	int		 unfinished;	/* a complete cycle failed to apply:
 					   roll it forward before anything */
 	/* the cycle being received */
-	uint64_t	 unsynced[CAT_MAX_DISKS + 1]; /* bytes since the last
-					   writeback kick (images, staging) */
+	uint64_t	 unsynced[CAT_MAX_DISKS]; /* bytes written past the
+					   old sizes since the last writeback
+					   kick */
 	int		 active;
 	struct store_cycle cur;
-	int		 data_fd;
+	int		 data_fd;	/* .staging/data, made by the first
+					   staged block (-1: none yet) */
+	int		 staging_unsynced; /* an applied cycle's staging was
+					   removed without syncing the
+					   directory (see remove_staging) */
 	uint64_t	 data_off;
-	struct wbuf	 recs;
+	struct wbuf	 recs;		/* index records not written yet */
+	int		 ix_fd;		/* .staging/index.tmp, made by the
+					   first extent (-1: none yet) */
+	XXH3_state_t	*ix_sum;	/* of what ix_fd holds */
+	uint64_t	 ix_off;	/* its length */
 	uint64_t	 nrec;
 	uint64_t	 raw_bytes;
 	char		*def;		/* the VM's definition it carries */
@@ -131,6 +162,9 @@ struct store {
 	uint64_t	 need;		/* space its apply may take (undo,
 					   image, digests) */
 };
+
+static const char *open_error(void);
+static int io_code(int r);
 
 static uint64_t
 nblocks_of(uint64_t size, uint32_t bs)
@@ -253,10 +287,8 @@ put_records(int fd, uint64_t first, const uint8_t *recs, size_t n)
 /* --- staging index ------------------------------------------------------ */
 
 static void
-index_encode(struct store *st, struct wbuf *b)
+index_header(struct store *st, struct wbuf *b)
 {
-	struct digest d;
-
 	wb_put_bytes(b, STAGE_MAGIC, 8);
 	wb_put_u32(b, STAGE_VERSION);
 	wb_put_u32(b, st->rel.block_size);
@@ -269,29 +301,159 @@ index_encode(struct store *st, struct wbuf *b)
 		wb_put_u64(b, st->rel.disks[i].size);
 		wb_put_u64(b, st->cur.sizes[i]);
 	}
-	wb_put_u64(b, st->nrec);
-	wb_put_bytes(b, st->recs.p, st->recs.len);
-	digest_block(b->p, b->len, &d);
-	wb_put_bytes(b, d.b, DIGEST_LEN);
+}
+
+/* Write what st->recs holds to .staging/index.tmp. */
+static int
+index_flush(struct store *st)
+{
+	int r = util_pwrite_full(st->ix_fd, st->recs.p, st->recs.len,
+	    (off_t)st->ix_off);
+	if (r == 0) {
+		XXH3_128bits_update(st->ix_sum, st->recs.p, st->recs.len);
+		st->ix_off += st->recs.len;
+		wb_reset(&st->recs);
+	}
+	return r;
+}
+
+/* Create .staging/index.tmp with the cycle's header (not written yet). */
+static int
+index_start(struct store *st, char *err, size_t errsz)
+{
+	char *p = xasprintf("%s/index.tmp", st->staging);
+
+	st->ix_fd = open(p, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC |
+	    O_NOFOLLOW, 0600);
+	if (st->ix_fd < 0) {
+		snprintf(err, errsz, "cannot create %s: %s", p, open_error());
+		free(p);
+		return io_code(RD_ERR_SYSTEM);
+	}
+	free(p);
+	st->ix_off = 0;
+	XXH3_128bits_reset(st->ix_sum);
+	wb_reset(&st->recs);
+	index_header(st, &st->recs);
+	return 0;
+}
+
+/* The last records and the trailer. */
+static int
+index_finish(struct store *st)
+{
+	XXH128_canonical_t c;
+	int r;
+
+	wb_put_u64(&st->recs, st->nrec);
+	if ((r = index_flush(st)) != 0)
+		return r;
+	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st->ix_sum));
+	if ((r = util_pwrite_full(st->ix_fd, c.digest, DIGEST_LEN,
+	    (off_t)st->ix_off)) == 0)
+		st->ix_off += DIGEST_LEN;
+	return r;
 }
 
 static int
-index_decode(const uint8_t *p, size_t len, struct stage_index *ix)
+ix_read(const struct stage_index *ix, uint64_t off, uint8_t *dst, size_t n)
+{
+	if (ix->mem != NULL) {
+		memcpy(dst, ix->mem + off, n);
+		return 0;
+	}
+	return util_pread_full(ix->fd, dst, n, (off_t)off);
+}
+
+static int
+rec_decode(const struct stage_index *ix, const uint8_t *p,
+    struct stage_rec *r)
 {
 	struct rbuf b;
+
+	rb_init(&b, p, STAGE_REC);
+	rb_get_u16(&b, &r->disk);
+	rb_get_u64(&b, &r->off);
+	rb_get_u32(&b, &r->len);
+	rb_get_u8(&b, &r->where);
+	rb_get_u64(&b, &r->data_off);
+	rb_get_bytes(&b, r->hash.b, DIGEST_LEN);
+	if (r->disk >= ix->c.ndisks || r->where > WHERE_ZERO ||
+	    r->len == 0 || r->off > ix->c.sizes[r->disk] ||
+	    r->len > ix->c.sizes[r->disk] - r->off)
+		return RD_ERR_CORRUPT;
+	return 0;
+}
+
+static void
+ix_begin(struct stage_iter *it, const struct stage_index *ix)
+{
+	memset(it, 0, sizeof(*it));
+	it->ix = ix;
+	it->buf = xmalloc(STAGE_WINDOW);
+}
+
+static void
+ix_end(struct stage_iter *it)
+{
+	free(it->buf);
+	it->buf = NULL;
+}
+
+/* The next record: 1, 0 at the end, or a negative rd_err (errno set for
+ * RD_ERR_SYSTEM). */
+static int
+ix_next(struct stage_iter *it, struct stage_rec *rec)
+{
+	const struct stage_index *ix = it->ix;
+	int r;
+
+	if (it->k == ix->nrec)
+		return 0;
+	if (it->pos == it->have) {
+		uint64_t left = ix->nrec - it->k;
+		size_t n = left < STAGE_WINDOW / STAGE_REC ? (size_t)left :
+		    STAGE_WINDOW / STAGE_REC;
+		if ((r = ix_read(ix, ix->recs_off + it->k * STAGE_REC, it->buf,
+		    n * STAGE_REC)) != 0)
+			return r == RD_ERR_SYSTEM ? r : RD_ERR_CORRUPT;
+		it->pos = 0;
+		it->have = n * STAGE_REC;
+	}
+	if ((r = rec_decode(ix, it->buf + it->pos, rec)) != 0)
+		return r;
+	it->pos += STAGE_REC;
+	it->k++;
+	return 1;
+}
+
+/*
+ * Check the index of len bytes in ix->fd (or ix->mem) whole: header,
+ * length, trailer checksum and every record.  0, RD_ERR_CORRUPT, or
+ * RD_ERR_SYSTEM.
+ */
+static int
+index_load(struct stage_index *ix, uint64_t len)
+{
+	uint8_t hdr[STAGE_HDR(CAT_MAX_DISKS)], tr[STAGE_TRAILER], *buf;
 	uint8_t magic[8], kind;
 	uint32_t version;
 	uint64_t created;
+	struct rbuf b;
+	struct stage_iter it;
+	struct stage_rec rec;
 	struct digest sum, want;
+	XXH128_canonical_t c;
+	int r;
 
-	memset(ix, 0, sizeof(*ix));
-	if (len < 8 + DIGEST_LEN)
+	if (len < STAGE_HDR(1) + STAGE_TRAILER)
 		return RD_ERR_CORRUPT;
-	digest_block(p, len - DIGEST_LEN, &sum);
-	memcpy(want.b, p + len - DIGEST_LEN, DIGEST_LEN);
-	if (!digest_equal(&sum, &want))
-		return RD_ERR_CORRUPT;
-	rb_init(&b, p, len - DIGEST_LEN);
+	size_t hlen = len - STAGE_TRAILER < sizeof(hdr) ?
+	    (size_t)(len - STAGE_TRAILER) : sizeof(hdr);
+	if ((r = ix_read(ix, 0, hdr, hlen)) != 0 ||
+	    (r = ix_read(ix, len - STAGE_TRAILER, tr, STAGE_TRAILER)) != 0)
+		return r;
+	rb_init(&b, hdr, hlen);
 	if (rb_get_bytes(&b, magic, 8) || memcmp(magic, STAGE_MAGIC, 8) ||
 	    rb_get_u32(&b, &version) || version != STAGE_VERSION ||
 	    rb_get_u32(&b, &ix->block_size) || rb_get_u64(&b, &ix->c.cycle) ||
@@ -305,27 +467,68 @@ index_decode(const uint8_t *p, size_t len, struct stage_index *ix)
 		if (rb_get_u64(&b, &ix->old_sizes[i]) ||
 		    rb_get_u64(&b, &ix->c.sizes[i]))
 			return RD_ERR_CORRUPT;
-	if (rb_get_u64(&b, &ix->nrec) || ix->nrec != rb_left(&b) / STAGE_REC ||
-	    rb_left(&b) % STAGE_REC != 0)
+	ix->recs_off = STAGE_HDR(ix->c.ndisks);
+	rb_init(&b, tr, 8);
+	rb_get_u64(&b, &ix->nrec);
+	uint64_t body = len - STAGE_TRAILER;
+	if (body < ix->recs_off || (body - ix->recs_off) % STAGE_REC != 0 ||
+	    (body - ix->recs_off) / STAGE_REC != ix->nrec)
 		return RD_ERR_CORRUPT;
-	ix->recs = xcalloc(ix->nrec, sizeof(*ix->recs));
-	for (uint64_t i = 0; i < ix->nrec; i++) {
-		struct stage_rec *r = &ix->recs[i];
-		rb_get_u16(&b, &r->disk);
-		rb_get_u64(&b, &r->off);
-		rb_get_u32(&b, &r->len);
-		rb_get_u8(&b, &r->where);
-		rb_get_u64(&b, &r->data_off);
-		rb_get_bytes(&b, r->hash.b, DIGEST_LEN);
-		if (r->disk >= ix->c.ndisks || r->where > WHERE_ZERO ||
-		    r->len == 0 || r->off > ix->c.sizes[r->disk] ||
-		    r->len > ix->c.sizes[r->disk] - r->off) {
-			free(ix->recs);
-			ix->recs = NULL;
-			return RD_ERR_CORRUPT;
-		}
+
+	/* The checksum, a window at a time. */
+	XXH3_state_t *state = XXH3_createState();
+	if (state == NULL)
+		fatalx("out of memory");
+	XXH3_128bits_reset(state);
+	buf = xmalloc(STAGE_WINDOW);
+	for (uint64_t off = 0; off < len - DIGEST_LEN && r == 0;) {
+		size_t n = len - DIGEST_LEN - off < STAGE_WINDOW ?
+		    (size_t)(len - DIGEST_LEN - off) : STAGE_WINDOW;
+		if ((r = ix_read(ix, off, buf, n)) == 0)
+			XXH3_128bits_update(state, buf, n);
+		off += n;
 	}
-	return 0;
+	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(state));
+	XXH3_freeState(state);
+	free(buf);
+	if (r != 0)
+		return r;
+	memcpy(sum.b, c.digest, DIGEST_LEN);
+	memcpy(want.b, tr + 8, DIGEST_LEN);
+	if (!digest_equal(&sum, &want))
+		return RD_ERR_CORRUPT;
+	ix_begin(&it, ix);
+	while ((r = ix_next(&it, &rec)) > 0)
+		ix->bytes += rec.len;
+	ix_end(&it);
+	return r;
+}
+
+/* Open and check .staging/index: 0 with ix->fd open (the caller closes
+ * it), RD_ERR_NOT_FOUND, RD_ERR_CORRUPT or RD_ERR_SYSTEM. */
+static int
+index_open(const char *path, struct stage_index *ix)
+{
+	struct stat sb;
+	int r;
+
+	memset(ix, 0, sizeof(*ix));
+	ix->fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (ix->fd < 0)
+		return errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
+	if (fstat(ix->fd, &sb) != 0)
+		r = RD_ERR_SYSTEM;
+	else if (!S_ISREG(sb.st_mode))
+		r = RD_ERR_CORRUPT;
+	else
+		r = index_load(ix, (uint64_t)sb.st_size);
+	if (r != 0) {
+		int saved = errno;
+		close(ix->fd);
+		ix->fd = -1;
+		errno = saved;
+	}
+	return r;
 }
 
 int
@@ -335,11 +538,13 @@ store_index_check(const uint8_t *p, size_t len, struct store_cycle *c,
 	struct stage_index ix;
 	int r;
 
-	if ((r = index_decode(p, len, &ix)) != 0)
+	memset(&ix, 0, sizeof(ix));
+	ix.fd = -1;
+	ix.mem = p;
+	if ((r = index_load(&ix, len)) != 0)
 		return r;
 	*c = ix.c;
 	*nrec = ix.nrec;
-	free(ix.recs);
 	return 0;
 }
 
@@ -497,22 +702,42 @@ def_path(struct store *st)
 	return xasprintf("%s/definition", st->staging);
 }
 
+/*
+ * Remove the staging area.  sync 0 only once the cycle it held is the
+ * newest point and its digests are synced: an index brought back by a
+ * crash then names the newest point's cycle, which recovery only
+ * rewrites the digests of; before anything else can make that cycle
+ * not the newest (a rewind, a role change), sync_staging() syncs.
+ */
 static void
-remove_staging(struct store *st)
+remove_staging(struct store *st, int sync)
 {
 	char *ix = xasprintf("%s/index", st->staging);
+	char *tmp = xasprintf("%s/index.tmp", st->staging);
 	char *data = xasprintf("%s/data", st->staging);
-	char *mark = xasprintf("%s/applied", st->staging);
+	char *mark = xasprintf("%s/applied", st->staging);  /* version 1's */
 	char *def = def_path(st);
+	unlink(tmp);
+	free(tmp);
 	unlink(ix);
 	unlink(data);
 	unlink(mark);
 	unlink(def);
-	util_fsync_dir(st->staging);
+	if (sync)
+		util_fsync_dir(st->staging);
+	st->staging_unsynced = !sync;
 	free(ix);
 	free(data);
 	free(mark);
 	free(def);
+}
+
+/* Make the removal of an applied cycle's staging durable. */
+static void
+sync_staging(struct store *st)
+{
+	if (st->staging_unsynced && util_fsync_dir(st->staging) == 0)
+		st->staging_unsynced = 0;
 }
 
 /* The cycle is over (applied or abandoned): its definition goes. */
@@ -533,21 +758,18 @@ static void close_digest_fds(struct store *st);
 static void remove_unreferenced(struct store *st);
 static int make_room(struct store *st, uint64_t need, char *err,
     size_t errsz);
+static int write_digests(struct store *st, const struct stage_index *ix);
 
 /* Finish a complete staged cycle or abandon an incomplete one. */
 static int
 recover(struct store *st, char *err, size_t errsz)
 {
 	char *path = xasprintf("%s/index", st->staging);
-	uint8_t *data = NULL;
-	size_t len;
-	struct stage_index ix = { 0 };
+	struct stage_index ix;
 	struct cat_point pt;
 	int r;
 
-	r = util_read_file(path, (size_t)1 << 34, &data, &len);
-	if (r == 0)
-		r = index_decode(data, len, &ix);
+	r = index_open(path, &ix);
 	if (r != 0 && r != RD_ERR_NOT_FOUND && r != RD_ERR_CORRUPT) {
 		/* Cannot tell whether a cycle is pending: touch nothing. */
 		snprintf(err, errsz, "cannot read %s: %s", path,
@@ -557,10 +779,24 @@ recover(struct store *st, char *err, size_t errsz)
 	if (r == RD_ERR_CORRUPT)
 		log_warnx("%s: staged cycle index %s is corrupt; abandoning "
 		    "that cycle", st->rel.vm, path);
-	if (r == 0 && ix.c.cycle <= st->rel.last_cycle) {
-		/* Applied and recorded before the crash: only clean up. */
-		remove_staging(st);
-	} else if (r == 0) {
+	if (r == 0 && ix.c.cycle == st->rel.last_cycle &&
+	    st->rel.at_point == 0) {
+		/* Recorded before the crash: its digests are written after
+		 * the point is recorded, so write them (again).  (Not while
+		 * a rewind holds the images at another point: a rewind
+		 * syncs the staging's removal before it starts, so this is
+		 * a stale index.) */
+		pthread_mutex_lock(&st->lock);
+		r = write_digests(st, &ix);
+		pthread_mutex_unlock(&st->lock);
+		if (r != 0) {
+			r = io_code(r);
+			snprintf(err, errsz, "cannot write the digests of cycle %"
+			    PRIu64 ": %s", ix.c.cycle, strerror(errno));
+			goto out;
+		}
+	}
+	if (r == 0 && ix.c.cycle > st->rel.last_cycle) {
 		log_info("%s: finishing cycle %" PRIu64 " staged before a "
 		    "restart", st->rel.vm, ix.c.cycle);
 		int rolled_back;
@@ -575,11 +811,12 @@ recover(struct store *st, char *err, size_t errsz)
 			r = 0;
 		}
 	} else {
-		/* No complete cycle: undo what an interrupted apply may have
-		 * written, then drop what was received. */
+		/* No complete cycle (or a recorded one's index, done with
+		 * now): undo what an interrupted apply may have written, then
+		 * drop what was received. */
 		pthread_mutex_lock(&st->lock);
 		if ((r = roll_back_orphans(st, err, errsz)) == 0) {
-			remove_staging(st);
+			remove_staging(st, 1);
 			if ((r = trim_images(st)) != 0) {
 				r = io_code(r);
 				snprintf(err, errsz, "cannot trim images: %s",
@@ -589,8 +826,8 @@ recover(struct store *st, char *err, size_t errsz)
 		pthread_mutex_unlock(&st->lock);
 	}
 out:
-	free(ix.recs);
-	free(data);
+	if (ix.fd >= 0)
+		close(ix.fd);
 	free(path);
 	return r;
 }
@@ -615,6 +852,9 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 	st->cat = cat;
 	st->rel = *rel;
 	st->data_fd = -1;
+	st->ix_fd = -1;
+	if ((st->ix_sum = XXH3_createState()) == NULL)
+		fatalx("out of memory");
 	st->lock_fd = -1;
 	for (int i = 0; i < CAT_MAX_DISKS; i++)
 		st->img[i] = st->dig_fd[i] = -1;
@@ -859,6 +1099,7 @@ store_close(struct store *st)
 		return;
 	if (st->active)
 		store_cycle_abort(st);
+	sync_staging(st);
 	for (int i = 0; i < CAT_MAX_DISKS; i++)
 		if (st->img[i] >= 0)
 			close(st->img[i]);
@@ -866,6 +1107,7 @@ store_close(struct store *st)
 	if (st->lock_fd >= 0)
 		close(st->lock_fd);
 	wb_free(&st->recs);
+	XXH3_freeState(st->ix_sum);
 	forget_def(st);
 	pthread_mutex_destroy(&st->lock);
 	pthread_mutex_destroy(&st->rel_lock);
@@ -1185,7 +1427,8 @@ recover_rewind(struct store *st, char *err, size_t errsz)
 		char *tmp = xasprintf("%s.tmp", path);
 		unlink(tmp);
 		free(tmp);
-	} else {
+	} else if (pts[is].seg != CAT_SEG_NONE) {
+		/* (A point with no segment is the point before it.) */
 		path = seg_path(st, &pts[is]);
 		if ((r = apply_segment(st, path, err, errsz)) != 0)
 			goto out;
@@ -1215,6 +1458,9 @@ store_rewind(struct store *st, uint64_t target, int check_unchanged,
 		r = RD_ERR_BUSY;
 		goto out;
 	}
+	/* The rewind makes an older point the newest: an applied cycle's
+	 * index must not come back as one newer than it. */
+	sync_staging(st);
 	/* A step that failed half-way: back to where it started first. */
 	if (st->rel.step_to != 0 && (r = recover_rewind(st, err, errsz)) != 0)
 		goto out;
@@ -1247,17 +1493,21 @@ store_rewind(struct store *st, uint64_t target, int check_unchanged,
 			break;
 		free(path);
 		path = redo_path(st, p->cycle);
-		char *upath = seg_path(st, p);
-		uint64_t bytes;
-		r = undo_invert(upath, st->img, st->rel.ndisks, p->cycle, path,
-		    &bytes);
-		if (r != 0)
-			snprintf(err, errsz, "cannot save what point %" PRIu64
-			    " overwrites: %s", p->id, r == RD_ERR_SYSTEM ?
-			    strerror(errno) : rd_strerror(r));
-		else
-			r = apply_segment(st, upath, err, errsz);
-		free(upath);
+		if (p->seg != CAT_SEG_NONE) {
+			/* (None: an empty cycle's point, the same images.) */
+			char *upath = seg_path(st, p);
+			uint64_t bytes;
+			r = undo_invert(upath, st->img, st->rel.ndisks, p->cycle,
+			    path, &bytes);
+			if (r != 0)
+				snprintf(err, errsz, "cannot save what point %"
+				    PRIu64 " overwrites: %s", p->id,
+				    r == RD_ERR_SYSTEM ? strerror(errno) :
+				    rd_strerror(r));
+			else
+				r = apply_segment(st, upath, err, errsz);
+			free(upath);
+		}
 		if (r == 0)
 			r = set_rewind(st, pts[i - 1].id, 0, err, errsz);
 		i--;
@@ -1270,7 +1520,8 @@ store_rewind(struct store *st, uint64_t target, int check_unchanged,
 			break;
 		free(path);
 		path = redo_path(st, q->cycle);
-		if ((r = apply_segment(st, path, err, errsz)) == 0 &&
+		if ((q->seg == CAT_SEG_NONE ||
+		    (r = apply_segment(st, path, err, errsz)) == 0) &&
 		    (r = set_rewind(st, q->id, 0, err, errsz)) == 0)
 			unlink(path);
 		i++;
@@ -1303,6 +1554,7 @@ store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 	int r;
 
 	pthread_mutex_lock(&st->lock);
+	sync_staging(st);
 	if (st->rel.step_to != 0 && (r = recover_rewind(st, err, errsz)) != 0)
 		goto out;
 	if ((r = cat_rel_get(st->cat, st->rel.vm, &rel)) != 0 ||
@@ -1326,6 +1578,8 @@ store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 	 */
 	size_t moved = (size_t)i + 1;
 	for (; moved < n && r == 0; moved++) {
+		if (pts[moved].seg == CAT_SEG_NONE)
+			continue;
 		char *p = seg_path(st, &pts[moved]);
 		char *q = xasprintf("%s.dropped", p);
 		if (rename(p, q) != 0 && errno != ENOENT) {
@@ -1339,6 +1593,8 @@ store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 	if (r != 0) {
 		/* Put back what was set aside: nothing was committed. */
 		for (size_t k = (size_t)i + 1; k + 1 < moved; k++) {
+			if (pts[k].seg == CAT_SEG_NONE)
+				continue;
 			char *p = seg_path(st, &pts[k]);
 			char *q = xasprintf("%s.dropped", p);
 			rename(q, p);
@@ -1596,7 +1852,7 @@ store_drop_point(struct store *st, uint64_t id, uint64_t *freed, char *err,
 	struct cat_point *pts = NULL;
 	size_t n = 0;
 	char *a = NULL, *b = NULL, *merged = NULL;
-	int r;
+	int r, made_empty = 0;
 
 	*freed = 0;
 	if ((r = finish_unfinished(st, err, errsz)) != 0)
@@ -1659,18 +1915,39 @@ store_drop_point(struct store *st, uint64_t id, uint64_t *freed, char *err,
 			goto out;
 		}
 		*freed = was;
-	} else {
-		if (a == NULL || b == NULL) {
-			snprintf(err, errsz, "points %" PRIu64 " and %" PRIu64
-			    " of %s lack undo segments", j->id, k->id,
-			    st->rel.vm);
-			r = RD_ERR_CORRUPT;
+	} else if (a == NULL) {
+		/* j is an empty cycle's point, the same as the one before
+		 * it: k's segment takes k back to that one already. */
+		if ((r = cat_point_drop(st->cat, st->rel.vm, j->id, k->id,
+		    k->seg, k->undo_bytes)) != 0) {
+			snprintf(err, errsz, "catalog: %s", rd_strerror(r));
 			goto out;
 		}
+		free(b);
+		b = NULL;	/* k keeps it */
+		*freed = was - k->undo_bytes;
+	} else {
 		struct cat_point nk = *k;
 		uint64_t bytes = 0;
-		nk.seg = k->seg + 1;
+		nk.seg = k->seg == CAT_SEG_NONE ? 1 : k->seg + 1;
 		merged = seg_path(st, &nk);
+		if (b == NULL) {
+			/* k is an empty cycle's point: merge j's segment with
+			 * an empty one of k's (k's name, so a crash leaves it
+			 * to remove_unreferenced). */
+			struct cat_point ek = *k;
+			struct undo_writer *w;
+			uint64_t eb;
+			ek.seg = 0;
+			b = seg_path(st, &ek);
+			if ((r = undo_create(b, k->cycle, k->ndisks, j->sizes,
+			    &w)) != 0 || (r = undo_finish(w, &eb)) != 0) {
+				snprintf(err, errsz, "cannot write %s: %s", b,
+				    strerror(errno));
+				goto out;
+			}
+			made_empty = 1;
+		}
 		fault_point("replica-before-merge");
 		if ((r = undo_merge(b, a, k->cycle, merged, &bytes)) != 0) {
 			snprintf(err, errsz, "cannot merge the undo segments of "
@@ -1695,6 +1972,8 @@ store_drop_point(struct store *st, uint64_t id, uint64_t *freed, char *err,
 		unlink(b);
 	util_fsync_dir(st->undo_dir);
 out:
+	if (r != 0 && made_empty)
+		unlink(b);
 	pthread_mutex_unlock(&st->lock);
 	free(a);
 	free(b);
@@ -1962,26 +2241,26 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 	 * (its removal not synced) would have recovery check it against
 	 * this cycle's data and direct writes, and finish a mix.  So must
 	 * its definition (drop_index syncs the directory). */
+	/* Only what was there needs syncing: an applied cycle's staging,
+	 * removed unsynced, names the newest point's cycle (remove_staging),
+	 * and every other removal was synced. */
 	char *def = def_path(st);
 	forget_def(st);
-	r = unlink(def) == 0 || errno == ENOENT ? drop_index(st) :
-	    RD_ERR_SYSTEM;
+	int had_def = unlink(def) == 0;
+	r = had_def || errno == ENOENT ? drop_index(st) : RD_ERR_SYSTEM;
+	if (r == 0 && had_def)
+		r = util_fsync_dir(st->staging);
 	free(def);
 	if (r != 0) {
 		snprintf(err, errsz, "cannot clear %s: %s", st->staging,
 		    strerror(errno));
 		return io_code(RD_ERR_SYSTEM);
 	}
-	char *data = xasprintf("%s/data", st->staging);
-	st->data_fd = open(data, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC |
-	    O_NOFOLLOW, 0600);
-	if (st->data_fd < 0) {
-		snprintf(err, errsz, "cannot create %s: %s", data,
-		    open_error());
-		free(data);
-		return RD_ERR_SYSTEM;
-	}
-	free(data);
+	/* .staging/data is made by the first block staged, index.tmp by
+	 * the first extent: a cycle that changes nothing needs neither. */
+	st->data_fd = -1;
+	st->ix_fd = -1;
+	st->ix_off = 0;
 	st->cur = *c;
 	memset(st->unsynced, 0, sizeof(st->unsynced));
 	st->data_off = 0;
@@ -1994,9 +2273,10 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 }
 
 /*
- * Start writing back what a cycle wrote so far without waiting for it:
- * the fsync at the end of the cycle then finds little left to do, and
- * the disk works while the network does.
+ * Start writing back what a cycle wrote into the images so far without
+ * waiting for it: the images' fsync then finds little left to do, and
+ * the disk works while the network does.  (Not the staged data: it is
+ * never synced, and a small cycle's is removed before it is written.)
  */
 static void
 kick_writeback(struct store *st, int slot, int fd, uint64_t len)
@@ -2047,6 +2327,18 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 	} else {
 		where = WHERE_STAGED;
 		data_off = st->data_off;
+		if (st->data_fd < 0) {
+			char *p = xasprintf("%s/data", st->staging);
+			st->data_fd = open(p, O_RDWR | O_CREAT | O_TRUNC |
+			    O_CLOEXEC | O_NOFOLLOW, 0600);
+			if (st->data_fd < 0) {
+				snprintf(err, errsz, "cannot create %s: %s", p,
+				    open_error());
+				free(p);
+				return io_code(RD_ERR_SYSTEM);
+			}
+			free(p);
+		}
 		r = util_pwrite_full(st->data_fd, data, len, (off_t)data_off);
 		if (r != 0) {
 			snprintf(err, errsz, "staging write: %s",
@@ -2054,8 +2346,9 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 			return errno == ENOSPC ? RD_ERR_NOSPACE : r;
 		}
 		st->data_off += len;
-		kick_writeback(st, CAT_MAX_DISKS, st->data_fd, len);
 	}
+	if (st->ix_fd < 0 && (r = index_start(st, err, errsz)) != 0)
+		return r;
 	wb_put_u16(&st->recs, disk);
 	wb_put_u64(&st->recs, off);
 	wb_put_u32(&st->recs, len);
@@ -2068,6 +2361,11 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 		    st->recs.len += DIGEST_LEN;
 	st->nrec++;
 	st->raw_bytes += len;
+	if (st->recs.len >= STAGE_WINDOW && (r = index_flush(st)) != 0) {
+		snprintf(err, errsz, "staging index write: %s",
+		    strerror(errno));
+		return io_code(r);
+	}
 	/* What applying it may take: a staged block's undo copy, its place
 	 * in the image and its digest record; a block past the old size, in
 	 * the image already, its record; a zero extent, at most the undo copy
@@ -2110,8 +2408,11 @@ store_cycle_abort(struct store *st)
 	if (st->data_fd >= 0)
 		close(st->data_fd);
 	st->data_fd = -1;
+	if (st->ix_fd >= 0)
+		close(st->ix_fd);
+	st->ix_fd = -1;
 	st->active = 0;
-	remove_staging(st);
+	remove_staging(st, 1);
 	pthread_mutex_lock(&st->lock);
 	int r = trim_images(st);
 	pthread_mutex_unlock(&st->lock);
@@ -2137,31 +2438,51 @@ static int
 write_digests(struct store *st, const struct stage_index *ix)
 {
 	uint32_t bs = ix->block_size;
-	int fds[CAT_MAX_DISKS], r = 0;
+	int fds[CAT_MAX_DISKS], touched[CAT_MAX_DISKS], created = 0, r = 0;
 	struct wbuf run;
 	uint16_t run_disk = 0;
 	uint64_t run_block = 0;
 
 	wb_init(&run);
-	for (uint16_t i = 0; i < ix->c.ndisks; i++)
+	for (uint16_t i = 0; i < ix->c.ndisks; i++) {
 		fds[i] = -1;
+		touched[i] = 0;
+	}
 	for (uint16_t i = 0; i < ix->c.ndisks; i++) {
 		char *p = disk_path(st, st->digest_dir, i);
-		fds[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
-		    0600);
+		struct stat sb;
+		off_t want = (off_t)(nblocks_of(ix->c.sizes[i], bs) *
+		    DIGEST_LEN);
+		fds[i] = open(p, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+		if (fds[i] < 0 && errno == ENOENT) {
+			fds[i] = open(p, O_RDWR | O_CREAT | O_CLOEXEC |
+			    O_NOFOLLOW, 0600);
+			created = touched[i] = 1;
+		}
 		free(p);
-		if (fds[i] < 0 || ftruncate(fds[i], (off_t)(nblocks_of(
-		    ix->c.sizes[i], bs) * DIGEST_LEN)) != 0) {
+		if (fds[i] < 0 || fstat(fds[i], &sb) != 0) {
 			r = RD_ERR_SYSTEM;
 			goto out;
+		}
+		if (sb.st_size != want) {
+			touched[i] = 1;
+			if (ftruncate(fds[i], want) != 0) {
+				r = RD_ERR_SYSTEM;
+				goto out;
+			}
 		}
 	}
 	/* Extents arrive in disk and offset order: write each run of
 	 * consecutive data blocks' records at once. */
-	for (uint64_t k = 0; k < ix->nrec && r == 0; k++) {
-		const struct stage_rec *rec = &ix->recs[k];
+	struct stage_iter it;
+	struct stage_rec one_rec;
+	const struct stage_rec *rec = &one_rec;
+	int got = 0;
+	ix_begin(&it, ix);
+	while (r == 0 && (got = ix_next(&it, &one_rec)) > 0) {
 		uint64_t first = rec->off / bs;
 		uint64_t nb = nblocks_of(rec->len, bs);
+		touched[rec->disk] = 1;
 		if (run.len > 0 && (rec->where == WHERE_ZERO ||
 		    rec->disk != run_disk || first != run_block +
 		    run.len / DIGEST_LEN || run.len >= (1u << 20))) {
@@ -2186,17 +2507,24 @@ write_digests(struct store *st, const struct stage_index *ix)
 		for (uint64_t b = 0; b < nb; b++)
 			wb_put_bytes(&run, one, DIGEST_LEN);
 	}
+	ix_end(&it);
+	if (r == 0 && got < 0) {
+		r = got;
+		if (r != RD_ERR_SYSTEM)
+			errno = EIO;
+	}
 	if (r == 0 && run.len > 0)
 		r = put_records(fds[run_disk], run_block, run.p,
 		    run.len / DIGEST_LEN);
 	if (r != 0)
 		goto out;
 	for (uint16_t i = 0; i < ix->c.ndisks; i++)
-		if (fsync(fds[i]) != 0) {
+		if (touched[i] && fdatasync(fds[i]) != 0) {
 			r = RD_ERR_SYSTEM;
 			goto out;
 		}
-	r = util_fsync_dir(st->digest_dir);	/* files it may have created */
+	if (created)
+		r = util_fsync_dir(st->digest_dir);
 out:
 	wb_free(&run);
 	for (uint16_t i = 0; i < ix->c.ndisks; i++)
@@ -2215,50 +2543,70 @@ out:
  * it again.
  */
 static int
-check_staged(struct store *st, const struct stage_index *ix, int data_fd,
-    uint8_t *buf, int direct, char *err, size_t errsz)
+check_rec(struct store *st, const struct stage_index *ix,
+    const struct stage_rec *rec, int data_fd, uint8_t *buf, int direct,
+    char *err, size_t errsz)
 {
-	for (uint64_t k = 0; k < ix->nrec; k++) {
-		const struct stage_rec *rec = &ix->recs[k];
-		struct digest d;
-		if (rec->where == WHERE_DIRECT && direct) {
-			if (rec->len > IO_CHUNK || util_pread_full(
-			    st->img[rec->disk], buf, rec->len,
-			    (off_t)rec->off) != 0) {
-				snprintf(err, errsz, "%s lost the blocks cycle %"
-				    PRIu64 " wrote past its old size (offset %"
-				    PRIu64 ")", st->rel.disks[rec->disk].name,
-				    ix->c.cycle, rec->off);
-				return RD_ERR_CORRUPT;
-			}
-			digest_block(buf, rec->len, &d);
-			if (!digest_equal(&d, &rec->hash)) {
-				snprintf(err, errsz, "the block at offset %"
-				    PRIu64 " of %s, written past its old size by "
-				    "cycle %" PRIu64 ", no longer matches its "
-				    "hash", rec->off,
-				    st->rel.disks[rec->disk].name, ix->c.cycle);
-				return RD_ERR_HASH;
-			}
-			continue;
-		}
-		if (rec->where != WHERE_STAGED)
-			continue;
-		if (data_fd < 0 || rec->len > IO_CHUNK || util_pread_full(
-		    data_fd, buf, rec->len, (off_t)rec->data_off) != 0) {
-			snprintf(err, errsz, "staged data of cycle %" PRIu64
-			    " is missing or short", ix->c.cycle);
+	struct digest d;
+	if (rec->where == WHERE_DIRECT && direct) {
+		if (rec->len > IO_CHUNK || util_pread_full(
+		    st->img[rec->disk], buf, rec->len,
+		    (off_t)rec->off) != 0) {
+			snprintf(err, errsz, "%s lost the blocks cycle %"
+			    PRIu64 " wrote past its old size (offset %"
+			    PRIu64 ")", st->rel.disks[rec->disk].name,
+			    ix->c.cycle, rec->off);
 			return RD_ERR_CORRUPT;
 		}
 		digest_block(buf, rec->len, &d);
 		if (!digest_equal(&d, &rec->hash)) {
-			snprintf(err, errsz, "staged block at offset %" PRIu64
-			    " of cycle %" PRIu64 " no longer matches its hash",
-			    rec->off, ix->c.cycle);
+			snprintf(err, errsz, "the block at offset %"
+			    PRIu64 " of %s, written past its old size by "
+			    "cycle %" PRIu64 ", no longer matches its "
+			    "hash", rec->off,
+			    st->rel.disks[rec->disk].name, ix->c.cycle);
 			return RD_ERR_HASH;
 		}
+		return 0;
+	}
+	if (rec->where != WHERE_STAGED)
+		return 0;
+	if (data_fd < 0 || rec->len > IO_CHUNK || util_pread_full(
+	    data_fd, buf, rec->len, (off_t)rec->data_off) != 0) {
+		snprintf(err, errsz, "staged data of cycle %" PRIu64
+		    " is missing or short", ix->c.cycle);
+		return RD_ERR_CORRUPT;
+	}
+	digest_block(buf, rec->len, &d);
+	if (!digest_equal(&d, &rec->hash)) {
+		snprintf(err, errsz, "staged block at offset %" PRIu64
+		    " of cycle %" PRIu64 " no longer matches its hash",
+		    rec->off, ix->c.cycle);
+		return RD_ERR_HASH;
 	}
 	return 0;
+}
+
+static int
+check_staged(struct store *st, const struct stage_index *ix, int data_fd,
+    uint8_t *buf, int direct, char *err, size_t errsz)
+{
+	struct stage_iter it;
+	struct stage_rec rec;
+	int r = 0, got;
+
+	ix_begin(&it, ix);
+	while ((got = ix_next(&it, &rec)) > 0 &&
+	    (r = check_rec(st, ix, &rec, data_fd, buf, direct, err,
+	    errsz)) == 0)
+		;
+	ix_end(&it);
+	if (r == 0 && got < 0) {
+		snprintf(err, errsz, "the staged index of cycle %" PRIu64
+		    " cannot be read back", ix->c.cycle);
+		r = RD_ERR_CORRUPT;
+	}
+	return r;
 }
 
 /*
@@ -2273,10 +2621,8 @@ static int
 drop_index(struct store *st)
 {
 	char *ix = xasprintf("%s/index", st->staging);
-	int r = 0;
-	if (unlink(ix) != 0 && errno != ENOENT)
-		r = RD_ERR_SYSTEM;
-	if (r == 0)
+	int r = unlink(ix) == 0 ? 1 : errno == ENOENT ? 0 : RD_ERR_SYSTEM;
+	if (r == 1)
 		r = util_fsync_dir(st->staging);
 	free(ix);
 	return r;
@@ -2309,35 +2655,11 @@ rollback(struct store *st, const struct stage_index *ix, const char *upath)
 		return r;
 	if (unlink(upath) != 0 && errno != ENOENT)
 		return RD_ERR_SYSTEM;
-	remove_staging(st);
+	remove_staging(st, 1);
 	util_fsync_dir(st->undo_dir);
 	log_warnx("%s: cycle %" PRIu64 " rolled back; the replica stays at "
 	    "point %" PRIu64, st->rel.vm, ix->c.cycle, st->rel.last_point);
 	return 0;
-}
-
-/*
- * .staging/applied holds the number of a cycle whose image writes are
- * complete and synced: from then on its digests may be rewritten (they
- * have no undo), so the cycle is only ever rolled forward, and doing so
- * needs neither the staged data nor the undo segment written again.
- */
-static int
-applied_mark(struct store *st, const struct stage_index *ix)
-{
-	char *p = xasprintf("%s/applied", st->staging);
-	uint8_t *data = NULL;
-	size_t len;
-	int yes = 0;
-	if (util_read_file(p, 64, &data, &len) == 0) {
-		char txt[65];
-		memcpy(txt, data, len);
-		txt[len] = '\0';
-		yes = strtoull(txt, NULL, 10) == ix->c.cycle;
-	}
-	free(data);
-	free(p);
-	return yes;
 }
 
 /*
@@ -2372,9 +2694,99 @@ staged_def(struct store *st, uint64_t cycle, uint8_t **def, size_t *len)
 }
 
 /*
+ * Whether the images hold every extent of the cycle and its sizes (the
+ * apply of a cycle whose staged data is gone was complete).
+ */
+static int
+images_hold(struct store *st, const struct stage_index *ix, uint8_t *buf)
+{
+	struct stage_iter it;
+	struct stage_rec rec;
+	struct digest d;
+	struct stat sb;
+	int got, yes = 1;
+
+	for (uint16_t i = 0; i < ix->c.ndisks; i++)
+		if (fstat(st->img[i], &sb) != 0 ||
+		    (uint64_t)sb.st_size != ix->c.sizes[i])
+			return 0;
+	ix_begin(&it, ix);
+	while (yes && (got = ix_next(&it, &rec)) > 0) {
+		if (rec.where == WHERE_ZERO) {
+			for (uint64_t o = 0; yes && o < rec.len; o += IO_CHUNK) {
+				size_t n = rec.len - o < IO_CHUNK ?
+				    (size_t)(rec.len - o) : IO_CHUNK;
+				yes = util_pread_holes(st->img[rec.disk], buf, n,
+				    (off_t)(rec.off + o)) == 0 &&
+				    util_is_zero(buf, n);
+			}
+		} else if (rec.len > IO_CHUNK || util_pread_holes(
+		    st->img[rec.disk], buf, rec.len, (off_t)rec.off) != 0) {
+			yes = 0;
+		} else {
+			digest_block(buf, rec.len, &d);
+			yes = digest_equal(&d, &rec.hash);
+		}
+	}
+	ix_end(&it);
+	return yes && got == 0;
+}
+
+/*
+ * Record cycle c as a new point (*out filled but for its id) in one
+ * catalog transaction, with def (may be NULL: the previous point's).
+ * A cycle recorded already (recovery finishing it again) gives its point.
+ */
+static int
+record_point(struct store *st, const struct store_cycle *c,
+    struct cat_point *out, const char *def, size_t def_len)
+{
+	int r;
+
+	if (st->unrecorded) {
+		struct cat_rel rel;
+		store_rel(st, &rel);
+		r = cat_point_commit_new(st->cat, &rel, out, def, def_len);
+	} else {
+		r = cat_point_commit(st->cat, st->rel.vm, out, def, def_len);
+	}
+	if (r == RD_ERR_EXISTS)
+		r = cat_point_by_cycle(st->cat, st->rel.vm, c->cycle, out);
+	return r;
+}
+
+/* The catalog recorded cycle c as point out: the store's view follows. */
+static void
+point_recorded(struct store *st, const struct store_cycle *c,
+    const struct cat_point *out)
+{
+	pthread_mutex_lock(&st->rel_lock);
+	st->rel.last_cycle = c->cycle;
+	st->rel.last_point = out->id;
+	st->rel.last_point_created_ms = c->created_ms;
+	if (c->generation >= st->rel.generation)
+		st->rel.reassigned = 0;	/* the new sender's first point */
+	st->rel.generation = c->generation > st->rel.generation ?
+	    c->generation : st->rel.generation;
+	for (uint16_t i = 0; i < c->ndisks; i++)
+		st->rel.disks[i].size = c->sizes[i];
+	int was_new = st->unrecorded;
+	st->unrecorded = 0;
+	pthread_mutex_unlock(&st->rel_lock);
+	if (was_new) {
+		/* Recorded: the marker goes (start-up removes it if not). */
+		char *nm = xasprintf("%s/%s", st->dir, NEW_MARK);
+		if (unlink(nm) != 0 && errno != ENOENT)
+			log_warn("%s: cannot remove %s", st->rel.vm, nm);
+		util_fsync_dir(st->dir);
+		free(nm);
+	}
+}
+
+/*
  * Apply a complete staged cycle: undo segment (unless a complete one
  * exists from an interrupted attempt), image writes, sizes, fsync,
- * digests, catalog, staging removal.  Idempotent from any crash point.
+ * catalog, digests, staging removal.  Idempotent from any crash point.
  * recovering: the cycle was staged before a restart or a failure, so
  * the blocks it wrote into the images are checked first.
  */
@@ -2386,7 +2798,10 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 	uint8_t *buf = NULL, *def = NULL;
 	size_t def_len = 0;
 	uint64_t undo_bytes = 0;
-	int data_fd = -1, r, may_roll_back = 0;
+	int data_fd = -1, r = 0, got = 0, may_roll_back = 0;
+	int wrote[CAT_MAX_DISKS] = { 0 };
+	struct stage_iter it;
+	struct stage_rec rec;
 	struct stat sb;
 
 	*rolled_back = 0;
@@ -2408,22 +2823,24 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 
 	data_path = xasprintf("%s/data", st->staging);
 	buf = xmalloc(IO_CHUNK);
-	if (recovering && applied_mark(st, ix)) {
-		/* The images hold this cycle: only digests and catalog. */
-		if (stat(upath, &sb) != 0) {
-			snprintf(err, errsz, "the undo segment %s of the applied "
-			    "cycle %" PRIu64 " is missing", upath, ix->c.cycle);
-			r = RD_ERR_CORRUPT;
-			goto out;
-		}
-		undo_bytes = (uint64_t)sb.st_size;
-		goto digests;
-	}
 	data_fd = open(data_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	may_roll_back = 1;
 	if ((r = check_staged(st, ix, data_fd, buf, recovering, err,
-	    errsz)) != 0)
-		goto out;
+	    errsz)) != 0) {
+		/* Staged data damaged after the images were written (a crash
+		 * before the catalog): if the images hold the whole cycle,
+		 * it needs no staged data; else it is rolled back. */
+		if (!recovering || stat(upath, &sb) != 0 ||
+		    !images_hold(st, ix, buf))
+			goto out;
+		log_warnx("%s: %s, but the images hold cycle %" PRIu64
+		    " already: recording it", st->rel.vm, err, ix->c.cycle);
+		undo_bytes = (uint64_t)sb.st_size;
+		for (uint16_t i = 0; i < ix->c.ndisks; i++)
+			wrote[i] = 1;
+		r = 0;
+		goto sync;
+	}
 
 	/* 1. undo: the old content of everything the cycle overwrites */
 	if (stat(upath, &sb) != 0) {
@@ -2436,13 +2853,19 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 			goto out;
 		}
 		undo_set_clone(w, st->undo_clone);
-		for (uint64_t k = 0; k < ix->nrec; k++) {
-			const struct stage_rec *rec = &ix->recs[k];
-			if (rec->where == WHERE_DIRECT)
+		ix_begin(&it, ix);
+		while ((got = ix_next(&it, &rec)) > 0) {
+			if (rec.where == WHERE_DIRECT)
 				continue;
-			if ((r = undo_save_range(w, rec->disk,
-			    st->img[rec->disk], rec->off, rec->len)) != 0)
+			if ((r = undo_save_range(w, rec.disk,
+			    st->img[rec.disk], rec.off, rec.len)) != 0)
 				break;
+		}
+		ix_end(&it);
+		if (r == 0 && got < 0) {
+			r = got;
+			if (r != RD_ERR_SYSTEM)
+				errno = EIO;
 		}
 		if (r != 0) {
 			r = io_code(r);
@@ -2463,37 +2886,55 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 	fault_point("replica-after-undo");
 
 	/* 2. the new content */
-	for (uint64_t k = 0; k < ix->nrec; k++) {
-		const struct stage_rec *rec = &ix->recs[k];
-		int fd = st->img[rec->disk];
-		if (rec->where == WHERE_ZERO) {
-			r = punch_zero(fd, rec->off, rec->len);
-		} else if (rec->where == WHERE_STAGED) {
-			if (data_fd < 0 || rec->len > IO_CHUNK) {
+	ix_begin(&it, ix);
+	for (uint64_t k = 0; (got = ix_next(&it, &rec)) > 0; k++) {
+		int fd = st->img[rec.disk];
+		if (rec.where == WHERE_ZERO) {
+			r = punch_zero(fd, rec.off, rec.len);
+		} else if (rec.where == WHERE_STAGED) {
+			if (data_fd < 0 || rec.len > IO_CHUNK) {
 				r = RD_ERR_CORRUPT;
-			} else if ((r = util_pread_full(data_fd, buf, rec->len,
-			    (off_t)rec->data_off)) == 0) {
+			} else if ((r = util_pread_full(data_fd, buf, rec.len,
+			    (off_t)rec.data_off)) == 0) {
 				struct digest d;
-				digest_block(buf, rec->len, &d);
-				if (!digest_equal(&d, &rec->hash))
+				digest_block(buf, rec.len, &d);
+				if (!digest_equal(&d, &rec.hash))
 					r = RD_ERR_HASH;
 				else
-					r = util_pwrite_full(fd, buf, rec->len,
-					    (off_t)rec->off);
+					r = util_pwrite_full(fd, buf, rec.len,
+					    (off_t)rec.off);
 			}
 		}
 		if (k == ix->nrec / 2)
 			fault_point("replica-mid-apply");
 		if (r != 0) {
 			snprintf(err, errsz, "applying cycle %" PRIu64 " to %s: "
-			    "%s", ix->c.cycle, st->rel.disks[rec->disk].name,
+			    "%s", ix->c.cycle, st->rel.disks[rec.disk].name,
 			    r == RD_ERR_SYSTEM ? strerror(errno) :
 			    rd_strerror(r));
 			r = io_code(r);
-			goto out;
+			break;
 		}
+		if (rec.where != WHERE_DIRECT)
+			wrote[rec.disk] = 1;
 	}
+	ix_end(&it);
+	if (r == 0 && got < 0) {
+		snprintf(err, errsz, "the staged index of cycle %" PRIu64
+		    " cannot be read back", ix->c.cycle);
+		r = RD_ERR_CORRUPT;
+	}
+	if (r != 0)
+		goto out;
+	/* Synced: every image this cycle wrote below its old size or
+	 * resized (what it wrote past the old size was synced with the
+	 * staged data). */
+sync:
 	for (uint16_t i = 0; i < ix->c.ndisks; i++) {
+		if (ix->c.sizes[i] != ix->old_sizes[i])
+			wrote[i] = 1;
+		if (!wrote[i])
+			continue;
 		if (ftruncate(st->img[i], (off_t)ix->c.sizes[i]) != 0 ||
 		    fsync(st->img[i]) != 0) {
 			r = io_code(RD_ERR_SYSTEM);
@@ -2503,30 +2944,11 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 		}
 	}
 
-	/* 3. digests, then the catalog: from here the point exists, and a
-	 * failure is finished later (rolled forward), not rolled back.  The
-	 * mark says so durably first; if it may be there, no roll-back. */
-	char *mark = xasprintf("%s/applied", st->staging);
-	char num[32];
-	int nlen = snprintf(num, sizeof(num), "%" PRIu64 "\n", ix->c.cycle);
-	if ((r = util_write_atomic(mark, num, (size_t)nlen)) != 0) {
-		r = io_code(r);
-		snprintf(err, errsz, "cannot write %s: %s", mark,
-		    strerror(errno));
-		may_roll_back = lstat(mark, &sb) != 0 && errno == ENOENT;
-		free(mark);
-		goto out;
-	}
-	free(mark);
-	may_roll_back = 0;
-digests:
-	if ((r = write_digests(st, ix)) != 0) {
-		r = io_code(r);
-		snprintf(err, errsz, "cannot write digests: %s",
-		    strerror(errno));
-		goto out;
-	}
+	/* 3. the catalog: from here the point may exist (a commit that
+	 * reports a failure may still have been made durable), and a
+	 * failure is finished later (rolled forward), not rolled back. */
 	fault_point("replica-before-catalog");
+	may_roll_back = 0;
 	memset(out, 0, sizeof(*out));
 	out->cycle = ix->c.cycle;
 	out->created_ms = ix->c.created_ms;
@@ -2534,49 +2956,26 @@ digests:
 	out->undo_bytes = undo_bytes;
 	out->generation = ix->c.generation;
 	out->ndisks = ix->c.ndisks;
-	for (uint64_t k = 0; k < ix->nrec; k++)
-		out->bytes += ix->recs[k].len;
+	out->bytes = ix->bytes;
 	memcpy(out->sizes, ix->c.sizes, ix->c.ndisks * sizeof(uint64_t));
 	staged_def(st, ix->c.cycle, &def, &def_len);
-	if (st->unrecorded) {
-		struct cat_rel rel;
-		store_rel(st, &rel);
-		r = cat_point_commit_new(st->cat, &rel, out, (char *)def,
-		    def_len);
-	} else {
-		r = cat_point_commit(st->cat, st->rel.vm, out, (char *)def,
-		    def_len);
-	}
-	if (r == RD_ERR_EXISTS)
-		r = cat_point_by_cycle(st->cat, st->rel.vm, ix->c.cycle, out);
-	if (r != 0) {
+	if ((r = record_point(st, &ix->c, out, (char *)def, def_len)) != 0) {
 		snprintf(err, errsz, "cannot record the point: %s",
 		    rd_strerror(r));
 		goto out;
 	}
 	fault_point("replica-after-catalog");
-	pthread_mutex_lock(&st->rel_lock);
-	st->rel.last_cycle = ix->c.cycle;
-	st->rel.last_point = out->id;
-	st->rel.last_point_created_ms = ix->c.created_ms;
-	if (ix->c.generation >= st->rel.generation)
-		st->rel.reassigned = 0;	/* the new sender's first point */
-	st->rel.generation = ix->c.generation > st->rel.generation ?
-	    ix->c.generation : st->rel.generation;
-	for (uint16_t i = 0; i < ix->c.ndisks; i++)
-		st->rel.disks[i].size = ix->c.sizes[i];
-	int was_new = st->unrecorded;
-	st->unrecorded = 0;
-	pthread_mutex_unlock(&st->rel_lock);
-	if (was_new) {
-		/* Recorded: the marker goes (start-up removes it if not). */
-		char *nm = xasprintf("%s/%s", st->dir, NEW_MARK);
-		if (unlink(nm) != 0 && errno != ENOENT)
-			log_warn("%s: cannot remove %s", st->rel.vm, nm);
-		util_fsync_dir(st->dir);
-		free(nm);
+	point_recorded(st, &ix->c, out);
+	/* 4. the digests: a crash before they are synced finds the index
+	 * of the newest point's cycle, and recovery writes them again. */
+	if ((r = write_digests(st, ix)) != 0) {
+		r = io_code(r);
+		snprintf(err, errsz, "cannot write digests: %s",
+		    strerror(errno));
+		goto out;
 	}
-	remove_staging(st);
+	fault_point("replica-after-digests");
+	remove_staging(st, 0);
 	r = 0;
 out:
 	if (r != 0 && may_roll_back) {
@@ -2600,13 +2999,67 @@ out:
 	return r;
 }
 
+/* A cycle that changes nothing: no block, no disk grew, and no digests
+ * recorded by a resync (those need the digest files made whole, as an
+ * apply does). */
+static int
+cycle_is_empty(const struct store *st)
+{
+	if (st->nrec != 0)
+		return 0;
+	for (uint16_t i = 0; i < st->cur.ndisks; i++)
+		if (st->cur.sizes[i] != st->rel.disks[i].size ||
+		    st->dig_fd[i] >= 0)
+			return 0;
+	return 1;
+}
+
+/*
+ * An empty cycle's point: the images already are it, so it needs no
+ * staging, no undo segment (the catalog records none: CAT_SEG_NONE, and
+ * every reader of segments steps over such a point, whose content is the
+ * point before it) and no digests; one catalog transaction, with the
+ * definition the cycle carries, makes it durable.
+ */
+static int
+commit_empty(struct store *st, struct cat_point *out, char *err, size_t errsz)
+{
+	int r;
+
+	st->active = 0;
+	if (st->data_fd >= 0)
+		close(st->data_fd);
+	st->data_fd = -1;
+	memset(out, 0, sizeof(*out));
+	out->cycle = st->cur.cycle;
+	out->created_ms = st->cur.created_ms;
+	out->kind = st->cur.kind ? CAT_KIND_APP : CAT_KIND_CRASH;
+	out->seg = CAT_SEG_NONE;
+	out->generation = st->cur.generation;
+	out->ndisks = st->cur.ndisks;
+	memcpy(out->sizes, st->cur.sizes, st->cur.ndisks * sizeof(uint64_t));
+	pthread_mutex_lock(&st->lock);
+	fault_point("replica-before-catalog");
+	r = record_point(st, &st->cur, out, st->def, st->def_len);
+	if (r == 0) {
+		fault_point("replica-after-catalog");
+		point_recorded(st, &st->cur, out);
+	}
+	pthread_mutex_unlock(&st->lock);
+	forget_def(st);
+	if (r != 0) {
+		snprintf(err, errsz, "cannot record the point: %s",
+		    rd_strerror(r));
+	}
+	return r;
+}
+
 int
 store_cycle_commit(struct store *st, struct cat_point *out, char *err,
     size_t errsz)
 {
-	struct wbuf b;
 	struct stage_index ix;
-	char *path = NULL;
+	char *path = NULL, *tmp = NULL;
 	int r;
 
 	if (!st->active)
@@ -2616,27 +3069,27 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 		store_cycle_abort(st);
 		return r;
 	}
+	int empty = cycle_is_empty(st);
 	for (int i = 0; i < CAT_MAX_DISKS; i++)
 		if (st->dig_fd[i] >= 0 && fsync(st->dig_fd[i]) != 0)
 			log_warn("%s: fsync of the digests of disk %d", st->rel.vm,
 			    i);
 	close_digest_fds(st);
+	if (empty)
+		return commit_empty(st, out, err, errsz);
 	uint64_t t0 = util_mono_ms();
-	if (fdatasync(st->data_fd) != 0) {
-		snprintf(err, errsz, "cannot sync staging: %s", strerror(errno));
-		r = errno == ENOSPC ? RD_ERR_NOSPACE : RD_ERR_SYSTEM;
-		store_cycle_abort(st);
-		return r;
-	}
-	for (uint16_t i = 0; i < st->cur.ndisks; i++)
-		if (fdatasync(st->img[i]) != 0) {
-			r = io_code(RD_ERR_SYSTEM);
-			snprintf(err, errsz, "cannot sync %s: %s",
-			    st->rel.disks[i].name, strerror(errno));
-			store_cycle_abort(st);
-			return r;
-		}
-	close(st->data_fd);
+	/*
+	 * The staged data and the blocks written past the old sizes are not
+	 * synced: nothing needs them durable.  Until the undo segment is
+	 * durable no image block below the old sizes is touched; from then
+	 * on a crash rolls back with it whenever recovery finds a staged or
+	 * direct block that does not match its hash (or no index at all);
+	 * once the images are synced they hold the cycle (images_hold()).
+	 * A cycle is acknowledged only once recorded.  So a small cycle's
+	 * staged data is usually never written to disk at all.
+	 */
+	if (st->data_fd >= 0)
+		close(st->data_fd);
 	st->data_fd = -1;
 	st->active = 0;
 
@@ -2658,21 +3111,32 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 		}
 	}
 
-	wb_init(&b);
-	index_encode(st, &b);
+	/* The index: its last records and trailer, synced, renamed into
+	 * place and the rename synced. */
 	path = xasprintf("%s/index", st->staging);
-	if ((r = util_write_atomic(path, b.p, b.len)) != 0) {
+	tmp = xasprintf("%s.tmp", path);
+	if ((st->ix_fd < 0 && (r = index_start(st, err, errsz)) != 0) ||
+	    (r = index_finish(st)) != 0 || (r = fdatasync(st->ix_fd) != 0 ||
+	    rename(tmp, path) != 0 || util_fsync_dir(st->staging) != 0 ?
+	    RD_ERR_SYSTEM : 0) != 0) {
+		r = io_code(r);
 		snprintf(err, errsz, "cannot write %s: %s", path,
 		    strerror(errno));
-		r = errno == ENOSPC ? RD_ERR_NOSPACE : r;
 		st->active = 1;		/* so that abort cleans up */
 		store_cycle_abort(st);
 		goto out;
 	}
+	close(st->ix_fd);
+	st->ix_fd = -1;
 	fault_point("replica-after-index");
-	/* Apply from the decoded index: the same path recovery takes. */
-	if ((r = index_decode(b.p, b.len, &ix)) != 0) {
-		snprintf(err, errsz, "staged index does not decode");
+	/* Apply from the index read back: the same path recovery takes. */
+	if ((r = index_open(path, &ix)) != 0) {
+		snprintf(err, errsz, "the staged index %s does not read back: "
+		    "%s", path, r == RD_ERR_SYSTEM ? strerror(errno) :
+		    rd_strerror(r));
+		pthread_mutex_lock(&st->fix_lock);
+		st->unfinished = 1;	/* recovery finishes or drops it */
+		pthread_mutex_unlock(&st->fix_lock);
 		goto out;
 	}
 	uint64_t t1 = util_mono_ms();
@@ -2681,7 +3145,7 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 	log_debug("%s: cycle %" PRIu64 ": %" PRIu64 " ms to make the staged "
 	    "cycle durable, %" PRIu64 " ms to apply it", st->rel.vm,
 	    ix.c.cycle, t1 - t0, util_mono_ms() - t1);
-	free(ix.recs);
+	close(ix.fd);
 	if (r != 0 && !rolled_back) {
 		/* Neither finished nor undone: the image is between two
 		 * points.  Finish it before anything else touches it. */
@@ -2691,7 +3155,7 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 	}
 out:
 	free(path);
-	wb_free(&b);
+	free(tmp);
 	return r;
 }
 
@@ -2858,7 +3322,10 @@ unlock:
 		goto out;
 	}
 	for (size_t k = npts; k-- > 0;) {
-		if (pts[k].id > newest || pts[k].id <= id)
+		/* A point with no segment (an empty cycle's) is the point
+		 * before it. */
+		if (pts[k].id > newest || pts[k].id <= id ||
+		    pts[k].seg == CAT_SEG_NONE)
 			continue;
 		if (work_cancelled()) {
 			snprintf(err, errsz, "test copy cancelled: replicad is "

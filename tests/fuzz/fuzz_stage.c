@@ -43,13 +43,15 @@ valid(const uint8_t *p, size_t len, struct store_cycle *c, uint64_t *nrec)
 	XXH128_canonical_t sum;
 	size_t body, off;
 
-	if (len < HDR + DIGEST_LEN)
+	if (len < HDR + 16 + 8 + DIGEST_LEN)
 		return 0;
 	body = len - DIGEST_LEN;
 	XXH128_canonicalFromHash(&sum, XXH3_128bits(p, body));
 	if (memcmp(sum.digest, p + body, DIGEST_LEN) != 0 ||
-	    memcmp(p, "RDSTAGE1", 8) != 0 || be(p + 8, 4) != 1)
+	    memcmp(p, "RDSTAGE1", 8) != 0 || be(p + 8, 4) != 2)
 		return 0;
+	body -= 8;		/* the record count */
+	*nrec = be(p + body, 8);
 	memset(c, 0, sizeof(*c));
 	c->cycle = be(p + 16, 8);
 	c->created_ms = (int64_t)be(p + 24, 8);
@@ -59,12 +61,10 @@ valid(const uint8_t *p, size_t len, struct store_cycle *c, uint64_t *nrec)
 	if (c->ndisks == 0 || c->ndisks > CAT_MAX_DISKS)
 		return 0;
 	off = HDR;
-	if (body - off < 16 * (size_t)c->ndisks + 8)
+	if (body - off < 16 * (size_t)c->ndisks)
 		return 0;
 	for (uint16_t i = 0; i < c->ndisks; i++, off += 16)
 		c->sizes[i] = be(p + off + 8, 8);
-	*nrec = be(p + off, 8);
-	off += 8;
 	if ((body - off) % REC != 0 || (body - off) / REC != *nrec)
 		return 0;
 	for (; off < body; off += REC) {

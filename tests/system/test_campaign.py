@@ -279,6 +279,7 @@ CRASH_POINTS = [
     ("replica", "sync", "replica-staging"), ("replica", "sync", "replica-after-index"),
     ("replica", "sync", "replica-after-undo"), ("replica", "sync", "replica-mid-apply"),
     ("replica", "sync", "replica-before-catalog"), ("replica", "sync", "replica-after-catalog"),
+    ("replica", "sync", "replica-after-digests"),
     ("replica", "resync", "replica-mid-resync"), ("replica", "resync", "replica-commit-after-record"),
     ("replica", "forget", "replica-before-merge"), ("replica", "forget", "replica-after-merge"),
     ("replica", "forget", "replica-after-drop-record"),

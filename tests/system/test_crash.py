@@ -292,11 +292,14 @@ class Rig:
 
 # --- 1. replica crash points -------------------------------------------------
 
-def replica_fault(env, fault, expect_new, inspect=None):
+def replica_fault(env, fault, expect_new, inspect=None, empty=False):
+    """empty: the interrupted cycle changes nothing (its point is one
+    catalog transaction, with no staging and no undo segment)."""
     rig = Rig(env, SMALL)
     rig.history(3)
     base = rig.kept[max(rig.kept)]
-    rig.writes(grow=1)
+    if not empty:
+        rig.writes(grow=1)
     pending = rig.snap("attempt-" + fault)
     # The crash point is read from the environment at start.
     rig.rep.stop()
@@ -354,6 +357,18 @@ def test_replica_before_catalog(env):
 
 def test_replica_after_catalog(env):
     replica_fault(env, "replica-after-catalog", 1)
+
+
+def test_replica_after_digests(env):
+    replica_fault(env, "replica-after-digests", 1)
+
+
+def test_replica_empty_before_catalog(env):
+    replica_fault(env, "replica-before-catalog", 0, empty=True)
+
+
+def test_replica_empty_after_catalog(env):
+    replica_fault(env, "replica-after-catalog", 1, empty=True)
 
 
 # --- 2. primary crash points --------------------------------------------------

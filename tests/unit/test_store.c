@@ -1974,6 +1974,14 @@ test_crash_after_catalog(void **state)
 	roll_forward(state, "replica-after-catalog", 1);
 }
 
+/* Digests written, the staging not removed yet: the index names the
+ * newest point's cycle; its digests are written again, it goes. */
+static void
+test_crash_after_digests(void **state)
+{
+	roll_forward(state, "replica-after-digests", 1);
+}
+
 static void
 test_crash_while_staging(void **state)
 {
@@ -2108,6 +2116,158 @@ test_crash_before_catalog_bad_staged_data(void **state)
 	model_free(&m2);
 }
 
+/*
+ * The staged data is never synced: a host crash may lose it, and the
+ * blocks written past the old sizes, after the images were half written
+ * (mid-apply).  The cycle is rolled back with its undo segment: the
+ * images are exactly point 1 again, and verify agrees.
+ */
+static void
+test_crash_mid_apply_staged_data_lost(void **state)
+{
+	struct fixture *f = *state;
+	struct model m1, m2;
+	char err[512] = "", data[400];
+	uint64_t blocks;
+
+	crash_setup(f, "replica-mid-apply", &m1, &m2);
+	snprintf(data, sizeof(data), "%s/.staging/data", f->vmdir);
+	assert_int_equal(truncate(data, 0), 0);
+	/* disk1 grew: its first block past the old size went straight in */
+	assert_int_equal(truncate(f->img[1], 4 * (uint64_t)BS), 0);
+
+	open_store(f);
+	assert_no_point(f, 2, 1);
+	assert_images(f, &m1);
+	assert_staging_empty(f);
+	assert_undo(f, 2, 0);
+	if (store_verify(f->st, &blocks, err, sizeof(err)) != 0)
+		fail_msg("verify after recovery: %s", err);
+	model_free(&m1);
+	model_free(&m2);
+}
+
+/* --- empty cycles ------------------------------------------------------- */
+
+/*
+ * Points of cycles that change nothing among data points: 1 = cyc1,
+ * 2 = empty, 3 = cyc2's changes, 4 and 5 = empty, 6 = cyc3's changes,
+ * 7 = empty.  An empty cycle leaves no staging, no undo segment (the
+ * catalog records none), and every reader of segments steps over its
+ * point: test copies, drops of every kind of neighbour (empty j, empty
+ * k, both), a rewind through them, recovery at the next open, verify.
+ */
+static const struct cycle_def ecyc[7] = {
+	{ 1, { 8 * (uint64_t)BS + 1000, 4 * (uint64_t)BS }, ops1,
+	    NELEM(ops1) },
+	{ 10, { 8 * (uint64_t)BS + 1000, 4 * (uint64_t)BS }, NULL, 0 },
+	{ 11, { 8 * (uint64_t)BS + 1000, 6 * (uint64_t)BS + 500 }, ops2,
+	    NELEM(ops2) },
+	{ 12, { 8 * (uint64_t)BS + 1000, 6 * (uint64_t)BS + 500 }, NULL, 0 },
+	{ 13, { 8 * (uint64_t)BS + 1000, 6 * (uint64_t)BS + 500 }, NULL, 0 },
+	{ 14, { 10 * (uint64_t)BS, 6 * (uint64_t)BS + 500 }, ops3,
+	    NELEM(ops3) },
+	{ 15, { 10 * (uint64_t)BS, 6 * (uint64_t)BS + 500 }, NULL, 0 },
+};
+
+static void
+copy_and_clean(struct fixture *f, uint64_t id, const struct model *want)
+{
+	char err[512] = "";
+
+	assert_test_copy(f, id, id, want);
+	if (store_test_cleanup(f->st, err, sizeof(err)) != 0)
+		fail_msg("test cleanup: %s", err);
+}
+
+static void
+drop_ok(struct fixture *f, uint64_t id)
+{
+	char err[512] = "";
+	uint64_t freed;
+
+	if (store_drop_point(f->st, id, &freed, err, sizeof(err)) != 0)
+		fail_msg("drop %llu: %s", (unsigned long long)id, err);
+}
+
+static void
+verify_ok(struct fixture *f)
+{
+	char err[512] = "";
+	uint64_t blocks;
+
+	if (store_verify(f->st, &blocks, err, sizeof(err)) != 0)
+		fail_msg("verify: %s", err);
+}
+
+static void
+test_empty_cycles(void **state)
+{
+	struct fixture *f = *state;
+	struct model cur = { 0 }, m[7];
+	struct cat_point pt, got;
+
+	open_store(f);
+	for (int k = 0; k < 7; k++) {
+		run_cycle(f->st, &ecyc[k], &cur, &pt);
+		assert_int_equal(pt.id, (uint64_t)k + 1);
+		assert_point(f, pt.id, &ecyc[k]);
+		assert_images(f, &cur);
+		assert_staging_empty(f);
+		assert_int_equal(cat_point_get(f->cat, VM, pt.id, &got), 0);
+		if (ecyc[k].nops == 0) {
+			assert_int_equal(got.seg, CAT_SEG_NONE);
+			assert_int_equal(got.undo_bytes, 0);
+			assert_undo(f, ecyc[k].cycle, 0);
+		} else {
+			assert_int_not_equal(got.seg, CAT_SEG_NONE);
+		}
+		model_copy(&m[k], &cur);
+	}
+	verify_ok(f);
+	for (uint64_t id = 1; id <= 7; id++)
+		copy_and_clean(f, id, &m[id - 1]);
+
+	/* The next open finds nothing to recover. */
+	close_store(f);
+	open_store(f);
+	assert_images(f, &m[6]);
+	verify_ok(f);
+
+	drop_ok(f, 4);		/* empty, before an empty one */
+	copy_and_clean(f, 5, &m[4]);
+	copy_and_clean(f, 3, &m[2]);
+	drop_ok(f, 3);		/* data, before an empty one: merged */
+	copy_and_clean(f, 5, &m[4]);
+	copy_and_clean(f, 2, &m[1]);
+	drop_ok(f, 2);		/* empty, before one with data */
+	copy_and_clean(f, 5, &m[4]);
+	copy_and_clean(f, 1, &m[0]);
+	drop_ok(f, 6);		/* data, before the newest, empty */
+	copy_and_clean(f, 7, &m[6]);
+	copy_and_clean(f, 5, &m[4]);
+	copy_and_clean(f, 1, &m[0]);
+	verify_ok(f);
+
+	/* A rewind through them and back, then committed. */
+	rewind_ok(f, 1, 1, 1, &m[0]);
+	rewind_ok(f, 5, 1, 5, &m[4]);
+	char err[512] = "";
+	struct cat_rel rel;
+	if (store_rewind_commit(f->st, &rel, err, sizeof(err)) != 0)
+		fail_msg("rewind commit: %s", err);
+	assert_int_equal(rel.last_point, 5);
+	assert_images(f, &m[4]);
+	verify_ok(f);
+	copy_and_clean(f, 1, &m[0]);
+	close_store(f);
+	open_store(f);
+	assert_images(f, &m[4]);
+	for (int k = 0; k < 7; k++)
+		model_free(&m[k]);
+	model_free(&cur);
+}
+
 /* At shutdown (work_cancel()) verify and a test copy, long jobs, stop
  * between chunks instead of reading or copying whole disks first; a
  * cancelled test copy leaves nothing behind.  Last: the flag stays set. */
@@ -2194,9 +2354,12 @@ main(int argc, char **argv)
 		T(test_crash_mid_apply),
 		T(test_crash_before_catalog),
 		T(test_crash_after_catalog),
+		T(test_crash_after_digests),
 		T(test_crash_while_staging),
 		T(test_crash_then_bad_staged_data),
 		T(test_crash_before_catalog_bad_staged_data),
+		T(test_crash_mid_apply_staged_data_lost),
+		T(test_empty_cycles),
 		T(test_rewind_moves),
 		T(test_rewind_no_such_point),
 		T(test_rewind_check_unchanged),
