@@ -22,6 +22,7 @@
 #include "config.h"
 #include "control.h"
 #include "daemon.h"
+#include "dial.h"
 #include "err.h"
 #include "failover.h"
 #include "layout.h"
@@ -121,6 +122,7 @@ daemon_init(struct config *cfg)
 		fatalx("cannot create the event loop");
 	work_init(svc->base, WORKERS, LONG_WORKERS);
 	svc->vt = vt_new(svc->base);
+	svc->dialer = dial_new(0);
 
 	d->ctl = control_init(svc);	/* first: it refuses a second replicad */
 	d->rsrv = replica_init(svc);
@@ -227,6 +229,7 @@ daemon_fini(struct daemon *d)
 	replica_fini(d->rsrv);
 	netio_linger_fini();
 	vt_free(vt);
+	dial_free(d->svc.dialer);
 	if (d->drain_timer)
 		event_free(d->drain_timer);
 	event_free(d->sig_term);
