@@ -163,6 +163,8 @@ bench: deps
 	$(Q)KEEP=1 tools/bench
 	$(Q)tools/bench-history
 	$(Q)tools/bench-trackers
+	$(Q)tools/bench-scale 100 64
+	$(Q)tools/bench-scale 500 8
 
 install: all
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
