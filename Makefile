@@ -28,7 +28,7 @@ LDLIBS  += $(PKG_LIBS) -lrsync -pthread
 COMMON_OBJS  := err log xmalloc buf util layout wire ctl config retention
 # The daemon: catalog, worker pool, TLS, tracker, the VM table and the
 # rules of roles, both roles, role changes, control socket.
-REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work tls netio gate blockmap tracker trk_scan \
+REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work pool tls netio gate dial blockmap tracker trk_scan \
                  trk_reflink qmp nbdview virt domxml vmdom trk_qemu trk_libvirt undo delta store role vmtab \
                  replica primary failover control daemon
 REPLCTL_OBJS  := $(COMMON_OBJS) virt discover
@@ -163,6 +163,8 @@ bench: deps
 	$(Q)KEEP=1 tools/bench
 	$(Q)tools/bench-history
 	$(Q)tools/bench-trackers
+	$(Q)tools/bench-scale 100 64
+	$(Q)tools/bench-scale 500 8
 
 install: all
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8

@@ -18,6 +18,9 @@
  * welcomed to a VM are counted per identity, the oldest giving way, so
  * that one accepted host cannot hold the authenticated budget either
  * (a welcomed session is one per VM, bounded by the host's max_vms).
+ * The authenticated budget is at least GATE_AUTH, and as much as the
+ * accepted hosts may hold at once (gate_limits_for()): a host with many
+ * VMs keeps a session per VM, and is never refused for the others'.
  *
  * Connections dropped before authentication are counted by reason; a
  * few per interval are logged one by one, the rest in one summary line.
@@ -33,7 +36,7 @@
 
 #define GATE_PER_SOURCE		8	/* unauthenticated, per source */
 #define GATE_UNAUTH		256	/* unauthenticated, in total */
-#define GATE_AUTH		1024	/* authenticated sessions */
+#define GATE_AUTH		1024	/* authenticated sessions, at least */
 #define GATE_PER_IDENTITY	64	/* authenticated, not yet welcomed,
 					   per identity */
 #define GATE_LOG_BURST		5	/* drops logged in full per interval */
@@ -65,6 +68,13 @@ struct gate_counters {
 	uint64_t	dropped[GATE_NWHY];	/* since gate_new() */
 };
 
+/*
+ * The defaults above, the authenticated budget raised to what nhosts
+ * accepted hosts allowed vms VMs in all (their max_vms) may hold at once:
+ * a session per VM, and per host GATE_PER_IDENTITY not yet welcomed.
+ */
+void		 gate_limits_for(struct gate_limits *lim, uint64_t vms,
+		    size_t nhosts);
 /* limits NULL: the defaults above.  The caller frees with gate_free(). */
 struct gate	*gate_new(const struct gate_limits *lim);
 void		 gate_free(struct gate *g);

@@ -12,6 +12,7 @@
 
 struct catalog;
 struct config;
+struct dialer;
 struct event_base;
 struct vmtab;
 
@@ -22,6 +23,8 @@ struct svc {
 	struct vmtab		*vt;
 	SSL_CTX			*client_ctx;	/* NULL without tls_cert */
 	SSL_CTX			*server_ctx;	/* NULL without listen */
+	struct dialer		*dialer;	/* turns for new connections to
+						   replicas (dial.h) */
 	int			 stopping;	/* SIGTERM: no new work */
 };
 

@@ -89,12 +89,16 @@ int	trk_begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle,
  * at most; at least one block) of the ranges the cut reported, calling
  * emit for each changed
  * block in disk and offset order.  The blocks' data stay valid until the
- * next call.  Returns
+ * next call or trk_release().  Returns
  * 1 when every disk has been read, 0 if there is more, or a negative
  * rd_err (with a message in err).
  */
 int	trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit,
 	    void *arg, char *err, size_t errsz);
+/* The last trk_scan()'s blocks are no longer needed: the buffer they
+ * lie in goes back to the shared pool (pool.h) until the next call, so
+ * that an idle VM holds none.  The end of a cycle does this too. */
+void	trk_release(struct tracker *t);
 void	trk_stats(const struct tracker *t, struct trk_stats *st);
 /*
  * freeze = agent: freeze the guest's file systems before trk_begin();

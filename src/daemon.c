@@ -7,6 +7,7 @@
  * gives every VM its entry in the VM table and its role objects.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@
 #include "config.h"
 #include "control.h"
 #include "daemon.h"
+#include "dial.h"
 #include "err.h"
 #include "failover.h"
 #include "layout.h"
@@ -52,6 +54,7 @@ struct daemon {
 	struct event		*sig_term;
 	struct event		*sig_int;
 	struct event		*drain_timer;
+	struct event		*trim_timer;
 	uint64_t		 stop_ms;	/* when SIGTERM came */
 };
 
@@ -121,6 +124,7 @@ daemon_init(struct config *cfg)
 		fatalx("cannot create the event loop");
 	work_init(svc->base, WORKERS, LONG_WORKERS);
 	svc->vt = vt_new(svc->base);
+	svc->dialer = dial_new(0);
 
 	d->ctl = control_init(svc);	/* first: it refuses a second replicad */
 	d->rsrv = replica_init(svc);
@@ -149,6 +153,20 @@ on_drain(evutil_socket_t fd, short what, void *arg)
 		log_warnx("%zu role changes still under way: abandoned (the "
 		    "catalog holds the old role or the new one)", claimed);
 	event_base_loopbreak(d->svc.base);
+}
+
+/*
+ * Hundreds of VMs' cycles at once (a start, a replica back after an
+ * outage) leave the heap holding their buffers after they are freed,
+ * scattered between what stays in use, where the heap cannot give them
+ * back by itself: give the free pages back now and then.
+ */
+#define TRIM_S		30
+
+static void
+on_trim(evutil_socket_t fd, short what, void *arg)
+{
+	malloc_trim(0);
 }
 
 static void
@@ -189,6 +207,9 @@ daemon_run(struct daemon *d)
 	d->sig_int = evsignal_new(d->svc.base, SIGINT, on_signal, d);
 	evsignal_add(d->sig_term, NULL);
 	evsignal_add(d->sig_int, NULL);
+	struct timeval ttv = { TRIM_S, 0 };
+	d->trim_timer = event_new(d->svc.base, -1, EV_PERSIST, on_trim, d);
+	event_add(d->trim_timer, &ttv);
 	for (size_t i = 0; i < vt_count(vt); i++) {
 		struct vme *e = vt_at(vt, i);
 		if (vt_state(e) == ROLE_REPLICA)
@@ -227,8 +248,11 @@ daemon_fini(struct daemon *d)
 	replica_fini(d->rsrv);
 	netio_linger_fini();
 	vt_free(vt);
+	dial_free(d->svc.dialer);
 	if (d->drain_timer)
 		event_free(d->drain_timer);
+	if (d->trim_timer)
+		event_free(d->trim_timer);
 	event_free(d->sig_term);
 	event_free(d->sig_int);
 	cat_close(d->svc.cat);

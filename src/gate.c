@@ -73,13 +73,25 @@ src_eq(const struct gate_src *a, const struct gate_src *b)
 	return memcmp(a->b, b->b, sizeof(a->b)) == 0;
 }
 
+void
+gate_limits_for(struct gate_limits *lim, uint64_t vms, size_t nhosts)
+{
+	uint64_t auth = vms + (uint64_t)nhosts * GATE_PER_IDENTITY;
+
+	lim->per_source = GATE_PER_SOURCE;
+	lim->unauth = GATE_UNAUTH;
+	lim->auth = auth < GATE_AUTH ? GATE_AUTH :
+	    auth > UINT32_MAX ? UINT32_MAX : (unsigned)auth;
+	lim->per_identity = GATE_PER_IDENTITY;
+}
+
 struct gate *
 gate_new(const struct gate_limits *lim)
 {
 	struct gate *g = xcalloc(1, sizeof(*g));
-	static const struct gate_limits def = { GATE_PER_SOURCE, GATE_UNAUTH,
-	    GATE_AUTH, GATE_PER_IDENTITY };
+	struct gate_limits def;
 
+	gate_limits_for(&def, 0, 0);
 	g->lim = lim ? *lim : def;
 	g->seen = xcalloc(GATE_SOURCES_SEEN, sizeof(*g->seen));
 	return g;

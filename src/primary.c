@@ -38,12 +38,14 @@
 
 #include "catalog.h"
 #include "delta.h"
+#include "dial.h"
 #include "err.h"
 #include "fault.h"
 #include "hook.h"
 #include "layout.h"
 #include "log.h"
 #include "netio.h"
+#include "pool.h"
 #include "primary.h"
 #include "role.h"
 #include "svc.h"
@@ -90,7 +92,7 @@ struct waiter {
 struct pblock;
 
 enum psess_state {
-	PS_PREPARE,
+	PS_PREPARE,		/* waiting for a turn (dial.h), then the job */
 	PS_CONNECT,
 	PS_HELLO,
 	PS_ADOPT,		/* WELCOME said: take its generation (a job) */
@@ -104,6 +106,8 @@ struct psess {
 	struct pvm		*vm;
 	enum psess_state	 st;
 	struct bufferevent	*bev;
+	struct dial_turn	 turn;		/* a new connection's, until
+						   WELCOME or the end */
 	int			 job_running;
 	int			 dead;		/* freed when its job returns */
 	int			 job_rc;
@@ -122,6 +126,8 @@ struct psess {
 	uint64_t		 sizes[WIRE_MAX_DISKS];
 	uint64_t		 total;
 	struct evbuffer		*batch;
+	/* Working memory of the running produce job only (pool.h): an idle
+	 * VM holds none of it. */
 	ZSTD_CCtx		*cctx;
 	ZSTD_CCtx		*cctx2;		/* the helper thread's */
 	uint8_t			*scratch;	/* a block per collected block */
@@ -186,9 +192,9 @@ struct psess {
 	struct event		*tick;		/* keepalives, the deadline */
 	struct cat_rel		 rel;		/* as job_commit recorded it */
 	int			 rel_ok;
-	uint8_t			*cbuf;		/* a chunk */
-	struct wbuf		 dbuf;		/* a delta */
-	uint8_t			*zbuf;		/* a compressed delta */
+	uint8_t			*cbuf;		/* a chunk (a job's) */
+	struct wbuf		 dbuf;		/* a delta (a job's) */
+	uint8_t			*zbuf;		/* a compressed delta (a job's) */
 };
 
 struct pvm {
@@ -392,14 +398,13 @@ tell_waiters(struct waiter **list, uint64_t point, const char *error)
 static void
 sess_free(struct psess *s)
 {
+	dial_done(s->vm->svc->dialer, &s->turn);
 	if (s->tick)
 		event_free(s->tick);
 	if (s->bev)
 		bufferevent_free(s->bev);
 	if (s->batch)
 		evbuffer_free(s->batch);
-	ZSTD_freeCCtx(s->cctx);
-	ZSTD_freeCCtx(s->cctx2);
 	free(s->blks);
 	wire_digest_free(&s->dig);
 	free(s->scratch);
@@ -408,8 +413,6 @@ sess_free(struct psess *s)
 	wb_free(&s->sigs_loop);
 	wb_free(&s->sigs_job);
 	wb_free(&s->dbuf);
-	free(s->cbuf);
-	free(s->zbuf);
 	free(s);
 }
 
@@ -434,6 +437,7 @@ sess_end(struct psess *s)
 	struct pvm *vm = s->vm;
 	if (vm->sess == s)
 		vm->sess = NULL;
+	dial_done(vm->svc->dialer, &s->turn);
 	if (s->tick)
 		event_del(s->tick);
 	if (s->bev) {
@@ -708,6 +712,9 @@ frame_blocks(struct psess *s)
 	struct compress_part b = { s, s->cctx2, s->nblk / 2, s->nblk };
 	pthread_t helper;
 	int two = s->vm->cfg->compress_level > 0 && s->nblk >= 8;
+
+	if (two && s->cctx2 == NULL)
+		b.cctx = s->cctx2 = pool_cctx_get();
 
 	if (s->scratch_blocks < s->nblk) {
 		free(s->scratch);
@@ -1160,9 +1167,8 @@ put_definition(struct psess *s)
 }
 
 static void
-job_produce(void *arg)
+produce_batch(struct psess *s)
 {
-	struct psess *s = arg;
 	struct pvm *vm = s->vm;
 	int r = 0;
 
@@ -1236,6 +1242,51 @@ job_produce(void *arg)
 		s->scan_done = 1;
 	}
 	evbuffer_add(s->batch, s->out.p, s->out.len);
+}
+
+#define OUT_KEEP	(64u << 10)	/* a session keeps its out buffer
+					   between jobs up to this size */
+
+/*
+ * A batch of frames, made with working memory taken from the shared pool
+ * for this job only, given back before the loop sends the batch: what a
+ * host holds for producing is bounded by the jobs running at once, not
+ * by its number of VMs.
+ */
+static void
+job_produce(void *arg)
+{
+	struct psess *s = arg;
+	const struct cfg_vm *cfg = s->vm->cfg;
+	size_t zlen = ZSTD_compressBound(WIRE_MAX_DELTA);
+
+	if (cfg->compress_level > 0)
+		s->cctx = pool_cctx_get();
+	if (s->resync) {
+		s->cbuf = pool_buf_get(s->chunk);
+		if (cfg->compress_level > 0)
+			s->zbuf = pool_buf_get(zlen);
+	}
+	produce_batch(s);
+	pool_cctx_put(s->cctx);
+	pool_cctx_put(s->cctx2);
+	s->cctx = s->cctx2 = NULL;
+	if (s->cbuf != NULL)
+		pool_buf_put(s->cbuf, s->chunk);
+	if (s->zbuf != NULL)
+		pool_buf_put(s->zbuf, zlen);
+	s->cbuf = s->zbuf = NULL;
+	trk_release(s->vm->trk);
+	free(s->scratch);
+	s->scratch = NULL;
+	s->scratch_blocks = 0;
+	free(s->blks);
+	s->blks = NULL;
+	s->nblk = s->blk_cap = 0;
+	if (s->out.cap > OUT_KEEP)
+		wb_free(&s->out);
+	if (s->dbuf.cap > OUT_KEEP)
+		wb_free(&s->dbuf);
 }
 
 static void maybe_produce(struct psess *s);
@@ -1694,6 +1745,8 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 	struct wire_welcome *w = &s->welcome;
 	int r;
 
+	/* The replica has taken this session: the next may connect. */
+	dial_done(vm->svc->dialer, &s->turn);
 	if ((r = wire_get_welcome(p, len, w)) != 0) {
 		sess_fail(s, r, "bad WELCOME from the replica: %s",
 		    rd_strerror(r));
@@ -1787,8 +1840,6 @@ begin_sending(struct psess *s, uint64_t replica_cycle)
 	if (s->resync) {
 		s->unit = wire_sum_unit(vm->cfg->block_size);
 		s->chunk = wire_chunk_len(vm->cfg->block_size);
-		s->cbuf = xmalloc(s->chunk);
-		s->zbuf = xmalloc(ZSTD_compressBound(WIRE_MAX_DELTA));
 		log_info("%s: resynchronising with the replica (%s)",
 		    vm->cfg->name, s->want_resync ? "requested" :
 		    (s->welcome.flags & WIRE_WELCOME_ADOPT) ? "it was reassigned "
@@ -2155,6 +2206,15 @@ prepare_done(void *arg)
 		    vm->cfg->replica);
 }
 
+/* The session's turn to connect has come. */
+static void
+turn_come(void *arg)
+{
+	struct psess *s = arg;
+	s->job_running = 1;
+	work_submit(job_prepare, prepare_done, s);
+}
+
 static void
 start_cycle(struct pvm *vm)
 {
@@ -2170,8 +2230,6 @@ start_cycle(struct pvm *vm)
 	s->vm = vm;
 	s->st = PS_PREPARE;
 	s->batch = evbuffer_new();
-	s->cctx = ZSTD_createCCtx();
-	s->cctx2 = ZSTD_createCCtx();
 	s->started_ms = util_mono_ms();
 	vm->started_ms = s->started_ms;
 	wb_init(&s->hdr);
@@ -2191,8 +2249,13 @@ start_cycle(struct pvm *vm)
 	vm->next = NULL;
 	if (reuse_session(s))
 		return;
-	s->job_running = 1;
-	work_submit(job_prepare, prepare_done, s);
+	/* A new connection: in its turn (dial.h). */
+	if (dial_take(vm->svc->dialer, &s->turn, vm->cfg->replica, turn_come,
+	    s))
+		turn_come(s);
+	else
+		log_debug("%s: waiting for a turn to connect to %s",
+		    vm->cfg->name, vm->cfg->replica);
 }
 
 /* --- a session kept between cycles ------------------------------------------ */

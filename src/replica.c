@@ -38,6 +38,7 @@
 #include "gate.h"
 #include "log.h"
 #include "netio.h"
+#include "pool.h"
 #include "replica.h"
 #include "role.h"
 #include "store.h"
@@ -110,8 +111,8 @@ struct rsess {
 	uint64_t		 nframes;
 	uint64_t		 raw_bytes;
 	int			 def_seen;	/* DEFINITION came in it */
-	ZSTD_DCtx		*dctx;
-	uint8_t			*block;
+	ZSTD_DCtx		*dctx;		/* a stage job's (pool.h) */
+	uint8_t			*block;		/* likewise: block_size bytes */
 	struct evbuffer		*batch;		/* being staged by the job */
 	struct evbuffer		*pending;	/* filled by the loop meanwhile */
 	int			 pending_full;	/* BATCH_BYTES reached, or END */
@@ -334,9 +335,7 @@ sess_free(struct rsess *s)
 		event_free(s->deadline_ev);
 	if (s->ka_ev)
 		event_free(s->ka_ev);
-	ZSTD_freeDCtx(s->dctx);
 	wire_digest_free(&s->dig);
-	free(s->block);
 	wb_free(&s->out);
 	free(s->sigq);
 	free(s->basis);
@@ -921,9 +920,8 @@ stage_end(struct rsess *s, const uint8_t *p, size_t len)
 }
 
 static void
-job_stage(void *arg)
+stage_batch(struct rsess *s)
 {
-	struct rsess *s = arg;
 	int r = 0;
 
 	s->job_rc = 0;
@@ -957,6 +955,40 @@ job_stage(void *arg)
 		store_cycle_abort(s->vm->st);
 		s->cycle_open = 0;
 	}
+}
+
+/*
+ * Stage a batch, with a decompression context and a block buffer taken
+ * from the shared pool for the job only: an idle session holds neither,
+ * and what the host holds for them is bounded by the jobs running at
+ * once, not by its number of sessions.
+ */
+static void
+job_stage(void *arg)
+{
+	struct rsess *s = arg;
+	size_t bs = s->hello.block_size;
+
+	s->dctx = pool_dctx_get();
+	s->block = pool_buf_get(bs);
+	stage_batch(s);
+	pool_dctx_put(s->dctx);
+	pool_buf_put(s->block, bs);
+	s->dctx = NULL;
+	s->block = NULL;
+}
+
+/* A resync's chunk buffers go once its cycle is applied (a kept session
+ * may live on for many cycles that need none). */
+static void
+free_resync_buffers(struct rsess *s)
+{
+	free(s->basis);
+	free(s->newc);
+	free(s->bdig);
+	free(s->rdig);
+	s->basis = s->newc = NULL;
+	s->bdig = s->rdig = NULL;
 }
 
 static void
@@ -1003,6 +1035,7 @@ stage_done(void *arg)
 			s->adopt = 0;
 		}
 		vm->received = 0;
+		free_resync_buffers(s);
 		wb_reset(&s->out);
 		wire_put_ack(&s->out, &a);
 		netio_send(s->bev, &s->out);
@@ -1467,8 +1500,6 @@ welcome(struct rsess *s, struct rvm *vm)
 		put_keepalive(s, &s->out);	/* says our interval */
 	netio_send(s->bev, &s->out);
 	s->state = RS_READY;
-	s->dctx = ZSTD_createDCtx();
-	s->block = xmalloc(h->block_size);
 	if (keepalive_on(s)) {
 		/* Our own interval until the primary says its own. */
 		uint32_t every = s->srv->svc->cfg->keepalive_ms;
@@ -1891,10 +1922,16 @@ replica_init(struct svc *svc)
 {
 	struct replica_srv *srv = xcalloc(1, sizeof(*srv));
 	const struct config *cfg = svc->cfg;
+	struct gate_limits lim;
+	uint64_t vms = 0;
 	int r;
 
 	srv->svc = svc;
-	srv->gate = gate_new(NULL);
+	/* Every VM the accepted hosts may have here keeps a session. */
+	for (size_t i = 0; i < cfg->naccepts; i++)
+		vms += cfg->accepts[i].max_vms;
+	gate_limits_for(&lim, vms, cfg->naccepts);
+	srv->gate = gate_new(&lim);
 	if (cfg->listen == NULL)
 		return srv;
 	/* What HELLOs made before a crash, never recorded, goes first. */

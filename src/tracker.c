@@ -14,6 +14,7 @@
 #include "err.h"
 #include "layout.h"
 #include "log.h"
+#include "pool.h"
 #include "trk_backend.h"
 #include "tracker.h"
 #include "util.h"
@@ -49,7 +50,9 @@ struct tracker {
 	int		 tidy_due;	/* committed; the backend may tidy */
 	size_t		 cur_disk;	/* scan cursor */
 	uint64_t	 cur_off;
-	uint8_t		*buf;		/* TRK_CHUNK bytes */
+	uint8_t		*buf;		/* chunk_len() bytes from the pool
+					   while a trk_scan()'s blocks are in
+					   use (trk_release()), else NULL */
 	struct digest	 zero_digest;	/* of one whole zero block */
 	struct trk_stats stats;
 	char		*test_def;	/* REPLICAD_TEST_DEFINITION's text */
@@ -187,13 +190,27 @@ trk_open(const char *state_dir, const struct cfg_vm *vm, struct tracker **out)
 		trk_close(t);
 		return r;
 	}
-	t->buf = xmalloc(TRK_CHUNK < vm->block_size ? vm->block_size :
-	    TRK_CHUNK);
 	uint8_t *zero = xcalloc(1, vm->block_size);
 	digest_block(zero, vm->block_size, &t->zero_digest);
 	free(zero);
 	*out = t;
 	return 0;
+}
+
+/* The bytes trk_scan() reads at most in one call. */
+static size_t
+chunk_len(const struct tracker *t)
+{
+	return TRK_CHUNK < t->block_size ? t->block_size : TRK_CHUNK;
+}
+
+void
+trk_release(struct tracker *t)
+{
+	if (t->buf == NULL)
+		return;
+	pool_buf_put(t->buf, chunk_len(t));
+	t->buf = NULL;
 }
 
 static void
@@ -205,6 +222,7 @@ drop_cut(struct tracker *t)
 	}
 	t->active = 0;
 	t->viewed = 0;
+	trk_release(t);
 }
 
 void
@@ -226,7 +244,6 @@ trk_close(struct tracker *t)
 	}
 	free(t->disks);
 	free(t->dirty);
-	free(t->buf);
 	free(t->dir);
 	free(t->vm);
 	free(t->test_def);
@@ -548,12 +565,14 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
     char *err, size_t errsz)
 {
 	uint32_t bs = t->block_size;
-	size_t chunk = TRK_CHUNK < bs ? bs : TRK_CHUNK;
+	size_t chunk = chunk_len(t);
 	size_t pos = 0;		/* bytes of t->buf used by this call */
 	int r;
 
 	if (!t->active)
 		return RD_ERR_STATE;
+	if (t->buf == NULL)
+		t->buf = pool_buf_get(chunk);
 	if (max_read < chunk)
 		chunk = max_read < bs ? bs : max_read - max_read % bs;
 	/* Emitted blocks point into t->buf: valid until the next call. */

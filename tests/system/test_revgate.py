@@ -70,6 +70,18 @@ def test_revgate_accepted_host_exhaustion(env):
     hold_and_sync(env, rep, pri, disk, "other", "an accepted host")
 
 
+def test_revgate_accepted_host_exhaustion_large_budget(env):
+    """The same with an authenticated budget raised by the configuration
+    ([accept other] max_vms = 2000: 2,192 sessions in all): the host may
+    keep a session for each of its VMs, but still no more than 64 not yet
+    welcomed, so its 1030 idle sessions do not keep the primary out."""
+    disk = env.make_disk(env.path("src", "sda.img"), 1 << 20)
+    rep = env.replica(extra="\n[accept other]\nvms = o-*\nstorage = %s\nmax_vms = 2000\n"
+                      % env.path("replica", "other")).start()
+    pri = env.primary({VM: [disk]}, rep.port).start()
+    hold_and_sync(env, rep, pri, disk, "other", "an accepted host with max_vms = 2000")
+
+
 def test_revgate_emfile_spin(env):
     """At a limit of 1024 descriptors (prlimit after the start, as a
     LimitNOFILE=1024 would), authenticated sessions of 1024 descriptors, authenticated sessions

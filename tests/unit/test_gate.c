@@ -262,6 +262,46 @@ test_per_identity(void **state)
 	gate_free(g);
 }
 
+/* The authenticated budget: GATE_AUTH at least, else a session for each
+ * VM the accepted hosts may have and GATE_PER_IDENTITY per host. */
+static void
+test_limits_for(void **state)
+{
+	struct gate_limits lim;
+
+	gate_limits_for(&lim, 64, 1);
+	assert_int_equal(lim.auth, GATE_AUTH);
+	assert_int_equal(lim.per_source, GATE_PER_SOURCE);
+	assert_int_equal(lim.unauth, GATE_UNAUTH);
+	assert_int_equal(lim.per_identity, GATE_PER_IDENTITY);
+	gate_limits_for(&lim, 2000, 3);
+	assert_int_equal(lim.auth, 2000 + 3 * GATE_PER_IDENTITY);
+	gate_limits_for(&lim, UINT64_C(1) << 40, 1);
+	assert_int_equal(lim.auth, UINT32_MAX);
+
+	/* A host with 1500 VMs gets a session for each of them. */
+	gate_limits_for(&lim, 1500, 1);
+	struct gate *g = gate_new(&lim);
+	struct gate_conn *c[1500];
+	static int o[1500];
+	void *victim;
+	for (int i = 0; i < 1500; i++) {
+		struct sockaddr_storage a = addr(i % 2 ? "192.0.2.1" :
+		    "192.0.2.2");
+		c[i] = gate_enter(g, SA(a), &o[i], &victim);
+		assert_int_equal(gate_authenticated(g, c[i], "pri", &victim),
+		    0);
+		assert_null(victim);
+		gate_welcomed(g, c[i]);
+	}
+	struct gate_counters k;
+	gate_counters(g, &k);
+	assert_int_equal(k.auth, 1500);
+	for (int i = 0; i < 1500; i++)
+		gate_leave(g, c[i]);
+	gate_free(g);
+}
+
 int
 main(void)
 {
@@ -272,6 +312,7 @@ main(void)
 		cmocka_unit_test(test_summary),
 		cmocka_unit_test(test_total_busiest_source_goes),
 		cmocka_unit_test(test_per_identity),
+		cmocka_unit_test(test_limits_for),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
