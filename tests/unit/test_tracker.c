@@ -724,6 +724,68 @@ test_corrupt_map(void **state)
 	coll_free(&c);
 }
 
+/* An empty cycle writes each disk's small cycle file and leaves its map
+ * as it is; a lost cycle file leaves the map's older cycle, so the next
+ * cycle sends that disk whole (never "assume clean"). */
+static void
+test_empty_cycle_keeps_map(void **state)
+{
+	struct fixture *f = *state;
+	struct tracker *t = first_cycle(f);
+	struct collector c;
+	char err[256], map[NDISKS][400], cyc[420];
+	struct stat before[NDISKS], after;
+
+	for (int i = 0; i < NDISKS; i++) {
+		snprintf(map[i], sizeof(map[i]), "%s/tracker/web01/%s.map",
+		    f->state_dir, f->names[i]);
+		assert_int_equal(stat(map[i], &before[i]), 0);
+	}
+	coll_init(&c, f);
+	for (uint64_t cycle = 2; cycle <= 3; cycle++) {
+		assert_int_equal(run_cycle(t, cycle - 1, 0, &c, SIZE_MAX, NULL,
+		    err, sizeof(err)), 0);
+		assert_int_equal(c.n, 0);
+		assert_int_equal(trk_commit(t, cycle, err, sizeof(err)), 0);
+		assert_int_equal(trk_cycle(t), cycle);
+	}
+	trk_close(t);
+	for (int i = 0; i < NDISKS; i++) {
+		assert_int_equal(stat(map[i], &after), 0);
+		assert_int_equal(after.st_ino, before[i].st_ino);
+		assert_int_equal(after.st_mtim.tv_sec, before[i].st_mtim.tv_sec);
+		assert_int_equal(after.st_mtim.tv_nsec,
+		    before[i].st_mtim.tv_nsec);
+	}
+	t = open_trk(f);
+	assert_int_equal(trk_cycle(t), 3);
+	assert_true(trk_proven(t, 3));
+	trk_close(t);
+
+	/* disk1's cycle file is lost: it is back at cycle 1, and the next
+	 * cycle sends it whole while disk0 goes on incrementally. */
+	snprintf(cyc, sizeof(cyc), "%s.cycle", map[1]);
+	assert_int_equal(unlink(cyc), 0);
+	t = open_trk(f);
+	assert_int_equal(trk_cycle(t), 1);
+	assert_false(trk_proven(t, 3));
+	dirty_disk0(f);
+	coll_free(&c);
+	assert_int_equal(run_cycle(t, 3, 0, &c, SIZE_MAX, NULL, err,
+	    sizeof(err)), 0);
+	struct want w[NDIRTY0 + 4];
+	memcpy(w, dirty0_want, sizeof(dirty0_want));
+	for (int i = 0; i < 4; i++)
+		w[NDIRTY0 + i] = (struct want){ 1, (uint64_t)i, -1 };
+	assert_emitted(f, &c, w, NDIRTY0 + 4);
+	assert_int_equal(trk_commit(t, 4, err, sizeof(err)), 0);
+	trk_close(t);
+	t = open_trk(f);
+	assert_int_equal(trk_cycle(t), 4);
+	trk_close(t);
+	coll_free(&c);
+}
+
 static void
 test_block_size_change(void **state)
 {
@@ -811,7 +873,7 @@ test_trk_cycle_lowest(void **state)
 	struct tracker *t;
 	struct blockmap bm;
 	struct collector c;
-	char err[256], map[NDISKS][400], tmp[420];
+	char err[256], map[NDISKS][400], tmp[420], ctmp[430];
 
 	/* Maps saved at cycles 7 and 5 (by hand, with the disks' sizes). */
 	assert_int_equal(util_mkdir_p(f->state_dir, 0700), 0);
@@ -836,13 +898,18 @@ test_trk_cycle_lowest(void **state)
 	coll_init(&c, f);
 	assert_int_equal(run_cycle(t, 1, 0, &c, SIZE_MAX, NULL, err,
 	    sizeof(err)), 0);
+	/* Neither the map nor (nothing changed) its cycle file can be
+	 * written. */
 	snprintf(tmp, sizeof(tmp), "%s.tmp", map[1]);
-	assert_int_equal(mkdir(tmp, 0700), 0);	/* bm_save cannot write */
+	assert_int_equal(mkdir(tmp, 0700), 0);
+	snprintf(ctmp, sizeof(ctmp), "%s.cycle.tmp", map[1]);
+	assert_int_equal(mkdir(ctmp, 0700), 0);
 	err[0] = '\0';
 	assert_int_not_equal(trk_commit(t, 2, err, sizeof(err)), 0);
 	assert_non_null(strstr(err, map[1]));
 	assert_int_equal(trk_cycle(t), 1);
 	assert_int_equal(rmdir(tmp), 0);
+	assert_int_equal(rmdir(ctmp), 0);
 	trk_close(t);
 
 	t = open_trk(f);
@@ -973,6 +1040,7 @@ main(void)
 		T(test_disk_shrank),
 		T(test_missing_disk),
 		T(test_corrupt_map),
+		T(test_empty_cycle_keeps_map),
 		T(test_block_size_change),
 		T(test_emit_error_stops),
 		T(test_trk_cycle_lowest),
