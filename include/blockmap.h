@@ -40,6 +40,14 @@ int	bm_load(const char *path, struct blockmap *bm);
  * cycle file of the map replaced is removed first. */
 int	bm_save(const char *path, const struct blockmap *bm);
 
+/* Fills digests [first, first + n) of a map being written (n is at most
+ * a window); 0 or an rd_err. */
+typedef int (*bm_fill_fn)(void *arg, uint64_t first, size_t n,
+    struct digest *out);
+/* bm_save() with the digests from fill, in windows: never held whole. */
+int	bm_save_from(const char *path, uint32_t block_size, uint64_t disk_size,
+	    uint64_t cycle, bm_fill_fn fill, void *arg);
+
 /*
  * The same file read in windows, never held whole (the tracker's state
  * between cycles).  bm_open() checks the whole file as bm_load() does;
@@ -56,6 +64,9 @@ uint64_t bm_file_nblocks(const struct bm_file *f);
 /* The digest of block idx (zero past the map's end); fastest in
  * increasing order. */
 int	bm_file_get(struct bm_file *f, uint64_t idx, struct digest *out);
+/* Digests [first, first + n) into out (zero past the map's end). */
+int	bm_file_read(struct bm_file *f, uint64_t first, size_t n,
+	    struct digest *out);
 
 /*
  * The digests one cycle changed, for a disk of nblocks blocks: in memory

@@ -345,8 +345,7 @@ uint64_t bm_file_disk_size(const struct bm_file *f) { return f->disk_size; }
 uint64_t bm_file_cycle(const struct bm_file *f) { return f->cycle; }
 uint64_t bm_file_nblocks(const struct bm_file *f) { return f->nblocks; }
 
-/* Read digests [first, first + n) of the map (n <= BM_WINDOW), zero past
- * its end. */
+/* Read digests [first, first + n) of the map, zero past its end. */
 static int
 file_read(struct bm_file *f, uint64_t first, size_t n, struct digest *out)
 {
@@ -361,6 +360,12 @@ file_read(struct bm_file *f, uint64_t first, size_t n, struct digest *out)
 	/* The file was checked whole when opened: short now, it was cut
 	 * under us. */
 	return r == RD_ERR_TRUNCATED ? RD_ERR_CORRUPT : r;
+}
+
+int
+bm_file_read(struct bm_file *f, uint64_t first, size_t n, struct digest *out)
+{
+	return file_read(f, first, n, out);
 }
 
 int
@@ -516,10 +521,6 @@ change_cmp(const void *a, const void *b)
 
 /* --- writing a map ---------------------------------------------------------- */
 
-/* Fills digests [first, first + n) of the map being written. */
-typedef int (*fill_fn)(void *arg, uint64_t first, size_t n,
-    struct digest *out);
-
 /*
  * Write the map at path whole and atomically, its digests from fill in
  * windows.  A cycle file of the map it replaces goes first: it speaks
@@ -527,7 +528,7 @@ typedef int (*fill_fn)(void *arg, uint64_t first, size_t n,
  */
 static int
 write_map(const char *path, uint32_t block_size, uint64_t disk_size,
-    uint64_t cycle, fill_fn fill, void *arg, struct digest *sum)
+    uint64_t cycle, bm_fill_fn fill, void *arg, struct digest *sum)
 {
 	char *tmp = xasprintf("%s.tmp", path), *cyc = cycle_path(path);
 	uint64_t nblocks = bm_nblocks(disk_size, block_size);
@@ -605,6 +606,14 @@ bm_save(const char *path, const struct blockmap *bm)
 	struct digest sum;
 	return write_map(path, bm->block_size, bm->disk_size, bm->cycle,
 	    fill_array, (void *)bm, &sum);
+}
+
+int
+bm_save_from(const char *path, uint32_t block_size, uint64_t disk_size,
+    uint64_t cycle, bm_fill_fn fill, void *arg)
+{
+	struct digest sum;
+	return write_map(path, block_size, disk_size, cycle, fill, arg, &sum);
 }
 
 int
