@@ -163,6 +163,7 @@ bench: deps
 	$(Q)KEEP=1 tools/bench
 	$(Q)tools/bench-history
 	$(Q)tools/bench-trackers
+	$(Q)tools/bench-rss
 
 install: all
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
