@@ -34,6 +34,7 @@
 #include "xmalloc.h"
 
 #define TRK_CHUNK	(4u << 20)	/* bytes read per trk_scan() call */
+#define TRK_HOLES	(256u << 20)	/* bytes of holes per trk_scan() call */
 
 enum { BEGIN_SCAN, BEGIN_FULL, BEGIN_RESYNC };
 
@@ -66,6 +67,7 @@ struct tracker {
 	size_t		 cur_disk;	/* scan cursor */
 	uint64_t	 cur_off;
 	uint8_t		*buf;		/* TRK_CHUNK bytes */
+	uint8_t		*zeros;		/* one block of zeros */
 	struct digest	 zero_digest;	/* of one whole zero block */
 	uint16_t	 range_disk;	/* what trk_read_range() read last */
 	uint64_t	 range_first;	/* its first block */
@@ -209,9 +211,8 @@ trk_open(const char *state_dir, const struct cfg_vm *vm, struct tracker **out)
 	}
 	t->buf = xmalloc(TRK_CHUNK < vm->block_size ? vm->block_size :
 	    TRK_CHUNK);
-	uint8_t *zero = xcalloc(1, vm->block_size);
-	digest_block(zero, vm->block_size, &t->zero_digest);
-	free(zero);
+	t->zeros = xcalloc(1, vm->block_size);
+	digest_block(t->zeros, vm->block_size, &t->zero_digest);
 	*out = t;
 	return 0;
 }
@@ -248,6 +249,7 @@ trk_close(struct tracker *t)
 	free(t->disks);
 	free(t->dirty);
 	free(t->buf);
+	free(t->zeros);
 	free(t->range);
 	free(t->dir);
 	free(t->vm);
@@ -596,6 +598,7 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 	uint32_t bs = t->block_size;
 	size_t chunk = TRK_CHUNK < bs ? bs : TRK_CHUNK;
 	size_t pos = 0;		/* bytes of t->buf used by this call */
+	uint64_t holes = 0;	/* bytes of holes passed by this call */
 	int r;
 
 	if (!t->active)
@@ -619,18 +622,33 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 			continue;
 		}
 		uint8_t *p = t->buf + pos;
-		if ((r = view_read(t, t->cur_disk, p, want, off, err,
-		    errsz)) != 0)
-			return r;
-		pos += want;
+		/* Whole blocks of a hole (or up to the disk's end) are zeros
+		 * without a read. */
+		uint64_t hend = t->be->hole == NULL || holes >= TRK_HOLES ? off :
+		    t->be->hole(t->bs, t->cur_disk, off, off + want);
+		size_t inhole = hend > off && hend <= off + want ?
+		    (size_t)(hend - off) : 0;
+		if (inhole < want && off + inhole != d->size)
+			inhole -= inhole % bs;
+		if (inhole > 0) {
+			want = inhole;
+			p = NULL;
+			holes += want;
+			t->stats.bytes_read += want;
+		} else {
+			if ((r = view_read(t, t->cur_disk, p, want, off, err,
+			    errsz)) != 0)
+				return r;
+			pos += want;
+		}
 		for (size_t o = 0; o < want; o += bs) {
 			struct trk_block blk;
 			uint64_t idx = (off + o) / bs;
 			blk.disk = (uint16_t)t->cur_disk;
 			blk.offset = off + o;
 			blk.len = (uint32_t)(want - o < bs ? want - o : bs);
-			blk.data = p + o;
-			blk.zero = util_is_zero(blk.data, blk.len);
+			blk.data = p != NULL ? p + o : t->zeros;
+			blk.zero = p == NULL || util_is_zero(blk.data, blk.len);
 			if (blk.zero && blk.len == bs)
 				blk.hash = t->zero_digest;
 			else
@@ -661,6 +679,8 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 			}
 		}
 		t->cur_off = off + want;
+		if (holes >= TRK_HOLES && pos == 0)
+			return 0;	/* a long run of holes: let others work */
 	}
 	if (t->be->viewed != NULL && !t->viewed) {
 		t->viewed = 1;

@@ -786,6 +786,63 @@ test_empty_cycle_keeps_map(void **state)
 	coll_free(&c);
 }
 
+/* Holes punched into data are zero blocks to send; holes the scan backend
+ * skips without a read still count as read, and still compare. */
+static void
+test_holes(void **state)
+{
+	struct fixture *f = *state;
+	struct tracker *t = first_cycle(f);
+	struct collector c;
+	struct trk_stats st;
+	char err[256];
+	int fd = open(f->paths[0], O_WRONLY | O_CLOEXEC);
+
+	assert_true(fd >= 0);
+	/* Blocks 6 and 7 whole (5 is zero already, next to them); the last,
+	 * short block (1000 bytes) whole;
+	 * 4 KiB inside block 2 (data around it: read as usual). */
+	assert_int_equal(fallocate(fd, FALLOC_FL_PUNCH_HOLE |
+	    FALLOC_FL_KEEP_SIZE, 6 * (off_t)BS, 2 * (off_t)BS), 0);
+	assert_int_equal(fallocate(fd, FALLOC_FL_PUNCH_HOLE |
+	    FALLOC_FL_KEEP_SIZE, 16 * (off_t)BS, 1000), 0);
+	assert_int_equal(fallocate(fd, FALLOC_FL_PUNCH_HOLE |
+	    FALLOC_FL_KEEP_SIZE, 2 * (off_t)BS + 4096, 4096), 0);
+	assert_int_equal(close(fd), 0);
+
+	coll_init(&c, f);
+	assert_int_equal(run_cycle(t, 1, 0, &c, SIZE_MAX, NULL, err,
+	    sizeof(err)), 0);
+	const struct want w[] = { { 0, 2, 0 }, { 0, 6, 1 }, { 0, 7, 1 },
+	    { 0, 16, 1 } };
+	assert_emitted(f, &c, w, 4);
+	for (size_t i = 0; i < c.n; i++)
+		assert_int_equal(c.blocks[i].len, i == 3 ? 1000 : BS);
+	trk_stats(t, &st);
+	assert_int_equal(st.bytes_read, total_size(f));
+	assert_int_equal(trk_commit(t, 2, err, sizeof(err)), 0);
+
+	/* Nothing changed since: nothing sent, the holes compare equal. */
+	coll_free(&c);
+	assert_int_equal(run_cycle(t, 2, 0, &c, SIZE_MAX, NULL, err,
+	    sizeof(err)), 0);
+	assert_int_equal(c.n, 0);
+	trk_stats(t, &st);
+	assert_int_equal(st.bytes_read, total_size(f));
+	assert_int_equal(trk_commit(t, 3, err, sizeof(err)), 0);
+
+	/* Sent whole (full): the hole blocks go too, as zeros. */
+	coll_free(&c);
+	assert_int_equal(run_cycle(t, 3, 1, &c, SIZE_MAX, NULL, err,
+	    sizeof(err)), 0);
+	assert_all_blocks(f, &c);
+	assert_true(c.blocks[5].zero && c.blocks[6].zero && c.blocks[7].zero &&
+	    c.blocks[16].zero);
+	trk_abort(t);
+	trk_close(t);
+	coll_free(&c);
+}
+
 static void
 test_block_size_change(void **state)
 {
@@ -1041,6 +1098,7 @@ main(void)
 		T(test_missing_disk),
 		T(test_corrupt_map),
 		T(test_empty_cycle_keeps_map),
+		T(test_holes),
 		T(test_block_size_change),
 		T(test_emit_error_stops),
 		T(test_trk_cycle_lowest),
