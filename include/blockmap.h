@@ -64,6 +64,8 @@ uint64_t bm_file_nblocks(const struct bm_file *f);
 /* The digest of block idx (zero past the map's end); fastest in
  * increasing order. */
 int	bm_file_get(struct bm_file *f, uint64_t idx, struct digest *out);
+/* Free the read window until the next bm_file_get() (between cycles). */
+void	bm_file_idle(struct bm_file *f);
 /* Digests [first, first + n) into out (zero past the map's end). */
 int	bm_file_read(struct bm_file *f, uint64_t first, size_t n,
 	    struct digest *out);

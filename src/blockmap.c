@@ -108,6 +108,7 @@ struct bm_changes {
 	uint64_t	 count;		/* bm_changes_set() calls */
 	struct bm_change *v;		/* in memory, while fd < 0 */
 	size_t		 n;
+	size_t		 cap;
 	int		 fd;		/* the spill file, once opened */
 	struct digest	*win;		/* its write-back window */
 	uint64_t	 win_first;
@@ -317,7 +318,6 @@ bm_open(const char *path, struct bm_file **out)
 	f->map_cycle = h.cycle;
 	f->nblocks = h.nblocks;
 	f->cycle = read_cycle_file(path, f);
-	f->win = xcalloc(BM_WINDOW, sizeof(*f->win));
 	r = 0;
 out:
 	free(buf);
@@ -368,6 +368,16 @@ bm_file_read(struct bm_file *f, uint64_t first, size_t n, struct digest *out)
 	return file_read(f, first, n, out);
 }
 
+void
+bm_file_idle(struct bm_file *f)
+{
+	if (f == NULL)
+		return;
+	free(f->win);
+	f->win = NULL;
+	f->win_n = 0;
+}
+
 int
 bm_file_get(struct bm_file *f, uint64_t idx, struct digest *out)
 {
@@ -380,6 +390,8 @@ bm_file_get(struct bm_file *f, uint64_t idx, struct digest *out)
 	if (f->win_n == 0 || idx < f->win_first ||
 	    idx - f->win_first >= f->win_n) {
 		uint64_t first = idx - idx % BM_WINDOW;
+		if (f->win == NULL)
+			f->win = xcalloc(BM_WINDOW, sizeof(*f->win));
 		f->win_n = 0;
 		if ((r = file_read(f, first, BM_WINDOW, f->win)) != 0)
 			return r;
@@ -400,7 +412,6 @@ bm_changes_new(const char *map_path, uint64_t nblocks)
 	c->path = xasprintf("%s.next", map_path);
 	c->nblocks = nblocks;
 	c->fd = -1;
-	c->v = xcalloc(BM_CHANGES_MEM, sizeof(*c->v));
 	unlink(c->path);	/* a crashed cycle's: never read */
 	return c;
 }
@@ -487,6 +498,9 @@ spill_open(struct bm_changes *c)
 		if ((r = spill_set(c, c->v[i].idx, &c->v[i].d)) != 0)
 			return r;
 	c->n = 0;
+	free(c->v);
+	c->v = NULL;
+	c->cap = 0;
 	return 0;
 }
 
@@ -503,6 +517,10 @@ bm_changes_set(struct bm_changes *c, uint64_t idx, const struct digest *d)
 		return r;
 	if (c->fd >= 0)
 		return spill_set(c, idx, d);
+	if (c->n == c->cap) {
+		c->cap = c->cap ? 2 * c->cap : 256;
+		c->v = xreallocarray(c->v, c->cap, sizeof(*c->v));
+	}
 	c->v[c->n].idx = idx;
 	c->v[c->n].seq = c->count;
 	c->v[c->n].d = *d;
@@ -715,7 +733,7 @@ bm_commit(const char *path, struct bm_file **fp, uint32_t block_size,
 	    f->block_size != block_size ? NULL : f, .ch = ch, .drop = ~(uint64_t)0 };
 	if (m.old != NULL && disk_size != f->disk_size && f->nblocks > 0)
 		m.drop = f->nblocks - 1;
-	if (ch->fd < 0)
+	if (ch->fd < 0 && ch->n > 0)
 		qsort(ch->v, ch->n, sizeof(*ch->v), change_cmp);
 	else if ((r = spill_flush(ch)) != 0)
 		return r;
@@ -733,7 +751,6 @@ bm_commit(const char *path, struct bm_file **fp, uint32_t block_size,
 	nf->map_cycle = nf->cycle = cycle;
 	nf->nblocks = bm_nblocks(disk_size, block_size);
 	nf->sum = sum;
-	nf->win = xcalloc(BM_WINDOW, sizeof(*nf->win));
 	bm_close(f);
 	*fp = nf;
 	return 0;

@@ -223,6 +223,7 @@ drop_cut(struct tracker *t)
 	for (size_t i = 0; i < t->ndisks; i++) {
 		bm_changes_free(t->disks[i].next);
 		t->disks[i].next = NULL;
+		bm_file_idle(t->disks[i].map);
 		trk_dirty_reset(&t->dirty[i]);
 	}
 	t->active = 0;
