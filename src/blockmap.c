@@ -42,15 +42,15 @@
  *     replica's ACK: until then the old digests stay, so a block the
  *     failed cycle read is compared with its old digest and sent again;
  *   - a crash between the ACK and the rename leaves the old map, whose
- *     cycle is older than the replica's: the tracker then sends the whole
- *     disk (tracker.c, begin());
+ *     cycle is older than the replica's: the state then proves nothing
+ *     (trk_proven()), and the next cycle compares the whole disk with the
+ *     replica (a resync) or sends it whole (tracker.c, begin());
  *   - a cycle file counts only for the very map it names (its cycle and
  *     checksum), and says only that the map's digests still hold at a
  *     later cycle; it is replaced atomically.  A missing, damaged or
  *     stale one (a newer map was renamed in: it is removed first, and a
  *     stale one names another map anyway) leaves the map's own cycle,
- *     which is older than the replica's: the whole disk is sent, never a
- *     block skipped;
+ *     which is older than the replica's: the same, never a block skipped;
  *   - a map or cycle file that fails any check is treated as lost (the
  *     tracker then cannot prove what changed and sends every block).
  *

@@ -15,8 +15,9 @@
  * P1 across crashes: the old map stays as it is until trk_commit(), which
  * runs only after the replica's ACK; bm_commit() replaces it atomically.
  * A crash before that leaves a map (or cycle file) of an older cycle than
- * the replica's, and begin() then sends the whole disk; a commit that
- * saved some disks and not others does the same for the others.
+ * the replica's: trk_proven() fails (the session resyncs) and begin()
+ * reads the whole disk; a commit that saved some disks and not others
+ * leaves the others so.  Why the files are safe: blockmap.c.
  */
 #include <errno.h>
 #include <stdio.h>
