@@ -158,25 +158,31 @@ scan_read(void *state, size_t disk, uint8_t *buf, size_t len, uint64_t off,
 	return util_pread_holes(s->fds[disk], buf, len, (off_t)off);
 }
 
-/* A sparse image's holes: the tracker skips reading them (a 256 GiB image
- * with 1 GiB of data costs what the data costs, not a scan of zeros). */
-static uint64_t
-scan_hole(void *state, size_t disk, uint64_t off, uint64_t end)
+uint64_t
+trk_file_hole(int fd, uint64_t off, uint64_t end)
 {
-	struct scan *s = state;
 	struct stat sb;
-	off_t data = lseek(s->fds[disk], (off_t)off, SEEK_DATA);
+	off_t data = lseek(fd, (off_t)off, SEEK_DATA);
 
 	if (data < 0 && errno == ENXIO) {
 		/* No data past off: a hole to the end of the file, if the file
 		 * still reaches end (else the read reports the shrink). */
-		if (fstat(s->fds[disk], &sb) != 0 || (uint64_t)sb.st_size < end)
+		if (fstat(fd, &sb) != 0 || (uint64_t)sb.st_size < end)
 			return off;
 		return end;
 	}
 	if (data < 0 || (uint64_t)data <= off)
 		return off;
 	return (uint64_t)data < end ? (uint64_t)data : end;
+}
+
+/* A sparse image's holes: the tracker skips reading them (a 256 GiB image
+ * with 1 GiB of data costs what the data costs, not a scan of zeros). */
+static uint64_t
+scan_hole(void *state, size_t disk, uint64_t off, uint64_t end)
+{
+	struct scan *s = state;
+	return trk_file_hole(s->fds[disk], off, end);
 }
 
 static int
