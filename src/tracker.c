@@ -600,6 +600,7 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 	uint32_t bs = t->block_size;
 	size_t chunk = TRK_CHUNK < bs ? bs : TRK_CHUNK;
 	size_t pos = 0;		/* bytes of t->buf used by this call */
+	size_t zeros = 0;	/* bytes of holes emitted by this call */
 	uint64_t holes = 0;	/* bytes of holes passed by this call */
 	int r;
 
@@ -612,8 +613,9 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 		struct trk_disk *d = &t->disks[t->cur_disk];
 		uint64_t off = 0;
 		/* Whole blocks only: a read ends on a block boundary or at
-		 * the disk's end. */
-		size_t room = pos < chunk ? chunk - pos : 0;
+		 * the disk's end.  Emitted holes count as read: a call emits
+		 * at most a chunk's worth of blocks. */
+		size_t room = pos + zeros < chunk ? chunk - pos - zeros : 0;
 		room -= room % bs;
 		size_t want = room ? next_range(t, room, &off) : 0;
 		if (want == 0) {
@@ -674,6 +676,8 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 			}
 			if (!d->whole && !differs)
 				continue;
+			if (p == NULL)
+				zeros += blk.len;
 			t->stats.dirty_bytes += blk.len;
 			if ((r = emit(arg, &blk)) != 0) {
 				snprintf(err, errsz, "%s", rd_strerror(r));
@@ -681,7 +685,7 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 			}
 		}
 		t->cur_off = off + want;
-		if (holes >= TRK_HOLES && pos == 0)
+		if (holes >= TRK_HOLES)
 			return 0;	/* a long run of holes: let others work */
 	}
 	if (t->be->viewed != NULL && !t->viewed) {
