@@ -165,6 +165,7 @@ bench: deps
 	$(Q)tools/bench-trackers
 	$(Q)tools/bench-scale 100 64
 	$(Q)tools/bench-scale 500 8
+	$(Q)tools/bench-rss
 
 install: all
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8

@@ -15,6 +15,10 @@
  *                                     removed when VM becomes a replica:
  *       DISK.map                      digest of every block as of the last
  *                                     acknowledged cycle (blockmap.h)
+ *       DISK.map.cycle                a later cycle DISK.map also describes
+ *                                     (nothing changed since); DISK.map.next:
+ *                                     a running cycle's changed digests
+ *                                     (blockmap.c names both after DISK.map)
  *       app-point                     cut time (Unix ms, text) of the
  *                                     newest application-consistent point
  *       nbd.sock                      tracker qemu: QEMU's NBD server

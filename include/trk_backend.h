@@ -97,6 +97,13 @@ struct trk_backend {
 	int	(*read)(void *state, size_t disk, uint8_t *buf, size_t len,
 		    uint64_t off, char *err, size_t errsz);
 	/*
+	 * Where the hole of disk's view that starts at off ends, at most
+	 * end (off + len <= its size at the cut): its bytes read as zeros,
+	 * so the tracker need not read them.  off if off is not in a hole
+	 * or the backend cannot tell.  May be NULL.
+	 */
+	uint64_t (*hole)(void *state, size_t disk, uint64_t off, uint64_t end);
+	/*
 	 * The replica durably holds cycle `cycle` and the tracker saved its
 	 * digests: the cut becomes the base of the next comparison (the
 	 * next cut gets since[i] == cycle).  A failure here is logged by

@@ -17,5 +17,8 @@ int	trk_file_size(int fd, const char *path, uint64_t *size, char *err,
 /* The sizes of n disks. */
 int	trk_file_sizes(char *const *paths, size_t n, uint64_t *sizes,
 	    char *err, size_t errsz);
+/* The end of the hole of fd at off, at most end; off if none (or no
+ * SEEK_DATA, or the file no longer reaches end).  trk_backend.h hole. */
+uint64_t trk_file_hole(int fd, uint64_t off, uint64_t end);
 
 #endif

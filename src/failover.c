@@ -1406,6 +1406,47 @@ restore_done(void *arg)
  * not the ones the tracker read (tracker qemu), they are not, and the
  * first cycle from the new primary must compare (P1).  1 if clean.
  */
+/* Write .digests/DISK through a temporary file, in chunks. */
+struct dig_out {
+	char	*tmp;
+	int	 fd;
+	int	 failed;
+};
+
+static void
+dig_out_put(struct dig_out *o, const void *p, size_t len)
+{
+	if (o->fd >= 0 && !o->failed && util_write_full(o->fd, p, len) != 0)
+		o->failed = 1;
+}
+
+/* Rename into dst if all went well; 0 or -1. */
+static int
+dig_out_end(struct dig_out *o, const char *dst)
+{
+	int r = -1;
+	if (o->fd >= 0) {
+		int ok = !o->failed && fsync(o->fd) == 0;
+		if (close(o->fd) == 0 && ok && rename(o->tmp, dst) == 0 &&
+		    util_fsync_parent(dst) == 0)
+			r = 0;
+		if (r != 0)
+			unlink(o->tmp);
+	}
+	free(o->tmp);
+	return r;
+}
+
+/*
+ * The old primary's disks become a replica at the final cycle: hash them
+ * into the new replica's .digests (for verify), and tell whether they are
+ * still exactly what the tracker recorded at that cycle.  If the guest
+ * wrote after the cut (no on_demote hook stopped it), or the files are
+ * not the ones the tracker read (tracker qemu), they are not, and the
+ * first cycle from the new primary must compare (P1).  1 if clean.
+ * Done in chunks: the tracker map is read, and .digests written, in
+ * windows.
+ */
 static int
 disks_to_digests(struct fo *f, const struct cat_rel *rel)
 {
@@ -1414,26 +1455,33 @@ disks_to_digests(struct fo *f, const struct cat_rel *rel)
 	char **paths = disk_paths(f->svc->cfg, rel, rel->storage, &n);
 	uint32_t bs = rel->block_size;
 	size_t chunk = (4u << 20) < bs ? bs : (4u << 20);
+	size_t maxnb = (chunk + bs - 1) / bs;
 	uint8_t *buf = xmalloc(chunk);
+	struct digest *d = xcalloc(maxnb, sizeof(*d));
+	struct digest *old = xcalloc(maxnb, sizeof(*old));
 	int clean = 1;
 
 	for (size_t i = 0; i < n; i++) {
-		struct blockmap bm;
-		struct wbuf dig;
+		struct bm_file *bm = NULL;
+		struct dig_out out = { .fd = -1 };
 		char *map = lay_tracker_map(sd, rel->vm, rel->disks[i].name);
 		char *dir = xasprintf("%s/%s/.digests", rel->storage, rel->vm);
 		char *dst = xasprintf("%s/%s", dir, rel->disks[i].name);
-		int have = bm_load(map, &bm) == 0;
+		int have = bm_open(map, &bm) == 0;
 		int fd = open(paths[i], O_RDONLY | O_CLOEXEC);
 		struct stat sb;
-		wb_init(&dig);
 		if (fd < 0 || fstat(fd, &sb) != 0) {
 			clean = 0;
 		} else {
 			uint64_t size = (uint64_t)sb.st_size;
-			if (!have || bm.disk_size != size ||
-			    bm.cycle != rel->last_cycle)
+			if (!have || bm_file_disk_size(bm) != size ||
+			    bm_file_block_size(bm) != bs ||
+			    bm_file_cycle(bm) != rel->last_cycle)
 				clean = 0;
+			out.tmp = xasprintf("%s.tmp", dst);
+			if (util_mkdir_p(dir, 0700) == 0)
+				out.fd = open(out.tmp, O_WRONLY | O_CREAT |
+				    O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 			for (uint64_t off = 0; off < size; off += chunk) {
 				size_t k = size - off < chunk ?
 				    (size_t)(size - off) : chunk;
@@ -1442,30 +1490,28 @@ disks_to_digests(struct fo *f, const struct cat_rel *rel)
 					break;
 				}
 				size_t nb = (k + bs - 1) / bs;
-				struct digest *d = (struct digest *)wb_reserve(&dig,
-				    nb * sizeof(*d));
 				digest_blocks(buf, k, bs, d);
-				if (have && clean && memcmp(d, &bm.d[off / bs],
-				    nb * sizeof(*d)) != 0)
+				if (have && clean && (bm_file_read(bm, off / bs,
+				    nb, old) != 0 || memcmp(d, old,
+				    nb * sizeof(*d)) != 0))
 					clean = 0;
-				dig.len += nb * sizeof(*d);
+				dig_out_put(&out, d, nb * sizeof(*d));
 			}
-			if (util_mkdir_p(dir, 0700) != 0 ||
-			    util_write_atomic(dst, dig.p, dig.len) != 0)
+			if (dig_out_end(&out, dst) != 0)
 				log_warnx("%s: cannot write %s; verify fails until "
 				    "the next resync", rel->vm, dst);
 		}
 		if (fd >= 0)
 			close(fd);
-		if (have)
-			bm_free(&bm);
-		wb_free(&dig);
+		bm_close(bm);
 		free(map);
 		free(dir);
 		free(dst);
 	}
 	free_paths(paths, n);
 	free(buf);
+	free(d);
+	free(old);
 	return clean;
 }
 
@@ -1662,8 +1708,29 @@ failover_planned(struct svc *svc, const char *vm, failover_done_fn done,
 
 /* --- planned failover, replica side -------------------------------------- */
 
+/* The replica's .digests records of one disk, as tracker digests. */
+struct dig_in {
+	int		 fd;
+	uint32_t	 bs;
+	uint64_t	 size;
+};
+
+static int
+fill_from_digests(void *arg, uint64_t first, size_t n, struct digest *out)
+{
+	struct dig_in *in = arg;
+	int r = util_pread_full(in->fd, out, n * sizeof(*out),
+	    (off_t)(first * sizeof(*out)));
+	if (r == RD_ERR_TRUNCATED)
+		return RD_ERR_CORRUPT;
+	if (r == 0)
+		store_records_expand(out, n, first * in->bs, in->bs, in->size);
+	return r;
+}
+
 /* The replica's digests are the new primary's tracker state: the first
- * cycle back sends only what the guest writes from now on. */
+ * cycle back sends only what the guest writes from now on.  Read and
+ * written in windows. */
 static int
 digests_to_maps(struct fo *f, const struct cat_rel *rel)
 {
@@ -1674,24 +1741,25 @@ digests_to_maps(struct fo *f, const struct cat_rel *rel)
 		char *dg = xasprintf("%s/%s/.digests/%s", rel->storage, rel->vm,
 		    rel->disks[i].name);
 		char *map = lay_tracker_map(sd, rel->vm, rel->disks[i].name);
-		uint8_t *data = NULL;
-		size_t len = 0;
-		struct blockmap bm;
-		bm_init(&bm, rel->block_size, rel->disks[i].size);
-		r = util_read_file(dg, (size_t)1 << 34, &data, &len);
-		if (r == 0 && len != bm.nblocks * sizeof(struct digest))
+		struct dig_in in = { .bs = rel->block_size,
+		    .size = rel->disks[i].size };
+		struct stat sb;
+		uint64_t nblocks = bm_nblocks(in.size, in.bs);
+		in.fd = open(dg, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (in.fd < 0)
+			r = errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
+		else if (fstat(in.fd, &sb) != 0)
+			r = RD_ERR_SYSTEM;
+		else if (!S_ISREG(sb.st_mode) ||
+		    (uint64_t)sb.st_size != nblocks * sizeof(struct digest))
 			r = RD_ERR_CORRUPT;
-		if (r == 0) {
-			memcpy(bm.d, data, len);
-			store_records_expand(bm.d, bm.nblocks, 0,
-			    rel->block_size, rel->disks[i].size);
-			bm.cycle = rel->last_cycle;
-			r = bm_save(map, &bm);
-		}
+		if (r == 0)
+			r = bm_save_from(map, in.bs, in.size, rel->last_cycle,
+			    fill_from_digests, &in);
 		if (r != 0)
 			unlink(map);	/* unknown: the disk is compared */
-		bm_free(&bm);
-		free(data);
+		if (in.fd >= 0)
+			close(in.fd);
 		free(dg);
 		free(map);
 	}

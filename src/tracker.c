@@ -4,6 +4,20 @@
  * them, and their commit after the replica's ACK.  The backends
  * (trk_scan.c, trk_reflink.c, trk_qemu.c) supply the cut, the ranges that
  * may have changed, and the reads; see trk_backend.h.
+ *
+ * Memory: the acknowledged digests stay on disk (blockmap.c: read in
+ * windows, increasing order); a cycle keeps only the digests that
+ * differ from them (struct bm_changes: in memory while few, spilled to a
+ * file beyond), and the digests of the range trk_read_range() read last.
+ * A cycle in which nothing changed commits by writing the small cycle
+ * file, not the map.
+ *
+ * P1 across crashes: the old map stays as it is until trk_commit(), which
+ * runs only after the replica's ACK; bm_commit() replaces it atomically.
+ * A crash before that leaves a map (or cycle file) of an older cycle than
+ * the replica's: trk_proven() fails (the session resyncs) and begin()
+ * reads the whole disk; a commit that saved some disks and not others
+ * leaves the others so.  Why the files are safe: blockmap.c.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -12,6 +26,7 @@
 
 #include "blockmap.h"
 #include "err.h"
+#include "fault.h"
 #include "layout.h"
 #include "log.h"
 #include "pool.h"
@@ -21,6 +36,7 @@
 #include "xmalloc.h"
 
 #define TRK_CHUNK	(4u << 20)	/* bytes read per trk_scan() call */
+#define TRK_HOLES	(256u << 20)	/* bytes of holes per trk_scan() call */
 
 enum { BEGIN_SCAN, BEGIN_FULL, BEGIN_RESYNC };
 
@@ -30,8 +46,10 @@ struct trk_disk {
 	char		*map_path;
 	int		 known;		/* map loaded and valid */
 	int		 whole;		/* this cycle reads and sends every block */
-	struct blockmap	 map;		/* as of the acknowledged cycle */
-	struct blockmap	 next;		/* being filled by this cycle */
+	int		 reset;		/* the new map starts from no digest */
+	struct bm_file	*map;		/* as of the acknowledged cycle */
+	struct bm_changes *next;	/* what this cycle changed */
+	uint64_t	 unknown_from;	/* blocks with no valid old digest */
 	uint64_t	 size;		/* at this cycle's cut */
 	size_t		 ext;		/* scan cursor: extent of dirty[] */
 };
@@ -53,7 +71,13 @@ struct tracker {
 	uint8_t		*buf;		/* chunk_len() bytes from the pool
 					   while a trk_scan()'s blocks are in
 					   use (trk_release()), else NULL */
+	uint8_t		*zeros;		/* one block of zeros */
 	struct digest	 zero_digest;	/* of one whole zero block */
+	uint16_t	 range_disk;	/* what trk_read_range() read last */
+	uint64_t	 range_first;	/* its first block */
+	size_t		 range_n;	/* blocks */
+	size_t		 range_cap;
+	struct digest	*range;		/* their digests */
 	struct trk_stats stats;
 	char		*test_def;	/* REPLICAD_TEST_DEFINITION's text */
 };
@@ -168,13 +192,14 @@ trk_open(const char *state_dir, const struct cfg_vm *vm, struct tracker **out)
 		d->path = xstrdup(vm->disks[i]);
 		d->map_path = lay_tracker_map(state_dir, vm->name,
 		    vm->disk_names[i]);
-		r = bm_load(d->map_path, &d->map);
-		if (r == 0 && d->map.block_size != vm->block_size) {
+		r = bm_open(d->map_path, &d->map);
+		if (r == 0 && bm_file_block_size(d->map) != vm->block_size) {
 			log_warnx("%s: %s: block size changed from %u to %u; "
 			    "the disk will be sent whole", vm->name,
-			    vm->disk_names[i], d->map.block_size,
+			    vm->disk_names[i], bm_file_block_size(d->map),
 			    vm->block_size);
-			bm_free(&d->map);
+			bm_close(d->map);
+			d->map = NULL;
 			r = RD_ERR_INVALID;
 		} else if (r != 0 && r != RD_ERR_NOT_FOUND) {
 			log_warnx("%s: tracker state %s unusable (%s); the disk "
@@ -182,17 +207,14 @@ trk_open(const char *state_dir, const struct cfg_vm *vm, struct tracker **out)
 			    rd_strerror(r));
 		}
 		d->known = r == 0;
-		if (!d->known)
-			bm_init(&d->map, vm->block_size, 0);
 	}
 	if ((r = t->be->open(vm, state_dir, &t->bs, err, sizeof(err))) != 0) {
 		log_warnx("%s: tracker %s: %s", vm->name, t->be->name, err);
 		trk_close(t);
 		return r;
 	}
-	uint8_t *zero = xcalloc(1, vm->block_size);
-	digest_block(zero, vm->block_size, &t->zero_digest);
-	free(zero);
+	t->zeros = xcalloc(1, vm->block_size);
+	digest_block(t->zeros, vm->block_size, &t->zero_digest);
 	*out = t;
 	return 0;
 }
@@ -217,7 +239,9 @@ static void
 drop_cut(struct tracker *t)
 {
 	for (size_t i = 0; i < t->ndisks; i++) {
-		bm_free(&t->disks[i].next);
+		bm_changes_free(t->disks[i].next);
+		t->disks[i].next = NULL;
+		bm_file_idle(t->disks[i].map);
 		trk_dirty_reset(&t->dirty[i]);
 	}
 	t->active = 0;
@@ -236,7 +260,7 @@ trk_close(struct tracker *t)
 	if (t->be && t->bs)
 		t->be->close(t->bs);
 	for (size_t i = 0; i < t->ndisks; i++) {
-		bm_free(&t->disks[i].map);
+		bm_close(t->disks[i].map);
 		trk_dirty_free(&t->dirty[i]);
 		free(t->disks[i].name);
 		free(t->disks[i].path);
@@ -244,6 +268,8 @@ trk_close(struct tracker *t)
 	}
 	free(t->disks);
 	free(t->dirty);
+	free(t->zeros);
+	free(t->range);
 	free(t->dir);
 	free(t->vm);
 	free(t->test_def);
@@ -320,8 +346,8 @@ trk_cycle(const struct tracker *t)
 	for (size_t i = 0; i < t->ndisks; i++) {
 		if (!t->disks[i].known)
 			return 0;
-		if (t->disks[i].map.cycle < c)
-			c = t->disks[i].map.cycle;
+		if (bm_file_cycle(t->disks[i].map) < c)
+			c = bm_file_cycle(t->disks[i].map);
 	}
 	return t->ndisks ? c : 0;
 }
@@ -330,7 +356,8 @@ int
 trk_proven(const struct tracker *t, uint64_t replica_cycle)
 {
 	for (size_t i = 0; i < t->ndisks; i++)
-		if (!t->disks[i].known || t->disks[i].map.cycle != replica_cycle)
+		if (!t->disks[i].known ||
+		    bm_file_cycle(t->disks[i].map) != replica_cycle)
 			return 0;
 	return 1;
 }
@@ -384,17 +411,17 @@ begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle, int mode,
 		 * cycle and changed back since: send the whole disk.
 		 */
 		d->whole = mode != BEGIN_SCAN || !d->known ||
-		    d->map.cycle != replica_cycle;
+		    bm_file_cycle(d->map) != replica_cycle;
 		if (d->whole && d->known && mode == BEGIN_SCAN)
 			log_info("%s: %s: tracker state is at cycle %llu, the "
 			    "replica at %llu: sending the whole disk", t->vm,
-			    d->path, (unsigned long long)d->map.cycle,
+			    d->path, (unsigned long long)bm_file_cycle(d->map),
 			    (unsigned long long)replica_cycle);
 		/* What the backend compares against: the cut whose digests
 		 * the map holds, when they count; 0 when the whole disk is
 		 * read anyway (the backend then gives a view of all of it). */
-		since[i] = d->whole ? 0 : d->map.cycle;
-		sizes[i] = d->whole ? 0 : d->map.disk_size;
+		since[i] = d->whole ? 0 : bm_file_cycle(d->map);
+		sizes[i] = d->whole ? 0 : bm_file_disk_size(d->map);
 	}
 	if ((r = t->be->cut(t->bs, cycle, since, sizes, t->dirty, err,
 	    errsz)) != 0)
@@ -411,11 +438,12 @@ begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle, int mode,
 			drop_cut(t);
 			return r;
 		}
-		if (d->known && d->size < d->map.disk_size) {
+		uint64_t old_size = d->known ? bm_file_disk_size(d->map) : 0;
+		if (d->known && d->size < old_size) {
 			snprintf(err, errsz, "disk %s shrank from %llu to %llu "
 			    "bytes; shrinking a replicated disk is not "
 			    "supported", d->path,
-			    (unsigned long long)d->map.disk_size,
+			    (unsigned long long)old_size,
 			    (unsigned long long)d->size);
 			t->be->abort(t->bs);
 			drop_cut(t);
@@ -426,19 +454,24 @@ begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle, int mode,
 		} else if (!dy->all) {
 			/* A grown disk: its new blocks, and the old last block
 			 * (its length changed), count as written. */
-			if (d->size != d->map.disk_size) {
-				uint64_t from = d->map.disk_size -
-				    d->map.disk_size % bs;
+			if (d->size != old_size) {
+				uint64_t from = old_size - old_size % bs;
 				trk_dirty_add(dy, from, d->size - from);
 			}
 			dirty_normalize(dy, bs, d->size);
 		}
-		if (mode == BEGIN_RESYNC) {
-			/* Every block is read and noted by trk_read_range(). */
-			bm_init(&d->next, bs, d->size);
-		} else {
-			bm_copy(&d->next, &d->map);
-			bm_resize(&d->next, d->size);
+		/* Every block is read and noted by trk_read_range(). */
+		d->reset = mode == BEGIN_RESYNC;
+		d->next = bm_changes_new(d->map_path,
+		    bm_nblocks(d->size, bs));
+		/* The old digests hold up to the old last block, which
+		 * counts as unknown if the disk's size changed (its length
+		 * did). */
+		d->unknown_from = 0;
+		if (d->known && !d->reset) {
+			d->unknown_from = bm_file_nblocks(d->map);
+			if (d->size != old_size && d->unknown_from > 0)
+				d->unknown_from--;
 		}
 	}
 	t->active = 1;
@@ -496,16 +529,31 @@ trk_read_range(struct tracker *t, uint16_t disk, uint64_t off, size_t len,
 	if (off % bs != 0 || off > d->size || len > d->size - off ||
 	    (len % bs != 0 && off + len != d->size))
 		return RD_ERR_RANGE;
+	t->range_n = 0;
 	if ((r = view_read(t, disk, buf, len, off, err, errsz)) != 0)
 		return r;
-	for (size_t o = 0; o < len; o += bs) {
+	size_t nb = len / bs + (len % bs != 0);
+	if (nb > t->range_cap) {
+		t->range = xreallocarray(t->range, nb, sizeof(*t->range));
+		t->range_cap = nb;
+	}
+	for (size_t o = 0, i = 0; o < len; o += bs, i++) {
 		size_t n = len - o < bs ? len - o : bs;
-		struct digest *dg = &d->next.d[(off + o) / bs];
+		struct digest *dg = &t->range[i];
 		if (n == bs && util_is_zero(buf + o, n))
 			*dg = t->zero_digest;
 		else
 			digest_block(buf + o, n, dg);
+		if ((r = bm_changes_set(d->next, (off + o) / bs, dg)) != 0) {
+			snprintf(err, errsz, "tracker state %s.next: %s",
+			    d->map_path, r == RD_ERR_SYSTEM ?
+			    strerror(errno) : rd_strerror(r));
+			return r;
+		}
 	}
+	t->range_disk = disk;
+	t->range_first = off / bs;
+	t->range_n = nb;
 	return 0;
 }
 
@@ -515,12 +563,14 @@ trk_range_digest(const struct tracker *t, uint16_t disk, uint64_t off,
 {
 	if (!t->active || disk >= t->ndisks || len == 0)
 		return RD_ERR_STATE;
-	const struct trk_disk *d = &t->disks[disk];
+	/* Only what trk_read_range() read last is kept. */
 	uint64_t first = off / t->block_size;
 	uint64_t n = (len + t->block_size - 1) / t->block_size;
-	if (first > d->next.nblocks || n > d->next.nblocks - first)
+	if (disk != t->range_disk || first < t->range_first ||
+	    first - t->range_first > t->range_n ||
+	    n > t->range_n - (first - t->range_first))
 		return RD_ERR_RANGE;
-	digest_chunk(&d->next.d[first], (size_t)n, out);
+	digest_chunk(&t->range[first - t->range_first], (size_t)n, out);
 	return 0;
 }
 
@@ -567,6 +617,8 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 	uint32_t bs = t->block_size;
 	size_t chunk = chunk_len(t);
 	size_t pos = 0;		/* bytes of t->buf used by this call */
+	size_t zeros = 0;	/* bytes of holes emitted by this call */
+	uint64_t holes = 0;	/* bytes of holes passed by this call */
 	int r;
 
 	if (!t->active)
@@ -580,8 +632,9 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 		struct trk_disk *d = &t->disks[t->cur_disk];
 		uint64_t off = 0;
 		/* Whole blocks only: a read ends on a block boundary or at
-		 * the disk's end. */
-		size_t room = pos < chunk ? chunk - pos : 0;
+		 * the disk's end.  Emitted holes count as read: a call emits
+		 * at most a chunk's worth of blocks. */
+		size_t room = pos + zeros < chunk ? chunk - pos - zeros : 0;
 		room -= room % bs;
 		size_t want = room ? next_range(t, room, &off) : 0;
 		if (want == 0) {
@@ -592,27 +645,58 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 			continue;
 		}
 		uint8_t *p = t->buf + pos;
-		if ((r = view_read(t, t->cur_disk, p, want, off, err,
-		    errsz)) != 0)
-			return r;
-		pos += want;
+		/* Whole blocks of a hole (or up to the disk's end) are zeros
+		 * without a read. */
+		uint64_t hend = t->be->hole == NULL || holes >= TRK_HOLES ? off :
+		    t->be->hole(t->bs, t->cur_disk, off, off + want);
+		size_t inhole = hend > off && hend <= off + want ?
+		    (size_t)(hend - off) : 0;
+		if (inhole < want && off + inhole != d->size)
+			inhole -= inhole % bs;
+		if (inhole > 0) {
+			want = inhole;
+			p = NULL;
+			holes += want;
+			t->stats.bytes_read += want;
+		} else {
+			if ((r = view_read(t, t->cur_disk, p, want, off, err,
+			    errsz)) != 0)
+				return r;
+			pos += want;
+		}
 		for (size_t o = 0; o < want; o += bs) {
 			struct trk_block blk;
 			uint64_t idx = (off + o) / bs;
 			blk.disk = (uint16_t)t->cur_disk;
 			blk.offset = off + o;
 			blk.len = (uint32_t)(want - o < bs ? want - o : bs);
-			blk.data = p + o;
-			blk.zero = util_is_zero(blk.data, blk.len);
+			blk.data = p != NULL ? p + o : t->zeros;
+			blk.zero = p == NULL || util_is_zero(blk.data, blk.len);
 			if (blk.zero && blk.len == bs)
 				blk.hash = t->zero_digest;
 			else
 				digest_block(blk.data, blk.len, &blk.hash);
-			int changed = d->whole ||
-			    !digest_equal(&d->next.d[idx], &blk.hash);
-			d->next.d[idx] = blk.hash;
-			if (!changed)
+			struct digest old;
+			memset(&old, 0, sizeof(old));
+			if (idx < d->unknown_from && (r = bm_file_get(d->map,
+			    idx, &old)) != 0) {
+				snprintf(err, errsz, "tracker state %s: %s",
+				    d->map_path, r == RD_ERR_SYSTEM ?
+				    strerror(errno) : rd_strerror(r));
+				return r;
+			}
+			int differs = !digest_equal(&old, &blk.hash);
+			if ((differs || d->reset) && (r = bm_changes_set(
+			    d->next, idx, &blk.hash)) != 0) {
+				snprintf(err, errsz, "tracker state %s.next: %s",
+				    d->map_path, r == RD_ERR_SYSTEM ?
+				    strerror(errno) : rd_strerror(r));
+				return r;
+			}
+			if (!d->whole && !differs)
 				continue;
+			if (p == NULL)
+				zeros += blk.len;
 			t->stats.dirty_bytes += blk.len;
 			if ((r = emit(arg, &blk)) != 0) {
 				snprintf(err, errsz, "%s", rd_strerror(r));
@@ -620,6 +704,8 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 			}
 		}
 		t->cur_off = off + want;
+		if (holes >= TRK_HOLES)
+			return 0;	/* a long run of holes: let others work */
 	}
 	if (t->be->viewed != NULL && !t->viewed) {
 		t->viewed = 1;
@@ -669,8 +755,10 @@ trk_commit(struct tracker *t, uint64_t cycle, char *err, size_t errsz)
 		return RD_ERR_STATE;
 	for (size_t i = 0; i < t->ndisks; i++) {
 		struct trk_disk *d = &t->disks[i];
-		d->next.cycle = cycle;
-		if ((r = bm_save(d->map_path, &d->next)) != 0) {
+		if (i > 0)
+			fault_point("primary-mid-tracker-commit");
+		if ((r = bm_commit(d->map_path, &d->map, t->block_size, d->size,
+		    cycle, d->next, d->reset)) != 0) {
 			snprintf(err, errsz, "cannot save tracker state %s: %s",
 			    d->map_path, r == RD_ERR_SYSTEM ? strerror(errno) :
 			    rd_strerror(r));
@@ -679,10 +767,6 @@ trk_commit(struct tracker *t, uint64_t cycle, char *err, size_t errsz)
 			saved = 0;
 			break;
 		}
-		bm_free(&d->map);
-		d->map = d->next;
-		d->next.d = NULL;
-		d->next.nblocks = 0;
 		d->known = 1;
 	}
 	if (saved) {

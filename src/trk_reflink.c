@@ -524,6 +524,14 @@ rl_read(void *state, size_t disk, uint8_t *buf, size_t len, uint64_t off,
 	return r;
 }
 
+/* The cut is a clone: its holes are the image's at the cut. */
+static uint64_t
+rl_hole(void *state, size_t disk, uint64_t off, uint64_t end)
+{
+	struct reflink *rl = state;
+	return trk_file_hole(rl->d[disk].fd, off, end);
+}
+
 static void
 rl_tidy(void *state)
 {
@@ -672,6 +680,7 @@ const struct trk_backend trk_backend_reflink = {
 	.sizes = rl_sizes,
 	.cut = rl_cut,
 	.read = rl_read,
+	.hole = rl_hole,
 	.commit = rl_commit,
 	.tidy = rl_tidy,
 	.abort = rl_abort,

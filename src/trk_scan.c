@@ -1,7 +1,7 @@
 /*
  * trk_scan.c — the scan backend: works on any file or block device.  The
  * view is the live disk, so every block may have changed: each cycle
- * reads the whole disk once (holes cost nothing, util_pread_holes) and
+ * reads the whole disk once (holes are not read: scan_hole) and
  * tracker.c ships the blocks whose digest changed.  Not point-in-time
  * unless the guest is paused (pre_snapshot) until the read ends.
  */
@@ -158,6 +158,33 @@ scan_read(void *state, size_t disk, uint8_t *buf, size_t len, uint64_t off,
 	return util_pread_holes(s->fds[disk], buf, len, (off_t)off);
 }
 
+uint64_t
+trk_file_hole(int fd, uint64_t off, uint64_t end)
+{
+	struct stat sb;
+	off_t data = lseek(fd, (off_t)off, SEEK_DATA);
+
+	if (data < 0 && errno == ENXIO) {
+		/* No data past off: a hole to the end of the file, if the file
+		 * still reaches end (else the read reports the shrink). */
+		if (fstat(fd, &sb) != 0 || (uint64_t)sb.st_size < end)
+			return off;
+		return end;
+	}
+	if (data < 0 || (uint64_t)data <= off)
+		return off;
+	return (uint64_t)data < end ? (uint64_t)data : end;
+}
+
+/* A sparse image's holes: the tracker skips reading them (a 256 GiB image
+ * with 1 GiB of data costs what the data costs, not a scan of zeros). */
+static uint64_t
+scan_hole(void *state, size_t disk, uint64_t off, uint64_t end)
+{
+	struct scan *s = state;
+	return trk_file_hole(s->fds[disk], off, end);
+}
+
 static int
 scan_commit(void *state, uint64_t cycle, char *err, size_t errsz)
 {
@@ -173,6 +200,7 @@ const struct trk_backend trk_backend_scan = {
 	.sizes = scan_sizes,
 	.cut = scan_cut,
 	.read = scan_read,
+	.hole = scan_hole,
 	.commit = scan_commit,
 	.abort = scan_abort,
 	.check = NULL,

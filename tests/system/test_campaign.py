@@ -285,6 +285,8 @@ CRASH_POINTS = [
     ("replica", "forget", "replica-after-drop-record"),
     ("primary", "sync", "primary-mid-send"), ("primary", "sync", "primary-after-ack"),
     ("primary", "sync", "primary-after-commit"), ("primary", "resync", "primary-mid-resync"),
+    ("primary", "sync", "primary-mid-tracker-commit"), ("primary", "sync", "primary-map-before-rename"),
+    ("primary", "resync", "primary-map-before-rename"),
 ]
 KILL_ACTIONS = ("sync", "sync", "sync", "resync", "prune", "forget")
 SPECS = [("sda.img", 20 * MiB, "random"), ("sdb.img", 12 * MiB + 512, "sparse")]

@@ -413,6 +413,46 @@ def test_primary_after_commit(env):
     primary_fault(env, "primary-after-commit", 1)
 
 
+def test_primary_map_before_rename(env):
+    # sda's new map is written but not renamed in: sda is back at the
+    # cycle before, sdb never saved, so both are sent whole.
+    primary_fault(env, "primary-map-before-rename", 1)
+
+
+def test_primary_mid_tracker_commit(env):
+    # sda's state is saved, sdb's not.
+    primary_fault(env, "primary-mid-tracker-commit", 1)
+
+
+def test_primary_empty_cycle_mid_commit(env):
+    """A cycle that changed nothing commits each disk's small cycle file,
+    not its map.  Killed after sda's and before sdb's: sdb's map is of the
+    cycle before the replica's, so the state proves nothing and the next
+    cycle compares with the replica (resync) instead of trusting it (P1:
+    never assume clean)."""
+    fault = "primary-mid-tracker-commit"
+    rig = Rig(env, SMALL)
+    rig.history(2)
+    pending = rig.snap("attempt-empty")
+    rig.pri.stop()
+    rig.start_primary(fault)
+    r = rig.pri.ctl("sync", VM, "--wait", timeout=120)
+    check(r.rc != 0, "sync --wait succeeded although the primary was to die at %s: %r" % (fault, r))
+    rig.expect_fault_death(rig.pri, fault)
+    mark = log_mark(rig.pri)
+    rig.start_primary()
+    rig.settle_replica()
+    what = "after a primary crash in an empty cycle's commit"
+    rig.check_points(what, pending)
+    rig.writes()
+    rig.converge(what)
+    log = rig.pri.log_text()[mark:]
+    check("the tracker state does not describe the replica's last cycle" in log,
+          "%s: the next cycle took the tracker state as proof:\n%s" % (what, log[-3000:]))
+    rig.pri.stop()
+    rig.rep.stop()
+
+
 # --- 3. kill -9 at random moments ---------------------------------------------
 
 def big_writes(rig, grow=None):

@@ -601,6 +601,281 @@ test_load_bad_block_size(void **state)
 	bm_free(&bm);
 }
 
+/* --- windows, changes, commits and the cycle file ------------------------ */
+
+/* Every digest of the map at path, through bm_open() and bm_file_get(). */
+static void
+assert_file_map(const char *path, const struct blockmap *want)
+{
+	struct bm_file *bf;
+	struct digest d;
+
+	assert_int_equal(bm_open(path, &bf), 0);
+	assert_int_equal(bm_file_block_size(bf), want->block_size);
+	assert_int_equal(bm_file_disk_size(bf), want->disk_size);
+	assert_int_equal(bm_file_cycle(bf), want->cycle);
+	assert_int_equal(bm_file_nblocks(bf), want->nblocks);
+	/* Backwards too: a window is reloaded when left. */
+	for (uint64_t i = want->nblocks; i-- > 0;) {
+		assert_int_equal(bm_file_get(bf, i, &d), 0);
+		assert_memory_equal(&d, &want->d[i], sizeof(d));
+	}
+	assert_int_equal(bm_file_get(bf, want->nblocks, &d), 0);
+	assert_true(is_zero_digest(&d));
+	bm_close(bf);
+}
+
+static void
+file_stat(const char *path, struct stat *sb)
+{
+	assert_int_equal(stat(path, sb), 0);
+}
+
+/* Few changes (in memory), then more than memory holds (spilled), in any
+ * order, a later one for a block replacing an earlier one. */
+static void
+commit_changes(struct fixture *f, uint64_t nblocks, uint64_t nchanges)
+{
+	struct blockmap bm;
+	struct bm_file *bf = NULL;
+	struct bm_changes *ch;
+	struct digest d;
+	char next[320];
+	struct stat sb;
+
+	bm_init(&bm, 4096, nblocks * 4096);
+	bm.cycle = 3;
+	fill_map(&bm, 1);
+	assert_int_equal(bm_save(f->path, &bm), 0);
+	assert_int_equal(bm_open(f->path, &bf), 0);
+	ch = bm_changes_new(f->path, nblocks);
+	for (uint64_t k = 0; k < nchanges; k++) {
+		/* Every 7th block, going round twice: the second wins. */
+		uint64_t i = (k * 7) % nblocks;
+		fake_digest(&d, 50 + k, i);
+		assert_int_equal(bm_changes_set(ch, i, &d), 0);
+		bm.d[i] = d;
+	}
+	assert_int_equal(bm_changes_set(ch, nblocks, &d), RD_ERR_RANGE);
+	assert_int_equal(bm_changes_count(ch), nchanges);
+	snprintf(next, sizeof(next), "%s.next", f->path);
+	assert_int_equal(stat(next, &sb) == 0, nchanges > 16384);
+	assert_int_equal(bm_commit(f->path, &bf, 4096, nblocks * 4096, 4, ch,
+	    0), 0);
+	assert_int_equal(bm_file_cycle(bf), 4);
+	bm_changes_free(ch);
+	assert_int_equal(stat(next, &sb), -1);	/* removed */
+	bm_close(bf);
+	bm.cycle = 4;
+	assert_file_map(f->path, &bm);
+	bm_free(&bm);
+}
+
+static void
+test_commit_few_changes(void **state)
+{
+	commit_changes(*state, 1000, 300);
+}
+
+static void
+test_commit_spilled_changes(void **state)
+{
+	commit_changes(*state, 40000, 60000);
+}
+
+/* A commit with no change writes the cycle file, not the map; a map
+ * written later makes that cycle file count no more. */
+static void
+test_commit_empty_cycle(void **state)
+{
+	struct fixture *f = *state;
+	struct blockmap bm, got;
+	struct bm_file *bf = NULL;
+	struct bm_changes *ch;
+	struct stat before, after;
+	char cyc[320];
+	struct digest d;
+
+	snprintf(cyc, sizeof(cyc), "%s.cycle", f->path);
+	bm_init(&bm, BS, 20 * BS + 1);
+	bm.cycle = 10;
+	fill_map(&bm, 2);
+	assert_int_equal(bm_save(f->path, &bm), 0);
+	file_stat(f->path, &before);
+	assert_int_equal(bm_open(f->path, &bf), 0);
+	for (uint64_t c = 11; c <= 13; c++) {
+		ch = bm_changes_new(f->path, bm.nblocks);
+		assert_int_equal(bm_commit(f->path, &bf, BS, bm.disk_size, c,
+		    ch, 0), 0);
+		bm_changes_free(ch);
+		assert_int_equal(bm_file_cycle(bf), c);
+	}
+	bm_close(bf);
+	file_stat(f->path, &after);
+	assert_int_equal(after.st_ino, before.st_ino);	/* not rewritten */
+	assert_int_equal(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
+	assert_int_equal(after.st_mtim.tv_sec, before.st_mtim.tv_sec);
+	file_stat(cyc, &after);
+	bm.cycle = 13;
+	assert_file_map(f->path, &bm);
+	memset(&got, 0, sizeof(got));
+	assert_int_equal(bm_load(f->path, &got), 0);
+	assert_int_equal(got.cycle, 13);
+	bm_free(&got);
+
+	/* A change: the map is rewritten at 14 and the cycle file goes. */
+	assert_int_equal(bm_open(f->path, &bf), 0);
+	ch = bm_changes_new(f->path, bm.nblocks);
+	fake_digest(&d, 77, 5);
+	assert_int_equal(bm_changes_set(ch, 5, &d), 0);
+	assert_int_equal(bm_commit(f->path, &bf, BS, bm.disk_size, 14, ch, 0),
+	    0);
+	bm_changes_free(ch);
+	bm_close(bf);
+	assert_int_equal(stat(cyc, &after), -1);
+	bm.d[5] = d;
+	bm.cycle = 14;
+	assert_file_map(f->path, &bm);
+	bm_free(&bm);
+}
+
+/* A cycle file that is damaged, of another map, or lost leaves the map's
+ * own (older) cycle: the tracker then sends the disk whole. */
+static void
+test_cycle_file_stale(void **state)
+{
+	struct fixture *f = *state;
+	struct blockmap bm, other;
+	struct bm_file *bf = NULL;
+	struct bm_changes *ch;
+	uint8_t *data, *saved;
+	size_t len;
+	char cyc[320];
+
+	snprintf(cyc, sizeof(cyc), "%s.cycle", f->path);
+	bm_init(&bm, BS, 8 * BS);
+	bm.cycle = 5;
+	fill_map(&bm, 3);
+	assert_int_equal(bm_save(f->path, &bm), 0);
+	assert_int_equal(bm_open(f->path, &bf), 0);
+	ch = bm_changes_new(f->path, bm.nblocks);
+	assert_int_equal(bm_commit(f->path, &bf, BS, bm.disk_size, 9, ch, 0),
+	    0);
+	bm_changes_free(ch);
+	bm_close(bf);
+	read_all(cyc, &saved, &len);
+	assert_int_equal(len, 64);
+
+	/* Every byte flipped in turn: refused, the map's own cycle. */
+	for (size_t i = 0; i < len; i++) {
+		data = malloc(len);
+		assert_non_null(data);
+		memcpy(data, saved, len);
+		data[i] ^= 0x20;
+		write_all(cyc, data, len);
+		free(data);
+		bm.cycle = 5;
+		assert_file_map(f->path, &bm);
+	}
+	write_all(cyc, saved, len - 1);			/* short */
+	assert_file_map(f->path, &bm);
+	assert_int_equal(unlink(cyc), 0);		/* lost */
+	assert_file_map(f->path, &bm);
+
+	/* Another map with the same cycle (a failover wrote it): the cycle
+	 * file, put back by hand, speaks for the old map only. */
+	bm_init(&other, BS, 8 * BS);
+	other.cycle = 5;
+	fill_map(&other, 4);
+	assert_int_equal(bm_save(f->path, &other), 0);
+	write_all(cyc, saved, len);
+	assert_file_map(f->path, &other);
+	/* The right one counts again. */
+	assert_int_equal(bm_save(f->path, &bm), 0);
+	write_all(cyc, saved, len);
+	bm.cycle = 9;
+	assert_file_map(f->path, &bm);
+	free(saved);
+	bm_free(&other);
+	bm_free(&bm);
+}
+
+/* A grown disk: the old last block's digest goes (its length changed),
+ * the new blocks have none but what the cycle read; reset: none of the
+ * old digests stay. */
+static void
+test_commit_grow_and_reset(void **state)
+{
+	struct fixture *f = *state;
+	struct blockmap bm;
+	struct bm_file *bf = NULL;
+	struct bm_changes *ch;
+	struct digest d;
+
+	bm_init(&bm, BS, 4 * BS + 100);
+	bm.cycle = 2;
+	fill_map(&bm, 5);
+	assert_int_equal(bm_save(f->path, &bm), 0);
+	assert_int_equal(bm_open(f->path, &bf), 0);
+	ch = bm_changes_new(f->path, 8);
+	fake_digest(&d, 6, 6);
+	assert_int_equal(bm_changes_set(ch, 6, &d), 0);
+	assert_int_equal(bm_commit(f->path, &bf, BS, 8 * BS, 3, ch, 0), 0);
+	bm_changes_free(ch);
+	bm_resize(&bm, 8 * BS);		/* drops the old last block's */
+	bm.d[6] = d;
+	bm.cycle = 3;
+	assert_file_map(f->path, &bm);
+
+	ch = bm_changes_new(f->path, 8);
+	fake_digest(&d, 7, 1);
+	assert_int_equal(bm_changes_set(ch, 1, &d), 0);
+	assert_int_equal(bm_commit(f->path, &bf, BS, 8 * BS, 4, ch, 1), 0);
+	bm_changes_free(ch);
+	bm_close(bf);
+	memset(bm.d, 0, 8 * sizeof(*bm.d));
+	bm.d[1] = d;
+	bm.cycle = 4;
+	assert_file_map(f->path, &bm);
+	bm_free(&bm);
+}
+
+/* A commit that cannot write leaves the old map and its cycle. */
+static void
+test_commit_fails(void **state)
+{
+	struct fixture *f = *state;
+	struct blockmap bm;
+	struct bm_file *bf = NULL;
+	struct bm_changes *ch;
+	struct digest d;
+	char tmp[320];
+
+	bm_init(&bm, BS, 3 * BS);
+	bm.cycle = 6;
+	fill_map(&bm, 8);
+	assert_int_equal(bm_save(f->path, &bm), 0);
+	assert_int_equal(bm_open(f->path, &bf), 0);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", f->path);
+	assert_int_equal(mkdir(tmp, 0700), 0);
+	ch = bm_changes_new(f->path, 3);
+	fake_digest(&d, 9, 0);
+	assert_int_equal(bm_changes_set(ch, 0, &d), 0);
+	assert_int_not_equal(bm_commit(f->path, &bf, BS, 3 * BS, 7, ch, 0), 0);
+	assert_int_equal(bm_file_cycle(bf), 6);
+	bm_changes_free(ch);
+	assert_int_equal(rmdir(tmp), 0);
+	snprintf(tmp, sizeof(tmp), "%s.cycle.tmp", f->path);
+	assert_int_equal(mkdir(tmp, 0700), 0);
+	ch = bm_changes_new(f->path, 3);
+	assert_int_not_equal(bm_commit(f->path, &bf, BS, 3 * BS, 7, ch, 0), 0);
+	assert_int_equal(bm_file_cycle(bf), 6);
+	bm_changes_free(ch);
+	bm_close(bf);
+	assert_file_map(f->path, &bm);
+	bm_free(&bm);
+}
+
 int
 main(void)
 {
@@ -631,6 +906,18 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_load_nblocks_inconsistent,
 		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_commit_few_changes, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_commit_spilled_changes,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_commit_empty_cycle, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_cycle_file_stale, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_commit_grow_and_reset,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_commit_fails, setup,
+		    teardown),
 		cmocka_unit_test_setup_teardown(test_load_bad_block_size,
 		    setup, teardown),
 	};

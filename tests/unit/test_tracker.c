@@ -724,6 +724,125 @@ test_corrupt_map(void **state)
 	coll_free(&c);
 }
 
+/* An empty cycle writes each disk's small cycle file and leaves its map
+ * as it is; a lost cycle file leaves the map's older cycle, so the next
+ * cycle sends that disk whole (never "assume clean"). */
+static void
+test_empty_cycle_keeps_map(void **state)
+{
+	struct fixture *f = *state;
+	struct tracker *t = first_cycle(f);
+	struct collector c;
+	char err[256], map[NDISKS][400], cyc[420];
+	struct stat before[NDISKS], after;
+
+	for (int i = 0; i < NDISKS; i++) {
+		snprintf(map[i], sizeof(map[i]), "%s/tracker/web01/%s.map",
+		    f->state_dir, f->names[i]);
+		assert_int_equal(stat(map[i], &before[i]), 0);
+	}
+	coll_init(&c, f);
+	for (uint64_t cycle = 2; cycle <= 3; cycle++) {
+		assert_int_equal(run_cycle(t, cycle - 1, 0, &c, SIZE_MAX, NULL,
+		    err, sizeof(err)), 0);
+		assert_int_equal(c.n, 0);
+		assert_int_equal(trk_commit(t, cycle, err, sizeof(err)), 0);
+		assert_int_equal(trk_cycle(t), cycle);
+	}
+	trk_close(t);
+	for (int i = 0; i < NDISKS; i++) {
+		assert_int_equal(stat(map[i], &after), 0);
+		assert_int_equal(after.st_ino, before[i].st_ino);
+		assert_int_equal(after.st_mtim.tv_sec, before[i].st_mtim.tv_sec);
+		assert_int_equal(after.st_mtim.tv_nsec,
+		    before[i].st_mtim.tv_nsec);
+	}
+	t = open_trk(f);
+	assert_int_equal(trk_cycle(t), 3);
+	assert_true(trk_proven(t, 3));
+	trk_close(t);
+
+	/* disk1's cycle file is lost: it is back at cycle 1, and the next
+	 * cycle sends it whole while disk0 goes on incrementally. */
+	snprintf(cyc, sizeof(cyc), "%s.cycle", map[1]);
+	assert_int_equal(unlink(cyc), 0);
+	t = open_trk(f);
+	assert_int_equal(trk_cycle(t), 1);
+	assert_false(trk_proven(t, 3));
+	dirty_disk0(f);
+	coll_free(&c);
+	assert_int_equal(run_cycle(t, 3, 0, &c, SIZE_MAX, NULL, err,
+	    sizeof(err)), 0);
+	struct want w[NDIRTY0 + 4];
+	memcpy(w, dirty0_want, sizeof(dirty0_want));
+	for (int i = 0; i < 4; i++)
+		w[NDIRTY0 + i] = (struct want){ 1, (uint64_t)i, -1 };
+	assert_emitted(f, &c, w, NDIRTY0 + 4);
+	assert_int_equal(trk_commit(t, 4, err, sizeof(err)), 0);
+	trk_close(t);
+	t = open_trk(f);
+	assert_int_equal(trk_cycle(t), 4);
+	trk_close(t);
+	coll_free(&c);
+}
+
+/* Holes punched into data are zero blocks to send; holes the scan backend
+ * skips without a read still count as read, and still compare. */
+static void
+test_holes(void **state)
+{
+	struct fixture *f = *state;
+	struct tracker *t = first_cycle(f);
+	struct collector c;
+	struct trk_stats st;
+	char err[256];
+	int fd = open(f->paths[0], O_WRONLY | O_CLOEXEC);
+
+	assert_true(fd >= 0);
+	/* Blocks 6 and 7 whole (5 is zero already, next to them); the last,
+	 * short block (1000 bytes) whole;
+	 * 4 KiB inside block 2 (data around it: read as usual). */
+	assert_int_equal(fallocate(fd, FALLOC_FL_PUNCH_HOLE |
+	    FALLOC_FL_KEEP_SIZE, 6 * (off_t)BS, 2 * (off_t)BS), 0);
+	assert_int_equal(fallocate(fd, FALLOC_FL_PUNCH_HOLE |
+	    FALLOC_FL_KEEP_SIZE, 16 * (off_t)BS, 1000), 0);
+	assert_int_equal(fallocate(fd, FALLOC_FL_PUNCH_HOLE |
+	    FALLOC_FL_KEEP_SIZE, 2 * (off_t)BS + 4096, 4096), 0);
+	assert_int_equal(close(fd), 0);
+
+	coll_init(&c, f);
+	assert_int_equal(run_cycle(t, 1, 0, &c, SIZE_MAX, NULL, err,
+	    sizeof(err)), 0);
+	const struct want w[] = { { 0, 2, 0 }, { 0, 6, 1 }, { 0, 7, 1 },
+	    { 0, 16, 1 } };
+	assert_emitted(f, &c, w, 4);
+	for (size_t i = 0; i < c.n; i++)
+		assert_int_equal(c.blocks[i].len, i == 3 ? 1000 : BS);
+	trk_stats(t, &st);
+	assert_int_equal(st.bytes_read, total_size(f));
+	assert_int_equal(trk_commit(t, 2, err, sizeof(err)), 0);
+
+	/* Nothing changed since: nothing sent, the holes compare equal. */
+	coll_free(&c);
+	assert_int_equal(run_cycle(t, 2, 0, &c, SIZE_MAX, NULL, err,
+	    sizeof(err)), 0);
+	assert_int_equal(c.n, 0);
+	trk_stats(t, &st);
+	assert_int_equal(st.bytes_read, total_size(f));
+	assert_int_equal(trk_commit(t, 3, err, sizeof(err)), 0);
+
+	/* Sent whole (full): the hole blocks go too, as zeros. */
+	coll_free(&c);
+	assert_int_equal(run_cycle(t, 3, 1, &c, SIZE_MAX, NULL, err,
+	    sizeof(err)), 0);
+	assert_all_blocks(f, &c);
+	assert_true(c.blocks[5].zero && c.blocks[6].zero && c.blocks[7].zero &&
+	    c.blocks[16].zero);
+	trk_abort(t);
+	trk_close(t);
+	coll_free(&c);
+}
+
 static void
 test_block_size_change(void **state)
 {
@@ -811,7 +930,7 @@ test_trk_cycle_lowest(void **state)
 	struct tracker *t;
 	struct blockmap bm;
 	struct collector c;
-	char err[256], map[NDISKS][400], tmp[420];
+	char err[256], map[NDISKS][400], tmp[420], ctmp[430];
 
 	/* Maps saved at cycles 7 and 5 (by hand, with the disks' sizes). */
 	assert_int_equal(util_mkdir_p(f->state_dir, 0700), 0);
@@ -836,13 +955,18 @@ test_trk_cycle_lowest(void **state)
 	coll_init(&c, f);
 	assert_int_equal(run_cycle(t, 1, 0, &c, SIZE_MAX, NULL, err,
 	    sizeof(err)), 0);
+	/* Neither the map nor (nothing changed) its cycle file can be
+	 * written. */
 	snprintf(tmp, sizeof(tmp), "%s.tmp", map[1]);
-	assert_int_equal(mkdir(tmp, 0700), 0);	/* bm_save cannot write */
+	assert_int_equal(mkdir(tmp, 0700), 0);
+	snprintf(ctmp, sizeof(ctmp), "%s.cycle.tmp", map[1]);
+	assert_int_equal(mkdir(ctmp, 0700), 0);
 	err[0] = '\0';
 	assert_int_not_equal(trk_commit(t, 2, err, sizeof(err)), 0);
 	assert_non_null(strstr(err, map[1]));
 	assert_int_equal(trk_cycle(t), 1);
 	assert_int_equal(rmdir(tmp), 0);
+	assert_int_equal(rmdir(ctmp), 0);
 	trk_close(t);
 
 	t = open_trk(f);
@@ -973,6 +1097,8 @@ main(void)
 		T(test_disk_shrank),
 		T(test_missing_disk),
 		T(test_corrupt_map),
+		T(test_empty_cycle_keeps_map),
+		T(test_holes),
 		T(test_block_size_change),
 		T(test_emit_error_stops),
 		T(test_trk_cycle_lowest),
