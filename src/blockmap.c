@@ -91,7 +91,7 @@ struct bm_file {
 	uint64_t	 cycle;		/* the map's, or its cycle file's */
 	uint64_t	 nblocks;
 	struct digest	 sum;		/* the map's trailer */
-	struct digest	*win;		/* BM_WINDOW digests from win_first */
+	struct digest	*win;		/* win_n digests from win_first */
 	uint64_t	 win_first;
 	size_t		 win_n;
 };
@@ -389,14 +389,18 @@ bm_file_get(struct bm_file *f, uint64_t idx, struct digest *out)
 	}
 	if (f->win_n == 0 || idx < f->win_first ||
 	    idx - f->win_first >= f->win_n) {
+		/* A small disk's window is the disk: hundreds of VMs
+		 * scanning at once must not hold BM_WINDOW each. */
+		size_t wn = f->nblocks < BM_WINDOW ? (size_t)f->nblocks :
+		    BM_WINDOW;
 		uint64_t first = idx - idx % BM_WINDOW;
 		if (f->win == NULL)
-			f->win = xcalloc(BM_WINDOW, sizeof(*f->win));
+			f->win = xcalloc(wn, sizeof(*f->win));
 		f->win_n = 0;
-		if ((r = file_read(f, first, BM_WINDOW, f->win)) != 0)
+		if ((r = file_read(f, first, wn, f->win)) != 0)
 			return r;
 		f->win_first = first;
-		f->win_n = BM_WINDOW;
+		f->win_n = wn;
 	}
 	*out = f->win[idx - f->win_first];
 	return 0;
