@@ -483,7 +483,9 @@ undo_save_range(struct undo_writer *w, uint16_t disk, int fd, uint64_t off,
 		off += n;
 		len -= n;
 	}
-	return 0;
+	/* The clone now, not with the next record: the caller may write
+	 * the range as soon as this returns. */
+	return close_clone(w);
 }
 
 static void
