@@ -24,7 +24,11 @@ int	undo_create(const char *path, uint64_t cycle, uint16_t ndisks,
 /*
  * Save the current content of [off, off+len) of disk, read from fd: only
  * the part below the disk's old size is kept (the rest is undone by the
- * size), stored as ZERO records where it is all zero.
+ * size), stored as ZERO records where it is all zero, compressed where
+ * it compresses, else raw or cloned from fd (undo_set_clone).  Once it
+ * returns, the range's old content is in the writer or in the segment
+ * file (cloned ranges too), so the caller may overwrite it; it is
+ * durable only after undo_finish().
  */
 int	undo_save_range(struct undo_writer *w, uint16_t disk, int fd,
 	    uint64_t off, uint64_t len);

@@ -7,8 +7,8 @@
  * replaced by the correct trailer checksum, so that the fuzzer also
  * reaches the record checks and the write pass behind the checksum
  * (format version 2 leaves the content of CLONE records out of the
- * checksum: the fix follows the records as far as they parse and leaves
- * those out too).  Compressed (ZSTD) records are decompressed by both
+ * checksum, under a digest of their own: the fix follows the records as
+ * far as they parse and leaves that content out too).  Compressed (ZSTD) records are decompressed by both
  * passes; none may yield more than its declared length.
  *
  * Never a crash; when undo_apply() fails the two files are exactly as
@@ -164,6 +164,8 @@ segment_sum(const uint8_t *p, size_t n, XXH128_canonical_t *c)
 		if (type == 1) {
 			pos += len;
 		} else if (type == 3 || type == 4) {
+			if (type == 4)
+				pos += 16;	/* the content's digest */
 			if (pos + 4 > n)
 				break;
 			uint64_t k = be(p + pos, 4);

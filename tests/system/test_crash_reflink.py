@@ -36,6 +36,7 @@ def undo_record_types(path):
         elif t == 3:
             pos += 4 + struct.unpack(">I", b[pos:pos + 4])[0]
         elif t == 4:
+            pos += 16       # the content's digest
             pad = struct.unpack(">I", b[pos:pos + 4])[0]
             pos += 4 + pad
             check(pos % 4096 == 0, "%s: CLONE content at %d, not on a block" % (path, pos))

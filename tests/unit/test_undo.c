@@ -1223,7 +1223,8 @@ test_zstd_bounds(void **state)
 }
 
 /* CLONE records by hand: content on a block boundary, outside the
- * checksum; a bad pad or a record running past the file is refused. */
+ * trailer's checksum but under its own digest; a changed byte of it, a
+ * bad pad or a record running past the file is refused. */
 static void
 test_clone_record(void **state)
 {
@@ -1235,8 +1236,11 @@ test_clone_record(void **state)
 	fill_random(now0, sizeof(now0), 61);
 	set_content(f->fd[0], now0, sizeof(now0));
 	set_content(f->fd[1], now0, 100);
+	XXH128_canonical_t dg;
+	XXH128_canonicalFromHash(&dg, XXH3_128bits(old0 + 4096, 4096));
 	seg_begin(&s, 2, 8192, 100);
 	seg_rec(&s, 4, 0, 4096, 4096);
+	seg_put(&s, dg.digest, sizeof(dg.digest));
 	size_t pad = 4096 - (s.len + 4) % 4096;
 	seg_be(&s, pad, 4);
 	uint8_t zeros[4096] = { 0 };
@@ -1250,6 +1254,14 @@ test_clone_record(void **state)
 	memcpy(now0 + 4096, old0 + 4096, 4096);
 	assert_content(f->fd[0], now0, sizeof(now0));
 
+	/* One byte of the content changed: its digest says so. */
+	fill_random(now0, sizeof(now0), 62);
+	set_content(f->fd[0], now0, sizeof(now0));
+	s.p[s.hole_at + 100] ^= 0x10;
+	write_file(f->seg, s.p, s.len);
+	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
+	s.p[s.hole_at + 100] ^= 0x10;
+
 	/* A pad byte that is not zero. */
 	s.p[s.hole_at - 1] = 1;
 	s.len -= 1 + 8 + 16;
@@ -1259,6 +1271,7 @@ test_clone_record(void **state)
 	/* The content running into the trailer. */
 	seg_begin(&s, 2, 8192, 100);
 	seg_rec(&s, 4, 0, 0, 4096);
+	seg_put(&s, dg.digest, sizeof(dg.digest));
 	seg_be(&s, 0, 4);
 	seg_put(&s, old0, 100);
 	seg_end(f, &s);
@@ -1266,6 +1279,7 @@ test_clone_record(void **state)
 	/* A pad of a megabyte. */
 	seg_begin(&s, 2, 8192, 100);
 	seg_rec(&s, 4, 0, 0, 4096);
+	seg_put(&s, dg.digest, sizeof(dg.digest));
 	seg_be(&s, 1u << 20, 4);
 	seg_end(f, &s);
 	assert_refused_untouched(f, 2, RD_ERR_CORRUPT);
