@@ -88,3 +88,7 @@ def test_xfs_replica_before_catalog(env):
 
 def test_xfs_replica_after_catalog(env):
     on_xfs(env, "replica-after-catalog", 1)
+
+
+def test_xfs_replica_after_digests(env):
+    on_xfs(env, "replica-after-digests", 1)
