@@ -135,3 +135,31 @@ def test_revdial_trickling_handshakes_give_turns_back(env):
               "the trickled handshakes ended without a line saying why:\n%s" % log[-3000:])
     finally:
         tr.close()
+
+
+def test_revdial_stop_with_turns_held_and_queued(env):
+    """SIGTERM while four handshakes hold the turns (trickled) and two VMs
+    wait for one: every session ends, the queue is emptied, the daemon
+    exits 0 at once (no turn passed to a VM being stopped starts a
+    connection; no turn left behind for a freed session)."""
+    rep = env.replica().start()
+    tr = Trickler(rep.port, 1000)
+    try:
+        disks = {}
+        for i in range(NVMS):
+            vm = "stop%d" % i
+            disks[vm] = env.make_disk(env.path("src", vm + ".img"), 64 << 10)
+        secs = "".join("[vm %s]\ndisk = %s\nreplica = 127.0.0.1:%d\nreplica_name = replica\n"
+                       "interval = 0\n\n" % (vm, p, tr.port) for vm, p in disks.items())
+        pri = Daemon(env, "primary", "primary", "", secs).start()
+        for vm in disks:
+            pri.ok("sync", vm)
+        wait_for(lambda: tr.trickled_conns == TRICKLED, 20, what="the trickled connections")
+        wait_for(lambda: pri.log_text().count("waiting for a turn to connect") == NVMS - TRICKLED,
+                 10, what="the other VMs to wait for a turn")
+        n = tr.trickled_conns
+        pri.stop()
+        check(tr.trickled_conns == n, "%d connections started while the primary stopped"
+              % (tr.trickled_conns - n))
+    finally:
+        tr.close()
