@@ -2281,9 +2281,17 @@ start_cycle(struct pvm *vm)
 	vm->next = NULL;
 	if (reuse_session(s))
 		return;
-	/* A new connection: in its turn (dial.h). */
-	if (dial_take(vm->svc->dialer, &s->turn, vm->cfg->replica, turn_come,
-	    s))
+	/*
+	 * A new connection: in its turn (dial.h).  Turns are the replica
+	 * daemon's, named by the identity its certificate must carry and its
+	 * port, not by the address as spelled: a replica named two ways (a
+	 * name and an address) is still one gate counting our handshakes.
+	 */
+	char *peer = xasprintf("%s:%u", vm->cfg->replica_name,
+	    (unsigned)vm->cfg->replica_port);
+	int now = dial_take(vm->svc->dialer, &s->turn, peer, turn_come, s);
+	free(peer);
+	if (now)
 		turn_come(s);
 	else
 		log_debug("%s: waiting for a turn to connect to %s",
