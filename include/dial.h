@@ -45,7 +45,9 @@ struct dialer	*dial_new(unsigned per_peer);
 void		 dial_free(struct dialer *d);
 
 /*
- * Ask for a turn to connect to peer (a "HOST:PORT" as configured): 1 if
+ * Ask for a turn to connect to peer (the replica daemon: primary.c names
+ * it by its identity and port, so that two spellings of one address
+ * share its turns): 1 if
  * t holds one now; 0 if t waits, and go(arg) is called once it holds one.
  * t must be DIAL_NONE.
  */

@@ -108,6 +108,9 @@ struct psess {
 	struct bufferevent	*bev;
 	struct dial_turn	 turn;		/* a new connection's, until
 						   WELCOME or the end */
+	struct event		*welcome_ev;	/* the deadline of connect,
+						   TLS, HELLO and WELCOME */
+	uint64_t		 connect_ms;	/* when the connection began */
 	int			 job_running;
 	int			 dead;		/* freed when its job returns */
 	int			 job_rc;
@@ -399,6 +402,8 @@ static void
 sess_free(struct psess *s)
 {
 	dial_done(s->vm->svc->dialer, &s->turn);
+	if (s->welcome_ev)
+		event_free(s->welcome_ev);
 	if (s->tick)
 		event_free(s->tick);
 	if (s->bev)
@@ -438,6 +443,8 @@ sess_end(struct psess *s)
 	if (vm->sess == s)
 		vm->sess = NULL;
 	dial_done(vm->svc->dialer, &s->turn);
+	if (s->welcome_ev)
+		event_del(s->welcome_ev);
 	if (s->tick)
 		event_del(s->tick);
 	if (s->bev) {
@@ -1747,6 +1754,8 @@ on_welcome(struct psess *s, const uint8_t *p, size_t len)
 
 	/* The replica has taken this session: the next may connect. */
 	dial_done(vm->svc->dialer, &s->turn);
+	if (s->welcome_ev)
+		event_del(s->welcome_ev);
 	if ((r = wire_get_welcome(p, len, w)) != 0) {
 		sess_fail(s, r, "bad WELCOME from the replica: %s",
 		    rd_strerror(r));
@@ -2128,6 +2137,26 @@ on_event(struct bufferevent *bev, short what, void *arg)
 
 /* --- starting a cycle ---------------------------------------------------- */
 
+/*
+ * The whole handshake is over its deadline.  The inactivity timeouts
+ * alone do not bound it: a peer that sends a byte now and then (a TLS
+ * record never finished) resets them, and would hold this VM's cycle,
+ * and its turn to connect (dial.h) with the other VMs' behind it, for
+ * good.
+ */
+static void
+on_welcome_due(evutil_socket_t fd, short what, void *arg)
+{
+	struct psess *s = arg;
+	struct pvm *vm = s->vm;
+
+	if (vm->sess != s || (s->st != PS_CONNECT && s->st != PS_HELLO))
+		return;
+	sess_fail(s, RD_ERR_PEER, "replica %s did not answer in time (no "
+	    "WELCOME within %" PRIu64 " s of the connection's start)",
+	    vm->cfg->replica, (util_mono_ms() - s->connect_ms) / 1000);
+}
+
 static void
 job_prepare(void *arg)
 {
@@ -2198,6 +2227,9 @@ prepare_done(void *arg)
 	uint64_t ms = WELCOME_GRACE_MS + 3 * (uint64_t)vm->svc->cfg->keepalive_ms;
 	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	s->connect_ms = util_mono_ms();
+	s->welcome_ev = evtimer_new(vm->svc->base, on_welcome_due, s);
+	evtimer_add(s->welcome_ev, &tv);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 	s->st = PS_CONNECT;
 	if (bufferevent_socket_connect(s->bev, (struct sockaddr *)&s->addr,
@@ -2249,9 +2281,17 @@ start_cycle(struct pvm *vm)
 	vm->next = NULL;
 	if (reuse_session(s))
 		return;
-	/* A new connection: in its turn (dial.h). */
-	if (dial_take(vm->svc->dialer, &s->turn, vm->cfg->replica, turn_come,
-	    s))
+	/*
+	 * A new connection: in its turn (dial.h).  Turns are the replica
+	 * daemon's, named by the identity its certificate must carry and its
+	 * port, not by the address as spelled: a replica named two ways (a
+	 * name and an address) is still one gate counting our handshakes.
+	 */
+	char *peer = xasprintf("%s:%u", vm->cfg->replica_name,
+	    (unsigned)vm->cfg->replica_port);
+	int now = dial_take(vm->svc->dialer, &s->turn, peer, turn_come, s);
+	free(peer);
+	if (now)
 		turn_come(s);
 	else
 		log_debug("%s: waiting for a turn to connect to %s",
