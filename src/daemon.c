@@ -163,10 +163,30 @@ on_drain(evutil_socket_t fd, short what, void *arg)
  */
 #define TRIM_S		30
 
+static int trimming;	/* a trim job is in flight (loop thread's) */
+
+/* On a worker: a trim of a large heap takes tens of milliseconds. */
+static void
+trim_job(void *arg)
+{
+	malloc_trim(0);
+}
+
+static void
+trim_done(void *arg)
+{
+	trimming = 0;
+}
+
 static void
 on_trim(evutil_socket_t fd, short what, void *arg)
 {
-	malloc_trim(0);
+	struct daemon *d = arg;
+
+	if (trimming || d->svc.stopping)
+		return;
+	trimming = 1;
+	work_submit(trim_job, trim_done, NULL);
 }
 
 static void
