@@ -142,6 +142,10 @@ struct store {
 	uint64_t	 unsynced[CAT_MAX_DISKS]; /* bytes written past the
 					   old sizes since the last writeback
 					   kick */
+	uint8_t		 repaired[CAT_MAX_DISKS]; /* store_repair() wrote
+					   the image in place: synced before
+					   the point (no index record names
+					   it) */
 	int		 active;
 	struct store_cycle cur;
 	int		 data_fd;	/* .staging/data, made by the first
@@ -2180,6 +2184,8 @@ store_repair(struct store *st, uint16_t disk, uint64_t off,
 	    (off_t)off)) != 0) {
 		snprintf(err, errsz, "cannot repair the replica of %s: %s",
 		    st->rel.disks[disk].name, strerror(errno));
+	} else {
+		st->repaired[disk] = 1;
 	}
 	pthread_mutex_unlock(&st->lock);
 	return r;
@@ -2263,6 +2269,7 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 	st->ix_off = 0;
 	st->cur = *c;
 	memset(st->unsynced, 0, sizeof(st->unsynced));
+	memset(st->repaired, 0, sizeof(st->repaired));
 	st->data_off = 0;
 	st->nrec = 0;
 	st->raw_bytes = 0;
@@ -3068,6 +3075,20 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 	    (r = make_room(st, st->need, err, errsz)) != 0) {
 		store_cycle_abort(st);
 		return r;
+	}
+	/* Repairs made in place are part of the point the ACK promises, and
+	 * neither path below syncs an image no index record names. */
+	for (uint16_t i = 0; i < st->rel.ndisks; i++) {
+		if (!st->repaired[i])
+			continue;
+		if (fsync(st->img[i]) != 0) {
+			r = io_code(RD_ERR_SYSTEM);
+			snprintf(err, errsz, "cannot sync the repairs of %s: %s",
+			    st->rel.disks[i].name, strerror(errno));
+			store_cycle_abort(st);
+			return r;
+		}
+		st->repaired[i] = 0;
 	}
 	int empty = cycle_is_empty(st);
 	for (int i = 0; i < CAT_MAX_DISKS; i++)

@@ -1403,6 +1403,54 @@ test_clone_probe(void **state)
 	    "copies");
 }
 
+/* A version 1 segment (an existing replica's) merges with a version 2 one
+ * (compressed records): older content wins where both restore a range. */
+static void
+test_merge_version1_with_version2(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t now0[3000], now1[200], a0[1000], t[2000], b1[200];
+	uint8_t want0[3000];
+	uint64_t sizes[2];
+	char older[320], newer[320], merged[320];
+	static struct seg s;
+
+	snprintf(older, sizeof(older), "%s/1.undo", f->dir);
+	snprintf(newer, sizeof(newer), "%s/2.undo", f->dir);
+	snprintf(merged, sizeof(merged), "%s/2.1.undo", f->dir);
+	fill_random(now0, sizeof(now0), 70);
+	fill_random(now1, sizeof(now1), 71);
+	fill_random(a0, sizeof(a0), 72);
+	fill_text(t, sizeof(t), 73);
+	fill_random(b1, sizeof(b1), 74);
+
+	seg_begin(&s, 1, 3000, 200);		/* the older point's */
+	seg_rec(&s, 1, 0, 0, 1000);
+	seg_put(&s, a0, 1000);
+	seg_rec(&s, 2, 0, 1000, 500);
+	seg_end(f, &s);
+	assert_int_equal(rename(f->seg, older), 0);
+	seg_begin(&s, 2, 3000, 200);		/* the newer point's */
+	seg_zstd(&s, 0, 500, 2000, t, 2000);
+	seg_rec(&s, 1, 1, 0, 200);
+	seg_put(&s, b1, 200);
+	seg_end(f, &s);
+	assert_int_equal(rename(f->seg, newer), 0);
+
+	assert_int_equal(undo_merge(newer, older, 2, merged, NULL), 0);
+	set_content(f->fd[0], now0, sizeof(now0));
+	set_content(f->fd[1], now1, sizeof(now1));
+	assert_int_equal(undo_apply(merged, f->fd, 2, sizes), 0);
+	memcpy(want0, a0, 1000);
+	memset(want0 + 1000, 0, 500);
+	memcpy(want0 + 1500, t + 1000, 1000);
+	memcpy(want0 + 2500, now0 + 2500, 500);
+	assert_content(f->fd[0], want0, sizeof(want0));
+	assert_content(f->fd[1], b1, sizeof(b1));
+	assert_int_equal(sizes[0], 3000);
+	assert_int_equal(sizes[1], 200);
+}
+
 int
 main(void)
 {
@@ -1432,6 +1480,7 @@ main(void)
 		T(test_clone_raw),
 		T(test_clone_all),
 		T(test_clone_probe),
+		T(test_merge_version1_with_version2),
 	};
 #undef T
 
