@@ -31,10 +31,10 @@ COMMON_OBJS  := err log xmalloc buf util layout wire ctl config retention
 REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work tls netio gate blockmap tracker trk_scan \
                  trk_reflink qmp nbdview virt domxml vmdom trk_qemu trk_libvirt undo delta store role vmtab \
                  replica primary failover control daemon
-# replctl loads libvirt only for `discover` (virt_dl.c) and links only the
+# replctl loads libvirt and libxml2 only for `discover` (virt_dl.c) and links only the
 # libraries it calls: every linked library costs start-up time.
 REPLCTL_OBJS  := $(COMMON_OBJS) virt virt_dl discover
-REPLCTL_LIBS  := -Wl,--as-needed $(filter-out $(shell pkg-config --libs libvirt 2>/dev/null),$(LDLIBS)) -ldl
+REPLCTL_LIBS  := -Wl,--as-needed $(filter-out $(shell pkg-config --libs libvirt libxml-2.0 2>/dev/null),$(LDLIBS)) -ldl
 
 LIB_OBJS := $(sort $(REPLICAD_OBJS))
 obj = $(patsubst %,$(BUILD)/%.o,$(1))
