@@ -31,7 +31,10 @@ COMMON_OBJS  := err log xmalloc buf util layout wire ctl config retention
 REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work pool tls netio gate dial blockmap tracker trk_scan \
                  trk_reflink qmp nbdview virt domxml vmdom trk_qemu trk_libvirt undo delta store role vmtab \
                  replica primary failover control daemon
-REPLCTL_OBJS  := $(COMMON_OBJS) virt discover
+# replctl loads libvirt and libxml2 only for `discover` (virt_dl.c) and links only the
+# libraries it calls: every linked library costs start-up time.
+REPLCTL_OBJS  := $(COMMON_OBJS) virt virt_dl discover
+REPLCTL_LIBS  := -Wl,--as-needed $(filter-out $(shell pkg-config --libs libvirt libxml-2.0 2>/dev/null),$(LDLIBS)) -ldl
 
 LIB_OBJS := $(sort $(REPLICAD_OBJS))
 obj = $(patsubst %,$(BUILD)/%.o,$(1))
@@ -62,7 +65,7 @@ $(BIN)/replicad: $(call obj,$(REPLICAD_OBJS) replicad)
 
 $(BIN)/replctl: $(call obj,$(REPLCTL_OBJS) replctl)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(REPLCTL_LIBS)
 
 # --- tests ---------------------------------------------------------------
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)

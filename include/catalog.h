@@ -109,6 +109,12 @@ int	cat_rel_put(struct catalog *cat, const struct cat_rel *rel);
  * than keep_upto (UINT64_MAX: none). */
 int	cat_rel_put_trim(struct catalog *cat, const struct cat_rel *rel,
 	    uint64_t keep_upto);
+/* cat_rel_put, committed without waiting for the disk (SQLite's
+ * synchronous = NORMAL in WAL mode): it survives a crash of the process,
+ * but a power loss may undo it, with every such write after the last
+ * durable one (any later durable write makes it durable too).  For the
+ * primary's count of acknowledged cycles only (primary.c says why). */
+int	cat_rel_put_lazy(struct catalog *cat, const struct cat_rel *rel);
 /* All relationships, ordered by VM name; *out is the caller's (free()). */
 int	cat_rel_list(struct catalog *cat, struct cat_rel **out, size_t *n);
 

@@ -920,6 +920,27 @@ cat_rel_put_trim(struct catalog *cat, const struct cat_rel *rel,
 }
 
 int
+cat_rel_put_lazy(struct catalog *cat, const struct cat_rel *rel)
+{
+	int r;
+
+	if ((r = rel_check(rel)) != 0)
+		return r;
+	pthread_mutex_lock(&cat->lock);
+	if ((r = cat_exec(cat, "PRAGMA synchronous = NORMAL")) == 0) {
+		if ((r = cat_begin(cat, 1)) == 0)
+			r = rel_put_tx(cat, rel, UINT64_MAX);
+		r = cat_end(cat, r);
+		/* Every other transaction stays durable at its COMMIT. */
+		if (cat_exec(cat, "PRAGMA synchronous = FULL") != 0)
+			fatalx("catalog: %s: cannot restore synchronous = FULL",
+			    cat->path);
+	}
+	pthread_mutex_unlock(&cat->lock);
+	return r;
+}
+
+int
 cat_rel_list(struct catalog *cat, struct cat_rel **out, size_t *n)
 {
 	sqlite3_stmt *st = cat->st[ST_REL_LIST];

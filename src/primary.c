@@ -1396,14 +1396,32 @@ job_commit(void *arg)
 		    vm->cfg->name, s->err);
 	fault_point("primary-after-commit");
 	if ((r = cat_rel_get(vm->svc->cat, vm->cfg->name, &rel)) == 0) {
+		/*
+		 * An ordinary cycle only advances the count of acknowledged
+		 * cycles: that write need not wait for the disk.  If a power
+		 * loss undoes it, the tracker's own state (durable above) and
+		 * the replica's WELCOME still give the next cycle number
+		 * (begin_sending() takes the highest), the definition is sent
+		 * again, status shows the older point until the next cycle,
+		 * and a demotion compares the disks.  The first cycle (the
+		 * VM stops being fresh), a resync's end, a size change and a
+		 * handover are written durably.
+		 */
+		int lazy = rel.last_cycle != 0 && !s->resync &&
+		    !s->handover;
 		rel.last_cycle = s->cycle;
 		rel.last_point = s->point;
 		rel.last_point_created_ms = s->created_ms;
-		for (size_t i = 0; i < vm->cfg->ndisks && i < CAT_MAX_DISKS; i++)
+		for (size_t i = 0; i < vm->cfg->ndisks && i < CAT_MAX_DISKS;
+		    i++) {
+			if (rel.disks[i].size != s->sizes[i])
+				lazy = 0;
 			rel.disks[i].size = s->sizes[i];
+		}
 		if (s->resync)
 			rel.resync = 0;
-		r = cat_rel_put(vm->svc->cat, &rel);
+		r = lazy ? cat_rel_put_lazy(vm->svc->cat, &rel) :
+		    cat_rel_put(vm->svc->cat, &rel);
 	}
 	if (r == 0) {
 		s->rel = rel;

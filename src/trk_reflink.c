@@ -567,8 +567,14 @@ rl_commit(void *state, uint64_t cycle, char *err, size_t errsz)
 		if (quiet)
 			d->base = 0;
 		/* The new base first: a crash before the old one is gone
-		 * leaves both, and the digests say which is in force. */
-		if (rename(newp, bp) != 0 || util_fsync_dir(d->cutdir) != 0) {
+		 * leaves both, and the digests say which is in force.  An
+		 * idle disk's rename is not synced: if a power loss undoes
+		 * it, the base is found under its old name only, the digests
+		 * name the new one, and the next cut compares the whole disk
+		 * (dirty_since()); every idle cycle would otherwise wait for
+		 * the file system's log. */
+		if (rename(newp, bp) != 0 ||
+		    (!quiet && util_fsync_dir(d->cutdir) != 0)) {
 			if (r == 0)
 				snprintf(err, errsz, "cannot keep the cut %s: %s",
 				    bp, strerror(errno));

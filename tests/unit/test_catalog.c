@@ -393,6 +393,40 @@ test_rel_replace(void **state)
 	cat_close(cat);
 }
 
+/* The lazy write stores the same row as cat_rel_put (only when it
+ * reaches the disk differs), checks its input the same way, and leaves
+ * the connection usable for durable writes after it. */
+static void
+test_rel_put_lazy(void **state)
+{
+	struct fixture *f = *state;
+	struct catalog *cat = open_cat(f);
+	struct cat_rel rel, got;
+
+	make_rel(&rel, "web01", 2);
+	assert_int_equal(cat_rel_put(cat, &rel), 0);
+	rel.last_cycle = 41;
+	rel.last_point = 40;
+	rel.last_point_created_ms = 1234;
+	assert_int_equal(cat_rel_put_lazy(cat, &rel), 0);
+	assert_int_equal(cat_rel_get(cat, "web01", &got), 0);
+	assert_memory_equal(&got, &rel, sizeof(rel));
+
+	struct cat_rel bad = rel;
+	snprintf(bad.vm, sizeof(bad.vm), "no/slash");
+	assert_int_not_equal(cat_rel_put_lazy(cat, &bad), 0);
+	assert_int_equal(cat_rel_get(cat, "no/slash", &got), RD_ERR_NOT_FOUND);
+
+	commit_ok(cat, "web01", 42, 41);
+	cat_close(cat);
+
+	/* A clean close keeps it (the WAL is checkpointed). */
+	cat = open_cat(f);
+	assert_int_equal(cat_rel_get(cat, "web01", &got), 0);
+	assert_int_equal(got.last_cycle, 42);
+	cat_close(cat);
+}
+
 /* A failover's commit drops the points after the chosen one with the
  * relationship's change, in one transaction. */
 static void
@@ -1362,6 +1396,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_rel_round_trip, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_rel_replace, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_rel_put_lazy, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_rel_put_trim, setup,
 		    teardown),
