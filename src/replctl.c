@@ -33,7 +33,7 @@
 #include "xmalloc.h"
 
 #ifndef REPLCTL_VERSION
-#define REPLCTL_VERSION	"0.7.0"
+#define REPLCTL_VERSION	"0.8.0"
 #endif
 
 #define VALUE_MAX	(HOST_MAX_LEN + 16)	/* "[HOST]:PORT" or an ID */

@@ -15,7 +15,7 @@
 #include "tracker.h"
 #include "virt.h"
 
-#define REPLICAD_VERSION "0.7.0"
+#define REPLICAD_VERSION "0.8.0"
 
 static void
 usage(FILE *f)

@@ -197,7 +197,7 @@ for h in -h --help; do
 		fail=$((fail + 1))
 	fi
 done
-if [ "$("$REPLCTL" --version)" = "replctl 0.7.0" ]; then
+if [ "$("$REPLCTL" --version)" = "replctl 0.8.0" ]; then
 	pass=$((pass + 1))
 else
 	echo "FAIL: replctl --version" >&2
