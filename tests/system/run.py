@@ -11,7 +11,8 @@ test skips only when a tool it needs is missing, and says which).
 -j N (default: the number of CPUs) runs N tests at a time, each in its own
 process with its own range of ports; a test's output is printed in one
 piece when it ends.  Tests of a module that sets SERIAL = True (loop
-devices, mounts shared with the host) run afterwards, one at a time.
+devices, mounts shared with the host) run one at a time, in a lane of
+their own beside the others.
 """
 import argparse
 import concurrent.futures
@@ -89,7 +90,8 @@ SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed, (\d+) skipped$", re.M)
 
 def run_parallel(tests, seed, keep, jobs):
     """Each test in a child process (run.py --only NAME); at most jobs at a
-    time, the serial ones alone at the end.  Returns the three counts."""
+    time, the serial ones one after another among them.  Returns the three
+    counts."""
     counts = {"passed": 0, "failed": 0, "skipped": 0}
     slots = queue.Queue()
     for i in range(jobs):
@@ -125,10 +127,17 @@ def run_parallel(tests, seed, keep, jobs):
     try:
         parallel = [t[0] for t in tests if not t[2]]
         serial = [t[0] for t in tests if t[2]]
-        with concurrent.futures.ThreadPoolExecutor(jobs) as ex:
+
+        def serial_lane():
+            for name in serial:
+                child(name)
+        # The serial tests run one after another in a lane of their own,
+        # beside the others (a slot each, like every test), so that the
+        # run does not end with one test at a time.
+        with concurrent.futures.ThreadPoolExecutor(jobs + 1) as ex:
+            lane = ex.submit(serial_lane)
             list(ex.map(child, parallel))
-        for name in serial:
-            child(name)
+            lane.result()
     finally:
         shutil.rmtree(pki, ignore_errors=True)
     return counts["passed"], counts["failed"], counts["skipped"]
