@@ -173,6 +173,11 @@ int	cat_definition_known(struct catalog *cat, const char *vm,
 int	cat_point_drop(struct catalog *cat, const char *vm, uint64_t id,
 	    uint64_t next, uint32_t next_seg, uint64_t next_undo_bytes);
 
+/* Give point id of vm a new undo segment version and size (the segment
+ * was written again, compacted).  RD_ERR_NOT_FOUND if it is gone. */
+int	cat_point_set_seg(struct catalog *cat, const char *vm, uint64_t id,
+	    uint32_t seg, uint64_t undo_bytes);
+
 /* How many points vm has and the bytes of their undo segments (one
  * query: cheap enough for the loop thread). */
 int	cat_point_stats(struct catalog *cat, const char *vm, uint64_t *count,

@@ -189,6 +189,11 @@ const char *store_test_dir(const struct store *st);
  */
 int	store_point_definition(struct store *st, uint64_t point, char **xml);
 
+/* How many points' undo segments, written fast by their cycles (cloned,
+ * not compressed), wait to be compacted (compressed) by the store's
+ * thread: history_bytes shrinks as they are. */
+int	store_compact_pending(struct store *st);
+
 /* Resynchronisation.  Whether any image holds data (a seed copy, or a
  * former primary's disks). */
 int	store_has_data(struct store *st);

@@ -77,6 +77,17 @@ int	undo_invert(const char *path, const int *fds, uint16_t ndisks,
 	    uint64_t cycle, const char *out_path, uint64_t *bytes);
 
 /*
+ * The segment at path (written with UNDO_CLONE_ALL: cloned, nothing
+ * compressed) written again at out, as a segment of cycle, the way
+ * UNDO_CLONE_RAW saves old content: zero ranges as ZERO records, what
+ * compresses compressed, the rest cloned again from path (or raw where
+ * the file system cannot).  Same content, less room.  path is checked
+ * completely first; nothing is written if it is corrupt.
+ */
+int	undo_compact(const char *path, uint64_t cycle, const char *out,
+	    uint64_t *bytes);
+
+/*
  * Merge the segments of two neighbouring points into one at out (written
  * like any segment): newer takes point k back to point j, older takes j
  * back to i; the result takes k straight back to i.  For each byte the

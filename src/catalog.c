@@ -1423,6 +1423,34 @@ out:
 }
 
 int
+cat_point_set_seg(struct catalog *cat, const char *vm, uint64_t id,
+    uint32_t seg, uint64_t undo_bytes)
+{
+	sqlite3_stmt *st;
+	int r;
+
+	pthread_mutex_lock(&cat->lock);
+	if ((r = cat_begin(cat, 1)) != 0)
+		goto out;
+	st = cat->st[ST_POINT_SET_SEG];
+	if (bind_text(st, 1, vm) != SQLITE_OK ||
+	    bind_u64(st, 2, id) != SQLITE_OK ||
+	    sqlite3_bind_int64(st, 3, (int64_t)seg) != SQLITE_OK ||
+	    bind_u64(st, 4, undo_bytes) != SQLITE_OK) {
+		r = cat_dberr(cat, vm, "set segment");
+		cat_release(st);
+		goto out;
+	}
+	if ((r = cat_run(cat, ST_POINT_SET_SEG, vm, "set segment")) != 0)
+		goto out;
+	r = sqlite3_changes(cat->db) == 1 ? 0 : RD_ERR_NOT_FOUND;
+out:
+	r = cat_end(cat, r);
+	pthread_mutex_unlock(&cat->lock);
+	return r;
+}
+
+int
 cat_point_drop(struct catalog *cat, const char *vm, uint64_t id,
     uint64_t next, uint32_t next_seg, uint64_t next_undo_bytes)
 {

@@ -301,6 +301,7 @@ struct vm_view {
 	uint64_t	 npoints;
 	uint64_t	 free_bytes;	/* storage file system */
 	uint64_t	 min_free;
+	int		 compacting;	/* replica: segments not compacted yet */
 };
 
 /* lag_ms < 0: no point yet; a threshold of 0: none. */
@@ -385,6 +386,7 @@ view_replica(struct svc *svc, struct vme *e, struct vm_view *x,
 	    &x->history_bytes) == 0 && store_space(rvm_store(vt_rvm(e)),
 	    &x->free_bytes, &total, &x->min_free) == 0)
 		x->has_space = 1;
+	x->compacting = store_compact_pending(rvm_store(vt_rvm(e)));
 	x->progress = st.received_bytes;
 	x->health = st.nospace ? "critical" : health_of(x->state, 0,
 	    x->lag_ms, 2 * st.interval_ms, 4 * st.interval_ms);
@@ -476,8 +478,10 @@ cmd_status(struct cconn *c)
 				bufprintf(&b, "\"points\":%" PRIu64 ","
 				    "\"history_bytes\":%" PRIu64 ","
 				    "\"storage_free_bytes\":%" PRIu64 ","
-				    "\"min_free_bytes\":%" PRIu64 ",", x->npoints,
-				    x->history_bytes, x->free_bytes, x->min_free);
+				    "\"min_free_bytes\":%" PRIu64 ","
+				    "\"history_compacting\":%d,", x->npoints,
+				    x->history_bytes, x->free_bytes, x->min_free,
+				    x->compacting);
 			bufprintf(&b, "\"note\":");
 			if (x->note[0])
 				json_str(&b, x->note);

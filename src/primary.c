@@ -57,7 +57,7 @@
 #include "work.h"
 #include "xmalloc.h"
 
-#define BATCH_OUT	(4u << 20)	/* bytes of frames per produce job */
+#define BATCH_OUT	(1u << 20)	/* bytes of frames per produce job */
 #define BATCH_READ	(64u << 20)	/* bytes read per produce job, at most */
 #define OUT_HIGH	(8u << 20)	/* produce more below this backlog */
 #define OUT_LOW		(4u << 20)
@@ -155,6 +155,9 @@ struct psess {
 	uint64_t		 bytes_received;
 	int64_t			 created_ms;
 	uint64_t		 created_mono;	/* the cut, monotonic ms */
+	uint64_t		 cut_ms;	/* the cut took (debug log) */
+	uint64_t		 end_mono;	/* END handed to the loop */
+	uint64_t		 ack_mono;	/* ACK came */
 	/* a resynchronising cycle (wire.h) */
 	int			 resync;
 	uint32_t		 unit;		/* SUMS granularity */
@@ -623,6 +626,12 @@ sess_done(struct psess *s)
 	    " bytes changed, %" PRIu64 " read, %" PRIu64 " sent, %" PRIu64
 	    " ms", vm->cfg->name, s->cycle, s->point, vm->last.dirty_bytes,
 	    vm->last.bytes_read, vm->last.bytes_sent, vm->last.duration_ms);
+	log_debug("%s: cycle %" PRIu64 ": %" PRIu64 " ms to the cut, the cut "
+	    "%" PRIu64 " ms, %" PRIu64 " ms reading and sending, %" PRIu64
+	    " ms to the acknowledgement, %" PRIu64 " ms committing",
+	    vm->cfg->name, s->cycle, s->created_mono - s->started_ms,
+	    s->cut_ms, s->end_mono - s->created_mono - s->cut_ms,
+	    s->ack_mono - s->end_mono, util_mono_ms() - s->ack_mono);
 	uint64_t point = s->point;
 	keep_session(s);
 	sess_end(s);
@@ -1186,12 +1195,14 @@ produce_batch(struct psess *s)
 		    vm->cfg->freeze == FREEZE_AGENT) &&
 		    want_app(vm, s->created_ms))
 			freeze(s);
+		uint64_t t0 = util_mono_ms();
 		if (s->resync)
 			r = trk_begin_resync(vm->trk, s->cycle, s->sizes, s->err,
 			    sizeof(s->err));
 		else
 			r = trk_begin(vm->trk, s->cycle, s->replica_cycle, 0,
 			    s->sizes, s->err, sizeof(s->err));
+		s->cut_ms = util_mono_ms() - t0;
 		/* A point-in-time view is fixed: the guest may run on (the
 		 * thaw runs whether or not the cut worked). */
 		if (r != 0 || trk_frozen(vm->trk))
@@ -1225,7 +1236,7 @@ produce_batch(struct psess *s)
 	}
 	uint64_t read0 = s->tstats.bytes_read;
 	while (s->out.len < BATCH_OUT) {
-		r = trk_scan(vm->trk, 4u << 20, collect, s, s->err,
+		r = trk_scan(vm->trk, BATCH_OUT, collect, s, s->err,
 		    sizeof(s->err));
 		trk_stats(vm->trk, &s->tstats);
 		if (r >= 0)
@@ -1345,6 +1356,7 @@ produce_done(void *arg)
 		}
 	}
 	if (s->scan_done) {
+		s->end_mono = util_mono_ms();
 		s->st = PS_WAIT_ACK;
 		arm_ack(s);
 		set_deadlines(s);
@@ -1909,6 +1921,7 @@ on_ack(struct psess *s, const uint8_t *p, size_t len)
 		return;
 	}
 	s->point = a.point;
+	s->ack_mono = util_mono_ms();
 	if (s->def_sent) {
 		/* The replica recorded it with the point. */
 		s->vm->def_acked = s->def_hash;

@@ -113,6 +113,8 @@ struct stage_iter {
 	uint8_t		 *buf;		/* STAGE_WINDOW */
 };
 
+#define COMPACT_QUEUE	64
+
 struct store {
 	pthread_mutex_t	 lock;		/* the images: apply, rebuild, verify */
 	pthread_mutex_t	 rel_lock;	/* rel, briefly (the loop reads it) */
@@ -134,6 +136,15 @@ struct store {
 	struct digest	 zero_digest;
 	int		 test_busy;	/* a test copy is being built */
 	int		 undo_clone;	/* UNDO_CLONE_*: how undo data is saved */
+	/* Segments an apply wrote fast (cloned, nothing compressed), to be
+	 * compacted by a thread of the store's own, off the cycle's path. */
+	pthread_mutex_t	 cq_mu;
+	uint64_t	 cq[COMPACT_QUEUE];	/* their cycles, oldest first */
+	size_t		 cq_n;
+	int		 cq_thread;	/* the thread runs (cq_mu) */
+	int		 cq_stop;	/* store_close: stop after this one */
+	int		 cq_joinable;	/* a thread was started, not joined */
+	pthread_t	 cq_tid;
 	uint64_t	 min_free_bytes; /* [accept] min_free */
 	unsigned	 min_free_pct;
 	int		 unfinished;	/* a complete cycle failed to apply:
@@ -763,6 +774,8 @@ static void remove_unreferenced(struct store *st);
 static int make_room(struct store *st, uint64_t need, char *err,
     size_t errsz);
 static int write_digests(struct store *st, const struct stage_index *ix);
+static void compact_stop(struct store *st);
+static void compact_later(struct store *st, uint64_t cycle);
 
 /* Finish a complete staged cycle or abandon an incomplete one. */
 static int
@@ -853,6 +866,7 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 	pthread_mutex_init(&st->lock, NULL);
 	pthread_mutex_init(&st->rel_lock, NULL);
 	pthread_mutex_init(&st->fix_lock, NULL);
+	pthread_mutex_init(&st->cq_mu, NULL);
 	st->cat = cat;
 	st->rel = *rel;
 	st->data_fd = -1;
@@ -1101,6 +1115,7 @@ store_close(struct store *st)
 {
 	if (st == NULL)
 		return;
+	compact_stop(st);
 	if (st->active)
 		store_cycle_abort(st);
 	sync_staging(st);
@@ -1116,6 +1131,7 @@ store_close(struct store *st)
 	pthread_mutex_destroy(&st->lock);
 	pthread_mutex_destroy(&st->rel_lock);
 	pthread_mutex_destroy(&st->fix_lock);
+	pthread_mutex_destroy(&st->cq_mu);
 	free(st->dir);
 	free(st->staging);
 	free(st->undo_dir);
@@ -2041,6 +2057,144 @@ remove_unreferenced(struct store *st)
 	free(pts);
 }
 
+/* --- compacting undo segments ------------------------------------------ */
+
+/*
+ * Point cycle's segment, written fast, again with compression: as
+ * CYCLE.(N+1).undo beside it (the name a merge would take, under the same
+ * lock), recorded, then the old one removed.  A crash at any step leaves
+ * one segment the catalog names and at most one no point uses
+ * (remove_unreferenced).  Nothing is done for a store failed over, being
+ * rewound or copied for a test, or a point dropped or merged meanwhile.
+ */
+static void
+compact_one(struct store *st, uint64_t cycle)
+{
+	struct cat_point *pts = NULL;
+	char *from = NULL, *to = NULL;
+	uint64_t bytes = 0;
+	size_t n = 0, i;
+	int r;
+
+	pthread_mutex_lock(&st->lock);
+	if (st->rel.at_point != 0 || st->rel.step_to != 0 || st->test_busy ||
+	    cat_point_list(st->cat, st->rel.vm, &pts, &n) != 0)
+		goto out;
+	for (i = 0; i < n && pts[i].cycle != cycle; i++)
+		;
+	if (i == n || pts[i].seg == CAT_SEG_NONE || pts[i].seg >=
+	    CAT_SEG_NONE - 1)
+		goto out;
+	struct cat_point np = pts[i];
+	np.seg = pts[i].seg + 1;
+	from = seg_path(st, &pts[i]);
+	to = seg_path(st, &np);
+	if ((r = undo_compact(from, cycle, to, &bytes)) != 0) {
+		log_warnx("%s: cannot compact the undo segment %s: %s (it stays "
+		    "as it is)", st->rel.vm, from, r == RD_ERR_SYSTEM ?
+		    strerror(errno) : rd_strerror(r));
+		goto out;
+	}
+	if (bytes >= pts[i].undo_bytes) {
+		unlink(to);		/* no gain */
+		goto out;
+	}
+	fault_point("replica-before-compact-record");
+	if ((r = cat_point_set_seg(st->cat, st->rel.vm, pts[i].id, np.seg,
+	    bytes)) != 0) {
+		/* It may have been recorded all the same: both stay, and
+		 * the next start removes the one no point uses. */
+		log_warnx("%s: cannot record the compacted undo segment of "
+		    "point %" PRIu64 ": %s", st->rel.vm, pts[i].id,
+		    rd_strerror(r));
+		goto out;
+	}
+	fault_point("replica-after-compact-record");
+	/* Unsynced: a removal lost to a crash leaves a file no point
+	 * uses, which the next start removes. */
+	unlink(from);
+	log_debug("%s: undo segment of point %" PRIu64 " compacted from %"
+	    PRIu64 " to %" PRIu64 " bytes", st->rel.vm, pts[i].id,
+	    pts[i].undo_bytes, bytes);
+out:
+	pthread_mutex_unlock(&st->lock);
+	free(pts);
+	free(from);
+	free(to);
+}
+
+static void *
+compact_thread(void *arg)
+{
+	struct store *st = arg;
+
+	for (;;) {
+		pthread_mutex_lock(&st->cq_mu);
+		if (st->cq_stop || st->cq_n == 0) {
+			st->cq_thread = 0;
+			pthread_mutex_unlock(&st->cq_mu);
+			return NULL;
+		}
+		uint64_t cycle = st->cq[0];
+		memmove(st->cq, st->cq + 1, --st->cq_n * sizeof(st->cq[0]));
+		pthread_mutex_unlock(&st->cq_mu);
+		compact_one(st, cycle);
+	}
+}
+
+/* Queue cycle's segment; start the thread if none runs.  A full queue
+ * forgets its oldest (that segment only keeps its fast form). */
+static void
+compact_later(struct store *st, uint64_t cycle)
+{
+	pthread_mutex_lock(&st->cq_mu);
+	if (st->cq_stop) {
+		pthread_mutex_unlock(&st->cq_mu);
+		return;
+	}
+	if (st->cq_n == COMPACT_QUEUE)
+		memmove(st->cq, st->cq + 1, --st->cq_n * sizeof(st->cq[0]));
+	st->cq[st->cq_n++] = cycle;
+	if (!st->cq_thread) {
+		if (st->cq_joinable) {
+			/* The last one returned (cq_thread 0): reap it. */
+			pthread_join(st->cq_tid, NULL);
+			st->cq_joinable = 0;
+		}
+		if (pthread_create(&st->cq_tid, NULL, compact_thread, st) ==
+		    0) {
+			st->cq_thread = 1;
+			st->cq_joinable = 1;
+		} else {
+			st->cq_n = 0;	/* no thread: they stay as they are */
+		}
+	}
+	pthread_mutex_unlock(&st->cq_mu);
+}
+
+/* Before the store goes: the segment being compacted is finished, the
+ * rest stay as they are. */
+static void
+compact_stop(struct store *st)
+{
+	pthread_mutex_lock(&st->cq_mu);
+	st->cq_stop = 1;
+	int join = st->cq_joinable;
+	st->cq_joinable = 0;
+	pthread_mutex_unlock(&st->cq_mu);
+	if (join)
+		pthread_join(st->cq_tid, NULL);
+}
+
+int
+store_compact_pending(struct store *st)
+{
+	pthread_mutex_lock(&st->cq_mu);
+	int n = (int)st->cq_n + st->cq_thread;
+	pthread_mutex_unlock(&st->cq_mu);
+	return n;
+}
+
 /* --- resynchronisation ---------------------------------------------------- */
 
 int
@@ -2805,7 +2959,7 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 	uint8_t *buf = NULL, *def = NULL;
 	size_t def_len = 0;
 	uint64_t undo_bytes = 0;
-	int data_fd = -1, r = 0, got = 0, may_roll_back = 0;
+	int data_fd = -1, r = 0, got = 0, may_roll_back = 0, fast = 0;
 	int wrote[CAT_MAX_DISKS] = { 0 };
 	struct stage_iter it;
 	struct stage_rec rec;
@@ -2832,8 +2986,11 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 	buf = xmalloc(IO_CHUNK);
 	data_fd = open(data_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	may_roll_back = 1;
-	if ((r = check_staged(st, ix, data_fd, buf, recovering, err,
-	    errsz)) != 0) {
+	/* Staged data this run wrote was checked as it arrived, and the
+	 * apply below checks each block again before it writes it (a
+	 * mismatch there rolls back): only recovery checks it all first. */
+	if (recovering && (r = check_staged(st, ix, data_fd, buf, recovering,
+	    err, errsz)) != 0) {
 		/* Staged data damaged after the images were written (a crash
 		 * before the catalog): if the images hold the whole cycle,
 		 * it needs no staged data; else it is rolled back. */
@@ -2859,7 +3016,11 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 			    upath, open_error());
 			goto out;
 		}
-		undo_set_clone(w, st->undo_clone);
+		/* Where the storage clones, the apply clones everything and
+		 * a thread compresses the segment afterwards: the cycle waits
+		 * for no compression. */
+		fast = st->undo_clone == UNDO_CLONE_RAW && !recovering;
+		undo_set_clone(w, fast ? UNDO_CLONE_ALL : st->undo_clone);
 		ix_begin(&it, ix);
 		while ((got = ix_next(&it, &rec)) > 0) {
 			if (rec.where == WHERE_DIRECT)
@@ -2983,6 +3144,8 @@ sync:
 	}
 	fault_point("replica-after-digests");
 	remove_staging(st, 0);
+	if (fast)
+		compact_later(st, ix->c.cycle);
 	r = 0;
 out:
 	if (r != 0 && may_roll_back) {

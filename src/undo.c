@@ -1005,6 +1005,70 @@ undo_invert(const char *path, const int *fds, uint16_t ndisks, uint64_t cycle,
 	return r;
 }
 
+/* --- compacting ------------------------------------------------------- */
+
+/*
+ * A record of a segment written fast (UNDO_CLONE_ALL), again as the
+ * store's other writers would: zeros as ZERO, content that compresses as
+ * ZSTD, the rest cloned again from the segment (or raw).
+ */
+static int
+put_compact(void *arg, const struct undo_rec *rec)
+{
+	struct undo_writer *w = arg;
+	int r = 0;
+
+	if (rec->data == NULL)
+		return put_zero(w, rec->disk, rec->off, rec->len);
+	for (uint32_t k = 0; k < rec->len && r == 0; k += UNDO_CHUNK) {
+		uint32_t n = rec->len - k < UNDO_CHUNK ? rec->len - k :
+		    UNDO_CHUNK;
+		if (util_is_zero(rec->data + k, n))
+			r = put_zero(w, rec->disk, rec->off + k, n);
+		else
+			r = put_data(w, rec->disk, rec->off + k, n,
+			    rec->data + k, rec->src, rec->src >= 0 ?
+			    rec->src_off + k : 0);
+	}
+	return r;
+}
+
+int
+undo_compact(const char *path, uint64_t cycle, const char *out,
+    uint64_t *bytes)
+{
+	uint64_t sizes[UNDO_MAX_DISKS];
+	struct undo_writer *w = NULL;
+	uint8_t hdr[22];
+	uint16_t nd;
+	off_t end;
+	int fd, r;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
+		return errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
+	if ((end = lseek(fd, 0, SEEK_END)) < 0) {
+		r = RD_ERR_SYSTEM;
+		goto out;
+	}
+	if ((r = util_pread_full(fd, hdr, sizeof(hdr), 0)) != 0) {
+		r = RD_ERR_CORRUPT;
+		goto out;
+	}
+	nd = (uint16_t)(hdr[20] << 8 | hdr[21]);
+	/* Checked whole first: its sizes head the new one. */
+	if ((r = walk_fn(fd, (uint64_t)end, nd, sizes, NULL, NULL)) != 0 ||
+	    (r = undo_create(out, cycle, nd, sizes, &w)) != 0)
+		goto out;
+	undo_set_clone(w, UNDO_CLONE_RAW);
+	if ((r = walk_fn(fd, (uint64_t)end, nd, NULL, put_compact, w)) == 0)
+		r = undo_finish(w, bytes);
+	else
+		undo_discard(w);
+out:
+	close(fd);
+	return r;
+}
+
 /* --- merging (pruning a point in the middle) -------------------------- */
 
 /*
