@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -58,6 +59,12 @@ struct rdisk {
 	int		 quiet;		/* nothing changed: the base is the cut */
 	uint64_t	 base;		/* cycle of the base in use, 0: none */
 	uint64_t	 stale;		/* an old base for tidy() to remove */
+	/* The image's identity and times when it last equalled a cut, if
+	 * they were old enough to tell a later write (see unchanged()):
+	 * cand for this cycle's cut, kept for the base once committed. */
+	struct stat	 cand_st, kept_st;
+	int		 cand_ok, kept_ok;
+	uint64_t	 kept_cycle;	/* the base they describe */
 };
 
 struct reflink {
@@ -112,6 +119,7 @@ rl_abort(void *state)
 	for (size_t i = 0; i < rl->ndisks; i++) {
 		struct rdisk *d = &rl->d[i];
 		d->quiet = 0;
+		d->cand_ok = 0;
 		if (d->fd < 0)
 			continue;
 		close(d->fd);
@@ -318,6 +326,39 @@ compare_maps(const struct fmap *base, const struct fmap *cut, uint64_t size,
 	}
 }
 
+/*
+ * An image's times say whether it was written since a moment only when
+ * they are older than that moment by more than the clock's granularity:
+ * the kernel sets mtime and ctime before a write's data reaches the file
+ * (buffered, direct and through a mapping alike), but from a coarse
+ * clock, so a write within the same tick as the last one leaves them as
+ * they were.  A second is far above any tick.
+ */
+#define TIMES_SETTLED_NS	1000000000LL
+
+static int64_t
+ts_ns(const struct timespec *t)
+{
+	return (int64_t)t->tv_sec * 1000000000LL + t->tv_nsec;
+}
+
+/* st, taken at or before a moment when the image equalled a cut, can
+ * tell later writes if both its times are settled by then (now). */
+static int
+times_settled(const struct stat *st, int64_t now_ns)
+{
+	return ts_ns(&st->st_mtim) <= now_ns - TIMES_SETTLED_NS &&
+	    ts_ns(&st->st_ctim) <= now_ns - TIMES_SETTLED_NS;
+}
+
+static int64_t
+realtime_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_REALTIME, &t);
+	return ts_ns(&t);
+}
+
 static int
 clone_image(struct reflink *rl, struct rdisk *d, uint64_t *size, char *err,
     size_t errsz)
@@ -335,6 +376,11 @@ clone_image(struct reflink *rl, struct rdisk *d, uint64_t *size, char *err,
 		close(src);
 		goto out;
 	}
+	/* The image's times before the clone: any write after them
+	 * changes them (unchanged()). */
+	int64_t now = realtime_ns();
+	d->cand_ok = times_settled(&st, now);
+	d->cand_st = st;
 	unlink(newp);
 	d->fd = open(newp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (d->fd < 0) {
@@ -422,6 +468,29 @@ out:
 }
 
 /*
+ * Nothing has been written to the image since it last equalled the base
+ * cut of cycle since: the same file, size, mtime and ctime as then (no
+ * write, truncation, hole punch, clone into it or utimensat() leaves
+ * both times as they were; ctime cannot be set).  No FIEMAP, no clone:
+ * an idle cycle of a heavily fragmented image costs a stat().
+ */
+static int
+unchanged(const struct rdisk *d, uint64_t since, uint64_t *size)
+{
+	struct stat st;
+
+	if (!d->kept_ok || d->kept_cycle != since || d->base != since ||
+	    stat(d->path, &st) != 0 || !S_ISREG(st.st_mode) ||
+	    st.st_dev != d->kept_st.st_dev || st.st_ino != d->kept_st.st_ino ||
+	    st.st_size != d->kept_st.st_size ||
+	    ts_ns(&st.st_mtim) != ts_ns(&d->kept_st.st_mtim) ||
+	    ts_ns(&st.st_ctim) != ts_ns(&d->kept_st.st_ctim))
+		return 0;
+	*size = (uint64_t)st.st_size;
+	return 1;
+}
+
+/*
  * An idle disk: the image's own extents (written back first) are still
  * exactly those of the base cut, so nothing reached the file system since
  * that cut, and the base is this cut too: no clone is needed.  This is
@@ -441,6 +510,7 @@ idle_since(struct rdisk *d, uint64_t since, uint64_t since_size,
 	int fb = open(bp, O_RDONLY | O_CLOEXEC);
 	int idle = 0;
 
+	int64_t now = realtime_ns();
 	if (fa >= 0 && fb >= 0 && fstat(fa, &sa) == 0 && fstat(fb, &sb) == 0 &&
 	    S_ISREG(sa.st_mode) && sa.st_size == sb.st_size &&
 	    (uint64_t)sb.st_size == since_size &&
@@ -449,6 +519,9 @@ idle_since(struct rdisk *d, uint64_t since, uint64_t since_size,
 		compare_maps(&b, &a, (uint64_t)sa.st_size, &dy);
 		idle = dy.n == 0;
 		*size = (uint64_t)sa.st_size;
+		/* Taken before the maps that found it equal. */
+		d->cand_st = sa;
+		d->cand_ok = idle && times_settled(&sa, now);
 	}
 	if (fa >= 0)
 		close(fa);
@@ -470,9 +543,21 @@ rl_cut(void *state, uint64_t cycle, const uint64_t *since, uint64_t *sizes,
 	int r = 0, idle = 1;
 
 	memcpy(since_size, sizes, rl->ndisks * sizeof(*sizes));
-	for (size_t i = 0; i < rl->ndisks && idle; i++)
-		idle = since[i] != 0 && idle_since(&rl->d[i], since[i],
+	for (size_t i = 0; i < rl->ndisks; i++)
+		rl->d[i].cand_ok = 0;
+	for (size_t i = 0; i < rl->ndisks && idle; i++) {
+		struct rdisk *d = &rl->d[i];
+		if (since[i] != 0 && unchanged(d, since[i], &sizes[i])) {
+			log_debug("%s: %s: not written since the cut of cycle %"
+			    PRIu64 " (its times say so)", rl->vm, d->path,
+			    since[i]);
+			d->cand_st = d->kept_st;
+			d->cand_ok = 1;
+			continue;
+		}
+		idle = since[i] != 0 && idle_since(d, since[i],
 		    since_size[i], &sizes[i]);
+	}
 	if (idle) {
 		for (size_t i = 0; i < rl->ndisks; i++) {
 			rl->d[i].quiet = 1;
@@ -587,6 +672,10 @@ rl_commit(void *state, uint64_t cycle, char *err, size_t errsz)
 			d->stale = d->base;
 		}
 		d->base = cycle;
+		d->kept_st = d->cand_st;
+		d->kept_ok = d->cand_ok && r == 0;
+		d->kept_cycle = cycle;
+		d->cand_ok = 0;
 		free(newp);
 		free(bp);
 	}

@@ -386,3 +386,59 @@ def test_tracker_changed_back_to_scan(env):
         check(not os.path.exists(cutdir), "the clone stayed beside the image")
         pri.stop()
         rep.stop()
+
+
+def idle_by_times(env, fstype):
+    """An idle image is known idle by its times alone (no FIEMAP, no
+    clone) once they are older than the clock's granularity; any write
+    after the cut, a write that puts mtime back, and writes within the
+    same second as the cycle before are all still found."""
+    with LoopFs(env, "fs", fstype, 400 * MiB) as fs:
+        pri, rep, disks = rig(env, fs, [16 * MiB])
+        d = disks[0]
+        rimg = os.path.join(rep.storage, "web01", os.path.basename(d))
+        pri.ok("sync", "web01", "--wait")
+
+        def settle():
+            st = os.stat(d)
+            # A condition on the wall clock, not on another process.
+            while time.time_ns() < max(st.st_mtime_ns, st.st_ctime_ns) + 1_200_000_000:
+                time.sleep(0.05)
+
+        settle()
+        pri.ok("sync", "web01", "--wait")       # idle by its extents: times kept
+        mark = LogMark(pri)
+        pri.ok("sync", "web01", "--wait")
+        check("its times say so" in mark.new(),
+              "an idle, settled image was not known idle by its times:\n%s" % mark.new()[-2000:])
+        assert_same(d, rimg, "idle by its times")
+        # Writes at once after a cycle (the same second): found.
+        for rnd in range(4):
+            touched = set()
+            write_random(env, d, os.path.getsize(d), 1 + rnd, touched)
+            pri.ok("sync", "web01", "--wait")
+            assert_same(d, rimg, "written right after a cycle, round %d" % rnd)
+        # A write after settled times, then mtime put back: ctime tells.
+        settle()
+        pri.ok("sync", "web01", "--wait")
+        pri.ok("sync", "web01", "--wait")
+        before = os.stat(d)
+        with open(d, "r+b") as f:
+            f.seek(5 * MiB + 4096)
+            f.write(env.rng.randbytes(8192))
+        os.utime(d, ns=(before.st_atime_ns, before.st_mtime_ns))
+        mark = LogMark(pri)
+        pri.ok("sync", "web01", "--wait")
+        check("its times say so" not in mark.new(),
+              "a write whose mtime was put back passed as idle:\n%s" % mark.new()[-2000:])
+        assert_same(d, rimg, "written with mtime put back")
+        pri.stop()
+        rep.stop()
+
+
+def test_idle_by_times_xfs(env):
+    idle_by_times(env, "xfs")
+
+
+def test_idle_by_times_btrfs(env):
+    idle_by_times(env, "btrfs")
