@@ -104,6 +104,13 @@ struct trk_backend {
 	 */
 	uint64_t (*hole)(void *state, size_t disk, uint64_t off, uint64_t end);
 	/*
+	 * [off, off + len) of disk's view will be read soon: start reading
+	 * it without waiting (a hint; the reads that follow must not need
+	 * it).  May be NULL.
+	 */
+	void	(*prefetch)(void *state, size_t disk, uint64_t off,
+		    uint64_t len);
+	/*
 	 * The replica durably holds cycle `cycle` and the tracker saved its
 	 * digests: the cut becomes the base of the next comparison (the
 	 * next cut gets since[i] == cycle).  A failure here is logged by

@@ -114,6 +114,7 @@ struct stage_iter {
 };
 
 #define COMPACT_QUEUE	64
+#define UNDO_LAG	64
 
 struct store {
 	pthread_mutex_t	 lock;		/* the images: apply, rebuild, verify */
@@ -176,6 +177,15 @@ struct store {
 	size_t		 def_len;
 	uint64_t	 need;		/* space its apply may take (undo,
 					   image, digests) */
+	/* On storage that clones: its undo segment, cloned as the blocks
+	 * arrive (the images are untouched until the apply), each range
+	 * UNDO_LAG ranges after the read-ahead of its old content. */
+	struct undo_writer *uw;
+	struct undo_range {
+		uint16_t	 disk;
+		uint64_t	 off, len;
+	}		 uq[UNDO_LAG];
+	size_t		 uq_head, uq_n;
 };
 
 static const char *open_error(void);
@@ -2429,6 +2439,9 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 	st->raw_bytes = 0;
 	st->need = 0;
 	wb_reset(&st->recs);
+	undo_discard(st->uw);
+	st->uw = NULL;
+	st->uq_head = st->uq_n = 0;
 	st->active = 1;
 	return 0;
 }
@@ -2447,6 +2460,98 @@ kick_writeback(struct store *st, int slot, int fd, uint64_t len)
 		return;
 	st->unsynced[slot] = 0;
 	(void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+}
+
+/* Save the oldest queued range's old content into the cycle's undo
+ * segment. */
+static int
+undo_pop(struct store *st)
+{
+	struct undo_range *u = &st->uq[st->uq_head];
+	st->uq_head = (st->uq_head + 1) % UNDO_LAG;
+	st->uq_n--;
+	return undo_save_range(st->uw, u->disk, st->img[u->disk], u->off,
+	    u->len);
+}
+
+/*
+ * On storage that clones, the old content [off, off + len) of disk (below
+ * its old size) goes into the undo segment while the cycle arrives: read
+ * ahead now, cloned (and hashed) UNDO_LAG ranges later.  Nothing writes
+ * the images below their old sizes before the apply, so what is saved is
+ * the point before the cycle.  The segment is finished (synced, in
+ * place) before the index: a crash before that removes its .tmp, one
+ * after it rolls back with it, which changes nothing then.
+ */
+static int
+undo_early(struct store *st, uint16_t disk, uint64_t off, uint64_t len,
+    char *err, size_t errsz)
+{
+	uint64_t old = st->rel.disks[disk].size;
+	int r;
+
+	if (st->undo_clone != UNDO_CLONE_RAW || off >= old)
+		return 0;
+	if (len > old - off)
+		len = old - off;
+	if (st->uw == NULL) {
+		char *upath = undo_path(st, st->cur.cycle);
+		uint64_t sizes[CAT_MAX_DISKS];
+		for (uint16_t i = 0; i < st->cur.ndisks; i++)
+			sizes[i] = st->rel.disks[i].size;
+		r = undo_create(upath, st->cur.cycle, st->cur.ndisks, sizes,
+		    &st->uw);
+		if (r != 0) {
+			snprintf(err, errsz, "cannot create undo segment %s: "
+			    "%s", upath, open_error());
+			free(upath);
+			return io_code(r);
+		}
+		free(upath);
+		undo_set_clone(st->uw, UNDO_CLONE_ALL);
+	}
+	posix_fadvise(st->img[disk], (off_t)off, (off_t)len,
+	    POSIX_FADV_WILLNEED);
+	if (st->uq_n == UNDO_LAG && (r = undo_pop(st)) != 0)
+		goto fail;
+	struct undo_range *u = &st->uq[(st->uq_head + st->uq_n) % UNDO_LAG];
+	u->disk = disk;
+	u->off = off;
+	u->len = len;
+	st->uq_n++;
+	return 0;
+fail:
+	snprintf(err, errsz, "cannot save undo data: %s", r == RD_ERR_SYSTEM ?
+	    strerror(errno) : rd_strerror(r));
+	return io_code(r);
+}
+
+/* The rest of the queue, then the segment made durable in place. */
+static int
+undo_early_finish(struct store *st, char *err, size_t errsz)
+{
+	uint64_t bytes;
+	int r = 0;
+
+	if (st->uw == NULL)
+		return 0;
+	while (st->uq_n > 0 && (r = undo_pop(st)) == 0)
+		;
+	if (r == 0) {
+		r = undo_finish(st->uw, &bytes);
+	} else {
+		int saved = errno;
+		undo_discard(st->uw);
+		errno = saved;
+	}
+	st->uw = NULL;
+	st->uq_n = 0;
+	if (r != 0) {
+		snprintf(err, errsz, "cannot write the undo segment: %s",
+		    r == RD_ERR_SYSTEM ? strerror(errno) : rd_strerror(r));
+		return io_code(r);
+	}
+	return 0;
 }
 
 int
@@ -2508,6 +2613,9 @@ store_cycle_put(struct store *st, uint16_t disk, uint64_t off, uint32_t len,
 		}
 		st->data_off += len;
 	}
+	if (where != WHERE_DIRECT && (r = undo_early(st, disk, off, len, err,
+	    errsz)) != 0)
+		return r;
 	if (st->ix_fd < 0 && (r = index_start(st, err, errsz)) != 0)
 		return r;
 	wb_put_u16(&st->recs, disk);
@@ -2564,6 +2672,9 @@ store_cycle_abort(struct store *st)
 {
 	close_digest_fds(st);
 	forget_def(st);
+	undo_discard(st->uw);
+	st->uw = NULL;
+	st->uq_n = 0;
 	if (!st->active)
 		return;
 	if (st->data_fd >= 0)
@@ -2967,6 +3078,7 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 
 	*rolled_back = 0;
 	pthread_mutex_lock(&st->lock);
+	uint64_t t_start = util_mono_ms(), t_undo = t_start, t_sync = t_start;
 	if (ix->c.ndisks != st->rel.ndisks || ix->block_size !=
 	    st->rel.block_size) {
 		snprintf(err, errsz, "staged cycle does not match the "
@@ -3016,11 +3128,12 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 			    upath, open_error());
 			goto out;
 		}
-		/* Where the storage clones, the apply clones everything and
-		 * a thread compresses the segment afterwards: the cycle waits
-		 * for no compression. */
-		fast = st->undo_clone == UNDO_CLONE_RAW && !recovering;
-		undo_set_clone(w, fast ? UNDO_CLONE_ALL : st->undo_clone);
+		/* Where the storage clones, everything is cloned and a
+		 * thread compresses the segment afterwards: the cycle waits
+		 * for no compression (undo_early() does the same as the
+		 * cycle arrives; this is recovery's or an older path). */
+		undo_set_clone(w, st->undo_clone == UNDO_CLONE_RAW &&
+		    !recovering ? UNDO_CLONE_ALL : st->undo_clone);
 		ix_begin(&it, ix);
 		while ((got = ix_next(&it, &rec)) > 0) {
 			if (rec.where == WHERE_DIRECT)
@@ -3049,9 +3162,14 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 			goto out;
 		}
 	} else {
+		/* Saved as the cycle arrived (undo_early()), or by an apply
+		 * a crash interrupted. */
 		undo_bytes = (uint64_t)sb.st_size;
 	}
+	/* Cloned whole (or perhaps so): compacted once recorded. */
+	fast = st->undo_clone == UNDO_CLONE_RAW;
 	fault_point("replica-after-undo");
+	t_undo = util_mono_ms();
 
 	/* 2. the new content */
 	ix_begin(&it, ix);
@@ -3112,6 +3230,7 @@ sync:
 		}
 	}
 
+	t_sync = util_mono_ms();
 	/* 3. the catalog: from here the point may exist (a commit that
 	 * reports a failure may still have been made durable), and a
 	 * failure is finished later (rolled forward), not rolled back. */
@@ -3143,6 +3262,10 @@ sync:
 		goto out;
 	}
 	fault_point("replica-after-digests");
+	log_debug("%s: cycle %" PRIu64 " applied: undo %" PRIu64 " ms, "
+	    "images written and synced %" PRIu64 " ms, point and digests %"
+	    PRIu64 " ms", st->rel.vm, ix->c.cycle, t_undo - t_start,
+	    t_sync - t_undo, util_mono_ms() - t_sync);
 	remove_staging(st, 0);
 	if (fast)
 		compact_later(st, ix->c.cycle);
@@ -3295,6 +3418,14 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 		}
 	}
 
+	/* The undo segment saved as the cycle arrived, in place before the
+	 * index names the cycle complete (apply_index() finds it). */
+	if ((r = undo_early_finish(st, err, errsz)) != 0) {
+		st->active = 1;		/* so that abort cleans up */
+		store_cycle_abort(st);
+		return r;
+	}
+	fault_point("replica-undo-before-index");
 	/* The index: its last records and trailer, synced, renamed into
 	 * place and the rename synced. */
 	path = xasprintf("%s/index", st->staging);

@@ -37,6 +37,7 @@
 
 #define TRK_CHUNK	(4u << 20)	/* bytes read per trk_scan() call */
 #define TRK_HOLES	(256u << 20)	/* bytes of holes per trk_scan() call */
+#define PREFETCH	(16u << 20)	/* reported bytes read ahead, at most */
 
 enum { BEGIN_SCAN, BEGIN_FULL, BEGIN_RESYNC };
 
@@ -68,6 +69,9 @@ struct tracker {
 	int		 tidy_due;	/* committed; the backend may tidy */
 	size_t		 cur_disk;	/* scan cursor */
 	uint64_t	 cur_off;
+	size_t		 pf_disk;	/* prefetched up to here (dirty */
+	size_t		 pf_ext;	/* extents before it are) */
+	uint64_t	 pf_off;
 	uint8_t		*buf;		/* chunk_len() bytes from the pool
 					   while a trk_scan()'s blocks are in
 					   use (trk_release()), else NULL */
@@ -477,6 +481,9 @@ begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle, int mode,
 	t->active = 1;
 	t->cur_disk = 0;
 	t->cur_off = 0;
+	t->pf_disk = 0;
+	t->pf_ext = 0;
+	t->pf_off = 0;
 	return 0;
 }
 
@@ -610,6 +617,53 @@ next_range(struct tracker *t, size_t max, uint64_t *off)
 	return end - start < max ? (size_t)(end - start) : max;
 }
 
+/*
+ * Ask the backend to read ahead the reported ranges up to PREFETCH bytes
+ * past the scan cursor: a cycle's changed blocks lie scattered, and read
+ * one after the other each would wait for the disk alone.  A disk read
+ * whole is read in order (the kernel's own readahead serves it).
+ */
+static void
+prefetch(struct tracker *t)
+{
+	uint64_t budget = PREFETCH;
+
+	if (t->be->prefetch == NULL)
+		return;
+	if (t->pf_disk < t->cur_disk) {
+		t->pf_disk = t->cur_disk;
+		t->pf_ext = 0;
+		t->pf_off = 0;
+	}
+	while (t->pf_disk < t->ndisks && budget > 0) {
+		struct trk_dirty *dy = &t->dirty[t->pf_disk];
+		if (dy->all || t->pf_ext >= dy->n) {
+			t->pf_disk++;
+			t->pf_ext = 0;
+			t->pf_off = 0;
+			continue;
+		}
+		const struct trk_extent *x = &dy->ext[t->pf_ext];
+		uint64_t from = x->off > t->pf_off ? x->off : t->pf_off;
+		if (t->pf_disk == t->cur_disk && from < t->cur_off)
+			from = t->cur_off;
+		uint64_t end = x->off + x->len;
+		if (from >= end) {
+			t->pf_ext++;
+			continue;
+		}
+		/* Only what lies within PREFETCH of the cursor. */
+		if (t->pf_disk == t->cur_disk && from - t->cur_off >= PREFETCH)
+			return;
+		uint64_t n = end - from < budget ? end - from : budget;
+		t->be->prefetch(t->bs, t->pf_disk, from, n);
+		budget -= n;
+		t->pf_off = from + n;
+		if (t->pf_off >= end)
+			t->pf_ext++;
+	}
+}
+
 int
 trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
     char *err, size_t errsz)
@@ -627,6 +681,7 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 		t->buf = pool_buf_get(chunk);
 	if (max_read < chunk)
 		chunk = max_read < bs ? bs : max_read - max_read % bs;
+	prefetch(t);
 	/* Emitted blocks point into t->buf: valid until the next call. */
 	while (t->cur_disk < t->ndisks) {
 		struct trk_disk *d = &t->disks[t->cur_disk];

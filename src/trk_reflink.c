@@ -618,6 +618,14 @@ rl_hole(void *state, size_t disk, uint64_t off, uint64_t end)
 }
 
 static void
+rl_prefetch(void *state, size_t disk, uint64_t off, uint64_t len)
+{
+	struct reflink *rl = state;
+	posix_fadvise(rl->d[disk].fd, (off_t)off, (off_t)len,
+	    POSIX_FADV_WILLNEED);
+}
+
+static void
 rl_tidy(void *state)
 {
 	struct reflink *rl = state;
@@ -776,6 +784,7 @@ const struct trk_backend trk_backend_reflink = {
 	.cut = rl_cut,
 	.read = rl_read,
 	.hole = rl_hole,
+	.prefetch = rl_prefetch,
 	.commit = rl_commit,
 	.tidy = rl_tidy,
 	.abort = rl_abort,
