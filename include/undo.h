@@ -82,10 +82,12 @@ int	undo_invert(const char *path, const int *fds, uint16_t ndisks,
  * UNDO_CLONE_RAW saves old content: zero ranges as ZERO records, what
  * compresses compressed, the rest cloned again from path (or raw where
  * the file system cannot).  Same content, less room.  path is checked
- * completely first; nothing is written if it is corrupt.
+ * completely first; nothing is written if it is corrupt.  cancelled (may
+ * be NULL) is asked before each record: RD_ERR_CANCELLED once it says 1
+ * (out is not left behind).
  */
 int	undo_compact(const char *path, uint64_t cycle, const char *out,
-	    uint64_t *bytes);
+	    uint64_t *bytes, int (*cancelled)(void *), void *arg);
 
 /*
  * Merge the segments of two neighbouring points into one at out (written

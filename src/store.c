@@ -114,6 +114,7 @@ struct stage_iter {
 };
 
 #define COMPACT_QUEUE	64
+#define COMPACT_AT_ONCE	1	/* compactions in the whole daemon */
 #define UNDO_LAG	64
 
 struct store {
@@ -181,6 +182,8 @@ struct store {
 	 * arrive (the images are untouched until the apply), each range
 	 * UNDO_LAG ranges after the read-ahead of its old content. */
 	struct undo_writer *uw;
+	int		 uw_used;	/* CYCLE.undo may exist: an abort
+					   before the index removes it */
 	struct undo_range {
 		uint16_t	 disk;
 		uint64_t	 off, len;
@@ -696,7 +699,13 @@ roll_back_orphans(struct store *st, char *err, size_t errsz)
 		    c <= st->rel.last_cycle))
 			continue;
 		char *p = xasprintf("%s/%s", st->undo_dir, de->d_name);
-		if (!tmp) {
+		if (!tmp && (st->rel.at_point != 0 || st->rel.step_to != 0)) {
+			/* The images were failed over since: they are no
+			 * longer what that cycle began from. */
+			log_warnx("%s: removing %s of an unrecorded cycle "
+			    "without writing it back (the replica was failed "
+			    "over since)", st->rel.vm, p);
+		} else if (!tmp) {
 			log_warnx("%s: rolling back the unrecorded cycle %llu "
 			    "from %s", st->rel.vm, c, p);
 			r = undo_apply(p, st->img, st->rel.ndisks, NULL);
@@ -2033,6 +2042,14 @@ remove_unreferenced(struct store *st)
 		unsigned long v = 0;
 		if (end == de->d_name)
 			continue;
+		if (strcmp(end, ".compact.undo") == 0 ||
+		    strcmp(end, ".compact.undo.tmp") == 0) {
+			/* A compaction a crash interrupted. */
+			char *p = xasprintf("%s/%s", st->undo_dir, de->d_name);
+			unlink(p);
+			free(p);
+			continue;
+		}
 		if (*end == '.' && isdigit((unsigned char)end[1]))
 			v = strtoul(end + 1, &end, 10);
 		int dropped = strcmp(end, ".undo.dropped") == 0;
@@ -2069,68 +2086,161 @@ remove_unreferenced(struct store *st)
 
 /* --- compacting undo segments ------------------------------------------ */
 
+/* The compacted copy's name while it is written and not yet recorded:
+ * never a name a point or a merge takes (remove_unreferenced() removes
+ * one a crash left). */
+static char *
+compact_path(struct store *st, uint64_t cycle)
+{
+	return xasprintf("%s/%" PRIu64 ".compact.undo", st->undo_dir, cycle);
+}
+
+static int
+compact_cancelled(void *arg)
+{
+	struct store *st = arg;
+	pthread_mutex_lock(&st->cq_mu);
+	int stop = st->cq_stop;
+	pthread_mutex_unlock(&st->cq_mu);
+	return stop;
+}
+
+/* Point cycle's segment as it stands: 0 and *out if it is one to
+ * compact now.  Under st->lock. */
+static int
+compact_target(struct store *st, uint64_t cycle, struct cat_point *out)
+{
+	struct cat_point *pts = NULL;
+	size_t n = 0, i;
+	int found = 0;
+
+	if (st->rel.at_point != 0 || st->rel.step_to != 0 || st->test_busy ||
+	    cat_point_list(st->cat, st->rel.vm, &pts, &n) != 0)
+		return RD_ERR_STATE;
+	for (i = 0; i < n && !found; i++)
+		if (pts[i].cycle == cycle && pts[i].seg != CAT_SEG_NONE &&
+		    pts[i].seg < CAT_SEG_NONE - 1) {
+			*out = pts[i];
+			found = 1;
+		}
+	free(pts);
+	return found ? 0 : RD_ERR_NOT_FOUND;
+}
+
 /*
- * Point cycle's segment, written fast, again with compression: as
- * CYCLE.(N+1).undo beside it (the name a merge would take, under the same
- * lock), recorded, then the old one removed.  A crash at any step leaves
- * one segment the catalog names and at most one no point uses
- * (remove_unreferenced).  Nothing is done for a store failed over, being
- * rewound or copied for a test, or a point dropped or merged meanwhile.
+ * Point cycle's segment, written fast, again with compression.  The copy
+ * is written without the store's lock (an apply, a prune, a rewind go on
+ * meanwhile), as CYCLE.compact.undo; under the lock, if the point still
+ * has that same segment, it becomes CYCLE.(N+1).undo, is recorded, and
+ * the old one is removed.  A crash at any step leaves the segment the
+ * catalog names and files no point uses (remove_unreferenced()).
+ * Nothing is done for a store failed over, being rewound or copied for
+ * a test, or a point dropped or merged meanwhile.
  */
 static void
 compact_one(struct store *st, uint64_t cycle)
 {
-	struct cat_point *pts = NULL;
-	char *from = NULL, *to = NULL;
+	struct cat_point p, now;
+	char *from = NULL, *to = NULL, *tmp = compact_path(st, cycle);
 	uint64_t bytes = 0;
-	size_t n = 0, i;
 	int r;
 
 	pthread_mutex_lock(&st->lock);
-	if (st->rel.at_point != 0 || st->rel.step_to != 0 || st->test_busy ||
-	    cat_point_list(st->cat, st->rel.vm, &pts, &n) != 0)
+	r = compact_target(st, cycle, &p);
+	pthread_mutex_unlock(&st->lock);
+	if (r != 0)
 		goto out;
-	for (i = 0; i < n && pts[i].cycle != cycle; i++)
-		;
-	if (i == n || pts[i].seg == CAT_SEG_NONE || pts[i].seg >=
-	    CAT_SEG_NONE - 1)
-		goto out;
-	struct cat_point np = pts[i];
-	np.seg = pts[i].seg + 1;
-	from = seg_path(st, &pts[i]);
-	to = seg_path(st, &np);
-	if ((r = undo_compact(from, cycle, to, &bytes)) != 0) {
-		log_warnx("%s: cannot compact the undo segment %s: %s (it stays "
-		    "as it is)", st->rel.vm, from, r == RD_ERR_SYSTEM ?
-		    strerror(errno) : rd_strerror(r));
+	from = seg_path(st, &p);
+	if ((r = undo_compact(from, cycle, tmp, &bytes, compact_cancelled,
+	    st)) != 0) {
+		if (r != RD_ERR_CANCELLED && r != RD_ERR_NOT_FOUND)
+			log_warnx("%s: cannot compact the undo segment %s: %s "
+			    "(it stays as it is)", st->rel.vm, from,
+			    r == RD_ERR_SYSTEM ? strerror(errno) :
+			    rd_strerror(r));
 		goto out;
 	}
-	if (bytes >= pts[i].undo_bytes) {
-		unlink(to);		/* no gain */
+	pthread_mutex_lock(&st->lock);
+	if (bytes >= p.undo_bytes || compact_target(st, cycle, &now) != 0 ||
+	    now.seg != p.seg) {
+		/* No gain, or the point changed meanwhile. */
+		unlink(tmp);
+		pthread_mutex_unlock(&st->lock);
+		goto out;
+	}
+	struct cat_point np = p;
+	np.seg = p.seg + 1;
+	to = seg_path(st, &np);
+	if (rename(tmp, to) != 0) {
+		log_warn("%s: cannot rename %s", st->rel.vm, tmp);
+		unlink(tmp);
+		pthread_mutex_unlock(&st->lock);
 		goto out;
 	}
 	fault_point("replica-before-compact-record");
-	if ((r = cat_point_set_seg(st->cat, st->rel.vm, pts[i].id, np.seg,
+	if ((r = cat_point_set_seg(st->cat, st->rel.vm, p.id, np.seg,
 	    bytes)) != 0) {
 		/* It may have been recorded all the same: both stay, and
 		 * the next start removes the one no point uses. */
 		log_warnx("%s: cannot record the compacted undo segment of "
-		    "point %" PRIu64 ": %s", st->rel.vm, pts[i].id,
-		    rd_strerror(r));
+		    "point %" PRIu64 ": %s", st->rel.vm, p.id, rd_strerror(r));
+		pthread_mutex_unlock(&st->lock);
 		goto out;
 	}
 	fault_point("replica-after-compact-record");
 	/* Unsynced: a removal lost to a crash leaves a file no point
 	 * uses, which the next start removes. */
 	unlink(from);
-	log_debug("%s: undo segment of point %" PRIu64 " compacted from %"
-	    PRIu64 " to %" PRIu64 " bytes", st->rel.vm, pts[i].id,
-	    pts[i].undo_bytes, bytes);
-out:
 	pthread_mutex_unlock(&st->lock);
-	free(pts);
+	log_debug("%s: undo segment of point %" PRIu64 " compacted from %"
+	    PRIu64 " to %" PRIu64 " bytes", st->rel.vm, p.id, p.undo_bytes,
+	    bytes);
+out:
 	free(from);
 	free(to);
+	free(tmp);
+}
+
+/*
+ * Compactions of every store of the daemon take turns, COMPACT_AT_ONCE at
+ * a time: each holds some megabytes of buffers and reads and writes its
+ * segment, and a host of hundreds of VMs must not run hundreds at once.
+ */
+static pthread_mutex_t	compact_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t	compact_cv = PTHREAD_COND_INITIALIZER;
+static int		compact_busy;
+
+/* 1 with a turn, 0 if the store is closing meanwhile. */
+static int
+compact_turn(struct store *st)
+{
+	int ok;
+
+	pthread_mutex_lock(&compact_mu);
+	for (;;) {
+		pthread_mutex_lock(&st->cq_mu);
+		int stop = st->cq_stop;
+		pthread_mutex_unlock(&st->cq_mu);
+		if (stop || compact_busy < COMPACT_AT_ONCE)
+			break;
+		pthread_cond_wait(&compact_cv, &compact_mu);
+	}
+	pthread_mutex_lock(&st->cq_mu);
+	ok = !st->cq_stop;
+	pthread_mutex_unlock(&st->cq_mu);
+	if (ok)
+		compact_busy++;
+	pthread_mutex_unlock(&compact_mu);
+	return ok;
+}
+
+static void
+compact_turn_end(void)
+{
+	pthread_mutex_lock(&compact_mu);
+	compact_busy--;
+	pthread_cond_broadcast(&compact_cv);
+	pthread_mutex_unlock(&compact_mu);
 }
 
 static void *
@@ -2148,7 +2258,10 @@ compact_thread(void *arg)
 		uint64_t cycle = st->cq[0];
 		memmove(st->cq, st->cq + 1, --st->cq_n * sizeof(st->cq[0]));
 		pthread_mutex_unlock(&st->cq_mu);
+		if (!compact_turn(st))
+			continue;	/* closing: the loop ends */
 		compact_one(st, cycle);
+		compact_turn_end();
 	}
 }
 
@@ -2192,6 +2305,10 @@ compact_stop(struct store *st)
 	int join = st->cq_joinable;
 	st->cq_joinable = 0;
 	pthread_mutex_unlock(&st->cq_mu);
+	/* A thread waiting for its turn sees the stop. */
+	pthread_mutex_lock(&compact_mu);
+	pthread_cond_broadcast(&compact_cv);
+	pthread_mutex_unlock(&compact_mu);
 	if (join)
 		pthread_join(st->cq_tid, NULL);
 }
@@ -2441,6 +2558,7 @@ store_cycle_begin(struct store *st, const struct store_cycle *c, char *err,
 	wb_reset(&st->recs);
 	undo_discard(st->uw);
 	st->uw = NULL;
+	st->uw_used = 0;
 	st->uq_head = st->uq_n = 0;
 	st->active = 1;
 	return 0;
@@ -2509,6 +2627,7 @@ undo_early(struct store *st, uint16_t disk, uint64_t off, uint64_t len,
 		}
 		free(upath);
 		undo_set_clone(st->uw, UNDO_CLONE_ALL);
+		st->uw_used = 1;
 	}
 	posix_fadvise(st->img[disk], (off_t)off, (off_t)len,
 	    POSIX_FADV_WILLNEED);
@@ -2675,6 +2794,17 @@ store_cycle_abort(struct store *st)
 	undo_discard(st->uw);
 	st->uw = NULL;
 	st->uq_n = 0;
+	if (st->uw_used) {
+		/* Finished before a failure that kept the index from being
+		 * made: it must not outlive the cycle (roll_back_orphans()
+		 * would write it back over whatever the images hold then).
+		 * Nothing below the old sizes was written yet. */
+		char *up = undo_path(st, st->cur.cycle);
+		if (unlink(up) == 0)
+			util_fsync_dir(st->undo_dir);
+		free(up);
+		st->uw_used = 0;
+	}
 	if (!st->active)
 		return;
 	if (st->data_fd >= 0)
@@ -3166,8 +3296,9 @@ apply_index(struct store *st, const struct stage_index *ix, int recovering,
 		 * a crash interrupted. */
 		undo_bytes = (uint64_t)sb.st_size;
 	}
-	/* Cloned whole (or perhaps so): compacted once recorded. */
-	fast = st->undo_clone == UNDO_CLONE_RAW;
+	/* Cloned whole: compacted once recorded (not by recovery, which
+	 * runs before the store is open: the segment stays as it is). */
+	fast = st->undo_clone == UNDO_CLONE_RAW && !recovering;
 	fault_point("replica-after-undo");
 	t_undo = util_mono_ms();
 
@@ -3443,6 +3574,7 @@ store_cycle_commit(struct store *st, struct cat_point *out, char *err,
 	}
 	close(st->ix_fd);
 	st->ix_fd = -1;
+	st->uw_used = 0;	/* the staged cycle's now: recovery's to use */
 	fault_point("replica-after-index");
 	/* Apply from the index read back: the same path recovery takes. */
 	if ((r = index_open(path, &ix)) != 0) {

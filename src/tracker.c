@@ -630,22 +630,19 @@ prefetch(struct tracker *t)
 
 	if (t->be->prefetch == NULL)
 		return;
-	if (t->pf_disk < t->cur_disk) {
+	if (t->pf_disk != t->cur_disk) {
 		t->pf_disk = t->cur_disk;
 		t->pf_ext = 0;
 		t->pf_off = 0;
 	}
+	/* The current disk only: the cursor bounds what is hinted. */
 	while (t->pf_disk < t->ndisks && budget > 0) {
 		struct trk_dirty *dy = &t->dirty[t->pf_disk];
-		if (dy->all || t->pf_ext >= dy->n) {
-			t->pf_disk++;
-			t->pf_ext = 0;
-			t->pf_off = 0;
-			continue;
-		}
+		if (dy->all || t->pf_ext >= dy->n)
+			return;
 		const struct trk_extent *x = &dy->ext[t->pf_ext];
 		uint64_t from = x->off > t->pf_off ? x->off : t->pf_off;
-		if (t->pf_disk == t->cur_disk && from < t->cur_off)
+		if (from < t->cur_off)
 			from = t->cur_off;
 		uint64_t end = x->off + x->len;
 		if (from >= end) {
@@ -653,7 +650,7 @@ prefetch(struct tracker *t)
 			continue;
 		}
 		/* Only what lies within PREFETCH of the cursor. */
-		if (t->pf_disk == t->cur_disk && from - t->cur_off >= PREFETCH)
+		if (from - t->cur_off >= PREFETCH)
 			return;
 		uint64_t n = end - from < budget ? end - from : budget;
 		t->be->prefetch(t->bs, t->pf_disk, from, n);

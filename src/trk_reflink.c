@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -468,6 +469,35 @@ out:
 }
 
 /*
+ * Wait for the direct writes to fd in flight: FIEMAP takes no lock that
+ * waits for them, and a direct write's times are set when it starts, not
+ * when its blocks land.  Cloning one block of the image (into a nameless
+ * file in dir) waits for them (generic_remap_file_range_prep()), as the
+ * cut's own FICLONE does.  1 once they are done, 0 if it could not.
+ */
+static int
+dio_settled(const char *dir, int fd, const struct stat *st)
+{
+	struct statfs sf;
+	int tmp, ok = 0;
+
+	if (fstatfs(fd, &sf) != 0 || sf.f_bsize <= 0 ||
+	    st->st_size < (off_t)sf.f_bsize)
+		return 0;
+	if ((tmp = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600)) < 0)
+		return 0;
+	struct file_clone_range fcr = {
+		.src_fd = fd,
+		.src_offset = 0,
+		.src_length = (uint64_t)sf.f_bsize,
+		.dest_offset = 0,
+	};
+	ok = ioctl(tmp, FICLONERANGE, &fcr) == 0;
+	close(tmp);
+	return ok;
+}
+
+/*
  * Nothing has been written to the image since it last equalled the base
  * cut of cycle since: the same file, size, mtime and ctime as then (no
  * write, truncation, hole punch, clone into it or utimensat() leaves
@@ -511,17 +541,21 @@ idle_since(struct rdisk *d, uint64_t since, uint64_t since_size,
 	int idle = 0;
 
 	int64_t now = realtime_ns();
+	int settled = 0;
+	/* The times first, then the writes in flight done, then the maps:
+	 * a write the maps miss started after the times were taken. */
 	if (fa >= 0 && fb >= 0 && fstat(fa, &sa) == 0 && fstat(fb, &sb) == 0 &&
 	    S_ISREG(sa.st_mode) && sa.st_size == sb.st_size &&
 	    (uint64_t)sb.st_size == since_size &&
+	    ((settled = times_settled(&sa, now) &&
+	    dio_settled(d->cutdir, fa, &sa)), 1) &&
 	    get_map(fa, (uint64_t)sa.st_size, &a) == 0 &&
 	    get_map(fb, (uint64_t)sb.st_size, &b) == 0) {
 		compare_maps(&b, &a, (uint64_t)sa.st_size, &dy);
 		idle = dy.n == 0;
 		*size = (uint64_t)sa.st_size;
-		/* Taken before the maps that found it equal. */
 		d->cand_st = sa;
-		d->cand_ok = idle && times_settled(&sa, now);
+		d->cand_ok = idle && settled;
 	}
 	if (fa >= 0)
 		close(fa);

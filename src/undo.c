@@ -1012,11 +1012,21 @@ undo_invert(const char *path, const int *fds, uint16_t ndisks, uint64_t cycle,
  * store's other writers would: zeros as ZERO, content that compresses as
  * ZSTD, the rest cloned again from the segment (or raw).
  */
+struct compact {
+	struct undo_writer *w;
+	int		(*cancelled)(void *);
+	void		*arg;
+};
+
 static int
 put_compact(void *arg, const struct undo_rec *rec)
 {
-	struct undo_writer *w = arg;
+	struct compact *c = arg;
+	struct undo_writer *w = c->w;
 	int r = 0;
+
+	if (c->cancelled != NULL && c->cancelled(c->arg))
+		return RD_ERR_CANCELLED;
 
 	if (rec->data == NULL)
 		return put_zero(w, rec->disk, rec->off, rec->len);
@@ -1035,7 +1045,7 @@ put_compact(void *arg, const struct undo_rec *rec)
 
 int
 undo_compact(const char *path, uint64_t cycle, const char *out,
-    uint64_t *bytes)
+    uint64_t *bytes, int (*cancelled)(void *), void *arg)
 {
 	uint64_t sizes[UNDO_MAX_DISKS];
 	struct undo_writer *w = NULL;
@@ -1060,7 +1070,8 @@ undo_compact(const char *path, uint64_t cycle, const char *out,
 	    (r = undo_create(out, cycle, nd, sizes, &w)) != 0)
 		goto out;
 	undo_set_clone(w, UNDO_CLONE_RAW);
-	if ((r = walk_fn(fd, (uint64_t)end, nd, NULL, put_compact, w)) == 0)
+	struct compact c = { w, cancelled, arg };
+	if ((r = walk_fn(fd, (uint64_t)end, nd, NULL, put_compact, &c)) == 0)
 		r = undo_finish(w, bytes);
 	else
 		undo_discard(w);
