@@ -789,7 +789,7 @@ static int apply_index(struct store *st, const struct stage_index *ix,
 static int recover_rewind(struct store *st, char *err, size_t errsz);
 static int drop_index(struct store *st);
 static void close_digest_fds(struct store *st);
-static void remove_unreferenced(struct store *st);
+static void remove_unreferenced(struct store *st, int at_open);
 static int make_room(struct store *st, uint64_t need, char *err,
     size_t errsz);
 static int write_digests(struct store *st, const struct stage_index *ix);
@@ -944,7 +944,7 @@ store_open_paths(struct catalog *cat, const struct cat_rel *rel,
 		goto fail;
 	if (st->rel.step_to != 0 && (r = recover_rewind(st, err, errsz)) != 0)
 		goto fail;
-	remove_unreferenced(st);
+	remove_unreferenced(st, 1);
 	*out = st;
 	return 0;
 fail:
@@ -1659,7 +1659,7 @@ store_rewind_commit(struct store *st, struct cat_rel *out, char *err,
 	st->rel = rel;
 	pthread_mutex_unlock(&st->rel_lock);
 	fault_point("replica-commit-after-record");
-	remove_unreferenced(st);
+	remove_unreferenced(st, 0);
 	if (util_rm_rf(st->redo_dir) != 0 ||
 	    util_mkdir_p(st->redo_dir, 0700) != 0)
 		log_warn("%s: cannot empty %s", rel.vm, st->redo_dir);
@@ -2024,7 +2024,7 @@ out:
 /* Segment files no point refers to: left by a crash during a drop (or a
  * merge's temporary file).  Unrecorded cycles' are roll_back_orphans'. */
 static void
-remove_unreferenced(struct store *st)
+remove_unreferenced(struct store *st, int at_open)
 {
 	struct cat_point *pts = NULL;
 	size_t n = 0;
@@ -2044,7 +2044,10 @@ remove_unreferenced(struct store *st)
 			continue;
 		if (strcmp(end, ".compact.undo") == 0 ||
 		    strcmp(end, ".compact.undo.tmp") == 0) {
-			/* A compaction a crash interrupted. */
+			/* A compaction a crash interrupted (later, one that
+			 * runs: its own to finish or remove). */
+			if (!at_open)
+				continue;
 			char *p = xasprintf("%s/%s", st->undo_dir, de->d_name);
 			unlink(p);
 			free(p);
@@ -2162,7 +2165,7 @@ compact_one(struct store *st, uint64_t cycle)
 	}
 	pthread_mutex_lock(&st->lock);
 	if (bytes >= p.undo_bytes || compact_target(st, cycle, &now) != 0 ||
-	    now.seg != p.seg) {
+	    now.id != p.id || now.seg != p.seg) {
 		/* No gain, or the point changed meanwhile. */
 		unlink(tmp);
 		pthread_mutex_unlock(&st->lock);
@@ -2171,9 +2174,13 @@ compact_one(struct store *st, uint64_t cycle)
 	struct cat_point np = p;
 	np.seg = p.seg + 1;
 	to = seg_path(st, &np);
-	if (rename(tmp, to) != 0) {
-		log_warn("%s: cannot rename %s", st->rel.vm, tmp);
+	/* In place durably before the catalog names it: a power loss must
+	 * not find the catalog naming a file still called tmp (the next
+	 * start removes both that and the old one). */
+	if (rename(tmp, to) != 0 || util_fsync_dir(st->undo_dir) != 0) {
+		log_warn("%s: cannot put %s in place", st->rel.vm, tmp);
 		unlink(tmp);
+		unlink(to);
 		pthread_mutex_unlock(&st->lock);
 		goto out;
 	}

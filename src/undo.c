@@ -689,6 +689,8 @@ struct walk {
 	void		*arg;
 	uint64_t	*old_sizes_out;
 	int		 noclone;	/* cloning into fds failed once */
+	int		(*cancelled)(void *);	/* asked before each record */
+	void		*carg;
 };
 
 /* The content of a CLONE record into fd at off: cloned back, or copied. */
@@ -781,6 +783,10 @@ walk_run(struct walk *wk)
 		struct undo_rec rec = { .src = -1 };
 		uint32_t clen = 0, pad = 0;
 
+		if (wk->cancelled != NULL && wk->cancelled(wk->carg)) {
+			r = RD_ERR_CANCELLED;
+			goto out;
+		}
 		if ((r = rd_bytes(&rd, &type, 1)) != 0)
 			goto out;
 		if (type == UNDO_END)
@@ -1066,7 +1072,9 @@ undo_compact(const char *path, uint64_t cycle, const char *out,
 	}
 	nd = (uint16_t)(hdr[20] << 8 | hdr[21]);
 	/* Checked whole first: its sizes head the new one. */
-	if ((r = walk_fn(fd, (uint64_t)end, nd, sizes, NULL, NULL)) != 0 ||
+	struct walk ck = { .sfd = fd, .fsize = (uint64_t)end, .ndisks = nd,
+	    .old_sizes_out = sizes, .cancelled = cancelled, .carg = arg };
+	if ((r = walk_run(&ck)) != 0 ||
 	    (r = undo_create(out, cycle, nd, sizes, &w)) != 0)
 		goto out;
 	undo_set_clone(w, UNDO_CLONE_RAW);
