@@ -57,7 +57,7 @@
 #include "work.h"
 #include "xmalloc.h"
 
-#define BATCH_OUT	(1u << 20)	/* bytes of frames per produce job */
+#define BATCH_OUT	(4u << 20)	/* bytes of frames per produce job */
 #define BATCH_READ	(64u << 20)	/* bytes read per produce job, at most */
 #define OUT_HIGH	(8u << 20)	/* produce more below this backlog */
 #define OUT_LOW		(4u << 20)

@@ -51,7 +51,6 @@
 #include "xmalloc.h"
 
 #define BATCH_BYTES	(8u << 20)	/* frames handed to one stage job */
-#define BATCH_MIN	(1u << 20)	/* ... or from here, to an idle one */
 #define HELLO_MAX	(WIRE_FRAME_HDR + 4096 + WIRE_MAX_DISKS * \
 			    (NAME_MAX_LEN + 16))
 #define FLUSH_US	20000		/* a pause that stages a partial batch */
@@ -1057,15 +1056,7 @@ stage_done(void *arg)
 static void
 submit_batch(struct rsess *s)
 {
-	if (s->job_running)
-		return;
-	/* An idle worker takes what is there from BATCH_MIN on: the first
-	 * blocks are staged while the rest arrive, and a cycle's last
-	 * batch is small.  A busy one lets the batch grow. */
-	if (!s->pending_full && s->state != RS_CLOSING && !s->dead &&
-	    evbuffer_get_length(s->pending) >= BATCH_MIN)
-		s->pending_full = 1;
-	if (!s->pending_full)
+	if (s->job_running || !s->pending_full)
 		return;
 	struct evbuffer *t = s->batch;
 	s->batch = s->pending;

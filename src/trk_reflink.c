@@ -65,6 +65,9 @@ struct rdisk {
 	 * cand for this cycle's cut, kept for the base once committed. */
 	struct stat	 cand_st, kept_st;
 	int		 cand_ok, kept_ok;
+	int		 cand_known, kept_known;	/* the stat is set, settled
+					   or not: a later change of it says
+					   the image was written since */
 	uint64_t	 kept_cycle;	/* the base they describe */
 };
 
@@ -120,7 +123,7 @@ rl_abort(void *state)
 	for (size_t i = 0; i < rl->ndisks; i++) {
 		struct rdisk *d = &rl->d[i];
 		d->quiet = 0;
-		d->cand_ok = 0;
+		d->cand_ok = d->cand_known = 0;
 		if (d->fd < 0)
 			continue;
 		close(d->fd);
@@ -381,6 +384,7 @@ clone_image(struct reflink *rl, struct rdisk *d, uint64_t *size, char *err,
 	 * changes them (unchanged()). */
 	int64_t now = realtime_ns();
 	d->cand_ok = times_settled(&st, now);
+	d->cand_known = 1;
 	d->cand_st = st;
 	unlink(newp);
 	d->fd = open(newp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -509,12 +513,15 @@ unchanged(const struct rdisk *d, uint64_t since, uint64_t *size)
 {
 	struct stat st;
 
-	if (!d->kept_ok || d->kept_cycle != since || d->base != since ||
-	    stat(d->path, &st) != 0 || !S_ISREG(st.st_mode) ||
-	    st.st_dev != d->kept_st.st_dev || st.st_ino != d->kept_st.st_ino ||
+	if (!d->kept_known || d->kept_cycle != since || d->base != since ||
+	    stat(d->path, &st) != 0 || !S_ISREG(st.st_mode))
+		return 0;
+	if (st.st_dev != d->kept_st.st_dev || st.st_ino != d->kept_st.st_ino ||
 	    st.st_size != d->kept_st.st_size ||
 	    ts_ns(&st.st_mtim) != ts_ns(&d->kept_st.st_mtim) ||
 	    ts_ns(&st.st_ctim) != ts_ns(&d->kept_st.st_ctim))
+		return -1;	/* written (or touched) since: cut it */
+	if (!d->kept_ok)
 		return 0;
 	*size = (uint64_t)st.st_size;
 	return 1;
@@ -556,6 +563,7 @@ idle_since(struct rdisk *d, uint64_t since, uint64_t since_size,
 		*size = (uint64_t)sa.st_size;
 		d->cand_st = sa;
 		d->cand_ok = idle && settled;
+		d->cand_known = idle;
 	}
 	if (fa >= 0)
 		close(fa);
@@ -578,18 +586,23 @@ rl_cut(void *state, uint64_t cycle, const uint64_t *since, uint64_t *sizes,
 
 	memcpy(since_size, sizes, rl->ndisks * sizeof(*sizes));
 	for (size_t i = 0; i < rl->ndisks; i++)
-		rl->d[i].cand_ok = 0;
+		rl->d[i].cand_ok = rl->d[i].cand_known = 0;
 	for (size_t i = 0; i < rl->ndisks && idle; i++) {
 		struct rdisk *d = &rl->d[i];
-		if (since[i] != 0 && unchanged(d, since[i], &sizes[i])) {
+		int u = since[i] != 0 ? unchanged(d, since[i], &sizes[i]) : 0;
+		if (u > 0) {
 			log_debug("%s: %s: not written since the cut of cycle %"
 			    PRIu64 " (its times say so)", rl->vm, d->path,
 			    since[i]);
 			d->cand_st = d->kept_st;
 			d->cand_ok = 1;
+			d->cand_known = 1;
 			continue;
 		}
-		idle = since[i] != 0 && idle_since(d, since[i],
+		/* Times that moved mean a write since: comparing the extents
+		 * would only find it (a wasted FIEMAP of both); the clone
+		 * below is right either way. */
+		idle = u == 0 && since[i] != 0 && idle_since(d, since[i],
 		    since_size[i], &sizes[i]);
 	}
 	if (idle) {
@@ -716,8 +729,10 @@ rl_commit(void *state, uint64_t cycle, char *err, size_t errsz)
 		d->base = cycle;
 		d->kept_st = d->cand_st;
 		d->kept_ok = d->cand_ok && r == 0;
+		d->kept_known = d->cand_known && r == 0;
 		d->kept_cycle = cycle;
 		d->cand_ok = 0;
+		d->cand_known = 0;
 		free(newp);
 		free(bp);
 	}
