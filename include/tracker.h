@@ -95,6 +95,9 @@ int	trk_begin(struct tracker *t, uint64_t cycle, uint64_t replica_cycle,
  */
 int	trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit,
 	    void *arg, char *err, size_t errsz);
+/* 1 if trk_scan() reads on through the whole of a disk (in order),
+ * 0 if through the scattered ranges a cut reported. */
+int	trk_reads_whole(const struct tracker *t);
 /* The last trk_scan()'s blocks are no longer needed: the buffer they
  * lie in goes back to the shared pool (pool.h) until the next call, so
  * that an idle VM holds none.  The end of a cycle does this too. */

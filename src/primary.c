@@ -58,6 +58,11 @@
 #include "xmalloc.h"
 
 #define BATCH_OUT	(4u << 20)	/* bytes of frames per produce job */
+#define BATCH_SCATTERED	(1u << 20)	/* ... reading a cut's scattered
+					   ranges: smaller jobs keep reads,
+					   sends and the replica overlapping
+					   (m10: -20 %); a whole disk read in
+					   order is faster in big ones */
 #define BATCH_READ	(64u << 20)	/* bytes read per produce job, at most */
 #define OUT_HIGH	(8u << 20)	/* produce more below this backlog */
 #define OUT_LOW		(4u << 20)
@@ -1235,8 +1240,9 @@ produce_batch(struct psess *s)
 		return;
 	}
 	uint64_t read0 = s->tstats.bytes_read;
-	while (s->out.len < BATCH_OUT) {
-		r = trk_scan(vm->trk, BATCH_OUT, collect, s, s->err,
+	size_t out_max = trk_reads_whole(vm->trk) ? BATCH_OUT : BATCH_SCATTERED;
+	while (s->out.len < out_max) {
+		r = trk_scan(vm->trk, out_max, collect, s, s->err,
 		    sizeof(s->err));
 		trk_stats(vm->trk, &s->tstats);
 		if (r >= 0)

@@ -662,6 +662,13 @@ prefetch(struct tracker *t)
 }
 
 int
+trk_reads_whole(const struct tracker *t)
+{
+	return t->active && t->cur_disk < t->ndisks &&
+	    t->dirty[t->cur_disk].all;
+}
+
+int
 trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
     char *err, size_t errsz)
 {
