@@ -1422,29 +1422,36 @@ out:
 	return r;
 }
 
-int
-cat_point_set_seg(struct catalog *cat, const char *vm, uint64_t id,
-    uint32_t seg, uint64_t undo_bytes)
+/* Point id's segment version and size, inside a transaction. */
+static int
+set_seg(struct catalog *cat, const char *vm, uint64_t id, uint32_t seg,
+    uint64_t undo_bytes)
 {
-	sqlite3_stmt *st;
+	sqlite3_stmt *st = cat->st[ST_POINT_SET_SEG];
 	int r;
 
-	pthread_mutex_lock(&cat->lock);
-	if ((r = cat_begin(cat, 1)) != 0)
-		goto out;
-	st = cat->st[ST_POINT_SET_SEG];
 	if (bind_text(st, 1, vm) != SQLITE_OK ||
 	    bind_u64(st, 2, id) != SQLITE_OK ||
 	    sqlite3_bind_int64(st, 3, (int64_t)seg) != SQLITE_OK ||
 	    bind_u64(st, 4, undo_bytes) != SQLITE_OK) {
 		r = cat_dberr(cat, vm, "set segment");
 		cat_release(st);
-		goto out;
+		return r;
 	}
 	if ((r = cat_run(cat, ST_POINT_SET_SEG, vm, "set segment")) != 0)
-		goto out;
-	r = sqlite3_changes(cat->db) == 1 ? 0 : RD_ERR_NOT_FOUND;
-out:
+		return r;
+	return sqlite3_changes(cat->db) == 1 ? 0 : RD_ERR_NOT_FOUND;
+}
+
+int
+cat_point_set_seg(struct catalog *cat, const char *vm, uint64_t id,
+    uint32_t seg, uint64_t undo_bytes)
+{
+	int r;
+
+	pthread_mutex_lock(&cat->lock);
+	if ((r = cat_begin(cat, 1)) == 0)
+		r = set_seg(cat, vm, id, seg, undo_bytes);
 	r = cat_end(cat, r);
 	pthread_mutex_unlock(&cat->lock);
 	return r;
@@ -1475,23 +1482,9 @@ cat_point_drop(struct catalog *cat, const char *vm, uint64_t id,
 	}
 	if ((r = def_sweep(cat, vm)) != 0)
 		goto out;
-	if (next != 0) {
-		st = cat->st[ST_POINT_SET_SEG];
-		if (bind_text(st, 1, vm) != SQLITE_OK ||
-		    bind_u64(st, 2, next) != SQLITE_OK ||
-		    sqlite3_bind_int64(st, 3, (int64_t)next_seg) != SQLITE_OK ||
-		    bind_u64(st, 4, next_undo_bytes) != SQLITE_OK) {
-			r = cat_dberr(cat, vm, "set segment");
-			cat_release(st);
-			goto out;
-		}
-		if ((r = cat_run(cat, ST_POINT_SET_SEG, vm, "set segment")) != 0)
-			goto out;
-		if (sqlite3_changes(cat->db) != 1) {
-			r = RD_ERR_NOT_FOUND;
-			goto out;
-		}
-	}
+	if (next != 0 && (r = set_seg(cat, vm, next, next_seg,
+	    next_undo_bytes)) != 0)
+		goto out;
 	r = 0;
 out:
 	r = cat_end(cat, r);

@@ -500,6 +500,20 @@ test_point_drop(void **state)
 	assert_int_equal(cat_point_get(cat, "web01", 3, &p), 0);
 	assert_int_equal(p.seg, CAT_SEG_NONE);
 	assert_int_equal(count_points(f, "web01"), 2);
+	/* A compacted segment: a new version and size for one point; a
+	 * missing point is refused and changes nothing. */
+	assert_int_equal(cat_point_get(cat, "web01", 4, &p), 0);
+	assert_int_equal(cat_point_set_seg(cat, "web01", 4, p.seg + 1, 55), 0);
+	struct cat_point q;
+	assert_int_equal(cat_point_get(cat, "web01", 4, &q), 0);
+	assert_int_equal(q.seg, p.seg + 1);
+	assert_int_equal(q.undo_bytes, 55);
+	assert_int_equal(cat_point_set_seg(cat, "web01", 9, 3, 1),
+	    RD_ERR_NOT_FOUND);
+	assert_int_equal(cat_point_set_seg(cat, "nosuch", 4, 3, 1),
+	    RD_ERR_NOT_FOUND);
+	assert_int_equal(cat_point_get(cat, "web01", 4, &q), 0);
+	assert_int_equal(q.undo_bytes, 55);
 	/* Stats: point 3 has no segment now; point 4's undo bytes count. */
 	uint64_t cnt = 0, undo = 0;
 	assert_int_equal(cat_point_get(cat, "web01", 4, &p), 0);

@@ -1308,6 +1308,13 @@ has_shared_extent(const char *path)
 	return shared;
 }
 
+static int
+cancel_now(void *arg)
+{
+	(void)arg;
+	return 1;
+}
+
 /*
  * Writers that clone (where the directory's file system can: XFS with
  * reflink, btrfs; elsewhere they copy the same records): the images come
@@ -1374,6 +1381,30 @@ clone_mode(struct fixture *f, int mode)
 	assert_int_equal(util_pwrite_full(f->fd[0], c, n, 0), 0);
 	assert_int_equal(undo_apply(merged, f->fd, 2, NULL), 0);
 	assert_content(f->fd[0], a, n);
+
+	/* Compacted (written again: zeros as ZERO, what compresses
+	 * compressed, the rest cloned again), a segment takes the image
+	 * back exactly as before; one written unread (ALL) on storage that
+	 * clones gets smaller; a cancelled compaction leaves no file. */
+	char compacted[300], ctmp[310];
+	struct stat sb;
+	uint64_t cb = 0;
+	snprintf(compacted, sizeof(compacted), "%s/c.undo", f->dir);
+	snprintf(ctmp, sizeof(ctmp), "%s.tmp", compacted);
+	assert_int_equal(undo_compact(older, 6, compacted, &cb, NULL, NULL), 0);
+	assert_int_equal(stat(older, &sb), 0);
+	if (mode == UNDO_CLONE_ALL && undo_clone_probe(f->dir, f->fd[0]))
+		assert_true(cb < (uint64_t)sb.st_size);
+	assert_int_equal(util_pwrite_full(f->fd[0], b, n, 0), 0);
+	assert_int_equal(undo_apply(compacted, f->fd, 2, NULL), 0);
+	assert_content(f->fd[0], a, n);
+	unlink(compacted);
+	assert_int_equal(undo_compact(older, 6, compacted, &cb, cancel_now,
+	    NULL), RD_ERR_CANCELLED);
+	assert_false(exists(compacted));
+	assert_false(exists(ctmp));
+	assert_int_equal(undo_compact("/nonexistent/x.undo", 6, compacted, &cb,
+	    NULL, NULL), RD_ERR_NOT_FOUND);
 	free(a);
 	free(b);
 	free(c);
