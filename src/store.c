@@ -3199,6 +3199,19 @@ point_recorded(struct store *st, const struct store_cycle *c,
  * recovering: the cycle was staged before a restart or a failure, so
  * the blocks it wrote into the images are checked first.
  */
+/* The point a cycle makes, as far as the cycle itself says. */
+static void
+point_of(const struct store_cycle *c, struct cat_point *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->cycle = c->cycle;
+	out->created_ms = c->created_ms;
+	out->kind = c->kind ? CAT_KIND_APP : CAT_KIND_CRASH;
+	out->generation = c->generation;
+	out->ndisks = c->ndisks;
+	memcpy(out->sizes, c->sizes, c->ndisks * sizeof(uint64_t));
+}
+
 static int
 apply_index(struct store *st, const struct stage_index *ix, int recovering,
     struct cat_point *out, int *rolled_back, char *err, size_t errsz)
@@ -3374,15 +3387,9 @@ sync:
 	 * failure is finished later (rolled forward), not rolled back. */
 	fault_point("replica-before-catalog");
 	may_roll_back = 0;
-	memset(out, 0, sizeof(*out));
-	out->cycle = ix->c.cycle;
-	out->created_ms = ix->c.created_ms;
-	out->kind = ix->c.kind ? CAT_KIND_APP : CAT_KIND_CRASH;
+	point_of(&ix->c, out);
 	out->undo_bytes = undo_bytes;
-	out->generation = ix->c.generation;
-	out->ndisks = ix->c.ndisks;
 	out->bytes = ix->bytes;
-	memcpy(out->sizes, ix->c.sizes, ix->c.ndisks * sizeof(uint64_t));
 	staged_def(st, ix->c.cycle, &def, &def_len);
 	if ((r = record_point(st, &ix->c, out, (char *)def, def_len)) != 0) {
 		snprintf(err, errsz, "cannot record the point: %s",
@@ -3461,14 +3468,8 @@ commit_empty(struct store *st, struct cat_point *out, char *err, size_t errsz)
 	if (st->data_fd >= 0)
 		close(st->data_fd);
 	st->data_fd = -1;
-	memset(out, 0, sizeof(*out));
-	out->cycle = st->cur.cycle;
-	out->created_ms = st->cur.created_ms;
-	out->kind = st->cur.kind ? CAT_KIND_APP : CAT_KIND_CRASH;
+	point_of(&st->cur, out);
 	out->seg = CAT_SEG_NONE;
-	out->generation = st->cur.generation;
-	out->ndisks = st->cur.ndisks;
-	memcpy(out->sizes, st->cur.sizes, st->cur.ndisks * sizeof(uint64_t));
 	pthread_mutex_lock(&st->lock);
 	fault_point("replica-before-catalog");
 	r = record_point(st, &st->cur, out, st->def, st->def_len);

@@ -545,26 +545,26 @@ idle_since(struct rdisk *d, uint64_t since, uint64_t since_size,
 	char *bp = base_path(d, since);
 	int fa = open(d->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
 	int fb = open(bp, O_RDONLY | O_CLOEXEC);
-	int idle = 0;
-
 	int64_t now = realtime_ns();
-	int settled = 0;
+	int idle = 0, settled;
+
+	if (fa < 0 || fb < 0 || fstat(fa, &sa) != 0 || fstat(fb, &sb) != 0 ||
+	    !S_ISREG(sa.st_mode) || sa.st_size != sb.st_size ||
+	    (uint64_t)sb.st_size != since_size)
+		goto out;
 	/* The times first, then the writes in flight done, then the maps:
 	 * a write the maps miss started after the times were taken. */
-	if (fa >= 0 && fb >= 0 && fstat(fa, &sa) == 0 && fstat(fb, &sb) == 0 &&
-	    S_ISREG(sa.st_mode) && sa.st_size == sb.st_size &&
-	    (uint64_t)sb.st_size == since_size &&
-	    ((settled = times_settled(&sa, now) &&
-	    dio_settled(d->cutdir, fa, &sa)), 1) &&
-	    get_map(fa, (uint64_t)sa.st_size, &a) == 0 &&
-	    get_map(fb, (uint64_t)sb.st_size, &b) == 0) {
-		compare_maps(&b, &a, (uint64_t)sa.st_size, &dy);
-		idle = dy.n == 0;
-		*size = (uint64_t)sa.st_size;
-		d->cand_st = sa;
-		d->cand_ok = idle && settled;
-		d->cand_known = idle;
-	}
+	settled = times_settled(&sa, now) && dio_settled(d->cutdir, fa, &sa);
+	if (get_map(fa, (uint64_t)sa.st_size, &a) != 0 ||
+	    get_map(fb, (uint64_t)sb.st_size, &b) != 0)
+		goto out;
+	compare_maps(&b, &a, (uint64_t)sa.st_size, &dy);
+	idle = dy.n == 0;
+	*size = (uint64_t)sa.st_size;
+	d->cand_st = sa;
+	d->cand_ok = idle && settled;
+	d->cand_known = idle;
+out:
 	if (fa >= 0)
 		close(fa);
 	if (fb >= 0)
