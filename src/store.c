@@ -2151,8 +2151,11 @@ compact_one(struct store *st, uint64_t cycle)
 	pthread_mutex_lock(&st->lock);
 	r = compact_target(st, cycle, &p);
 	pthread_mutex_unlock(&st->lock);
-	if (r != 0)
+	if (r != 0) {
+		log_debug("%s: undo segment of cycle %" PRIu64 " not compacted "
+		    "(%s)", st->rel.vm, cycle, rd_strerror(r));
 		goto out;
+	}
 	from = seg_path(st, &p);
 	if ((r = undo_compact(from, cycle, tmp, &bytes, compact_cancelled,
 	    st)) != 0) {
@@ -2167,6 +2170,9 @@ compact_one(struct store *st, uint64_t cycle)
 	if (bytes >= p.undo_bytes || compact_target(st, cycle, &now) != 0 ||
 	    now.id != p.id || now.seg != p.seg) {
 		/* No gain, or the point changed meanwhile. */
+		log_debug("%s: undo segment of point %" PRIu64 " kept as it "
+		    "is (compacted: %" PRIu64 " of %" PRIu64 " bytes, or the "
+		    "point changed)", st->rel.vm, p.id, bytes, p.undo_bytes);
 		unlink(tmp);
 		pthread_mutex_unlock(&st->lock);
 		goto out;

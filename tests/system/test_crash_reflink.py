@@ -110,13 +110,15 @@ def compact_fault(env, fault):
     storage = os.path.join("replica", "storage")
     with LoopFs(env, storage, "xfs", 768 * MiB):
         rig = crash.Rig(env, crash.SMALL)
+        rig.history(3)
         # Old content that compresses, overwritten by the crashing cycle:
-        # its fast segment is sure to shrink when compacted.
+        # its fast segment is sure to shrink when compacted (written after
+        # the history, whose random writes could cover it).
         text = (b"replicad compacts undo segments off the cycle's path. " * 20000)[:2 * MiB]
         with open(rig.disks[0], "r+b") as f:
             f.seek(4 * MiB)
             f.write(text)
-        rig.history(3)
+        rig.sync("compressible content")
         rig.writes(grow=1)
         with open(rig.disks[0], "r+b") as f:
             f.seek(4 * MiB)
