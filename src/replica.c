@@ -50,11 +50,16 @@
 #include "work.h"
 #include "xmalloc.h"
 
-#define BATCH_BYTES	(8u << 20)	/* frames handed to one stage job */
+/*
+ * A session holds at most a batch being staged, the next one filling and
+ * its socket input: with evbuffer chains rounded up to powers of two, about
+ * twice BATCH_BYTES * 2 + IN_HIGH of memory however large the cycle.
+ */
+#define BATCH_BYTES	(4u << 20)	/* frames handed to one stage job */
 #define HELLO_MAX	(WIRE_FRAME_HDR + 4096 + WIRE_MAX_DISKS * \
 			    (NAME_MAX_LEN + 16))
 #define FLUSH_US	20000		/* a pause that stages a partial batch */
-#define IN_HIGH		(2 * WIRE_MAX_FRAME + (8u << 20))
+#define IN_HIGH		(WIRE_MAX_FRAME + (1u << 20))	/* a whole frame fits */
 #define IDLE_TIMEOUT_S	600
 #define REFUSE_S	5		/* a NACK's whole way out */
 #define LINGER_S	2		/* reading after a NACK's FIN */
