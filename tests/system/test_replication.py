@@ -120,6 +120,27 @@ def test_several_vms_small_blocks(env):
     rep.ok("verify", "vmb")
 
 
+def test_largest_blocks_incompressible(env):
+    """block_size = 4M (the largest) with random data: every DATA frame is
+    the largest the wire allows (RAW, zstd cannot shrink it), so the
+    replica's input budget must hold whole frames; a cycle of many of them
+    (more than the batches a session holds) arrives whole."""
+    rep = env.replica().start()
+    a = env.make_disk(env.path("src", "big.img"), (40 << 20) + 12345, "random")
+    pri = env.primary({"vmbig": [a]}, rep.port)
+    text = open(pri.conf).read().replace("[vm vmbig]\n", "[vm vmbig]\nblock_size = 4M\n")
+    open(pri.conf, "w").write(text)
+    pri.start()
+    pri.ok("sync", "vmbig", "--wait")
+    assert_same(a, os.path.join(rep.storage, "vmbig", "big.img"), "initial sync, 4 MiB blocks")
+    for rnd in range(3):
+        for _ in range(env.rng.randrange(2, 6)):
+            random_write(env.rng, a, max_len=6 << 20)
+        pri.ok("sync", "vmbig", "--wait")
+        assert_same(a, os.path.join(rep.storage, "vmbig", "big.img"), "round %d, 4 MiB blocks" % rnd)
+    rep.ok("verify", "vmbig")
+
+
 def test_resume_manual_only(env):
     """With interval = 0, resume only lifts the pause: it starts no cycle
     (the next sync does), so the sync after it makes the very next point
