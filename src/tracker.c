@@ -617,11 +617,34 @@ next_range(struct tracker *t, size_t max, uint64_t *off)
 	return end - start < max ? (size_t)(end - start) : max;
 }
 
+/* Reported bytes hinted already and not yet read: between the cursor and
+ * the prefetch position, on the current disk. */
+static uint64_t
+hinted_ahead(const struct tracker *t)
+{
+	const struct trk_disk *d = &t->disks[t->cur_disk];
+	const struct trk_dirty *dy = &t->dirty[t->cur_disk];
+	uint64_t sum = 0;
+
+	for (size_t i = d->ext; i < dy->n && i <= t->pf_ext; i++) {
+		const struct trk_extent *x = &dy->ext[i];
+		if (x->off >= t->pf_off)
+			break;
+		uint64_t s = x->off > t->cur_off ? x->off : t->cur_off;
+		uint64_t e = x->off + x->len < t->pf_off ? x->off + x->len :
+		    t->pf_off;
+		if (e > s)
+			sum += e - s;
+	}
+	return sum;
+}
+
 /*
- * Ask the backend to read ahead the reported ranges up to PREFETCH bytes
- * past the scan cursor: a cycle's changed blocks lie scattered, and read
- * one after the other each would wait for the disk alone.  A disk read
- * whole is read in order (the kernel's own readahead serves it).
+ * Ask the backend to read ahead the reported ranges, PREFETCH bytes of
+ * them past the scan cursor however far apart they lie: a cycle's changed
+ * blocks lie scattered, and read one after the other each would wait for
+ * the disk alone (hinted many at once, the disk serves them together).  A
+ * disk read whole is read in order (the kernel's own readahead serves it).
  */
 static void
 prefetch(struct tracker *t)
@@ -634,6 +657,11 @@ prefetch(struct tracker *t)
 		t->pf_disk = t->cur_disk;
 		t->pf_ext = 0;
 		t->pf_off = 0;
+	} else if (t->cur_disk < t->ndisks) {
+		uint64_t ahead = hinted_ahead(t);
+		if (ahead >= PREFETCH)
+			return;
+		budget -= ahead;
 	}
 	/* The current disk only: the cursor bounds what is hinted. */
 	while (t->pf_disk < t->ndisks && budget > 0) {
@@ -649,9 +677,6 @@ prefetch(struct tracker *t)
 			t->pf_ext++;
 			continue;
 		}
-		/* Only what lies within PREFETCH of the cursor. */
-		if (from - t->cur_off >= PREFETCH)
-			return;
 		uint64_t n = end - from < budget ? end - from : budget;
 		t->be->prefetch(t->bs, t->pf_disk, from, n);
 		budget -= n;
