@@ -60,6 +60,13 @@
 			    (NAME_MAX_LEN + 16))
 #define FLUSH_US	20000		/* a pause that stages a partial batch */
 #define IN_HIGH		(WIRE_MAX_FRAME + (1u << 20))	/* a whole frame fits */
+/* Output waiting for a primary that does not read (a resync's SIG frames
+ * come from every batch of SUMS): no more is staged past this until it
+ * has all gone. */
+#define OUT_CAP		(4u << 20)
+/* SUMS frames in one batch: each may ask for the SIGs of 64 MiB of disk
+ * (about 330 KiB), so a batch's output stays under 3 MiB. */
+#define SUMS_PER_BATCH	8
 #define IDLE_TIMEOUT_S	600
 #define REFUSE_S	5		/* a NACK's whole way out */
 #define LINGER_S	2		/* reading after a NACK's FIN */
@@ -121,6 +128,8 @@ struct rsess {
 	struct evbuffer		*batch;		/* being staged by the job */
 	struct evbuffer		*pending;	/* filled by the loop meanwhile */
 	int			 pending_full;	/* BATCH_BYTES reached, or END */
+	int			 out_paused;	/* reading waits for the output */
+	int			 pending_sums;	/* SUMS frames in pending */
 	struct event		*flush_ev;	/* stages a partial batch once
 						   the stream pauses */
 	int			 job_running;
@@ -1049,8 +1058,28 @@ stage_done(void *arg)
 		s->committed = 0;
 	}
 	/* Go on with what arrived meanwhile. */
+	if (s->state == RS_READY || s->state == RS_CYCLE)
+		bufferevent_enable(s->bev, EV_READ);
 	submit_batch(s);
 	sess_read(s->bev, s);
+}
+
+/*
+ * The output has all gone: a session that stopped reading because of it
+ * (out_full()) goes on.
+ */
+static void
+sess_write(struct bufferevent *bev, void *arg)
+{
+	struct rsess *s = arg;
+
+	if (!s->out_paused || s->state == RS_CLOSING ||
+	    s->state == RS_WAITING)
+		return;
+	s->out_paused = 0;
+	bufferevent_enable(bev, EV_READ);
+	submit_batch(s);
+	sess_read(bev, s);
 }
 
 /*
@@ -1058,15 +1087,22 @@ stage_done(void *arg)
  * one meanwhile (up to the input watermark), so receiving and staging
  * overlap, and each worker job carries megabytes, not one block.
  */
+static int
+out_full(const struct rsess *s)
+{
+	return evbuffer_get_length(bufferevent_get_output(s->bev)) >= OUT_CAP;
+}
+
 static void
 submit_batch(struct rsess *s)
 {
-	if (s->job_running || !s->pending_full)
+	if (s->job_running || !s->pending_full || out_full(s))
 		return;
 	struct evbuffer *t = s->batch;
 	s->batch = s->pending;
 	s->pending = t;
 	s->pending_full = 0;
+	s->pending_sums = 0;
 	s->job_running = 1;
 	work_submit(job_stage, stage_done, s);
 }
@@ -1535,7 +1571,7 @@ sess_read(struct bufferevent *bev, void *arg)
 	struct evbuffer *in = bufferevent_get_input(bev);
 
 	while (s->state != RS_CLOSING && s->state != RS_WAITING &&
-	    !s->pending_full) {
+	    !s->pending_full && !out_full(s)) {
 		uint8_t type;
 		size_t flen;
 		size_t max = s->state == RS_HELLO ? HELLO_MAX : WIRE_MAX_FRAME;
@@ -1620,15 +1656,32 @@ sess_read(struct bufferevent *bev, void *arg)
 		if (type == WIRE_END) {
 			s->state = RS_READY;	/* ACK follows the job */
 			s->pending_full = 1;
-		} else if (evbuffer_get_length(s->pending) >= BATCH_BYTES) {
+		} else if (evbuffer_get_length(s->pending) >= BATCH_BYTES ||
+		    (type == WIRE_SUMS &&
+		    ++s->pending_sums >= SUMS_PER_BATCH)) {
 			s->pending_full = 1;
 		}
 	}
 	submit_batch(s);
 	if (!s->job_running && evbuffer_get_length(s->pending) > 0 &&
-	    !evtimer_pending(s->flush_ev, NULL)) {
+	    !evtimer_pending(s->flush_ev, NULL) && !out_full(s)) {
 		struct timeval tv = { 0, FLUSH_US };
 		evtimer_add(s->flush_ev, &tv);
+	}
+	if (s->state == RS_CLOSING || s->state == RS_WAITING)
+		return;
+	/*
+	 * A full batch waits for the job, or the output for the primary:
+	 * stop reading until then (stage_done(), sess_write()).  At the
+	 * input's watermark libevent would otherwise call this again at
+	 * once, over and over.
+	 */
+	if (out_full(s)) {
+		s->out_paused = 1;
+		bufferevent_disable(bev, EV_READ);
+	} else if (s->pending_full && s->job_running &&
+	    evbuffer_get_length(in) >= IN_HIGH) {
+		bufferevent_disable(bev, EV_READ);
 	}
 }
 
@@ -1868,7 +1921,7 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	if (victim)
 		evict(victim);
 	netio_tune(fd);
-	bufferevent_setcb(s->bev, sess_read, NULL, sess_event, s);
+	bufferevent_setcb(s->bev, sess_read, sess_write, sess_event, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, IN_HIGH);
 	bufferevent_set_max_single_read(s->bev, 64u << 10);
 	struct timeval tv = { srv->svc->cfg->handshake_timeout_s, 0 };
