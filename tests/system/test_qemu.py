@@ -31,9 +31,19 @@ class QMP:
     """A minimal QMP client for the test's own socket (thread-safe)."""
 
     def __init__(self, path):
-        self.s = socket.socket(socket.AF_UNIX)
-        self.s.settimeout(30)
-        self.s.connect(path)
+        # QEMU binds its socket before it listens: a connect between the
+        # two is refused, so try again until it listens.
+        def attempt():
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(30)
+            try:
+                s.connect(path)
+            except ConnectionRefusedError:
+                s.close()
+                return False
+            self.s = s
+            return True
+        wait_for(attempt, 30, 0.05, what="QEMU to listen on %s" % path)
         self.f = self.s.makefile("rwb")
         self.lock = threading.Lock()
         json.loads(self.f.readline())
