@@ -36,6 +36,7 @@
 #include "xmalloc.h"
 
 #define TRK_CHUNK	(4u << 20)	/* bytes read per trk_scan() call */
+#define TRK_PIECE	(256u << 10)	/* ... per read */
 #define TRK_HOLES	(256u << 20)	/* bytes of holes per trk_scan() call */
 #define PREFETCH	(16u << 20)	/* reported bytes read ahead, at most */
 
@@ -720,7 +721,11 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 		 * at most a chunk's worth of blocks. */
 		size_t room = pos + zeros < chunk ? chunk - pos - zeros : 0;
 		room -= room % bs;
-		size_t want = room ? next_range(t, room, &off) : 0;
+		/* Read in pieces, each hashed while the copy is still in the
+		 * CPU's cache (a whole chunk is not). */
+		size_t piece = room < TRK_PIECE ? room :
+		    TRK_PIECE < bs ? bs : TRK_PIECE - TRK_PIECE % bs;
+		size_t want = piece ? next_range(t, piece, &off) : 0;
 		if (want == 0) {
 			if (room == 0)
 				return 0;
