@@ -1082,17 +1082,18 @@ sess_write(struct bufferevent *bev, void *arg)
 	sess_read(bev, s);
 }
 
-/*
- * Hand a full batch to a worker.  The loop goes on reading into the next
- * one meanwhile (up to the input watermark), so receiving and staging
- * overlap, and each worker job carries megabytes, not one block.
- */
 static int
 out_full(const struct rsess *s)
 {
 	return evbuffer_get_length(bufferevent_get_output(s->bev)) >= OUT_CAP;
 }
 
+/*
+ * Hand a full batch to a worker.  The loop goes on reading into the next
+ * one meanwhile (up to the input watermark), so receiving and staging
+ * overlap, and each worker job carries megabytes, not one block.  Not
+ * while the output waits for the primary (out_full()).
+ */
 static void
 submit_batch(struct rsess *s)
 {
