@@ -13,6 +13,8 @@ struct svc;
 struct control *control_init(struct svc *svc);
 /* Stop accepting, drop connections that wait for a cycle. */
 void	control_stop(struct control *ctl);
+/* Connections with an answer not yet written out. */
+int	control_flushing(const struct control *ctl);
 void	control_fini(struct control *ctl);
 
 #endif

@@ -1678,6 +1678,20 @@ control_stop(struct control *ctl)
 	}
 }
 
+int
+control_flushing(const struct control *ctl)
+{
+	int n = 0;
+
+	if (ctl == NULL)
+		return 0;
+	for (const struct cconn *c = ctl->conns; c; c = c->next)
+		if (c->bev != NULL && evbuffer_get_length(
+		    bufferevent_get_output(c->bev)) > 0)
+			n++;
+	return n;
+}
+
 void
 control_fini(struct control *ctl)
 {

@@ -135,6 +135,7 @@ daemon_init(struct config *cfg)
 /* How long a role change under way may go on after SIGTERM: one that
  * waits between steps (no job queued) is given the time to end. */
 #define DRAIN_ROLE_MS	(30 * 1000)
+#define DRAIN_ANSWER_MS	(2 * 1000)
 
 static void
 on_drain(evutil_socket_t fd, short what, void *arg)
@@ -152,6 +153,12 @@ on_drain(evutil_socket_t fd, short what, void *arg)
 	if (claimed > 0)
 		log_warnx("%zu role changes still under way: abandoned (the "
 		    "catalog holds the old role or the new one)", claimed);
+	/* Answers just made (a failover the stop cut short says why) go
+	 * out before the loop ends: a client that does not read them is
+	 * given up after a while. */
+	if (control_flushing(d->ctl) > 0 &&
+	    util_mono_ms() - d->stop_ms < DRAIN_ROLE_MS + DRAIN_ANSWER_MS)
+		return;
 	event_base_loopbreak(d->svc.base);
 }
 
