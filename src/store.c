@@ -3198,13 +3198,6 @@ point_recorded(struct store *st, const struct store_cycle *c,
 	}
 }
 
-/*
- * Apply a complete staged cycle: undo segment (unless a complete one
- * exists from an interrupted attempt), image writes, sizes, fsync,
- * catalog, digests, staging removal.  Idempotent from any crash point.
- * recovering: the cycle was staged before a restart or a failure, so
- * the blocks it wrote into the images are checked first.
- */
 /* The point a cycle makes, as far as the cycle itself says. */
 static void
 point_of(const struct store_cycle *c, struct cat_point *out)
@@ -3218,6 +3211,13 @@ point_of(const struct store_cycle *c, struct cat_point *out)
 	memcpy(out->sizes, c->sizes, c->ndisks * sizeof(uint64_t));
 }
 
+/*
+ * Apply a complete staged cycle: undo segment (unless a complete one
+ * exists from an interrupted attempt), image writes, sizes, fsync,
+ * catalog, digests, staging removal.  Idempotent from any crash point.
+ * recovering: the cycle was staged before a restart or a failure, so
+ * the blocks it wrote into the images are checked first.
+ */
 static int
 apply_index(struct store *st, const struct stage_index *ix, int recovering,
     struct cat_point *out, int *rolled_back, char *err, size_t errsz)
