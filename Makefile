@@ -28,7 +28,7 @@ LDLIBS  += $(PKG_LIBS) -lrsync -pthread
 COMMON_OBJS  := err log xmalloc buf util layout wire ctl config retention
 # The daemon: catalog, worker pool, TLS, tracker, the VM table and the
 # rules of roles, both roles, role changes, control socket.
-REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work pool tls netio gate dial blockmap tracker trk_scan \
+REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work par pool tls netio gate dial blockmap tracker trk_scan \
                  trk_reflink qmp nbdview virt domxml vmdom trk_qemu trk_libvirt undo delta store role vmtab \
                  replica primary failover control daemon
 # replctl loads libvirt and libxml2 only for `discover` (virt_dl.c) and links only the

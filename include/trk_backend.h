@@ -61,6 +61,9 @@ struct trk_backend {
 	/* The view stays fixed from the cut on, whatever the guest writes:
 	 * the thaw (post_snapshot) may run right after cut(). */
 	int		 frozen;
+	/* read() and hole() may run on several threads at once for one
+	 * state (a whole disk is then read and hashed on several cores). */
+	int		 concurrent_reads;
 	/*
 	 * Make the backend's state for vm (its disks' paths or node names
 	 * are vm->disks; the tracker's directory under state_dir exists,

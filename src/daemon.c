@@ -29,6 +29,7 @@
 #include "layout.h"
 #include "log.h"
 #include "netio.h"
+#include "par.h"
 #include "primary.h"
 #include "replica.h"
 #include "svc.h"
@@ -123,6 +124,7 @@ daemon_init(struct config *cfg)
 	if ((svc->base = event_base_new()) == NULL)
 		fatalx("cannot create the event loop");
 	work_init(svc->base, WORKERS, LONG_WORKERS);
+	par_init(par_helpers_for_host());
 	svc->vt = vt_new(svc->base);
 	svc->dialer = dial_new(0);
 
@@ -264,6 +266,7 @@ daemon_fini(struct daemon *d)
 	struct vmtab *vt = d->svc.vt;
 
 	work_fini();
+	par_fini();
 	for (size_t i = 0; i < vt_count(vt); i++) {
 		struct vme *e = vt_at(vt, i);
 		if (vt_pvm(e) != NULL)

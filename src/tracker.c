@@ -29,6 +29,7 @@
 #include "fault.h"
 #include "layout.h"
 #include "log.h"
+#include "par.h"
 #include "pool.h"
 #include "trk_backend.h"
 #include "tracker.h"
@@ -505,11 +506,12 @@ trk_begin_resync(struct tracker *t, uint64_t cycle, uint64_t *sizes,
 
 /* --- reading ------------------------------------------------------------------ */
 
+/* A backend read's failure r at off as a sentence in err (the backend's
+ * own, berr, for other errors); r. */
 static int
-view_read(struct tracker *t, size_t disk, uint8_t *buf, size_t len,
-    uint64_t off, char *err, size_t errsz)
+read_failed(struct tracker *t, size_t disk, uint64_t off, int r,
+    const char *berr, char *err, size_t errsz)
 {
-	int r = t->be->read(t->bs, disk, buf, len, off, err, errsz);
 	if (r == RD_ERR_TRUNCATED) {
 		snprintf(err, errsz, "disk %s shrank while being read",
 		    t->disks[disk].path);
@@ -518,10 +520,21 @@ view_read(struct tracker *t, size_t disk, uint8_t *buf, size_t len,
 		snprintf(err, errsz, "disk %s: read at %llu: %s",
 		    t->disks[disk].path, (unsigned long long)off,
 		    strerror(errno));
+	} else if (berr != err) {
+		snprintf(err, errsz, "%s", berr);
 	}
-	if (r == 0)
-		t->stats.bytes_read += len;
 	return r;
+}
+
+static int
+view_read(struct tracker *t, size_t disk, uint8_t *buf, size_t len,
+    uint64_t off, char *err, size_t errsz)
+{
+	int r = t->be->read(t->bs, disk, buf, len, off, err, errsz);
+	if (r != 0)
+		return read_failed(t, disk, off, r, err, err, errsz);
+	t->stats.bytes_read += len;
+	return 0;
 }
 
 int
@@ -694,6 +707,152 @@ trk_reads_whole(const struct tracker *t)
 	    t->dirty[t->cur_disk].all;
 }
 
+/*
+ * One block read (or known to be a hole: data is t->zeros): compared with
+ * its old digest, recorded in the new map if it changed, and emitted if
+ * the cycle sends it.  1 if emitted, 0 if not, or an rd_err with err.
+ */
+static int
+visit_block(struct tracker *t, struct trk_block *blk, trk_emit_fn emit,
+    void *arg, char *err, size_t errsz)
+{
+	struct trk_disk *d = &t->disks[blk->disk];
+	uint64_t idx = blk->offset / t->block_size;
+	struct digest old;
+	int r;
+
+	memset(&old, 0, sizeof(old));
+	if (idx < d->unknown_from && (r = bm_file_get(d->map, idx, &old)) !=
+	    0) {
+		snprintf(err, errsz, "tracker state %s: %s", d->map_path,
+		    r == RD_ERR_SYSTEM ? strerror(errno) : rd_strerror(r));
+		return r;
+	}
+	int differs = !digest_equal(&old, &blk->hash);
+	if ((differs || d->reset) && (r = bm_changes_set(d->next, idx,
+	    &blk->hash)) != 0) {
+		snprintf(err, errsz, "tracker state %s.next: %s", d->map_path,
+		    r == RD_ERR_SYSTEM ? strerror(errno) : rd_strerror(r));
+		return r;
+	}
+	if (!d->whole && !differs)
+		return 0;
+	t->stats.dirty_bytes += blk->len;
+	if ((r = emit(arg, blk)) != 0) {
+		snprintf(err, errsz, "%s", rd_strerror(r));
+		return r;
+	}
+	return 1;
+}
+
+/* A block's digest and zero mark, from its data (NULL: a hole). */
+static void
+hash_block(const struct tracker *t, struct trk_block *blk, const uint8_t *p)
+{
+	blk->data = p != NULL ? p : t->zeros;
+	blk->zero = p == NULL || util_is_zero(blk->data, blk->len);
+	if (blk->zero && blk->len == t->block_size)
+		blk->hash = t->zero_digest;
+	else
+		digest_block(blk->data, blk->len, &blk->hash);
+}
+
+/*
+ * A span of a disk read whole, read and hashed in parts on several cores
+ * (par.h): the kernel's copy from the page cache and XXH3 take a whole
+ * disk's scan, and one core does half as much of it with two.  Each part
+ * skips the hole it starts in, as the loop in trk_scan() does.
+ */
+#define SPAN_PARTS	(TRK_CHUNK / TRK_PIECE)
+#define SPAN_BLOCKS	(TRK_CHUNK / 4096)	/* the smallest block_size */
+
+struct span {
+	struct tracker	*t;
+	size_t		 disk;
+	uint64_t	 off;
+	size_t		 len;
+	size_t		 piece;		/* bytes per part, whole blocks */
+	uint8_t		*buf;		/* len bytes */
+	struct trk_block blk[SPAN_BLOCKS];
+	uint64_t	 holes[SPAN_PARTS];	/* bytes of hole in each */
+	int		 rc[SPAN_PARTS];
+	int		 errnum[SPAN_PARTS];
+	char		 err[SPAN_PARTS][160];
+};
+
+static void
+span_part(void *arg, size_t i)
+{
+	struct span *sp = arg;
+	struct tracker *t = sp->t;
+	uint32_t bs = t->block_size;
+	size_t at = i * sp->piece;
+	size_t len = sp->len - at < sp->piece ? sp->len - at : sp->piece;
+	uint64_t off = sp->off + at;
+	size_t hole = 0;
+
+	if (t->be->hole != NULL) {
+		uint64_t hend = t->be->hole(t->bs, sp->disk, off, off + len);
+		if (hend > off && hend <= off + len)
+			hole = (size_t)(hend - off);
+		if (hole < len)
+			hole -= hole % bs;
+	}
+	sp->holes[i] = hole;
+	sp->rc[i] = hole == len ? 0 : t->be->read(t->bs, sp->disk,
+	    sp->buf + at + hole, len - hole, off + hole, sp->err[i],
+	    sizeof(sp->err[i]));
+	sp->errnum[i] = errno;
+	if (sp->rc[i] != 0)
+		return;
+	for (size_t o = 0; o < len; o += bs) {
+		struct trk_block *blk = &sp->blk[(at + o) / bs];
+		blk->disk = (uint16_t)sp->disk;
+		blk->offset = off + o;
+		blk->len = (uint32_t)(len - o < bs ? len - o : bs);
+		hash_block(t, blk, o < hole ? NULL : sp->buf + at + o);
+	}
+}
+
+static int
+scan_span(struct tracker *t, uint64_t off, size_t len, uint8_t *buf,
+    trk_emit_fn emit, void *arg, char *err, size_t errsz)
+{
+	uint32_t bs = t->block_size;
+	struct span *sp = xmalloc(sizeof(*sp));
+	int r = 0;
+
+	sp->t = t;
+	sp->disk = t->cur_disk;
+	sp->off = off;
+	sp->len = len;
+	/* Parts of about TRK_PIECE, whole blocks, at most SPAN_PARTS. */
+	size_t piece = TRK_PIECE < bs ? bs : TRK_PIECE - TRK_PIECE % bs;
+	if ((len + piece - 1) / piece > SPAN_PARTS) {
+		piece = (len + SPAN_PARTS - 1) / SPAN_PARTS;
+		piece += (bs - piece % bs) % bs;
+	}
+	sp->piece = piece;
+	sp->buf = buf;
+	size_t nparts = (len + piece - 1) / piece;
+	par_run(span_part, sp, nparts);
+	for (size_t i = 0; i < nparts && r == 0; i++) {
+		if (sp->rc[i] == 0)
+			continue;
+		errno = sp->errnum[i];
+		r = read_failed(t, sp->disk, off + i * sp->piece, sp->rc[i],
+		    sp->err[i], err, errsz);
+	}
+	if (r == 0)
+		t->stats.bytes_read += len;
+	for (size_t o = 0; r == 0 && o < len; o += bs)
+		if ((r = visit_block(t, &sp->blk[o / bs], emit, arg, err,
+		    errsz)) > 0)
+			r = 0;
+	free(sp);
+	return r;
+}
+
 int
 trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
     char *err, size_t errsz)
@@ -742,6 +901,18 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 		    (size_t)(hend - off) : 0;
 		if (inhole < want && off + inhole != d->size)
 			inhole -= inhole % bs;
+		if (inhole == 0 && t->dirty[t->cur_disk].all &&
+		    t->be->concurrent_reads && room >= 2 * piece) {
+			/* A disk read whole: the rest of the room at once,
+			 * on several cores. */
+			want = next_range(t, room, &off);
+			if ((r = scan_span(t, off, want, p, emit, arg, err,
+			    errsz)) != 0)
+				return r;
+			pos += want;
+			t->cur_off = off + want;
+			continue;
+		}
 		if (inhole > 0) {
 			want = inhole;
 			p = NULL;
@@ -755,42 +926,15 @@ trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit, void *arg,
 		}
 		for (size_t o = 0; o < want; o += bs) {
 			struct trk_block blk;
-			uint64_t idx = (off + o) / bs;
 			blk.disk = (uint16_t)t->cur_disk;
 			blk.offset = off + o;
 			blk.len = (uint32_t)(want - o < bs ? want - o : bs);
-			blk.data = p != NULL ? p + o : t->zeros;
-			blk.zero = p == NULL || util_is_zero(blk.data, blk.len);
-			if (blk.zero && blk.len == bs)
-				blk.hash = t->zero_digest;
-			else
-				digest_block(blk.data, blk.len, &blk.hash);
-			struct digest old;
-			memset(&old, 0, sizeof(old));
-			if (idx < d->unknown_from && (r = bm_file_get(d->map,
-			    idx, &old)) != 0) {
-				snprintf(err, errsz, "tracker state %s: %s",
-				    d->map_path, r == RD_ERR_SYSTEM ?
-				    strerror(errno) : rd_strerror(r));
+			hash_block(t, &blk, p != NULL ? p + o : NULL);
+			if ((r = visit_block(t, &blk, emit, arg, err,
+			    errsz)) < 0)
 				return r;
-			}
-			int differs = !digest_equal(&old, &blk.hash);
-			if ((differs || d->reset) && (r = bm_changes_set(
-			    d->next, idx, &blk.hash)) != 0) {
-				snprintf(err, errsz, "tracker state %s.next: %s",
-				    d->map_path, r == RD_ERR_SYSTEM ?
-				    strerror(errno) : rd_strerror(r));
-				return r;
-			}
-			if (!d->whole && !differs)
-				continue;
-			if (p == NULL)
+			if (r > 0 && p == NULL)
 				zeros += blk.len;
-			t->stats.dirty_bytes += blk.len;
-			if ((r = emit(arg, &blk)) != 0) {
-				snprintf(err, errsz, "%s", rd_strerror(r));
-				return r;
-			}
 		}
 		t->cur_off = off + want;
 		if (holes >= TRK_HOLES)

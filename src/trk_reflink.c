@@ -827,6 +827,7 @@ rl_forget(const struct cfg_vm *vm)
 const struct trk_backend trk_backend_reflink = {
 	.name = "reflink",
 	.frozen = 1,
+	.concurrent_reads = 1,
 	.open = rl_open,
 	.close = rl_close,
 	.sizes = rl_sizes,

@@ -195,6 +195,7 @@ scan_commit(void *state, uint64_t cycle, char *err, size_t errsz)
 const struct trk_backend trk_backend_scan = {
 	.name = "scan",
 	.frozen = 0,
+	.concurrent_reads = 1,
 	.open = scan_open,
 	.close = scan_close,
 	.sizes = scan_sizes,
