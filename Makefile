@@ -1,11 +1,16 @@
 # replicad — GNU make build.  `make`, `make check`, `make demo`, `make bench`.
 # V=1 shows the commands; PREFIX / DESTDIR for `make install` (HOOKDIR: the
-# example failover hooks, PREFIX/lib/replicad/hooks).
+# example failover hooks, PREFIX/lib/replicad/hooks; UNITDIR: the systemd
+# units, PREFIX/lib/systemd/system).
 
 PREFIX  ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
 MANDIR  ?= $(PREFIX)/share/man
 HOOKDIR ?= $(PREFIX)/lib/replicad/hooks
+# systemd units (tools/systemd) and where they find the configuration:
+# replicad reads /etc/replicad/replicad.conf whatever PREFIX is.
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
 CC      ?= cc
 # BUILD: where objects, tests and (unless it is `build`) the programs go;
 # `make check-asan` builds a sanitizer copy in build-asan.
@@ -28,7 +33,7 @@ LDLIBS  += $(PKG_LIBS) -lrsync -pthread
 COMMON_OBJS  := err log xmalloc buf util layout wire ctl config retention
 # The daemon: catalog, worker pool, TLS, tracker, the VM table and the
 # rules of roles, both roles, role changes, control socket.
-REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work par pool tls netio gate dial blockmap tracker trk_scan \
+REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work par pool notify tls netio gate dial blockmap tracker trk_scan \
                  trk_reflink qmp nbdview virt domxml vmdom trk_qemu trk_libvirt undo delta store role vmtab \
                  replica primary failover control daemon
 # replctl loads libvirt and libxml2 only for `discover` (virt_dl.c) and links only the
@@ -45,8 +50,8 @@ else
 Q := @
 endif
 
-.PHONY: all deps check check-asan unit systest soak mancheck fuzz fuzz-regress \
-	demo bench install clean
+.PHONY: all deps check check-asan unit systest soak mancheck unitcheck fuzz \
+	fuzz-regress demo bench install clean
 all: $(BIN)/replicad $(BIN)/replctl
 
 $(BUILD)/%.o: src/%.c | $(BUILD)
@@ -135,6 +140,7 @@ check: deps
 	$(Q)$(MAKE) --no-print-directory unit
 	$(Q)$(MAKE) --no-print-directory fuzz-regress
 	$(Q)$(MAKE) --no-print-directory mancheck
+	$(Q)$(MAKE) --no-print-directory unitcheck
 	$(Q)$(MAKE) --no-print-directory systest
 	$(Q)$(MAKE) --no-print-directory check-asan
 
@@ -170,6 +176,31 @@ bench: deps
 	$(Q)tools/bench-scale 500 8
 	$(Q)tools/bench-rss
 
+# The systemd units with the paths they run from (tools/systemd/*.in).
+UNITS := replicad.service replicad-prune.service replicad-prune.timer
+define make_units
+	$(Q)mkdir -p $(1)
+	$(Q)for u in $(UNITS); do \
+	    if test -f tools/systemd/$$u.in; then \
+	        sed -e 's|@SBINDIR@|$(2)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+	            -e 's|@UNITDIR@|$(UNITDIR)|g' tools/systemd/$$u.in > $(1)/$$u; \
+	    else cp tools/systemd/$$u $(1)/$$u; fi; done
+endef
+
+# systemd-analyze verify on the units as built here (pointing at this
+# tree's programs): any complaint fails; every man page a unit names is
+# one of man/.
+unitcheck: all
+	$(call make_units,$(BUILD)/systemd,$(abspath $(BIN)))
+	$(Q)for m in $$(sed -n 's/^Documentation=//p' $(addprefix $(BUILD)/systemd/,$(UNITS)) | \
+	    tr ' ' '\n' | sed -n 's/^man:\(.*\)(\([0-9]\))$$/\1.\2/p' | sort -u); do \
+	    test -f man/$$m || { echo "systemd units: Documentation names man/$$m, which does not exist"; \
+	    exit 1; }; done
+	$(Q)out=$$(cd $(BUILD)/systemd && systemd-analyze verify --man=no $(UNITS) 2>&1); rc=$$?; \
+	    if test $$rc -ne 0 || test -n "$$out"; then echo "$$out"; \
+	        echo "systemd units: systemd-analyze verify failed"; exit 1; fi; \
+	    echo "systemd units: systemd-analyze verify clean"
+
 install: all
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	install -m 755 replicad replctl $(DESTDIR)$(SBINDIR)
@@ -179,6 +210,9 @@ install: all
 	install -m 755 tools/hooks/libvirt-on-demote tools/hooks/libvirt-on-promote \
 	    $(DESTDIR)$(HOOKDIR)
 	install -m 644 tools/replicad.cron $(DESTDIR)$(HOOKDIR)/../replicad.cron
+	$(call make_units,$(BUILD)/systemd-install,$(SBINDIR))
+	install -d $(DESTDIR)$(UNITDIR)
+	install -m 644 $(addprefix $(BUILD)/systemd-install/,$(UNITS)) $(DESTDIR)$(UNITDIR)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) replicad replctl

@@ -16,5 +16,8 @@ void	control_stop(struct control *ctl);
 /* Connections with an answer not yet written out. */
 int	control_flushing(const struct control *ctl);
 void	control_fini(struct control *ctl);
+/* One line for the service manager's STATUS=: VMs by role, how many
+ * sync, how many are not normal. */
+void	control_summary(struct control *ctl, char *buf, size_t len);
 
 #endif

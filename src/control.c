@@ -367,7 +367,7 @@ view_primary(struct vme *e, struct vm_view *x)
 
 static void
 view_replica(struct svc *svc, struct vme *e, struct vm_view *x,
-    int64_t now_ms)
+    int64_t now_ms, int light)
 {
 	struct rvm_status st;
 	rvm_status(vt_rvm(e), &st);
@@ -382,11 +382,12 @@ view_replica(struct svc *svc, struct vme *e, struct vm_view *x,
 	x->last.dirty_bytes = st.last_bytes;
 	/* The history's size and the room left for it. */
 	uint64_t total;
-	if (cat_point_stats(svc->cat, st.name, &x->npoints,
+	if (!light && cat_point_stats(svc->cat, st.name, &x->npoints,
 	    &x->history_bytes) == 0 && store_space(rvm_store(vt_rvm(e)),
 	    &x->free_bytes, &total, &x->min_free) == 0)
 		x->has_space = 1;
-	x->compacting = store_compact_pending(rvm_store(vt_rvm(e)));
+	x->compacting = !light &&
+	    store_compact_pending(rvm_store(vt_rvm(e)));
 	x->progress = st.received_bytes;
 	x->health = st.nospace ? "critical" : health_of(x->state, 0,
 	    x->lag_ms, 2 * st.interval_ms, 4 * st.interval_ms);
@@ -405,9 +406,11 @@ view_unserved(struct vme *e, struct vm_view *x)
 	x->error = vt_note(e);
 }
 
-/* Every VM of the table (or only one), in name order. */
+/* Every VM of the table (or only one), in name order; light: without
+ * the replicas' history and storage figures (no catalog query). */
 static size_t
-collect(struct svc *svc, const char *only, struct vm_view **out_views)
+collect_views(struct svc *svc, const char *only, int light,
+    struct vm_view **out_views)
 {
 	struct vmtab *vt = svc->vt;
 	struct vm_view *v = xcalloc(vt_count(vt) + 1, sizeof(*v));
@@ -423,12 +426,47 @@ collect(struct svc *svc, const char *only, struct vm_view **out_views)
 		if (vt_state(e) != ROLE_REPLICA && vt_pvm(e) != NULL)
 			view_primary(e, x);
 		else if (vt_state(e) == ROLE_REPLICA && vt_rvm(e) != NULL)
-			view_replica(svc, e, x, now_ms);
+			view_replica(svc, e, x, now_ms, light);
 		else
 			view_unserved(e, x);
 	}
 	*out_views = v;
 	return n;
+}
+
+static size_t
+collect(struct svc *svc, const char *only, struct vm_view **out_views)
+{
+	return collect_views(svc, only, 0, out_views);
+}
+
+void
+control_summary(struct control *ctl, char *buf, size_t len)
+{
+	struct vm_view *v;
+	size_t n = collect_views(ctl->svc, NULL, 1, &v);
+	size_t np = 0, busy = 0, warn = 0, crit = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		np += strcmp(v[i].role, "primary") == 0;
+		busy += strcmp(v[i].state, "syncing") == 0 ||
+		    strcmp(v[i].state, "resyncing") == 0;
+		warn += strcmp(v[i].health, "warning") == 0;
+		crit += strcmp(v[i].health, "critical") == 0;
+	}
+	free(v);
+	if (n == 0) {
+		snprintf(buf, len, "no VMs");
+		return;
+	}
+	snprintf(buf, len, "%zu VM%s (%zu primary, %zu replica): %zu syncing, "
+	    "%s", n, n == 1 ? "" : "s", np, n - np, busy, crit + warn == 0 ?
+	    "all normal" : "");
+	if (crit + warn > 0) {
+		size_t used = strlen(buf);
+		snprintf(buf + used, len - used, "%zu critical, %zu warning "
+		    "(replctl status)", crit, warn);
+	}
 }
 
 static void

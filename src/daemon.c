@@ -7,6 +7,7 @@
  * gives every VM its entry in the VM table and its role objects.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 #include "layout.h"
 #include "log.h"
 #include "netio.h"
+#include "notify.h"
 #include "par.h"
 #include "primary.h"
 #include "replica.h"
@@ -56,6 +58,9 @@ struct daemon {
 	struct event		*sig_int;
 	struct event		*drain_timer;
 	struct event		*trim_timer;
+	struct event		*ready_ev;	/* the loop's first turn */
+	struct event		*status_timer;
+	struct event		*watchdog_timer;
 	uint64_t		 stop_ms;	/* when SIGTERM came */
 };
 
@@ -198,6 +203,69 @@ on_trim(evutil_socket_t fd, short what, void *arg)
 	work_submit(trim_job, trim_done, NULL);
 }
 
+/*
+ * The service manager (systemd Type=notify, notify.h): READY=1 once the
+ * loop turns, so the control socket answers; STATUS= a line of
+ * control_summary(), sent when it changes; WATCHDOG=1 at half the
+ * interval asked for, from the loop, so a loop that hangs is restarted;
+ * STOPPING=1 at SIGTERM.
+ */
+#define STATUS_S	5
+
+static void
+send_status(struct daemon *d)
+{
+	char line[256];
+
+	if (d->svc.stopping)
+		return;
+	control_summary(d->ctl, line, sizeof(line));
+	notify_status(line);
+}
+
+static void
+on_ready(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+
+	notify_send("READY=1");
+	send_status(d);
+}
+
+static void
+on_status(evutil_socket_t fd, short what, void *arg)
+{
+	send_status(arg);
+}
+
+static void
+on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+	notify_send("WATCHDOG=1");
+}
+
+static void
+notify_start(struct daemon *d)
+{
+	if (!notify_enabled())
+		return;
+	struct timeval now = { 0, 0 }, stv = { STATUS_S, 0 };
+	d->ready_ev = evtimer_new(d->svc.base, on_ready, d);
+	evtimer_add(d->ready_ev, &now);
+	d->status_timer = event_new(d->svc.base, -1, EV_PERSIST, on_status, d);
+	event_add(d->status_timer, &stv);
+	uint64_t wd = notify_watchdog_usec() / 2;
+	if (wd > 0) {
+		struct timeval wtv = { (time_t)(wd / 1000000),
+		    (suseconds_t)(wd % 1000000) };
+		d->watchdog_timer = event_new(d->svc.base, -1, EV_PERSIST,
+		    on_watchdog, d);
+		event_add(d->watchdog_timer, &wtv);
+		log_info("service manager watchdog: every %" PRIu64 " ms",
+		    wd / 1000);
+	}
+}
+
 static void
 on_signal(evutil_socket_t sig, short what, void *arg)
 {
@@ -208,6 +276,7 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 	if (d->svc.stopping)
 		return;
 	log_info("signal %d: shutting down", (int)sig);
+	notify_send("STOPPING=1\nSTATUS=shutting down");
 	d->svc.stopping = 1;
 	d->stop_ms = util_mono_ms();
 	/* Cycles first, so that `sync --wait` clients hear why they end. */
@@ -255,6 +324,7 @@ daemon_run(struct daemon *d)
 	log_info("replicad ready: %zu primary VMs, %zu replica VMs%s%s", np, nr,
 	    d->cfg->listen ? ", listening on " : "",
 	    d->cfg->listen ? d->cfg->listen : "");
+	notify_start(d);
 	if (event_base_dispatch(d->svc.base) < 0)
 		return 1;
 	return 0;
@@ -283,6 +353,13 @@ daemon_fini(struct daemon *d)
 		event_free(d->drain_timer);
 	if (d->trim_timer)
 		event_free(d->trim_timer);
+	if (d->ready_ev)
+		event_free(d->ready_ev);
+	if (d->status_timer)
+		event_free(d->status_timer);
+	if (d->watchdog_timer)
+		event_free(d->watchdog_timer);
+	notify_fini();
 	event_free(d->sig_term);
 	event_free(d->sig_int);
 	cat_close(d->svc.cat);

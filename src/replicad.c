@@ -11,6 +11,7 @@
 #include "daemon.h"
 #include "err.h"
 #include "log.h"
+#include "notify.h"
 #include "tls.h"
 #include "tracker.h"
 #include "virt.h"
@@ -179,6 +180,7 @@ main(int argc, char **argv)
 		config_free(cfg);
 		return rc;
 	}
+	notify_init();
 	struct daemon *d = daemon_init(cfg);
 	rc = daemon_run(d);
 	daemon_fini(d);

@@ -1,0 +1,120 @@
+"""Running under a service manager: systemd's notification protocol
+(Type=notify) on a socket of the test's own, and the unit files shipped
+in tools/systemd checked by systemd-analyze."""
+import os
+import select
+import signal
+import socket
+
+from harness import TestFailure, check
+
+
+def notify_socket(env, abstract=False):
+    """A datagram socket like systemd's: (socket, NOTIFY_SOCKET value)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if abstract:
+        name = "replicad-test-%d-%d" % (os.getpid(), env.rng.randrange(1 << 30))
+        s.bind("\0" + name)
+        return s, "@" + name
+    path = env.path("notify.sock")
+    s.bind(path)
+    return s, path
+
+
+def next_message(s, proc, what, timeout=60):
+    """The next datagram's KEY=VALUE lines as a dict.  The timeout only
+    ends a test whose daemon never says it (a hang), it measures nothing."""
+    r, _, _ = select.select([s], [], [], timeout)
+    if not r:
+        raise TestFailure("no notification while waiting for %s (daemon %s)"
+                          % (what, "running" if proc.poll() is None else "exited %d" % proc.returncode))
+    data = s.recv(4096).decode()
+    out = {}
+    for line in data.split("\n"):
+        if line:
+            k, _, v = line.partition("=")
+            out[k] = v
+    return out
+
+
+def wait_message(s, proc, key, what, seen=None):
+    while True:
+        m = next_message(s, proc, what)
+        if seen is not None:
+            seen.append(m)
+        if key in m:
+            return m
+
+
+def start_pair(env, notify, hook_log):
+    disk = env.make_disk(env.path("src", "n.img"), 2 << 20)
+    rep = env.replica().start()
+    pri = env.primary({"web01": [disk]}, rep.port)
+    text = open(pri.conf).read().replace(
+        "interval = 0\n", "interval = 0\npre_snapshot = env > %s\n" % hook_log)
+    open(pri.conf, "w").write(text)
+    pri.start(wait=False, env_extra={"NOTIFY_SOCKET": notify, "WATCHDOG_USEC": "200000"})
+    return pri, rep
+
+
+def check_protocol(env, abstract):
+    s, addr = notify_socket(env, abstract)
+    hook_log = env.path("hook.env")
+    try:
+        pri, rep = start_pair(env, addr, hook_log)
+        seen = []
+        m = wait_message(s, pri.proc, "READY", "READY=1", seen)
+        check(m["READY"] == "1", "READY=%r" % m["READY"])
+        # Ready means the control socket answers, at once.
+        pri.ok("status")
+        st = wait_message(s, pri.proc, "STATUS", "STATUS=", seen)
+        check(st["STATUS"].startswith("1 VM (1 primary, 0 replica)"), "STATUS=%r" % st["STATUS"])
+        # The watchdog: pings at half of WATCHDOG_USEC, from the loop.
+        for _ in range(2):
+            wait_message(s, pri.proc, "WATCHDOG", "WATCHDOG=1", seen)
+        # Hooks do not inherit the manager's variables.
+        pri.ok("sync", "web01", "--wait")
+        env_text = open(hook_log).read()
+        for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            check(var + "=" not in env_text, "a hook inherited %s" % var)
+        pri.proc.send_signal(signal.SIGTERM)
+        m = wait_message(s, pri.proc, "STOPPING", "STOPPING=1", seen)
+        check(m["STOPPING"] == "1", "STOPPING=%r" % m["STOPPING"])
+        check(pri.proc.wait(60) == 0, "replicad exited %r on SIGTERM" % pri.proc.returncode)
+        pri.proc = None
+        check(not any("READY" in x for x in seen[1:]), "READY sent twice: %r" % seen)
+    finally:
+        s.close()
+
+
+def test_notify_path_socket(env):
+    """READY=1 once `replctl status` answers, STATUS= a summary, WATCHDOG=1
+    at half the interval asked for, STOPPING=1 at SIGTERM; a hook run by
+    the daemon does not see NOTIFY_SOCKET."""
+    check_protocol(env, abstract=False)
+
+
+def test_notify_abstract_socket(env):
+    """The same on an abstract socket (NOTIFY_SOCKET=@name), as systemd
+    gives in some set-ups."""
+    check_protocol(env, abstract=True)
+
+
+def test_notify_status_follows(env):
+    """STATUS= changes when the VMs' health does: a replica that goes away
+    turns the line to "critical" after three failed cycles."""
+    s, addr = notify_socket(env)
+    try:
+        pri, rep = start_pair(env, addr, env.path("hook.env"))
+        wait_message(s, pri.proc, "READY", "READY=1")
+        pri.ok("sync", "web01", "--wait")
+        rep.stop()
+        for _ in range(3):
+            check(pri.ctl("sync", "web01", "--wait").rc == 1, "sync with the replica down succeeded")
+        while True:
+            m = wait_message(s, pri.proc, "STATUS", "a STATUS= naming the critical VM")
+            if "1 critical" in m["STATUS"]:
+                break
+        pri.stop()
+    finally:
+        s.close()
