@@ -56,7 +56,10 @@ const char *trk_backend_name(enum cfg_tracker kind);
 /* The cut gives a point-in-time view: post_snapshot may run right after
  * trk_begin(), before anything is read. */
 int	trk_frozen(const struct tracker *t);
-/* Can vm use its tracker on this host (replicad --check, VM start)? */
+/* Can vm use its tracker on this host (replicad --check, VM start)?  0,
+ * an rd_err with err, or TRK_CHECK_NOT_RUNNING (err says what is not
+ * there): the guest is not running, so what needs it cannot be checked
+ * now; the cycles check again (trk_backend.h). */
 int	trk_check(const struct cfg_vm *vm, const char *state_dir, char *err,
 	    size_t errsz);
 /* This host stops being the primary of VM name: remove the tracker's

@@ -56,6 +56,8 @@ void	trk_dirty_add(struct trk_dirty *d, uint64_t off, uint64_t len);
 void	trk_dirty_reset(struct trk_dirty *d);	/* empty, all = 0 */
 void	trk_dirty_free(struct trk_dirty *d);
 
+#define TRK_CHECK_NOT_RUNNING	1
+
 struct trk_backend {
 	const char	*name;
 	/* The view stays fixed from the cut on, whatever the guest writes:
@@ -135,8 +137,10 @@ struct trk_backend {
 	void	(*abort)(void *state);
 	/*
 	 * replicad --check and the VM's start: can vm use this tracker here
-	 * (file system supports reflinks, QMP socket reachable...)?  0, or
-	 * an rd_err with a plain sentence in err.  May be NULL.
+	 * (file system supports reflinks, QMP socket reachable...)?  0, an
+	 * rd_err with a plain sentence in err, or TRK_CHECK_NOT_RUNNING
+	 * with err: the guest is not running, so what needs it cannot be
+	 * checked now (a warning; each cycle finds out).  May be NULL.
 	 */
 	int	(*check)(const struct cfg_vm *vm, const char *state_dir,
 		    char *err, size_t errsz);

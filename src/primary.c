@@ -51,6 +51,7 @@
 #include "svc.h"
 #include "tls.h"
 #include "tracker.h"
+#include "trk_backend.h"
 #include "util.h"
 #include "vmtab.h"
 #include "wire.h"
@@ -2506,7 +2507,10 @@ check_done(void *arg)
 {
 	struct check_job *cj = arg;
 	struct pvm *vm = cj->vm;
-	if (cj->rc != 0) {
+	if (cj->rc == TRK_CHECK_NOT_RUNNING) {
+		log_info("%s: %s; the cycles find out when it runs",
+		    vm->cfg->name, cj->err);
+	} else if (cj->rc != 0) {
 		/* Said once, plainly; each cycle fails with the reason until
 		 * the operator acts. */
 		log_warnx("%s: tracker %s cannot work here: %s", vm->cfg->name,

@@ -2,10 +2,15 @@
  * replicad — the replication daemon.  See replicad(8).
  */
 #include <getopt.h>
+#include <inttypes.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "config.h"
 #include "daemon.h"
@@ -14,6 +19,7 @@
 #include "notify.h"
 #include "tls.h"
 #include "tracker.h"
+#include "trk_backend.h"
 #include "virt.h"
 
 #define REPLICAD_VERSION "0.8.0"
@@ -25,8 +31,10 @@ usage(FILE *f)
 	    "usage: replicad [-c FILE] [--check] [--syslog] [-d]\n"
 	    "\n"
 	    "  -c, --config FILE  configuration (default %s)\n"
-	    "      --check        validate the configuration, and that each VM's tracker\n"
-	    "                     can work on this host (exit 1 if not), and exit\n"
+	    "      --check        validate the configuration and its TLS files, and that\n"
+	    "                     each VM's tracker can work on this host (disks readable,\n"
+	    "                     reflinks, QEMU's nodes; exit 1 if not; a guest not\n"
+	    "                     running is a warning), and exit\n"
 	    "      --syslog       log to syslog as well as stderr\n"
 	    "  -d, --debug        log at debug level\n"
 	    "  -h, --help         this help\n"
@@ -34,6 +42,62 @@ usage(FILE *f)
 	    "\n"
 	    "Exit codes: 0 success, 1 failure, 2 usage or configuration error.\n",
 	    CONFIG_DEFAULT_PATH);
+}
+
+/*
+ * What TLS itself would accept but no peer will: a tls_ca with no CA in it
+ * (a host's own certificate given by mistake: every handshake fails) is
+ * an error; a CA that does not verify this host's own certificate (peers
+ * that trust the same file refuse it) a warning (sites may use CAs of
+ * their own).  tls_ctx_new() checked the rest: files readable, the key
+ * the certificate's and not readable by others.  The number of errors.
+ */
+static int
+check_tls_material(const struct config *cfg)
+{
+	int errors = 0, cas = 0;
+	X509 *x;
+	FILE *f = fopen(cfg->tls_ca, "r");
+
+	while (f != NULL && (x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {
+		cas += X509_check_ca(x) > 0;
+		X509_free(x);
+	}
+	if (f != NULL)
+		fclose(f);
+	if (cas == 0) {
+		fprintf(stderr, "replicad: %s:%d: [daemon] tls_ca %s holds no "
+		    "CA certificate (is it a host's own certificate?): no "
+		    "peer's certificate can be verified\n", cfg->path,
+		    cfg->tls_line[2], cfg->tls_ca);
+		errors++;
+	}
+
+	X509_STORE *store = X509_STORE_new();
+	X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+	STACK_OF(X509) *chain = sk_X509_new_null();
+	X509 *own = NULL;
+	if ((f = fopen(cfg->tls_cert, "r")) != NULL) {
+		own = PEM_read_X509(f, NULL, NULL, NULL);
+		while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL)
+			sk_X509_push(chain, x);
+		fclose(f);
+	}
+	if (cas > 0 && own != NULL && store && ctx && chain &&
+	    X509_STORE_load_file(store, cfg->tls_ca) == 1 &&
+	    X509_STORE_CTX_init(ctx, store, own, chain) == 1 &&
+	    X509_verify_cert(ctx) != 1)
+		fprintf(stderr, "replicad: %s:%d: [daemon] warning: tls_ca %s "
+		    "does not verify this host's certificate %s (%s): peers "
+		    "that trust the same CA refuse it\n", cfg->path,
+		    cfg->tls_line[2], cfg->tls_ca, cfg->tls_cert,
+		    X509_verify_cert_error_string(
+		    X509_STORE_CTX_get_error(ctx)));
+	X509_free(own);
+	sk_X509_pop_free(chain, X509_free);
+	X509_STORE_CTX_free(ctx);
+	X509_STORE_free(store);
+	return errors;
 }
 
 /* --check: the file, then the TLS material it names. */
@@ -57,12 +121,21 @@ check(struct config *cfg)
 			return 2;
 		}
 		SSL_CTX_free(ctx);
+		if (check_tls_material(cfg) != 0)
+			return 2;
 	}
-	/* Can each VM's tracker work here (reflinks, QEMU reachable)? */
-	int rc = 0;
+	/* Can each VM's tracker work here (disks readable, reflinks, QEMU
+	 * reachable)? */
+	int rc = 0, r;
 	for (size_t i = 0; i < cfg->nvms; i++) {
 		const struct cfg_vm *vm = &cfg->vms[i];
-		if (trk_check(vm, cfg->state_dir, err, sizeof(err)) != 0) {
+		if ((r = trk_check(vm, cfg->state_dir, err, sizeof(err))) ==
+		    TRK_CHECK_NOT_RUNNING) {
+			fprintf(stderr, "replicad: %s:%d: [vm %s] warning: "
+			    "tracker %s: %s (the guest is not running? its "
+			    "cycles wait for it)\n", cfg->path, vm->line,
+			    vm->name, trk_backend_name(vm->tracker), err);
+		} else if (r != 0) {
 			fprintf(stderr, "replicad: %s:%d: [vm %s] tracker %s: "
 			    "%s\n", cfg->path, vm->line, vm->name,
 			    trk_backend_name(vm->tracker),

@@ -1445,8 +1445,12 @@ qemu_check(const struct cfg_vm *vm, const char *state_dir, char *err,
 		r = RD_ERR_TOO_LARGE;
 		goto out;
 	}
-	if ((r = qmp_open(vm->qmp, QMP_TIMEOUT_MS, &q, err, errsz)) != 0)
+	if ((r = qmp_open(vm->qmp, QMP_TIMEOUT_MS, &q, err, errsz)) != 0) {
+		/* No socket, or nobody listening: QEMU is not running. */
+		if (r == RD_ERR_NOT_FOUND || r == RD_ERR_PEER)
+			r = TRK_CHECK_NOT_RUNNING;
 		goto out;
+	}
 	if ((r = qmp_call(q, "query-named-block-nodes", json_pack("{s:b}",
 	    "flat", 1), &nodes, why, sizeof(why))) != 0) {
 		snprintf(err, errsz, "QMP socket %s: %s", vm->qmp, why);

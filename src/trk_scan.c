@@ -192,6 +192,32 @@ scan_commit(void *state, uint64_t cycle, char *err, size_t errsz)
 	return 0;
 }
 
+/* Each disk can be opened for reading, and is a file or a block device. */
+static int
+scan_check(const struct cfg_vm *vm, const char *state_dir, char *err,
+    size_t errsz)
+{
+	for (size_t i = 0; i < vm->ndisks; i++) {
+		struct stat sb;
+		int fd = open(vm->disks[i], O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || fstat(fd, &sb) != 0) {
+			int e = errno;
+			snprintf(err, errsz, "disk %s: %s", vm->disks[i],
+			    strerror(e));
+			if (fd >= 0)
+				close(fd);
+			return e == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
+		}
+		close(fd);
+		if (!S_ISREG(sb.st_mode) && !S_ISBLK(sb.st_mode)) {
+			snprintf(err, errsz, "disk %s: neither a file nor a "
+			    "block device", vm->disks[i]);
+			return RD_ERR_INVALID;
+		}
+	}
+	return 0;
+}
+
 const struct trk_backend trk_backend_scan = {
 	.name = "scan",
 	.frozen = 0,
@@ -204,5 +230,5 @@ const struct trk_backend trk_backend_scan = {
 	.hole = scan_hole,
 	.commit = scan_commit,
 	.abort = scan_abort,
-	.check = NULL,
+	.check = scan_check,
 };

@@ -93,6 +93,9 @@ def test_check_configurations(env):
         ("missing-tls-cert-file", with_line(3, "tls_cert = %s/nonexistent.pem" % pki), 3, "tls_cert"),
         ("missing-tls-ca-file", with_line(5, "tls_ca = %s/nonexistent-ca.pem" % pki), 5, "tls_ca"),
     ]
+    # What TLS would load but no peer accepts: a CA file that is a host's
+    # own certificate.
+    bad.append(("tls-ca-is-a-host-cert", with_line(5, "tls_ca = %s/replica.pem" % pki), 5, "tls_ca"))
     failures = []
     for name, text, line, key in bad:
         path, p = run(name, text)
@@ -110,6 +113,18 @@ def test_check_configurations(env):
     p = subprocess.run([REPLICAD, "-c", missing, "--check"], capture_output=True, text=True, timeout=30)
     if p.returncode != 2 or missing not in p.stderr:
         failures.append("missing configuration file: exit %d, stderr %r" % (p.returncode, p.stderr))
+    # Found by checking the files, not the text: a disk that does not exist
+    # fails (exit 1, its path named); a CA that does not verify this host's
+    # own certificate is a warning (sites may run CAs of their own).
+    path, p = run("missing-disk", with_line(8, "disk = %s" % env.path("src", "nonexistent.img")))
+    if p.returncode != 1 or "%s:7: [vm web01] tracker scan: disk %s: No such file or directory" % (
+            path, env.path("src", "nonexistent.img")) not in p.stderr:
+        failures.append("missing disk: exit %d, stderr %r" % (p.returncode, p.stderr))
+    other = env.make_pki("other-ca", ["x"])
+    path, p = run("other-ca", with_line(5, "tls_ca = %s/ca.pem" % other))
+    if p.returncode != 0 or "%s:5: [daemon] warning: tls_ca %s/ca.pem does not verify this host's certificate" % (
+            path, other) not in p.stderr:
+        failures.append("a CA that does not sign this host: exit %d, stderr %r" % (p.returncode, p.stderr))
     if failures:
         raise TestFailure("%d bad configurations not reported as required:\n  - %s"
                           % (len(failures), "\n  - ".join(failures)))
