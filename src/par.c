@@ -9,6 +9,7 @@
  * part is counted done, which is the last touch a helper makes.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -75,7 +76,11 @@ helper_main(void *unused)
 int
 par_helpers_for_host(void)
 {
-	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	cpu_set_t set;
+	/* The cores this process may run on (taskset, a cpuset), else all
+	 * online ones. */
+	long n = sched_getaffinity(0, sizeof(set), &set) == 0 ?
+	    CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
 
 	if (n <= 1)
 		return 0;
@@ -87,11 +92,13 @@ par_init(int nhelpers)
 {
 	if (nhelpers > PAR_MAX_HELPERS)
 		nhelpers = PAR_MAX_HELPERS;
+	pthread_mutex_lock(&par_mtx);
 	par_stop = 0;
 	for (par_n = 0; par_n < nhelpers; par_n++)
 		if (pthread_create(&par_threads[par_n], NULL, helper_main,
 		    NULL) != 0)
 			fatalx("cannot start a helper thread");
+	pthread_mutex_unlock(&par_mtx);
 }
 
 void
@@ -101,13 +108,18 @@ par_run(par_fn fn, void *arg, size_t nparts)
 
 	if (nparts == 0)
 		return;
-	if (par_n == 0 || nparts == 1) {
+	if (nparts == 1) {
+		fn(arg, 0);
+		return;
+	}
+	pthread_mutex_lock(&par_mtx);
+	if (par_n == 0 || par_stop) {
+		pthread_mutex_unlock(&par_mtx);
 		for (size_t i = 0; i < nparts; i++)
 			fn(arg, i);
 		return;
 	}
 	pthread_cond_init(&t.finished, NULL);
-	pthread_mutex_lock(&par_mtx);
 	t.link = par_open;
 	par_open = &t;
 	pthread_cond_broadcast(&par_work);
@@ -123,10 +135,11 @@ void
 par_fini(void)
 {
 	pthread_mutex_lock(&par_mtx);
+	int n = par_n;
+	par_n = 0;
 	par_stop = 1;
 	pthread_cond_broadcast(&par_work);
 	pthread_mutex_unlock(&par_mtx);
-	for (int i = 0; i < par_n; i++)
+	for (int i = 0; i < n; i++)
 		pthread_join(par_threads[i], NULL);
-	par_n = 0;
 }

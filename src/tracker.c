@@ -764,7 +764,6 @@ hash_block(const struct tracker *t, struct trk_block *blk, const uint8_t *p)
  * skips the hole it starts in, as the loop in trk_scan() does.
  */
 #define SPAN_PARTS	(TRK_CHUNK / TRK_PIECE)
-#define SPAN_BLOCKS	(TRK_CHUNK / 4096)	/* the smallest block_size */
 
 struct span {
 	struct tracker	*t;
@@ -773,11 +772,11 @@ struct span {
 	size_t		 len;
 	size_t		 piece;		/* bytes per part, whole blocks */
 	uint8_t		*buf;		/* len bytes */
-	struct trk_block blk[SPAN_BLOCKS];
 	uint64_t	 holes[SPAN_PARTS];	/* bytes of hole in each */
 	int		 rc[SPAN_PARTS];
 	int		 errnum[SPAN_PARTS];
 	char		 err[SPAN_PARTS][160];
+	struct trk_block blk[];		/* one per block of the span */
 };
 
 static void
@@ -799,6 +798,7 @@ span_part(void *arg, size_t i)
 			hole -= hole % bs;
 	}
 	sp->holes[i] = hole;
+	sp->err[i][0] = '\0';
 	sp->rc[i] = hole == len ? 0 : t->be->read(t->bs, sp->disk,
 	    sp->buf + at + hole, len - hole, off + hole, sp->err[i],
 	    sizeof(sp->err[i]));
@@ -819,7 +819,8 @@ scan_span(struct tracker *t, uint64_t off, size_t len, uint8_t *buf,
     trk_emit_fn emit, void *arg, char *err, size_t errsz)
 {
 	uint32_t bs = t->block_size;
-	struct span *sp = xmalloc(sizeof(*sp));
+	size_t nblk = len / bs + (len % bs != 0);
+	struct span *sp = xmalloc(sizeof(*sp) + nblk * sizeof(sp->blk[0]));
 	int r = 0;
 
 	sp->t = t;
@@ -840,8 +841,8 @@ scan_span(struct tracker *t, uint64_t off, size_t len, uint8_t *buf,
 		if (sp->rc[i] == 0)
 			continue;
 		errno = sp->errnum[i];
-		r = read_failed(t, sp->disk, off + i * sp->piece, sp->rc[i],
-		    sp->err[i], err, errsz);
+		r = read_failed(t, sp->disk, off + i * sp->piece +
+		    sp->holes[i], sp->rc[i], sp->err[i], err, errsz);
 	}
 	if (r == 0)
 		t->stats.bytes_read += len;
