@@ -1,7 +1,7 @@
 # replicad — GNU make build.  `make`, `make check`, `make demo`, `make bench`.
 # V=1 shows the commands; PREFIX / DESTDIR for `make install` (HOOKDIR: the
 # example failover hooks, PREFIX/lib/replicad/hooks; UNITDIR: the systemd
-# units, PREFIX/lib/systemd/system).
+# units, PREFIX/lib/systemd/system; COMPLETIONDIR: replctl's bash completion).
 
 PREFIX  ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
@@ -10,6 +10,8 @@ HOOKDIR ?= $(PREFIX)/lib/replicad/hooks
 # systemd units (tools/systemd) and where they find the configuration:
 # replicad reads /etc/replicad/replicad.conf whatever PREFIX is.
 UNITDIR ?= $(PREFIX)/lib/systemd/system
+# bash completion for replctl (tools/bash-completion/replctl)
+COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 SYSCONFDIR ?= /etc
 CC      ?= cc
 # BUILD: where objects, tests and (unless it is `build`) the programs go;
@@ -213,6 +215,8 @@ install: all
 	$(call make_units,$(BUILD)/systemd-install,$(SBINDIR))
 	install -d $(DESTDIR)$(UNITDIR)
 	install -m 644 $(addprefix $(BUILD)/systemd-install/,$(UNITS)) $(DESTDIR)$(UNITDIR)
+	install -d $(DESTDIR)$(COMPLETIONDIR)
+	install -m 644 tools/bash-completion/replctl $(DESTDIR)$(COMPLETIONDIR)/replctl
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) replicad replctl

@@ -3,10 +3,12 @@
 in tools/systemd checked by systemd-analyze."""
 import os
 import select
+import shlex
 import signal
 import socket
+import subprocess
 
-from harness import TestFailure, check
+from harness import REPLCTL, TestFailure, check
 
 
 def notify_socket(env, abstract=False):
@@ -118,3 +120,51 @@ def test_notify_status_follows(env):
         pri.stop()
     finally:
         s.close()
+
+
+# --- bash completion ----------------------------------------------------------
+
+COMPLETION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                          "tools", "bash-completion", "replctl")
+
+
+def complete(words):
+    """What tools/bash-completion/replctl offers for words (the last is
+    the word being completed), replctl found on PATH as a shell finds it."""
+    script = "source %s; COMP_WORDS=(%s); COMP_CWORD=%d; _replctl; printf '%%s\\n' \"${COMPREPLY[@]}\"" % (
+        shlex.quote(COMPLETION), " ".join(shlex.quote(w) for w in words), len(words) - 1)
+    env = dict(os.environ, PATH=os.path.dirname(REPLCTL) + os.pathsep + os.environ.get("PATH", ""))
+    p = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], capture_output=True, text=True,
+                       env=env, timeout=60)
+    check(p.returncode == 0 and p.stderr == "", "completion of %r: %r" % (words, p))
+    return [w for w in p.stdout.split("\n") if w]
+
+
+def test_bash_completion(env):
+    """Commands, each command's options, the VM names the daemon knows (on
+    either side) and a VM's point ids, through -s SOCKET as typed."""
+    disk = env.make_disk(env.path("src", "c.img"), 1 << 20)
+    rep = env.replica().start()
+    pri = env.primary({"web01": [disk], "db02": [env.make_disk(env.path("src", "d.img"), 1 << 20)]},
+                      rep.port).start()
+    pri.ok("sync", "web01", "--wait")
+    pri.ok("sync", "web01", "--wait")
+    got = complete(["replctl", "-s", pri.socket, "sy"])
+    check(got == ["sync"], "commands for 'sy': %r" % got)
+    got = complete(["replctl", "-s", pri.socket, ""])
+    check("failover" in got and "status" in got and len(got) == 14, "all commands: %r" % got)
+    got = complete(["replctl", "-s", pri.socket, "sync", ""])
+    check(sorted(got) == ["db02", "web01"], "VMs of the primary: %r" % got)
+    got = complete(["replctl", "-s", rep.socket, "points", "w"])
+    check(got == ["web01"], "VMs of the replica for 'w': %r" % got)
+    got = complete(["replctl", "-s", rep.socket, "failover", "web01", "--p"])
+    check(got == ["--point", "--planned"], "failover options for '--p': %r" % got)
+    got = complete(["replctl", "-s", rep.socket, "verify", "web01", "--point", ""])
+    pts = [l.split()[0] for l in rep.ok("points", "web01").out.splitlines()[1:]]
+    check(len(pts) == 2 and got == pts, "point ids %r, the daemon lists %r" % (got, pts))
+    # The VM already given: no more VM names.
+    got = complete(["replctl", "-s", pri.socket, "sync", "web01", ""])
+    check(got == [], "after the VM: %r" % got)
+    # No daemon there: nothing offered, no error on the terminal.
+    got = complete(["replctl", "-s", env.path("nothing.sock"), "sync", ""])
+    check(got == [], "without a daemon: %r" % got)
