@@ -141,6 +141,9 @@ struct config {
 	char		*listen;	/* NULL if not a replica */
 	char		 listen_host[HOST_MAX_LEN + 1];
 	uint16_t	 listen_port;
+	char		*metrics_listen; /* NULL: no metrics endpoint */
+	char		 metrics_host[HOST_MAX_LEN + 1];
+	uint16_t	 metrics_port;
 	char		*tls_cert;
 	char		*tls_key;
 	char		*tls_ca;

@@ -19,5 +19,9 @@ void	control_fini(struct control *ctl);
 /* One line for the service manager's STATUS=: VMs by role, how many
  * sync, how many are not normal. */
 void	control_summary(struct control *ctl, char *buf, size_t len);
+/* The VMs' metrics in Prometheus' text exposition format, appended to b
+ * (metrics.c serves them with the host's own). */
+struct wbuf;
+void	control_metrics(struct control *ctl, struct wbuf *b);
 
 #endif

@@ -63,6 +63,10 @@ struct pvm_status {
 					   keepalive interval */
 	char		 note[160];	/* what the cycle waits on, or "" */
 	struct cycle_stats last;	/* last successful cycle */
+	uint64_t	 cycles_total;	/* since the daemon started: */
+	uint64_t	 failures_total;
+	uint64_t	 read_total;	/* bytes read from the disks */
+	uint64_t	 sent_total;	/* payload bytes sent */
 };
 
 /*

@@ -37,6 +37,9 @@ struct rvm_status {
 	uint64_t	 received_bytes; /* of the arriving cycle */
 	uint64_t	 last_bytes;	/* raw bytes of the last point */
 	int		 nospace;	/* last cycle refused: no space */
+	uint64_t	 points_total;	/* since the daemon started: */
+	uint64_t	 failures_total;	/* cycles refused or failed */
+	uint64_t	 received_total;	/* frame bytes received */
 };
 
 /* Called once, from the loop: rc 0 (done) or a negative rd_err with a
@@ -65,6 +68,10 @@ void	replica_set_events(struct replica_srv *srv,
 /* Stop listening and drop every session (shutdown). */
 void	replica_stop(struct replica_srv *srv);
 void	replica_fini(struct replica_srv *srv);
+/* Connections now and dropped before authentication (gate.h). */
+struct gate_counters;
+void	replica_gate_counters(const struct replica_srv *srv,
+	    struct gate_counters *out);
 
 /*
  * Open the store of e's VM, whose relationship is rel, with the images at

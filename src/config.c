@@ -68,7 +68,7 @@ struct cfg_parse {
 	enum cfg_section sec;
 	char		 label[300];	/* "vm web01", for messages */
 	const char	*key;		/* key being set, for messages */
-	int		 seen[48];	/* key lines in this section */
+	int		 seen[64];	/* key lines in this section */
 	int		 daemon_line;
 	int		 state_dir_line;
 	char		 raw[CFG_RAW_MAX];
@@ -173,6 +173,15 @@ set_listen(struct cfg_parse *p, const char *v)
 
 	return set_hostport(p, v, &cfg->listen, cfg->listen_host,
 	    sizeof(cfg->listen_host), &cfg->listen_port);
+}
+
+static int
+set_metrics_listen(struct cfg_parse *p, const char *v)
+{
+	struct config *cfg = p->cfg;
+
+	return set_hostport(p, v, &cfg->metrics_listen, cfg->metrics_host,
+	    sizeof(cfg->metrics_host), &cfg->metrics_port);
 }
 
 static int
@@ -1033,6 +1042,7 @@ static const struct cfg_key cfg_keys[] = {
 	{ SEC_DAEMON, "state_dir", set_state_dir, 0 },
 	{ SEC_DAEMON, "control_socket", set_control_socket, 0 },
 	{ SEC_DAEMON, "listen", set_listen, 0 },
+	{ SEC_DAEMON, "metrics_listen", set_metrics_listen, 0 },
 	{ SEC_DAEMON, "tls_cert", set_tls_cert, 0 },
 	{ SEC_DAEMON, "tls_key", set_tls_key, 0 },
 	{ SEC_DAEMON, "tls_ca", set_tls_ca, 0 },
@@ -1557,6 +1567,7 @@ config_free(struct config *cfg)
 	free(cfg->state_dir);
 	free(cfg->control_socket);
 	free(cfg->listen);
+	free(cfg->metrics_listen);
 	free(cfg->tls_cert);
 	free(cfg->tls_key);
 	free(cfg->tls_ca);

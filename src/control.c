@@ -302,6 +302,13 @@ struct vm_view {
 	uint64_t	 free_bytes;	/* storage file system */
 	uint64_t	 min_free;
 	int		 compacting;	/* replica: segments not compacted yet */
+	uint64_t	 cycles_total;	/* since start: acknowledged cycles /
+					   points applied */
+	uint64_t	 failures_total;
+	uint64_t	 read_total;	/* primary: bytes read, sent */
+	uint64_t	 sent_total;
+	uint64_t	 received_total; /* replica: bytes received */
+	uint64_t	 lag_crit_ms;	/* health's critical lag, 0: none */
 };
 
 /* lag_ms < 0: no point yet; a threshold of 0: none. */
@@ -356,6 +363,7 @@ view_primary(struct vme *e, struct vm_view *x)
 	x->last = st.last;
 	x->progress = st.progress_bytes;
 	x->total = st.progress_total;
+	x->lag_crit_ms = st.lag_crit_ms;
 	x->health = st.nospace ? "critical" : health_of(x->state,
 	    st.failures, x->lag_ms, st.lag_warn_ms, st.lag_crit_ms);
 	/* A replica gone silent is worth a look whatever the interval. */
@@ -363,6 +371,10 @@ view_primary(struct vme *e, struct vm_view *x)
 		x->health = "warning";
 	snprintf(x->note, sizeof(x->note), "%s", st.note);
 	x->tracker = st.tracker;
+	x->cycles_total = st.cycles_total;
+	x->failures_total = st.failures_total;
+	x->read_total = st.read_total;
+	x->sent_total = st.sent_total;
 }
 
 static void
@@ -389,6 +401,10 @@ view_replica(struct svc *svc, struct vme *e, struct vm_view *x,
 	x->compacting = !light &&
 	    store_compact_pending(rvm_store(vt_rvm(e)));
 	x->progress = st.received_bytes;
+	x->cycles_total = st.points_total;
+	x->failures_total = st.failures_total;
+	x->received_total = st.received_total;
+	x->lag_crit_ms = 4 * st.interval_ms;
 	x->health = st.nospace ? "critical" : health_of(x->state, 0,
 	    x->lag_ms, 2 * st.interval_ms, 4 * st.interval_ms);
 }
@@ -438,6 +454,158 @@ static size_t
 collect(struct svc *svc, const char *only, struct vm_view **out_views)
 {
 	return collect_views(svc, only, 0, out_views);
+}
+
+/* --- metrics (Prometheus text exposition format, metrics.c serves it) --- */
+
+static void
+metric_head(struct wbuf *b, const char *name, const char *type,
+    const char *help)
+{
+	bufprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* One sample per VM of v for which get() says there is one. */
+typedef int (*metric_get)(const struct vm_view *x, double *value);
+
+static void
+metric_vms(struct wbuf *b, const struct vm_view *v, size_t n,
+    const char *name, const char *type, const char *help, metric_get get)
+{
+	int head = 0;
+	double value;
+
+	for (size_t i = 0; i < n; i++) {
+		if (!get(&v[i], &value))
+			continue;
+		if (!head)
+			metric_head(b, name, type, help);
+		head = 1;
+		bufprintf(b, "%s{vm=\"%s\",role=\"%s\"} %.17g\n", name,
+		    v[i].name, v[i].role, value);
+	}
+}
+
+static int
+is_primary(const struct vm_view *x)
+{
+	return strcmp(x->role, "primary") == 0;
+}
+
+static int
+has_space(const struct vm_view *x)
+{
+	return x->has_space;
+}
+
+#define GETTER(fn, cond, expr)						\
+static int								\
+fn(const struct vm_view *x, double *value)				\
+{									\
+	if (!(cond))							\
+		return 0;						\
+	*value = (double)(expr);					\
+	return 1;							\
+}
+
+GETTER(get_health, 1, strcmp(x->health, "normal") == 0 ? 0 :
+    strcmp(x->health, "warning") == 0 ? 1 : 2)
+GETTER(get_fenced, 1, strcmp(x->state, "fenced") == 0)
+GETTER(get_generation, 1, x->generation)
+GETTER(get_lag, x->lag_ms >= 0, x->lag_ms / 1000.0)
+GETTER(get_lag_crit, x->lag_crit_ms > 0, x->lag_crit_ms / 1000.0)
+GETTER(get_last_point, 1, x->last_point)
+GETTER(get_duration, is_primary(x) && x->last.cycle != 0,
+    x->last.duration_ms / 1000.0)
+GETTER(get_changed, x->last.cycle != 0 || !is_primary(x), x->last.dirty_bytes)
+GETTER(get_read, is_primary(x) && x->last.cycle != 0, x->last.bytes_read)
+GETTER(get_sent, is_primary(x) && x->last.cycle != 0, x->last.bytes_sent)
+GETTER(get_cycles, 1, x->cycles_total)
+GETTER(get_failures, 1, x->failures_total)
+GETTER(get_read_total, is_primary(x), x->read_total)
+GETTER(get_sent_total, is_primary(x), x->sent_total)
+GETTER(get_received_total, !is_primary(x), x->received_total)
+GETTER(get_points, has_space(x), x->npoints)
+GETTER(get_history, has_space(x), x->history_bytes)
+GETTER(get_free, has_space(x), x->free_bytes)
+GETTER(get_min_free, has_space(x), x->min_free)
+#undef GETTER
+
+static const char *const metric_states[] = {
+	"idle", "syncing", "resyncing", "paused", "fenced", "error",
+};
+
+void
+control_metrics(struct control *ctl, struct wbuf *b)
+{
+	struct vm_view *v;
+	size_t n = collect(ctl->svc, NULL, &v), np = 0;
+
+	for (size_t i = 0; i < n; i++)
+		np += is_primary(&v[i]);
+	metric_head(b, "replicad_vms", "gauge", "VMs this host serves, by "
+	    "role.");
+	bufprintf(b, "replicad_vms{role=\"primary\"} %zu\n"
+	    "replicad_vms{role=\"replica\"} %zu\n", np, n - np);
+	metric_vms(b, v, n, "replicad_health", "gauge", "Health of the VM's "
+	    "replication: 0 normal, 1 warning, 2 critical (replctl status).",
+	    get_health);
+	if (n > 0) {
+		metric_head(b, "replicad_state", "gauge", "1 for the VM's state "
+		    "(replctl status), 0 for the others.");
+		for (size_t i = 0; i < n; i++)
+			for (size_t k = 0; k < sizeof(metric_states) /
+			    sizeof(metric_states[0]); k++)
+				bufprintf(b, "replicad_state{vm=\"%s\",role=\"%s\","
+				    "state=\"%s\"} %d\n", v[i].name, v[i].role,
+				    metric_states[k], strcmp(v[i].state,
+				    metric_states[k]) == 0);
+	}
+	metric_vms(b, v, n, "replicad_fenced", "gauge", "1 if the VM's "
+	    "replica refused this host as a stale primary.", get_fenced);
+	metric_vms(b, v, n, "replicad_generation", "gauge", "The VM's "
+	    "generation (raised by every failover).", get_generation);
+	metric_vms(b, v, n, "replicad_lag_seconds", "gauge", "Age of the "
+	    "newest recovery point (absent before the first).", get_lag);
+	metric_vms(b, v, n, "replicad_lag_critical_seconds", "gauge", "The "
+	    "lag above which the VM's health is critical (absent: none).",
+	    get_lag_crit);
+	metric_vms(b, v, n, "replicad_last_point", "gauge", "Id of the newest "
+	    "recovery point (0: none).", get_last_point);
+	metric_vms(b, v, n, "replicad_last_cycle_duration_seconds", "gauge",
+	    "Duration of the last acknowledged cycle.", get_duration);
+	metric_vms(b, v, n, "replicad_last_cycle_changed_bytes", "gauge",
+	    "Bytes the last cycle changed (primary: found dirty; replica: the "
+	    "newest point's).", get_changed);
+	metric_vms(b, v, n, "replicad_last_cycle_read_bytes", "gauge", "Bytes "
+	    "the last cycle read from the primary's disks.", get_read);
+	metric_vms(b, v, n, "replicad_last_cycle_sent_bytes", "gauge", "Bytes "
+	    "the last cycle sent (payload before TLS).", get_sent);
+	metric_vms(b, v, n, "replicad_cycles_total", "counter", "Cycles "
+	    "acknowledged (primary) or applied as points (replica) since "
+	    "replicad started.", get_cycles);
+	metric_vms(b, v, n, "replicad_cycle_failures_total", "counter",
+	    "Cycles that failed or were refused since replicad started.",
+	    get_failures);
+	metric_vms(b, v, n, "replicad_read_bytes_total", "counter", "Bytes "
+	    "read from the VM's disks by cycles since replicad started.",
+	    get_read_total);
+	metric_vms(b, v, n, "replicad_sent_bytes_total", "counter", "Bytes "
+	    "sent for the VM (payload before TLS) since replicad started.",
+	    get_sent_total);
+	metric_vms(b, v, n, "replicad_received_bytes_total", "counter",
+	    "Bytes of frames received for the VM since replicad started.",
+	    get_received_total);
+	metric_vms(b, v, n, "replicad_points", "gauge", "Recovery points the "
+	    "replica keeps.", get_points);
+	metric_vms(b, v, n, "replicad_history_bytes", "gauge", "Bytes of undo "
+	    "data the replica keeps for its older points.", get_history);
+	metric_vms(b, v, n, "replicad_storage_free_bytes", "gauge", "Free "
+	    "bytes on the file system of the replica's storage.", get_free);
+	metric_vms(b, v, n, "replicad_storage_min_free_bytes", "gauge", "Room "
+	    "the replica keeps free (min_free); below it cycles are refused.",
+	    get_min_free);
+	free(v);
 }
 
 void

@@ -29,6 +29,7 @@
 #include "failover.h"
 #include "layout.h"
 #include "log.h"
+#include "metrics.h"
 #include "netio.h"
 #include "notify.h"
 #include "par.h"
@@ -54,6 +55,7 @@ struct daemon {
 	int			 lock_fd;	/* flock on STATE_DIR/.lock */
 	struct replica_srv	*rsrv;
 	struct control		*ctl;
+	struct metrics		*metrics;
 	struct event		*sig_term;
 	struct event		*sig_int;
 	struct event		*drain_timer;
@@ -136,6 +138,11 @@ daemon_init(struct config *cfg)
 	d->ctl = control_init(svc);	/* first: it refuses a second replicad */
 	d->rsrv = replica_init(svc);
 	failover_init(svc, d->rsrv);
+	/* Replication goes on without its metrics: a port taken is said,
+	 * not fatal (Prometheus' `up` shows the scrape failing). */
+	if (cfg->metrics_listen != NULL && (d->metrics = metrics_init(svc,
+	    d->ctl, d->rsrv, err, sizeof(err))) == NULL)
+		log_warnx("%s; no metrics are served", err);
 	return d;
 }
 
@@ -344,6 +351,7 @@ daemon_fini(struct daemon *d)
 		if (vt_rvm(e) != NULL)
 			replica_close(vt_rvm(e));
 	}
+	metrics_fini(d->metrics);
 	control_fini(d->ctl);
 	replica_fini(d->rsrv);
 	netio_linger_fini();

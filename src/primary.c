@@ -218,6 +218,10 @@ struct pvm {
 	int			 paused;
 	char			 error[512];
 	unsigned		 failures;
+	uint64_t		 cycles_total;	/* acknowledged, since start */
+	uint64_t		 failures_total;
+	uint64_t		 read_total;	/* bytes, since start */
+	uint64_t		 sent_total;
 	uint64_t		 last_cycle;
 	uint64_t		 last_point;
 	int64_t			 last_point_ms;
@@ -507,6 +511,9 @@ sess_fail(struct psess *s, int code, const char *fmt, ...)
 		log_warnx("%s: cycle failed: %s", vm->cfg->name, msg);
 	snprintf(vm->error, sizeof(vm->error), "%s", msg);
 	vm->failures++;
+	vm->failures_total++;
+	vm->read_total += s->tstats.bytes_read;
+	vm->sent_total += s->bytes_sent;
 	vm->nospace = code == RD_ERR_NOSPACE;
 	int promote_sent = s->promote_sent, handover = s->handover;
 	if (code == RD_ERR_FENCED && vm->confirm_fn) {
@@ -618,6 +625,9 @@ sess_done(struct psess *s)
 	vm->last.dirty_bytes = s->tstats.dirty_bytes;
 	vm->last.bytes_read = s->tstats.bytes_read;
 	vm->last.bytes_sent = s->bytes_sent;
+	vm->cycles_total++;
+	vm->read_total += s->tstats.bytes_read;
+	vm->sent_total += s->bytes_sent;
 	vm->last_cycle = s->cycle;
 	vm->last_point = s->point;
 	if (s->kind == 1)
@@ -2777,6 +2787,10 @@ pvm_status(const struct pvm *vm, struct pvm_status *st)
 	st->nospace = vm->nospace;
 	st->error = vm->error;
 	st->last = vm->last;
+	st->cycles_total = vm->cycles_total;
+	st->failures_total = vm->failures_total;
+	st->read_total = vm->read_total;
+	st->sent_total = vm->sent_total;
 	if (vm->sess) {
 		st->progress_bytes = vm->sess->progress;
 		st->progress_total = vm->sess->progress_total;

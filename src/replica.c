@@ -86,6 +86,9 @@ struct rvm {
 	char		 error[512];
 	uint64_t	 received;
 	uint64_t	 last_bytes;
+	uint64_t	 points_total;	/* since the daemon started */
+	uint64_t	 failures_total;
+	uint64_t	 received_total;	/* frame bytes */
 	int		 nospace;	/* the last cycle was refused for space */
 };
 
@@ -228,6 +231,9 @@ rvm_status(struct rvm *vm, struct rvm_status *out)
 	out->received_bytes = vm->received;
 	out->last_bytes = vm->last_bytes;
 	out->nospace = vm->nospace;
+	out->points_total = vm->points_total;
+	out->failures_total = vm->failures_total;
+	out->received_total = vm->received_total;
 }
 
 /* What the VM table may ask of a replica (vmtab.h): a role change ends
@@ -475,8 +481,10 @@ sess_refuse(struct rsess *s, uint16_t code, const char *fmt, ...)
 		log_warnx("%s%s%s (%s): session refused: %s", s->vm ?
 		    s->vm->name : "", s->vm ? ": " : "", s->identity[0] ?
 		    s->identity : "unauthenticated", s->addr, msg);
-	if (s->vm && s->vm->owner == s)
+	if (s->vm && s->vm->owner == s) {
 		snprintf(s->vm->error, sizeof(s->vm->error), "%s", msg);
+		s->vm->failures_total++;
+	}
 	if (s->bev == NULL || s->state == RS_CLOSING) {
 		sess_end(s);
 		return;
@@ -1038,6 +1046,7 @@ stage_done(void *arg)
 		vm->error[0] = '\0';
 		vm->nospace = 0;
 		vm->last_bytes = s->point.bytes;
+		vm->points_total++;
 		struct role_view view;
 		vt_view(vm->e, &view);
 		if (view.reassigned) {
@@ -1654,6 +1663,7 @@ sess_read(struct bufferevent *bev, void *arg)
 		}
 		evbuffer_remove_buffer(in, s->pending, flen);
 		s->vm->received += flen;
+		s->vm->received_total += flen;
 		if (type == WIRE_END) {
 			s->state = RS_READY;	/* ACK follows the job */
 			s->pending_full = 1;
@@ -2062,4 +2072,10 @@ replica_fini(struct replica_srv *srv)
 		return;
 	gate_free(srv->gate);
 	free(srv);
+}
+
+void
+replica_gate_counters(const struct replica_srv *srv, struct gate_counters *out)
+{
+	gate_counters(srv->gate, out);
 }
