@@ -37,7 +37,7 @@ COMMON_OBJS  := err log xmalloc buf util layout wire ctl config retention
 # rules of roles, both roles, role changes, control socket.
 REPLICAD_OBJS := $(COMMON_OBJS) fault hook catalog work par pool notify tls netio gate dial blockmap tracker trk_scan \
                  trk_reflink qmp nbdview virt domxml vmdom trk_qemu trk_libvirt undo delta store role vmtab \
-                 replica primary failover control metrics daemon
+                 replica primary failover reload control metrics daemon
 # replctl loads libvirt and libxml2 only for `discover` (virt_dl.c) and links only the
 # libraries it calls: every linked library costs start-up time.
 REPLCTL_OBJS  := $(COMMON_OBJS) virt virt_dl discover

@@ -104,6 +104,9 @@ struct cfg_vm {
 	size_t		 nreceive;	/* 0 or ndisks */
 	int		 receive_line;
 	int		 line;		/* line of the section header */
+	char		*keys;		/* the section's keys and values as
+					   written, in order (NULL if made from
+					   the catalog): cfg_vm_same() */
 };
 
 struct cfg_accept {
@@ -168,6 +171,9 @@ struct config {
 int	config_load(const char *path, struct config **out, char *err,
 	    size_t errsz);
 void	config_free(struct config *cfg);
+/* The same section, to a reload: the same keys and values in the same
+ * order, and the same disks (a domain's are resolved from libvirt). */
+int	cfg_vm_same(const struct cfg_vm *a, const struct cfg_vm *b);
 /* The retention policy of vm under the [accept] entry a. */
 const char *config_retention(const struct cfg_accept *a, const char *vm);
 /* Every field of vm to its default (zero, or the documented default). */

@@ -44,6 +44,19 @@ typedef void (*failover_done_fn)(void *arg, int rc, const char *message);
  * happened.  Registers the role changes sessions ask for with srv.
  */
 void	failover_init(struct svc *svc, struct replica_srv *srv);
+/*
+ * For a reload (reload.c), from the configuration svc->cfg holds now:
+ * failover_new_section() starts a [vm] section the VM table does not know
+ * (a new relationship; RD_ERR_EXISTS if it knows it);
+ * failover_restart_primary() serves e, a primary here whose pvm was
+ * closed (e claimed), as start-up would: from its section, from the
+ * catalog (primary by failover) or, with neither, with no cycles and a
+ * note.  RD_ERR_STATE if e is not a primary here.
+ */
+struct cfg_vm;
+struct vme;
+int	failover_new_section(struct svc *svc, const struct cfg_vm *cv);
+int	failover_restart_primary(struct svc *svc, struct vme *e);
 
 /* replctl failover VM [--point ID] (point 0: the newest). */
 void	failover_unplanned(struct svc *svc, const char *vm, uint64_t point,

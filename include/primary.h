@@ -90,6 +90,12 @@ struct pvm *pvm_new(struct svc *svc, struct vme *e, const struct cfg_vm *cfg,
  * (cfg->replica NULL) it runs no cycle. */
 struct pvm *pvm_new_owned(struct svc *svc, struct vme *e, struct cfg_vm *cfg,
 	    const struct cat_rel *rel);
+/* A reload changed vm's section in keys its tracker and replica do not
+ * depend on (reload.c): cfg applies from the next cycle on, at once if
+ * none runs.  cfg must outlive vm. */
+void	pvm_set_cfg(struct pvm *vm, const struct cfg_vm *cfg);
+/* A session, a job or a close uses vm (pvm_close() must wait). */
+int	pvm_busy(const struct pvm *vm);
 const struct cfg_vm *pvm_cfg(const struct pvm *vm);
 uint64_t pvm_generation(const struct pvm *vm);
 int	pvm_has_replica(const struct pvm *vm);

@@ -57,6 +57,11 @@ int	virt_dac_owner(const char *xml, uid_t *uid, gid_t *gid);
  */
 int	virt_resolve(struct cfg_vm *vm, char *note, size_t notesz, char *err,
 	    size_t errsz);
+/* virt_resolve() for every [vm] with domain =: with check (--check), what
+ * it found is printed and a failure counts (1 if any); else a failure is
+ * logged and a VM whose disks = names its disks is kept (its cycles fail
+ * until libvirt answers), the others left out of cfg; 0. */
+int	virt_resolve_all(struct config *cfg, int check);
 
 /* --- domains: define, start, stop, remove ----------------------------------- */
 

@@ -1132,6 +1132,13 @@ cfg_handler(void *user, const char *section, const char *name,
 		goto out;
 	}
 	r = cfg_keys[i].set(p, value);
+	if (r == 0 && p->sec == SEC_VM) {
+		struct cfg_vm *vm = cur_vm(p);
+		char *k = xasprintf("%s%s=%s\n", vm->keys ? vm->keys : "",
+		    name, value);
+		free(vm->keys);
+		vm->keys = k;
+	}
 out:
 	p->key = NULL;
 	return r == 0;
@@ -1503,6 +1510,7 @@ free_strv(char **v, size_t n)
 static void
 vm_fields_free(struct cfg_vm *vm)
 {
+	free(vm->keys);
 	free_strv(vm->disks, vm->ndisks);
 	free_strv(vm->disk_names, vm->ndisks);
 	free(vm->disk_lines);
@@ -1535,6 +1543,18 @@ cfg_vm_free(struct cfg_vm *vm)
 		return;
 	vm_fields_free(vm);
 	free(vm);
+}
+
+int
+cfg_vm_same(const struct cfg_vm *a, const struct cfg_vm *b)
+{
+	if (a->keys == NULL || b->keys == NULL || strcmp(a->keys, b->keys) != 0
+	    || a->ndisks != b->ndisks)
+		return 0;
+	for (size_t i = 0; i < a->ndisks; i++)
+		if (strcmp(a->disks[i], b->disks[i]) != 0)
+			return 0;
+	return 1;
 }
 
 void

@@ -30,6 +30,7 @@
 #include "failover.h"
 #include "log.h"
 #include "primary.h"
+#include "reload.h"
 #include "replica.h"
 #include "retention.h"
 #include "store.h"
@@ -1272,6 +1273,26 @@ role_done(void *arg, int rc, const char *msg)
 	finish(c, rc == 0 ? 0 : 1);
 }
 
+/* replctl reload: the file refused is a configuration error (exit 2). */
+static void
+reload_done(void *arg, int rc, const char *msg)
+{
+	struct cconn *c = arg;
+	c->busy = 0;
+	if (rc == 0)
+		out(c, "%s\n", msg);
+	else
+		err(c, "replctl: %s\n", msg);
+	finish(c, rc == 0 ? 0 : rc == RD_ERR_INVALID ? 2 : 1);
+}
+
+static void
+cmd_reload(struct cconn *c)
+{
+	c->busy = 1;
+	reload_start(c->ctl->svc, reload_done, c);
+}
+
 static void
 cmd_failover(struct cconn *c)
 {
@@ -1617,6 +1638,7 @@ static const struct command commands[] = {
 	{ "prune",	1, cmd_prune },
 	{ "forget",	2, cmd_forget },
 	{ "reassign",	2, cmd_reassign },
+	{ "reload",	0, cmd_reload },
 };
 
 static int

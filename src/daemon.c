@@ -34,6 +34,7 @@
 #include "notify.h"
 #include "par.h"
 #include "primary.h"
+#include "reload.h"
 #include "replica.h"
 #include "svc.h"
 #include "tls.h"
@@ -58,6 +59,7 @@ struct daemon {
 	struct metrics		*metrics;
 	struct event		*sig_term;
 	struct event		*sig_int;
+	struct event		*sig_hup;
 	struct event		*drain_timer;
 	struct event		*trim_timer;
 	struct event		*ready_ev;	/* the loop's first turn */
@@ -274,6 +276,28 @@ notify_start(struct daemon *d)
 }
 
 static void
+hup_done(void *arg, int rc, const char *message)
+{
+	struct daemon *d = arg;
+	/* reload.c logged what it did; the service manager hears the end. */
+	notify_send("READY=1");
+	send_status(d);
+}
+
+/* SIGHUP: read the configuration again (reload.h). */
+static void
+on_hup(evutil_socket_t sig, short what, void *arg)
+{
+	struct daemon *d = arg;
+
+	if (d->svc.stopping)
+		return;
+	log_info("SIGHUP: reloading %s", d->svc.cfg->path);
+	notify_send("RELOADING=1");
+	reload_start(&d->svc, hup_done, d);
+}
+
+static void
 on_signal(evutil_socket_t sig, short what, void *arg)
 {
 	struct daemon *d = arg;
@@ -312,6 +336,8 @@ daemon_run(struct daemon *d)
 	d->sig_int = evsignal_new(d->svc.base, SIGINT, on_signal, d);
 	evsignal_add(d->sig_term, NULL);
 	evsignal_add(d->sig_int, NULL);
+	d->sig_hup = evsignal_new(d->svc.base, SIGHUP, on_hup, d);
+	evsignal_add(d->sig_hup, NULL);
 	struct timeval ttv = { TRIM_S, 0 };
 	d->trim_timer = event_new(d->svc.base, -1, EV_PERSIST, on_trim, d);
 	event_add(d->trim_timer, &ttv);
@@ -370,11 +396,13 @@ daemon_fini(struct daemon *d)
 	notify_fini();
 	event_free(d->sig_term);
 	event_free(d->sig_int);
+	event_free(d->sig_hup);
 	cat_close(d->svc.cat);
 	SSL_CTX_free(d->svc.client_ctx);
 	SSL_CTX_free(d->svc.server_ctx);
 	event_base_free(d->svc.base);
 	config_free(d->cfg);
+	reload_fini(&d->svc);
 	close(d->lock_fd);
 	free(d);
 	log_info("stopped");

@@ -840,6 +840,48 @@ new_primary(struct svc *svc, const struct cfg_vm *cv)
 		fatalx("%s: cannot start as its primary", cv->name);
 }
 
+int
+failover_new_section(struct svc *svc, const struct cfg_vm *cv)
+{
+	if (vt_find(svc->vt, cv->name) != NULL)
+		return RD_ERR_EXISTS;
+	new_primary(svc, cv);
+	return 0;
+}
+
+int
+failover_restart_primary(struct svc *svc, struct vme *e)
+{
+	struct cat_rel rel;
+	int r;
+
+	if ((r = cat_rel_get(svc->cat, vt_name(e), &rel)) != 0)
+		return r;
+	const struct cfg_vm *cv = config_find_vm(svc->cfg, rel.vm);
+	char note[768];
+	switch (role_startup(&rel, cv != NULL)) {
+	case ROLE_START_PRIMARY:
+		follow_vm_section(svc, cv, &rel);
+		vt_set_rel(e, &rel);
+		/* FALLTHROUGH */
+	case ROLE_START_PRIMARY_CATALOG:
+		vt_set_note(e, "");
+		return start_primary(svc, e, &rel) != NULL ? 0 :
+		    RD_ERR_SYSTEM;
+	case ROLE_START_NO_DISKS:
+		snprintf(note, sizeof(note), "primary here, but no [vm %s] "
+		    "section names its disks (removed by a reload): no "
+		    "cycles; %s may still take it over (replctl reverse "
+		    "there)", rel.vm, vt_owner(e)[0] ? vt_owner(e) :
+		    "its replica");
+		vt_set_note(e, note);
+		log_warnx("%s: %s", rel.vm, note);
+		return 0;
+	default:
+		return RD_ERR_STATE;	/* not a primary here: nothing to do */
+	}
+}
+
 void
 failover_init(struct svc *svc, struct replica_srv *srv)
 {

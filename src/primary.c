@@ -217,6 +217,8 @@ struct pvm {
 	enum pvm_state		 state;
 	int			 paused;
 	char			 error[512];
+	const struct cfg_vm	*next_cfg;	/* a reload's, from the next
+						   cycle on (pvm_set_cfg) */
 	unsigned		 failures;
 	uint64_t		 cycles_total;	/* acknowledged, since start */
 	uint64_t		 failures_total;
@@ -365,10 +367,24 @@ schedule(struct pvm *vm, uint64_t ms)
 	evtimer_add(vm->timer, &tv);
 }
 
+/* A reloaded section waits for the cycle under way: it applies between
+ * cycles, before the next is planned. */
+static void
+apply_next_cfg(struct pvm *vm)
+{
+	if (vm->next_cfg == NULL || vm->sess != NULL || vm->draining > 0)
+		return;
+	vm->cfg = vm->next_cfg;
+	vm->next_cfg = NULL;
+	log_info("%s: the reloaded section applies from the next cycle on",
+	    vm->cfg->name);
+}
+
 /* What to do after a cycle ended. */
 static void
 plan_next(struct pvm *vm)
 {
+	apply_next_cfg(vm);
 	if (vm->svc->stopping || vm->state == PVM_FENCED || cycles_held(vm))
 		return;
 	if (vm->next != NULL) {
@@ -2647,6 +2663,22 @@ pvm_new_owned(struct svc *svc, struct vme *e, struct cfg_vm *cfg,
 	else
 		vm->owned_cfg = cfg;
 	return vm;
+}
+
+void
+pvm_set_cfg(struct pvm *vm, const struct cfg_vm *cfg)
+{
+	vm->next_cfg = cfg;
+	if (vm->sess != NULL || vm->draining > 0)
+		return;		/* plan_next() applies it */
+	evtimer_del(vm->timer);
+	plan_next(vm);
+}
+
+int
+pvm_busy(const struct pvm *vm)
+{
+	return pvm_in_use((void *)vm) || vm->close_fn != NULL;
 }
 
 const struct cfg_vm *

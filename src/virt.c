@@ -586,3 +586,46 @@ out:
 	virDomainFree(d);
 	return r;
 }
+
+/*
+ * The disks of each [vm] with domain = come from the domain's definition.
+ * --check says what it found and fails on what it cannot use; the daemon
+ * logs it, keeps a VM whose disks = names its disks (cycles fail with
+ * the reason until libvirt answers), and leaves out the others.
+ */
+int
+virt_resolve_all(struct config *cfg, int check)
+{
+	char err[1024], note[2048];
+	int rc = 0;
+
+	for (size_t i = 0; i < cfg->nvms; i++) {
+		struct cfg_vm *vm = &cfg->vms[i];
+		if (vm->domain == NULL)
+			continue;
+		if (virt_resolve(vm, note, sizeof(note), err,
+		    sizeof(err)) == 0) {
+			if (check)
+				printf("%s:%d: [vm %s] domain %s: %s\n",
+				    cfg->path, vm->line, vm->name, vm->domain,
+				    note);
+			continue;
+		}
+		if (check) {
+			fprintf(stderr, "replicad: %s:%d: [vm %s] domain %s: "
+			    "%s\n", cfg->path, vm->line, vm->name, vm->domain,
+			    err);
+			rc = 1;
+		} else if (vm->disks_chosen) {
+			log_warnx("%s: domain %s: %s; its cycles fail until "
+			    "libvirt knows it", vm->name, vm->domain, err);
+		} else {
+			log_warnx("%s: domain %s: %s; not replicated until "
+			    "replicad restarts (name its disks with disks = "
+			    "to start it without libvirt)", vm->name,
+			    vm->domain, err);
+			config_drop_vm(cfg, i--);
+		}
+	}
+	return rc;
+}

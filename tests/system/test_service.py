@@ -74,6 +74,10 @@ def check_protocol(env, abstract):
         # The watchdog: pings at half of WATCHDOG_USEC, from the loop.
         for _ in range(2):
             wait_message(s, pri.proc, "WATCHDOG", "WATCHDOG=1", seen)
+        # SIGHUP: RELOADING=1, then READY=1 once the file is applied.
+        pri.proc.send_signal(signal.SIGHUP)
+        wait_message(s, pri.proc, "RELOADING", "RELOADING=1", seen)
+        wait_message(s, pri.proc, "READY", "READY=1 after the reload", seen)
         # Hooks do not inherit the manager's variables.
         pri.ok("sync", "web01", "--wait")
         env_text = open(hook_log).read()
@@ -84,7 +88,8 @@ def check_protocol(env, abstract):
         check(m["STOPPING"] == "1", "STOPPING=%r" % m["STOPPING"])
         check(pri.proc.wait(60) == 0, "replicad exited %r on SIGTERM" % pri.proc.returncode)
         pri.proc = None
-        check(not any("READY" in x for x in seen[1:]), "READY sent twice: %r" % seen)
+        readies = [x for x in seen if "READY" in x]
+        check(len(readies) == 2, "READY at start and after the reload only: %r" % seen)
     finally:
         s.close()
 
@@ -152,7 +157,7 @@ def test_bash_completion(env):
     got = complete(["replctl", "-s", pri.socket, "sy"])
     check(got == ["sync"], "commands for 'sy': %r" % got)
     got = complete(["replctl", "-s", pri.socket, ""])
-    check("failover" in got and "status" in got and len(got) == 14, "all commands: %r" % got)
+    check("failover" in got and "reload" in got and len(got) == 15, "all commands: %r" % got)
     got = complete(["replctl", "-s", pri.socket, "sync", ""])
     check(sorted(got) == ["db02", "web01"], "VMs of the primary: %r" % got)
     got = complete(["replctl", "-s", rep.socket, "points", "w"])
