@@ -371,6 +371,16 @@ view_primary(struct vme *e, struct vm_view *x)
 	if (st.silent && strcmp(x->health, "normal") == 0)
 		x->health = "warning";
 	snprintf(x->note, sizeof(x->note), "%s", st.note);
+	if (st.replica == NULL) {
+		/* Failed over, no replica yet: nothing to lag behind, but the
+		 * VM is not protected. */
+		x->lag_ms = x->lag_s = -1;
+		if (strcmp(x->health, "critical") != 0 ||
+		    strcmp(x->state, "fenced") != 0)
+			x->health = "warning";
+		snprintf(x->note, sizeof(x->note), "no replica configured: "
+		    "`replctl reverse %s --to HOST:PORT` starts one", x->name);
+	}
 	x->tracker = st.tracker;
 	x->cycles_total = st.cycles_total;
 	x->failures_total = st.failures_total;
@@ -667,10 +677,16 @@ cmd_status(struct cconn *c)
 				util_format_time(x->last_point_ms / 1000, when,
 				    sizeof(when));
 				bufprintf(&b, "\"last_point\":%" PRIu64 ","
-				    "\"last_point_created\":\"%s\","
-				    "\"lag_seconds\":%" PRId64 ",\"lag_ms\":%"
-				    PRId64 ",", x->last_point, when, x->lag_s,
-				    x->lag_ms);
+				    "\"last_point_created\":\"%s\",",
+				    x->last_point, when);
+				/* No lag without a replica to lag behind. */
+				if (x->lag_ms < 0)
+					bufprintf(&b, "\"lag_seconds\":null,"
+					    "\"lag_ms\":null,");
+				else
+					bufprintf(&b, "\"lag_seconds\":%" PRId64
+					    ",\"lag_ms\":%" PRId64 ",", x->lag_s,
+					    x->lag_ms);
 			} else {
 				bufprintf(&b, "\"last_point\":null,"
 				    "\"last_point_created\":null,"
@@ -724,8 +740,11 @@ cmd_status(struct cconn *c)
 				    sizeof(when));
 				snprintf(pt, sizeof(pt), "%" PRIu64,
 				    x->last_point);
-				snprintf(lag, sizeof(lag), "%" PRId64 "s",
-				    x->lag_s);
+				if (x->lag_s < 0)
+					snprintf(lag, sizeof(lag), "-");
+				else
+					snprintf(lag, sizeof(lag), "%" PRId64
+					    "s", x->lag_s);
 			} else {
 				snprintf(when, sizeof(when), "-");
 				snprintf(pt, sizeof(pt), "-");

@@ -214,6 +214,11 @@ def test_unplanned_points_then_commit(env):
     at(ids[2], "after commit")
     st = status(h.b)
     check(st["role"] == "primary" and "uncommitted_point" not in st, "status after commit: %r" % st)
+    # No replica yet: said, no lag counted, a warning (not protected),
+    # not the critical of a lag growing without a reason.
+    check(st["health"] == "warning" and st["lag_seconds"] is None and
+          "no replica configured" in (st["note"] or ""), "status with no replica: %r" % st)
+    check("no replica configured" in h.b.ok("status").out, "plain status does not say it")
     r = h.b.ctl("failover", VM, "--commit")
     check(r.rc == 1 and "no failover" in r.err, "second commit: %r" % r)
     r = h.b.ctl("failover", VM)
