@@ -221,5 +221,14 @@ int	store_test_exists(struct store *st);
  */
 int	store_verify(struct store *st, uint64_t *blocks, char *err,
 	    size_t errsz);
+/*
+ * Verify that point can be rebuilt exactly: the images verify (as
+ * store_verify()) and every undo segment between the newest point and
+ * point is whole (undo_check(): every record, every cloned range's
+ * content against its digest).  *segments receives how many were
+ * checked.  RD_ERR_NOT_FOUND if there is no such point.
+ */
+int	store_verify_point(struct store *st, uint64_t point, uint64_t *blocks,
+	    uint64_t *segments, char *err, size_t errsz);
 
 #endif

@@ -64,6 +64,11 @@ void	undo_discard(struct undo_writer *w);
  */
 int	undo_apply(const char *path, const int *fds, uint16_t ndisks,
 	    uint64_t *old_sizes);
+/* The check undo_apply() makes first, alone: every record in bounds and
+ * whole, every ZSTD record decompressed, every CLONE record's content
+ * read and hashed, the trailer's digest.  0, RD_ERR_CORRUPT (or another
+ * rd_err), RD_ERR_NOT_FOUND if path does not exist. */
+int	undo_check(const char *path, uint16_t ndisks);
 
 /*
  * The inverse of the segment at path for images fds at their current

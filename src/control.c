@@ -85,6 +85,7 @@ struct cconn {
 	int			 dom_failed;
 	uint64_t		 point;
 	uint64_t		 blocks;
+	uint64_t		 segments;	/* verify --point: undo segments checked */
 	/* prune: the VMs left to do, and what to print */
 	char			**todo;
 	size_t			 ntodo, itodo;
@@ -1250,8 +1251,12 @@ static void
 job_verify(void *arg)
 {
 	struct cconn *c = arg;
-	c->rc = store_verify(rvm_store(c->rvm), &c->blocks, c->err,
-	    sizeof(c->err));
+	if (c->o.has_point)
+		c->rc = store_verify_point(rvm_store(c->rvm), c->o.point,
+		    &c->blocks, &c->segments, c->err, sizeof(c->err));
+	else
+		c->rc = store_verify(rvm_store(c->rvm), &c->blocks, c->err,
+		    sizeof(c->err));
 }
 
 static void
@@ -1264,8 +1269,14 @@ verify_done(void *arg)
 		fail(c, 1, "verify %s: %s", c->o.vm, c->err);
 		return;
 	}
-	out(c, "%s: %" PRIu64 " blocks match their digests\n", c->o.vm,
-	    c->blocks);
+	if (c->o.has_point)
+		out(c, "%s: point %" PRIu64 " can be rebuilt exactly: %" PRIu64
+		    " blocks match their digests and the %" PRIu64 " undo "
+		    "segment%s down to it check out\n", c->o.vm, c->o.point,
+		    c->blocks, c->segments, c->segments == 1 ? "" : "s");
+	else
+		out(c, "%s: %" PRIu64 " blocks match their digests\n",
+		    c->o.vm, c->blocks);
 	finish(c, 0);
 }
 
@@ -1356,16 +1367,6 @@ cmd_verify(struct cconn *c)
 		fail(c, 1, "verify %s: %s is primary on this host (its failover "
 		    "is not committed)", c->o.vm, c->o.vm);
 		return;
-	}
-	if (c->o.has_point) {
-		struct cat_rel rel;
-		store_rel(rvm_store(c->rvm), &rel);
-		if (c->o.point != rel.last_point) {
-			fail(c, 1, "verify %s --point %" PRIu64 ": only the "
-			    "newest point (%" PRIu64 ") can be verified in this "
-			    "version", c->o.vm, c->o.point, rel.last_point);
-			return;
-		}
 	}
 	store_job(c, c->rvm, job_verify, verify_done);
 }

@@ -3993,3 +3993,62 @@ store_verify(struct store *st, uint64_t *blocks, char *err, size_t errsz)
 	    "or pause the primary");
 	return RD_ERR_BUSY;
 }
+
+int
+store_verify_point(struct store *st, uint64_t point, uint64_t *blocks,
+    uint64_t *segments, char *err, size_t errsz)
+{
+	struct cat_point *pts = NULL;
+	size_t npts = 0;
+	int r;
+
+	*segments = 0;
+	if ((r = store_verify(st, blocks, err, errsz)) != 0)
+		return r;
+	/* A segment merged or dropped by a prune meanwhile: list again. */
+	for (int attempt = 0; attempt < 5; attempt++) {
+		free(pts);
+		pts = NULL;
+		*segments = 0;
+		if ((r = cat_point_list(st->cat, st->rel.vm, &pts, &npts)) !=
+		    0) {
+			snprintf(err, errsz, "cannot list points: %s",
+			    rd_strerror(r));
+			break;
+		}
+		r = RD_ERR_NOT_FOUND;
+		for (size_t k = 0; k < npts; k++)
+			if (pts[k].id == point)
+				r = 0;
+		if (r != 0) {
+			snprintf(err, errsz, "%s has no recovery point %" PRIu64,
+			    st->rel.vm, point);
+			break;
+		}
+		for (size_t k = npts; r == 0 && k-- > 0;) {
+			if (pts[k].id <= point || pts[k].seg == CAT_SEG_NONE)
+				continue;
+			if (work_cancelled()) {
+				snprintf(err, errsz, "verify cancelled: "
+				    "replicad is stopping");
+				r = RD_ERR_CANCELLED;
+				break;
+			}
+			char *up = seg_path(st, &pts[k]);
+			r = undo_check(up, st->rel.ndisks);
+			if (r != 0 && r != RD_ERR_NOT_FOUND)
+				snprintf(err, errsz, "undo segment %s of point "
+				    "%" PRIu64 ": %s", up, pts[k].id,
+				    r == RD_ERR_SYSTEM ? strerror(errno) :
+				    rd_strerror(r));
+			free(up);
+			(*segments)++;
+		}
+		if (r != RD_ERR_NOT_FOUND)
+			break;
+		snprintf(err, errsz, "an undo segment kept disappearing while "
+		    "being checked (prune running?)");
+	}
+	free(pts);
+	return r;
+}

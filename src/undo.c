@@ -970,6 +970,21 @@ undo_apply(const char *path, const int *fds, uint16_t ndisks,
 }
 
 int
+undo_check(const char *path, uint16_t ndisks)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return errno == ENOENT ? RD_ERR_NOT_FOUND : RD_ERR_SYSTEM;
+	off_t end = lseek(fd, 0, SEEK_END);
+	int r = end < 0 ? RD_ERR_SYSTEM : walk(fd, (uint64_t)end, NULL,
+	    ndisks, NULL, NULL);
+	int saved = errno;
+	close(fd);
+	errno = saved;
+	return r;
+}
+
+int
 undo_invert(const char *path, const int *fds, uint16_t ndisks, uint64_t cycle,
     const char *out_path, uint64_t *bytes)
 {

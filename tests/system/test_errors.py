@@ -348,6 +348,42 @@ def test_verify_detects_corruption(env):
     check(rep.alive(), "replica died")
 
 
+def test_verify_older_point(env):
+    """verify --point ID: the images and every undo segment down to that
+    point; a damaged segment fails the points below it (named), not the
+    ones above; a point that does not exist is said."""
+    disk = env.make_disk(env.path("src", "sda.img"), 4 * MB)
+    rep = env.replica().start()
+    pri = env.primary({"web01": [disk]}, rep.port).start()
+    ids = []
+    for _ in range(4):
+        random_write(env.rng, disk, max_len=512 << 10)
+        ids.append(int(pri.ok("sync", "web01", "--wait").out.split()[1]))
+    wait_for(lambda: vm_status(rep, "web01").get("history_compacting") == 0, 60,
+             what="the undo segments to be compacted")
+    r = rep.ok("verify", "web01", "--point", str(ids[0]))
+    check("point %d can be rebuilt exactly" % ids[0] in r.out and "3 undo segments" in r.out,
+          "verify of the oldest point: %r" % r.out)
+    r = rep.ctl("verify", "web01", "--point", "999")
+    check(r.rc == 1 and "no recovery point 999" in r.err, "verify of a point that does not exist: %r" % r)
+    # Damage the segment that undoes the third cycle (point 3 -> 2).
+    undo_dir = os.path.join(rep.storage, "web01", ".undo")
+    segs = sorted(os.listdir(undo_dir), key=lambda n: int(n.split(".")[0]))
+    check(len(segs) >= 3, "undo segments: %r" % segs)
+    victim = os.path.join(undo_dir, segs[-2])
+    size = os.path.getsize(victim)
+    with open(victim, "r+b") as f:
+        f.seek(size // 2)
+        b = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([b[0] ^ 0x01]))
+    r = rep.ctl("verify", "web01", "--point", str(ids[0]))
+    one_line_error(r, "verify --point below a damaged segment", "undo segment", segs[-2])
+    rep.ok("verify", "web01", "--point", str(ids[2]))     # above it: fine
+    rep.ok("verify", "web01")
+    check(rep.alive(), "replica died")
+
+
 # --- 6: the replica is down -------------------------------------------------------
 
 def test_replica_down(env):
