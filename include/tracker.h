@@ -100,6 +100,9 @@ int	trk_scan(struct tracker *t, size_t max_read, trk_emit_fn emit,
 	    void *arg, char *err, size_t errsz);
 /* 1 if trk_scan() reads on through the whole of a disk (in order),
  * 0 if through the scattered ranges a cut reported. */
+/* The bytes this cycle's scan reads: the disks whole, or the ranges the
+ * cut reported (the denominator of a cycle's progress). */
+uint64_t trk_to_read(const struct tracker *t);
 int	trk_reads_whole(const struct tracker *t);
 /* The last trk_scan()'s blocks are no longer needed: the buffer they
  * lie in goes back to the shared pool (pool.h) until the next call, so

@@ -1252,6 +1252,10 @@ produce_batch(struct psess *s)
 			c.sizes[i] = s->sizes[i];
 			s->total += s->sizes[i];
 		}
+		/* Progress counts what the cycle reads: the ranges the cut
+		 * reported (a resync compares the whole disks). */
+		if (!s->resync)
+			s->total = trk_to_read(vm->trk);
 		wire_put_cycle(&s->out, &c);
 		put_definition(s);
 	}

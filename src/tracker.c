@@ -700,6 +700,30 @@ prefetch(struct tracker *t)
 	}
 }
 
+uint64_t
+trk_to_read(const struct tracker *t)
+{
+	uint64_t sum = 0;
+
+	if (!t->active)
+		return 0;
+	for (size_t i = 0; i < t->ndisks; i++) {
+		const struct trk_dirty *dy = &t->dirty[i];
+		uint64_t size = t->disks[i].size;
+		if (dy->all) {
+			sum += size;
+			continue;
+		}
+		for (size_t k = 0; k < dy->n; k++) {
+			const struct trk_extent *x = &dy->ext[k];
+			if (x->off >= size)
+				continue;
+			sum += x->len < size - x->off ? x->len : size - x->off;
+		}
+	}
+	return sum;
+}
+
 int
 trk_reads_whole(const struct tracker *t)
 {
