@@ -53,7 +53,7 @@ Q := @
 endif
 
 .PHONY: all deps check check-asan unit systest soak mancheck unitcheck fuzz \
-	fuzz-regress demo bench install clean
+	fuzz-regress demo bench install deb clean
 all: $(BIN)/replicad $(BIN)/replctl
 
 $(BUILD)/%.o: src/%.c | $(BUILD)
@@ -143,6 +143,7 @@ check: deps
 	$(Q)$(MAKE) --no-print-directory fuzz-regress
 	$(Q)$(MAKE) --no-print-directory mancheck
 	$(Q)$(MAKE) --no-print-directory unitcheck
+	$(Q)$(MAKE) --no-print-directory deb
 	$(Q)$(MAKE) --no-print-directory systest
 	$(Q)$(MAKE) --no-print-directory check-asan
 
@@ -219,6 +220,18 @@ install: all
 	install -m 644 tools/prometheus/replicad-rules.yml $(DESTDIR)$(PREFIX)/share/replicad
 	install -d $(DESTDIR)$(COMPLETIONDIR)
 	install -m 644 tools/bash-completion/replctl $(DESTDIR)$(COMPLETIONDIR)/replctl
+
+# A Debian package (tools/debian is its debian/ directory), built from a
+# copy of the tree in $(BUILD)/deb: $(BUILD)/deb/replicad_*.deb.
+DEB_DIR := $(BUILD)/deb
+deb:
+	$(Q)rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	$(Q)tar -cf - --exclude=./build --exclude=./build-asan --exclude=./.git \
+	    --exclude=./replicad --exclude=./replctl . | tar -xf - -C $(DEB_DIR)/src
+	$(Q)cp -r tools/debian $(DEB_DIR)/src/debian
+	$(Q)cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc > ../build.log 2>&1 || \
+	    { tail -40 ../build.log; echo "make deb: dpkg-buildpackage failed (log: $(DEB_DIR)/build.log)"; exit 1; }
+	$(Q)ls $(DEB_DIR)/*.deb
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) replicad replctl
