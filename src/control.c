@@ -493,8 +493,14 @@ metric_vms(struct wbuf *b, const struct vm_view *v, size_t n,
 		if (!head)
 			metric_head(b, name, type, help);
 		head = 1;
-		bufprintf(b, "%s{vm=\"%s\",role=\"%s\"} %.17g\n", name,
-		    v[i].name, v[i].role, value);
+		/* Counts as integers, seconds to the millisecond: no
+		 * 181.47300000000001. */
+		if (value == (double)(uint64_t)value)
+			bufprintf(b, "%s{vm=\"%s\",role=\"%s\"} %.0f\n", name,
+			    v[i].name, v[i].role, value);
+		else
+			bufprintf(b, "%s{vm=\"%s\",role=\"%s\"} %.3f\n", name,
+			    v[i].name, v[i].role, value);
 	}
 }
 

@@ -264,6 +264,13 @@ notify_start(struct daemon *d)
 	d->status_timer = event_new(d->svc.base, -1, EV_PERSIST, on_status, d);
 	event_add(d->status_timer, &stv);
 	uint64_t wd = notify_watchdog_usec() / 2;
+	/* No timer of a few microseconds spinning the loop (and
+	 * WATCHDOG_USEC=1 is not "no watchdog"). */
+	if (notify_watchdog_usec() > 0 && wd < 10000) {
+		log_warnx("service manager watchdog of %" PRIu64 " us: pinged "
+		    "every 10 ms", notify_watchdog_usec());
+		wd = 10000;
+	}
 	if (wd > 0) {
 		struct timeval wtv = { (time_t)(wd / 1000000),
 		    (suseconds_t)(wd % 1000000) };

@@ -33,9 +33,14 @@ notify_init(void)
 	    (long)getpid())) {
 		char *end;
 		errno = 0;
+		/* Digits only: strtoull() takes "-1" (as ULLONG_MAX) and
+		 * leading blanks. */
 		unsigned long long v = strtoull(wd, &end, 10);
-		if (errno == 0 && end != wd && *end == '\0')
+		if (wd[0] >= '0' && wd[0] <= '9' && errno == 0 && *end == '\0')
 			notify_wd_usec = v;
+		else
+			log_warnx("WATCHDOG_USEC=%s is not a number of "
+			    "microseconds: no watchdog", wd);
 	}
 	if (path != NULL && (path[0] == '/' || path[0] == '@') &&
 	    (len = strlen(path)) < sizeof(notify_addr.sun_path) && len > 1) {
@@ -46,7 +51,11 @@ notify_init(void)
 			notify_addr.sun_path[0] = '\0';	/* abstract */
 		notify_len = (socklen_t)(offsetof(struct sockaddr_un,
 		    sun_path) + len + (path[0] == '/'));
-		notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+		/* Non-blocking: the loop sends, and a manager that does not
+		 * read (its queue holds net.unix.max_dgram_qlen datagrams)
+		 * must not stop it; a WATCHDOG=1 lost is sent again. */
+		notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC |
+		    SOCK_NONBLOCK, 0);
 		if (notify_fd < 0)
 			log_warn("cannot open a socket to notify the service "
 			    "manager");

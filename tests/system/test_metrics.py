@@ -184,3 +184,61 @@ def test_prometheus_scrapes(env):
         prom.terminate()
         prom.wait(30)
         log.close()
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_metrics_stranger_bounded(env):
+    """A stranger on the metrics port: 200 MB of pipelined requests whose
+    answers it never reads do not grow the daemon (its input is bounded);
+    40 connections held open get at most 32 descriptors, and replication
+    and replctl go on meanwhile; once they close, scrapes work again."""
+    need_prometheus()
+    from harness import SANITIZE
+    pri, rep = pair(env)
+    fetch(pri.metrics)
+    before = rss_kb(pri.proc.pid)
+    s = socket.create_connection(("127.0.0.1", pri.metrics_port), timeout=30)
+    s.setblocking(False)
+    req = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
+    sent = 0
+    # Write until the daemon stops taking input (our send buffer fills);
+    # bounded by 200 MB either way.
+    wait_until = 0
+    while sent < (200 << 20) and wait_until < 200:
+        try:
+            sent += s.send(req)
+            wait_until = 0
+        except BlockingIOError:
+            wait_until += 1
+            select_wait(s)
+    grown = rss_kb(pri.proc.pid) - before
+    if not SANITIZE:        # ASan's allocator keeps what is freed
+        check(grown < 64 << 10, "RSS grew by %d kB under %d MB of unread pipelined requests" % (grown, sent >> 20))
+    pri.ok("sync", "web01", "--wait")
+    s.close()
+    fds0 = len(os.listdir("/proc/%d/fd" % pri.proc.pid))
+    held = []
+    for _ in range(40):
+        c = socket.create_connection(("127.0.0.1", pri.metrics_port), timeout=30)
+        c.sendall(b"G")
+        held.append(c)
+    pri.ok("sync", "web01", "--wait")
+    pri.ok("status")
+    fds = len(os.listdir("/proc/%d/fd" % pri.proc.pid))
+    check(fds - fds0 <= 33, "40 idle metrics connections took %d descriptors" % (fds - fds0))
+    for c in held:
+        c.close()
+    wait_for(lambda: fetch(pri.metrics)[0] == 200, 60, what="a scrape once the strangers left")
+    check(pri.alive(), "the daemon died")
+
+
+def select_wait(s):
+    import select
+    select.select([], [s], [], 0.05)

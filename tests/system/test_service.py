@@ -173,3 +173,21 @@ def test_bash_completion(env):
     # No daemon there: nothing offered, no error on the terminal.
     got = complete(["replctl", "-s", env.path("nothing.sock"), "sync", ""])
     check(got == [], "without a daemon: %r" % got)
+
+
+def test_notify_socket_never_read(env):
+    """A service manager that does not read its socket (its queue full
+    after a few datagrams: WATCHDOG=1 every 10 ms) never stops the
+    daemon: replctl keeps getting answers and SIGTERM still ends it."""
+    s, addr = notify_socket(env)
+    try:
+        disk = env.make_disk(env.path("src", "u.img"), 1 << 20)
+        rep = env.replica().start()
+        pri = env.primary({"web01": [disk]}, rep.port)
+        pri.start(env_extra={"NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "20000"})
+        for _ in range(100):            # well past a full queue at 10 ms a ping
+            pri.ok("status")
+        pri.ok("sync", "web01", "--wait")
+        pri.stop()                      # exits 0 on SIGTERM, or fails
+    finally:
+        s.close()
