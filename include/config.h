@@ -114,6 +114,7 @@ struct cfg_accept {
 	char		**vms;		/* glob patterns; default one "*" */
 	size_t		 nvms;
 	char		*storage;	/* default STATE_DIR/replicas */
+	int		 storage_default; /* storage not set: follows state_dir */
 	char		*retention;	/* default "last=24" */
 	char		**ret_vms;	/* retention.VM = POLICY overrides */
 	char		**ret_policies;
@@ -152,6 +153,8 @@ struct config {
 	char		*tls_ca;
 	int		 tls_line[3];	/* lines of tls_cert, tls_key, tls_ca */
 	enum log_level	 log_level;
+	int		 log_debug_forced; /* replicad -d: debug whatever
+					   log_level says (reloads keep it) */
 	unsigned	 handshake_timeout_s; /* accept to a valid HELLO */
 	uint32_t	 delta_budget;	/* false matches per MiB of a resync
 					   delta; 0: no bound */

@@ -94,8 +94,12 @@ struct pvm *pvm_new_owned(struct svc *svc, struct vme *e, struct cfg_vm *cfg,
  * depend on (reload.c): cfg applies from the next cycle on, at once if
  * none runs.  cfg must outlive vm. */
 void	pvm_set_cfg(struct pvm *vm, const struct cfg_vm *cfg);
+/* A reload will close vm once idle (reload.c): start no new cycle (a
+ * planned failover's handover cycle aside); on 0 carry on. */
+void	pvm_hold(struct pvm *vm, int on);
 /* A session, a job or a close uses vm (pvm_close() must wait). */
 int	pvm_busy(const struct pvm *vm);
+int	pvm_paused(const struct pvm *vm);
 const struct cfg_vm *pvm_cfg(const struct pvm *vm);
 uint64_t pvm_generation(const struct pvm *vm);
 int	pvm_has_replica(const struct pvm *vm);

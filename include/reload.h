@@ -30,6 +30,10 @@ struct svc;
 typedef void (*reload_done_fn)(void *arg, int rc, const char *message);
 
 void	reload_start(struct svc *svc, reload_done_fn done, void *arg);
+/* SIGHUP: reload_start(), but a signal that comes while a reload runs is
+ * not lost: the file is read again once that reload ends (done is called
+ * then). */
+void	reload_signal(struct svc *svc, reload_done_fn done, void *arg);
 /* At exit, after everything that may point into a configuration: free
  * the ones reloads made (svc->cfg may be one; the first is the
  * daemon's). */

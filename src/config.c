@@ -1420,8 +1420,10 @@ cfg_check_and_fill(struct cfg_parse *p)
 			a->vms = xcalloc(1, sizeof(char *));
 			a->vms[a->nvms++] = xstrdup("*");
 		}
-		if (a->storage == NULL)
+		if (a->storage == NULL) {
 			a->storage = lay_default_storage(cfg->state_dir);
+			a->storage_default = 1;
+		}
 		if (a->retention == NULL)
 			a->retention = xstrdup(CONFIG_DEFAULT_RETENTION);
 		/* A policy for a VM this entry never sends is a typo. */

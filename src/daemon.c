@@ -129,6 +129,9 @@ daemon_init(struct config *cfg)
 	    cfg->tls_key, cfg->tls_ca, err, sizeof(err))) == NULL)
 		fatalx("%s", err);
 
+	/* Until the loop handles it (reload), a SIGHUP must not end a
+	 * start-up that takes long (a store's recovery). */
+	signal(SIGHUP, SIG_IGN);
 	evthread_use_pthreads();
 	if ((svc->base = event_base_new()) == NULL)
 		fatalx("cannot create the event loop");
@@ -301,7 +304,7 @@ on_hup(evutil_socket_t sig, short what, void *arg)
 		return;
 	log_info("SIGHUP: reloading %s", d->svc.cfg->path);
 	notify_send("RELOADING=1");
-	reload_start(&d->svc, hup_done, d);
+	reload_signal(&d->svc, hup_done, d);
 }
 
 static void
@@ -407,9 +410,9 @@ daemon_fini(struct daemon *d)
 	cat_close(d->svc.cat);
 	SSL_CTX_free(d->svc.client_ctx);
 	SSL_CTX_free(d->svc.server_ctx);
+	reload_fini(&d->svc);		/* its timer is the base's */
 	event_base_free(d->svc.base);
 	config_free(d->cfg);
-	reload_fini(&d->svc);
 	close(d->lock_fd);
 	free(d);
 	log_info("stopped");

@@ -812,9 +812,10 @@ start_vm(struct svc *svc, struct cat_rel *rel)
 	}
 }
 
-/* A [vm] section the catalog does not know: generation 1. */
-static void
-new_primary(struct svc *svc, const struct cfg_vm *cv)
+/* A [vm] section the catalog does not know: generation 1.  At start-up a
+ * failure ends replicad; a reload's is logged and returned. */
+static int
+new_primary(struct svc *svc, const struct cfg_vm *cv, int fatal)
 {
 	struct cat_rel rel;
 	int r;
@@ -831,13 +832,24 @@ new_primary(struct svc *svc, const struct cfg_vm *cv)
 	for (size_t i = 0; i < cv->ndisks; i++)
 		snprintf(rel.disks[i].name, sizeof(rel.disks[i].name), "%s",
 		    cv->disk_names[i]);
-	if ((r = cat_rel_put(svc->cat, &rel)) != 0)
-		fatalx("%s: cannot record the relationship: %s", cv->name,
+	if ((r = cat_rel_put(svc->cat, &rel)) != 0) {
+		if (fatal)
+			fatalx("%s: cannot record the relationship: %s",
+			    cv->name, rd_strerror(r));
+		log_warnx("%s: cannot record the relationship: %s", cv->name,
 		    rd_strerror(r));
+		return r;
+	}
 	log_info("%s: new relationship, replica %s (%s)", cv->name,
 	    cv->replica, cv->replica_name);
-	if (start_primary(svc, vt_add(svc->vt, &rel), &rel) == NULL)
-		fatalx("%s: cannot start as its primary", cv->name);
+	if (start_primary(svc, vt_add(svc->vt, &rel), &rel) == NULL) {
+		if (fatal)
+			fatalx("%s: cannot start as its primary", cv->name);
+		log_warnx("%s: cannot start as its primary (its status says "
+		    "why)", cv->name);
+		return RD_ERR_SYSTEM;
+	}
+	return 0;
 }
 
 int
@@ -845,8 +857,7 @@ failover_new_section(struct svc *svc, const struct cfg_vm *cv)
 {
 	if (vt_find(svc->vt, cv->name) != NULL)
 		return RD_ERR_EXISTS;
-	new_primary(svc, cv);
-	return 0;
+	return new_primary(svc, cv, 0);
 }
 
 int
@@ -896,7 +907,7 @@ failover_init(struct svc *svc, struct replica_srv *srv)
 		start_vm(svc, &rels[i]);
 	for (size_t i = 0; i < svc->cfg->nvms; i++)
 		if (vt_find(svc->vt, svc->cfg->vms[i].name) == NULL)
-			new_primary(svc, &svc->cfg->vms[i]);
+			new_primary(svc, &svc->cfg->vms[i], 1);
 	for (size_t i = 0; i < n; i++) {
 		struct vme *e = vt_find(svc->vt, rels[i].vm);
 		enum role_state st = vt_state(e);

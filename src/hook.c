@@ -68,6 +68,7 @@ hook_spawn(char *const argv[], char *const extra[], unsigned timeout_ms,
 	sigaddset(&dflt, SIGPIPE);
 	sigaddset(&dflt, SIGTERM);
 	sigaddset(&dflt, SIGINT);
+	sigaddset(&dflt, SIGHUP);	/* ignored during the daemon's start */
 	posix_spawnattr_setsigmask(&attr, &none);
 	posix_spawnattr_setsigdefault(&attr, &dflt);
 	char **env = merge_env(extra);

@@ -219,6 +219,7 @@ struct pvm {
 	char			 error[512];
 	const struct cfg_vm	*next_cfg;	/* a reload's, from the next
 						   cycle on (pvm_set_cfg) */
+	int			 reload_hold;	/* pvm_hold(): no new cycle */
 	unsigned		 failures;
 	uint64_t		 cycles_total;	/* acknowledged, since start */
 	uint64_t		 failures_total;
@@ -344,7 +345,8 @@ pvm_name(const struct pvm *vm)
 static int
 cycles_held(const struct pvm *vm)
 {
-	return (vt_claimed(vm->e) && vm->handover == NULL) ||
+	return ((vt_claimed(vm->e) || vm->reload_hold) &&
+	    vm->handover == NULL) ||
 	    vt_state(vm->e) == ROLE_UNCOMMITTED || vm->cfg->replica == NULL ||
 	    vm->close_fn != NULL;
 }
@@ -2679,10 +2681,28 @@ pvm_set_cfg(struct pvm *vm, const struct cfg_vm *cfg)
 	plan_next(vm);
 }
 
+void
+pvm_hold(struct pvm *vm, int on)
+{
+	if (vm->reload_hold == on)
+		return;
+	vm->reload_hold = on;
+	if (on && vm->sess == NULL)
+		evtimer_del(vm->timer);
+	else if (!on && vm->sess == NULL && vm->draining == 0)
+		plan_next(vm);
+}
+
 int
 pvm_busy(const struct pvm *vm)
 {
 	return pvm_in_use((void *)vm) || vm->close_fn != NULL;
+}
+
+int
+pvm_paused(const struct pvm *vm)
+{
+	return vm->paused;
 }
 
 const struct cfg_vm *
@@ -2861,8 +2881,8 @@ sync_refused(const struct pvm *vm)
 		return RD_ERR_STATE;
 	/* A role change holds the VM (its own handover cycle aside): no
 	 * cycle would start, and the VM may not be this host's after it. */
-	if (vm->close_fn != NULL || (vt_claimed(vm->e) &&
-	    vm->handover == NULL))
+	if (vm->close_fn != NULL || ((vt_claimed(vm->e) || vm->reload_hold)
+	    && vm->handover == NULL))
 		return RD_ERR_BUSY;
 	return 0;
 }

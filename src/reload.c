@@ -18,6 +18,7 @@
 #include "config.h"
 #include "err.h"
 #include "failover.h"
+#include "layout.h"
 #include "log.h"
 #include "primary.h"
 #include "reload.h"
@@ -42,6 +43,7 @@ struct job {
 struct waiting {
 	char		 name[NAME_MAX_LEN + 1];
 	int		 closing;	/* claimed, its pvm being closed */
+	int		 paused;	/* replctl pause holds across it */
 	struct svc	*svc;
 };
 
@@ -51,6 +53,8 @@ static struct waiting	**reload_wait;
 static size_t		  reload_nwait;
 static struct event	 *reload_timer;
 static int		  reload_running;
+static reload_done_fn	  again_done;	/* a SIGHUP during a reload */
+static void		 *again_arg;
 
 static void
 job_load(void *arg)
@@ -61,9 +65,21 @@ job_load(void *arg)
 		j->cfg = NULL;
 		return;
 	}
-	/* The daemon's way: a domain libvirt cannot resolve now is logged
-	 * and left out (or kept with the disks it names). */
-	virt_resolve_all(j->cfg, 0);
+	/* Unlike at start-up, a domain libvirt cannot resolve now refuses
+	 * the reload: leaving its VM out would stop it, keeping it with
+	 * unresolved disks would change them. */
+	for (size_t i = 0; i < j->cfg->nvms; i++) {
+		struct cfg_vm *vm = &j->cfg->vms[i];
+		char why[768];
+		if (vm->domain == NULL || virt_resolve(vm, NULL, 0, why,
+		    sizeof(why)) == 0)
+			continue;
+		snprintf(j->err, sizeof(j->err), "%s:%d: [vm %s] domain %s: %s",
+		    j->cfg->path, vm->line, vm->name, vm->domain, why);
+		config_free(j->cfg);
+		j->cfg = NULL;
+		return;
+	}
 }
 
 /* Keys of [daemon] a running daemon cannot change: keep the running
@@ -100,11 +116,23 @@ keep_fixed(const struct config *old, struct config *nc)
 		*b = *a ? xstrdup(*a) : NULL;
 		kept++;
 	}
+	/* What config_load() derived from the state_dir it read follows the
+	 * running one. */
+	for (size_t i = 0; i < nc->naccepts; i++)
+		if (nc->accepts[i].storage_default) {
+			free(nc->accepts[i].storage);
+			nc->accepts[i].storage = lay_default_storage(
+			    nc->state_dir);
+		}
 	memcpy(nc->listen_host, old->listen_host, sizeof(nc->listen_host));
 	nc->listen_port = old->listen_port;
 	memcpy(nc->metrics_host, old->metrics_host, sizeof(nc->metrics_host));
 	nc->metrics_port = old->metrics_port;
 	memcpy(nc->tls_line, old->tls_line, sizeof(nc->tls_line));
+	/* replicad -d holds until the process ends. */
+	nc->log_debug_forced = old->log_debug_forced;
+	if (nc->log_debug_forced)
+		nc->log_level = LOG_LVL_DEBUG;
 	return kept;
 }
 
@@ -186,6 +214,8 @@ closed(void *arg)
 		vt_release(e);		/* shutting down: serve nothing new */
 	} else if (e != NULL) {
 		int r = failover_restart_primary(w->svc, e);
+		if (w->paused && vt_pvm(e) != NULL)
+			pvm_pause(vt_pvm(e));
 		if (r != 0 && r != RD_ERR_STATE)
 			log_warnx("%s: cannot serve it again after the reload: "
 			    "%s", w->name, rd_strerror(r));
@@ -220,9 +250,13 @@ serve_waiting(evutil_socket_t fd, short what, void *arg)
 		struct pvm *pv = e != NULL ? vt_pvm(e) : NULL;
 		if (w->closing)
 			continue;
+		if (e != NULL && vt_state(e) == ROLE_UNCOMMITTED)
+			continue;	/* served again once committed */
 		if (e == NULL || vt_state(e) != ROLE_PRIMARY) {
 			/* Gone, or not a primary here (any more): its role
 			 * change reads the configuration itself. */
+			if (pv != NULL)
+				pvm_hold(pv, 0);
 			forget_waiting(w);
 			i--;
 			continue;
@@ -236,9 +270,13 @@ serve_waiting(evutil_socket_t fd, short what, void *arg)
 			i--;
 			continue;
 		}
+		/* The cycle under way is the last: a VM whose cycles follow
+		 * each other at once would never be seen idle here. */
+		pvm_hold(pv, 1);
 		if (pvm_busy(pv) || vt_claim(e) != 0)
 			continue;	/* a cycle, a job or a role change */
 		w->closing = 1;
+		w->paused = pvm_paused(pv);
 		pvm_close(pv, closed, w);
 	}
 	arm(svc);
@@ -306,6 +344,11 @@ load_done(void *arg)
 out:
 	free(j->path);
 	free(j);
+	if (again_done != NULL) {
+		reload_done_fn fn = again_done;
+		again_done = NULL;
+		reload_start(svc, fn, again_arg);
+	}
 }
 
 void
@@ -326,6 +369,19 @@ reload_start(struct svc *svc, reload_done_fn done, void *arg)
 	j->path = xstrdup(svc->cfg->path);
 	reload_running = 1;
 	work_submit(job_load, load_done, j);
+}
+
+void
+reload_signal(struct svc *svc, reload_done_fn done, void *arg)
+{
+	if (reload_running && !svc->stopping) {
+		log_info("a reload is under way: the file is read again once "
+		    "it ends");
+		again_done = done;
+		again_arg = arg;
+		return;
+	}
+	reload_start(svc, done, arg);
 }
 
 void

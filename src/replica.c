@@ -1652,6 +1652,17 @@ sess_read(struct bufferevent *bev, void *arg)
 			    wire_type_name(type));
 			return;
 		}
+		/* A session kept between cycles was admitted under the
+		 * [accept] entries of its HELLO: a reload may have taken the
+		 * VM from its host since. */
+		if (type == WIRE_CYCLE && config_match_accept(s->srv->svc->cfg,
+		    s->identity, s->vm->name) == NULL) {
+			sess_refuse(s, WIRE_NACK_DENIED, "host %s may not "
+			    "replicate VM %s here any more (no matching "
+			    "[accept] entry since the configuration was "
+			    "reloaded)", s->identity, s->vm->name);
+			return;
+		}
 		if (type == WIRE_CYCLE)
 			s->state = RS_CYCLE;
 		if (type == WIRE_END) {

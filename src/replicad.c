@@ -198,8 +198,10 @@ main(int argc, char **argv)
 		fprintf(stderr, "replicad: %s\n", err);
 		return 2;
 	}
-	if (debug)
+	if (debug) {
 		cfg->log_level = LOG_LVL_DEBUG;
+		cfg->log_debug_forced = 1;
+	}
 	virt_init();
 	if (virt_resolve_all(cfg, do_check) != 0) {
 		config_free(cfg);

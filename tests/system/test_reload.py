@@ -178,3 +178,89 @@ def test_reload_disk_moved(env):
     wait_for(lambda: pri.ctl("sync", "web01", "--wait").rc == 0, 30, what="a cycle from the moved disk")
     assert_same(moved, os.path.join(rep.storage, "web01", "a.img"), "after the move")
     check("serving the reloaded section" in pri.log_text(), "the VM was not served again")
+
+
+def test_reload_survives_a_vm_that_cannot_start(env):
+    """A [vm] added whose tracker state cannot be opened: logged and shown,
+    the daemon and the other VMs go on (it used to end replicad, and every
+    restart after)."""
+    a = env.make_disk(env.path("src", "a.img"), 1 << 20)
+    b = env.make_disk(env.path("src", "b.img"), 1 << 20)
+    rep = env.replica().start()
+    pri = env.primary({"web01": [a]}, rep.port).start()
+    pri.ok("sync", "web01", "--wait")
+    os.makedirs(os.path.join(pri.state, "tracker"), exist_ok=True)
+    open(os.path.join(pri.state, "tracker", "db02"), "w").close()     # not a directory
+    write_conf(pri, conf_of(pri) + vm_section("db02", b, rep.port))
+    pri.ctl("reload")
+    check(pri.alive(), "replicad died on a VM that cannot start")
+    pri.ok("sync", "web01", "--wait")
+    st = vm_status(pri, "db02")
+    check(st["health"] == "critical" and "tracker state cannot be opened" in (st["error"] or ""),
+          "db02 after a failed start: %r" % st)
+    pri.stop()
+
+
+def test_reload_removal_stops_back_to_back_cycles(env):
+    """Cycles longer than the interval follow each other at once: a VM
+    removed by a reload runs no cycle after the one under way."""
+    a = env.make_disk(env.path("src", "a.img"), 1 << 20)
+    go, runs, hook = env.path("go"), env.path("runs"), env.path("hold.sh")
+    with open(hook, "w") as f:
+        f.write("echo run >> %s\nuntil [ -e %s ]; do sleep 0.05; done\n" % (runs, go))
+    rep = env.replica().start()
+    pri = env.primary({"web01": [a]}, rep.port)
+    write_conf(pri, conf_of(pri).replace("interval = 0\n", "interval = 1s\npre_snapshot = sh %s\n" % hook))
+    pri.start()
+    wait_for(lambda: os.path.exists(runs), 30, what="the first cycle to reach its hook")
+    text = conf_of(pri)
+    other = env.make_disk(env.path("src", "o.img"), 1 << 20)
+    write_conf(pri, text[:text.index("[vm web01]")] + vm_section("other", other, rep.port))
+    reload_ok(pri, "removed")
+    n = len(open(runs).read().split())
+    open(go, "w").close()           # the cycle under way ends
+    wait_for(lambda: "removed by a reload" in (vm_status(pri, "web01").get("error") or ""), 60,
+             what="web01 to stop after its cycle")
+    check(len(open(runs).read().split()) == n, "web01 ran another cycle after its removal")
+
+
+def test_reload_accept_revoked_for_kept_sessions(env):
+    """With an interval of a minute or less the session stays open between
+    cycles: a reload that takes the VM from the host refuses its next
+    cycle all the same."""
+    a = env.make_disk(env.path("src", "a.img"), 1 << 20)
+    b = env.make_disk(env.path("src", "b.img"), 1 << 20)
+    rep = env.replica().start()
+    pri = env.primary({"web01": [a], "db02": [b]}, rep.port)
+    write_conf(pri, conf_of(pri).replace("interval = 0\n", "interval = 1s\n"))
+    pri.start()
+    wait_for(lambda: vm_status(pri, "db02")["last_cycle"]["cycle"] >= 2, 60, what="db02's kept session")
+    write_conf(rep, conf_of(rep).replace("vms = *\n", "vms = web*\n"))
+    reload_ok(rep, "reloaded")
+    wait_for(lambda: "may not replicate" in (vm_status(pri, "db02").get("error") or ""), 60,
+             what="db02's next cycle to be refused")
+    c = vm_status(pri, "web01")["last_cycle"]["cycle"]
+    wait_for(lambda: vm_status(pri, "web01")["last_cycle"]["cycle"] > c, 60, what="web01 to go on")
+
+
+def test_reload_keeps_a_pause(env):
+    """A paused VM served again for a structural change stays paused."""
+    a = env.make_disk(env.path("src", "a.img"), 1 << 20)
+    rep = env.replica().start()
+    pri = env.primary({"web01": [a]}, rep.port)
+    write_conf(pri, conf_of(pri).replace("interval = 0\n", "interval = 1s\n"))
+    pri.start()
+    wait_for(lambda: vm_status(pri, "web01")["last_cycle"]["cycle"] >= 1, 60, what="a first cycle")
+    pri.ok("pause", "web01")
+    moved = env.path("src2", "a.img")
+    os.makedirs(os.path.dirname(moved))
+    with open(a, "rb") as f, open(moved, "wb") as g:
+        g.write(f.read())
+    mark = LogMark(pri)
+    write_conf(pri, conf_of(pri).replace("disk = %s\n" % a, "disk = %s\n" % moved))
+    reload_ok(pri, "1 changed")
+    mark.wait("serving the reloaded section", what="web01 served again")
+    check(vm_status(pri, "web01")["state"] == "paused", "the pause was lost: %r" % vm_status(pri, "web01"))
+    pri.ok("resume", "web01")
+    wait_for(lambda: pri.ctl("sync", "web01", "--wait").rc == 0, 30, what="a cycle after resume")
+    assert_same(moved, os.path.join(rep.storage, "web01", "a.img"), "after the move")
