@@ -1,7 +1,8 @@
 # replicad — GNU make build.  `make`, `make check`, `make demo`, `make bench`.
 # V=1 shows the commands; PREFIX / DESTDIR for `make install` (HOOKDIR: the
 # example failover hooks, PREFIX/lib/replicad/hooks; UNITDIR: the systemd
-# units, PREFIX/lib/systemd/system; COMPLETIONDIR: replctl's bash completion).
+# units, PREFIX/lib/systemd/system; COMPLETIONDIR: replctl's bash completion;
+# OCFDIR: the Pacemaker agent, /usr/lib/ocf/resource.d/replicad).
 
 PREFIX  ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
@@ -10,6 +11,9 @@ HOOKDIR ?= $(PREFIX)/lib/replicad/hooks
 # systemd units (tools/systemd) and where they find the configuration:
 # replicad reads /etc/replicad/replicad.conf whatever PREFIX is.
 UNITDIR ?= $(PREFIX)/lib/systemd/system
+# the Pacemaker resource agent (tools/ocf/replicad): where Pacemaker looks,
+# whatever PREFIX is (ocf:replicad:replicad)
+OCFDIR ?= /usr/lib/ocf/resource.d/replicad
 # bash completion for replctl (tools/bash-completion/replctl)
 COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 SYSCONFDIR ?= /etc
@@ -218,6 +222,8 @@ install: all
 	install -m 644 $(addprefix $(BUILD)/systemd-install/,$(UNITS)) $(DESTDIR)$(UNITDIR)
 	install -d $(DESTDIR)$(PREFIX)/share/replicad
 	install -m 644 tools/prometheus/replicad-rules.yml $(DESTDIR)$(PREFIX)/share/replicad
+	install -d $(DESTDIR)$(OCFDIR)
+	install -m 755 tools/ocf/replicad $(DESTDIR)$(OCFDIR)/replicad
 	install -d $(DESTDIR)$(COMPLETIONDIR)
 	install -m 644 tools/bash-completion/replctl $(DESTDIR)$(COMPLETIONDIR)/replctl
 

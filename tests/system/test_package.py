@@ -18,7 +18,7 @@ FILES = [
     "/lib/systemd/system/replicad-prune.timer",
     "/usr/share/bash-completion/completions/replctl",
     "/usr/lib/replicad/hooks/libvirt-on-demote", "/usr/lib/replicad/hooks/libvirt-on-promote",
-    "/usr/share/replicad/replicad-rules.yml",
+    "/usr/share/replicad/replicad-rules.yml", "/usr/lib/ocf/resource.d/replicad/replicad",
     "/usr/share/doc/replicad/copyright", "/usr/share/doc/replicad/examples/replicad.conf",
     "/usr/share/doc/replicad/examples/replicad.cron",
 ]
