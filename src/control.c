@@ -549,6 +549,80 @@ GETTER(get_free, has_space(x), x->free_bytes)
 GETTER(get_min_free, has_space(x), x->min_free)
 #undef GETTER
 
+/* Per VM, after health and state (metric_vms() for each). */
+static const struct vm_metric {
+	const char	*name;
+	const char	*type;
+	const char	*help;
+	metric_get	 get;
+} vm_metrics[] = {
+	{ "replicad_fenced", "gauge",
+	    "1 if the VM's replica refused this host as a stale "
+	    "primary.",
+	    get_fenced },
+	{ "replicad_generation", "gauge",
+	    "The VM's generation (raised by every failover).",
+	    get_generation },
+	{ "replicad_lag_seconds", "gauge",
+	    "Age of the newest recovery point (absent before the "
+	    "first).",
+	    get_lag },
+	{ "replicad_lag_critical_seconds", "gauge",
+	    "The lag above which the VM's health is critical "
+	    "(absent: none).",
+	    get_lag_crit },
+	{ "replicad_last_point", "gauge",
+	    "Id of the newest recovery point (0: none).",
+	    get_last_point },
+	{ "replicad_last_cycle_duration_seconds", "gauge",
+	    "Duration of the last acknowledged cycle.",
+	    get_duration },
+	{ "replicad_last_cycle_changed_bytes", "gauge",
+	    "Bytes the last cycle changed (primary: found dirty; "
+	    "replica: the newest point's).",
+	    get_changed },
+	{ "replicad_last_cycle_read_bytes", "gauge",
+	    "Bytes the last cycle read from the primary's disks.",
+	    get_read },
+	{ "replicad_last_cycle_sent_bytes", "gauge",
+	    "Bytes the last cycle sent (payload before TLS).",
+	    get_sent },
+	{ "replicad_cycles_total", "counter",
+	    "Cycles acknowledged (primary) or applied as points "
+	    "(replica) since replicad started.",
+	    get_cycles },
+	{ "replicad_cycle_failures_total", "counter",
+	    "Cycles that failed or were refused since replicad "
+	    "started.",
+	    get_failures },
+	{ "replicad_read_bytes_total", "counter",
+	    "Bytes read from the VM's disks by cycles since replicad "
+	    "started.",
+	    get_read_total },
+	{ "replicad_sent_bytes_total", "counter",
+	    "Bytes sent for the VM (payload before TLS) since "
+	    "replicad started.",
+	    get_sent_total },
+	{ "replicad_received_bytes_total", "counter",
+	    "Bytes of frames received for the VM since replicad "
+	    "started.",
+	    get_received_total },
+	{ "replicad_points", "gauge",
+	    "Recovery points the replica keeps.",
+	    get_points },
+	{ "replicad_history_bytes", "gauge",
+	    "Bytes of undo data the replica keeps for its older "
+	    "points.",
+	    get_history },
+	{ "replicad_storage_free_bytes", "gauge",
+	    "Free bytes on the file system of the replica's storage.",
+	    get_free },
+	{ "replicad_storage_min_free_bytes", "gauge",
+	    "Room the replica keeps free (min_free); below it cycles "
+	    "are refused.",
+	    get_min_free },
+};
+
 static const char *const metric_states[] = {
 	"idle", "syncing", "resyncing", "paused", "fenced", "error",
 };
@@ -579,50 +653,10 @@ control_metrics(struct control *ctl, struct wbuf *b)
 				    metric_states[k], strcmp(v[i].state,
 				    metric_states[k]) == 0);
 	}
-	metric_vms(b, v, n, "replicad_fenced", "gauge", "1 if the VM's "
-	    "replica refused this host as a stale primary.", get_fenced);
-	metric_vms(b, v, n, "replicad_generation", "gauge", "The VM's "
-	    "generation (raised by every failover).", get_generation);
-	metric_vms(b, v, n, "replicad_lag_seconds", "gauge", "Age of the "
-	    "newest recovery point (absent before the first).", get_lag);
-	metric_vms(b, v, n, "replicad_lag_critical_seconds", "gauge", "The "
-	    "lag above which the VM's health is critical (absent: none).",
-	    get_lag_crit);
-	metric_vms(b, v, n, "replicad_last_point", "gauge", "Id of the newest "
-	    "recovery point (0: none).", get_last_point);
-	metric_vms(b, v, n, "replicad_last_cycle_duration_seconds", "gauge",
-	    "Duration of the last acknowledged cycle.", get_duration);
-	metric_vms(b, v, n, "replicad_last_cycle_changed_bytes", "gauge",
-	    "Bytes the last cycle changed (primary: found dirty; replica: the "
-	    "newest point's).", get_changed);
-	metric_vms(b, v, n, "replicad_last_cycle_read_bytes", "gauge", "Bytes "
-	    "the last cycle read from the primary's disks.", get_read);
-	metric_vms(b, v, n, "replicad_last_cycle_sent_bytes", "gauge", "Bytes "
-	    "the last cycle sent (payload before TLS).", get_sent);
-	metric_vms(b, v, n, "replicad_cycles_total", "counter", "Cycles "
-	    "acknowledged (primary) or applied as points (replica) since "
-	    "replicad started.", get_cycles);
-	metric_vms(b, v, n, "replicad_cycle_failures_total", "counter",
-	    "Cycles that failed or were refused since replicad started.",
-	    get_failures);
-	metric_vms(b, v, n, "replicad_read_bytes_total", "counter", "Bytes "
-	    "read from the VM's disks by cycles since replicad started.",
-	    get_read_total);
-	metric_vms(b, v, n, "replicad_sent_bytes_total", "counter", "Bytes "
-	    "sent for the VM (payload before TLS) since replicad started.",
-	    get_sent_total);
-	metric_vms(b, v, n, "replicad_received_bytes_total", "counter",
-	    "Bytes of frames received for the VM since replicad started.",
-	    get_received_total);
-	metric_vms(b, v, n, "replicad_points", "gauge", "Recovery points the "
-	    "replica keeps.", get_points);
-	metric_vms(b, v, n, "replicad_history_bytes", "gauge", "Bytes of undo "
-	    "data the replica keeps for its older points.", get_history);
-	metric_vms(b, v, n, "replicad_storage_free_bytes", "gauge", "Free "
-	    "bytes on the file system of the replica's storage.", get_free);
-	metric_vms(b, v, n, "replicad_storage_min_free_bytes", "gauge", "Room "
-	    "the replica keeps free (min_free); below it cycles are refused.",
-	    get_min_free);
+	for (size_t k = 0; k < sizeof(vm_metrics) / sizeof(vm_metrics[0]);
+	    k++)
+		metric_vms(b, v, n, vm_metrics[k].name, vm_metrics[k].type,
+		    vm_metrics[k].help, vm_metrics[k].get);
 	free(v);
 }
 
