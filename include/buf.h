@@ -23,6 +23,8 @@ struct wbuf {
 	uint8_t	*p;
 	size_t	 len;
 	size_t	 cap;
+	int	 foreign;	/* p is the caller's (wb_attach): never
+				   realloc'd or freed here */
 };
 
 void	rb_init(struct rbuf *b, const void *p, size_t len);
@@ -39,6 +41,10 @@ int	rb_get_ptr(struct rbuf *b, const uint8_t **p, size_t n);
 int	rb_get_str(struct rbuf *b, char *dst, size_t dstsz);
 
 void	wb_init(struct wbuf *b);
+/* Write into mem (cap bytes, the caller's): a write past cap moves what
+ * was written to memory of the buffer's own (b->p != mem from then on),
+ * and wb_free() never frees mem. */
+void	wb_attach(struct wbuf *b, void *mem, size_t cap);
 void	wb_free(struct wbuf *b);
 void	wb_reset(struct wbuf *b);
 /* Make room for n more bytes and return where they go (len unchanged). */

@@ -100,12 +100,23 @@ wb_init(struct wbuf *b)
 {
 	b->p = NULL;
 	b->len = b->cap = 0;
+	b->foreign = 0;
+}
+
+void
+wb_attach(struct wbuf *b, void *mem, size_t cap)
+{
+	b->p = mem;
+	b->len = 0;
+	b->cap = cap;
+	b->foreign = 1;
 }
 
 void
 wb_free(struct wbuf *b)
 {
-	free(b->p);
+	if (!b->foreign)
+		free(b->p);
 	wb_init(b);
 }
 
@@ -124,7 +135,15 @@ wb_reserve(struct wbuf *b, size_t n)
 		size_t cap = b->cap ? b->cap : 256;
 		while (cap < b->len + n)
 			cap = cap > SIZE_MAX / 2 ? b->len + n : cap * 2;
-		b->p = xreallocarray(b->p, cap, 1);
+		if (b->foreign) {
+			uint8_t *q = xmalloc(cap);
+			if (b->len > 0)
+				memcpy(q, b->p, b->len);
+			b->p = q;
+			b->foreign = 0;
+		} else {
+			b->p = xreallocarray(b->p, cap, 1);
+		}
 		b->cap = cap;
 	}
 	return b->p + b->len;

@@ -382,6 +382,11 @@ def primary_fault(env, fault, expect_new):
     # while sdb's changes are sent: more than 8 MiB of them.
     rig.writes(grow=0)
     random_fill(rig.rng, rig.disks[1:], 12 * MiB + rig.rng.randrange(0, 2 * MiB))
+    # Overlapping writes may change less than 8 MiB: 10 MiB of one run of
+    # random bytes makes sure the cycle sends more than that.
+    with open(rig.disks[1], "r+b") as f:
+        f.seek(rig.rng.randrange(0, 6 * MiB))
+        f.write(rig.rng.randbytes(10 * MiB))
     pending = rig.snap("attempt-" + fault)
     rig.pri.stop()
     rig.start_primary(fault)

@@ -364,6 +364,40 @@ test_set_u32_past_end(void **state)
 	assert_int_equal(WEXITSTATUS(status), 1);
 }
 
+/* A buffer of the caller's (wb_attach): written in place up to its size,
+ * then moved to memory of the wbuf's own with everything written so far;
+ * wb_free() never frees the caller's memory. */
+static void
+test_attach(void **state)
+{
+	static uint8_t mem[16];
+	struct wbuf b;
+
+	memset(mem, 0xee, sizeof(mem));
+	wb_attach(&b, mem, sizeof(mem));
+	wb_put_u32(&b, 0x01020304);
+	wb_put_u64(&b, 0x05060708090a0b0cULL);
+	assert_ptr_equal(b.p, mem);
+	assert_int_equal(b.len, 12);
+	assert_int_equal(mem[0], 0x01);
+	assert_int_equal(mem[11], 0x0c);
+	wb_put_u64(&b, 0x0d0e0f1011121314ULL);	/* 20 > 16 */
+	assert_ptr_not_equal(b.p, mem);
+	assert_false(b.foreign);
+	assert_int_equal(b.len, 20);
+	assert_int_equal(b.p[0], 0x01);
+	assert_int_equal(b.p[11], 0x0c);
+	assert_int_equal(b.p[19], 0x14);
+	assert_int_equal(mem[12], 0xee);	/* nothing past its end */
+	wb_free(&b);				/* frees the heap copy */
+
+	wb_attach(&b, mem, sizeof(mem));
+	wb_put_u8(&b, 7);
+	wb_free(&b);				/* not mem: static */
+	assert_null(b.p);
+	assert_int_equal(mem[0], 7);
+}
+
 int
 main(void)
 {
@@ -376,6 +410,7 @@ main(void)
 		cmocka_unit_test(test_get_str_longest),
 		cmocka_unit_test(test_put_layout),
 		cmocka_unit_test(test_put_growth),
+		cmocka_unit_test(test_attach),
 		cmocka_unit_test(test_set_u32),
 		cmocka_unit_test(test_set_u32_past_end),
 	};
