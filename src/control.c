@@ -376,8 +376,7 @@ view_primary(struct vme *e, struct vm_view *x)
 		/* Failed over, no replica yet: nothing to lag behind, but the
 		 * VM is not protected. */
 		x->lag_ms = x->lag_s = -1;
-		if (strcmp(x->health, "critical") != 0 ||
-		    strcmp(x->state, "fenced") != 0)
+		if (strcmp(x->state, "fenced") != 0)	/* fenced: critical */
 			x->health = "warning";
 		snprintf(x->note, sizeof(x->note), "no replica configured: "
 		    "`replctl reverse %s --to HOST:PORT` starts one", x->name);
